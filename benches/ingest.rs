@@ -1,0 +1,233 @@
+//! Ingest benchmark: the raw broker ceiling (publish with confirms, consume with acks,
+//! best prefetch and ack batching from a sweep) next to `vogeler-server`'s ingest of
+//! facter-sized results into each store, in one run, on the shared RabbitMQ.
+//!
+//! `cargo bench --bench ingest` (env `VOGELER_BENCH_N`, default 20000 results;
+//! `VOGELER_BENCH_STORES=sqlite,postgres`) prints the figures and writes BENCHMARKS.md.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vogeler::server::{self, ServerOptions, Stats};
+use vogeler_store::DynStore;
+use vogeler_transport::{Broker, Outgoing, Topology};
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn broker() -> Broker {
+    Broker::new(
+        vec![AMQP.into()],
+        vec!["amqp://guest:****@127.0.0.1:5672/".into()],
+        "vogeler-bench",
+    )
+}
+
+fn facter_json() -> serde_json::Value {
+    let yaml = include_str!("../fixtures/facter-y.yaml");
+    let v: serde_yaml::Value = serde_yaml::from_str(yaml).expect("facter fixture parses");
+    serde_json::to_value(v).expect("facter as json")
+}
+
+fn result_body(node: &str, facter: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "v": 1, "kind": "result", "node": node, "plugin": "facter", "format": "yaml",
+        "data": facter, "duration_ms": 400,
+        "collected_at": chrono::Utc::now().to_rfc3339(),
+    }))
+    .expect("encode")
+}
+
+/// Publishes `bodies` to `exchange` with pipelined confirms (windows of 1,000).
+async fn publish_all(exchange: &str, key: &str, bodies: &[Vec<u8>]) -> Duration {
+    let session = broker().connect().await.expect("RabbitMQ at 127.0.0.1:5672");
+    let t = Instant::now();
+    for chunk in bodies.chunks(1000) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for b in chunk {
+            pending.push(
+                session
+                    .publish(exchange, key, Outgoing::new(b.clone()))
+                    .await
+                    .expect("publish"),
+            );
+        }
+        for p in pending {
+            p.confirmed().await.expect("confirm");
+        }
+    }
+    let d = t.elapsed();
+    session.close().await;
+    d
+}
+
+/// Consume-and-ack loop: the ceiling the server is measured against.
+async fn raw_consume(queue: &str, n: usize, prefetch: u16, ack_every: usize) -> Duration {
+    let session = broker().connect().await.expect("connect");
+    let mut consumer = session.consume(queue, prefetch, "").await.expect("consume");
+    let t = Instant::now();
+    let mut got = 0usize;
+    while got < n {
+        let d = consumer
+            .next()
+            .await
+            .expect("consumer open")
+            .expect("delivery");
+        got += 1;
+        if got % ack_every == 0 || got == n {
+            session.ack(d.tag, true).await.expect("ack");
+        }
+    }
+    let d = t.elapsed();
+    session.close().await;
+    d
+}
+
+fn topology(id: &str) -> Topology {
+    Topology {
+        master_exchange: format!("{id}.master"),
+        broadcast_exchange: format!("{id}.broadcast"),
+        master_queue: format!("{id}.master.in"),
+        dead_queue: format!("{id}.dead"),
+    }
+}
+
+async fn declare(t: &Topology) {
+    let s = broker().connect().await.expect("connect");
+    s.declare_server(t).await.expect("declare");
+    s.close().await;
+}
+
+async fn cleanup(t: &Topology) {
+    let s = broker().connect().await.expect("connect");
+    let _ = s.delete_queue(&t.master_queue).await;
+    let _ = s.delete_queue(&t.dead_queue).await;
+    s.close().await;
+}
+
+async fn ingest(store: DynStore, bodies: &[Vec<u8>], id: &str) -> (Duration, u64) {
+    let t = topology(id);
+    declare(&t).await;
+    publish_all(&t.master_exchange, "", bodies).await;
+    let stats = Arc::new(Stats::default());
+    let (trigger, shutdown) = vogeler::shutdown::channel();
+    let opts = ServerOptions::new(broker(), t.clone());
+    let started = Instant::now();
+    let task = tokio::spawn(server::run(opts, store, stats.clone(), shutdown));
+    let n = bodies.len() as u64;
+    while stats.stored.load(Ordering::Relaxed) + stats.dead_lettered.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed();
+    trigger.trigger();
+    let _ = task.await;
+    cleanup(&t).await;
+    (elapsed, stats.dead_lettered.load(Ordering::Relaxed))
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n: usize = std::env::var("VOGELER_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let stores = std::env::var("VOGELER_BENCH_STORES").unwrap_or_else(|_| "sqlite".into());
+    let facter = facter_json();
+    let id = format!("bench{}", std::process::id());
+    let bodies: Vec<Vec<u8>> = (0..n)
+        .map(|i| result_body(&format!("node{i:06}"), &facter))
+        .collect();
+    let size = bodies[0].len();
+    println!("{n} facter-sized results ({size} bytes each)");
+
+    // Raw ceiling: sweep prefetch and ack batching, keep the best.
+    let mut best = (0.0f64, 0u16, 0usize);
+    let mut sweep = Vec::new();
+    for (prefetch, ack_every) in [(100u16, 50usize), (500, 250), (1000, 500), (2000, 1000)] {
+        let t = topology(&format!("{id}.raw{prefetch}"));
+        declare(&t).await;
+        publish_all(&t.master_exchange, "", &bodies).await;
+        let d = raw_consume(&t.master_queue, n, prefetch, ack_every).await;
+        cleanup(&t).await;
+        let r = rate(n, d);
+        println!("raw consume+ack  prefetch {prefetch:5}  ack every {ack_every:5}: {r:9.0} msg/s");
+        sweep.push((prefetch, ack_every, r));
+        if r > best.0 {
+            best = (r, prefetch, ack_every);
+        }
+    }
+    let publish_rate = {
+        let t = topology(&format!("{id}.pub"));
+        declare(&t).await;
+        let d = publish_all(&t.master_exchange, "", &bodies).await;
+        cleanup(&t).await;
+        rate(n, d)
+    };
+    println!("raw publish with confirms: {publish_rate:.0} msg/s");
+
+    let mut rows = Vec::new();
+    for backend in stores.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: DynStore = match backend {
+            "sqlite" => Arc::new(
+                vogeler_store::sqlite::SqliteStore::open(&dir.path().join("bench.db"))
+                    .expect("sqlite store"),
+            ),
+            "postgres" => {
+                let url = std::env::var("VOGELER_TEST_POSTGRES").unwrap_or_else(|_| {
+                    "postgres://vogeler:vogeler@127.0.0.1:5432/postgres".into()
+                });
+                Arc::new(
+                    vogeler_store::postgres::PostgresStore::connect(&url)
+                        .await
+                        .expect("postgres store"),
+                )
+            }
+            other => panic!("unknown store {other} in VOGELER_BENCH_STORES"),
+        };
+        let (d, dead) = ingest(store, &bodies, &format!("{id}.{backend}")).await;
+        let r = rate(n, d);
+        println!(
+            "server ingest into {backend}: {r:9.0} results/s ({:.0}% of the raw ceiling), {dead} dead-lettered",
+            100.0 * r / best.0
+        );
+        rows.push((backend.to_string(), r));
+    }
+
+    let mut md = String::from("# Benchmarks\n\nMeasured with `cargo bench --bench ingest` on this project's 2-core machine, broker, store and server all on it.\n\n");
+    md.push_str(&format!(
+        "## Ingest ({n} facter-sized results, {size} bytes each)\n\n| what | rate | share of raw ceiling |\n| --- | --- | --- |\n"
+    ));
+    md.push_str(&format!(
+        "| raw consume + ack (best: prefetch {}, ack every {}) | {:.0} msg/s | 100% |\n",
+        best.1, best.2, best.0
+    ));
+    for (b, r) in &rows {
+        md.push_str(&format!(
+            "| vogeler-server into {b} | {r:.0} results/s | {:.0}% |\n",
+            100.0 * r / best.0
+        ));
+    }
+    md.push_str(&format!(
+        "| raw publish with confirms (pipelined, windows of 1,000) | {publish_rate:.0} msg/s | |\n\nSweep of the raw consumer:\n\n| prefetch | ack every | msg/s |\n| --- | --- | --- |\n"
+    ));
+    for (p, a, r) in sweep {
+        md.push_str(&format!("| {p} | {a} | {r:.0} |\n"));
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    // Keep sections other benchmarks wrote; replace this one.
+    let mut out = md.clone();
+    if let Some(i) = existing.find("\n## Fleet") {
+        out.push_str(&existing[i..]);
+    }
+    std::fs::write(&path, out).expect("write BENCHMARKS.md");
+    println!("wrote {}", path.display());
+}

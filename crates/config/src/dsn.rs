@@ -1,0 +1,446 @@
+//! Broker URIs and store DSNs: parsed once, passwords masked whenever shown.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// Why a DSN was refused; the message shows a correct example.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DsnError {
+    /// A broker URI that does not parse.
+    #[error("bad broker URI {given:?}: {why} (example: amqp://guest:guest@127.0.0.1:5672/vogeler)")]
+    Amqp {
+        /// The URI, password masked.
+        given: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A store DSN whose scheme is unknown or whose parts do not parse.
+    #[error("bad store DSN {given:?}: {why}; examples: sqlite:///var/lib/vogeler/vogeler.db, sqlite:relative.db, postgres://vogeler:secret@127.0.0.1:5432/vogeler, couch://127.0.0.1:5984/system_records (couchs:// for TLS)")]
+    Store {
+        /// The DSN, password masked.
+        given: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// Characters kept as they are in an encoded vhost or credential.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// An AMQP 0-9-1 broker address per the RabbitMQ URI spec.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpDsn {
+    /// `amqps://`.
+    pub tls: bool,
+    /// Host name or address.
+    pub host: String,
+    /// TCP port (5672, or 5671 for TLS, unless given).
+    pub port: u16,
+    /// User name.
+    pub user: String,
+    /// Password (never shown: see `Display`).
+    pub password: String,
+    /// Virtual host, decoded: `/` for an empty path.
+    pub vhost: String,
+}
+
+impl AmqpDsn {
+    /// Parses `amqp://user:pass@host:port/vhost` or a bare `host[:port]`.
+    pub fn parse(s: &str) -> Result<AmqpDsn, DsnError> {
+        let s = s.trim();
+        let err = |why: &str| DsnError::Amqp {
+            given: mask_secrets(s),
+            why: why.to_string(),
+        };
+        if s.is_empty() {
+            return Err(err("empty"));
+        }
+        let (tls, rest) = if let Some(r) = s.strip_prefix("amqps://") {
+            (true, r)
+        } else if let Some(r) = s.strip_prefix("amqp://") {
+            (false, r)
+        } else if s.contains("://") {
+            return Err(err("the scheme must be amqp:// or amqps://"));
+        } else {
+            // A bare host, as the 2010 README's `--qhost 10.10.10.2`.
+            (false, s)
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        let (userinfo, hostport) = match authority.rfind('@') {
+            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+            None => (None, authority),
+        };
+        let decode = |part: &str, what: &str| {
+            percent_decode_str(part)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| err(&format!("{what} is not valid percent-encoded UTF-8")))
+        };
+        let (user, password) = match userinfo {
+            Some(u) => match u.split_once(':') {
+                Some((user, pass)) => (decode(user, "user")?, decode(pass, "password")?),
+                None => (decode(u, "user")?, String::new()),
+            },
+            None => ("guest".to_string(), "guest".to_string()),
+        };
+        let default_port = if tls { 5671 } else { 5672 };
+        let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+            let (h, after) = h.split_once(']').ok_or_else(|| err("unclosed [ in IPv6 host"))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| err(&format!("port {p:?} is not a number")))?,
+                None => default_port,
+            };
+            (h.to_string(), port)
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse()
+                        .map_err(|_| err(&format!("port {p:?} is not a number from 1 to 65535")))?,
+                ),
+                None => (hostport.to_string(), default_port),
+            }
+        };
+        if host.is_empty() {
+            return Err(err("no host"));
+        }
+        let vhost = match path {
+            None | Some("") => "/".to_string(),
+            Some(p) => decode(p, "vhost")?,
+        };
+        Ok(AmqpDsn {
+            tls,
+            host,
+            port,
+            user,
+            password,
+            vhost,
+        })
+    }
+
+    /// Several brokers of one cluster, comma-separated.
+    pub fn parse_list(s: &str) -> Result<Vec<AmqpDsn>, DsnError> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(AmqpDsn::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|v| {
+                if v.is_empty() {
+                    Err(DsnError::Amqp {
+                        given: s.into(),
+                        why: "no broker address".into(),
+                    })
+                } else {
+                    Ok(v)
+                }
+            })
+    }
+
+    /// The full URI with the password, for the AMQP client only.
+    pub fn to_uri(&self) -> String {
+        self.render(&utf8_percent_encode(&self.password, COMPONENT).to_string())
+    }
+
+    fn render(&self, password: &str) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!(
+            "{}://{}:{}@{}:{}/{}",
+            if self.tls { "amqps" } else { "amqp" },
+            utf8_percent_encode(&self.user, COMPONENT),
+            password,
+            host,
+            self.port,
+            utf8_percent_encode(&self.vhost, COMPONENT)
+        )
+    }
+}
+
+impl fmt::Display for AmqpDsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render("****"))
+    }
+}
+
+impl fmt::Debug for AmqpDsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AmqpDsn({self})")
+    }
+}
+
+/// Where records are stored, by scheme.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreDsn {
+    /// Embedded SQLite file.
+    Sqlite {
+        /// Absolute path of the database file.
+        path: PathBuf,
+    },
+    /// PostgreSQL, passed to the driver as given.
+    Postgres {
+        /// `postgres://…` URL.
+        url: String,
+    },
+    /// CouchDB over its HTTP API.
+    Couch {
+        /// `http(s)://host:port`.
+        base_url: String,
+        /// Database name (`system_records` by default).
+        db: String,
+        /// User, if any.
+        user: Option<String>,
+        /// Password, if any (never shown).
+        password: Option<String>,
+        /// `couchs://`.
+        tls: bool,
+    },
+}
+
+impl StoreDsn {
+    /// Parses a DSN; a relative SQLite path is relative to `base_dir` (the config file's directory).
+    pub fn parse(s: &str, base_dir: &Path) -> Result<StoreDsn, DsnError> {
+        let s = s.trim();
+        let err = |why: String| DsnError::Store {
+            given: mask_secrets(s),
+            why,
+        };
+        if let Some(rest) = s.strip_prefix("sqlite:") {
+            let path = if let Some(abs) = rest.strip_prefix("//") {
+                // sqlite:///abs/path (empty authority) or sqlite://rel.db
+                if abs.starts_with('/') {
+                    PathBuf::from(abs)
+                } else {
+                    base_dir.join(abs)
+                }
+            } else if rest.starts_with('/') {
+                PathBuf::from(rest)
+            } else {
+                base_dir.join(rest)
+            };
+            if rest.trim_start_matches('/').is_empty() {
+                return Err(err("no database file".into()));
+            }
+            return Ok(StoreDsn::Sqlite { path });
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(StoreDsn::Postgres { url: s.to_string() });
+        }
+        let couch = s
+            .strip_prefix("couchs://")
+            .map(|r| (true, r))
+            .or_else(|| s.strip_prefix("couch://").map(|r| (false, r)));
+        if let Some((tls, rest)) = couch {
+            let (authority, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], rest[i + 1..].trim_end_matches('/')),
+                None => (rest, ""),
+            };
+            let (userinfo, hostport) = match authority.rfind('@') {
+                Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+                None => (None, authority),
+            };
+            if hostport.is_empty() {
+                return Err(err("no host".into()));
+            }
+            let dec = |p: &str| {
+                percent_decode_str(p)
+                    .decode_utf8()
+                    .map(|c| c.into_owned())
+                    .map_err(|_| err("credentials are not valid percent-encoded UTF-8".into()))
+            };
+            let (user, password) = match userinfo {
+                Some(u) => match u.split_once(':') {
+                    Some((a, b)) => (Some(dec(a)?), Some(dec(b)?)),
+                    None => (Some(dec(u)?), None),
+                },
+                None => (None, None),
+            };
+            let hostport = if hostport.contains(':') || hostport.starts_with('[') {
+                hostport.to_string()
+            } else {
+                format!("{hostport}:5984")
+            };
+            let db = if path.is_empty() {
+                "system_records".to_string()
+            } else {
+                path.to_string()
+            };
+            return Ok(StoreDsn::Couch {
+                base_url: format!("{}://{hostport}", if tls { "https" } else { "http" }),
+                db,
+                user,
+                password,
+                tls,
+            });
+        }
+        let scheme = s.split_once(':').map(|(a, _)| a).unwrap_or(s);
+        Err(err(format!("unknown scheme {scheme:?}")))
+    }
+
+    /// The scheme name: `sqlite`, `postgres` or `couch`.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            StoreDsn::Sqlite { .. } => "sqlite",
+            StoreDsn::Postgres { .. } => "postgres",
+            StoreDsn::Couch { .. } => "couch",
+        }
+    }
+}
+
+impl fmt::Display for StoreDsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreDsn::Sqlite { path } => write!(f, "sqlite://{}", path.display()),
+            StoreDsn::Postgres { url } => f.write_str(&mask_secrets(url)),
+            StoreDsn::Couch {
+                base_url,
+                db,
+                user,
+                password,
+                tls,
+            } => {
+                let host = base_url.split_once("://").map(|(_, h)| h).unwrap_or(base_url);
+                let creds = match (user, password) {
+                    (Some(u), Some(_)) => format!("{u}:****@"),
+                    (Some(u), None) => format!("{u}@"),
+                    _ => String::new(),
+                };
+                write!(f, "{}://{creds}{host}/{db}", if *tls { "couchs" } else { "couch" })
+            }
+        }
+    }
+}
+
+impl fmt::Debug for StoreDsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreDsn({self})")
+    }
+}
+
+/// Masks the password of every `scheme://user:password@` in `text`, for logs and errors.
+pub fn mask_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // The authority ends at the first '/', whitespace or quote.
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace() || c == '"' || c == '\'' || c == ',')
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => {
+                        out.push_str(user);
+                        out.push_str(":****");
+                    }
+                    None => out.push_str(userinfo),
+                }
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amqp_forms() {
+        let cases: &[(&str, &str, u16, &str, &str, &str, bool)] = &[
+            ("amqp://guest:guest@127.0.0.1:5672/vogeler", "127.0.0.1", 5672, "guest", "guest", "vogeler", false),
+            ("amqp://guest:guest@127.0.0.1:5672/%2Fvogeler", "127.0.0.1", 5672, "guest", "guest", "/vogeler", false),
+            ("amqp://u:p@h/", "h", 5672, "u", "p", "/", false),
+            ("amqp://u:p@h", "h", 5672, "u", "p", "/", false),
+            ("amqp://u:p%40ss@h:5673/v", "h", 5673, "u", "p@ss", "v", false),
+            ("amqps://u:p@h/v", "h", 5671, "u", "p", "v", true),
+            ("10.10.10.2", "10.10.10.2", 5672, "guest", "guest", "/", false),
+            ("broker:5673", "broker", 5673, "guest", "guest", "/", false),
+            ("amqp://[::1]:5672/", "::1", 5672, "guest", "guest", "/", false),
+        ];
+        for (s, host, port, user, pass, vhost, tls) in cases {
+            let d = AmqpDsn::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(
+                (d.host.as_str(), d.port, d.user.as_str(), d.password.as_str(), d.vhost.as_str(), d.tls),
+                (*host, *port, *user, *pass, *vhost, *tls),
+                "{s}"
+            );
+            // The URI for the client round-trips.
+            assert_eq!(AmqpDsn::parse(&d.to_uri()).expect("round trip"), d, "{s}");
+            assert!(!d.to_string().contains(&format!(":{pass}@")) || pass.is_empty() || *pass == "****");
+        }
+        assert_eq!(AmqpDsn::parse("amqp://u:p@h/").expect("dsn").to_uri(), "amqp://u:p@h:5672/%2F");
+        for bad in ["", "http://h/", "amqp://u:p@h:notaport/", "amqp:///v"] {
+            let e = AmqpDsn::parse(bad).expect_err(bad);
+            assert!(e.to_string().contains("example"), "{e}");
+        }
+        assert_eq!(AmqpDsn::parse_list("amqp://a, amqp://b:5673").expect("list").len(), 2);
+    }
+
+    #[test]
+    fn amqp_display_masks_password() {
+        let d = AmqpDsn::parse("amqp://guest:s3cret@h/v").expect("dsn");
+        assert_eq!(d.to_string(), "amqp://guest:****@h:5672/v");
+        assert!(!format!("{d:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn store_forms() {
+        let base = Path::new("/etc/vogeler");
+        let cases: &[(&str, &str)] = &[
+            ("sqlite:///var/lib/vogeler/v.db", "sqlite:///var/lib/vogeler/v.db"),
+            ("sqlite:rel.db", "sqlite:///etc/vogeler/rel.db"),
+            ("sqlite://rel.db", "sqlite:///etc/vogeler/rel.db"),
+            ("postgres://u:pw@h/db", "postgres://u:****@h/db"),
+            ("postgresql://h/db", "postgresql://h/db"),
+            ("couch://127.0.0.1:5984/system_records", "couch://127.0.0.1:5984/system_records"),
+            ("couch://localhost", "couch://localhost:5984/system_records"),
+            ("couch://u:pw@h:5984/sysrecs3", "couch://u:****@h:5984/sysrecs3"),
+            ("couchs://h:6984/x", "couchs://h:6984/x"),
+        ];
+        for (s, shown) in cases {
+            let d = StoreDsn::parse(s, base).unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(d.to_string(), *shown, "{s}");
+        }
+        match StoreDsn::parse("couchs://u:pw@h:6984/x", base).expect("couchs") {
+            StoreDsn::Couch { base_url, db, user, password, tls } => {
+                assert_eq!((base_url.as_str(), db.as_str(), tls), ("https://h:6984", "x", true));
+                assert_eq!((user.as_deref(), password.as_deref()), (Some("u"), Some("pw")));
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = StoreDsn::parse("mongo://u:pw@h/x", base).expect_err("mongo");
+        let msg = e.to_string();
+        assert!(msg.contains("\"mongo\"") && msg.contains("sqlite:") && msg.contains("postgres://") && msg.contains("couch://"), "{msg}");
+        assert!(!msg.contains("pw@"), "{msg}");
+    }
+
+    #[test]
+    fn masking() {
+        assert_eq!(
+            mask_secrets("cannot reach amqp://guest:s3cret@h:5672/v: refused"),
+            "cannot reach amqp://guest:****@h:5672/v: refused"
+        );
+        assert_eq!(mask_secrets("a,b amqp://u@h/ x"), "a,b amqp://u@h/ x");
+        assert_eq!(
+            mask_secrets("amqp://a:1@h,amqp://b:2@i"),
+            "amqp://a:****@h,amqp://b:****@i"
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! Round trips for every kind, the 2010 fixtures byte for byte, and malformed input.
+
+use chrono::{TimeZone, Utc};
+use serde_json::json;
+use vogeler_protocol::*;
+
+fn t() -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).single().expect("time")
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/../../fixtures/legacy-wire/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn every_kind_round_trips() {
+    let messages = vec![
+        Message::Request(Request {
+            id: "r1".into(),
+            command: "facter".into(),
+            targets: vec!["all".into()],
+            sender: "runner@h".into(),
+            sent_at: t(),
+            ttl: 60,
+            reply_to: Some("amq.gen-1".into()),
+            unsafe_command: false,
+        }),
+        Message::Result(PluginResult {
+            request_id: Some("r1".into()),
+            node: "web01".into(),
+            plugin: "facter".into(),
+            format: "yaml".into(),
+            data: Some(json!({"os": {"family": "Debian"}})),
+            error: None,
+            raw: None,
+            exit_status: Some(0),
+            duration_ms: 12,
+            collected_at: t(),
+            reply_to: None,
+        }),
+        Message::Result(PluginResult {
+            request_id: None,
+            node: "web01".into(),
+            plugin: "ohai".into(),
+            format: "json".into(),
+            data: None,
+            error: Some("plugin `ohai` exited with status 1".into()),
+            raw: Some("garbage".into()),
+            exit_status: Some(1),
+            duration_ms: 3,
+            collected_at: t(),
+            reply_to: None,
+        }),
+        Message::Stored(Stored {
+            request_id: Some("r1".into()),
+            node: "web01".into(),
+            plugin: "facter".into(),
+            ok: true,
+            error: None,
+            stored_at: t(),
+        }),
+        Message::Ping(Ping {
+            id: "p1".into(),
+            sender: "runner".into(),
+            sent_at: t(),
+            reply_to: "q".into(),
+        }),
+        Message::Pong(Pong {
+            ping_id: "p1".into(),
+            node: "web01".into(),
+            sent_at: t(),
+        }),
+        Message::Heartbeat(Heartbeat {
+            node: "web01".into(),
+            sent_at: t(),
+        }),
+    ];
+    for m in messages {
+        let bytes = encode(&m);
+        let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["kind"], m.kind());
+        assert_eq!(decode(&bytes), Ok(Decoded::Message(m.clone())), "{}", m.kind());
+    }
+}
+
+#[test]
+fn expiry() {
+    let mut r = Request::legacy("facter".into(), "n");
+    assert!(!r.is_expired(Utc::now() + chrono::Duration::days(365)), "ttl 0 never expires");
+    r.sent_at = t();
+    r.ttl = 10;
+    assert!(!r.is_expired(t() + chrono::Duration::seconds(10)));
+    assert!(r.is_expired(t() + chrono::Duration::seconds(11)));
+}
+
+#[test]
+fn legacy_requests_decode_and_reencode_byte_for_byte() {
+    for (file, command) in [
+        ("request-broadcast.json", "facter"),
+        ("request-alias.json", "get_procs"),
+    ] {
+        let bytes = fixture(file);
+        assert_eq!(decode(&bytes), Ok(Decoded::LegacyRequest(command.into())));
+        assert_eq!(encode_legacy_request(command), bytes.trim_ascii_end(), "{file}");
+    }
+}
+
+#[test]
+fn legacy_results_decode_and_reencode_byte_for_byte() {
+    for (file, plugin, format) in [
+        ("result-output.json", "rpm", "output"),
+        ("result-json.json", "ohai", "json"),
+        ("result-yaml.json", "facter", "yaml"),
+    ] {
+        let bytes = fixture(file);
+        let Ok(Decoded::LegacyResult(r)) = decode(&bytes) else {
+            panic!("{file} did not decode as a 2010 result");
+        };
+        assert_eq!(r.node, "web01");
+        assert_eq!(r.plugin.as_deref(), Some(plugin));
+        assert_eq!(r.format, format);
+        let raw = r.raw.expect("raw output");
+        assert_eq!(
+            encode_legacy_result("web01", plugin, &raw, format),
+            bytes.trim_ascii_end(),
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn legacy_error_result() {
+    let bytes = fixture("result-error.json");
+    let Ok(Decoded::LegacyResult(r)) = decode(&bytes) else {
+        panic!("error fixture did not decode");
+    };
+    let e = r.error.expect("error");
+    assert!(e.message.contains("not authorized"));
+    let ts = e.timestamp.expect("timestamp");
+    assert_eq!(ts.format("%Y-%m-%d %H:%M:%S%.6f").to_string(), "2010-09-26 14:19:59.078000");
+    assert_eq!(
+        encode_legacy_error("web01", &e.message, ts),
+        bytes.trim_ascii_end()
+    );
+}
+
+#[test]
+fn malformed_input_names_the_problem() {
+    let cases: Vec<(&[u8], &str)> = vec![
+        (&[0xff, 0xfe], "bad-utf8"),
+        (b"{\"v\":1,", "not-json"),
+        (b"", "not-json"),
+        (b"{}", "unknown-shape"),
+        (b"42", "unknown-shape"),
+        (b"[1,2]", "unknown-shape"),
+        (b"null", "unknown-shape"),
+        (b"\"\"", "unknown-shape"),
+        (br#"{"v":2,"kind":"result"}"#, "unknown-version"),
+        (br#"{"v":"1","kind":"result"}"#, "unknown-version"),
+        (br#"{"v":1,"kind":"bogus"}"#, "unknown-kind"),
+        (br#"{"v":1}"#, "bad-field"),
+        (br#"{"v":1,"kind":"result","plugin":"p","format":"json","collected_at":"2026-01-01T00:00:00Z"}"#, "bad-field"),
+        (br#"{"v":1,"kind":"result","node":"n","plugin":"p","format":"json","collected_at":"yesterday"}"#, "bad-field"),
+        (br#"{"syskey":""}"#, "bad-field"),
+        (br#"{"syskey":"n","format":"yaml"}"#, "bad-field"),
+        (br#"{"syskey":"n","a":"1","b":"2"}"#, "bad-field"),
+        (br#"{"syskey":"n","last_error":"x"}"#, "bad-field"),
+    ];
+    for (body, reason) in cases {
+        let err = decode(body).expect_err(&String::from_utf8_lossy(body));
+        assert_eq!(err.reason(), reason, "{:?}: {err}", String::from_utf8_lossy(body));
+        assert!(!err.to_string().is_empty());
+    }
+    // The bad field is named.
+    let err = decode(br#"{"v":1,"kind":"result","plugin":"p","format":"json","collected_at":"2026-01-01T00:00:00Z"}"#)
+        .expect_err("missing node");
+    assert!(err.to_string().contains("node"), "{err}");
+}

@@ -1,0 +1,206 @@
+//! Record stores: one document per node, behind one [`Store`] contract.
+//!
+//! The server hands a batch of [`Observation`]s to [`Store::apply`]; the backend
+//! commits the whole batch or nothing, so the caller may ack the batch's messages
+//! only after `apply` returned `Ok`. Backends are chosen by DSN scheme in [`open`].
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Fields every node document carries; a plugin may not use one of these names.
+pub const RESERVED_KEYS: &[&str] = &[
+    "_id",
+    "_rev",
+    "doc_type",
+    "system_name",
+    "created_at",
+    "updated_at",
+    "last_seen",
+    "last_error",
+];
+
+/// Whether `name` may be used as a plugin key in a node document.
+pub fn is_reserved_key(name: &str) -> bool {
+    name.starts_with('_') || RESERVED_KEYS.contains(&name)
+}
+
+/// One thing the server learned about a node, in the order it learned it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Node name (the document id).
+    pub node: String,
+    /// When the node produced it (`collected_at`); an older observation never
+    /// overwrites a newer stored value of the same key.
+    pub at: DateTime<Utc>,
+    /// What was observed.
+    pub change: Change,
+}
+
+/// What an [`Observation`] says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A plugin's result, already converted to JSON by its result format.
+    Plugin {
+        /// Plugin name: the document key.
+        name: String,
+        /// The converted value.
+        value: Value,
+    },
+    /// An error result: becomes the document's `last_error`.
+    Error {
+        /// The plugin that failed, when known.
+        plugin: Option<String>,
+        /// What went wrong, in the client's words.
+        message: String,
+        /// Raw plugin output kept beside the error (a format that did not parse).
+        raw: Option<String>,
+    },
+    /// A heartbeat or pong: only `last_seen` moves.
+    Seen,
+}
+
+/// What [`Store::apply`] did with one observation, index for index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The node had no document; one was created with this observation.
+    Created,
+    /// The document's content changed.
+    Updated,
+    /// Same value as stored (a redelivery or an unchanged result): only `last_seen` moved.
+    Unchanged,
+    /// Older than the stored value of that key: ignored, only `last_seen` moved.
+    Stale,
+    /// Refused (for example a reserved key name); the reason says why.
+    Refused(String),
+}
+
+/// A node's whole document as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Node name.
+    pub name: String,
+    /// First time any message from the node was stored.
+    pub created_at: DateTime<Utc>,
+    /// Last time the content changed.
+    pub updated_at: DateTime<Utc>,
+    /// Last time any message from the node arrived.
+    pub last_seen: DateTime<Utc>,
+    /// The last error result: `{"plugin", "message", "at", "raw"?}`.
+    pub last_error: Option<Value>,
+    /// One key per plugin name.
+    pub keys: BTreeMap<String, Value>,
+}
+
+impl NodeRecord {
+    /// The record as the flat JSON document users see (and CouchDB stores):
+    /// `system_name`, `doc_type: "SystemRecord"`, the times, `last_error` and one key per plugin.
+    pub fn document(&self) -> Value {
+        let mut doc = serde_json::Map::new();
+        doc.insert("system_name".into(), Value::String(self.name.clone()));
+        doc.insert("doc_type".into(), Value::String("SystemRecord".into()));
+        doc.insert("created_at".into(), Value::String(rfc3339(self.created_at)));
+        doc.insert("updated_at".into(), Value::String(rfc3339(self.updated_at)));
+        doc.insert("last_seen".into(), Value::String(rfc3339(self.last_seen)));
+        doc.insert(
+            "last_error".into(),
+            self.last_error.clone().unwrap_or(Value::Null),
+        );
+        for (k, v) in &self.keys {
+            doc.insert(k.clone(), v.clone());
+        }
+        Value::Object(doc)
+    }
+}
+
+/// Times in documents: RFC 3339, UTC, microseconds.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// One line of the node list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSummary {
+    /// Node name.
+    pub name: String,
+    /// Last time any message from the node arrived.
+    pub last_seen: DateTime<Utc>,
+    /// Plugin keys present in the document, sorted.
+    pub plugins: Vec<String>,
+    /// The last error message, if any.
+    pub last_error: Option<String>,
+}
+
+/// One recorded change of one key of one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Node name.
+    pub node: String,
+    /// Plugin key (or `last_error`).
+    pub key: String,
+    /// Value before the change; `None` when the key first appeared.
+    pub old: Option<Value>,
+    /// Value after the change.
+    pub new: Option<Value>,
+    /// When the change was observed (the observation's `at`).
+    pub at: DateTime<Utc>,
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or failed mid-call: retry later.
+    #[error("{backend} store unavailable: {message}")]
+    Unavailable {
+        /// Backend name.
+        backend: &'static str,
+        /// What the backend said.
+        message: String,
+    },
+    /// The backend is compiled out of this build.
+    #[error("store backend {0} is not compiled into this build (cargo feature `{0}`)")]
+    NotCompiled(&'static str),
+    /// A request the store cannot serve (bad query, bad path).
+    #[error("{0}")]
+    Invalid(String),
+    /// Anything else the backend reported.
+    #[error("{backend} store error: {message}")]
+    Backend {
+        /// Backend name.
+        backend: &'static str,
+        /// What the backend said.
+        message: String,
+    },
+}
+
+/// The contract every backend fulfils; the conformance suite checks it on each.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Backend name for logs and metrics (`sqlite`, `postgres`, `couch`).
+    fn backend(&self) -> &'static str;
+
+    /// Applies a batch in order, atomically: all of it is committed or none.
+    async fn apply(&self, batch: Vec<Observation>) -> Result<Vec<Outcome>, StoreError>;
+
+    /// One node's document.
+    async fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError>;
+
+    /// Every node, sorted by name.
+    async fn nodes(&self) -> Result<Vec<NodeSummary>, StoreError>;
+
+    /// Recorded changes of a node, oldest first; only those of `key` when given.
+    async fn history(&self, node: &str, key: Option<&str>)
+        -> Result<Vec<HistoryEntry>, StoreError>;
+
+    /// Cheap round trip proving the store answers.
+    async fn health(&self) -> Result<(), StoreError>;
+}
+
+/// A shareable store handle.
+pub type DynStore = Arc<dyn Store>;

@@ -1,0 +1,435 @@
+//! The embedded SQLite store: one file, WAL mode, one writer thread.
+//!
+//! The connection lives on a dedicated thread so the async runtime never blocks on
+//! disk; calls are closures sent to it. SQLite allows one writing server: run one
+//! `vogeler-server` per file (PostgreSQL or CouchDB for several side by side).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::Value;
+
+use crate::{
+    is_reserved_key, rfc3339, Change, HistoryEntry, NodeRecord, NodeSummary, Observation, Outcome,
+    Store, StoreError,
+};
+
+const BACKEND: &str = "sqlite";
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A store in one SQLite file.
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    path: PathBuf,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend {
+        backend: BACKEND,
+        message: e.to_string(),
+    }
+}
+
+fn sql_err(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::CannotOpen
+                    | rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::ReadOnly
+            ) =>
+        {
+            StoreError::Unavailable {
+                backend: BACKEND,
+                message: e.to_string(),
+            }
+        }
+        _ => err(e),
+    }
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    last_error TEXT,
+    last_error_at TEXT
+);
+CREATE TABLE IF NOT EXISTS node_keys (
+    node TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    collected_at TEXT NOT NULL,
+    PRIMARY KEY (node, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY,
+    node TEXT NOT NULL,
+    key TEXT NOT NULL,
+    old TEXT,
+    new TEXT,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_node_key ON history (node, key, at);
+CREATE INDEX IF NOT EXISTS history_at ON history (at);
+CREATE INDEX IF NOT EXISTS nodes_last_seen ON nodes (last_seen);
+";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and its schema.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable {
+                    backend: BACKEND,
+                    message: format!("cannot create directory {}: {e}", dir.display()),
+                })?;
+            }
+        }
+        let mut conn = Connection::open(path).map_err(|e| StoreError::Unavailable {
+            backend: BACKEND,
+            message: format!("cannot open {}: {e}", path.display()),
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql_err)?;
+        conn.execute_batch(SCHEMA).map_err(sql_err)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("vogeler-sqlite".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job(&mut conn);
+                }
+            })
+            .map_err(err)?;
+        Ok(SqliteStore {
+            jobs: tx,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move |conn| {
+                let _ = tx.send(f(conn));
+            }))
+            .map_err(|_| StoreError::Unavailable {
+                backend: BACKEND,
+                message: "the SQLite thread has stopped".into(),
+            })?;
+        rx.await.map_err(|_| StoreError::Unavailable {
+            backend: BACKEND,
+            message: "the SQLite thread dropped a call".into(),
+        })?
+    }
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|d| d.with_timezone(&Utc))
+        .map_err(|e| err(format!("bad stored time {s:?}: {e}")))
+}
+
+fn parse_json(s: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(s).map_err(|e| err(format!("bad stored JSON: {e}")))
+}
+
+/// Applies one batch inside one transaction.
+fn apply_batch(conn: &mut Connection, batch: &[Observation]) -> Result<Vec<Outcome>, StoreError> {
+    let tx = conn.transaction().map_err(sql_err)?;
+    let now = rfc3339(Utc::now());
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for obs in batch {
+        if let Change::Plugin { name, .. } = &obs.change {
+            if is_reserved_key(name) {
+                outcomes.push(Outcome::Refused(format!(
+                    "plugin name {name:?} clashes with a document field"
+                )));
+                continue;
+            }
+        }
+        let created = tx
+            .prepare_cached(
+                "INSERT INTO nodes (name, created_at, updated_at, last_seen) VALUES (?1, ?2, ?2, ?2)
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![obs.node, now]))
+            .map_err(sql_err)?
+            == 1;
+        let at = rfc3339(obs.at);
+        let changed = match &obs.change {
+            Change::Seen => false,
+            Change::Plugin { name, value } => {
+                let new = serde_json::to_string(value).map_err(err)?;
+                let old: Option<(String, String)> = tx
+                    .prepare_cached(
+                        "SELECT value, collected_at FROM node_keys WHERE node = ?1 AND key = ?2",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(params![obs.node, name], |r| Ok((r.get(0)?, r.get(1)?)))
+                            .optional()
+                    })
+                    .map_err(sql_err)?;
+                match old {
+                    Some((_, old_at)) if at < old_at => {
+                        outcomes.push(Outcome::Stale);
+                        touch(&tx, &obs.node, &now, false)?;
+                        continue;
+                    }
+                    Some((old_value, _)) if old_value == new => {
+                        tx.prepare_cached(
+                            "UPDATE node_keys SET collected_at = ?3 WHERE node = ?1 AND key = ?2",
+                        )
+                        .and_then(|mut s| s.execute(params![obs.node, name, at]))
+                        .map_err(sql_err)?;
+                        false
+                    }
+                    old => {
+                        tx.prepare_cached(
+                            "INSERT INTO node_keys (node, key, value, collected_at) VALUES (?1, ?2, ?3, ?4)
+                             ON CONFLICT (node, key) DO UPDATE SET value = excluded.value, collected_at = excluded.collected_at",
+                        )
+                        .and_then(|mut s| s.execute(params![obs.node, name, new, at]))
+                        .map_err(sql_err)?;
+                        record_history(&tx, &obs.node, name, old.map(|o| o.0), Some(new), &at)?;
+                        true
+                    }
+                }
+            }
+            Change::Error {
+                plugin,
+                message,
+                raw,
+            } => {
+                let mut e = serde_json::Map::new();
+                e.insert("plugin".into(), plugin.clone().map(Value::String).unwrap_or(Value::Null));
+                e.insert("message".into(), Value::String(message.clone()));
+                e.insert("at".into(), Value::String(at.clone()));
+                if let Some(raw) = raw {
+                    e.insert("raw".into(), Value::String(raw.clone()));
+                }
+                let new = Value::Object(e).to_string();
+                let old: Option<(Option<String>, Option<String>)> = tx
+                    .prepare_cached("SELECT last_error, last_error_at FROM nodes WHERE name = ?1")
+                    .and_then(|mut s| {
+                        s.query_row(params![obs.node], |r| Ok((r.get(0)?, r.get(1)?)))
+                            .optional()
+                    })
+                    .map_err(sql_err)?;
+                let (old_value, old_at) = old.unwrap_or((None, None));
+                if old_at.as_deref().is_some_and(|o| at.as_str() < o) {
+                    outcomes.push(Outcome::Stale);
+                    touch(&tx, &obs.node, &now, false)?;
+                    continue;
+                }
+                if old_value.as_deref() == Some(new.as_str()) {
+                    false
+                } else {
+                    tx.prepare_cached(
+                        "UPDATE nodes SET last_error = ?2, last_error_at = ?3 WHERE name = ?1",
+                    )
+                    .and_then(|mut s| s.execute(params![obs.node, new, at]))
+                    .map_err(sql_err)?;
+                    record_history(&tx, &obs.node, "last_error", old_value, Some(new), &at)?;
+                    true
+                }
+            }
+        };
+        touch(&tx, &obs.node, &now, changed)?;
+        outcomes.push(if created {
+            Outcome::Created
+        } else if changed {
+            Outcome::Updated
+        } else {
+            Outcome::Unchanged
+        });
+    }
+    tx.commit().map_err(sql_err)?;
+    Ok(outcomes)
+}
+
+fn touch(tx: &rusqlite::Transaction<'_>, node: &str, now: &str, changed: bool) -> Result<(), StoreError> {
+    let sql = if changed {
+        "UPDATE nodes SET last_seen = ?2, updated_at = ?2 WHERE name = ?1"
+    } else {
+        "UPDATE nodes SET last_seen = ?2 WHERE name = ?1"
+    };
+    tx.prepare_cached(sql)
+        .and_then(|mut s| s.execute(params![node, now]))
+        .map_err(sql_err)?;
+    Ok(())
+}
+
+fn record_history(
+    tx: &rusqlite::Transaction<'_>,
+    node: &str,
+    key: &str,
+    old: Option<String>,
+    new: Option<String>,
+    at: &str,
+) -> Result<(), StoreError> {
+    tx.prepare_cached("INSERT INTO history (node, key, old, new, at) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .and_then(|mut s| s.execute(params![node, key, old, new, at]))
+        .map_err(sql_err)?;
+    Ok(())
+}
+
+fn read_node(conn: &Connection, name: &str) -> Result<Option<NodeRecord>, StoreError> {
+    let row: Option<(String, String, String, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT created_at, updated_at, last_seen, last_error FROM nodes WHERE name = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![name], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+        })
+        .map_err(sql_err)?;
+    let Some((created_at, updated_at, last_seen, last_error)) = row else {
+        return Ok(None);
+    };
+    let mut keys = BTreeMap::new();
+    let mut stmt = conn
+        .prepare_cached("SELECT key, value FROM node_keys WHERE node = ?1")
+        .map_err(sql_err)?;
+    let rows = stmt
+        .query_map(params![name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(sql_err)?;
+    for row in rows {
+        let (k, v) = row.map_err(sql_err)?;
+        keys.insert(k, parse_json(&v)?);
+    }
+    Ok(Some(NodeRecord {
+        name: name.to_string(),
+        created_at: parse_time(&created_at)?,
+        updated_at: parse_time(&updated_at)?,
+        last_seen: parse_time(&last_seen)?,
+        last_error: last_error.as_deref().map(parse_json).transpose()?,
+        keys,
+    }))
+}
+
+fn read_nodes(conn: &Connection) -> Result<Vec<NodeSummary>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT n.name, n.last_seen, json_extract(n.last_error, '$.message'),
+                    (SELECT group_concat(key, char(31)) FROM (SELECT key FROM node_keys k WHERE k.node = n.name ORDER BY key))
+             FROM nodes n ORDER BY n.name",
+        )
+        .map_err(sql_err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })
+        .map_err(sql_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (name, last_seen, last_error, keys) = row.map_err(sql_err)?;
+        out.push(NodeSummary {
+            name,
+            last_seen: parse_time(&last_seen)?,
+            plugins: keys
+                .map(|k| k.split('\u{1f}').map(str::to_string).collect())
+                .unwrap_or_default(),
+            last_error,
+        });
+    }
+    Ok(out)
+}
+
+fn read_history(conn: &Connection, node: &str, key: Option<&str>) -> Result<Vec<HistoryEntry>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT key, old, new, at FROM history WHERE node = ?1 AND (?2 IS NULL OR key = ?2) ORDER BY at, id",
+        )
+        .map_err(sql_err)?;
+    let rows = stmt
+        .query_map(params![node, key], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })
+        .map_err(sql_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (key, old, new, at) = row.map_err(sql_err)?;
+        out.push(HistoryEntry {
+            node: node.to_string(),
+            key,
+            old: old.as_deref().map(parse_json).transpose()?,
+            new: new.as_deref().map(parse_json).transpose()?,
+            at: parse_time(&at)?,
+        });
+    }
+    Ok(out)
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn apply(&self, batch: Vec<Observation>) -> Result<Vec<Outcome>, StoreError> {
+        self.call(move |conn| apply_batch(conn, &batch)).await
+    }
+
+    async fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let name = name.to_string();
+        self.call(move |conn| read_node(conn, &name)).await
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeSummary>, StoreError> {
+        self.call(|conn| read_nodes(conn)).await
+    }
+
+    async fn history(
+        &self,
+        node: &str,
+        key: Option<&str>,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let node = node.to_string();
+        let key = key.map(str::to_string);
+        self.call(move |conn| read_history(conn, &node, key.as_deref()))
+            .await
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        self.call(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(sql_err)
+        })
+        .await
+    }
+}

@@ -1,0 +1,200 @@
+//! `vogeler-admin`: set-up of broker and store, node queries and queue status.
+//!
+//! Every subcommand returns its output as text so `main` only prints it and maps
+//! errors to exit codes; tests call the binary and read the same text.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+use vogeler_store::DynStore;
+use vogeler_transport::{Broker, Session, Topology};
+
+/// A dotted path into a document: `facter.os.family`; numeric segments index arrays.
+pub fn lookup_path<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut cur = doc;
+    for seg in path.split('.') {
+        cur = match cur {
+            Value::Object(m) => m.get(seg)?,
+            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// `vogeler-admin node`: every node as a table.
+pub async fn list_nodes(store: &DynStore) -> anyhow::Result<String> {
+    let nodes = store.nodes().await?;
+    let mut out = String::new();
+    let width = nodes.iter().map(|n| n.name.len()).max().unwrap_or(4).max(4);
+    let _ = writeln!(
+        out,
+        "{:width$}  {:20}  {:30}  LAST ERROR",
+        "NODE", "LAST SEEN", "PLUGINS"
+    );
+    for n in &nodes {
+        let _ = writeln!(
+            out,
+            "{:width$}  {:20}  {:30}  {}",
+            n.name,
+            n.last_seen.format("%Y-%m-%d %H:%M:%S"),
+            n.plugins.join(","),
+            n.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    let _ = writeln!(out, "{} node(s)", nodes.len());
+    Ok(out)
+}
+
+/// `vogeler-admin node NAME [KEY]`: one document, or one dotted key of it, as JSON.
+pub async fn show_node(store: &DynStore, name: &str, key: Option<&str>) -> anyhow::Result<String> {
+    let Some(record) = store.node(name).await? else {
+        anyhow::bail!("no node named {name:?} is stored (see `vogeler-admin node` for the list)");
+    };
+    let doc = record.document();
+    let value = match key {
+        None => &doc,
+        Some(k) => lookup_path(&doc, k).ok_or_else(|| {
+            anyhow::anyhow!(
+                "node {name:?} has no key {k:?} (its top-level keys: {})",
+                doc.as_object()
+                    .map(|m| m.keys().cloned().collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            )
+        })?,
+    };
+    Ok(format!("{}\n", serde_json::to_string_pretty(value)?))
+}
+
+/// The `rabbitmqctl` lines that create a vhost and give a user all rights on it.
+pub fn rabbitmqctl_lines(vhost: &str, user: &str) -> Vec<Vec<String>> {
+    vec![
+        vec!["add_vhost".into(), vhost.into()],
+        vec![
+            "set_permissions".into(),
+            "-p".into(),
+            vhost.into(),
+            user.into(),
+            ".*".into(),
+            ".*".into(),
+            ".*".into(),
+        ],
+    ]
+}
+
+/// Declares the server's topology over AMQP (exchanges, master queue, dead-letter queue).
+pub async fn declare_topology(broker: &Broker, topology: &Topology) -> anyhow::Result<String> {
+    let session = broker.connect().await?;
+    session.declare_server(topology).await?;
+    session.close().await;
+    Ok(format!(
+        "declared exchanges {} (direct) and {} (topic), queues {} and {} on {}\n",
+        topology.master_exchange,
+        topology.broadcast_exchange,
+        topology.master_queue,
+        topology.dead_queue,
+        broker.describe()
+    ))
+}
+
+/// One row of `queue --status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueueRow {
+    /// Queue name.
+    pub queue: String,
+    /// What the queue is for.
+    pub role: String,
+    /// Ready messages, `None` when the queue does not exist.
+    pub messages: Option<u32>,
+    /// Consumers, `None` when the queue does not exist.
+    pub consumers: Option<u32>,
+    /// A short warning: missing, backing up, no consumer.
+    pub flag: String,
+}
+
+/// Depth and consumers of master.in, the dead-letter queue and every known node queue.
+pub async fn queue_status(
+    session: &Session,
+    topology: &Topology,
+    nodes: &[String],
+) -> anyhow::Result<Vec<QueueRow>> {
+    let mut rows = Vec::new();
+    let mut wanted = vec![
+        (topology.master_queue.clone(), "results".to_string()),
+        (topology.dead_queue.clone(), "dead letters".to_string()),
+    ];
+    for n in nodes {
+        wanted.push((n.clone(), "node".into()));
+    }
+    for (queue, role) in wanted {
+        let status = session.queue_status(&queue).await?;
+        let flag = match (&status, role.as_str()) {
+            (None, _) => "MISSING".to_string(),
+            (Some(s), "dead letters") if s.messages > 0 => "has dead letters".into(),
+            (Some(s), _) if s.messages > 100 => "BACKING UP".into(),
+            (Some(s), "results" | "node") if s.consumers == 0 => "no consumer".into(),
+            _ => String::new(),
+        };
+        rows.push(QueueRow {
+            queue,
+            role,
+            messages: status.map(|s| s.messages),
+            consumers: status.map(|s| s.consumers),
+            flag,
+        });
+    }
+    Ok(rows)
+}
+
+/// Renders queue rows as a table.
+pub fn render_queue_rows(rows: &[QueueRow]) -> String {
+    let width = rows.iter().map(|r| r.queue.len()).max().unwrap_or(5).max(5);
+    let mut out = format!(
+        "{:width$}  {:12}  {:>8}  {:>9}  FLAG\n",
+        "QUEUE", "ROLE", "MESSAGES", "CONSUMERS"
+    );
+    let num = |v: Option<u32>| v.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:width$}  {:12}  {:>8}  {:>9}  {}",
+            r.queue,
+            r.role,
+            num(r.messages),
+            num(r.consumers),
+            r.flag
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn dotted_paths() {
+        let doc = json!({"facter": {"os": {"family": "Debian"}, "list": [1, 2]}});
+        let cases = [
+            ("facter.os.family", Some(json!("Debian"))),
+            ("facter.list.1", Some(json!(2))),
+            ("facter.list.9", None),
+            ("facter.os.nope", None),
+            ("facter.os.family.deeper", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(lookup_path(&doc, path).cloned(), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn rabbitmqctl_lines_match_the_2010_readme() {
+        let lines = rabbitmqctl_lines("/vogeler", "guest");
+        assert_eq!(lines[0], vec!["add_vhost", "/vogeler"]);
+        assert_eq!(
+            lines[1],
+            vec!["set_permissions", "-p", "/vogeler", "guest", ".*", ".*", ".*"]
+        );
+    }
+}

@@ -1,0 +1,80 @@
+//! `vogeler-client`: the agent on every host (see `vogeler::client`).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use vogeler::cli::{fail, CommonArgs};
+use vogeler::settings::{self, Program};
+use vogeler::shutdown::Shutdown;
+
+/// Run authorized plugins when asked over RabbitMQ and publish their results.
+#[derive(Debug, Parser)]
+#[command(name = "vogeler-client", version, about)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+
+    /// Plugin directory (*.cfg files) [default: [global] plugin_path, else /etc/vogeler/plugins].
+    #[arg(short = 'p', long = "plugin-path", global = true, value_name = "DIR")]
+    plugins: Option<PathBuf>,
+
+    /// This node's name [default: [client] node_name, else the host name].
+    #[arg(long, global = true, env = "VOGELER_NODE_NAME", value_name = "NAME")]
+    node_name: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Answer requests until stopped.
+    Run {
+        /// Exit after answering the first request.
+        #[arg(long)]
+        oneshot: bool,
+        /// Also run command lines that are not plugins (dangerous; loudly logged).
+        #[arg(long)]
+        allow_unsafe: bool,
+    },
+    /// Print the registered plugins and exit.
+    List,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => fail("vogeler-client", &e.into(), 1),
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        fail("vogeler-client", &e, 1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let extra = settings::Extra {
+        plugin_path: cli.plugins.clone(),
+        node_name: cli.node_name.clone(),
+    };
+    let s = settings::load(Program::Client, &cli.common, extra)?;
+    settings::init_logging(&s)?;
+    match cli.command {
+        Command::List => {
+            let opts = settings::client_options(&s, false, false)?;
+            let registry = vogeler::client::load_registry(&opts)?;
+            print!("{}", vogeler::client::render_plugins(&registry));
+            Ok(())
+        }
+        Command::Run {
+            oneshot,
+            allow_unsafe,
+        } => {
+            let opts = settings::client_options(&s, oneshot, allow_unsafe)?;
+            vogeler::client::run(opts, Shutdown::on_signals()).await
+        }
+    }
+}

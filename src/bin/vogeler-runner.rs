@@ -1,0 +1,126 @@
+//! `vogeler-runner`: sends a command to all nodes or some (see `vogeler::runner`).
+
+use std::time::Duration;
+
+use clap::Parser;
+use vogeler::cli::{fail, CommonArgs};
+use vogeler::settings::{self, Program};
+
+/// Send a plugin command to every node or to named nodes; optionally wait for the stored results.
+///
+/// Exit status: 0 all stored without error, 1 some error results, 2 usage,
+/// 3 some nodes did not answer or were unroutable.
+#[derive(Debug, Parser)]
+#[command(name = "vogeler-runner", version, about)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+
+    /// Plugin name or alias to run (for example facter or get_facts).
+    #[arg(short = 'x', long = "execute", value_name = "COMMAND")]
+    command: String,
+
+    /// Target: `all`, or node names (repeat the flag or separate with commas).
+    #[arg(short = 'n', long = "node", value_name = "NODE", value_delimiter = ',', default_value = "all")]
+    nodes: Vec<String>,
+
+    /// Wait until the server stored each node's result, then print a summary.
+    #[arg(long)]
+    wait: bool,
+
+    /// How long to wait with --wait (10s, 2m, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+
+    /// Seconds after which clients must not run the request any more.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    ttl: u64,
+
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+
+    /// COMMAND is a command line, not a plugin (clients must run with --allow-unsafe).
+    #[arg(long = "unsafe")]
+    unsafe_command: bool,
+}
+
+/// `10s`, `2m`, `500ms`, or bare seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (examples: 10s, 2m, 500ms)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => fail("vogeler-runner", &e.into(), 1),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => fail("vogeler-runner", &e, 1),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let s = settings::load(Program::Runner, &cli.common, settings::Extra::default())?;
+    settings::init_logging(&s)?;
+    let nodes: Vec<String> = cli
+        .nodes
+        .iter()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let opts = vogeler::runner::RunnerOptions {
+        broker: settings::broker(&s, "vogeler-runner"),
+        topology: settings::topology(&s),
+        command: cli.command,
+        targets: nodes,
+        wait: cli.wait,
+        timeout: cli.timeout,
+        ttl: cli.ttl,
+        unsafe_command: cli.unsafe_command,
+        wire: settings::wire(&s),
+        quiet: Duration::from_secs(2),
+    };
+    let summary = vogeler::runner::run(&opts).await?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else if cli.wait || !summary.unroutable.is_empty() {
+        print!("{}", summary.render());
+    }
+    Ok(summary.exit_code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+}

@@ -1,0 +1,53 @@
+//! `vogeler-server`: stores every node's results (see `vogeler::server`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use vogeler::cli::{fail, CommonArgs};
+use vogeler::settings::{self, Program};
+use vogeler::shutdown::Shutdown;
+
+/// Consume plugin results from RabbitMQ and keep one document per node.
+#[derive(Debug, Parser)]
+#[command(name = "vogeler-server", version, about)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+
+    /// Load the CouchDB design docs under DIR (DIR/<ddoc>/views/<view>/map.js), print them and exit.
+    #[arg(short = 'l', long = "load-design-docs", value_name = "DIR")]
+    load: Option<PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => fail("vogeler-server", &e.into(), 1),
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        fail("vogeler-server", &e, 1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let s = settings::load(Program::Server, &cli.common, settings::Extra::default())?;
+    settings::init_logging(&s)?;
+    if let Some(dir) = cli.load {
+        let loaded = settings::load_design_docs(&s, &dir).await?;
+        println!("Loading design docs from {}", dir.display());
+        for line in loaded {
+            println!("  {line}");
+        }
+        println!("Design docs loaded");
+        return Ok(());
+    }
+    let store = settings::open_store(&s)
+        .await
+        .context("cannot open the store")?;
+    let opts = settings::server_options(&s);
+    let stats = Arc::new(vogeler::server::Stats::default());
+    vogeler::server::run(opts, store, stats, Shutdown::on_signals()).await
+}

@@ -1,0 +1,434 @@
+//! `vogeler-client`: the agent on every host.
+//!
+//! It binds its durable node queue to the broadcast exchange (`broadcasts.*` and its
+//! own name), runs only authorized plugins, converts their output per result format,
+//! and publishes the result to the master exchange. A delivery is acked only after the
+//! broker confirmed the result, so a client killed mid-run answers again on restart.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Semaphore;
+use vogeler_plugins::{ExecLimits, Format, Plugin, PluginOutcome, Registry};
+use vogeler_protocol::{Decoded, Message, PluginResult, Pong, Request};
+use vogeler_transport::{Backoff, Broker, Inbound, Outgoing, Session, Topology};
+
+use crate::shutdown::Shutdown;
+
+/// Which message shapes the programs emit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wire {
+    /// Versioned JSON (`v: 1`).
+    #[default]
+    V1,
+    /// The 2010 Python shapes, to talk to a 2010 server or client.
+    Legacy,
+}
+
+/// Everything the client needs to run.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Broker addresses.
+    pub broker: Broker,
+    /// Exchange names.
+    pub topology: Topology,
+    /// This node's name: its queue name, routing key and document id.
+    pub node: String,
+    /// Directory of plugin `.cfg` files.
+    pub plugin_dir: PathBuf,
+    /// Where the plugin files are compiled to (one file, as the 2010 client did).
+    pub compiled_path: PathBuf,
+    /// Timeout and output cap for each plugin run.
+    pub limits: ExecLimits,
+    /// Run command lines that are not plugins (loudly logged; off by default).
+    pub allow_unsafe: bool,
+    /// Exit after the first request.
+    pub oneshot: bool,
+    /// Message shapes to emit.
+    pub wire: Wire,
+    /// Plugins run at once; more requests wait in the broker.
+    pub concurrency: usize,
+}
+
+/// What one request produced, before encoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// Plugin name (the document key) or the command as asked.
+    pub plugin: String,
+    /// Result format name.
+    pub format: String,
+    /// Converted output, or the error.
+    pub outcome: Result<serde_json::Value, String>,
+    /// Raw output, kept for errors and the 2010 wire.
+    pub raw: Option<String>,
+    /// Exit status of the command.
+    pub exit_status: Option<i32>,
+    /// How long it ran.
+    pub duration: Duration,
+}
+
+/// The registry as currently loaded; swapped whole on reload.
+pub type SharedRegistry = Arc<RwLock<Arc<Registry>>>;
+
+/// Loads (compiles) the plugin directory, logging every broken file with its place.
+pub fn load_registry(opts: &ClientOptions) -> anyhow::Result<Registry> {
+    let (registry, problems) = Registry::compile(&opts.plugin_dir, &opts.compiled_path)?;
+    for p in problems {
+        tracing::warn!(problem = %p, "plugin skipped");
+    }
+    for w in registry.warnings() {
+        tracing::warn!(warning = %w, "plugin warning");
+    }
+    Ok(registry)
+}
+
+/// The `list` table: every registered plugin, available or not, and where it came from.
+pub fn render_plugins(registry: &Registry) -> String {
+    registry.describe()
+}
+
+/// Runs the client until `shutdown` fires (or after one request with `oneshot`).
+pub async fn run(opts: ClientOptions, mut shutdown: Shutdown) -> anyhow::Result<()> {
+    if opts.allow_unsafe {
+        tracing::warn!(
+            "--allow-unsafe is ON: this client will run ANY command line it is sent, not only authorized plugins"
+        );
+    }
+    let registry: SharedRegistry = Arc::new(RwLock::new(Arc::new(load_registry(&opts)?)));
+    {
+        let names: Vec<String> = current(&registry)
+            .plugins()
+            .map(|p| p.name.clone())
+            .collect();
+        tracing::info!(node = %opts.node, plugins = ?names, "vogeler-client has started");
+    }
+    let reloader = tokio::spawn(watch_plugins(opts.clone(), registry.clone(), shutdown.clone()));
+    let mut backoff = Backoff::default();
+    let result = loop {
+        let mut stop = Box::pin(shutdown.clone().wait_owned());
+        let Some(session) = opts.broker.connect_retrying(&mut backoff, &mut stop).await else {
+            break Ok(());
+        };
+        let session = Arc::new(session);
+        match serve(&opts, session.clone(), &registry, &mut shutdown).await {
+            Ok(()) => {
+                if let Ok(s) = Arc::try_unwrap(session) {
+                    s.close().await;
+                }
+                break Ok(());
+            }
+            Err(e) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "broker session lost; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait() => break Ok(()),
+                }
+            }
+        }
+    };
+    reloader.abort();
+    tracing::info!("vogeler-client stopped");
+    result
+}
+
+fn current(registry: &SharedRegistry) -> Arc<Registry> {
+    match registry.read() {
+        Ok(g) => g.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+async fn serve(
+    opts: &ClientOptions,
+    session: Arc<Session>,
+    registry: &SharedRegistry,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<()> {
+    session.declare_client(&opts.topology, &opts.node).await?;
+    let concurrency = opts.concurrency.max(1);
+    let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
+    let mut consumer = session.consume(&opts.node, prefetch, "").await?;
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
+    loop {
+        let delivery = tokio::select! {
+            d = consumer.next() => d,
+            e = failed_rx.recv() => return Err(e.unwrap_or_else(|| anyhow::anyhow!("worker failed"))),
+            _ = shutdown.wait() => {
+                // Let running plugins finish and their results be confirmed.
+                let _ = slots.acquire_many(concurrency as u32).await;
+                return Ok(());
+            }
+        };
+        let delivery = match delivery {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("the broker closed the consumer"),
+        };
+        let permit = slots.clone().acquire_owned().await?;
+        let task = {
+            let opts = opts.clone();
+            let session = session.clone();
+            let registry = current(registry);
+            let failed = failed_tx.clone();
+            async move {
+                if let Err(e) = handle(&opts, &session, &registry, delivery).await {
+                    let _ = failed.try_send(e);
+                }
+                drop(permit);
+            }
+        };
+        if opts.oneshot {
+            task.await;
+            tracing::info!("--oneshot: answered one request; exiting");
+            return Ok(());
+        }
+        tokio::spawn(task);
+    }
+}
+
+/// Handles one delivery: answer it, publish the answer (confirmed), then ack.
+async fn handle(
+    opts: &ClientOptions,
+    session: &Session,
+    registry: &Registry,
+    delivery: Inbound,
+) -> anyhow::Result<()> {
+    tracing::info!(bytes = delivery.body.len(), "message received");
+    let (request, answer) = match vogeler_protocol::decode(&delivery.body) {
+        Ok(Decoded::Message(Message::Request(r))) => {
+            let answer = answer_request(opts, registry, &r).await;
+            (Some(r), answer)
+        }
+        Ok(Decoded::LegacyRequest(command)) => {
+            let r = Request::legacy(command, &opts.node);
+            let answer = answer_request(opts, registry, &r).await;
+            (Some(r), answer)
+        }
+        Ok(Decoded::Message(Message::Ping(p))) => {
+            let pong = Message::Pong(Pong {
+                ping_id: p.id.clone(),
+                node: opts.node.clone(),
+                sent_at: Utc::now(),
+            });
+            session
+                .publish_confirmed(
+                    "",
+                    &p.reply_to,
+                    Outgoing::new(vogeler_protocol::encode(&pong)),
+                )
+                .await?;
+            session.ack(delivery.tag, false).await?;
+            return Ok(());
+        }
+        Ok(_) => {
+            tracing::warn!("ignoring a message that is not a request");
+            session.ack(delivery.tag, false).await?;
+            return Ok(());
+        }
+        Err(e) => (
+            None,
+            Answer {
+                plugin: "request".into(),
+                format: "raw".into(),
+                outcome: Err(format!("could not decode request: {e}")),
+                raw: None,
+                exit_status: None,
+                duration: Duration::ZERO,
+            },
+        ),
+    };
+    if let Err(e) = &answer.outcome {
+        tracing::warn!(plugin = %answer.plugin, error = %e, "answering with an error result");
+    } else {
+        tracing::info!(plugin = %answer.plugin, ms = answer.duration.as_millis() as u64, "plugin ran");
+    }
+    let body = encode_answer(opts, request.as_ref(), &answer);
+    let reply_to = request.as_ref().and_then(|r| r.reply_to.clone());
+    let msg = Outgoing {
+        body,
+        reply_to,
+        ..Default::default()
+    };
+    session
+        .publish_confirmed(&opts.topology.master_exchange, "", msg)
+        .await?;
+    session.ack(delivery.tag, false).await?;
+    Ok(())
+}
+
+/// Decides what to run for a request and runs it.
+pub async fn answer_request(opts: &ClientOptions, registry: &Registry, r: &Request) -> Answer {
+    let now = Utc::now();
+    if r.is_expired(now) {
+        return error_answer(
+            &r.command,
+            format!(
+                "request {} expired (sent {} with ttl {} s); not run",
+                r.id, r.sent_at, r.ttl
+            ),
+        );
+    }
+    if let Some(plugin) = registry.lookup(&r.command) {
+        return finish(vogeler_plugins::run_plugin(plugin, &opts.limits).await);
+    }
+    if r.unsafe_command {
+        if !opts.allow_unsafe {
+            return error_answer(
+                &r.command,
+                format!(
+                    "command line {:?} is not a plugin and this client was not started with --allow-unsafe",
+                    r.command
+                ),
+            );
+        }
+        let argv = match shell_words::split(&r.command) {
+            Ok(a) if !a.is_empty() => a,
+            _ => {
+                return error_answer(
+                    &r.command,
+                    format!("cannot split command line {:?}", r.command),
+                )
+            }
+        };
+        tracing::warn!(command = %r.command, "running an unsafe command line (--allow-unsafe)");
+        let adhoc = Plugin {
+            name: unsafe_key(&argv[0]),
+            description: "unsafe command line".into(),
+            command_line: r.command.clone(),
+            command: argv,
+            format: Format::Output,
+            alias: None,
+            interval: None,
+            timeout: None,
+            source: "(request)".into(),
+            line: 0,
+            available: true,
+            unavailable_reason: None,
+        };
+        return finish(vogeler_plugins::run_plugin(&adhoc, &opts.limits).await);
+    }
+    error_answer(
+        &r.command,
+        format!("Plugin {} is not authorized for this host. Ignoring", r.command),
+    )
+}
+
+fn unsafe_key(program: &str) -> String {
+    let base = program.rsplit('/').next().unwrap_or(program);
+    format!("unsafe_{base}")
+}
+
+fn error_answer(plugin: &str, message: String) -> Answer {
+    Answer {
+        plugin: plugin.to_string(),
+        format: "raw".into(),
+        outcome: Err(message),
+        raw: None,
+        exit_status: None,
+        duration: Duration::ZERO,
+    }
+}
+
+fn finish(o: PluginOutcome) -> Answer {
+    Answer {
+        plugin: o.plugin,
+        format: o.format.as_str().to_string(),
+        outcome: o.result.map_err(|e| e.to_string()),
+        raw: Some(o.raw),
+        exit_status: o.exit_status,
+        duration: o.duration,
+    }
+}
+
+/// Encodes an answer in the configured wire shape.
+pub fn encode_answer(opts: &ClientOptions, request: Option<&Request>, a: &Answer) -> Vec<u8> {
+    match opts.wire {
+        Wire::Legacy => match &a.outcome {
+            Ok(_) => vogeler_protocol::encode_legacy_result(
+                &opts.node,
+                &a.plugin,
+                a.raw.as_deref().unwrap_or_default(),
+                &a.format,
+            ),
+            Err(e) => vogeler_protocol::encode_legacy_error(&opts.node, e, Utc::now()),
+        },
+        Wire::V1 => {
+            let (data, error, raw) = match &a.outcome {
+                Ok(v) => (Some(v.clone()), None, None),
+                Err(e) => (None, Some(e.clone()), a.raw.clone()),
+            };
+            vogeler_protocol::encode(&Message::Result(PluginResult {
+                request_id: request.map(|r| r.id.clone()).filter(|id| !id.is_empty()),
+                node: opts.node.clone(),
+                plugin: a.plugin.clone(),
+                format: a.format.clone(),
+                data,
+                error,
+                raw,
+                exit_status: a.exit_status,
+                duration_ms: a.duration.as_millis() as u64,
+                collected_at: Utc::now(),
+                reply_to: request.and_then(|r| r.reply_to.clone()),
+            }))
+        }
+    }
+}
+
+/// Reloads the registry on SIGHUP and when the plugin directory changes.
+async fn watch_plugins(opts: ClientOptions, registry: SharedRegistry, mut shutdown: Shutdown) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let mut last = dir_fingerprint(&opts.plugin_dir);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let reason = tokio::select! {
+            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => "SIGHUP",
+            _ = tick.tick() => {
+                let now = dir_fingerprint(&opts.plugin_dir);
+                if now == last { continue; }
+                last = now;
+                "plugin directory changed"
+            }
+            _ = shutdown.wait() => return,
+        };
+        match load_registry(&opts) {
+            Ok(r) => {
+                let names: Vec<String> = r.plugins().map(|p| p.name.clone()).collect();
+                tracing::info!(reason, plugins = ?names, "plugins reloaded");
+                match registry.write() {
+                    Ok(mut g) => *g = Arc::new(r),
+                    Err(poisoned) => *poisoned.into_inner() = Arc::new(r),
+                }
+            }
+            Err(e) => {
+                tracing::error!(reason, error = %e, "plugin reload failed; keeping the plugins loaded before")
+            }
+        }
+    }
+}
+
+/// Names, sizes and modification times of the `.cfg` files: cheap to poll, changes on any edit.
+fn dir_fingerprint(dir: &std::path::Path) -> Vec<(String, u64, Option<std::time::SystemTime>)> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".cfg") {
+                continue;
+            }
+            let meta = e.metadata().ok();
+            out.push((
+                name,
+                meta.as_ref().map(|m| m.len()).unwrap_or(0),
+                meta.and_then(|m| m.modified().ok()),
+            ));
+        }
+    }
+    out.sort();
+    out
+}

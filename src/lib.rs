@@ -1,0 +1,16 @@
+//! Vogeler programs over the workspace's library crates.
+//!
+//! - [`server`]: consumes results and keeps one document per node.
+//! - [`client`]: the agent; runs authorized plugins when asked.
+//! - [`runner`]: sends a command and collects the answers.
+//! - [`admin`]: set-up, node queries, queue status.
+//! - [`settings`] and [`cli`]: flags, environment and `vogeler.conf` into options.
+//! - [`shutdown`]: the stop signal every loop takes.
+
+pub mod admin;
+pub mod cli;
+pub mod client;
+pub mod runner;
+pub mod server;
+pub mod settings;
+pub mod shutdown;

@@ -1,0 +1,266 @@
+//! `vogeler-runner`: sends one command to all nodes or to named nodes, and with
+//! `--wait` collects the server's `stored` confirmations into a summary.
+//!
+//! Publishes are mandatory and confirmed: a node whose queue does not exist (a
+//! client never started) comes back unroutable and is reported, exit status 3.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde::Serialize;
+use vogeler_protocol::{Decoded, Message, Request};
+use vogeler_transport::{Backoff, Broker, Delivered, Outgoing, Topology, BROADCAST_KEY};
+
+use crate::client::Wire;
+
+/// What to send, where, and whether to wait.
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    /// Broker addresses.
+    pub broker: Broker,
+    /// Exchange names.
+    pub topology: Topology,
+    /// Plugin name or alias (or a command line with `unsafe_command`).
+    pub command: String,
+    /// `["all"]` or node names.
+    pub targets: Vec<String>,
+    /// Wait for `stored` confirmations.
+    pub wait: bool,
+    /// How long to wait for them.
+    pub timeout: Duration,
+    /// Seconds after which a client must not run the request any more.
+    pub ttl: u64,
+    /// Send a command line that is not a plugin (clients need `--allow-unsafe`).
+    pub unsafe_command: bool,
+    /// Message shape to emit.
+    pub wire: Wire,
+    /// How long to keep waiting after the last answer when the expected nodes are unknown.
+    pub quiet: Duration,
+}
+
+/// What happened, in the figures MCollective users know.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Summary {
+    /// Request id.
+    pub request_id: String,
+    /// Command sent.
+    pub command: String,
+    /// Nodes targeted (empty for a broadcast without discovery).
+    pub discovered: Vec<String>,
+    /// Nodes whose result the server stored without error.
+    pub answered: Vec<String>,
+    /// Nodes that answered with an error result, and the message.
+    pub errors: BTreeMap<String, String>,
+    /// Targeted nodes with no stored answer before the timeout.
+    pub no_answer: Vec<String>,
+    /// Nodes whose queue does not exist (never started).
+    pub unroutable: Vec<String>,
+    /// Answers from nodes that were not targeted.
+    pub unexpected: Vec<String>,
+    /// Whether the runner waited for answers.
+    pub waited: bool,
+    /// Milliseconds spent publishing (and discovering).
+    pub discovery_ms: u64,
+    /// Milliseconds in all.
+    pub total_ms: u64,
+}
+
+impl Summary {
+    /// 0 all stored without error, 1 some error results, 3 some nodes did not answer
+    /// or were unroutable.
+    pub fn exit_code(&self) -> i32 {
+        let nobody_answered = self.waited && self.answered.is_empty() && self.errors.is_empty();
+        if !self.unroutable.is_empty() || !self.no_answer.is_empty() || nobody_answered {
+            3
+        } else if !self.errors.is_empty() {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// The human-readable report.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "request {} ({})\n",
+            self.request_id, self.command
+        ));
+        for n in &self.answered {
+            out.push_str(&format!("  stored      {n}\n"));
+        }
+        for (n, e) in &self.errors {
+            out.push_str(&format!("  error       {n}: {e}\n"));
+        }
+        for n in &self.no_answer {
+            out.push_str(&format!("  no answer   {n}\n"));
+        }
+        for n in &self.unroutable {
+            out.push_str(&format!("  unroutable  {n} (no queue: was its client ever started?)\n"));
+        }
+        for n in &self.unexpected {
+            out.push_str(&format!("  unexpected  {n}\n"));
+        }
+        out.push_str(&format!(
+            "discovered: {}  answered: {}  errors: {}  no answer: {}  unroutable: {}  unexpected: {}\n",
+            self.discovered.len(),
+            self.answered.len(),
+            self.errors.len(),
+            self.no_answer.len(),
+            self.unroutable.len(),
+            self.unexpected.len()
+        ));
+        out.push_str(&format!(
+            "discovery time: {} ms  total time: {} ms\n",
+            self.discovery_ms, self.total_ms
+        ));
+        out
+    }
+}
+
+/// Whether the targets mean every node.
+fn is_broadcast(targets: &[String]) -> bool {
+    targets.is_empty() || targets.iter().any(|t| t == "all")
+}
+
+/// Sends the request and, with `wait`, collects the answers.
+pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let session = {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+        let mut attempts = 0;
+        loop {
+            match opts.broker.connect().await {
+                Ok(s) => break s,
+                Err(e) if attempts < 5 => {
+                    attempts += 1;
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "broker unavailable; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    session.declare_exchanges(&opts.topology).await?;
+    let reply_queue = if opts.wait && opts.wire == Wire::V1 {
+        Some(session.declare_reply_queue().await?)
+    } else {
+        None
+    };
+    let mut replies = match &reply_queue {
+        Some(q) => Some(session.consume(q, 1000, "").await?),
+        None => None,
+    };
+    let broadcast = is_broadcast(&opts.targets);
+    let request = Request {
+        id: uuid::Uuid::new_v4().to_string(),
+        command: opts.command.clone(),
+        targets: if broadcast {
+            vec!["all".into()]
+        } else {
+            opts.targets.clone()
+        },
+        sender: format!("vogeler-runner@{}", crate::settings::host_name()),
+        sent_at: Utc::now(),
+        ttl: opts.ttl,
+        reply_to: reply_queue.clone(),
+        unsafe_command: opts.unsafe_command,
+    };
+    let body = match opts.wire {
+        Wire::V1 => vogeler_protocol::encode(&Message::Request(request.clone())),
+        Wire::Legacy => vogeler_protocol::encode_legacy_request(&opts.command),
+    };
+    let msg = |mandatory| Outgoing {
+        body: body.clone(),
+        expiration_ms: Some(opts.ttl.saturating_mul(1000)),
+        reply_to: reply_queue.clone(),
+        mandatory,
+        ..Default::default()
+    };
+    let mut summary = Summary {
+        request_id: request.id.clone(),
+        command: opts.command.clone(),
+        waited: opts.wait,
+        ..Default::default()
+    };
+    let routes: Vec<String> = if broadcast {
+        vec![BROADCAST_KEY.to_string()]
+    } else {
+        opts.targets.clone()
+    };
+    let mut pending = Vec::with_capacity(routes.len());
+    for key in &routes {
+        pending.push((
+            key.clone(),
+            session
+                .publish(&opts.topology.broadcast_exchange, key, msg(true))
+                .await?,
+        ));
+    }
+    for (key, p) in pending {
+        match p.confirmed().await? {
+            Delivered::Routed => {
+                tracing::info!(command = %opts.command, to = %key, "request sent");
+                if !broadcast {
+                    summary.discovered.push(key);
+                }
+            }
+            Delivered::Unroutable => {
+                if broadcast {
+                    summary.unroutable.push("all".into());
+                } else {
+                    summary.unroutable.push(key);
+                }
+            }
+        }
+    }
+    summary.discovery_ms = started.elapsed().as_millis() as u64;
+
+    if let Some(consumer) = replies.as_mut() {
+        let expected: BTreeSet<String> = summary.discovered.iter().cloned().collect();
+        let deadline = tokio::time::Instant::now() + opts.timeout;
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let can_finish = !broadcast;
+        while !(can_finish && expected.iter().all(|n| seen.contains(n))) {
+            let limit = if broadcast && !seen.is_empty() {
+                deadline.min(tokio::time::Instant::now() + opts.quiet)
+            } else {
+                deadline
+            };
+            let next = tokio::time::timeout_at(limit, consumer.next()).await;
+            let d = match next {
+                Err(_) => break,
+                Ok(None) => anyhow::bail!("the broker closed the reply queue"),
+                Ok(Some(Err(e))) => return Err(e.into()),
+                Ok(Some(Ok(d))) => d,
+            };
+            session.ack(d.tag, false).await?;
+            let Ok(Decoded::Message(Message::Stored(s))) = vogeler_protocol::decode(&d.body) else {
+                continue;
+            };
+            if s.request_id.as_deref() != Some(request.id.as_str()) || !seen.insert(s.node.clone())
+            {
+                continue;
+            }
+            if !broadcast && !expected.contains(&s.node) {
+                summary.unexpected.push(s.node.clone());
+            }
+            match s.error {
+                Some(e) if !s.ok => {
+                    summary.errors.insert(s.node.clone(), e);
+                }
+                _ => summary.answered.push(s.node.clone()),
+            }
+        }
+        if broadcast {
+            summary.discovered = seen.iter().cloned().collect();
+        }
+        summary.no_answer = expected.difference(&seen).cloned().collect();
+    }
+    summary.answered.sort();
+    summary.total_ms = started.elapsed().as_millis() as u64;
+    session.close().await;
+    Ok(summary)
+}

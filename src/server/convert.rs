@@ -1,0 +1,189 @@
+//! Decode step of the ingest pipeline: one delivery body in, observations or a
+//! dead-letter reason out. Pure: no I/O, so every bad input is a unit test.
+
+use chrono::Utc;
+use vogeler_plugins::Format;
+use vogeler_protocol::{Decoded, Message};
+use vogeler_store::{Change, Observation};
+
+/// What one delivery turned into.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Converted {
+    /// Something to store, and who to tell once it is stored.
+    Store {
+        /// The observation to apply.
+        observation: Observation,
+        /// Confirmation to send after the commit, when the sender asked for one.
+        confirm: Option<Confirm>,
+    },
+    /// Unusable: dead-letter it with this reason code and message.
+    Dead {
+        /// Short stable code (header value).
+        reason: &'static str,
+        /// Human-readable detail.
+        detail: String,
+    },
+}
+
+/// Where and what to confirm once a result is committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confirm {
+    /// The runner's reply queue.
+    pub reply_to: String,
+    /// The request the result answers.
+    pub request_id: Option<String>,
+    /// Node that answered.
+    pub node: String,
+    /// Plugin that ran.
+    pub plugin: String,
+    /// Error text when the result was an error result.
+    pub error: Option<String>,
+}
+
+/// Turns one message body into what the server does with it.
+///
+/// `max_bytes` bounds what is accepted at all; `reply_to` is the AMQP property,
+/// used when the body does not name a reply queue itself.
+pub fn convert(body: &[u8], max_bytes: usize, reply_to: Option<&str>) -> Converted {
+    if body.len() > max_bytes {
+        return dead(
+            "too-large",
+            format!(
+                "message of {} bytes exceeds the limit of {max_bytes} bytes",
+                body.len()
+            ),
+        );
+    }
+    let decoded = match vogeler_protocol::decode(body) {
+        Ok(d) => d,
+        Err(e) => return dead(e.reason(), e.to_string()),
+    };
+    match decoded {
+        Decoded::Message(Message::Result(r)) => {
+            if r.node.trim().is_empty() {
+                return dead("bad-field", "result has an empty node name".into());
+            }
+            let change = match (r.error, r.data) {
+                (Some(message), _) => Change::Error {
+                    plugin: Some(r.plugin.clone()),
+                    message,
+                    raw: r.raw,
+                },
+                (None, Some(value)) => Change::Plugin {
+                    name: r.plugin.clone(),
+                    value,
+                },
+                (None, None) => {
+                    return dead(
+                        "bad-field",
+                        format!("result from {} for {} has neither data nor error", r.node, r.plugin),
+                    )
+                }
+            };
+            let error = match &change {
+                Change::Error { message, .. } => Some(message.clone()),
+                _ => None,
+            };
+            let confirm = r
+                .reply_to
+                .or_else(|| reply_to.map(str::to_string))
+                .map(|reply_to| Confirm {
+                    reply_to,
+                    request_id: r.request_id.clone(),
+                    node: r.node.clone(),
+                    plugin: r.plugin.clone(),
+                    error,
+                });
+            Converted::Store {
+                observation: Observation {
+                    node: r.node,
+                    at: r.collected_at,
+                    change,
+                },
+                confirm,
+            }
+        }
+        Decoded::Message(Message::Heartbeat(h)) => seen(h.node, h.sent_at),
+        Decoded::Message(Message::Pong(p)) => seen(p.node, p.sent_at),
+        Decoded::Message(other) => dead(
+            "unexpected-kind",
+            format!("a {} message does not belong on the master exchange", kind_name(&other)),
+        ),
+        Decoded::LegacyRequest(cmd) => dead(
+            "unexpected-kind",
+            format!("a request ({cmd:?}) does not belong on the master exchange"),
+        ),
+        Decoded::LegacyResult(l) => {
+            let now = Utc::now();
+            if let Some(err) = l.error {
+                return Converted::Store {
+                    observation: Observation {
+                        node: l.node,
+                        at: err.timestamp.unwrap_or(now),
+                        change: Change::Error {
+                            plugin: l.plugin,
+                            message: err.message,
+                            raw: None,
+                        },
+                    },
+                    confirm: None,
+                };
+            }
+            let (Some(plugin), Some(raw)) = (l.plugin, l.raw) else {
+                return dead("unknown-shape", "2010 result without a plugin key".into());
+            };
+            let format = match Format::parse(&l.format) {
+                Ok(f) => f,
+                Err(e) => return dead("unknown-format", e.to_string()),
+            };
+            let change = match format.convert(&raw) {
+                Ok(value) => Change::Plugin {
+                    name: plugin,
+                    value,
+                },
+                Err(e) => Change::Error {
+                    plugin: Some(plugin.clone()),
+                    message: format!("plugin {plugin}: {e}"),
+                    raw: Some(raw),
+                },
+            };
+            Converted::Store {
+                observation: Observation {
+                    node: l.node,
+                    at: now,
+                    change,
+                },
+                confirm: None,
+            }
+        }
+    }
+}
+
+fn seen(node: String, at: chrono::DateTime<Utc>) -> Converted {
+    if node.trim().is_empty() {
+        return dead("bad-field", "message has an empty node name".into());
+    }
+    Converted::Store {
+        observation: Observation {
+            node,
+            at,
+            change: Change::Seen,
+        },
+        confirm: None,
+    }
+}
+
+fn dead(reason: &'static str, detail: String) -> Converted {
+    Converted::Dead { reason, detail }
+}
+
+fn kind_name(m: &Message) -> &'static str {
+    match m {
+        Message::Request(_) => "request",
+        Message::Result(_) => "result",
+        Message::Stored(_) => "stored",
+        Message::Ping(_) => "ping",
+        Message::Pong(_) => "pong",
+        Message::Heartbeat(_) => "heartbeat",
+    }
+}

@@ -1,0 +1,295 @@
+//! `vogeler-server`: consumes results from `master.in` and keeps one document per node.
+//!
+//! The pipeline runs one way: broker → [`convert`] → batch → [`Store::apply`] (one
+//! transaction) → `stored` confirmations → one multiple-ack for the batch. A message
+//! that cannot be used is republished (confirmed) to the dead-letter queue with its
+//! reason before the ack. A store outage stops acking and retries; a broker outage
+//! reconnects; in both cases the broker still holds every unacked message.
+//!
+//! [`Store::apply`]: vogeler_store::Store::apply
+
+pub mod convert;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use vogeler_protocol::{Message, Stored};
+use vogeler_store::{DynStore, Observation, Outcome, StoreError};
+use vogeler_transport::{Backoff, Broker, Inbound, Outgoing, Pending, Session, Topology};
+
+use crate::shutdown::Shutdown;
+use convert::{convert, Confirm, Converted};
+
+/// Header carrying the reason code of a dead-lettered message.
+pub const REASON_HEADER: &str = "x-vogeler-reason";
+/// Header carrying the human-readable detail of a dead-lettered message.
+pub const DETAIL_HEADER: &str = "x-vogeler-detail";
+
+/// How the server talks to the broker and batches its writes.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Broker addresses.
+    pub broker: Broker,
+    /// Exchange and queue names.
+    pub topology: Topology,
+    /// Most results committed in one store transaction.
+    pub batch_size: usize,
+    /// Unacked deliveries the broker may push ahead (more than a batch keeps the pipe full).
+    pub prefetch: u16,
+    /// Largest message accepted; larger ones are dead-lettered.
+    pub max_message_bytes: usize,
+    /// How long to wait for more messages before committing a partial batch.
+    pub linger: Duration,
+}
+
+impl ServerOptions {
+    /// Defaults tuned on this project's benchmark (see BENCHMARKS.md).
+    pub fn new(broker: Broker, topology: Topology) -> Self {
+        ServerOptions {
+            broker,
+            topology,
+            batch_size: 500,
+            prefetch: 1000,
+            max_message_bytes: 32 * 1024 * 1024,
+            linger: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Counters the web UI and logs read.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Results and heartbeats committed.
+    pub stored: AtomicU64,
+    /// Messages republished to the dead-letter queue.
+    pub dead_lettered: AtomicU64,
+    /// Store transactions committed.
+    pub commits: AtomicU64,
+    /// Total store commit time, microseconds.
+    pub store_micros: AtomicU64,
+}
+
+enum End {
+    Shutdown,
+}
+
+/// Runs the server until `shutdown` fires, reconnecting as often as needed.
+pub async fn run(
+    opts: ServerOptions,
+    store: DynStore,
+    stats: Arc<Stats>,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    tracing::info!(broker = %opts.broker.describe(), store = store.backend(), queue = %opts.topology.master_queue, "vogeler-server has started");
+    let mut backoff = Backoff::default();
+    loop {
+        let mut stop = Box::pin(shutdown.clone().wait_owned());
+        let Some(session) = opts.broker.connect_retrying(&mut backoff, &mut stop).await else {
+            return Ok(());
+        };
+        match serve(&opts, &session, &store, &stats, &mut shutdown).await {
+            Ok(End::Shutdown) => {
+                session.close().await;
+                tracing::info!("vogeler-server stopped");
+                return Ok(());
+            }
+            Err(e) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "broker session lost; unacked results will be redelivered");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait() => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+async fn serve(
+    opts: &ServerOptions,
+    session: &Session,
+    store: &DynStore,
+    stats: &Stats,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<End> {
+    session.declare_server(&opts.topology).await?;
+    let mut consumer = session
+        .consume(&opts.topology.master_queue, opts.prefetch, "")
+        .await?;
+    tracing::info!(queue = %opts.topology.master_queue, "waiting for results");
+    let mut batch: Vec<Inbound> = Vec::with_capacity(opts.batch_size);
+    loop {
+        let first = tokio::select! {
+            d = consumer.next() => d,
+            _ = shutdown.wait() => return Ok(End::Shutdown),
+        };
+        match first {
+            Some(Ok(d)) => batch.push(d),
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("the broker closed the consumer"),
+        }
+        while batch.len() < opts.batch_size {
+            match tokio::time::timeout(opts.linger, consumer.next()).await {
+                Ok(Some(Ok(d))) => batch.push(d),
+                Ok(Some(Err(e))) => return Err(e.into()),
+                Ok(None) => anyhow::bail!("the broker closed the consumer"),
+                Err(_) => break,
+            }
+        }
+        if !process(opts, session, store, stats, shutdown, &batch).await? {
+            return Ok(End::Shutdown);
+        }
+        batch.clear();
+    }
+}
+
+/// One batch: dead-letter, commit, confirm, ack. Returns `false` when shutdown
+/// interrupted a store retry (nothing acked; the broker redelivers).
+async fn process(
+    opts: &ServerOptions,
+    session: &Session,
+    store: &DynStore,
+    stats: &Stats,
+    shutdown: &mut Shutdown,
+    batch: &[Inbound],
+) -> anyhow::Result<bool> {
+    let Some(last) = batch.last() else {
+        return Ok(true);
+    };
+    let mut items: Vec<(usize, Observation, Option<Confirm>)> = Vec::with_capacity(batch.len());
+    let mut dead: Vec<(usize, String, String)> = Vec::new();
+    for (i, d) in batch.iter().enumerate() {
+        match convert(&d.body, opts.max_message_bytes, d.reply_to.as_deref()) {
+            Converted::Store {
+                observation,
+                confirm,
+            } => items.push((i, observation, confirm)),
+            Converted::Dead { reason, detail } => dead.push((i, reason.to_string(), detail)),
+        }
+    }
+
+    let started = std::time::Instant::now();
+    let outcomes = match commit(store, shutdown, &items).await {
+        Some(o) => o,
+        None => return Ok(false),
+    };
+    stats.commits.fetch_add(1, Ordering::Relaxed);
+    stats
+        .store_micros
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+
+    let mut replies: Vec<Pending> = Vec::new();
+    let mut stored = 0u64;
+    for ((i, obs, confirm), outcome) in items.iter().zip(outcomes) {
+        match outcome {
+            Ok(Outcome::Refused(reason)) => {
+                dead.push((*i, "refused".into(), format!("node {}: {reason}", obs.node)))
+            }
+            Err(e) => dead.push((*i, "store-rejected".into(), e.to_string())),
+            Ok(outcome) => {
+                stored += 1;
+                tracing::debug!(node = %obs.node, ?outcome, "stored");
+                if let Some(c) = confirm {
+                    replies.push(send_stored(session, c).await?);
+                }
+            }
+        }
+    }
+    let mut dead_pending = Vec::with_capacity(dead.len());
+    for (i, reason, detail) in &dead {
+        let d = &batch[*i];
+        tracing::warn!(reason = %reason, detail = %detail, bytes = d.body.len(), "dead-lettering a message the server cannot use");
+        let msg = Outgoing {
+            body: d.body.clone(),
+            headers: vec![
+                (REASON_HEADER.into(), reason.clone()),
+                (DETAIL_HEADER.into(), detail.clone()),
+                ("x-original-exchange".into(), d.exchange.clone()),
+                ("x-original-routing-key".into(), d.routing_key.clone()),
+            ],
+            ..Default::default()
+        };
+        dead_pending.push(session.publish("", &opts.topology.dead_queue, msg).await?);
+    }
+    for p in dead_pending {
+        p.confirmed().await?;
+    }
+    for p in replies {
+        // A vanished reply queue is the runner's business, not a reason to redeliver.
+        if let Err(e) = p.confirmed().await {
+            tracing::debug!(error = %e, "stored confirmation not confirmed");
+        }
+    }
+    session.ack(last.tag, true).await?;
+    stats.stored.fetch_add(stored, Ordering::Relaxed);
+    stats
+        .dead_lettered
+        .fetch_add(dead.len() as u64, Ordering::Relaxed);
+    Ok(true)
+}
+
+/// Applies the batch, retrying while the store is unavailable. A batch the store
+/// rejects as a whole is retried item by item so one bad item cannot block the rest.
+/// `None` means shutdown came first.
+async fn commit(
+    store: &DynStore,
+    shutdown: &mut Shutdown,
+    items: &[(usize, Observation, Option<Confirm>)],
+) -> Option<Vec<Result<Outcome, StoreError>>> {
+    if items.is_empty() {
+        return Some(Vec::new());
+    }
+    let all: Vec<Observation> = items.iter().map(|(_, o, _)| o.clone()).collect();
+    match apply_retrying(store, shutdown, all).await? {
+        Ok(outcomes) => Some(outcomes.into_iter().map(Ok).collect()),
+        Err(e) => {
+            tracing::warn!(error = %e, "store rejected a batch; applying its items one by one");
+            let mut out = Vec::with_capacity(items.len());
+            for (_, o, _) in items {
+                match apply_retrying(store, shutdown, vec![o.clone()]).await? {
+                    Ok(mut v) => out.push(v.pop().ok_or(StoreError::Invalid(
+                        "store returned no outcome".into(),
+                    ))),
+                    Err(e) => out.push(Err(e)),
+                }
+            }
+            Some(out)
+        }
+    }
+}
+
+async fn apply_retrying(
+    store: &DynStore,
+    shutdown: &mut Shutdown,
+    batch: Vec<Observation>,
+) -> Option<Result<Vec<Outcome>, StoreError>> {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        match store.apply(batch.clone()).await {
+            Err(StoreError::Unavailable { backend, message }) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(backend, error = %message, retry_in_ms = wait.as_millis() as u64, "store unavailable; holding results unacked and retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait() => return None,
+                }
+            }
+            other => return Some(other),
+        }
+    }
+}
+
+async fn send_stored(session: &Session, c: &Confirm) -> anyhow::Result<Pending> {
+    let msg = Message::Stored(Stored {
+        request_id: c.request_id.clone(),
+        node: c.node.clone(),
+        plugin: c.plugin.clone(),
+        ok: c.error.is_none(),
+        error: c.error.clone(),
+        stored_at: Utc::now(),
+    });
+    let body = vogeler_protocol::encode(&msg);
+    Ok(session.publish("", &c.reply_to, Outgoing::new(body)).await?)
+}

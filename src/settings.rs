@@ -1,0 +1,314 @@
+//! From flags, environment and `vogeler.conf` to the options each program runs with.
+//!
+//! `vogeler-config` does the merging and validation; this module turns the result
+//! into transport, store and program options, and sets up logging.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use vogeler_config::{ConfigFile, Overrides, Settings, StoreDsn};
+use vogeler_store::DynStore;
+use vogeler_transport::{Broker, Topology};
+
+use crate::cli::CommonArgs;
+use crate::client::{ClientOptions, Wire};
+use crate::server::ServerOptions;
+
+pub use vogeler_config::Program;
+
+/// Program-specific flags that feed the shared settings.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// Client `-p DIR`.
+    pub plugin_path: Option<PathBuf>,
+    /// Client `--node-name` / `VOGELER_NODE_NAME`.
+    pub node_name: Option<String>,
+}
+
+/// Whether a DSN given as a flag carries a password (visible in the process list).
+fn has_password(dsn: &str) -> bool {
+    dsn.split(',').any(|d| {
+        d.split_once("://")
+            .and_then(|(_, rest)| rest.split('/').next())
+            .and_then(|auth| auth.rsplit_once('@'))
+            .is_some_and(|(creds, _)| creds.contains(':'))
+    })
+}
+
+/// Flags (and the environment, through clap) over the config file over defaults.
+pub fn load(program: Program, common: &CommonArgs, extra: Extra) -> anyhow::Result<Settings> {
+    let file = ConfigFile::discover(common.config.as_deref())?;
+    let on_command_line = |flag: &str| std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    let password_on_command_line = (on_command_line("--qhost")
+        && common.qhost.as_deref().is_some_and(has_password))
+        || (on_command_line("--dbhost") && common.dbhost.as_deref().is_some_and(has_password));
+    let overrides = Overrides {
+        qhost: common.qhost.clone(),
+        dbhost: common.dbhost.clone(),
+        log_level: common.loglevel.clone(),
+        plugin_path: extra.plugin_path,
+        node_name: extra.node_name,
+        master_exchange: common.master_exchange.clone(),
+        broadcast_exchange: common.broadcast_exchange.clone(),
+        master_queue: common.master_queue.clone(),
+        dead_letter_queue: common.dead_queue.clone(),
+        wire: common.wire.clone(),
+        password_on_command_line,
+        ..Default::default()
+    };
+    Ok(Settings::resolve(program, overrides, file)?)
+}
+
+/// Logs to stderr at the configured level (`RUST_LOG` wins when set), 2010-style lines.
+pub fn init_logging(s: &Settings) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
+        _ => tracing_subscriber::EnvFilter::new(format!(
+            "{level},lapin=warn,amq_protocol=warn,tokio_postgres=warn,reqwest=warn,hyper=warn",
+            level = s.log_level.filter()
+        )),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+    for w in s.warnings() {
+        tracing::warn!("{w}");
+    }
+    Ok(())
+}
+
+/// The broker(s) from `--qhost` / `[amqp] dsn`.
+pub fn broker(s: &Settings, connection_name: &str) -> Broker {
+    Broker::new(
+        s.qhost.iter().map(|d| d.to_uri()).collect(),
+        s.qhost.iter().map(|d| d.to_string()).collect(),
+        connection_name,
+    )
+}
+
+/// Exchange and queue names.
+pub fn topology(s: &Settings) -> Topology {
+    Topology {
+        master_exchange: s.master_exchange.clone(),
+        broadcast_exchange: s.broadcast_exchange.clone(),
+        master_queue: s.master_queue.clone(),
+        dead_queue: s.dead_letter_queue.clone(),
+    }
+}
+
+/// Which message shapes to emit.
+pub fn wire(s: &Settings) -> Wire {
+    match s.wire {
+        vogeler_config::Wire::Legacy => Wire::Legacy,
+        vogeler_config::Wire::V1 => Wire::V1,
+    }
+}
+
+/// The store DSN for messages, password masked.
+pub fn store_label(s: &Settings) -> String {
+    s.dbhost.to_string()
+}
+
+/// Opens the configured store; the error names the DSN (masked) and the backend.
+pub async fn open_store(s: &Settings) -> anyhow::Result<DynStore> {
+    let label = store_label(s);
+    let store: DynStore = match &s.dbhost {
+        StoreDsn::Sqlite { path } => {
+            #[cfg(feature = "sqlite")]
+            {
+                let store = vogeler_store::sqlite::SqliteStore::open(path)
+                    .with_context(|| format!("opening SQLite store {}", path.display()))?;
+                std::sync::Arc::new(store)
+            }
+            #[cfg(not(feature = "sqlite"))]
+            {
+                let _ = path;
+                anyhow::bail!(vogeler_store::StoreError::NotCompiled("sqlite"))
+            }
+        }
+        StoreDsn::Postgres { url } => {
+            #[cfg(feature = "postgres")]
+            {
+                let store = vogeler_store::postgres::PostgresStore::connect(url)
+                    .await
+                    .with_context(|| format!("connecting to PostgreSQL store {label}"))?;
+                std::sync::Arc::new(store)
+            }
+            #[cfg(not(feature = "postgres"))]
+            {
+                let _ = url;
+                anyhow::bail!(vogeler_store::StoreError::NotCompiled("postgres"))
+            }
+        }
+        StoreDsn::Couch {
+            base_url,
+            db,
+            user,
+            password,
+            ..
+        } => {
+            #[cfg(feature = "couch")]
+            {
+                let store = vogeler_store::couch::CouchStore::connect(
+                    base_url,
+                    db,
+                    user.as_deref(),
+                    password.as_deref(),
+                )
+                .await
+                .with_context(|| format!("connecting to CouchDB store {label}"))?;
+                std::sync::Arc::new(store)
+            }
+            #[cfg(not(feature = "couch"))]
+            {
+                let _ = (base_url, db, user, password);
+                anyhow::bail!(vogeler_store::StoreError::NotCompiled("couch"))
+            }
+        }
+    };
+    Ok(store)
+}
+
+/// `vogeler-server -l DIR`: loads CouchDB design docs (CouchDB stores only).
+pub async fn load_design_docs(s: &Settings, dir: &Path) -> anyhow::Result<Vec<String>> {
+    match &s.dbhost {
+        #[cfg(feature = "couch")]
+        StoreDsn::Couch {
+            base_url,
+            db,
+            user,
+            password,
+            ..
+        } => {
+            let store = vogeler_store::couch::CouchStore::connect(
+                base_url,
+                db,
+                user.as_deref(),
+                password.as_deref(),
+            )
+            .await?;
+            Ok(store.load_design_docs(dir).await?)
+        }
+        other => anyhow::bail!(
+            "design docs are CouchDB views; the store {other} is not CouchDB (use --dbhost couch://host:5984/dbname)"
+        ),
+    }
+}
+
+/// Server options from the settings.
+pub fn server_options(s: &Settings) -> ServerOptions {
+    let mut o = ServerOptions::new(broker(s, "vogeler-server"), topology(s));
+    o.batch_size = s.batch_size.max(1);
+    o.prefetch = s.prefetch.max(1);
+    o.max_message_bytes = s.max_message_bytes;
+    if matches!(s.dbhost, StoreDsn::Sqlite { .. }) {
+        tracing::info!("SQLite store: run one vogeler-server against it; use PostgreSQL or CouchDB for several servers side by side");
+    }
+    o
+}
+
+/// Client options from the settings.
+pub fn client_options(
+    s: &Settings,
+    oneshot: bool,
+    allow_unsafe: bool,
+) -> anyhow::Result<ClientOptions> {
+    let compiled_path = std::env::temp_dir().join(format!(
+        "vogeler-plugins-{}-{}.cfg",
+        sanitize(&s.node_name),
+        std::process::id()
+    ));
+    Ok(ClientOptions {
+        broker: broker(s, "vogeler-client"),
+        topology: topology(s),
+        node: s.node_name.clone(),
+        plugin_dir: s.plugin_path.clone(),
+        compiled_path,
+        limits: vogeler_plugins::ExecLimits {
+            timeout: s.plugin_timeout,
+            output_cap: s.output_cap,
+            ..Default::default()
+        },
+        allow_unsafe,
+        oneshot,
+        wire: wire(s),
+        concurrency: s.concurrency.max(1),
+    })
+}
+
+/// `vogeler-admin setup --messaging`: prints (and with `apply`, runs) the rabbitmqctl
+/// lines, then declares the topology.
+pub async fn setup_messaging(s: &Settings, apply: bool) -> anyhow::Result<()> {
+    for dsn in &s.qhost {
+        for line in crate::admin::rabbitmqctl_lines(&dsn.vhost, &dsn.user) {
+            println!("rabbitmqctl {}", shell_quote(&line));
+            if apply {
+                let status = std::process::Command::new("rabbitmqctl")
+                    .args(&line)
+                    .status()
+                    .context("running rabbitmqctl (is this the broker host, and are you root?)")?;
+                if !status.success() {
+                    anyhow::bail!("rabbitmqctl {} failed with {status}", line.join(" "));
+                }
+            }
+        }
+    }
+    print!(
+        "{}",
+        crate::admin::declare_topology(&broker(s, "vogeler-admin"), &topology(s)).await?
+    );
+    Ok(())
+}
+
+fn shell_quote(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            if w.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:@".contains(c)) {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .collect()
+}
+
+/// This machine's host name (the default node name).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_detection() {
+        assert!(has_password("amqp://guest:secret@host/vh"));
+        assert!(has_password("amqp://a@h,amqp://u:p@h2"));
+        assert!(!has_password("amqp://guest@host/vh"));
+        assert!(!has_password("10.10.10.2"));
+        assert!(!has_password("sqlite:///var/lib/v.db"));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(
+            shell_quote(&["set_permissions".into(), ".*".into()]),
+            "set_permissions '.*'"
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! The programs' flags, config files and error messages, run as real binaries.
+//! None of these needs a broker.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn run(program: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin(program))
+        .args(args)
+        .env_remove("VOGELER_CONFIG")
+        .env_remove("VOGELER_QHOST")
+        .env_remove("VOGELER_DBHOST")
+        .output()
+        .expect("run binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn client_lists_shipped_plugins_with_flags_before_or_after_the_subcommand() {
+    let dir = repo().join("etc/plugins");
+    let dir = dir.to_str().expect("utf-8");
+    for args in [vec!["-p", dir, "list"], vec!["list", "-p", dir]] {
+        let (code, out, err) = run("client", &args);
+        assert_eq!(code, 0, "{out}{err}");
+        for name in ["facter", "ohai", "ps", "rpm", "dpkg", "os_release"] {
+            assert!(out.contains(name), "{name} missing from:\n{out}");
+        }
+        assert!(out.contains("get_facts"), "aliases listed:\n{out}");
+    }
+}
+
+#[test]
+fn client_lists_the_2010_plugins_from_the_2010_config_layout() {
+    // The 2010 installer put plugins and config side by side; plugin_path here is relative.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let plugins = tmp.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    for f in ["facter.cfg", "ohai.cfg", "ps.cfg", "rpms.cfg"] {
+        std::fs::copy(fixture(&format!("vogeler-2010/plugins/{f}")), plugins.join(f)).expect("copy");
+    }
+    std::fs::copy(fixture("vogeler-2010/plugins-broken.cfg"), plugins.join("zz-broken.cfg"))
+        .expect("copy");
+    let conf = std::fs::read_to_string(fixture("vogeler-2010/vogeler.conf"))
+        .expect("2010 conf")
+        .replace("plugin_path = /tmp/vogeler/plugins", "plugin_path = plugins");
+    let conf_path = tmp.path().join("vogeler.conf");
+    std::fs::write(&conf_path, conf).expect("write conf");
+    let (code, out, err) = run("client", &["-c", conf_path.to_str().expect("utf-8"), "list"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for name in ["facter", "ohai", "ps", "rpm", "get_procs"] {
+        assert!(out.contains(name), "{name} missing from:\n{out}");
+    }
+    // The broken file is reported with its file name and skipped.
+    assert!(
+        format!("{out}{err}").contains("zz-broken.cfg"),
+        "broken plugin not reported:\n{out}{err}"
+    );
+}
+
+#[test]
+fn the_2010_config_file_loads_unchanged() {
+    let conf = fixture("vogeler-2010/vogeler.conf");
+    // `list` needs the plugin directory the 2010 file names; a missing one is a clear error.
+    let (code, out, err) = run("client", &["-c", conf.to_str().expect("utf-8"), "list"]);
+    if code != 0 {
+        assert!(err.contains("/tmp/vogeler/plugins"), "error should name the directory: {err}");
+    } else {
+        assert!(out.contains("PLUGIN") || !out.is_empty());
+    }
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_naming_the_place() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let conf = tmp.path().join("bad.conf");
+    std::fs::write(&conf, "[global]\nlog_level = LOUD\n").expect("write");
+    let (code, _, err) = run("runner", &["-c", conf.to_str().expect("utf-8"), "-x", "facter"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("LOUD"), "names the bad value: {err}");
+
+    let (code, _, err) = run("runner", &["-c", "/nonexistent/vogeler.conf", "-x", "facter"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("/nonexistent/vogeler.conf"), "names the file: {err}");
+
+    let (code, _, err) = run("admin", &["--dbhost", "mongo://x", "node"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("mongo"), "names the scheme: {err}");
+    assert!(err.contains("sqlite") && err.contains("postgres") && err.contains("couch"), "shows examples: {err}");
+
+    // Usage errors exit 2.
+    let (code, _, _) = run("runner", &["--no-such-flag"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn passwords_never_appear_in_errors() {
+    let (code, out, err) = run(
+        "runner",
+        &["--qhost", "amqp://guest:s3cret@127.0.0.1:1/", "-x", "facter"],
+    );
+    assert_ne!(code, 0, "nothing listens on port 1");
+    assert!(!out.contains("s3cret") && !err.contains("s3cret"), "{out}{err}");
+    assert!(err.contains("process list") || err.contains("command line"), "warns about the flag: {err}");
+}

@@ -1,0 +1,335 @@
+//! Test harness: one private deployment per test on the shared RabbitMQ.
+//!
+//! Each [`Deployment`] has its own exchange, queue and node names (prefixed with a
+//! random id), its own temp directory with a `vogeler.conf`, an SQLite file and a
+//! plugin directory, and starts the real binaries. Processes die with the guard.
+#![allow(dead_code, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/";
+
+/// Fails (never skips) when RabbitMQ is not reachable, naming it.
+pub fn require_rabbitmq() {
+    let addr = std::env::var("VOGELER_TEST_AMQP_ADDR").unwrap_or_else(|_| "127.0.0.1:5672".into());
+    if std::net::TcpStream::connect_timeout(
+        &addr.parse().expect("socket address"),
+        Duration::from_secs(2),
+    )
+    .is_err()
+    {
+        panic!(
+            "RabbitMQ is not reachable at {addr}: start it with `scripts/services.sh ensure-rabbitmq`"
+        );
+    }
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "server" => PathBuf::from(env!("CARGO_BIN_EXE_vogeler-server")),
+        "client" => PathBuf::from(env!("CARGO_BIN_EXE_vogeler-client")),
+        "runner" => PathBuf::from(env!("CARGO_BIN_EXE_vogeler-runner")),
+        "admin" => PathBuf::from(env!("CARGO_BIN_EXE_vogeler-admin")),
+        other => panic!("no binary {other}"),
+    }
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    repo().join("fixtures").join(rel)
+}
+
+/// A running program, killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                panic!("{} did not stop within 20 s of SIGTERM; log:\n{}", self.name, self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Deployment {
+    pub dir: tempfile::TempDir,
+    pub id: String,
+    pub conf: PathBuf,
+    pub plugins: PathBuf,
+    pub db: PathBuf,
+}
+
+impl Deployment {
+    /// A fresh deployment with the given plugin files (name, contents).
+    pub fn new(plugins: &[(&str, String)]) -> Deployment {
+        require_rabbitmq();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = format!("vt{:08x}", rand_u32());
+        let plugin_dir = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugin_dir).expect("plugin dir");
+        for (name, body) in plugins {
+            std::fs::write(plugin_dir.join(name), body).expect("plugin file");
+        }
+        let db = dir.path().join("vogeler.db");
+        let conf = dir.path().join("vogeler.conf");
+        let d = Deployment {
+            id,
+            conf,
+            plugins: plugin_dir,
+            db,
+            dir,
+        };
+        d.write_conf("");
+        d
+    }
+
+    /// Rewrites vogeler.conf with this deployment's names plus `extra` lines.
+    pub fn write_conf(&self, extra: &str) {
+        let id = &self.id;
+        let text = format!(
+            "[global]\nplugin_path = plugins\nlog_level = INFO\n\n[persistence]\nbackend = sqlite\n\n\
+             [sqlite]\ndsn = sqlite:vogeler.db\n\n[amqp]\ndsn = {AMQP}\n\
+             master_exchange = '{id}.master'\nbroadcast_exchange = '{id}.broadcast'\n\
+             master_queue = {id}.master.in\ndead_letter_queue = {id}.dead\n{extra}\n"
+        );
+        std::fs::write(&self.conf, text).expect("write conf");
+    }
+
+    /// A node name unique to this deployment.
+    pub fn node(&self, short: &str) -> String {
+        format!("{}-{short}", self.id)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn spawn(&self, program: &str, args: &[&str], tag: &str) -> Proc {
+        let log = self.path(&format!("{tag}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(bin(program))
+            .arg("-c")
+            .arg(&self.conf)
+            .args(args)
+            .env_remove("VOGELER_QHOST")
+            .env_remove("VOGELER_DBHOST")
+            .env_remove("VOGELER_CONFIG")
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        Proc {
+            child,
+            name: tag.to_string(),
+            log,
+        }
+    }
+
+    /// Starts a server and waits until it has declared its queue.
+    pub fn server(&self, args: &[&str]) -> Proc {
+        let p = self.spawn("server", args, &format!("server-{}", rand_u32()));
+        self.wait_for_queue(&format!("{}.master.in", self.id), &p);
+        p
+    }
+
+    /// A client for node `node` (full name) running `run` with extra args.
+    pub fn client(&self, node: &str, args: &[&str]) -> Proc {
+        let mut all = vec!["run", "--node-name", node];
+        all.extend_from_slice(args);
+        let p = self.spawn("client", &all, &format!("client-{node}"));
+        self.wait_for_queue(node, &p);
+        p
+    }
+
+    /// Waits until a queue exists (its program has declared it).
+    pub fn wait_for_queue(&self, node: &str, p: &Proc) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let out = self.admin(&["queue", "--exists", node]);
+            if out.status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("queue {node} never appeared; log:\n{}", p.log_text());
+    }
+
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        Command::new(bin(program))
+            .arg("-c")
+            .arg(&self.conf)
+            .args(args)
+            .env_remove("VOGELER_QHOST")
+            .env_remove("VOGELER_DBHOST")
+            .env_remove("VOGELER_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+    }
+
+    pub fn runner(&self, args: &[&str]) -> Output {
+        self.run("runner", args)
+    }
+
+    pub fn admin(&self, args: &[&str]) -> Output {
+        self.run("admin", args)
+    }
+
+    /// The stored document of `node`, via `vogeler-admin node NAME`.
+    pub fn document(&self, node: &str) -> Option<Value> {
+        let out = self.admin(&["node", node]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Polls `check` on the node's document until it holds or `secs` pass.
+    pub fn wait_document(&self, node: &str, secs: u64, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(doc) = self.document(node) {
+                if check(&doc) {
+                    return doc;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "document of {node} did not reach the expected state within {secs} s; last: {:?}",
+                    self.document(node)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The topology this deployment's programs use.
+    pub fn topology(&self) -> vogeler_transport::Topology {
+        vogeler_transport::Topology {
+            master_exchange: format!("{}.master", self.id),
+            broadcast_exchange: format!("{}.broadcast", self.id),
+            master_queue: format!("{}.master.in", self.id),
+            dead_queue: format!("{}.dead", self.id),
+        }
+    }
+}
+
+/// A confirmed publish of raw bytes, as any other AMQP program (a 2010 one) would send them.
+pub fn publish_raw(exchange: &str, routing_key: &str, bodies: &[Vec<u8>]) {
+    rt().block_on(async {
+        let broker = broker();
+        let session = broker.connect().await.expect("connect to RabbitMQ");
+        let mut pending = Vec::new();
+        for b in bodies {
+            pending.push(
+                session
+                    .publish(exchange, routing_key, vogeler_transport::Outgoing::new(b.clone()))
+                    .await
+                    .expect("publish"),
+            );
+        }
+        for p in pending {
+            p.confirmed().await.expect("confirm");
+        }
+        session.close().await;
+    })
+}
+
+/// Every message in a queue (consumed and acked), with its headers.
+pub fn drain_queue(queue: &str, quiet: Duration) -> Vec<vogeler_transport::Inbound> {
+    rt().block_on(async {
+        let session = broker().connect().await.expect("connect to RabbitMQ");
+        let mut consumer = session.consume(queue, 1000, "").await.expect("consume");
+        let mut out = Vec::new();
+        while let Ok(Some(Ok(d))) = tokio::time::timeout(quiet, consumer.next()).await {
+            session.ack(d.tag, false).await.expect("ack");
+            out.push(d);
+        }
+        session.close().await;
+        out
+    })
+}
+
+pub fn broker() -> vogeler_transport::Broker {
+    vogeler_transport::Broker::new(vec![format!("{AMQP}%2f")], vec![AMQP.into()], "vogeler-test")
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+pub fn rand_u32() -> u32 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() as u32
+}
+
+/// A plugin file whose command prints a fixture file, as `facter -y` would.
+pub fn cat_plugin(name: &str, fixture_rel: &str, format: &str) -> (String, String) {
+    (
+        format!("{name}.cfg"),
+        format!(
+            "[{name}]\nname = {name}\ndescription = prints {fixture_rel}\ncommand = cat {}\nresult_format = {format}\ncommand_alias = get_{name}\n",
+            fixture(fixture_rel).display()
+        ),
+    )
+}
+
+/// A plugin file with an arbitrary command line.
+pub fn plugin(name: &str, command: &str, format: &str) -> (String, String) {
+    (
+        format!("{name}.cfg"),
+        format!(
+            "[{name}]\nname = {name}\ndescription = test plugin\ncommand = {command}\nresult_format = {format}\n"
+        ),
+    )
+}
