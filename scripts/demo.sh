@@ -10,7 +10,7 @@ plugins=("$@"); [ ${#plugins[@]} -gt 0 ] || plugins=(facter os_release)
 scripts/services.sh ensure-rabbitmq
 scripts/services.sh ensure-plugins
 echo "==> building (release)" >&2
-cargo build --release --bins --quiet
+cargo build --release --bins --quiet ${VOGELER_CARGO_FLAGS:-}
 bin=$root/target/release
 
 work=$root/.demo
@@ -31,6 +31,12 @@ dsn = sqlite:vogeler.db
 
 [amqp]
 dsn = amqp://guest:guest@127.0.0.1:5672/
+
+[runner]
+log_level = WARN
+
+[admin]
+log_level = WARN
 CONF
 
 pids=()

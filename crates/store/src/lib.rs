@@ -4,6 +4,10 @@
 //! commits the whole batch or nothing, so the caller may ack the batch's messages
 //! only after `apply` returned `Ok`. Backends are chosen by DSN scheme in [`open`].
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

@@ -1,0 +1,361 @@
+//! The PostgreSQL store: JSONB documents, a pool, and row locks so several servers
+//! can write the same nodes at once without losing an update.
+//!
+//! Schema (created on first use, versioned in `vogeler_schema`): `nodes` holds one row
+//! per node with the plugin keys in `doc` (JSONB, GIN-indexed) and each key's
+//! `collected_at` in `key_times`; `history` holds one row per change.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use serde_json::Value;
+use tokio_postgres::NoTls;
+
+use crate::{
+    is_reserved_key, rfc3339, Change, HistoryEntry, NodeRecord, NodeSummary, Observation, Outcome,
+    Store, StoreError,
+};
+
+const BACKEND: &str = "postgres";
+
+/// Schema version this code writes; older schemas are migrated forward at start.
+const SCHEMA_VERSION: i32 = 1;
+
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    last_seen TIMESTAMPTZ NOT NULL,
+    last_error JSONB,
+    last_error_at TIMESTAMPTZ,
+    doc JSONB NOT NULL DEFAULT '{}'::jsonb,
+    key_times JSONB NOT NULL DEFAULT '{}'::jsonb
+);
+CREATE INDEX IF NOT EXISTS nodes_last_seen ON nodes (last_seen);
+CREATE INDEX IF NOT EXISTS nodes_doc ON nodes USING GIN (doc jsonb_path_ops);
+CREATE TABLE IF NOT EXISTS history (
+    id BIGSERIAL PRIMARY KEY,
+    node TEXT NOT NULL,
+    key TEXT NOT NULL,
+    old JSONB,
+    new JSONB,
+    at TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_node_key ON history (node, key, at);
+CREATE INDEX IF NOT EXISTS history_at ON history (at);
+"];
+
+/// A store in a PostgreSQL database.
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable {
+        backend: BACKEND,
+        message: e.to_string(),
+    }
+}
+
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    let transient = e.is_closed()
+        || e.code().is_none()
+        || e.code().is_some_and(|c| {
+            let c = c.code();
+            c.starts_with("08") || c.starts_with("57") || c.starts_with("53") || c == "40001" || c == "40P01"
+        });
+    if transient {
+        unavailable(format!("{e}"))
+    } else {
+        StoreError::Backend {
+            backend: BACKEND,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Connects a pool and creates or migrates the schema.
+    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+            StoreError::Invalid(format!(
+                "bad PostgreSQL DSN: {e} (example: postgres://vogeler:secret@127.0.0.1:5432/vogeler)"
+            ))
+        })?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(8)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(unavailable)?;
+        let store = PostgresStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(unavailable)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        // One migrator at a time, also across servers starting together.
+        tx.execute("SELECT pg_advisory_xact_lock(7261001)", &[])
+            .await
+            .map_err(pg_err)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS vogeler_schema (version INT NOT NULL)")
+            .await
+            .map_err(pg_err)?;
+        let current: i32 = tx
+            .query_opt("SELECT max(version) FROM vogeler_schema", &[])
+            .await
+            .map_err(pg_err)?
+            .and_then(|r| r.get::<_, Option<i32>>(0))
+            .unwrap_or(0);
+        for (i, sql) in MIGRATIONS.iter().enumerate() {
+            let version = i as i32 + 1;
+            if version > current {
+                tx.batch_execute(sql).await.map_err(pg_err)?;
+                tx.execute("INSERT INTO vogeler_schema (version) VALUES ($1)", &[&version])
+                    .await
+                    .map_err(pg_err)?;
+            }
+        }
+        debug_assert_eq!(MIGRATIONS.len() as i32, SCHEMA_VERSION);
+        tx.commit().await.map_err(pg_err)
+    }
+}
+
+fn error_value(plugin: &Option<String>, message: &str, raw: &Option<String>, at: DateTime<Utc>) -> Value {
+    let mut e = serde_json::Map::new();
+    e.insert("plugin".into(), plugin.clone().map(Value::String).unwrap_or(Value::Null));
+    e.insert("message".into(), Value::String(message.to_string()));
+    e.insert("at".into(), Value::String(rfc3339(at)));
+    if let Some(raw) = raw {
+        e.insert("raw".into(), Value::String(raw.clone()));
+    }
+    Value::Object(e)
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn apply(&self, batch: Vec<Observation>) -> Result<Vec<Outcome>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let now = Utc::now();
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO nodes (name, created_at, updated_at, last_seen) VALUES ($1, $2, $2, $2)
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .await
+            .map_err(pg_err)?;
+        let lock_key = tx
+            .prepare_cached(
+                "SELECT doc -> $2, key_times ->> $2, last_error, last_error_at FROM nodes WHERE name = $1 FOR UPDATE",
+            )
+            .await
+            .map_err(pg_err)?;
+        let set_key = tx
+            .prepare_cached(
+                "UPDATE nodes SET doc = jsonb_set(doc, ARRAY[$2::text], $3::jsonb),
+                     key_times = jsonb_set(key_times, ARRAY[$2::text], to_jsonb($4::text)),
+                     updated_at = CASE WHEN $5 THEN $6 ELSE updated_at END, last_seen = $6
+                 WHERE name = $1",
+            )
+            .await
+            .map_err(pg_err)?;
+        let set_error = tx
+            .prepare_cached(
+                "UPDATE nodes SET last_error = $2, last_error_at = $3, updated_at = $4, last_seen = $4 WHERE name = $1",
+            )
+            .await
+            .map_err(pg_err)?;
+        let seen = tx
+            .prepare_cached("UPDATE nodes SET last_seen = $2 WHERE name = $1")
+            .await
+            .map_err(pg_err)?;
+        let history = tx
+            .prepare_cached("INSERT INTO history (node, key, old, new, at) VALUES ($1, $2, $3, $4, $5)")
+            .await
+            .map_err(pg_err)?;
+
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for obs in &batch {
+            if let Change::Plugin { name, .. } = &obs.change {
+                if is_reserved_key(name) {
+                    outcomes.push(Outcome::Refused(format!(
+                        "plugin name {name:?} clashes with a document field"
+                    )));
+                    continue;
+                }
+            }
+            let created = tx.execute(&insert, &[&obs.node, &now]).await.map_err(pg_err)? == 1;
+            let key = match &obs.change {
+                Change::Plugin { name, .. } => name.as_str(),
+                _ => "",
+            };
+            let row = tx
+                .query_one(&lock_key, &[&obs.node, &key])
+                .await
+                .map_err(pg_err)?;
+            let old_value: Option<Value> = row.get(0);
+            let old_time: Option<String> = row.get(1);
+            let old_error: Option<Value> = row.get(2);
+            let old_error_at: Option<DateTime<Utc>> = row.get(3);
+            let outcome = match &obs.change {
+                Change::Seen => {
+                    tx.execute(&seen, &[&obs.node, &now]).await.map_err(pg_err)?;
+                    None
+                }
+                Change::Plugin { name, value } => {
+                    let old_at = old_time
+                        .as_deref()
+                        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                        .map(|t| t.with_timezone(&Utc));
+                    if old_at.is_some_and(|t| obs.at < t) {
+                        tx.execute(&seen, &[&obs.node, &now]).await.map_err(pg_err)?;
+                        Some(Outcome::Stale)
+                    } else {
+                        let changed = old_value.as_ref() != Some(value);
+                        tx.execute(
+                            &set_key,
+                            &[&obs.node, name, value, &rfc3339(obs.at), &changed, &now],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                        if changed {
+                            tx.execute(&history, &[&obs.node, name, &old_value, &Some(value.clone()), &obs.at])
+                                .await
+                                .map_err(pg_err)?;
+                            Some(Outcome::Updated)
+                        } else {
+                            Some(Outcome::Unchanged)
+                        }
+                    }
+                }
+                Change::Error { plugin, message, raw } => {
+                    if old_error_at.is_some_and(|t| obs.at < t) {
+                        tx.execute(&seen, &[&obs.node, &now]).await.map_err(pg_err)?;
+                        Some(Outcome::Stale)
+                    } else {
+                        let new = error_value(plugin, message, raw, obs.at);
+                        if old_error.as_ref() == Some(&new) {
+                            tx.execute(&seen, &[&obs.node, &now]).await.map_err(pg_err)?;
+                            Some(Outcome::Unchanged)
+                        } else {
+                            tx.execute(&set_error, &[&obs.node, &new, &obs.at, &now])
+                                .await
+                                .map_err(pg_err)?;
+                            tx.execute(&history, &[&obs.node, &"last_error", &old_error, &Some(new), &obs.at])
+                                .await
+                                .map_err(pg_err)?;
+                            Some(Outcome::Updated)
+                        }
+                    }
+                }
+            };
+            outcomes.push(match (created, outcome) {
+                (true, Some(Outcome::Updated) | None) => Outcome::Created,
+                (_, Some(o)) => o,
+                (false, None) => Outcome::Unchanged,
+            });
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(outcomes)
+    }
+
+    async fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT created_at, updated_at, last_seen, last_error, doc FROM nodes WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(pg_err)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let doc: Value = row.get(4);
+        let keys: BTreeMap<String, Value> = match doc {
+            Value::Object(m) => m.into_iter().collect(),
+            _ => BTreeMap::new(),
+        };
+        Ok(Some(NodeRecord {
+            name: name.to_string(),
+            created_at: row.get(0),
+            updated_at: row.get(1),
+            last_seen: row.get(2),
+            last_error: row.get(3),
+            keys,
+        }))
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeSummary>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT name, last_seen, last_error ->> 'message',
+                        ARRAY(SELECT jsonb_object_keys(doc) ORDER BY 1)
+                 FROM nodes ORDER BY name",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| NodeSummary {
+                name: r.get(0),
+                last_seen: r.get(1),
+                last_error: r.get(2),
+                plugins: r.get(3),
+            })
+            .collect())
+    }
+
+    async fn history(
+        &self,
+        node: &str,
+        key: Option<&str>,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT key, old, new, at FROM history WHERE node = $1 AND ($2::text IS NULL OR key = $2)
+                 ORDER BY at, id",
+                &[&node, &key],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| HistoryEntry {
+                node: node.to_string(),
+                key: r.get(0),
+                old: r.get(1),
+                new: r.get(2),
+                at: r.get(3),
+            })
+            .collect())
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.query_one("SELECT 1", &[]).await.map_err(pg_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Makes this machine ready for Vogeler's tests and demo, idempotently: installs (Debian
+# packages, npm) and starts what is missing, and does nothing when it is already there.
+#
+#   scripts/services.sh ensure            everything below
+#   scripts/services.sh ensure-rabbitmq   RabbitMQ on 127.0.0.1:5672 (guest/guest)
+#   scripts/services.sh ensure-postgres   PostgreSQL on 127.0.0.1:5432, role vogeler/vogeler
+#   scripts/services.sh ensure-pouchdb    pouchdb-server (CouchDB API), cached outside the clone
+#   scripts/services.sh ensure-plugins    facter and ohai for the shipped plugins
+#   scripts/services.sh env               export lines for the tests
+set -euo pipefail
+
+POUCHDB_VERSION=4.2.0
+CACHE=${VOGELER_CACHE:-$HOME/.cache/vogeler}
+POUCHDB_DIR=$CACHE/pouchdb-server-$POUCHDB_VERSION
+POUCHDB_BIN=$POUCHDB_DIR/node_modules/.bin/pouchdb-server
+
+log() { printf 'services: %s\n' "$*" >&2; }
+die() { printf 'services: FAILED: %s\n' "$*" >&2; exit 1; }
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    log "apt-get update"
+    $SUDO apt-get update -qq || die "apt-get update (is the Debian mirror reachable?)"
+    apt_updated=1
+  fi
+  log "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+    || die "apt-get install $* failed"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port seconds what
+  local i
+  for i in $(seq 1 $(( $2 * 5 ))); do
+    port_open "$1" && return 0
+    sleep 0.2
+  done
+  die "$3 did not start listening on 127.0.0.1:$1 within $2 s"
+}
+
+ensure_rabbitmq() {
+  command -v rabbitmqctl >/dev/null 2>&1 || apt_install rabbitmq-server
+  if port_open 5672; then log "RabbitMQ answers on 127.0.0.1:5672"; return; fi
+  log "starting RabbitMQ"
+  if ! $SUDO rabbitmq-server -detached >/dev/null 2>&1; then
+    $SUDO service rabbitmq-server start >/dev/null 2>&1 || die "cannot start rabbitmq-server (see /var/log/rabbitmq)"
+  fi
+  wait_port 5672 90 RabbitMQ
+  # The port opens before the broker accepts logins; wait until it answers.
+  $SUDO rabbitmqctl await_startup >/dev/null 2>&1 || true
+  log "RabbitMQ started"
+}
+
+ensure_postgres() {
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then apt_install postgresql; fi
+  if ! port_open 5432; then
+    local version
+    version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1)
+    [ -n "$version" ] || die "no PostgreSQL cluster in /etc/postgresql"
+    log "starting PostgreSQL $version"
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start || die "pg_ctlcluster $version main start"
+    wait_port 5432 60 PostgreSQL
+  fi
+  local psql=(psql -X -q -v ON_ERROR_STOP=1 -d postgres)
+  local as_postgres
+  if [ "$(id -u)" = 0 ]; then as_postgres=(runuser -u postgres --); else as_postgres=(sudo -u postgres); fi
+  if ! PGPASSWORD=vogeler psql -X -q -h 127.0.0.1 -U vogeler -d postgres -c 'select 1' >/dev/null 2>&1; then
+    log "creating PostgreSQL role vogeler"
+    "${as_postgres[@]}" "${psql[@]}" -c "DO \$\$ BEGIN
+      IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'vogeler') THEN
+        CREATE ROLE vogeler LOGIN PASSWORD 'vogeler' CREATEDB;
+      ELSE
+        ALTER ROLE vogeler LOGIN PASSWORD 'vogeler' CREATEDB;
+      END IF; END \$\$;" || die "cannot create the PostgreSQL role vogeler"
+    PGPASSWORD=vogeler psql -X -q -h 127.0.0.1 -U vogeler -d postgres -c 'select 1' >/dev/null \
+      || die "role vogeler cannot log in over 127.0.0.1 (check pg_hba.conf allows md5/scram or trust)"
+  fi
+  log "PostgreSQL answers on 127.0.0.1:5432 (role vogeler)"
+}
+
+ensure_pouchdb() {
+  if [ -x "$POUCHDB_BIN" ]; then log "pouchdb-server $POUCHDB_VERSION cached at $POUCHDB_DIR"; return; fi
+  command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  log "installing pouchdb-server $POUCHDB_VERSION into $POUCHDB_DIR (a cold install takes a few minutes)"
+  mkdir -p "$POUCHDB_DIR"
+  npm install --no-audit --no-fund --loglevel=error --prefix "$POUCHDB_DIR" "pouchdb-server@$POUCHDB_VERSION" >&2 \
+    || die "npm install pouchdb-server@$POUCHDB_VERSION"
+  [ -x "$POUCHDB_BIN" ] || die "pouchdb-server binary missing after install: $POUCHDB_BIN"
+}
+
+ensure_plugins() {
+  local missing=()
+  command -v facter >/dev/null 2>&1 || missing+=(facter)
+  command -v ohai >/dev/null 2>&1 || missing+=(ohai)
+  command -v ps >/dev/null 2>&1 || missing+=(procps)
+  if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+  log "plugins ready: facter $(facter --version 2>/dev/null | head -1), ohai $(ohai --version 2>/dev/null | awk '{print $2}')"
+}
+
+print_env() {
+  echo "export VOGELER_POUCHDB_BIN='$POUCHDB_BIN'"
+  echo "export VOGELER_TEST_POSTGRES='${VOGELER_TEST_POSTGRES:-postgres://vogeler:vogeler@127.0.0.1:5432/postgres}'"
+}
+
+case "${1:-ensure}" in
+  ensure) ensure_rabbitmq; ensure_postgres; ensure_pouchdb; ensure_plugins ;;
+  ensure-rabbitmq) ensure_rabbitmq ;;
+  ensure-postgres) ensure_postgres ;;
+  ensure-pouchdb) ensure_pouchdb ;;
+  ensure-plugins) ensure_plugins ;;
+  env) print_env ;;
+  *) die "unknown command ${1}: use ensure, ensure-rabbitmq, ensure-postgres, ensure-pouchdb, ensure-plugins or env" ;;
+esac
