@@ -40,7 +40,10 @@ fn result_body(node: &str, facter: &serde_json::Value) -> Vec<u8> {
 
 /// Publishes `bodies` to `exchange` with pipelined confirms (windows of 1,000).
 async fn publish_all(exchange: &str, key: &str, bodies: &[Vec<u8>]) -> Duration {
-    let session = broker().connect().await.expect("RabbitMQ at 127.0.0.1:5672");
+    let session = broker()
+        .connect()
+        .await
+        .expect("RabbitMQ at 127.0.0.1:5672");
     let t = Instant::now();
     for chunk in bodies.chunks(1000) {
         let mut pending = Vec::with_capacity(chunk.len());

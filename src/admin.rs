@@ -194,7 +194,15 @@ mod tests {
         assert_eq!(lines[0], vec!["add_vhost", "/vogeler"]);
         assert_eq!(
             lines[1],
-            vec!["set_permissions", "-p", "/vogeler", "guest", ".*", ".*", ".*"]
+            vec![
+                "set_permissions",
+                "-p",
+                "/vogeler",
+                "guest",
+                ".*",
+                ".*",
+                ".*"
+            ]
         );
     }
 }

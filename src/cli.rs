@@ -11,27 +11,60 @@ use clap::Args;
 #[derive(Debug, Clone, Args, Default)]
 pub struct CommonArgs {
     /// Configuration file [default: /etc/vogeler/vogeler.conf when present].
-    #[arg(short = 'c', long = "config", global = true, env = "VOGELER_CONFIG", value_name = "FILE")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        env = "VOGELER_CONFIG",
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
 
     /// Broker URI(s), comma-separated for a cluster: amqp://user:pass@host:5672/vhost, or a bare host.
-    #[arg(long, global = true, env = "VOGELER_QHOST", value_name = "URI", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "VOGELER_QHOST",
+        value_name = "URI",
+        hide_env_values = true
+    )]
     pub qhost: Option<String>,
 
     /// Store DSN: sqlite:///abs/path.db, postgres://user@host/db, couch://host:5984/dbname.
-    #[arg(long, global = true, env = "VOGELER_DBHOST", value_name = "DSN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "VOGELER_DBHOST",
+        value_name = "DSN",
+        hide_env_values = true
+    )]
     pub dbhost: Option<String>,
 
     /// Log level: DEBUG, INFO, WARN, ERROR or CRITICAL.
-    #[arg(long = "loglevel", global = true, env = "VOGELER_LOGLEVEL", value_name = "LEVEL")]
+    #[arg(
+        long = "loglevel",
+        global = true,
+        env = "VOGELER_LOGLEVEL",
+        value_name = "LEVEL"
+    )]
     pub loglevel: Option<String>,
 
     /// Direct exchange results go to [default: vogeler.master.in].
-    #[arg(long, global = true, env = "VOGELER_MASTER_EXCHANGE", value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        env = "VOGELER_MASTER_EXCHANGE",
+        value_name = "NAME"
+    )]
     pub master_exchange: Option<String>,
 
     /// Topic exchange requests go to [default: vogeler.broadcast.in].
-    #[arg(long, global = true, env = "VOGELER_BROADCAST_EXCHANGE", value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        env = "VOGELER_BROADCAST_EXCHANGE",
+        value_name = "NAME"
+    )]
     pub broadcast_exchange: Option<String>,
 
     /// The servers' result queue [default: master.in].
@@ -49,6 +82,9 @@ pub struct CommonArgs {
 
 /// Prints the whole error chain and exits with `code`: the one place programs fail.
 pub fn fail(program: &str, err: &anyhow::Error, code: i32) -> ! {
-    eprintln!("{program}: error: {}", vogeler_config::mask_secrets(&format!("{err:#}")));
+    eprintln!(
+        "{program}: error: {}",
+        vogeler_config::mask_secrets(&format!("{err:#}"))
+    );
     std::process::exit(code)
 }

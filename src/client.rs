@@ -104,7 +104,11 @@ pub async fn run(opts: ClientOptions, mut shutdown: Shutdown) -> anyhow::Result<
             .collect();
         tracing::info!(node = %opts.node, plugins = ?names, "vogeler-client has started");
     }
-    let reloader = tokio::spawn(watch_plugins(opts.clone(), registry.clone(), shutdown.clone()));
+    let reloader = tokio::spawn(watch_plugins(
+        opts.clone(),
+        registry.clone(),
+        shutdown.clone(),
+    ));
     let mut backoff = Backoff::default();
     let result = loop {
         let mut stop = Box::pin(shutdown.clone().wait_owned());
@@ -313,7 +317,10 @@ pub async fn answer_request(opts: &ClientOptions, registry: &Registry, r: &Reque
     }
     error_answer(
         &r.command,
-        format!("Plugin {} is not authorized for this host. Ignoring", r.command),
+        format!(
+            "Plugin {} is not authorized for this host. Ignoring",
+            r.command
+        ),
     )
 }
 
@@ -338,15 +345,18 @@ fn error_answer(plugin: &str, message: String) -> Answer {
 /// error: the facts are real, and the exit status travels with them.
 fn finish(o: PluginOutcome) -> Answer {
     let outcome = match o.result {
-        Err(vogeler_plugins::RunError::Failed { code, stderr_line, .. }) if !o.raw.trim().is_empty() => {
-            match o.format.convert(&o.raw) {
-                Ok(v) => {
-                    tracing::warn!(plugin = %o.plugin, code, stderr = %stderr_line, "plugin exited non-zero but its output parsed; storing it");
-                    Ok(v)
-                }
-                Err(e) => Err(format!("plugin `{}` exited with status {code}: {stderr_line}; {e}", o.plugin)),
+        Err(vogeler_plugins::RunError::Failed {
+            code, stderr_line, ..
+        }) if !o.raw.trim().is_empty() => match o.format.convert(&o.raw) {
+            Ok(v) => {
+                tracing::warn!(plugin = %o.plugin, code, stderr = %stderr_line, "plugin exited non-zero but its output parsed; storing it");
+                Ok(v)
             }
-        }
+            Err(e) => Err(format!(
+                "plugin `{}` exited with status {code}: {stderr_line}; {e}",
+                o.plugin
+            )),
+        },
         other => other.map_err(|e| e.to_string()),
     };
     Answer {

@@ -83,10 +83,7 @@ impl Summary {
     /// The human-readable report.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        out.push_str(&format!(
-            "request {} ({})\n",
-            self.request_id, self.command
-        ));
+        out.push_str(&format!("request {} ({})\n", self.request_id, self.command));
         for n in &self.answered {
             out.push_str(&format!("  stored      {n}\n"));
         }
@@ -97,7 +94,9 @@ impl Summary {
             out.push_str(&format!("  no answer   {n}\n"));
         }
         for n in &self.unroutable {
-            out.push_str(&format!("  unroutable  {n} (no queue: was its client ever started?)\n"));
+            out.push_str(&format!(
+                "  unroutable  {n} (no queue: was its client ever started?)\n"
+            ));
         }
         for n in &self.unexpected {
             out.push_str(&format!("  unexpected  {n}\n"));

@@ -38,7 +38,8 @@ fn has_password(dsn: &str) -> bool {
 /// Flags (and the environment, through clap) over the config file over defaults.
 pub fn load(program: Program, common: &CommonArgs, extra: Extra) -> anyhow::Result<Settings> {
     let file = ConfigFile::discover(common.config.as_deref())?;
-    let on_command_line = |flag: &str| std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    let on_command_line =
+        |flag: &str| std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
     let password_on_command_line = (on_command_line("--qhost")
         && common.qhost.as_deref().is_some_and(has_password))
         || (on_command_line("--dbhost") && common.dbhost.as_deref().is_some_and(has_password));
@@ -54,7 +55,6 @@ pub fn load(program: Program, common: &CommonArgs, extra: Extra) -> anyhow::Resu
         dead_letter_queue: common.dead_queue.clone(),
         wire: common.wire.clone(),
         password_on_command_line,
-        ..Default::default()
     };
     Ok(Settings::resolve(program, overrides, file)?)
 }
@@ -266,7 +266,9 @@ fn shell_quote(words: &[String]) -> String {
     words
         .iter()
         .map(|w| {
-            if w.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:@".contains(c)) {
+            if w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:@".contains(c))
+            {
                 w.clone()
             } else {
                 format!("'{}'", w.replace('\'', r"'\''"))
@@ -278,7 +280,13 @@ fn shell_quote(words: &[String]) -> String {
 
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 

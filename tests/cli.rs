@@ -43,16 +43,29 @@ fn client_lists_the_2010_plugins_from_the_2010_config_layout() {
     let plugins = tmp.path().join("plugins");
     std::fs::create_dir_all(&plugins).expect("mkdir");
     for f in ["facter.cfg", "ohai.cfg", "ps.cfg", "rpms.cfg"] {
-        std::fs::copy(fixture(&format!("vogeler-2010/plugins/{f}")), plugins.join(f)).expect("copy");
-    }
-    std::fs::copy(fixture("vogeler-2010/plugins-broken.cfg"), plugins.join("zz-broken.cfg"))
+        std::fs::copy(
+            fixture(&format!("vogeler-2010/plugins/{f}")),
+            plugins.join(f),
+        )
         .expect("copy");
+    }
+    std::fs::copy(
+        fixture("vogeler-2010/plugins-broken.cfg"),
+        plugins.join("zz-broken.cfg"),
+    )
+    .expect("copy");
     let conf = std::fs::read_to_string(fixture("vogeler-2010/vogeler.conf"))
         .expect("2010 conf")
-        .replace("plugin_path = /tmp/vogeler/plugins", "plugin_path = plugins");
+        .replace(
+            "plugin_path = /tmp/vogeler/plugins",
+            "plugin_path = plugins",
+        );
     let conf_path = tmp.path().join("vogeler.conf");
     std::fs::write(&conf_path, conf).expect("write conf");
-    let (code, out, err) = run("client", &["-c", conf_path.to_str().expect("utf-8"), "list"]);
+    let (code, out, err) = run(
+        "client",
+        &["-c", conf_path.to_str().expect("utf-8"), "list"],
+    );
     assert_eq!(code, 0, "{out}{err}");
     for name in ["facter", "ohai", "ps", "rpm", "get_procs"] {
         assert!(out.contains(name), "{name} missing from:\n{out}");
@@ -70,7 +83,10 @@ fn the_2010_config_file_loads_unchanged() {
     // `list` needs the plugin directory the 2010 file names; a missing one is a clear error.
     let (code, out, err) = run("client", &["-c", conf.to_str().expect("utf-8"), "list"]);
     if code != 0 {
-        assert!(err.contains("/tmp/vogeler/plugins"), "error should name the directory: {err}");
+        assert!(
+            err.contains("/tmp/vogeler/plugins"),
+            "error should name the directory: {err}"
+        );
     } else {
         assert!(out.contains("PLUGIN") || !out.is_empty());
     }
@@ -81,18 +97,30 @@ fn bad_input_gets_a_clear_error_naming_the_place() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let conf = tmp.path().join("bad.conf");
     std::fs::write(&conf, "[global]\nlog_level = LOUD\n").expect("write");
-    let (code, _, err) = run("runner", &["-c", conf.to_str().expect("utf-8"), "-x", "facter"]);
+    let (code, _, err) = run(
+        "runner",
+        &["-c", conf.to_str().expect("utf-8"), "-x", "facter"],
+    );
     assert_ne!(code, 0);
     assert!(err.contains("LOUD"), "names the bad value: {err}");
 
-    let (code, _, err) = run("runner", &["-c", "/nonexistent/vogeler.conf", "-x", "facter"]);
+    let (code, _, err) = run(
+        "runner",
+        &["-c", "/nonexistent/vogeler.conf", "-x", "facter"],
+    );
     assert_ne!(code, 0);
-    assert!(err.contains("/nonexistent/vogeler.conf"), "names the file: {err}");
+    assert!(
+        err.contains("/nonexistent/vogeler.conf"),
+        "names the file: {err}"
+    );
 
     let (code, _, err) = run("admin", &["--dbhost", "mongo://x", "node"]);
     assert_ne!(code, 0);
     assert!(err.contains("mongo"), "names the scheme: {err}");
-    assert!(err.contains("sqlite") && err.contains("postgres") && err.contains("couch"), "shows examples: {err}");
+    assert!(
+        err.contains("sqlite") && err.contains("postgres") && err.contains("couch"),
+        "shows examples: {err}"
+    );
 
     // Usage errors exit 2.
     let (code, _, _) = run("runner", &["--no-such-flag"]);
@@ -103,9 +131,20 @@ fn bad_input_gets_a_clear_error_naming_the_place() {
 fn passwords_never_appear_in_errors() {
     let (code, out, err) = run(
         "runner",
-        &["--qhost", "amqp://guest:s3cret@127.0.0.1:1/", "-x", "facter"],
+        &[
+            "--qhost",
+            "amqp://guest:s3cret@127.0.0.1:1/",
+            "-x",
+            "facter",
+        ],
     );
     assert_ne!(code, 0, "nothing listens on port 1");
-    assert!(!out.contains("s3cret") && !err.contains("s3cret"), "{out}{err}");
-    assert!(err.contains("process list") || err.contains("command line"), "warns about the flag: {err}");
+    assert!(
+        !out.contains("s3cret") && !err.contains("s3cret"),
+        "{out}{err}"
+    );
+    assert!(
+        err.contains("process list") || err.contains("command line"),
+        "warns about the flag: {err}"
+    );
 }

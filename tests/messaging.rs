@@ -49,7 +49,10 @@ fn broadcast_reaches_every_client_and_targeted_only_one() {
     assert_eq!(doc_b["hello"], serde_json::json!(["hello world"]));
     std::thread::sleep(Duration::from_secs(1));
     let doc_a = d.document(&a).expect("web01 stored");
-    assert!(doc_a.get("hello").is_none(), "web01 must not have run a targeted request");
+    assert!(
+        doc_a.get("hello").is_none(),
+        "web01 must not have run a targeted request"
+    );
 }
 
 #[test]
@@ -153,8 +156,17 @@ fn poison_messages_are_dead_lettered_and_good_ones_stored() {
         .iter()
         .filter_map(|m| m.header("x-vogeler-reason"))
         .collect();
-    for want in ["not-json", "bad-utf8", "unknown-version", "unknown-kind", "refused"] {
-        assert!(reasons.contains(&want), "missing reason {want} in {reasons:?}");
+    for want in [
+        "not-json",
+        "bad-utf8",
+        "unknown-version",
+        "unknown-kind",
+        "refused",
+    ] {
+        assert!(
+            reasons.contains(&want),
+            "missing reason {want} in {reasons:?}"
+        );
     }
 }
 
@@ -176,7 +188,10 @@ fn legacy_wire_messages_work_byte_for_byte() {
     });
     assert_eq!(doc["facter"]["os"]["family"], "Debian");
     assert_eq!(doc["ohai"]["platform"], "debian");
-    assert_eq!(doc["rpm"], serde_json::json!(["openssl-3.0.11-1", "bash-5.2.15-2"]));
+    assert_eq!(
+        doc["rpm"],
+        serde_json::json!(["openssl-3.0.11-1", "bash-5.2.15-2"])
+    );
     publish_raw(
         &t.master_exchange,
         "",

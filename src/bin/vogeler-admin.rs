@@ -93,7 +93,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 return Ok(if found { 0 } else { 1 });
             }
             if !status {
-                anyhow::bail!("say what to show: `vogeler-admin queue --status` or `--exists QUEUE`");
+                anyhow::bail!(
+                    "say what to show: `vogeler-admin queue --status` or `--exists QUEUE`"
+                );
             }
             let nodes: Vec<String> = match settings::open_store(&s).await {
                 Ok(store) => store.nodes().await?.into_iter().map(|n| n.name).collect(),
@@ -125,7 +127,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if persistence {
                 let store = settings::open_store(&s).await?;
                 store.health().await?;
-                println!("store {} ready ({})", store.backend(), settings::store_label(&s));
+                println!(
+                    "store {} ready ({})",
+                    store.backend(),
+                    settings::store_label(&s)
+                );
             }
             Ok(0)
         }

@@ -21,7 +21,13 @@ struct Cli {
     command: String,
 
     /// Target: `all`, or node names (repeat the flag or separate with commas).
-    #[arg(short = 'n', long = "node", value_name = "NODE", value_delimiter = ',', default_value = "all")]
+    #[arg(
+        short = 'n',
+        long = "node",
+        value_name = "NODE",
+        value_delimiter = ',',
+        default_value = "all"
+    )]
     nodes: Vec<String>,
 
     /// Wait until the server stored each node's result, then print a summary.

@@ -76,7 +76,10 @@ pub fn convert(body: &[u8], max_bytes: usize, reply_to: Option<&str>) -> Convert
                 (None, None) => {
                     return dead(
                         "bad-field",
-                        format!("result from {} for {} has neither data nor error", r.node, r.plugin),
+                        format!(
+                            "result from {} for {} has neither data nor error",
+                            r.node, r.plugin
+                        ),
                     )
                 }
             };
@@ -107,7 +110,10 @@ pub fn convert(body: &[u8], max_bytes: usize, reply_to: Option<&str>) -> Convert
         Decoded::Message(Message::Pong(p)) => seen(p.node, p.sent_at),
         Decoded::Message(other) => dead(
             "unexpected-kind",
-            format!("a {} message does not belong on the master exchange", kind_name(&other)),
+            format!(
+                "a {} message does not belong on the master exchange",
+                kind_name(&other)
+            ),
         ),
         Decoded::LegacyRequest(cmd) => dead(
             "unexpected-kind",

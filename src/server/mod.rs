@@ -249,9 +249,10 @@ async fn commit(
             let mut out = Vec::with_capacity(items.len());
             for (_, o, _) in items {
                 match apply_retrying(store, shutdown, vec![o.clone()]).await? {
-                    Ok(mut v) => out.push(v.pop().ok_or(StoreError::Invalid(
-                        "store returned no outcome".into(),
-                    ))),
+                    Ok(mut v) => out.push(
+                        v.pop()
+                            .ok_or(StoreError::Invalid("store returned no outcome".into())),
+                    ),
                     Err(e) => out.push(Err(e)),
                 }
             }
@@ -291,5 +292,7 @@ async fn send_stored(session: &Session, c: &Confirm) -> anyhow::Result<Pending> 
         stored_at: Utc::now(),
     });
     let body = vogeler_protocol::encode(&msg);
-    Ok(session.publish("", &c.reply_to, Outgoing::new(body)).await?)
+    Ok(session
+        .publish("", &c.reply_to, Outgoing::new(body))
+        .await?)
 }

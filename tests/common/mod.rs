@@ -5,7 +5,7 @@
 //! plugin directory, and starts the real binaries. Processes die with the guard.
 #![allow(dead_code, missing_docs)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -70,7 +70,11 @@ impl Proc {
             }
             if Instant::now() > deadline {
                 self.kill();
-                panic!("{} did not stop within 20 s of SIGTERM; log:\n{}", self.name, self.log_text());
+                panic!(
+                    "{} did not stop within 20 s of SIGTERM; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -262,7 +266,11 @@ pub fn publish_raw(exchange: &str, routing_key: &str, bodies: &[Vec<u8>]) {
         for b in bodies {
             pending.push(
                 session
-                    .publish(exchange, routing_key, vogeler_transport::Outgoing::new(b.clone()))
+                    .publish(
+                        exchange,
+                        routing_key,
+                        vogeler_transport::Outgoing::new(b.clone()),
+                    )
                     .await
                     .expect("publish"),
             );
@@ -290,7 +298,11 @@ pub fn drain_queue(queue: &str, quiet: Duration) -> Vec<vogeler_transport::Inbou
 }
 
 pub fn broker() -> vogeler_transport::Broker {
-    vogeler_transport::Broker::new(vec![format!("{AMQP}%2f")], vec![AMQP.into()], "vogeler-test")
+    vogeler_transport::Broker::new(
+        vec![format!("{AMQP}%2f")],
+        vec![AMQP.into()],
+        "vogeler-test",
+    )
 }
 
 pub fn rt() -> tokio::runtime::Runtime {

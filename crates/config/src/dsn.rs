@@ -9,7 +9,9 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_AL
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DsnError {
     /// A broker URI that does not parse.
-    #[error("bad broker URI {given:?}: {why} (example: amqp://guest:guest@127.0.0.1:5672/vogeler)")]
+    #[error(
+        "bad broker URI {given:?}: {why} (example: amqp://guest:guest@127.0.0.1:5672/vogeler)"
+    )]
     Amqp {
         /// The URI, password masked.
         given: String,
@@ -27,7 +29,11 @@ pub enum DsnError {
 }
 
 /// Characters kept as they are in an encoded vhost or credential.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// An AMQP 0-9-1 broker address per the RabbitMQ URI spec.
 #[derive(Clone, PartialEq, Eq)]
@@ -90,9 +96,13 @@ impl AmqpDsn {
         };
         let default_port = if tls { 5671 } else { 5672 };
         let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
-            let (h, after) = h.split_once(']').ok_or_else(|| err("unclosed [ in IPv6 host"))?;
+            let (h, after) = h
+                .split_once(']')
+                .ok_or_else(|| err("unclosed [ in IPv6 host"))?;
             let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| err(&format!("port {p:?} is not a number")))?,
+                Some(p) => p
+                    .parse()
+                    .map_err(|_| err(&format!("port {p:?} is not a number")))?,
                 None => default_port,
             };
             (h.to_string(), port)
@@ -307,13 +317,20 @@ impl fmt::Display for StoreDsn {
                 password,
                 tls,
             } => {
-                let host = base_url.split_once("://").map(|(_, h)| h).unwrap_or(base_url);
+                let host = base_url
+                    .split_once("://")
+                    .map(|(_, h)| h)
+                    .unwrap_or(base_url);
                 let creds = match (user, password) {
                     (Some(u), Some(_)) => format!("{u}:****@"),
                     (Some(u), None) => format!("{u}@"),
                     _ => String::new(),
                 };
-                write!(f, "{}://{creds}{host}/{db}", if *tls { "couchs" } else { "couch" })
+                write!(
+                    f,
+                    "{}://{creds}{host}/{db}",
+                    if *tls { "couchs" } else { "couch" }
+                )
             }
         }
     }
@@ -364,33 +381,90 @@ mod tests {
     #[test]
     fn amqp_forms() {
         let cases: &[(&str, &str, u16, &str, &str, &str, bool)] = &[
-            ("amqp://guest:guest@127.0.0.1:5672/vogeler", "127.0.0.1", 5672, "guest", "guest", "vogeler", false),
-            ("amqp://guest:guest@127.0.0.1:5672/%2Fvogeler", "127.0.0.1", 5672, "guest", "guest", "/vogeler", false),
+            (
+                "amqp://guest:guest@127.0.0.1:5672/vogeler",
+                "127.0.0.1",
+                5672,
+                "guest",
+                "guest",
+                "vogeler",
+                false,
+            ),
+            (
+                "amqp://guest:guest@127.0.0.1:5672/%2Fvogeler",
+                "127.0.0.1",
+                5672,
+                "guest",
+                "guest",
+                "/vogeler",
+                false,
+            ),
             ("amqp://u:p@h/", "h", 5672, "u", "p", "/", false),
             ("amqp://u:p@h", "h", 5672, "u", "p", "/", false),
-            ("amqp://u:p%40ss@h:5673/v", "h", 5673, "u", "p@ss", "v", false),
+            (
+                "amqp://u:p%40ss@h:5673/v",
+                "h",
+                5673,
+                "u",
+                "p@ss",
+                "v",
+                false,
+            ),
             ("amqps://u:p@h/v", "h", 5671, "u", "p", "v", true),
-            ("10.10.10.2", "10.10.10.2", 5672, "guest", "guest", "/", false),
+            (
+                "10.10.10.2",
+                "10.10.10.2",
+                5672,
+                "guest",
+                "guest",
+                "/",
+                false,
+            ),
             ("broker:5673", "broker", 5673, "guest", "guest", "/", false),
-            ("amqp://[::1]:5672/", "::1", 5672, "guest", "guest", "/", false),
+            (
+                "amqp://[::1]:5672/",
+                "::1",
+                5672,
+                "guest",
+                "guest",
+                "/",
+                false,
+            ),
         ];
         for (s, host, port, user, pass, vhost, tls) in cases {
             let d = AmqpDsn::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
             assert_eq!(
-                (d.host.as_str(), d.port, d.user.as_str(), d.password.as_str(), d.vhost.as_str(), d.tls),
+                (
+                    d.host.as_str(),
+                    d.port,
+                    d.user.as_str(),
+                    d.password.as_str(),
+                    d.vhost.as_str(),
+                    d.tls
+                ),
                 (*host, *port, *user, *pass, *vhost, *tls),
                 "{s}"
             );
             // The URI for the client round-trips.
             assert_eq!(AmqpDsn::parse(&d.to_uri()).expect("round trip"), d, "{s}");
-            assert!(!d.to_string().contains(&format!(":{pass}@")) || pass.is_empty() || *pass == "****");
+            assert!(
+                !d.to_string().contains(&format!(":{pass}@")) || pass.is_empty() || *pass == "****"
+            );
         }
-        assert_eq!(AmqpDsn::parse("amqp://u:p@h/").expect("dsn").to_uri(), "amqp://u:p@h:5672/%2F");
+        assert_eq!(
+            AmqpDsn::parse("amqp://u:p@h/").expect("dsn").to_uri(),
+            "amqp://u:p@h:5672/%2F"
+        );
         for bad in ["", "http://h/", "amqp://u:p@h:notaport/", "amqp:///v"] {
             let e = AmqpDsn::parse(bad).expect_err(bad);
             assert!(e.to_string().contains("example"), "{e}");
         }
-        assert_eq!(AmqpDsn::parse_list("amqp://a, amqp://b:5673").expect("list").len(), 2);
+        assert_eq!(
+            AmqpDsn::parse_list("amqp://a, amqp://b:5673")
+                .expect("list")
+                .len(),
+            2
+        );
     }
 
     #[test]
@@ -404,14 +478,23 @@ mod tests {
     fn store_forms() {
         let base = Path::new("/etc/vogeler");
         let cases: &[(&str, &str)] = &[
-            ("sqlite:///var/lib/vogeler/v.db", "sqlite:///var/lib/vogeler/v.db"),
+            (
+                "sqlite:///var/lib/vogeler/v.db",
+                "sqlite:///var/lib/vogeler/v.db",
+            ),
             ("sqlite:rel.db", "sqlite:///etc/vogeler/rel.db"),
             ("sqlite://rel.db", "sqlite:///etc/vogeler/rel.db"),
             ("postgres://u:pw@h/db", "postgres://u:****@h/db"),
             ("postgresql://h/db", "postgresql://h/db"),
-            ("couch://127.0.0.1:5984/system_records", "couch://127.0.0.1:5984/system_records"),
+            (
+                "couch://127.0.0.1:5984/system_records",
+                "couch://127.0.0.1:5984/system_records",
+            ),
             ("couch://localhost", "couch://localhost:5984/system_records"),
-            ("couch://u:pw@h:5984/sysrecs3", "couch://u:****@h:5984/sysrecs3"),
+            (
+                "couch://u:pw@h:5984/sysrecs3",
+                "couch://u:****@h:5984/sysrecs3",
+            ),
             ("couchs://h:6984/x", "couchs://h:6984/x"),
         ];
         for (s, shown) in cases {
@@ -419,15 +502,33 @@ mod tests {
             assert_eq!(d.to_string(), *shown, "{s}");
         }
         match StoreDsn::parse("couchs://u:pw@h:6984/x", base).expect("couchs") {
-            StoreDsn::Couch { base_url, db, user, password, tls } => {
-                assert_eq!((base_url.as_str(), db.as_str(), tls), ("https://h:6984", "x", true));
-                assert_eq!((user.as_deref(), password.as_deref()), (Some("u"), Some("pw")));
+            StoreDsn::Couch {
+                base_url,
+                db,
+                user,
+                password,
+                tls,
+            } => {
+                assert_eq!(
+                    (base_url.as_str(), db.as_str(), tls),
+                    ("https://h:6984", "x", true)
+                );
+                assert_eq!(
+                    (user.as_deref(), password.as_deref()),
+                    (Some("u"), Some("pw"))
+                );
             }
             other => panic!("{other:?}"),
         }
         let e = StoreDsn::parse("mongo://u:pw@h/x", base).expect_err("mongo");
         let msg = e.to_string();
-        assert!(msg.contains("\"mongo\"") && msg.contains("sqlite:") && msg.contains("postgres://") && msg.contains("couch://"), "{msg}");
+        assert!(
+            msg.contains("\"mongo\"")
+                && msg.contains("sqlite:")
+                && msg.contains("postgres://")
+                && msg.contains("couch://"),
+            "{msg}"
+        );
         assert!(!msg.contains("pw@"), "{msg}");
     }
 

@@ -378,10 +378,12 @@ impl Settings {
                     }
                 };
                 match get(section, "dsn") {
-                    Some(d) => StoreDsn::parse(d, &base_dir).map_err(|source| ConfigError::Dsn {
-                        place: place(section, "dsn"),
-                        source,
-                    })?,
+                    Some(d) => {
+                        StoreDsn::parse(d, &base_dir).map_err(|source| ConfigError::Dsn {
+                            place: place(section, "dsn"),
+                            source,
+                        })?
+                    }
                     None if section == "sqlite" => StoreDsn::Sqlite {
                         path: default_sqlite_path(),
                     },
@@ -397,7 +399,11 @@ impl Settings {
             }
         };
 
-        let log_level = match (&o.log_level, get(program.section(), "log_level"), get("global", "log_level")) {
+        let log_level = match (
+            &o.log_level,
+            get(program.section(), "log_level"),
+            get("global", "log_level"),
+        ) {
             (Some(l), _, _) => LogLevel::parse(l).map_err(|message| ConfigError::Value {
                 place: "--loglevel".into(),
                 message,
@@ -449,7 +455,11 @@ impl Settings {
             Some("legacy") => Wire::Legacy,
             Some(other) => {
                 return Err(ConfigError::Value {
-                    place: if o.wire.is_some() { "--wire".into() } else { place("amqp", "wire") },
+                    place: if o.wire.is_some() {
+                        "--wire".into()
+                    } else {
+                        place("amqp", "wire")
+                    },
                     message: format!("wire {other:?} is not v1 or legacy"),
                 })
             }
@@ -481,8 +491,8 @@ impl Settings {
         let max_message_bytes = number("server", "max_message_bytes", 32 * 1024 * 1024)? as usize;
         let concurrency = number("client", "concurrency", 4)?.max(1) as usize;
         let batch_size = number("server", "batch_size", 500)?.max(1) as usize;
-        let prefetch = u16::try_from(number("server", "prefetch", 1000)?.clamp(1, 65535))
-            .unwrap_or(u16::MAX);
+        let prefetch =
+            u16::try_from(number("server", "prefetch", 1000)?.clamp(1, 65535)).unwrap_or(u16::MAX);
 
         if o.password_on_command_line {
             warnings.push(
@@ -492,8 +502,16 @@ impl Settings {
             );
         }
         if let Some(f) = f {
-            let has_secret = qhost.iter().any(|q| !q.password.is_empty() && q.password != "guest")
-                || matches!(&dbhost, StoreDsn::Couch { password: Some(_), .. })
+            let has_secret = qhost
+                .iter()
+                .any(|q| !q.password.is_empty() && q.password != "guest")
+                || matches!(
+                    &dbhost,
+                    StoreDsn::Couch {
+                        password: Some(_),
+                        ..
+                    }
+                )
                 || matches!(&dbhost, StoreDsn::Postgres { url } if url.contains('@') && url.split('@').next().is_some_and(|a| a.matches(':').count() > 1));
             if has_secret && readable_by_others(f.path()) {
                 warnings.push(format!(
@@ -576,7 +594,10 @@ mod tests {
     use super::*;
 
     fn conf_2010() -> ConfigFile {
-        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/vogeler-2010/vogeler.conf"));
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/vogeler-2010/vogeler.conf"
+        ));
         ConfigFile::load(path).expect("2010 file loads")
     }
 
@@ -585,22 +606,37 @@ mod tests {
         let f = conf_2010();
         assert_eq!(f.get("amqp", "master_exchange"), Some("vogeler.master.in"));
         assert_eq!(f.get("server", "log_level"), Some("DEBUG"));
-        let s = Settings::resolve(Program::Server, Overrides::default(), Some(f.clone())).expect("resolve");
+        let s = Settings::resolve(Program::Server, Overrides::default(), Some(f.clone()))
+            .expect("resolve");
         assert_eq!(s.master_exchange, "vogeler.master.in");
         assert_eq!(s.broadcast_exchange, "vogeler.broadcast.in");
-        assert_eq!(s.log_level, LogLevel::Debug, "[server] log_level overrides [global]");
+        assert_eq!(
+            s.log_level,
+            LogLevel::Debug,
+            "[server] log_level overrides [global]"
+        );
         assert_eq!(s.qhost[0].vhost, "vogeler");
         assert_eq!(s.plugin_path, PathBuf::from("/tmp/vogeler/plugins"));
         match &s.dbhost {
             StoreDsn::Couch { db, base_url, .. } => {
-                assert_eq!((db.as_str(), base_url.as_str()), ("system_records", "http://127.0.0.1:5984"))
+                assert_eq!(
+                    (db.as_str(), base_url.as_str()),
+                    ("system_records", "http://127.0.0.1:5984")
+                )
             }
             other => panic!("backend couch picks [couch] dsn, got {other:?}"),
         }
         let ddocs = s.design_docs_path.expect("design docs path");
-        assert!(ddocs.is_absolute() || ddocs.starts_with(f.dir()), "{ddocs:?}");
+        assert!(
+            ddocs.is_absolute() || ddocs.starts_with(f.dir()),
+            "{ddocs:?}"
+        );
         assert!(ddocs.ends_with("etc/vogeler/_design"));
-        assert_eq!(s.log_handler, LogHandler::Stream, "handlers are commented out in 2010");
+        assert_eq!(
+            s.log_handler,
+            LogHandler::Stream,
+            "handlers are commented out in 2010"
+        );
     }
 
     #[test]
@@ -610,9 +646,15 @@ mod tests {
             "[amqp]\ndsn = amqp://a:b@filehost/v\n[sqlite]\ndsn = sqlite:rel.db\n[global]\nlog_level = ERROR\n",
         )
         .expect("parse");
-        let s = Settings::resolve(Program::Client, Overrides::default(), Some(f.clone())).expect("file");
+        let s = Settings::resolve(Program::Client, Overrides::default(), Some(f.clone()))
+            .expect("file");
         assert_eq!(s.qhost[0].host, "filehost");
-        assert_eq!(s.dbhost, StoreDsn::Sqlite { path: PathBuf::from("/etc/x/rel.db") });
+        assert_eq!(
+            s.dbhost,
+            StoreDsn::Sqlite {
+                path: PathBuf::from("/etc/x/rel.db")
+            }
+        );
         assert_eq!(s.log_level, LogLevel::Error);
         let o = Overrides {
             qhost: Some("flaghost".into()),
@@ -625,7 +667,10 @@ mod tests {
         assert_eq!(s.log_level, LogLevel::Info);
         assert_eq!(s.node_name, "n1");
         let s = Settings::resolve(Program::Runner, Overrides::default(), None).expect("defaults");
-        assert_eq!(s.qhost[0].to_string(), "amqp://guest:****@127.0.0.1:5672/%2F");
+        assert_eq!(
+            s.qhost[0].to_string(),
+            "amqp://guest:****@127.0.0.1:5672/%2F"
+        );
         assert_eq!(s.master_queue, "master.in");
         assert_eq!(s.log_level, LogLevel::Warn);
         assert!(matches!(s.dbhost, StoreDsn::Sqlite { .. }));
@@ -634,12 +679,32 @@ mod tests {
     #[test]
     fn bad_values_name_the_place() {
         let bad = [
-            ("[global]\nlog_level = LOUD\n", "vogeler.conf:2 [global] log_level", "LOUD"),
-            ("[persistence]\nbackend = mongo\n", "vogeler.conf:2 [persistence] backend", "mongo"),
-            ("[sqlite]\ndsn = mysql://x\n", "vogeler.conf:2 [sqlite] dsn", "mysql"),
-            ("[client]\ntimeout = soon\n", "vogeler.conf:2 [client] timeout", "soon"),
+            (
+                "[global]\nlog_level = LOUD\n",
+                "vogeler.conf:2 [global] log_level",
+                "LOUD",
+            ),
+            (
+                "[persistence]\nbackend = mongo\n",
+                "vogeler.conf:2 [persistence] backend",
+                "mongo",
+            ),
+            (
+                "[sqlite]\ndsn = mysql://x\n",
+                "vogeler.conf:2 [sqlite] dsn",
+                "mysql",
+            ),
+            (
+                "[client]\ntimeout = soon\n",
+                "vogeler.conf:2 [client] timeout",
+                "soon",
+            ),
             ("[amqp]\nwire = v9\n", "vogeler.conf:2 [amqp] wire", "v9"),
-            ("[persistence]\nbackend = couch\n", "[couch] dsn", "needs a dsn"),
+            (
+                "[persistence]\nbackend = couch\n",
+                "[couch] dsn",
+                "needs a dsn",
+            ),
         ];
         for (text, place, value) in bad {
             let f = ConfigFile::parse(Path::new("/etc/vogeler/vogeler.conf"), text).expect("parse");
@@ -668,9 +733,18 @@ mod tests {
 
     #[test]
     fn log_levels() {
-        for (s, l) in [("DEBUG", "debug"), ("info", "info"), ("WARN", "warn"), ("warning", "warn"), ("ERROR", "error"), ("CRITICAL", "error")] {
+        for (s, l) in [
+            ("DEBUG", "debug"),
+            ("info", "info"),
+            ("WARN", "warn"),
+            ("warning", "warn"),
+            ("ERROR", "error"),
+            ("CRITICAL", "error"),
+        ] {
             assert_eq!(LogLevel::parse(s).expect(s).filter(), l);
         }
-        assert!(LogLevel::parse("LOUD").expect_err("bad").contains("DEBUG, INFO, WARN, ERROR, CRITICAL"));
+        assert!(LogLevel::parse("LOUD")
+            .expect_err("bad")
+            .contains("DEBUG, INFO, WARN, ERROR, CRITICAL"));
     }
 }

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::exec::{resolve_command, DEFAULT_PATH};
-use vogeler_config::ini::{self, render_value, SOURCE_MARKER};
 use crate::plugin::{Plugin, PluginFileError, PluginWarning};
+use vogeler_config::ini::{self, render_value, SOURCE_MARKER};
 
 /// A failure that stops the registry from loading at all (as opposed to a [`PluginFileError`],
 /// which skips one file or plugin).

@@ -328,7 +328,9 @@ pub fn decode(body: &[u8]) -> Result<Decoded, ProtocolError> {
                     })
             }
             Some(v) => Err(ProtocolError::UnknownVersion(v.to_string())),
-            None if map.contains_key("syskey") => decode_legacy_result(map).map(Decoded::LegacyResult),
+            None if map.contains_key("syskey") => {
+                decode_legacy_result(map).map(Decoded::LegacyResult)
+            }
             None => Err(ProtocolError::UnknownShape(
                 "an object with neither `v` nor `syskey`".into(),
             )),
@@ -353,7 +355,9 @@ fn legacy_field(message: impl Into<String>) -> ProtocolError {
     }
 }
 
-fn decode_legacy_result(map: &serde_json::Map<String, Value>) -> Result<LegacyResult, ProtocolError> {
+fn decode_legacy_result(
+    map: &serde_json::Map<String, Value>,
+) -> Result<LegacyResult, ProtocolError> {
     let node = match map.get("syskey") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
         _ => return Err(legacy_field("`syskey` must be a non-empty string")),
@@ -406,7 +410,10 @@ fn decode_legacy_result(map: &serde_json::Map<String, Value>) -> Result<LegacyRe
         many => Err(legacy_field(format!(
             "expected one plugin key, found {}: {}",
             many.len(),
-            many.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -416,7 +423,11 @@ fn parse_legacy_time(s: &str) -> Option<DateTime<Utc>> {
         .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S"))
         .map(|n| n.and_utc())
         .ok()
-        .or_else(|| DateTime::parse_from_rfc3339(s).ok().map(|d| d.with_timezone(&Utc)))
+        .or_else(|| {
+            DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|d| d.with_timezone(&Utc))
+        })
 }
 
 /// Encodes a v1 message (`v` first, then `kind`, then the fields).

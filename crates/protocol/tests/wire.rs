@@ -5,11 +5,16 @@ use serde_json::json;
 use vogeler_protocol::*;
 
 fn t() -> chrono::DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).single().expect("time")
+    Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0)
+        .single()
+        .expect("time")
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = format!("{}/../../fixtures/legacy-wire/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../../fixtures/legacy-wire/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -81,14 +86,22 @@ fn every_kind_round_trips() {
         let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
         assert_eq!(v["v"], 1);
         assert_eq!(v["kind"], m.kind());
-        assert_eq!(decode(&bytes), Ok(Decoded::Message(m.clone())), "{}", m.kind());
+        assert_eq!(
+            decode(&bytes),
+            Ok(Decoded::Message(m.clone())),
+            "{}",
+            m.kind()
+        );
     }
 }
 
 #[test]
 fn expiry() {
     let mut r = Request::legacy("facter".into(), "n");
-    assert!(!r.is_expired(Utc::now() + chrono::Duration::days(365)), "ttl 0 never expires");
+    assert!(
+        !r.is_expired(Utc::now() + chrono::Duration::days(365)),
+        "ttl 0 never expires"
+    );
     r.sent_at = t();
     r.ttl = 10;
     assert!(!r.is_expired(t() + chrono::Duration::seconds(10)));
@@ -103,7 +116,11 @@ fn legacy_requests_decode_and_reencode_byte_for_byte() {
     ] {
         let bytes = fixture(file);
         assert_eq!(decode(&bytes), Ok(Decoded::LegacyRequest(command.into())));
-        assert_eq!(encode_legacy_request(command), bytes.trim_ascii_end(), "{file}");
+        assert_eq!(
+            encode_legacy_request(command),
+            bytes.trim_ascii_end(),
+            "{file}"
+        );
     }
 }
 
@@ -139,7 +156,10 @@ fn legacy_error_result() {
     let e = r.error.expect("error");
     assert!(e.message.contains("not authorized"));
     let ts = e.timestamp.expect("timestamp");
-    assert_eq!(ts.format("%Y-%m-%d %H:%M:%S%.6f").to_string(), "2010-09-26 14:19:59.078000");
+    assert_eq!(
+        ts.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+        "2010-09-26 14:19:59.078000"
+    );
     assert_eq!(
         encode_legacy_error("web01", &e.message, ts),
         bytes.trim_ascii_end()
@@ -170,7 +190,12 @@ fn malformed_input_names_the_problem() {
     ];
     for (body, reason) in cases {
         let err = decode(body).expect_err(&String::from_utf8_lossy(body));
-        assert_eq!(err.reason(), reason, "{:?}: {err}", String::from_utf8_lossy(body));
+        assert_eq!(
+            err.reason(),
+            reason,
+            "{:?}: {err}",
+            String::from_utf8_lossy(body)
+        );
         assert!(!err.to_string().is_empty());
     }
     // The bad field is named.

@@ -4,7 +4,7 @@
 //! them with [`conformance_tests!`](crate::conformance_tests), giving one `#[tokio::test]`
 //! per case, so a failure names the case and the backend.
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Value};
 
 use crate::{Change, DynStore, Observation, Outcome};
@@ -50,7 +50,12 @@ macro_rules! conformance_tests {
 pub async fn created_on_first_sight(store: DynStore) {
     assert!(store.node("web01").await.expect("node").is_none());
     let out = store
-        .apply(vec![plugin("web01", 0, "facter", json!({"os": {"family": "Debian"}}))])
+        .apply(vec![plugin(
+            "web01",
+            0,
+            "facter",
+            json!({"os": {"family": "Debian"}}),
+        )])
         .await
         .expect("apply");
     assert_eq!(out, vec![Outcome::Created]);
@@ -65,7 +70,10 @@ pub async fn created_on_first_sight(store: DynStore) {
 
 /// New value → Updated; same value → Unchanged; older → Stale and kept.
 pub async fn updated_unchanged_and_stale(store: DynStore) {
-    store.apply(vec![plugin("n", 10, "k", json!(1))]).await.expect("apply");
+    store
+        .apply(vec![plugin("n", 10, "k", json!(1))])
+        .await
+        .expect("apply");
     let first = store.node("n").await.expect("node").expect("stored");
     let out = store
         .apply(vec![
@@ -75,7 +83,10 @@ pub async fn updated_unchanged_and_stale(store: DynStore) {
         ])
         .await
         .expect("apply");
-    assert_eq!(out, vec![Outcome::Updated, Outcome::Unchanged, Outcome::Stale]);
+    assert_eq!(
+        out,
+        vec![Outcome::Updated, Outcome::Unchanged, Outcome::Stale]
+    );
     let rec = store.node("n").await.expect("node").expect("stored");
     assert_eq!(rec.keys["k"], json!(2), "an older result never overwrites");
     assert!(rec.updated_at >= first.updated_at);
@@ -97,7 +108,10 @@ pub async fn redelivery_is_idempotent(store: DynStore) {
     let after = store.node("a").await.expect("node").expect("stored");
     assert_eq!(before.keys, after.keys);
     assert_eq!(before.updated_at, after.updated_at);
-    assert_eq!(store.history("a", None).await.expect("history").len(), history_before);
+    assert_eq!(
+        store.history("a", None).await.expect("history").len(),
+        history_before
+    );
 }
 
 /// A plugin named like a document field is refused; the rest of the batch goes in.
@@ -142,7 +156,10 @@ pub async fn errors_become_last_error(store: DynStore) {
 
 /// A heartbeat creates the document if needed and moves only `last_seen`.
 pub async fn seen_only_moves_last_seen(store: DynStore) {
-    store.apply(vec![plugin("n", 1, "k", json!(1))]).await.expect("apply");
+    store
+        .apply(vec![plugin("n", 1, "k", json!(1))])
+        .await
+        .expect("apply");
     let before = store.node("n").await.expect("node").expect("stored");
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let out = store
@@ -166,7 +183,13 @@ pub async fn seen_only_moves_last_seen(store: DynStore) {
         .await
         .expect("apply");
     assert_eq!(out, vec![Outcome::Created]);
-    assert!(store.node("fresh").await.expect("node").expect("stored").keys.is_empty());
+    assert!(store
+        .node("fresh")
+        .await
+        .expect("node")
+        .expect("stored")
+        .keys
+        .is_empty());
 }
 
 /// History holds one entry per change, per key, oldest first, with old and new values.
@@ -188,14 +211,25 @@ pub async fn history_records_changes_only(store: DynStore) {
     assert_eq!(h[1].new, Some(json!("6.18")));
     assert_eq!(h[1].at, t(3));
     assert_eq!(store.history("n", None).await.expect("history").len(), 3);
-    assert!(store.history("nobody", None).await.expect("history").is_empty());
+    assert!(store
+        .history("nobody", None)
+        .await
+        .expect("history")
+        .is_empty());
 }
 
 /// Many nodes in one batch; the node list is sorted and names each node's plugins.
 pub async fn several_nodes_in_one_batch(store: DynStore) {
     let batch: Vec<Observation> = (0..50)
         .rev()
-        .map(|i| plugin(&format!("node{i:02}"), 1, if i % 2 == 0 { "even" } else { "odd" }, json!(i)))
+        .map(|i| {
+            plugin(
+                &format!("node{i:02}"),
+                1,
+                if i % 2 == 0 { "even" } else { "odd" },
+                json!(i),
+            )
+        })
         .collect();
     let out = store.apply(batch).await.expect("apply");
     assert_eq!(out.len(), 50);
@@ -213,7 +247,8 @@ pub async fn fixtures_round_trip(store: DynStore) {
     let facter: serde_yaml::Value =
         serde_yaml::from_str(include_str!("../../../fixtures/facter-y.yaml")).expect("facter yaml");
     let facter = serde_json::to_value(facter).expect("facter json");
-    let ohai: Value = serde_json::from_str(include_str!("../../../fixtures/ohai.json")).expect("ohai");
+    let ohai: Value =
+        serde_json::from_str(include_str!("../../../fixtures/ohai.json")).expect("ohai");
     let dpkg: serde_json::Map<String, Value> = include_str!("../../../fixtures/dpkg-query.txt")
         .lines()
         .filter_map(|l| l.split_once(' '))
@@ -229,9 +264,47 @@ pub async fn fixtures_round_trip(store: DynStore) {
         .await
         .expect("apply");
     let rec = store.node("web01").await.expect("node").expect("stored");
-    assert_eq!(rec.keys["facter"], facter);
-    assert_eq!(rec.keys["ohai"], ohai);
-    assert_eq!(rec.keys["dpkg"], dpkg);
+    for (key, want) in [("facter", &facter), ("ohai", &ohai), ("dpkg", &dpkg)] {
+        if let Some(path) = first_difference(&rec.keys[key], want, key) {
+            panic!("{key} did not round-trip: first difference at {path}");
+        }
+    }
     assert_eq!(rec.keys["facter"]["os"]["family"], "Debian");
-    let _ = Duration::seconds(0);
+}
+
+/// The first path where two documents differ, or `None`. Integers beyond 2^53 that
+/// are equal as doubles count as equal: JavaScript stores (pouchdb-server) keep only
+/// doubles (see docs/COUCHDB.md); every other value must match exactly.
+pub fn first_difference(got: &Value, want: &Value, path: &str) -> Option<String> {
+    match (got, want) {
+        (Value::Object(a), Value::Object(b)) => {
+            if a.len() != b.len() {
+                return Some(format!("{path} (keys {} vs {})", a.len(), b.len()));
+            }
+            b.iter().find_map(|(k, v)| match a.get(k) {
+                Some(g) => first_difference(g, v, &format!("{path}.{k}")),
+                None => Some(format!("{path}.{k} (missing)")),
+            })
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            if a.len() != b.len() {
+                return Some(format!("{path} (length {} vs {})", a.len(), b.len()));
+            }
+            a.iter()
+                .zip(b)
+                .enumerate()
+                .find_map(|(i, (g, w))| first_difference(g, w, &format!("{path}.{i}")))
+        }
+        (Value::Number(a), Value::Number(b)) if a != b => {
+            let big = |n: &serde_json::Number| n.as_u64().is_some_and(|v| v > (1 << 53));
+            let same_double = a.as_f64() == b.as_f64();
+            if (big(a) || big(b)) && same_double {
+                None
+            } else {
+                Some(format!("{path} ({a} vs {b})"))
+            }
+        }
+        (a, b) if a == b => None,
+        (a, b) => Some(format!("{path} ({a} vs {b})")),
+    }
 }

@@ -64,7 +64,11 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
         || e.code().is_none()
         || e.code().is_some_and(|c| {
             let c = c.code();
-            c.starts_with("08") || c.starts_with("57") || c.starts_with("53") || c == "40001" || c == "40P01"
+            c.starts_with("08")
+                || c.starts_with("57")
+                || c.starts_with("53")
+                || c == "40001"
+                || c == "40P01"
         });
     if transient {
         unavailable(format!("{e}"))
@@ -125,9 +129,12 @@ impl PostgresStore {
             let version = i as i32 + 1;
             if version > current {
                 tx.batch_execute(sql).await.map_err(pg_err)?;
-                tx.execute("INSERT INTO vogeler_schema (version) VALUES ($1)", &[&version])
-                    .await
-                    .map_err(pg_err)?;
+                tx.execute(
+                    "INSERT INTO vogeler_schema (version) VALUES ($1)",
+                    &[&version],
+                )
+                .await
+                .map_err(pg_err)?;
             }
         }
         debug_assert_eq!(MIGRATIONS.len() as i32, SCHEMA_VERSION);
@@ -135,9 +142,17 @@ impl PostgresStore {
     }
 }
 
-fn error_value(plugin: &Option<String>, message: &str, raw: &Option<String>, at: DateTime<Utc>) -> Value {
+fn error_value(
+    plugin: &Option<String>,
+    message: &str,
+    raw: &Option<String>,
+    at: DateTime<Utc>,
+) -> Value {
     let mut e = serde_json::Map::new();
-    e.insert("plugin".into(), plugin.clone().map(Value::String).unwrap_or(Value::Null));
+    e.insert(
+        "plugin".into(),
+        plugin.clone().map(Value::String).unwrap_or(Value::Null),
+    );
     e.insert("message".into(), Value::String(message.to_string()));
     e.insert("at".into(), Value::String(rfc3339(at)));
     if let Some(raw) = raw {
@@ -189,7 +204,9 @@ impl Store for PostgresStore {
             .await
             .map_err(pg_err)?;
         let history = tx
-            .prepare_cached("INSERT INTO history (node, key, old, new, at) VALUES ($1, $2, $3, $4, $5)")
+            .prepare_cached(
+                "INSERT INTO history (node, key, old, new, at) VALUES ($1, $2, $3, $4, $5)",
+            )
             .await
             .map_err(pg_err)?;
 
@@ -203,7 +220,11 @@ impl Store for PostgresStore {
                     continue;
                 }
             }
-            let created = tx.execute(&insert, &[&obs.node, &now]).await.map_err(pg_err)? == 1;
+            let created = tx
+                .execute(&insert, &[&obs.node, &now])
+                .await
+                .map_err(pg_err)?
+                == 1;
             let key = match &obs.change {
                 Change::Plugin { name, .. } => name.as_str(),
                 _ => "",
@@ -218,7 +239,9 @@ impl Store for PostgresStore {
             let old_error_at: Option<DateTime<Utc>> = row.get(3);
             let outcome = match &obs.change {
                 Change::Seen => {
-                    tx.execute(&seen, &[&obs.node, &now]).await.map_err(pg_err)?;
+                    tx.execute(&seen, &[&obs.node, &now])
+                        .await
+                        .map_err(pg_err)?;
                     None
                 }
                 Change::Plugin { name, value } => {
@@ -227,7 +250,9 @@ impl Store for PostgresStore {
                         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                         .map(|t| t.with_timezone(&Utc));
                     if old_at.is_some_and(|t| obs.at < t) {
-                        tx.execute(&seen, &[&obs.node, &now]).await.map_err(pg_err)?;
+                        tx.execute(&seen, &[&obs.node, &now])
+                            .await
+                            .map_err(pg_err)?;
                         Some(Outcome::Stale)
                     } else {
                         let changed = old_value.as_ref() != Some(value);
@@ -238,31 +263,45 @@ impl Store for PostgresStore {
                         .await
                         .map_err(pg_err)?;
                         if changed {
-                            tx.execute(&history, &[&obs.node, name, &old_value, &Some(value.clone()), &obs.at])
-                                .await
-                                .map_err(pg_err)?;
+                            tx.execute(
+                                &history,
+                                &[&obs.node, name, &old_value, &Some(value.clone()), &obs.at],
+                            )
+                            .await
+                            .map_err(pg_err)?;
                             Some(Outcome::Updated)
                         } else {
                             Some(Outcome::Unchanged)
                         }
                     }
                 }
-                Change::Error { plugin, message, raw } => {
+                Change::Error {
+                    plugin,
+                    message,
+                    raw,
+                } => {
                     if old_error_at.is_some_and(|t| obs.at < t) {
-                        tx.execute(&seen, &[&obs.node, &now]).await.map_err(pg_err)?;
+                        tx.execute(&seen, &[&obs.node, &now])
+                            .await
+                            .map_err(pg_err)?;
                         Some(Outcome::Stale)
                     } else {
                         let new = error_value(plugin, message, raw, obs.at);
                         if old_error.as_ref() == Some(&new) {
-                            tx.execute(&seen, &[&obs.node, &now]).await.map_err(pg_err)?;
+                            tx.execute(&seen, &[&obs.node, &now])
+                                .await
+                                .map_err(pg_err)?;
                             Some(Outcome::Unchanged)
                         } else {
                             tx.execute(&set_error, &[&obs.node, &new, &obs.at, &now])
                                 .await
                                 .map_err(pg_err)?;
-                            tx.execute(&history, &[&obs.node, &"last_error", &old_error, &Some(new), &obs.at])
-                                .await
-                                .map_err(pg_err)?;
+                            tx.execute(
+                                &history,
+                                &[&obs.node, &"last_error", &old_error, &Some(new), &obs.at],
+                            )
+                            .await
+                            .map_err(pg_err)?;
                             Some(Outcome::Updated)
                         }
                     }

@@ -224,7 +224,10 @@ fn apply_batch(conn: &mut Connection, batch: &[Observation]) -> Result<Vec<Outco
                 raw,
             } => {
                 let mut e = serde_json::Map::new();
-                e.insert("plugin".into(), plugin.clone().map(Value::String).unwrap_or(Value::Null));
+                e.insert(
+                    "plugin".into(),
+                    plugin.clone().map(Value::String).unwrap_or(Value::Null),
+                );
                 e.insert("message".into(), Value::String(message.clone()));
                 e.insert("at".into(), Value::String(at.clone()));
                 if let Some(raw) = raw {
@@ -270,7 +273,12 @@ fn apply_batch(conn: &mut Connection, batch: &[Observation]) -> Result<Vec<Outco
     Ok(outcomes)
 }
 
-fn touch(tx: &rusqlite::Transaction<'_>, node: &str, now: &str, changed: bool) -> Result<(), StoreError> {
+fn touch(
+    tx: &rusqlite::Transaction<'_>,
+    node: &str,
+    now: &str,
+    changed: bool,
+) -> Result<(), StoreError> {
     let sql = if changed {
         "UPDATE nodes SET last_seen = ?2, updated_at = ?2 WHERE name = ?1"
     } else {
@@ -316,7 +324,9 @@ fn read_node(conn: &Connection, name: &str) -> Result<Option<NodeRecord>, StoreE
         .prepare_cached("SELECT key, value FROM node_keys WHERE node = ?1")
         .map_err(sql_err)?;
     let rows = stmt
-        .query_map(params![name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .query_map(params![name], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
         .map_err(sql_err)?;
     for row in rows {
         let (k, v) = row.map_err(sql_err)?;
@@ -365,7 +375,11 @@ fn read_nodes(conn: &Connection) -> Result<Vec<NodeSummary>, StoreError> {
     Ok(out)
 }
 
-fn read_history(conn: &Connection, node: &str, key: Option<&str>) -> Result<Vec<HistoryEntry>, StoreError> {
+fn read_history(
+    conn: &Connection,
+    node: &str,
+    key: Option<&str>,
+) -> Result<Vec<HistoryEntry>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT key, old, new, at FROM history WHERE node = ?1 AND (?2 IS NULL OR key = ?2) ORDER BY at, id",
@@ -426,10 +440,7 @@ impl Store for SqliteStore {
     }
 
     async fn health(&self) -> Result<(), StoreError> {
-        self.call(|conn| {
-            conn.query_row("SELECT 1", [], |_| Ok(()))
-                .map_err(sql_err)
-        })
-        .await
+        self.call(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(sql_err))
+            .await
     }
 }

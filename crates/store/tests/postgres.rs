@@ -28,7 +28,11 @@ async fn fresh() -> DynStore {
         Some((base, _)) => format!("{base}/{name}"),
         None => panic!("VOGELER_TEST_POSTGRES must end in /database: {url}"),
     };
-    Arc::new(PostgresStore::connect(&db_url).await.expect("connect store"))
+    Arc::new(
+        PostgresStore::connect(&db_url)
+            .await
+            .expect("connect store"),
+    )
 }
 
 fn rand_u64() -> u64 {

@@ -75,6 +75,9 @@ mod tests {
             let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
             distinct.insert(b.next_delay().as_millis());
         }
-        assert!(distinct.len() > 10, "jitter should spread delays: {distinct:?}");
+        assert!(
+            distinct.len() > 10,
+            "jitter should spread delays: {distinct:?}"
+        );
     }
 }

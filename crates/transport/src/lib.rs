@@ -133,11 +133,9 @@ impl Broker {
                 .with_executor(tokio_executor_trait::Tokio::current())
                 .with_reactor(tokio_reactor_trait::Tokio)
                 .with_connection_name(self.connection_name.clone().into());
-            let attempt = tokio::time::timeout(
-                Duration::from_secs(10),
-                Connection::connect(uri, props),
-            )
-            .await;
+            let attempt =
+                tokio::time::timeout(Duration::from_secs(10), Connection::connect(uri, props))
+                    .await;
             match attempt {
                 Ok(Ok(conn)) => return Session::open(conn, label).await,
                 Ok(Err(e)) => {

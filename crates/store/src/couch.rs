@@ -1,0 +1,541 @@
+//! The CouchDB store, over CouchDB's documented HTTP API only.
+//!
+//! One document per node, `_id` = node name, shaped like the 2010 project's records
+//! (`doc_type: "SystemRecord"`, `system_name`, one key per plugin) so its design docs
+//! work unchanged. Per-key collection times live in `vogeler_meta` (CouchDB reserves
+//! `_`-prefixed fields). History entries are their own documents
+//! (`doc_type: "History"`, `_id` `history:<node>:<key>:<at>:<n>`), written in the same
+//! `_bulk_docs` call as the node. A revision conflict (another server wrote the node)
+//! is retried with a fresh read, so no update is lost.
+//!
+//! Tested against pouchdb-server; see `docs/COUCHDB.md` for where it differs from
+//! Apache CouchDB.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+use crate::{
+    is_reserved_key, rfc3339, Change, HistoryEntry, NodeRecord, NodeSummary, Observation, Outcome,
+    Store, StoreError,
+};
+
+const BACKEND: &str = "couch";
+const META: &str = "vogeler_meta";
+/// Fields of a node document that are not plugin keys.
+const NOT_KEYS: &[&str] = &[
+    "_id",
+    "_rev",
+    "doc_type",
+    "system_name",
+    "created_at",
+    "updated_at",
+    "last_seen",
+    "last_error",
+    META,
+];
+
+/// A store in one CouchDB database.
+pub struct CouchStore {
+    http: reqwest::Client,
+    db_url: String,
+    base_url: String,
+    user: Option<String>,
+    password: Option<String>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable {
+        backend: BACKEND,
+        message: e.to_string(),
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend {
+        backend: BACKEND,
+        message: e.to_string(),
+    }
+}
+
+impl CouchStore {
+    /// Connects and creates the database when missing.
+    pub async fn connect(
+        base_url: &str,
+        db: &str,
+        user: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<CouchStore, StoreError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(backend)?;
+        let base = base_url.trim_end_matches('/').to_string();
+        let store = CouchStore {
+            http,
+            db_url: format!("{base}/{}", encode(db)),
+            base_url: base,
+            user: user.map(str::to_string),
+            password: password.map(str::to_string),
+        };
+        let resp = store
+            .req(reqwest::Method::PUT, &store.db_url)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        match resp.status().as_u16() {
+            201 | 202 | 412 => Ok(store),
+            s => Err(backend(format!(
+                "cannot create database {db}: HTTP {s}: {}",
+                resp.text().await.unwrap_or_default()
+            ))),
+        }
+    }
+
+    fn req(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, url);
+        match &self.user {
+            Some(u) => r.basic_auth(u, self.password.as_deref()),
+            None => r,
+        }
+    }
+
+    async fn json(&self, r: reqwest::RequestBuilder) -> Result<(u16, Value), StoreError> {
+        let resp = r.send().await.map_err(unavailable)?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.map_err(unavailable)?;
+        if status >= 500 {
+            return Err(unavailable(format!("HTTP {status}: {body}")));
+        }
+        Ok((status, body))
+    }
+
+    /// Current documents for `ids` (missing ones absent), by `_all_docs` with keys.
+    async fn fetch(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, Map<String, Value>>, StoreError> {
+        let (status, body) = self
+            .json(
+                self.req(
+                    reqwest::Method::POST,
+                    &format!("{}/_all_docs?include_docs=true", self.db_url),
+                )
+                .json(&json!({ "keys": ids })),
+            )
+            .await?;
+        if status != 200 {
+            return Err(backend(format!("_all_docs: HTTP {status}: {body}")));
+        }
+        let mut out = HashMap::new();
+        for row in body["rows"].as_array().into_iter().flatten() {
+            if let (Some(id), Some(Value::Object(doc))) = (row["id"].as_str(), row.get("doc")) {
+                out.insert(id.to_string(), doc.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads `DIR/<ddoc>/views/<view>/map.js` (and `reduce.js`) as `_design/<ddoc>`;
+    /// unchanged documents are left alone. Returns one line per design doc.
+    pub async fn load_design_docs(&self, dir: &Path) -> Result<Vec<String>, StoreError> {
+        let read_dir = |p: &Path| {
+            std::fs::read_dir(p)
+                .map_err(|e| StoreError::Invalid(format!("cannot read {}: {e}", p.display())))
+        };
+        let mut lines = Vec::new();
+        let mut ddocs: Vec<_> = read_dir(dir)?
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .collect();
+        ddocs.sort_by_key(|e| e.file_name());
+        if ddocs.is_empty() {
+            return Err(StoreError::Invalid(format!(
+                "no design docs under {} (expected {}/<ddoc>/views/<view>/map.js)",
+                dir.display(),
+                dir.display()
+            )));
+        }
+        for ddoc in ddocs {
+            let name = ddoc.file_name().to_string_lossy().into_owned();
+            let views_dir = ddoc.path().join("views");
+            let mut views = Map::new();
+            let mut entries: Vec<_> = read_dir(&views_dir)?
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .collect();
+            entries.sort_by_key(|e| e.file_name());
+            for view in entries {
+                let map_path = view.path().join("map.js");
+                let map = std::fs::read_to_string(&map_path).map_err(|e| {
+                    StoreError::Invalid(format!("cannot read {}: {e}", map_path.display()))
+                })?;
+                let mut v = Map::new();
+                v.insert("map".into(), Value::String(map));
+                if let Ok(reduce) = std::fs::read_to_string(view.path().join("reduce.js")) {
+                    v.insert("reduce".into(), Value::String(reduce));
+                }
+                views.insert(
+                    view.file_name().to_string_lossy().into_owned(),
+                    Value::Object(v),
+                );
+            }
+            let id = format!("_design/{name}");
+            let url = format!("{}/_design/{}", self.db_url, encode(&name));
+            let (status, current) = self.json(self.req(reqwest::Method::GET, &url)).await?;
+            let mut doc =
+                json!({"_id": id, "language": "javascript", "views": Value::Object(views.clone())});
+            if status == 200 {
+                if current["views"] == Value::Object(views.clone())
+                    && current["language"] == "javascript"
+                {
+                    lines.push(format!("{id}: unchanged ({} views)", views.len()));
+                    continue;
+                }
+                doc["_rev"] = current["_rev"].clone();
+            }
+            let (status, body) = self
+                .json(self.req(reqwest::Method::PUT, &url).json(&doc))
+                .await?;
+            if status != 201 && status != 202 {
+                return Err(backend(format!("saving {id}: HTTP {status}: {body}")));
+            }
+            let names: Vec<&String> = views.keys().collect();
+            lines.push(format!(
+                "{id}: loaded views {}",
+                names
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(lines)
+    }
+}
+
+fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn time_of(v: Option<&Value>) -> Option<DateTime<Utc>> {
+    v.and_then(Value::as_str)
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|d| d.with_timezone(&Utc))
+}
+
+/// Applies one observation to a node document in memory.
+fn apply_one(
+    doc: &mut Map<String, Value>,
+    obs: &Observation,
+    now: &str,
+    history: &mut Vec<Value>,
+) -> Outcome {
+    let created = doc.is_empty();
+    if created {
+        doc.insert("_id".into(), Value::String(obs.node.clone()));
+        doc.insert("doc_type".into(), json!("SystemRecord"));
+        doc.insert("system_name".into(), Value::String(obs.node.clone()));
+        doc.insert("created_at".into(), json!(now));
+        doc.insert("updated_at".into(), json!(now));
+        doc.insert("last_error".into(), Value::Null);
+        doc.insert(META.into(), json!({"key_times": {}}));
+    }
+    doc.insert("last_seen".into(), json!(now));
+    let mut record = |key: &str, old: Option<Value>, new: Value| {
+        history.push(json!({
+            "_id": format!("history:{}:{}:{}:{}", obs.node, key, rfc3339(obs.at), history.len()),
+            "doc_type": "History", "node": obs.node, "key": key, "old": old, "new": new,
+            "at": rfc3339(obs.at),
+        }));
+    };
+    let at = rfc3339(obs.at);
+    let changed = match &obs.change {
+        Change::Seen => false,
+        Change::Plugin { name, value } => {
+            let meta = doc.entry(META).or_insert_with(|| json!({"key_times": {}}));
+            let stored_at = time_of(meta["key_times"].get(name.as_str()));
+            if stored_at.is_some_and(|t| obs.at < t) {
+                return Outcome::Stale;
+            }
+            if let Some(times) = meta["key_times"].as_object_mut() {
+                times.insert(name.clone(), Value::String(at.clone()));
+            } else {
+                meta["key_times"] = json!({ name.clone(): at.clone() });
+            }
+            let old = doc.get(name.as_str()).cloned();
+            if old.as_ref() == Some(value) {
+                false
+            } else {
+                doc.insert(name.clone(), value.clone());
+                record(name, old, value.clone());
+                true
+            }
+        }
+        Change::Error {
+            plugin,
+            message,
+            raw,
+        } => {
+            let old = doc.get("last_error").cloned().filter(|v| !v.is_null());
+            if time_of(old.as_ref().and_then(|o| o.get("at"))).is_some_and(|t| obs.at < t) {
+                return Outcome::Stale;
+            }
+            let mut e = json!({"plugin": plugin, "message": message, "at": at});
+            if let Some(raw) = raw {
+                e["raw"] = Value::String(raw.clone());
+            }
+            if old.as_ref() == Some(&e) {
+                false
+            } else {
+                doc.insert("last_error".into(), e.clone());
+                record("last_error", old, e);
+                true
+            }
+        }
+    };
+    if changed {
+        doc.insert("updated_at".into(), json!(now));
+    }
+    if created {
+        Outcome::Created
+    } else if changed {
+        Outcome::Updated
+    } else {
+        Outcome::Unchanged
+    }
+}
+
+fn to_record(doc: &Map<String, Value>) -> Result<NodeRecord, StoreError> {
+    let t =
+        |k: &str| time_of(doc.get(k)).ok_or_else(|| backend(format!("document lacks a valid {k}")));
+    Ok(NodeRecord {
+        name: doc
+            .get("_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        created_at: t("created_at")?,
+        updated_at: t("updated_at")?,
+        last_seen: t("last_seen")?,
+        last_error: doc.get("last_error").cloned().filter(|v| !v.is_null()),
+        keys: doc
+            .iter()
+            .filter(|(k, _)| !NOT_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<_, _>>(),
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for CouchStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn apply(&self, batch: Vec<Observation>) -> Result<Vec<Outcome>, StoreError> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+        // Indices still to apply, grouped per node in batch order.
+        let mut pending: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, obs) in batch.iter().enumerate() {
+            if let Change::Plugin { name, .. } = &obs.change {
+                if is_reserved_key(name) || name == META {
+                    outcomes[i] = Some(Outcome::Refused(format!(
+                        "plugin name {name:?} clashes with a document field"
+                    )));
+                    continue;
+                }
+            }
+            pending.entry(obs.node.clone()).or_default().push(i);
+        }
+        let mut attempt = 0u32;
+        while !pending.is_empty() {
+            attempt += 1;
+            if attempt > 20 {
+                return Err(unavailable(
+                    "revision conflicts did not settle after 20 attempts",
+                ));
+            }
+            let ids: Vec<String> = pending.keys().cloned().collect();
+            let mut docs = self.fetch(&ids).await?;
+            let now = rfc3339(Utc::now());
+            let mut bulk = Vec::new();
+            let mut tentative: HashMap<String, Vec<(usize, Outcome)>> = HashMap::new();
+            for (node, idxs) in &pending {
+                let mut doc = docs.remove(node).unwrap_or_default();
+                let mut history = Vec::new();
+                let mut outs = Vec::new();
+                for &i in idxs {
+                    outs.push((i, apply_one(&mut doc, &batch[i], &now, &mut history)));
+                }
+                bulk.push(Value::Object(doc));
+                bulk.extend(history);
+                tentative.insert(node.clone(), outs);
+            }
+            let (status, body) = self
+                .json(
+                    self.req(
+                        reqwest::Method::POST,
+                        &format!("{}/_bulk_docs", self.db_url),
+                    )
+                    .json(&json!({ "docs": bulk })),
+                )
+                .await?;
+            if status != 201 && status != 200 {
+                return Err(backend(format!("_bulk_docs: HTTP {status}: {body}")));
+            }
+            let mut conflicted = BTreeMap::new();
+            for row in body.as_array().into_iter().flatten() {
+                let id = row["id"].as_str().unwrap_or_default();
+                if let Some(e) = row["error"].as_str() {
+                    if id.starts_with("history:") {
+                        // A retried write may have stored this entry already.
+                        if e == "conflict" {
+                            continue;
+                        }
+                        return Err(backend(format!("history {id}: {e}: {}", row["reason"])));
+                    }
+                    if e == "conflict" {
+                        if let Some(idxs) = pending.get(id) {
+                            conflicted.insert(id.to_string(), idxs.clone());
+                        }
+                        continue;
+                    }
+                    return Err(backend(format!("{id}: {e}: {}", row["reason"])));
+                }
+            }
+            for (node, outs) in tentative {
+                if !conflicted.contains_key(&node) {
+                    for (i, o) in outs {
+                        outcomes[i] = Some(o);
+                    }
+                }
+            }
+            if !conflicted.is_empty() {
+                tracing::debug!(
+                    nodes = conflicted.len(),
+                    attempt,
+                    "CouchDB revision conflicts; retrying with a fresh read"
+                );
+                tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+            }
+            pending = conflicted;
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Unchanged))
+            .collect())
+    }
+
+    async fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let (status, body) = self
+            .json(self.req(
+                reqwest::Method::GET,
+                &format!("{}/{}", self.db_url, encode(name)),
+            ))
+            .await?;
+        match (status, body) {
+            (404, _) => Ok(None),
+            (200, Value::Object(doc)) if doc.get("doc_type") == Some(&json!("SystemRecord")) => {
+                to_record(&doc).map(Some)
+            }
+            (200, _) => Ok(None),
+            (s, b) => Err(backend(format!("GET {name}: HTTP {s}: {b}"))),
+        }
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeSummary>, StoreError> {
+        let (status, body) = self
+            .json(self.req(
+                reqwest::Method::GET,
+                &format!("{}/_all_docs?include_docs=true", self.db_url),
+            ))
+            .await?;
+        if status != 200 {
+            return Err(backend(format!("_all_docs: HTTP {status}: {body}")));
+        }
+        let mut out = Vec::new();
+        for row in body["rows"].as_array().into_iter().flatten() {
+            let Some(Value::Object(doc)) = row.get("doc") else {
+                continue;
+            };
+            if doc.get("doc_type") != Some(&json!("SystemRecord")) {
+                continue;
+            }
+            let rec = to_record(doc)?;
+            out.push(NodeSummary {
+                name: rec.name,
+                last_seen: rec.last_seen,
+                plugins: rec.keys.keys().cloned().collect(),
+                last_error: rec
+                    .last_error
+                    .as_ref()
+                    .and_then(|e| e.get("message"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn history(
+        &self,
+        node: &str,
+        key: Option<&str>,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let prefix = match key {
+            Some(k) => format!("history:{node}:{k}:"),
+            None => format!("history:{node}:"),
+        };
+        let url = format!(
+            "{}/_all_docs?include_docs=true&startkey={}&endkey={}",
+            self.db_url,
+            encode(&Value::String(prefix.clone()).to_string()),
+            encode(&Value::String(format!("{prefix}\u{fff0}")).to_string()),
+        );
+        let (status, body) = self.json(self.req(reqwest::Method::GET, &url)).await?;
+        if status != 200 {
+            return Err(backend(format!("history: HTTP {status}: {body}")));
+        }
+        let mut out = Vec::new();
+        for row in body["rows"].as_array().into_iter().flatten() {
+            let doc = &row["doc"];
+            // Node names may contain ':'; keep only this node's entries.
+            if doc["node"] != json!(node) {
+                continue;
+            }
+            out.push(HistoryEntry {
+                node: node.to_string(),
+                key: doc["key"].as_str().unwrap_or_default().to_string(),
+                old: doc.get("old").cloned().filter(|v| !v.is_null()),
+                new: doc.get("new").cloned().filter(|v| !v.is_null()),
+                at: time_of(doc.get("at")).ok_or_else(|| backend("history entry without time"))?,
+            });
+        }
+        out.sort_by_key(|e| e.at);
+        Ok(out)
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        let (status, body) = self
+            .json(self.req(reqwest::Method::GET, &format!("{}/", self.base_url)))
+            .await?;
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(unavailable(format!("HTTP {status}: {body}")))
+        }
+    }
+}
