@@ -1,6 +1,6 @@
 //! `vogeler-server`: consumes results from `master.in` and keeps one document per node.
 //!
-//! The pipeline runs one way: broker → [`convert`] → batch → [`Store::apply`] (one
+//! The pipeline runs one way: broker → [`mod@convert`] → batch → [`Store::apply`] (one
 //! transaction) → `stored` confirmations → one multiple-ack for the batch. A message
 //! that cannot be used is republished (confirmed) to the dead-letter queue with its
 //! reason before the ack. A store outage stops acking and retries; a broker outage
