@@ -178,23 +178,14 @@ async fn main() {
     let mut rows = Vec::new();
     for backend in stores.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: DynStore = match backend {
-            "sqlite" => Arc::new(
-                vogeler_store::sqlite::SqliteStore::open(&dir.path().join("bench.db"))
-                    .expect("sqlite store"),
-            ),
-            "postgres" => {
-                let url = std::env::var("VOGELER_TEST_POSTGRES").unwrap_or_else(|_| {
-                    "postgres://vogeler:vogeler@127.0.0.1:5432/postgres".into()
-                });
-                Arc::new(
-                    vogeler_store::postgres::PostgresStore::connect(&url)
-                        .await
-                        .expect("postgres store"),
-                )
-            }
+        let dsn = match backend {
+            "sqlite" => format!("sqlite://{}", dir.path().join("bench.db").display()),
+            "postgres" => std::env::var("VOGELER_TEST_POSTGRES")
+                .unwrap_or_else(|_| "postgres://vogeler:vogeler@127.0.0.1:5432/postgres".into()),
             other => panic!("unknown store {other} in VOGELER_BENCH_STORES"),
         };
+        let dsn = vogeler_config::StoreDsn::parse(&dsn, dir.path()).expect("store DSN");
+        let store: DynStore = vogeler_store::open(&dsn).await.expect("open store");
         let (d, dead) = ingest(store, &bodies, &format!("{id}.{backend}")).await;
         let r = rate(n, d);
         println!(

@@ -111,64 +111,11 @@ pub fn store_label(s: &Settings) -> String {
     s.dbhost.to_string()
 }
 
-/// Opens the configured store; the error names the DSN (masked) and the backend.
+/// Opens the configured store; the error names the DSN (password masked).
 pub async fn open_store(s: &Settings) -> anyhow::Result<DynStore> {
-    let label = store_label(s);
-    let store: DynStore = match &s.dbhost {
-        StoreDsn::Sqlite { path } => {
-            #[cfg(feature = "sqlite")]
-            {
-                let store = vogeler_store::sqlite::SqliteStore::open(path)
-                    .with_context(|| format!("opening SQLite store {}", path.display()))?;
-                std::sync::Arc::new(store)
-            }
-            #[cfg(not(feature = "sqlite"))]
-            {
-                let _ = path;
-                anyhow::bail!(vogeler_store::StoreError::NotCompiled("sqlite"))
-            }
-        }
-        StoreDsn::Postgres { url } => {
-            #[cfg(feature = "postgres")]
-            {
-                let store = vogeler_store::postgres::PostgresStore::connect(url)
-                    .await
-                    .with_context(|| format!("connecting to PostgreSQL store {label}"))?;
-                std::sync::Arc::new(store)
-            }
-            #[cfg(not(feature = "postgres"))]
-            {
-                let _ = url;
-                anyhow::bail!(vogeler_store::StoreError::NotCompiled("postgres"))
-            }
-        }
-        StoreDsn::Couch {
-            base_url,
-            db,
-            user,
-            password,
-            ..
-        } => {
-            #[cfg(feature = "couch")]
-            {
-                let store = vogeler_store::couch::CouchStore::connect(
-                    base_url,
-                    db,
-                    user.as_deref(),
-                    password.as_deref(),
-                )
-                .await
-                .with_context(|| format!("connecting to CouchDB store {label}"))?;
-                std::sync::Arc::new(store)
-            }
-            #[cfg(not(feature = "couch"))]
-            {
-                let _ = (base_url, db, user, password);
-                anyhow::bail!(vogeler_store::StoreError::NotCompiled("couch"))
-            }
-        }
-    };
-    Ok(store)
+    vogeler_store::open(&s.dbhost)
+        .await
+        .with_context(|| format!("opening the store {}", store_label(s)))
 }
 
 /// `vogeler-server -l DIR`: loads CouchDB design docs (CouchDB stores only).
@@ -191,9 +138,12 @@ pub async fn load_design_docs(s: &Settings, dir: &Path) -> anyhow::Result<Vec<St
             .await?;
             Ok(store.load_design_docs(dir).await?)
         }
-        other => anyhow::bail!(
+        other => {
+            let _ = dir;
+            anyhow::bail!(
             "design docs are CouchDB views; the store {other} is not CouchDB (use --dbhost couch://host:5984/dbname)"
-        ),
+        )
+        }
     }
 }
 

@@ -14,12 +14,22 @@ struct Cli {
     #[command(flatten)]
     common: CommonArgs,
 
-    /// Plugin directory (*.cfg files) [default: [global] plugin_path, else /etc/vogeler/plugins].
-    #[arg(short = 'p', long = "plugin-path", global = true, value_name = "DIR")]
+    #[arg(
+        short = 'p',
+        long = "plugin-path",
+        global = true,
+        value_name = "DIR",
+        help = "Plugin directory (*.cfg files) [default: [global] plugin_path, else /etc/vogeler/plugins]"
+    )]
     plugins: Option<PathBuf>,
 
-    /// This node's name [default: [client] node_name, else the host name].
-    #[arg(long, global = true, env = "VOGELER_NODE_NAME", value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        env = "VOGELER_NODE_NAME",
+        value_name = "NAME",
+        help = "This node's name [default: [client] node_name, else the host name]"
+    )]
     node_name: Option<String>,
 
     #[command(subcommand)]

@@ -16,8 +16,12 @@ struct Cli {
     #[command(flatten)]
     common: CommonArgs,
 
-    /// Load the CouchDB design docs under DIR (DIR/<ddoc>/views/<view>/map.js), print them and exit.
-    #[arg(short = 'l', long = "load-design-docs", value_name = "DIR")]
+    #[arg(
+        short = 'l',
+        long = "load-design-docs",
+        value_name = "DIR",
+        help = "Load the CouchDB design docs under DIR (DIR/<ddoc>/views/<view>/map.js), print them and exit"
+    )]
     load: Option<PathBuf>,
 }
 

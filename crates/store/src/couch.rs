@@ -3,13 +3,30 @@
 //! One document per node, `_id` = node name, shaped like the 2010 project's records
 //! (`doc_type: "SystemRecord"`, `system_name`, one key per plugin) so its design docs
 //! work unchanged. Per-key collection times live in `vogeler_meta` (CouchDB reserves
-//! `_`-prefixed fields). History entries are their own documents
-//! (`doc_type: "History"`, `_id` `history:<node>:<key>:<at>:<n>`), written in the same
-//! `_bulk_docs` call as the node. A revision conflict (another server wrote the node)
-//! is retried with a fresh read, so no update is lost.
+//! `_`-prefixed fields): `{"key_times": {"<plugin>": "<collected_at>"}, "history_seq": n}`.
+//! History entries are their own documents (`doc_type: "History"`, `_id`
+//! `history:<node>:<key>:<at>:<write token>.<n>`), written in the same `_bulk_docs`
+//! call as the node. A revision conflict (another server wrote the node) is retried
+//! with a fresh read, and the failed attempt's history documents are deleted, so no
+//! update is lost and none is recorded twice.
 //!
-//! Tested against pouchdb-server; see `docs/COUCHDB.md` for where it differs from
-//! Apache CouchDB.
+//! CouchDB has no multi-document transactions: a batch touching several nodes is
+//! committed node by node. A failed `apply` may have stored part of the batch; the
+//! caller redelivers it and the stored part comes back `Unchanged`.
+//!
+//! Where pouchdb-server (the test server) differs from Apache CouchDB, as seen in
+//! the tests (kept in sync with `docs/COUCHDB.md`):
+//! - Integers beyond 2^53 come back rounded to doubles, and `1.0` comes back as `1`;
+//!   CouchDB keeps the number as written. Value comparison here therefore treats
+//!   numbers equal as doubles as equal, so a re-sent result stays `Unchanged`.
+//! - A body without `Content-Type: application/json` is silently ignored (an empty
+//!   document is stored); every request here sends that header.
+//! - It writes `log.txt` and `config.json` into its working directory unless started
+//!   elsewhere; the tests start it in a temporary directory.
+//! - Out of the box it runs as "admin party" (no users); CouchDB 3 requires an admin,
+//!   which is what `user`/`password` in [`CouchStore::connect`] are for.
+//! - `GET /` says `{"express-pouchdb": "Welcome!"}` instead of `{"couchdb": "Welcome"}`;
+//!   [`Store::health`] only checks for HTTP 200.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -25,6 +42,8 @@ use crate::{
 
 const BACKEND: &str = "couch";
 const META: &str = "vogeler_meta";
+/// Read-modify-write rounds before a node that keeps conflicting is given up on.
+const MAX_ATTEMPTS: u32 = 30;
 /// Fields of a node document that are not plugin keys.
 const NOT_KEYS: &[&str] = &[
     "_id",
@@ -139,6 +158,46 @@ impl CouchStore {
         Ok(out)
     }
 
+    /// Documents with ids in `[start, end)`, by `_all_docs` (ids collate as raw strings).
+    async fn range(&self, start: &str, end: &str) -> Result<Vec<Map<String, Value>>, StoreError> {
+        let url = format!(
+            "{}/_all_docs?include_docs=true&inclusive_end=false&startkey={}&endkey={}",
+            self.db_url,
+            encode(&Value::String(start.to_string()).to_string()),
+            encode(&Value::String(end.to_string()).to_string()),
+        );
+        let (status, body) = self.json(self.req(reqwest::Method::GET, &url)).await?;
+        if status != 200 {
+            return Err(backend(format!("_all_docs {start:?}..{end:?}: HTTP {status}: {body}")));
+        }
+        Ok(body["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|row| match row.get("doc") {
+                Some(Value::Object(doc)) => Some(doc.clone()),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Writes documents with one `_bulk_docs`; returns its per-document rows.
+    async fn bulk_docs(&self, docs: Vec<Value>) -> Result<Vec<Value>, StoreError> {
+        let (status, body) = self
+            .json(
+                self.req(
+                    reqwest::Method::POST,
+                    &format!("{}/_bulk_docs", self.db_url),
+                )
+                .json(&json!({ "docs": docs })),
+            )
+            .await?;
+        match body {
+            Value::Array(rows) if status == 201 || status == 200 => Ok(rows),
+            body => Err(backend(format!("_bulk_docs: HTTP {status}: {body}"))),
+        }
+    }
+
     /// Loads `DIR/<ddoc>/views/<view>/map.js` (and `reduce.js`) as `_design/<ddoc>`;
     /// unchanged documents are left alone. Returns one line per design doc.
     pub async fn load_design_docs(&self, dir: &Path) -> Result<Vec<String>, StoreError> {
@@ -235,12 +294,59 @@ fn time_of(v: Option<&Value>) -> Option<DateTime<Utc>> {
         .map(|d| d.with_timezone(&Utc))
 }
 
-/// Applies one observation to a node document in memory.
+/// JSON equality that treats numbers equal as doubles as equal: JavaScript servers
+/// (pouchdb-server) hand `1.0` back as `1` and round integers beyond 2^53.
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// A token unique to one write attempt, so history ids never collide.
+fn write_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
+
+/// Where [`apply_one`] puts the history documents of one node's write attempt.
+struct HistorySink<'a> {
+    docs: Vec<Value>,
+    token: &'a str,
+    /// Next `seq` (orders entries with the same `at`); stored back in `vogeler_meta`.
+    seq: u64,
+}
+
+impl HistorySink<'_> {
+    fn record(&mut self, node: &str, key: &str, at: &str, old: Option<Value>, new: Value) {
+        self.docs.push(json!({
+            "_id": format!("history:{node}:{key}:{at}:{}.{}", self.token, self.docs.len()),
+            "doc_type": "History", "node": node, "key": key, "old": old, "new": new,
+            "at": at, "seq": self.seq,
+        }));
+        self.seq += 1;
+    }
+}
+
+/// Applies one observation to a node document in memory (empty map: no document yet).
 fn apply_one(
     doc: &mut Map<String, Value>,
     obs: &Observation,
     now: &str,
-    history: &mut Vec<Value>,
+    history: &mut HistorySink<'_>,
 ) -> Outcome {
     let created = doc.is_empty();
     if created {
@@ -253,33 +359,30 @@ fn apply_one(
         doc.insert(META.into(), json!({"key_times": {}}));
     }
     doc.insert("last_seen".into(), json!(now));
-    let mut record = |key: &str, old: Option<Value>, new: Value| {
-        history.push(json!({
-            "_id": format!("history:{}:{}:{}:{}", obs.node, key, rfc3339(obs.at), history.len()),
-            "doc_type": "History", "node": obs.node, "key": key, "old": old, "new": new,
-            "at": rfc3339(obs.at),
-        }));
-    };
     let at = rfc3339(obs.at);
     let changed = match &obs.change {
         Change::Seen => false,
         Change::Plugin { name, value } => {
             let meta = doc.entry(META).or_insert_with(|| json!({"key_times": {}}));
-            let stored_at = time_of(meta["key_times"].get(name.as_str()));
+            if !meta.is_object() {
+                *meta = json!({"key_times": {}});
+            }
+            let stored_at = time_of(meta.get("key_times").and_then(|t| t.get(name.as_str())));
             if stored_at.is_some_and(|t| obs.at < t) {
                 return Outcome::Stale;
             }
-            if let Some(times) = meta["key_times"].as_object_mut() {
-                times.insert(name.clone(), Value::String(at.clone()));
-            } else {
-                meta["key_times"] = json!({ name.clone(): at.clone() });
+            match meta.get_mut("key_times").and_then(Value::as_object_mut) {
+                Some(times) => {
+                    times.insert(name.clone(), Value::String(at.clone()));
+                }
+                None => meta["key_times"] = json!({ name.clone(): at.clone() }),
             }
             let old = doc.get(name.as_str()).cloned();
-            if old.as_ref() == Some(value) {
+            if old.as_ref().is_some_and(|o| same_value(o, value)) {
                 false
             } else {
                 doc.insert(name.clone(), value.clone());
-                record(name, old, value.clone());
+                history.record(&obs.node, name, &at, old, value.clone());
                 true
             }
         }
@@ -300,7 +403,7 @@ fn apply_one(
                 false
             } else {
                 doc.insert("last_error".into(), e.clone());
-                record("last_error", old, e);
+                history.record(&obs.node, "last_error", &at, old, e);
                 true
             }
         }
@@ -314,6 +417,23 @@ fn apply_one(
         Outcome::Updated
     } else {
         Outcome::Unchanged
+    }
+}
+
+/// Why a node name cannot be a CouchDB document id, if it cannot.
+fn refuse_node(node: &str) -> Option<String> {
+    if node.is_empty() {
+        Some("empty node name".into())
+    } else if node.starts_with('_') {
+        Some(format!(
+            "node name {node:?} starts with '_', which CouchDB reserves for its own documents"
+        ))
+    } else if node.starts_with("history:") {
+        Some(format!(
+            "node name {node:?} starts with \"history:\", which this store uses for history documents"
+        ))
+    } else {
+        None
     }
 }
 
@@ -349,6 +469,10 @@ impl Store for CouchStore {
         // Indices still to apply, grouped per node in batch order.
         let mut pending: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, obs) in batch.iter().enumerate() {
+            if let Some(why) = refuse_node(&obs.node) {
+                outcomes[i] = Some(Outcome::Refused(why));
+                continue;
+            }
             if let Change::Plugin { name, .. } = &obs.change {
                 if is_reserved_key(name) || name == META {
                     outcomes[i] = Some(Outcome::Refused(format!(
@@ -362,57 +486,87 @@ impl Store for CouchStore {
         let mut attempt = 0u32;
         while !pending.is_empty() {
             attempt += 1;
-            if attempt > 20 {
-                return Err(unavailable(
-                    "revision conflicts did not settle after 20 attempts",
-                ));
+            if attempt > MAX_ATTEMPTS {
+                return Err(unavailable(format!(
+                    "revision conflicts on {} node(s) (first: {:?}) did not settle after {MAX_ATTEMPTS} attempts",
+                    pending.len(),
+                    pending.keys().next().cloned().unwrap_or_default()
+                )));
             }
             let ids: Vec<String> = pending.keys().cloned().collect();
             let mut docs = self.fetch(&ids).await?;
             let now = rfc3339(Utc::now());
+            let token = write_token();
             let mut bulk = Vec::new();
             let mut tentative: HashMap<String, Vec<(usize, Outcome)>> = HashMap::new();
+            // History document id → its node, to clean up after a conflict.
+            let mut history_node: HashMap<String, String> = HashMap::new();
             for (node, idxs) in &pending {
                 let mut doc = docs.remove(node).unwrap_or_default();
-                let mut history = Vec::new();
+                let seq = doc
+                    .get(META)
+                    .and_then(|m| m.get("history_seq"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                let mut history = HistorySink {
+                    docs: Vec::new(),
+                    token: &token,
+                    seq,
+                };
                 let mut outs = Vec::new();
                 for &i in idxs {
                     outs.push((i, apply_one(&mut doc, &batch[i], &now, &mut history)));
                 }
+                if let Some(meta) = doc
+                    .entry(META)
+                    .or_insert_with(|| json!({"key_times": {}}))
+                    .as_object_mut()
+                {
+                    meta.insert("history_seq".into(), json!(history.seq));
+                }
                 bulk.push(Value::Object(doc));
-                bulk.extend(history);
+                for h in history.docs {
+                    if let Some(id) = h["_id"].as_str() {
+                        history_node.insert(id.to_string(), node.clone());
+                    }
+                    bulk.push(h);
+                }
                 tentative.insert(node.clone(), outs);
             }
-            let (status, body) = self
-                .json(
-                    self.req(
-                        reqwest::Method::POST,
-                        &format!("{}/_bulk_docs", self.db_url),
-                    )
-                    .json(&json!({ "docs": bulk })),
-                )
-                .await?;
-            if status != 201 && status != 200 {
-                return Err(backend(format!("_bulk_docs: HTTP {status}: {body}")));
-            }
+            let rows = self.bulk_docs(bulk).await?;
             let mut conflicted = BTreeMap::new();
-            for row in body.as_array().into_iter().flatten() {
+            let mut written_history: Vec<(String, String, String)> = Vec::new();
+            for row in &rows {
                 let id = row["id"].as_str().unwrap_or_default();
-                if let Some(e) = row["error"].as_str() {
-                    if id.starts_with("history:") {
-                        // A retried write may have stored this entry already.
-                        if e == "conflict" {
-                            continue;
-                        }
-                        return Err(backend(format!("history {id}: {e}: {}", row["reason"])));
+                match (row["error"].as_str(), history_node.get(id)) {
+                    (None, Some(node)) => written_history.push((
+                        id.to_string(),
+                        row["rev"].as_str().unwrap_or_default().to_string(),
+                        node.clone(),
+                    )),
+                    (None, None) => {}
+                    (Some("conflict"), None) if pending.contains_key(id) => {
+                        conflicted.insert(id.to_string(), pending[id].clone());
                     }
-                    if e == "conflict" {
-                        if let Some(idxs) = pending.get(id) {
-                            conflicted.insert(id.to_string(), idxs.clone());
-                        }
-                        continue;
+                    (Some(e), _) => {
+                        return Err(backend(format!(
+                            "_bulk_docs refused document {id:?}: {e}: {}",
+                            row["reason"]
+                        )))
                     }
-                    return Err(backend(format!("{id}: {e}: {}", row["reason"])));
+                }
+            }
+            // History written for a node whose document lost the race did not happen.
+            let orphans: Vec<Value> = written_history
+                .into_iter()
+                .filter(|(_, _, node)| conflicted.contains_key(node))
+                .map(|(id, rev, _)| json!({"_id": id, "_rev": rev, "_deleted": true}))
+                .collect();
+            if !orphans.is_empty() {
+                for row in self.bulk_docs(orphans).await? {
+                    if let Some(e) = row["error"].as_str() {
+                        tracing::warn!(id = %row["id"], error = e, "could not delete an orphan history entry");
+                    }
                 }
             }
             for (node, outs) in tentative {
@@ -428,7 +582,8 @@ impl Store for CouchStore {
                     attempt,
                     "CouchDB revision conflicts; retrying with a fresh read"
                 );
-                tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+                let backoff = 10u64 << attempt.min(6);
+                tokio::time::sleep(Duration::from_millis(backoff)).await;
             }
             pending = conflicted;
         }
@@ -456,24 +611,15 @@ impl Store for CouchStore {
     }
 
     async fn nodes(&self) -> Result<Vec<NodeSummary>, StoreError> {
-        let (status, body) = self
-            .json(self.req(
-                reqwest::Method::GET,
-                &format!("{}/_all_docs?include_docs=true", self.db_url),
-            ))
-            .await?;
-        if status != 200 {
-            return Err(backend(format!("_all_docs: HTTP {status}: {body}")));
-        }
+        // Node documents sort before or after the `history:` id range; skip that range.
+        let mut docs = self.range("", "history:").await?;
+        docs.extend(self.range("history;", "\u{fff0}").await?);
         let mut out = Vec::new();
-        for row in body["rows"].as_array().into_iter().flatten() {
-            let Some(Value::Object(doc)) = row.get("doc") else {
-                continue;
-            };
+        for doc in docs {
             if doc.get("doc_type") != Some(&json!("SystemRecord")) {
                 continue;
             }
-            let rec = to_record(doc)?;
+            let rec = to_record(&doc)?;
             out.push(NodeSummary {
                 name: rec.name,
                 last_seen: rec.last_seen,
@@ -499,33 +645,38 @@ impl Store for CouchStore {
             Some(k) => format!("history:{node}:{k}:"),
             None => format!("history:{node}:"),
         };
-        let url = format!(
-            "{}/_all_docs?include_docs=true&startkey={}&endkey={}",
-            self.db_url,
-            encode(&Value::String(prefix.clone()).to_string()),
-            encode(&Value::String(format!("{prefix}\u{fff0}")).to_string()),
-        );
-        let (status, body) = self.json(self.req(reqwest::Method::GET, &url)).await?;
-        if status != 200 {
-            return Err(backend(format!("history: HTTP {status}: {body}")));
-        }
         let mut out = Vec::new();
-        for row in body["rows"].as_array().into_iter().flatten() {
-            let doc = &row["doc"];
-            // Node names may contain ':'; keep only this node's entries.
-            if doc["node"] != json!(node) {
+        for doc in self.range(&prefix, &format!("{prefix}\u{fff0}")).await? {
+            // Names may contain ':', so the id prefix can match other nodes or keys.
+            if doc.get("node") != Some(&json!(node))
+                || key.is_some_and(|k| doc.get("key") != Some(&json!(k)))
+            {
                 continue;
             }
-            out.push(HistoryEntry {
-                node: node.to_string(),
-                key: doc["key"].as_str().unwrap_or_default().to_string(),
-                old: doc.get("old").cloned().filter(|v| !v.is_null()),
-                new: doc.get("new").cloned().filter(|v| !v.is_null()),
-                at: time_of(doc.get("at")).ok_or_else(|| backend("history entry without time"))?,
-            });
+            let at = time_of(doc.get("at")).ok_or_else(|| {
+                backend(format!(
+                    "history document {} has no valid \"at\" time",
+                    doc.get("_id").unwrap_or(&Value::Null)
+                ))
+            })?;
+            let seq = doc.get("seq").and_then(Value::as_u64).unwrap_or(0);
+            out.push((
+                HistoryEntry {
+                    node: node.to_string(),
+                    key: doc
+                        .get("key")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    old: doc.get("old").cloned().filter(|v| !v.is_null()),
+                    new: doc.get("new").cloned().filter(|v| !v.is_null()),
+                    at,
+                },
+                seq,
+            ));
         }
-        out.sort_by_key(|e| e.at);
-        Ok(out)
+        out.sort_by_key(|(e, seq)| (e.at, *seq));
+        Ok(out.into_iter().map(|(e, _)| e).collect())
     }
 
     async fn health(&self) -> Result<(), StoreError> {

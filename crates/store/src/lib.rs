@@ -210,3 +210,27 @@ pub trait Store: Send + Sync + 'static {
 
 /// A shareable store handle.
 pub type DynStore = Arc<dyn Store>;
+
+/// Opens the store a DSN names, by scheme. A backend compiled out of this build is
+/// refused with [`StoreError::NotCompiled`], never a panic.
+pub async fn open(dsn: &vogeler_config::StoreDsn) -> Result<DynStore, StoreError> {
+    use vogeler_config::StoreDsn;
+    match dsn {
+        #[cfg(feature = "sqlite")]
+        StoreDsn::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(path)?)),
+        #[cfg(feature = "postgres")]
+        StoreDsn::Postgres { url } => Ok(Arc::new(postgres::PostgresStore::connect(url).await?)),
+        #[cfg(feature = "couch")]
+        StoreDsn::Couch {
+            base_url,
+            db,
+            user,
+            password,
+            ..
+        } => Ok(Arc::new(
+            couch::CouchStore::connect(base_url, db, user.as_deref(), password.as_deref()).await?,
+        )),
+        #[allow(unreachable_patterns)]
+        other => Err(StoreError::NotCompiled(other.scheme())),
+    }
+}
