@@ -340,25 +340,12 @@ fn error_answer(plugin: &str, message: String) -> Answer {
     }
 }
 
-/// Turns a plugin run into an answer. A command that exits non-zero but still printed
-/// output its format accepts (facter does this when one fact fails) is a result, not an
-/// error: the facts are real, and the exit status travels with them.
 fn finish(o: PluginOutcome) -> Answer {
-    let outcome = match o.result {
-        Err(vogeler_plugins::RunError::Failed {
-            code, stderr_line, ..
-        }) if !o.raw.trim().is_empty() => match o.format.convert(&o.raw) {
-            Ok(v) => {
-                tracing::warn!(plugin = %o.plugin, code, stderr = %stderr_line, "plugin exited non-zero but its output parsed; storing it");
-                Ok(v)
-            }
-            Err(e) => Err(format!(
-                "plugin `{}` exited with status {code}: {stderr_line}; {e}",
-                o.plugin
-            )),
-        },
-        other => other.map_err(|e| e.to_string()),
-    };
+    if let (Ok(_), Some(code)) = (&o.result, o.exit_status.filter(|c| *c != 0)) {
+        let first = o.stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+        tracing::warn!(plugin = %o.plugin, code, stderr = %first, "plugin exited non-zero but its output parsed; storing it");
+    }
+    let outcome = o.result.map_err(|e| e.to_string());
     Answer {
         plugin: o.plugin,
         format: o.format.as_str().to_string(),

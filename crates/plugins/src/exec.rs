@@ -366,6 +366,15 @@ pub async fn run_plugin(plugin: &Plugin, limits: &ExecLimits) -> PluginOutcome {
     outcome
 }
 
+/// The converted output of a run that exited non-zero, when there is any and it parses.
+fn partial_output(plugin: &Plugin, exec: &Execution) -> Option<Value> {
+    let text = exec.stdout_text().ok()?;
+    if text.trim().is_empty() {
+        return None;
+    }
+    plugin.format.convert(text).ok()
+}
+
 fn interpret(plugin: &Plugin, limits: &ExecLimits, exec: &Execution) -> Result<Value, RunError> {
     let plugin_name = || plugin.name.clone();
     if let Some(message) = &exec.spawn_error {
@@ -389,6 +398,11 @@ fn interpret(plugin: &Plugin, limits: &ExecLimits, exec: &Execution) -> Result<V
     match exec.exit_status {
         Some(0) => {}
         Some(code) => {
+            // A command that exits non-zero but printed output its format accepts (facter
+            // does when one fact fails) produced real data: keep it, with its exit status.
+            if let Some(value) = partial_output(plugin, exec) {
+                return Ok(value);
+            }
             let stderr_line = exec
                 .stderr
                 .lines()

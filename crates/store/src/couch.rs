@@ -158,17 +158,27 @@ impl CouchStore {
         Ok(out)
     }
 
-    /// Documents with ids in `[start, end)`, by `_all_docs` (ids collate as raw strings).
-    async fn range(&self, start: &str, end: &str) -> Result<Vec<Map<String, Value>>, StoreError> {
-        let url = format!(
-            "{}/_all_docs?include_docs=true&inclusive_end=false&startkey={}&endkey={}",
+    /// Documents with ids in `[start, end)` (no end: to the last), by `_all_docs`,
+    /// where ids collate as raw strings.
+    async fn range(
+        &self,
+        start: &str,
+        end: Option<&str>,
+    ) -> Result<Vec<Map<String, Value>>, StoreError> {
+        let mut url = format!(
+            "{}/_all_docs?include_docs=true&inclusive_end=false&startkey={}",
             self.db_url,
             encode(&Value::String(start.to_string()).to_string()),
-            encode(&Value::String(end.to_string()).to_string()),
         );
+        if let Some(end) = end {
+            url.push_str("&endkey=");
+            url.push_str(&encode(&Value::String(end.to_string()).to_string()));
+        }
         let (status, body) = self.json(self.req(reqwest::Method::GET, &url)).await?;
         if status != 200 {
-            return Err(backend(format!("_all_docs {start:?}..{end:?}: HTTP {status}: {body}")));
+            return Err(backend(format!(
+                "_all_docs {start:?}..{end:?}: HTTP {status}: {body}"
+            )));
         }
         Ok(body["rows"]
             .as_array()
@@ -612,8 +622,8 @@ impl Store for CouchStore {
 
     async fn nodes(&self) -> Result<Vec<NodeSummary>, StoreError> {
         // Node documents sort before or after the `history:` id range; skip that range.
-        let mut docs = self.range("", "history:").await?;
-        docs.extend(self.range("history;", "\u{fff0}").await?);
+        let mut docs = self.range("", Some("history:")).await?;
+        docs.extend(self.range("history;", None).await?);
         let mut out = Vec::new();
         for doc in docs {
             if doc.get("doc_type") != Some(&json!("SystemRecord")) {
@@ -646,7 +656,10 @@ impl Store for CouchStore {
             None => format!("history:{node}:"),
         };
         let mut out = Vec::new();
-        for doc in self.range(&prefix, &format!("{prefix}\u{fff0}")).await? {
+        for doc in self
+            .range(&prefix, Some(&format!("{prefix}\u{fff0}")))
+            .await?
+        {
             // Names may contain ':', so the id prefix can match other nodes or keys.
             if doc.get("node") != Some(&json!(node))
                 || key.is_some_and(|k| doc.get("key") != Some(&json!(k)))
@@ -688,5 +701,109 @@ impl Store for CouchStore {
         } else {
             Err(unavailable(format!("HTTP {status}: {body}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_equal_as_doubles_are_the_same_value() {
+        for (a, b, same) in [
+            (json!(1), json!(1.0), true),
+            (json!({"x": [1.0, 2]}), json!({"x": [1, 2.0]}), true),
+            (
+                json!(12345678901234567890u64),
+                json!(12345678901234567000u64),
+                true,
+            ),
+            (json!(1), json!(2), false),
+            (json!("1"), json!(1), false),
+            (json!({"x": 1}), json!({"x": 1, "y": 2}), false),
+            (json!([1]), json!([1, 1]), false),
+        ] {
+            assert_eq!(same_value(&a, &b), same, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn couchdb_reserved_node_names_are_refused() {
+        for (node, refused) in [
+            ("web01", false),
+            ("web01.example.com", false),
+            ("", true),
+            ("_design/x", true),
+            ("_users", true),
+            ("history:web01", true),
+            ("history", false),
+        ] {
+            assert_eq!(refuse_node(node).is_some(), refused, "{node:?}");
+        }
+    }
+
+    #[test]
+    fn ids_are_percent_encoded_for_urls() {
+        assert_eq!(encode("web01.example.com"), "web01.example.com");
+        assert_eq!(encode("_design/x"), "_design%2Fx");
+        assert_eq!(encode("\"a b\""), "%22a%20b%22");
+    }
+
+    fn obs(at: i64, change: Change) -> Observation {
+        Observation {
+            node: "n".into(),
+            at: DateTime::from_timestamp(1_790_000_000 + at, 0).unwrap_or_default(),
+            change,
+        }
+    }
+
+    fn plugin(at: i64, value: Value) -> Observation {
+        obs(
+            at,
+            Change::Plugin {
+                name: "k".into(),
+                value,
+            },
+        )
+    }
+
+    #[test]
+    fn a_document_in_memory_follows_the_store_rules() {
+        let mut doc = Map::new();
+        let mut sink = HistorySink {
+            docs: Vec::new(),
+            token: "t",
+            seq: 0,
+        };
+        let now = "2026-01-01T00:00:00.000000Z";
+        let outcomes: Vec<Outcome> = [
+            plugin(10, json!(1)),
+            plugin(20, json!(2)),
+            plugin(30, json!(2)),
+            plugin(15, json!(9)),
+            obs(40, Change::Seen),
+        ]
+        .iter()
+        .map(|o| apply_one(&mut doc, o, now, &mut sink))
+        .collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                Outcome::Created,
+                Outcome::Updated,
+                Outcome::Unchanged,
+                Outcome::Stale,
+                Outcome::Unchanged
+            ]
+        );
+        assert_eq!(doc["k"], json!(2));
+        assert_eq!(doc["doc_type"], "SystemRecord");
+        assert_eq!(doc["system_name"], "n");
+        assert!(doc[META]["key_times"]["k"].is_string());
+        assert_eq!(sink.docs.len(), 2);
+        assert_eq!(sink.seq, 2);
+        assert_eq!(sink.docs[1]["old"], json!(1));
+        let rec = to_record(&doc).expect("record");
+        assert_eq!(rec.keys.keys().collect::<Vec<_>>(), vec!["k"]);
     }
 }

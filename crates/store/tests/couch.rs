@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use vogeler_store::couch::CouchStore;
-use vogeler_store::{Change, DynStore, Observation, Store};
+use vogeler_store::{Change, DynStore, Observation, Outcome, Store};
 
 /// The server's base URL; started once, watched by a shell that kills it when this
 /// test process exits.
@@ -33,7 +33,7 @@ fn server() -> &'static str {
         let dir = std::env::temp_dir().join(format!("vogeler-pouchdb-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("pouchdb dir");
         let script = format!(
-            "'{bin}' --in-memory --no-stdout-logs --host 127.0.0.1 --port {port} --dir '{dir}' --config '{dir}/config.json' >'{dir}/out.log' 2>&1 & child=$!; \
+            "cd '{dir}' && '{bin}' --in-memory --no-stdout-logs --host 127.0.0.1 --port {port} --dir '{dir}' --config '{dir}/config.json' >'{dir}/out.log' 2>&1 & child=$!; \
              while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $child; rm -rf '{dir}'",
             bin = bin.display(),
             dir = dir.display(),
@@ -123,7 +123,53 @@ async fn two_servers_writing_the_same_nodes_lose_nothing() {
             "node{n} lost an update: {:?}",
             rec.keys.keys()
         );
+        // Each key changed once: one history entry each, none from a lost race.
+        let history = a.history(&format!("node{n}"), None).await.expect("history");
+        assert_eq!(history.len(), 10, "node{n}: {history:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_numbers_do_not_look_like_changes() {
+    let store = couch(&db_name()).await;
+    let value = json!({"ratio": 1.0, "big": 12345678901234567890u64, "list": [2.0]});
+    let obs = Observation {
+        node: "n".into(),
+        at: chrono::Utc::now(),
+        change: Change::Plugin {
+            name: "k".into(),
+            value,
+        },
+    };
+    store.apply(vec![obs.clone()]).await.expect("apply");
+    let again = store.apply(vec![obs]).await.expect("apply again");
+    assert_eq!(again, vec![Outcome::Unchanged]);
+    assert_eq!(store.history("n", None).await.expect("history").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_names_couchdb_reserves_are_refused() {
+    let store = couch(&db_name()).await;
+    let seen = |node: &str| Observation {
+        node: node.into(),
+        at: chrono::Utc::now(),
+        change: Change::Seen,
+    };
+    let out = store
+        .apply(vec![seen("_design/x"), seen("history:x"), seen("ok")])
+        .await
+        .expect("apply");
+    assert!(matches!(out[0], Outcome::Refused(_)), "{out:?}");
+    assert!(matches!(out[1], Outcome::Refused(_)), "{out:?}");
+    assert_eq!(out[2], Outcome::Created);
+    let names: Vec<String> = store
+        .nodes()
+        .await
+        .expect("nodes")
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, vec!["ok".to_string()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
