@@ -20,13 +20,16 @@
 //!   CouchDB keeps the number as written. Value comparison here therefore treats
 //!   numbers equal as doubles as equal, so a re-sent result stays `Unchanged`.
 //! - A body without `Content-Type: application/json` is silently ignored (an empty
-//!   document is stored); every request here sends that header.
+//!   document is stored) where CouchDB parses it anyway; every request here sends
+//!   that header.
 //! - It writes `log.txt` and `config.json` into its working directory unless started
 //!   elsewhere; the tests start it in a temporary directory.
 //! - Out of the box it runs as "admin party" (no users); CouchDB 3 requires an admin,
 //!   which is what `user`/`password` in [`CouchStore::connect`] are for.
 //! - `GET /` says `{"express-pouchdb": "Welcome!"}` instead of `{"couchdb": "Welcome"}`;
 //!   [`Store::health`] only checks for HTTP 200.
+//! - `_all_docs` orders ids by UTF-16 code units, CouchDB by bytes; they agree for
+//!   the ASCII ids (host names) the `nodes`/`history` ranges rely on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -52,7 +52,12 @@ fn server() -> &'static str {
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
-                panic!("pouchdb-server did not start on {url} within 60 s (log: {}/out.log)", dir.display());
+                let log = std::fs::read_to_string(dir.join("out.log")).unwrap_or_default();
+                panic!(
+                    "pouchdb-server ({}) did not start on {url} within 60 s; reinstall it with \
+                     `scripts/services.sh ensure-pouchdb`. Its output:\n{log}",
+                    bin.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
