@@ -342,7 +342,11 @@ fn error_answer(plugin: &str, message: String) -> Answer {
 
 fn finish(o: PluginOutcome) -> Answer {
     if let (Ok(_), Some(code)) = (&o.result, o.exit_status.filter(|c| *c != 0)) {
-        let first = o.stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+        let first = o
+            .stderr
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default();
         tracing::warn!(plugin = %o.plugin, code, stderr = %first, "plugin exited non-zero but its output parsed; storing it");
     }
     let outcome = o.result.map_err(|e| e.to_string());
