@@ -191,7 +191,10 @@ pub trait Store: Send + Sync + 'static {
     /// Backend name for logs and metrics (`sqlite`, `postgres`, `couch`).
     fn backend(&self) -> &'static str;
 
-    /// Applies a batch in order, atomically: all of it is committed or none.
+    /// Applies a batch in order. SQLite and PostgreSQL commit all of it or none;
+    /// CouchDB (no multi-document transactions) commits node by node, so a failed call
+    /// may have stored part of it. Either way an `Ok` means all of it is stored, and a
+    /// retry of the same batch is harmless: what is already stored comes back `Unchanged`.
     async fn apply(&self, batch: Vec<Observation>) -> Result<Vec<Outcome>, StoreError>;
 
     /// One node's document.

@@ -1,0 +1,216 @@
+//! The programs' less travelled paths over the real RabbitMQ: admin queries and set-up,
+//! `--oneshot`, the 2010 wire emitted, expired and unsafe requests, plugin reload.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn text(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+fn plugins() -> Vec<(String, String)> {
+    vec![
+        cat_plugin("facter", "facter-y.yaml", "yaml"),
+        plugin("hello", "echo hello", "output"),
+    ]
+}
+
+fn refs(p: &[(String, String)]) -> Vec<(&str, String)> {
+    p.iter().map(|(n, b)| (n.as_str(), b.clone())).collect()
+}
+
+#[test]
+fn admin_lists_nodes_shows_documents_and_keys() {
+    let p = plugins();
+    let d = Deployment::new(&refs(&p));
+    let _server = d.server(&[]);
+    let n = d.node("db01");
+    let _c = d.client(&n, &[]);
+    let out = d.runner(&["-x", "get_facter", "-n", &n, "--wait", "--timeout", "20s"]);
+    assert_eq!(out.status.code(), Some(0), "alias works: {}", text(&out));
+
+    let out = d.admin(&["node"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&n) && text(&out).contains("facter"),
+        "{}",
+        text(&out)
+    );
+
+    let out = d.admin(&["node", &n, "facter.os.family"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"Debian\"");
+
+    let out = d.admin(&["node", "no-such-node"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("no-such-node"), "{}", text(&out));
+
+    let out = d.admin(&["node", &n, "facter.nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("facter.nope"), "{}", text(&out));
+
+    let out = d.admin(&["queue", "--status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains(&format!("{}.master.in", d.id)) && t.contains(&n),
+        "{t}"
+    );
+}
+
+#[test]
+fn setup_messaging_prints_rabbitmqctl_lines_and_declares() {
+    let d = Deployment::new(&[]);
+    let out = d.admin(&["setup", "--messaging"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("rabbitmqctl add_vhost /"), "{t}");
+    assert!(
+        t.contains("rabbitmqctl set_permissions -p / guest '.*' '.*' '.*'"),
+        "{t}"
+    );
+    let out = d.admin(&["queue", "--exists", &format!("{}.master.in", d.id)]);
+    assert!(
+        out.status.success(),
+        "setup declared master.in: {}",
+        text(&out)
+    );
+    let out = d.admin(&["setup", "--persistence"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(d.db.exists(), "setup --persistence created the SQLite file");
+}
+
+#[test]
+fn oneshot_client_exits_after_one_request() {
+    let p = plugins();
+    let d = Deployment::new(&refs(&p));
+    let _server = d.server(&[]);
+    let n = d.node("once");
+    let mut c = d.client(&n, &["--oneshot"]);
+    let out = d.runner(&["-x", "hello", "-n", &n, "--wait", "--timeout", "20s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = c.child.try_wait() {
+            assert!(status.success(), "{}", c.log_text());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "--oneshot client still running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn legacy_wire_client_emits_the_2010_result_shape() {
+    let p = plugins();
+    let d = Deployment::new(&refs(&p));
+    d.write_conf("wire = legacy\n");
+    let t = d.topology();
+    // Stand in for a 2010 server: a queue of our own on the master exchange.
+    let tap = format!("{}.tap", d.id);
+    rt().block_on(async {
+        let s = broker().connect().await.expect("connect");
+        s.declare_exchanges(&t).await.expect("exchanges");
+        s.declare_queue(&tap, &t.master_exchange, &[""])
+            .await
+            .expect("tap queue");
+        s.close().await;
+    });
+    let n = d.node("py");
+    let _c = d.client(&n, &[]);
+    let out = d.runner(&["-x", "hello", "-n", &n]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while got.is_empty() && std::time::Instant::now() < deadline {
+        got = drain_queue(&tap, Duration::from_millis(500));
+    }
+    assert_eq!(got.len(), 1);
+    let body = String::from_utf8(got[0].body.clone()).expect("utf-8");
+    assert_eq!(
+        body,
+        format!("{{\"syskey\": \"{n}\", \"hello\": \"hello\\n\", \"format\": \"output\"}}")
+    );
+}
+
+#[test]
+fn expired_and_unsafe_requests_are_refused_with_an_error_result() {
+    let p = plugins();
+    let d = Deployment::new(&refs(&p));
+    let _server = d.server(&[]);
+    let t = d.topology();
+    let n = d.node("guarded");
+    let _c = d.client(&n, &[]);
+    // A request sent an hour ago with a one-minute ttl (published raw: the broker's own
+    // expiration would drop it before the client could say so).
+    let stale = serde_json::json!({
+        "v": 1, "kind": "request", "id": "old-1", "command": "hello", "targets": [n],
+        "sender": "test", "sent_at": (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339(),
+        "ttl": 60
+    });
+    publish_raw(
+        &t.broadcast_exchange,
+        &n,
+        &[serde_json::to_vec(&stale).expect("json")],
+    );
+    let doc = d.wait_document(&n, 20, |doc| doc["last_error"].is_object());
+    assert!(
+        doc["last_error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expired"),
+        "{doc}"
+    );
+    assert!(
+        doc.get("hello").is_none(),
+        "an expired request must not run"
+    );
+
+    let out = d.runner(&[
+        "--unsafe",
+        "-x",
+        "touch /tmp/vogeler-should-not-exist",
+        "-n",
+        &n,
+        "--wait",
+        "--timeout",
+        "20s",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("--allow-unsafe"), "{}", text(&out));
+    assert!(!std::path::Path::new("/tmp/vogeler-should-not-exist").exists());
+}
+
+#[test]
+fn client_reloads_plugins_when_the_directory_changes() {
+    let p = plugins();
+    let d = Deployment::new(&refs(&p));
+    let _server = d.server(&[]);
+    let n = d.node("reload");
+    let c = d.client(&n, &[]);
+    let (name, body) = plugin("added", "echo added later", "output");
+    std::fs::write(d.plugins.join(name), body).expect("write plugin");
+    // The client polls the directory every 2 s; allow a generous margin.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = d.runner(&["-x", "added", "-n", &n, "--wait", "--timeout", "10s"]);
+        if out.status.code() == Some(0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "plugin never reloaded: {}\n{}",
+            text(&out),
+            c.log_text()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let doc = d.wait_document(&n, 20, |doc| doc.get("added").is_some());
+    assert_eq!(doc["added"][0], "added later");
+}
