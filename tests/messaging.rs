@@ -213,3 +213,50 @@ fn legacy_wire_messages_work_byte_for_byte() {
     );
     d.wait_document(&n, 20, |doc| doc.get("facter").is_some());
 }
+
+#[test]
+fn server_killed_mid_ingest_loses_nothing_and_stores_each_result_once() {
+    let d = Deployment::new(&[]);
+    let t = d.topology();
+    let mut server = d.server(&[]);
+    server.stop();
+    let n = 3000;
+    let bodies: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"v":1,"kind":"result","node":"{}-{i:05}","plugin":"hello","format":"output","data":["hi {i}"],"duration_ms":1,"collected_at":"2026-01-01T00:00:00Z"}}"#,
+                d.id
+            )
+            .into_bytes()
+        })
+        .collect();
+    publish_raw(&t.master_exchange, "", &bodies);
+    // Kill the server with SIGKILL while it works through the backlog, then restart it.
+    let mut server = d.server(&[]);
+    std::thread::sleep(Duration::from_millis(300));
+    server.kill();
+    let mut server = d.server(&[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let count = || {
+        let out = d.admin(&["node"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&d.id))
+            .count()
+    };
+    while count() < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(count(), n, "every result stored");
+    server.stop();
+    // Exactly once: one history entry per node, however often a result was redelivered.
+    common::rt().block_on(async {
+        let store = vogeler_store::sqlite::SqliteStore::open(&d.db).expect("open store");
+        use vogeler_store::Store;
+        for i in (0..n).step_by(97) {
+            let node = format!("{}-{i:05}", d.id);
+            let h = store.history(&node, None).await.expect("history");
+            assert_eq!(h.len(), 1, "{node}: {h:?}");
+        }
+    });
+}
