@@ -222,6 +222,11 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
         let deadline = tokio::time::Instant::now() + opts.timeout;
         let mut seen: BTreeSet<String> = BTreeSet::new();
         let can_finish = !broadcast;
+        let progress = progress_bar(if broadcast {
+            None
+        } else {
+            Some(expected.len() as u64)
+        });
         while !(can_finish && expected.iter().all(|n| seen.contains(n))) {
             let limit = if broadcast && !seen.is_empty() {
                 deadline.min(tokio::time::Instant::now() + opts.quiet)
@@ -252,7 +257,9 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
                 }
                 _ => summary.answered.push(s.node.clone()),
             }
+            progress.set_position(seen.len() as u64);
         }
+        progress.finish_and_clear();
         if broadcast {
             summary.discovered = seen.iter().cloned().collect();
         }
@@ -262,4 +269,26 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
     summary.total_ms = started.elapsed().as_millis() as u64;
     session.close().await;
     Ok(summary)
+}
+
+/// A live "stored / expected" bar on a terminal; hidden when stderr is not one.
+fn progress_bar(expected: Option<u64>) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = match expected {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    let template = if expected.is_some() {
+        "{spinner} {pos}/{len} stored [{bar:30}] {elapsed}"
+    } else {
+        "{spinner} {pos} stored {elapsed}"
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    bar
 }
