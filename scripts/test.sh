@@ -19,8 +19,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
-step "benchmarks build"
-cargo bench --workspace --no-run --quiet
+step "build everything, benchmarks included (dev profile: shares the tests' artifacts)"
+cargo build --workspace --all-targets --quiet
 
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
