@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod cli;
 pub mod client;
+pub mod logging;
 pub mod runner;
 pub mod server;
 pub mod settings;

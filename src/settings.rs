@@ -59,24 +59,15 @@ pub fn load(program: Program, common: &CommonArgs, extra: Extra) -> anyhow::Resu
     Ok(Settings::resolve(program, overrides, file)?)
 }
 
-/// Logs to stderr at the configured level (`RUST_LOG` wins when set), 2010-style lines.
+/// Sets up logging per the settings (see [`crate::logging`]).
 pub fn init_logging(s: &Settings) -> anyhow::Result<()> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
-        _ => tracing_subscriber::EnvFilter::new(format!(
-            "{level},lapin=warn,amq_protocol=warn,tokio_postgres=warn,reqwest=warn,hyper=warn",
-            level = s.log_level.filter()
-        )),
+    let program = match s.program {
+        Program::Server => "vogeler-server",
+        Program::Client => "vogeler-client",
+        Program::Runner => "vogeler-runner",
+        Program::Admin => "vogeler-admin",
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
-    for w in s.warnings() {
-        tracing::warn!("{w}");
-    }
-    Ok(())
+    crate::logging::init(s, program)
 }
 
 /// The broker(s) from `--qhost` / `[amqp] dsn`.
