@@ -148,3 +148,32 @@ fn passwords_never_appear_in_errors() {
         "warns about the flag: {err}"
     );
 }
+
+#[test]
+fn file_log_handler_writes_where_the_config_says() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let conf = tmp.path().join("vogeler.conf");
+    std::fs::write(
+        &conf,
+        "[global]\nlog_handler = file_handler\nlog_level = INFO\n\n[file_handler]\nfilename = 'runner.log'\n",
+    )
+    .expect("write");
+    let (code, _, err) = run(
+        "runner",
+        &[
+            "-c",
+            conf.to_str().expect("utf-8"),
+            "--qhost",
+            "127.0.0.1:1",
+            "-x",
+            "facter",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("127.0.0.1:1"),
+        "the final error still reaches stderr: {err}"
+    );
+    let log = std::fs::read_to_string(tmp.path().join("runner.log")).expect("log file written");
+    assert!(log.contains("broker unavailable"), "{log}");
+}
