@@ -162,7 +162,8 @@ pub fn client_options(
         std::process::id()
     ));
     Ok(ClientOptions {
-        broker: broker(s, "vogeler-client"),
+        // Small frames keep an idle agent small (see `Broker::with_frame_max`).
+        broker: broker(s, "vogeler-client").with_frame_max(16 * 1024),
         topology: topology(s),
         node: s.node_name.clone(),
         plugin_dir: s.plugin_path.clone(),

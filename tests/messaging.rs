@@ -11,6 +11,7 @@ use serde_json::Value;
 fn facter_plugins() -> Vec<(String, String)> {
     vec![
         cat_plugin("facter", "facter-y.yaml", "yaml"),
+        cat_plugin("ohai", "ohai.json", "json"),
         plugin("hello", "echo hello world", "output"),
         plugin("failing", "false", "output"),
     ]
@@ -35,9 +36,15 @@ fn broadcast_reaches_every_client_and_targeted_only_one() {
 
     let out = d.runner(&["-x", "facter", "-n", "all", "--wait", "--timeout", "20s"]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    // A result larger than one frame (ohai: 108 KB) travels whole.
+    let out = d.runner(&["-x", "ohai", "-n", "all", "--wait", "--timeout", "20s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     for n in [&a, &b] {
-        let doc = d.wait_document(n, 20, |doc| doc.get("facter").is_some());
+        let doc = d.wait_document(n, 20, |doc| {
+            doc.get("facter").is_some() && doc.get("ohai").is_some()
+        });
         assert_eq!(doc["facter"]["os"]["family"], "Debian");
+        assert_eq!(doc["ohai"]["platform"], "debian");
         assert_eq!(doc["system_name"], Value::String(n.clone()));
         assert!(doc["created_at"].is_string() && doc["updated_at"].is_string());
     }

@@ -116,6 +116,18 @@ impl Broker {
         }
     }
 
+    /// Asks the broker for frames of at most `bytes` (min 4096). lapin keeps two
+    /// buffers of 32 frames each, so an agent that sends few, mostly small messages
+    /// trades a little throughput on large results for a much smaller resident size.
+    pub fn with_frame_max(mut self, bytes: u32) -> Self {
+        let bytes = bytes.max(4096);
+        for uri in &mut self.uris {
+            let sep = if uri.contains('?') { '&' } else { '?' };
+            uri.push_str(&format!("{sep}frame_max={bytes}"));
+        }
+        self
+    }
+
     /// The addresses for logs, passwords masked.
     pub fn describe(&self) -> String {
         self.labels.join(",")
