@@ -51,7 +51,7 @@ impl ServerOptions {
             broker,
             topology,
             batch_size: 500,
-            prefetch: 1000,
+            prefetch: 2000,
             max_message_bytes: 32 * 1024 * 1024,
             linger: Duration::from_millis(5),
         }
@@ -89,9 +89,12 @@ pub async fn run(
         let Some(session) = opts.broker.connect_retrying(&mut backoff, &mut stop).await else {
             return Ok(());
         };
-        match serve(&opts, &session, &store, &stats, &mut shutdown).await {
+        let session = Arc::new(session);
+        match serve(&opts, session.clone(), &store, &stats, &mut shutdown).await {
             Ok(End::Shutdown) => {
-                session.close().await;
+                if let Ok(s) = Arc::try_unwrap(session) {
+                    s.close().await;
+                }
                 tracing::info!("vogeler-server stopped");
                 return Ok(());
             }
@@ -107,59 +110,19 @@ pub async fn run(
     }
 }
 
-async fn serve(
-    opts: &ServerOptions,
-    session: &Session,
-    store: &DynStore,
-    stats: &Stats,
-    shutdown: &mut Shutdown,
-) -> anyhow::Result<End> {
-    session.declare_server(&opts.topology).await?;
-    let mut consumer = session
-        .consume(&opts.topology.master_queue, opts.prefetch, "")
-        .await?;
-    tracing::info!(queue = %opts.topology.master_queue, "waiting for results");
-    let mut batch: Vec<Inbound> = Vec::with_capacity(opts.batch_size);
-    loop {
-        let first = tokio::select! {
-            d = consumer.next() => d,
-            _ = shutdown.wait() => return Ok(End::Shutdown),
-        };
-        match first {
-            Some(Ok(d)) => batch.push(d),
-            Some(Err(e)) => return Err(e.into()),
-            None => anyhow::bail!("the broker closed the consumer"),
-        }
-        while batch.len() < opts.batch_size {
-            match tokio::time::timeout(opts.linger, consumer.next()).await {
-                Ok(Some(Ok(d))) => batch.push(d),
-                Ok(Some(Err(e))) => return Err(e.into()),
-                Ok(None) => anyhow::bail!("the broker closed the consumer"),
-                Err(_) => break,
-            }
-        }
-        if !process(opts, session, store, stats, shutdown, &batch).await? {
-            return Ok(End::Shutdown);
-        }
-        batch.clear();
-    }
+/// A batch decoded and ready to commit: the deliveries and what each turned into.
+struct Prepared {
+    /// The deliveries, in order (bodies kept for dead-lettering).
+    batch: Vec<Inbound>,
+    /// Delivery index, observation and confirmation for each usable message.
+    items: Vec<(usize, Observation, Option<Confirm>)>,
+    /// Delivery index, reason code and detail for each unusable message.
+    dead: Vec<(usize, String, String)>,
 }
 
-/// One batch: dead-letter, commit, confirm, ack. Returns `false` when shutdown
-/// interrupted a store retry (nothing acked; the broker redelivers).
-async fn process(
-    opts: &ServerOptions,
-    session: &Session,
-    store: &DynStore,
-    stats: &Stats,
-    shutdown: &mut Shutdown,
-    batch: &[Inbound],
-) -> anyhow::Result<bool> {
-    let Some(last) = batch.last() else {
-        return Ok(true);
-    };
-    let mut items: Vec<(usize, Observation, Option<Confirm>)> = Vec::with_capacity(batch.len());
-    let mut dead: Vec<(usize, String, String)> = Vec::new();
+fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
+    let mut items = Vec::with_capacity(batch.len());
+    let mut dead = Vec::new();
     for (i, d) in batch.iter().enumerate() {
         match convert(&d.body, opts.max_message_bytes, d.reply_to.as_deref()) {
             Converted::Store {
@@ -169,6 +132,112 @@ async fn process(
             Converted::Dead { reason, detail } => dead.push((i, reason.to_string(), detail)),
         }
     }
+    Prepared { batch, items, dead }
+}
+
+/// One session: a gather stage (consume and decode the next batch) runs while the
+/// commit stage stores the previous one, so decoding overlaps the store's work. Batches
+/// are committed and acked strictly in order.
+async fn serve(
+    opts: &ServerOptions,
+    session: Arc<Session>,
+    store: &DynStore,
+    stats: &Arc<Stats>,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<End> {
+    session.declare_server(&opts.topology).await?;
+    let mut consumer = session
+        .consume(&opts.topology.master_queue, opts.prefetch, "")
+        .await?;
+    tracing::info!(queue = %opts.topology.master_queue, "waiting for results");
+    let (to_commit, mut commits) = tokio::sync::mpsc::channel::<Prepared>(1);
+    let mut committer = {
+        let (opts, session, store, stats, mut shutdown) = (
+            opts.clone(),
+            session.clone(),
+            store.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            while let Some(p) = commits.recv().await {
+                if !process(&opts, &session, &store, &stats, &mut shutdown, p).await? {
+                    return Ok::<_, anyhow::Error>(End::Shutdown);
+                }
+            }
+            Ok(End::Shutdown)
+        })
+    };
+    let mut joined = false;
+    let outcome = loop {
+        let first = tokio::select! {
+            d = consumer.next() => d,
+            done = &mut committer => {
+                joined = true;
+                break done.map_err(anyhow::Error::from).and_then(|r| r);
+            }
+            _ = shutdown.wait() => break Ok(End::Shutdown),
+        };
+        let mut batch: Vec<Inbound> = Vec::with_capacity(opts.batch_size);
+        match first {
+            Some(Ok(d)) => batch.push(d),
+            Some(Err(e)) => break Err(e.into()),
+            None => break Err(anyhow::anyhow!("the broker closed the consumer")),
+        }
+        let mut failed = None;
+        while batch.len() < opts.batch_size {
+            match tokio::time::timeout(opts.linger, consumer.next()).await {
+                Ok(Some(Ok(d))) => batch.push(d),
+                Ok(Some(Err(e))) => {
+                    failed = Some(e.into());
+                    break;
+                }
+                Ok(None) => {
+                    failed = Some(anyhow::anyhow!("the broker closed the consumer"));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if let Some(e) = failed {
+            break Err(e);
+        }
+        if to_commit.send(prepare(opts, batch)).await.is_err() {
+            joined = true;
+            break (&mut committer)
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r);
+        }
+    };
+    // Let the commit stage finish what it holds (in-flight work drains before exit).
+    drop(to_commit);
+    if !joined {
+        if let Ok(Err(e)) = committer.await {
+            return Err(e);
+        }
+    }
+    outcome
+}
+
+/// One batch: commit, dead-letter, confirm, ack. Returns `false` when shutdown
+/// interrupted a store retry (nothing acked; the broker redelivers).
+async fn process(
+    opts: &ServerOptions,
+    session: &Session,
+    store: &DynStore,
+    stats: &Stats,
+    shutdown: &mut Shutdown,
+    prepared: Prepared,
+) -> anyhow::Result<bool> {
+    let Prepared {
+        batch,
+        items,
+        mut dead,
+    } = prepared;
+    let Some(last) = batch.last() else {
+        return Ok(true);
+    };
 
     let started = std::time::Instant::now();
     let outcomes = match commit(store, shutdown, &items).await {

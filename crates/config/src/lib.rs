@@ -492,7 +492,7 @@ impl Settings {
         let concurrency = number("client", "concurrency", 4)?.max(1) as usize;
         let batch_size = number("server", "batch_size", 500)?.max(1) as usize;
         let prefetch =
-            u16::try_from(number("server", "prefetch", 1000)?.clamp(1, 65535)).unwrap_or(u16::MAX);
+            u16::try_from(number("server", "prefetch", 2000)?.clamp(1, 65535)).unwrap_or(u16::MAX);
 
         if o.password_on_command_line {
             warnings.push(

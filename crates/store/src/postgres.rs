@@ -70,12 +70,17 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
                 || c == "40001"
                 || c == "40P01"
         });
+    // `Display` of a server error says only "db error"; the detail is in the DbError.
+    let message = match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => e.to_string(),
+    };
     if transient {
-        unavailable(format!("{e}"))
+        unavailable(message)
     } else {
         StoreError::Backend {
             backend: BACKEND,
-            message: e.to_string(),
+            message,
         }
     }
 }

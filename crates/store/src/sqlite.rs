@@ -59,6 +59,9 @@ fn sql_err(e: rusqlite::Error) -> StoreError {
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
+PRAGMA cache_size = -65536;
+PRAGMA temp_store = MEMORY;
+PRAGMA wal_autocheckpoint = 8192;
 CREATE TABLE IF NOT EXISTS nodes (
     name TEXT PRIMARY KEY,
     created_at TEXT NOT NULL,
