@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use vogeler_protocol::{Message, Stored};
-use vogeler_store::{DynStore, Observation, Outcome, StoreError};
+use vogeler_store::{Batch, DynStore, Outcome, StoreError};
 use vogeler_transport::{Backoff, Broker, Inbound, Outgoing, Pending, Session, Topology};
 
 use crate::shutdown::Shutdown;
@@ -114,25 +114,36 @@ pub async fn run(
 struct Prepared {
     /// The deliveries, in order (bodies kept for dead-lettering).
     batch: Vec<Inbound>,
-    /// Delivery index, observation and confirmation for each usable message.
-    items: Vec<(usize, Observation, Option<Confirm>)>,
+    /// What each usable message observed, shared with the store without copying.
+    observations: Batch,
+    /// Delivery index and confirmation of each observation, index for index.
+    meta: Vec<(usize, Option<Confirm>)>,
     /// Delivery index, reason code and detail for each unusable message.
     dead: Vec<(usize, String, String)>,
 }
 
 fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
-    let mut items = Vec::with_capacity(batch.len());
+    let mut observations = Vec::with_capacity(batch.len());
+    let mut meta = Vec::with_capacity(batch.len());
     let mut dead = Vec::new();
     for (i, d) in batch.iter().enumerate() {
         match convert(&d.body, opts.max_message_bytes, d.reply_to.as_deref()) {
             Converted::Store {
                 observation,
                 confirm,
-            } => items.push((i, observation, confirm)),
+            } => {
+                observations.push(observation);
+                meta.push((i, confirm));
+            }
             Converted::Dead { reason, detail } => dead.push((i, reason.to_string(), detail)),
         }
     }
-    Prepared { batch, items, dead }
+    Prepared {
+        batch,
+        observations: observations.into(),
+        meta,
+        dead,
+    }
 }
 
 /// One session: a gather stage (consume and decode the next batch) runs while the
@@ -232,7 +243,8 @@ async fn process(
 ) -> anyhow::Result<bool> {
     let Prepared {
         batch,
-        items,
+        observations,
+        meta,
         mut dead,
     } = prepared;
     let Some(last) = batch.last() else {
@@ -240,7 +252,7 @@ async fn process(
     };
 
     let started = std::time::Instant::now();
-    let outcomes = match commit(store, shutdown, &items).await {
+    let outcomes = match commit(store, shutdown, &observations).await {
         Some(o) => o,
         None => return Ok(false),
     };
@@ -251,7 +263,7 @@ async fn process(
 
     let mut replies: Vec<Pending> = Vec::new();
     let mut stored = 0u64;
-    for ((i, obs, confirm), outcome) in items.iter().zip(outcomes) {
+    for (((i, confirm), obs), outcome) in meta.iter().zip(observations.iter()).zip(outcomes) {
         match outcome {
             Ok(Outcome::Refused(reason)) => {
                 dead.push((*i, "refused".into(), format!("node {}: {reason}", obs.node)))
@@ -305,19 +317,18 @@ async fn process(
 async fn commit(
     store: &DynStore,
     shutdown: &mut Shutdown,
-    items: &[(usize, Observation, Option<Confirm>)],
+    batch: &Batch,
 ) -> Option<Vec<Result<Outcome, StoreError>>> {
-    if items.is_empty() {
+    if batch.is_empty() {
         return Some(Vec::new());
     }
-    let all: Vec<Observation> = items.iter().map(|(_, o, _)| o.clone()).collect();
-    match apply_retrying(store, shutdown, all).await? {
+    match apply_retrying(store, shutdown, batch.clone()).await? {
         Ok(outcomes) => Some(outcomes.into_iter().map(Ok).collect()),
         Err(e) => {
             tracing::warn!(error = %e, "store rejected a batch; applying its items one by one");
-            let mut out = Vec::with_capacity(items.len());
-            for (_, o, _) in items {
-                match apply_retrying(store, shutdown, vec![o.clone()]).await? {
+            let mut out = Vec::with_capacity(batch.len());
+            for o in batch.iter() {
+                match apply_retrying(store, shutdown, Arc::from(vec![o.clone()])).await? {
                     Ok(mut v) => out.push(
                         v.pop()
                             .ok_or(StoreError::Invalid("store returned no outcome".into())),
@@ -333,7 +344,7 @@ async fn commit(
 async fn apply_retrying(
     store: &DynStore,
     shutdown: &mut Shutdown,
-    batch: Vec<Observation>,
+    batch: Batch,
 ) -> Option<Result<Vec<Outcome>, StoreError>> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {

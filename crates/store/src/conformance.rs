@@ -50,12 +50,15 @@ macro_rules! conformance_tests {
 pub async fn created_on_first_sight(store: DynStore) {
     assert!(store.node("web01").await.expect("node").is_none());
     let out = store
-        .apply(vec![plugin(
-            "web01",
-            0,
-            "facter",
-            json!({"os": {"family": "Debian"}}),
-        )])
+        .apply(
+            vec![plugin(
+                "web01",
+                0,
+                "facter",
+                json!({"os": {"family": "Debian"}}),
+            )]
+            .into(),
+        )
         .await
         .expect("apply");
     assert_eq!(out, vec![Outcome::Created]);
@@ -71,16 +74,19 @@ pub async fn created_on_first_sight(store: DynStore) {
 /// New value → Updated; same value → Unchanged; older → Stale and kept.
 pub async fn updated_unchanged_and_stale(store: DynStore) {
     store
-        .apply(vec![plugin("n", 10, "k", json!(1))])
+        .apply(vec![plugin("n", 10, "k", json!(1))].into())
         .await
         .expect("apply");
     let first = store.node("n").await.expect("node").expect("stored");
     let out = store
-        .apply(vec![
-            plugin("n", 20, "k", json!(2)),
-            plugin("n", 30, "k", json!(2)),
-            plugin("n", 15, "k", json!(99)),
-        ])
+        .apply(
+            vec![
+                plugin("n", 20, "k", json!(2)),
+                plugin("n", 30, "k", json!(2)),
+                plugin("n", 15, "k", json!(99)),
+            ]
+            .into(),
+        )
         .await
         .expect("apply");
     assert_eq!(
@@ -100,10 +106,10 @@ pub async fn redelivery_is_idempotent(store: DynStore) {
         plugin("a", 1, "y", json!([1, 2])),
         plugin("b", 1, "x", json!("s")),
     ];
-    store.apply(batch.clone()).await.expect("apply");
+    store.apply(batch.clone().into()).await.expect("apply");
     let before = store.node("a").await.expect("node").expect("stored");
     let history_before = store.history("a", None).await.expect("history").len();
-    let again = store.apply(batch).await.expect("apply again");
+    let again = store.apply(batch.into()).await.expect("apply again");
     assert_eq!(again, vec![Outcome::Unchanged; 3]);
     let after = store.node("a").await.expect("node").expect("stored");
     assert_eq!(before.keys, after.keys);
@@ -117,11 +123,14 @@ pub async fn redelivery_is_idempotent(store: DynStore) {
 /// A plugin named like a document field is refused; the rest of the batch goes in.
 pub async fn reserved_keys_are_refused(store: DynStore) {
     let out = store
-        .apply(vec![
-            plugin("n", 1, "created_at", json!(1)),
-            plugin("n", 1, "_id", json!(1)),
-            plugin("n", 1, "ok", json!(1)),
-        ])
+        .apply(
+            vec![
+                plugin("n", 1, "created_at", json!(1)),
+                plugin("n", 1, "_id", json!(1)),
+                plugin("n", 1, "ok", json!(1)),
+            ]
+            .into(),
+        )
         .await
         .expect("apply");
     assert!(matches!(out[0], Outcome::Refused(_)), "{out:?}");
@@ -142,8 +151,14 @@ pub async fn errors_become_last_error(store: DynStore) {
             raw: Some("not json".into()),
         },
     };
-    store.apply(vec![err(10, "boom")]).await.expect("apply");
-    let out = store.apply(vec![err(5, "older")]).await.expect("apply");
+    store
+        .apply(vec![err(10, "boom")].into())
+        .await
+        .expect("apply");
+    let out = store
+        .apply(vec![err(5, "older")].into())
+        .await
+        .expect("apply");
     assert_eq!(out, vec![Outcome::Stale]);
     let rec = store.node("n").await.expect("node").expect("stored");
     let e = rec.last_error.expect("last_error");
@@ -157,17 +172,20 @@ pub async fn errors_become_last_error(store: DynStore) {
 /// A heartbeat creates the document if needed and moves only `last_seen`.
 pub async fn seen_only_moves_last_seen(store: DynStore) {
     store
-        .apply(vec![plugin("n", 1, "k", json!(1))])
+        .apply(vec![plugin("n", 1, "k", json!(1))].into())
         .await
         .expect("apply");
     let before = store.node("n").await.expect("node").expect("stored");
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let out = store
-        .apply(vec![Observation {
-            node: "n".into(),
-            at: t(2),
-            change: Change::Seen,
-        }])
+        .apply(
+            vec![Observation {
+                node: "n".into(),
+                at: t(2),
+                change: Change::Seen,
+            }]
+            .into(),
+        )
         .await
         .expect("apply");
     assert_eq!(out, vec![Outcome::Unchanged]);
@@ -175,11 +193,14 @@ pub async fn seen_only_moves_last_seen(store: DynStore) {
     assert_eq!(before.updated_at, after.updated_at);
     assert!(after.last_seen > before.last_seen);
     let out = store
-        .apply(vec![Observation {
-            node: "fresh".into(),
-            at: t(2),
-            change: Change::Seen,
-        }])
+        .apply(
+            vec![Observation {
+                node: "fresh".into(),
+                at: t(2),
+                change: Change::Seen,
+            }]
+            .into(),
+        )
         .await
         .expect("apply");
     assert_eq!(out, vec![Outcome::Created]);
@@ -195,12 +216,15 @@ pub async fn seen_only_moves_last_seen(store: DynStore) {
 /// History holds one entry per change, per key, oldest first, with old and new values.
 pub async fn history_records_changes_only(store: DynStore) {
     store
-        .apply(vec![
-            plugin("n", 1, "kernel", json!("6.1")),
-            plugin("n", 2, "kernel", json!("6.1")),
-            plugin("n", 3, "kernel", json!("6.18")),
-            plugin("n", 3, "other", json!(true)),
-        ])
+        .apply(
+            vec![
+                plugin("n", 1, "kernel", json!("6.1")),
+                plugin("n", 2, "kernel", json!("6.1")),
+                plugin("n", 3, "kernel", json!("6.18")),
+                plugin("n", 3, "other", json!(true)),
+            ]
+            .into(),
+        )
         .await
         .expect("apply");
     let h = store.history("n", Some("kernel")).await.expect("history");
@@ -231,7 +255,7 @@ pub async fn several_nodes_in_one_batch(store: DynStore) {
             )
         })
         .collect();
-    let out = store.apply(batch).await.expect("apply");
+    let out = store.apply(batch.into()).await.expect("apply");
     assert_eq!(out.len(), 50);
     assert!(out.iter().all(|o| *o == Outcome::Created));
     let nodes = store.nodes().await.expect("nodes");
@@ -256,11 +280,14 @@ pub async fn fixtures_round_trip(store: DynStore) {
         .collect();
     let dpkg = Value::Object(dpkg);
     store
-        .apply(vec![
-            plugin("web01", 1, "facter", facter.clone()),
-            plugin("web01", 1, "ohai", ohai.clone()),
-            plugin("web01", 1, "dpkg", dpkg.clone()),
-        ])
+        .apply(
+            vec![
+                plugin("web01", 1, "facter", facter.clone()),
+                plugin("web01", 1, "ohai", ohai.clone()),
+                plugin("web01", 1, "dpkg", dpkg.clone()),
+            ]
+            .into(),
+        )
         .await
         .expect("apply");
     let rec = store.node("web01").await.expect("node").expect("stored");

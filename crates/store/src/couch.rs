@@ -477,7 +477,7 @@ impl Store for CouchStore {
         BACKEND
     }
 
-    async fn apply(&self, batch: Vec<Observation>) -> Result<Vec<Outcome>, StoreError> {
+    async fn apply(&self, batch: crate::Batch) -> Result<Vec<Outcome>, StoreError> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
         // Indices still to apply, grouped per node in batch order.
         let mut pending: BTreeMap<String, Vec<usize>> = BTreeMap::new();

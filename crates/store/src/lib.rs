@@ -195,7 +195,7 @@ pub trait Store: Send + Sync + 'static {
     /// CouchDB (no multi-document transactions) commits node by node, so a failed call
     /// may have stored part of it. Either way an `Ok` means all of it is stored, and a
     /// retry of the same batch is harmless: what is already stored comes back `Unchanged`.
-    async fn apply(&self, batch: Vec<Observation>) -> Result<Vec<Outcome>, StoreError>;
+    async fn apply(&self, batch: Batch) -> Result<Vec<Outcome>, StoreError>;
 
     /// One node's document.
     async fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError>;
@@ -210,6 +210,10 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap round trip proving the store answers.
     async fn health(&self) -> Result<(), StoreError>;
 }
+
+/// A batch of observations, shared rather than copied: the server keeps its batch
+/// for a retry while the store works on it (results are kilobytes of JSON each).
+pub type Batch = Arc<[Observation]>;
 
 /// A shareable store handle.
 pub type DynStore = Arc<dyn Store>;

@@ -13,8 +13,8 @@ use serde_json::Value;
 use tokio_postgres::NoTls;
 
 use crate::{
-    is_reserved_key, rfc3339, Change, HistoryEntry, NodeRecord, NodeSummary, Observation, Outcome,
-    Store, StoreError,
+    is_reserved_key, rfc3339, Change, HistoryEntry, NodeRecord, NodeSummary, Outcome, Store,
+    StoreError,
 };
 
 const BACKEND: &str = "postgres";
@@ -172,7 +172,7 @@ impl Store for PostgresStore {
         BACKEND
     }
 
-    async fn apply(&self, batch: Vec<Observation>) -> Result<Vec<Outcome>, StoreError> {
+    async fn apply(&self, batch: crate::Batch) -> Result<Vec<Outcome>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let now = Utc::now();
@@ -216,7 +216,7 @@ impl Store for PostgresStore {
             .map_err(pg_err)?;
 
         let mut outcomes = Vec::with_capacity(batch.len());
-        for obs in &batch {
+        for obs in batch.iter() {
             if let Change::Plugin { name, .. } = &obs.change {
                 if is_reserved_key(name) {
                     outcomes.push(Outcome::Refused(format!(

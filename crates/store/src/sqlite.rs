@@ -75,8 +75,9 @@ CREATE TABLE IF NOT EXISTS node_keys (
     key TEXT NOT NULL,
     value TEXT NOT NULL,
     collected_at TEXT NOT NULL,
-    PRIMARY KEY (node, key)
-) WITHOUT ROWID;
+    -- A rowid table: values are kilobytes, which WITHOUT ROWID handles badly.
+    UNIQUE (node, key)
+);
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY,
     node TEXT NOT NULL,
@@ -418,7 +419,7 @@ impl Store for SqliteStore {
         BACKEND
     }
 
-    async fn apply(&self, batch: Vec<Observation>) -> Result<Vec<Outcome>, StoreError> {
+    async fn apply(&self, batch: crate::Batch) -> Result<Vec<Outcome>, StoreError> {
         self.call(move |conn| apply_batch(conn, &batch)).await
     }
 

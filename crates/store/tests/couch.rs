@@ -113,7 +113,7 @@ async fn two_servers_writing_the_same_nodes_lose_nothing() {
             })
             .collect()
     };
-    let (ra, rb) = tokio::join!(a.apply(batch("a")), b.apply(batch("b")));
+    let (ra, rb) = tokio::join!(a.apply(batch("a").into()), b.apply(batch("b").into()));
     ra.expect("server a");
     rb.expect("server b");
     for n in 0..20 {
@@ -146,8 +146,8 @@ async fn javascript_numbers_do_not_look_like_changes() {
             value,
         },
     };
-    store.apply(vec![obs.clone()]).await.expect("apply");
-    let again = store.apply(vec![obs]).await.expect("apply again");
+    store.apply(vec![obs.clone()].into()).await.expect("apply");
+    let again = store.apply(vec![obs].into()).await.expect("apply again");
     assert_eq!(again, vec![Outcome::Unchanged]);
     assert_eq!(store.history("n", None).await.expect("history").len(), 1);
 }
@@ -161,7 +161,7 @@ async fn node_names_couchdb_reserves_are_refused() {
         change: Change::Seen,
     };
     let out = store
-        .apply(vec![seen("_design/x"), seen("history:x"), seen("ok")])
+        .apply(vec![seen("_design/x"), seen("history:x"), seen("ok")].into())
         .await
         .expect("apply");
     assert!(matches!(out[0], Outcome::Refused(_)), "{out:?}");
@@ -187,14 +187,17 @@ async fn design_docs_load_once_and_the_2010_views_answer() {
     let second = store.load_design_docs(&dir).await.expect("load again");
     assert!(second.iter().all(|l| l.contains("unchanged")), "{second:?}");
     store
-        .apply(vec![Observation {
-            node: "web01".into(),
-            at: chrono::Utc::now(),
-            change: Change::Plugin {
-                name: "facter".into(),
-                value: json!({"os": {"family": "Debian"}}),
-            },
-        }])
+        .apply(
+            vec![Observation {
+                node: "web01".into(),
+                at: chrono::Utc::now(),
+                change: Change::Plugin {
+                    name: "facter".into(),
+                    value: json!({"os": {"family": "Debian"}}),
+                },
+            }]
+            .into(),
+        )
         .await
         .expect("apply");
     let url = format!("{}/{db}/_design/system_records/_view/by_name", server());
