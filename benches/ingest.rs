@@ -154,6 +154,61 @@ fn fresh_postgres_database(name: &str) -> String {
     }
 }
 
+/// Resident memory (KiB) of an idle `vogeler-client` after start-up, and the CPU
+/// clock ticks it used over the next five seconds.
+fn client_idle(id: &str) -> (u64, u64) {
+    let plugins = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/plugins");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vogeler-client"))
+        .args([
+            "-p",
+            plugins.to_str().expect("utf-8 path"),
+            "--node-name",
+            &format!("{id}-idle"),
+            "run",
+        ])
+        .env("VOGELER_QHOST", "amqp://guest:guest@127.0.0.1:5672/")
+        .env("VOGELER_MASTER_EXCHANGE", format!("{id}.idle.master"))
+        .env("VOGELER_BROADCAST_EXCHANGE", format!("{id}.idle.broadcast"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start vogeler-client");
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = child.id();
+    let rss = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+            })
+            .unwrap_or(0)
+    };
+    let ticks = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .map(|s| {
+                let f: Vec<&str> = s
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .collect();
+                f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                    + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            })
+            .unwrap_or(0)
+    };
+    let before = ticks();
+    std::thread::sleep(Duration::from_secs(5));
+    let used = ticks() - before;
+    let kib = rss();
+    let _ = child.kill();
+    let _ = child.wait();
+    (kib, used)
+}
+
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
@@ -226,6 +281,9 @@ async fn main() {
         rows.push((backend.to_string(), r));
     }
 
+    let (idle_kib, idle_ticks) = client_idle(&id);
+    println!("client idle: {idle_kib} KiB resident, {idle_ticks} CPU ticks in 5 s");
+
     let mut md = String::from("# Benchmarks\n\nMeasured with `cargo bench --bench ingest` on this project's 2-core machine, broker, store and server all on it.\n\n");
     md.push_str(&format!(
         "## Ingest ({n} facter-sized results, {size} bytes each)\n\n| what | rate | share of raw ceiling |\n| --- | --- | --- |\n"
@@ -246,6 +304,10 @@ async fn main() {
     for (p, a, r) in sweep {
         md.push_str(&format!("| {p} | {a} | {r:.0} |\n"));
     }
+    md.push_str(&format!(
+        "\n## Client\n\n| what | figure | target |\n| --- | --- | --- |\n| idle resident memory | {:.1} MB | under 10 MB |\n| idle CPU over 5 s | {idle_ticks} clock ticks | none |\n",
+        idle_kib as f64 / 1024.0
+    ));
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
     let existing = std::fs::read_to_string(&path).unwrap_or_default();
     // Keep sections other benchmarks wrote; replace this one.
