@@ -284,7 +284,30 @@ async fn main() {
     let (idle_kib, idle_ticks) = client_idle(&id);
     println!("client idle: {idle_kib} KiB resident, {idle_ticks} CPU ticks in 5 s");
 
-    let mut md = String::from("# Benchmarks\n\nMeasured with `cargo bench --bench ingest` on this project's 2-core machine, broker, store and server all on it.\n\n");
+    let cmd = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let mut md = format!(
+        "# Benchmarks\n\nMeasured with `cargo bench --bench ingest` on {} ({} cores; broker, store, server and load generator all on it). RabbitMQ {}, {}, {}.\n\n",
+        chrono::Utc::now().format("%Y-%m-%d"),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cmd("rabbitmqctl", &["version"]),
+        cmd("psql", &["--version"]),
+        cmd("rustc", &["--version"]),
+    );
     md.push_str(&format!(
         "## Ingest ({n} facter-sized results, {size} bytes each)\n\n| what | rate | share of raw ceiling |\n| --- | --- | --- |\n"
     ));

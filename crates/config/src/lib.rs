@@ -748,3 +748,36 @@ mod tests {
             .contains("DEBUG, INFO, WARN, ERROR, CRITICAL"));
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_loads_with_the_defaults_it_documents() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../etc/vogeler.conf"
+        ));
+        let f = ConfigFile::load(path).expect("example loads");
+        let s =
+            Settings::resolve(Program::Server, Overrides::default(), Some(f)).expect("resolves");
+        assert_eq!(
+            s.dbhost,
+            StoreDsn::Sqlite {
+                path: PathBuf::from("/var/lib/vogeler/vogeler.db")
+            }
+        );
+        assert_eq!(s.master_queue, "master.in");
+        assert_eq!(s.dead_letter_queue, "vogeler.dead");
+        assert_eq!(
+            (s.batch_size, s.prefetch, s.max_message_bytes),
+            (500, 2000, 32 * 1024 * 1024)
+        );
+        assert_eq!(s.plugin_timeout, Duration::from_secs(60));
+        assert_eq!(s.output_cap, 16 * 1024 * 1024);
+        assert_eq!(s.plugin_path, PathBuf::from(DEFAULT_PLUGIN_PATH));
+        assert_eq!(s.log_level, LogLevel::Warn);
+        assert_eq!(s.wire, Wire::V1);
+    }
+}
