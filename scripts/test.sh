@@ -24,9 +24,9 @@ cargo build --workspace --all-targets --quiet
 
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast --test-threads "${VOGELER_TEST_THREADS:-8}"
-  # nextest does not run doctests.
+  # nextest does not run doctests; run them first so the suite's summary closes the output.
   cargo test --workspace --doc --quiet
+  cargo nextest run --workspace --no-fail-fast --test-threads "${VOGELER_TEST_THREADS:-8}"
 else
   cargo test --workspace --no-fail-fast
 fi

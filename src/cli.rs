@@ -88,3 +88,28 @@ pub fn fail(program: &str, err: &anyhow::Error, code: i32) -> ! {
     );
     std::process::exit(code)
 }
+
+/// Runs a program's async `main` to completion and exits with its status; an error
+/// prints its whole chain (passwords masked) and exits 1. The server uses a
+/// multi-threaded runtime; the others one thread, which keeps an agent small.
+pub fn run_main(
+    program: &str,
+    multi_thread: bool,
+    main: impl std::future::Future<Output = anyhow::Result<i32>>,
+) -> ! {
+    let runtime = if multi_thread {
+        tokio::runtime::Runtime::new()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => fail(program, &e.into(), 1),
+    };
+    match runtime.block_on(main) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => fail(program, &e, 1),
+    }
+}

@@ -161,7 +161,7 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
         } else {
             opts.targets.clone()
         },
-        sender: format!("vogeler-runner@{}", crate::settings::host_name()),
+        sender: format!("vogeler-runner@{}", vogeler_config::host_name()),
         sent_at: Utc::now(),
         ttl: opts.ttl,
         reply_to: reply_queue.clone(),

@@ -232,15 +232,6 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-/// This machine's host name (the default node name).
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

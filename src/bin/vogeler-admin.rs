@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use vogeler::admin;
-use vogeler::cli::{fail, CommonArgs};
+use vogeler::cli::CommonArgs;
 use vogeler::settings::{self, Program};
 
 /// Set up broker and store, query stored nodes, check queues.
@@ -53,17 +53,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => fail("vogeler-admin", &e.into(), 1),
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => std::process::exit(code),
-        Err(e) => fail("vogeler-admin", &e, 1),
-    }
+    vogeler::cli::run_main("vogeler-admin", false, run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {

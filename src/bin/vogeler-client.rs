@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use vogeler::cli::{fail, CommonArgs};
+use vogeler::cli::CommonArgs;
 use vogeler::settings::{self, Program};
 use vogeler::shutdown::Shutdown;
 
@@ -53,19 +53,10 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => fail("vogeler-client", &e.into(), 1),
-    };
-    if let Err(e) = runtime.block_on(run(cli)) {
-        fail("vogeler-client", &e, 1);
-    }
+    vogeler::cli::run_main("vogeler-client", false, run(cli))
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<i32> {
     let extra = settings::Extra {
         plugin_path: cli.plugins.clone(),
         node_name: cli.node_name.clone(),
@@ -77,14 +68,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = settings::client_options(&s, false, false)?;
             let registry = vogeler::client::load_registry(&opts)?;
             print!("{}", vogeler::client::render_plugins(&registry));
-            Ok(())
+            Ok(0)
         }
         Command::Run {
             oneshot,
             allow_unsafe,
         } => {
             let opts = settings::client_options(&s, oneshot, allow_unsafe)?;
-            vogeler::client::run(opts, Shutdown::on_signals()).await
+            vogeler::client::run(opts, Shutdown::on_signals()).await?;
+            Ok(0)
         }
     }
 }

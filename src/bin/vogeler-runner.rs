@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use vogeler::cli::{fail, CommonArgs};
+use vogeler::cli::CommonArgs;
 use vogeler::settings::{self, Program};
 
 /// Send a plugin command to every node or to named nodes; optionally wait for the stored results.
@@ -73,17 +73,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => fail("vogeler-runner", &e.into(), 1),
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => std::process::exit(code),
-        Err(e) => fail("vogeler-runner", &e, 1),
-    }
+    vogeler::cli::run_main("vogeler-runner", false, run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {

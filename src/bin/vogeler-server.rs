@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use vogeler::cli::{fail, CommonArgs};
+use vogeler::cli::CommonArgs;
 use vogeler::settings::{self, Program};
 use vogeler::shutdown::Shutdown;
 
@@ -27,16 +27,10 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => fail("vogeler-server", &e.into(), 1),
-    };
-    if let Err(e) = runtime.block_on(run(cli)) {
-        fail("vogeler-server", &e, 1);
-    }
+    vogeler::cli::run_main("vogeler-server", true, run(cli))
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<i32> {
     let s = settings::load(Program::Server, &cli.common, settings::Extra::default())?;
     settings::init_logging(&s)?;
     if let Some(dir) = cli.load {
@@ -46,12 +40,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  {line}");
         }
         println!("Design docs loaded");
-        return Ok(());
+        return Ok(0);
     }
     let store = settings::open_store(&s)
         .await
         .context("cannot open the store")?;
     let opts = settings::server_options(&s);
     let stats = Arc::new(vogeler::server::Stats::default());
-    vogeler::server::run(opts, store, stats, Shutdown::on_signals()).await
+    vogeler::server::run(opts, store, stats, Shutdown::on_signals()).await?;
+    Ok(0)
 }

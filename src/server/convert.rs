@@ -112,7 +112,7 @@ pub fn convert(body: &[u8], max_bytes: usize, reply_to: Option<&str>) -> Convert
             "unexpected-kind",
             format!(
                 "a {} message does not belong on the master exchange",
-                kind_name(&other)
+                other.kind()
             ),
         ),
         Decoded::LegacyRequest(cmd) => dead(
@@ -181,15 +181,4 @@ fn seen(node: String, at: chrono::DateTime<Utc>) -> Converted {
 
 fn dead(reason: &'static str, detail: String) -> Converted {
     Converted::Dead { reason, detail }
-}
-
-fn kind_name(m: &Message) -> &'static str {
-    match m {
-        Message::Request(_) => "request",
-        Message::Result(_) => "result",
-        Message::Stored(_) => "stored",
-        Message::Ping(_) => "ping",
-        Message::Pong(_) => "pong",
-        Message::Heartbeat(_) => "heartbeat",
-    }
 }

@@ -125,6 +125,27 @@ impl NodeRecord {
     }
 }
 
+/// The `last_error` value every backend stores for an error result:
+/// `{"plugin", "message", "at", "raw"?}`.
+pub fn last_error_value(
+    plugin: &Option<String>,
+    message: &str,
+    raw: &Option<String>,
+    at: DateTime<Utc>,
+) -> Value {
+    let mut e = serde_json::Map::new();
+    e.insert(
+        "plugin".into(),
+        plugin.clone().map(Value::String).unwrap_or(Value::Null),
+    );
+    e.insert("message".into(), Value::String(message.to_string()));
+    e.insert("at".into(), Value::String(rfc3339(at)));
+    if let Some(raw) = raw {
+        e.insert("raw".into(), Value::String(raw.clone()));
+    }
+    Value::Object(e)
+}
+
 /// Times in documents: RFC 3339, UTC, microseconds.
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)

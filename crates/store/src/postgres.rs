@@ -13,8 +13,8 @@ use serde_json::Value;
 use tokio_postgres::NoTls;
 
 use crate::{
-    is_reserved_key, rfc3339, Change, HistoryEntry, NodeRecord, NodeSummary, Outcome, Store,
-    StoreError,
+    is_reserved_key, last_error_value, rfc3339, Change, HistoryEntry, NodeRecord, NodeSummary,
+    Outcome, Store, StoreError,
 };
 
 const BACKEND: &str = "postgres";
@@ -147,25 +147,6 @@ impl PostgresStore {
     }
 }
 
-fn error_value(
-    plugin: &Option<String>,
-    message: &str,
-    raw: &Option<String>,
-    at: DateTime<Utc>,
-) -> Value {
-    let mut e = serde_json::Map::new();
-    e.insert(
-        "plugin".into(),
-        plugin.clone().map(Value::String).unwrap_or(Value::Null),
-    );
-    e.insert("message".into(), Value::String(message.to_string()));
-    e.insert("at".into(), Value::String(rfc3339(at)));
-    if let Some(raw) = raw {
-        e.insert("raw".into(), Value::String(raw.clone()));
-    }
-    Value::Object(e)
-}
-
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
@@ -291,7 +272,7 @@ impl Store for PostgresStore {
                             .map_err(pg_err)?;
                         Some(Outcome::Stale)
                     } else {
-                        let new = error_value(plugin, message, raw, obs.at);
+                        let new = last_error_value(plugin, message, raw, obs.at);
                         if old_error.as_ref() == Some(&new) {
                             tx.execute(&seen, &[&obs.node, &now])
                                 .await

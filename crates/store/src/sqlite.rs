@@ -13,8 +13,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use crate::{
-    is_reserved_key, rfc3339, Change, HistoryEntry, NodeRecord, NodeSummary, Observation, Outcome,
-    Store, StoreError,
+    is_reserved_key, last_error_value, rfc3339, Change, HistoryEntry, NodeRecord, NodeSummary,
+    Observation, Outcome, Store, StoreError,
 };
 
 const BACKEND: &str = "sqlite";
@@ -227,17 +227,7 @@ fn apply_batch(conn: &mut Connection, batch: &[Observation]) -> Result<Vec<Outco
                 message,
                 raw,
             } => {
-                let mut e = serde_json::Map::new();
-                e.insert(
-                    "plugin".into(),
-                    plugin.clone().map(Value::String).unwrap_or(Value::Null),
-                );
-                e.insert("message".into(), Value::String(message.clone()));
-                e.insert("at".into(), Value::String(at.clone()));
-                if let Some(raw) = raw {
-                    e.insert("raw".into(), Value::String(raw.clone()));
-                }
-                let new = Value::Object(e).to_string();
+                let new = last_error_value(plugin, message, raw, obs.at).to_string();
                 let old: Option<(Option<String>, Option<String>)> = tx
                     .prepare_cached("SELECT last_error, last_error_at FROM nodes WHERE name = ?1")
                     .and_then(|mut s| {
