@@ -206,3 +206,99 @@ mod tests {
         );
     }
 }
+
+/// One dead-lettered message as `vogeler-admin dead` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    /// Why the server refused it (`x-vogeler-reason`).
+    pub reason: String,
+    /// The server's sentence about it.
+    pub detail: String,
+    /// Where it was first published.
+    pub exchange: String,
+    /// Its original routing key.
+    pub routing_key: String,
+    /// Size of the body in bytes.
+    pub bytes: usize,
+    /// The body's start, lossily decoded, for a human to recognise it.
+    pub preview: String,
+}
+
+/// Lists the dead-letter queue, leaving it as it was; with `requeue`, republishes each
+/// message (confirmed) to where it was first sent, then removes it from the queue.
+pub async fn dead_letters(
+    session: &Session,
+    topology: &Topology,
+    requeue: bool,
+) -> anyhow::Result<Vec<DeadLetter>> {
+    // Only what is there now: a requeued message that fails again comes back to this
+    // queue and must not be taken around a second time.
+    let depth = match session.queue_status(&topology.dead_queue).await? {
+        Some(status) => status.messages as usize,
+        None => return Ok(Vec::new()),
+    };
+    if depth == 0 {
+        return Ok(Vec::new());
+    }
+    let mut consumer = session.consume(&topology.dead_queue, 1000, "").await?;
+    let mut out = Vec::new();
+    let mut last_tag = None;
+    while out.len() < depth {
+        let Ok(Some(delivery)) =
+            tokio::time::timeout(std::time::Duration::from_secs(2), consumer.next()).await
+        else {
+            break;
+        };
+        let d = delivery?;
+        let header = |k: &str| d.header(k).unwrap_or_default().to_string();
+        let (exchange, routing_key) = (
+            header("x-original-exchange"),
+            header("x-original-routing-key"),
+        );
+        if requeue {
+            let msg = vogeler_transport::Outgoing::new(d.body.clone());
+            session
+                .publish_confirmed(&exchange, &routing_key, msg)
+                .await?;
+            session.ack(d.tag, false).await?;
+        } else {
+            last_tag = Some(d.tag);
+        }
+        let text = String::from_utf8_lossy(&d.body);
+        out.push(DeadLetter {
+            reason: header(crate::server::REASON_HEADER),
+            detail: header(crate::server::DETAIL_HEADER),
+            exchange,
+            routing_key,
+            bytes: d.body.len(),
+            preview: text.chars().take(120).collect(),
+        });
+    }
+    if let Some(tag) = last_tag {
+        session.requeue(tag, true).await?;
+    }
+    Ok(out)
+}
+
+/// Renders dead letters as a table.
+pub fn render_dead_letters(rows: &[DeadLetter], requeued: bool) -> String {
+    let mut out = String::new();
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:16} {:>8} B  {}\n{:16} {}",
+            r.reason, r.bytes, r.detail, "", r.preview
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} dead-lettered message(s){}",
+        rows.len(),
+        if requeued {
+            " republished to their original exchange"
+        } else {
+            ""
+        }
+    );
+    out
+}

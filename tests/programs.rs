@@ -214,3 +214,55 @@ fn client_reloads_plugins_when_the_directory_changes() {
     let doc = d.wait_document(&n, 20, |doc| doc.get("added").is_some());
     assert_eq!(doc["added"][0], "added later");
 }
+
+#[test]
+fn dead_letters_are_listed_with_reasons_and_requeued_after_a_fix() {
+    let d = Deployment::new(&[]);
+    // A limit too small for the result below: it is dead-lettered as too large.
+    d.write_conf("\n[server]\nmax_message_bytes = 200\n");
+    let mut server = d.server(&[]);
+    let t = d.topology();
+    let node = d.node("big");
+    let body = format!(
+        r#"{{"v":1,"kind":"result","node":"{node}","plugin":"hello","format":"output","data":["{}"],"duration_ms":1,"collected_at":"2026-01-01T00:00:00Z"}}"#,
+        "x".repeat(400)
+    );
+    publish_raw(
+        &t.master_exchange,
+        "",
+        &[body.into_bytes(), b"not json".to_vec()],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let out = d.admin(&["dead", "--json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        if rows.as_array().is_some_and(|a| a.len() == 2) || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let reasons: Vec<&str> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.contains(&"too-large") && reasons.contains(&"not-json"),
+        "{listed}"
+    );
+    // Listing leaves them where they are.
+    let again = d.admin(&["dead", "--json"]);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("json");
+    assert_eq!(again.as_array().map(|a| a.len()), Some(2));
+
+    // The fix: a larger limit. Requeue: the big result is stored, the garbage comes back dead.
+    server.stop();
+    d.write_conf("");
+    let _server = d.server(&[]);
+    let out = d.admin(&["dead", "--requeue"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let doc = d.wait_document(&node, 20, |doc| doc.get("hello").is_some());
+    assert_eq!(doc["hello"][0].as_str().map(str::len), Some(400));
+}

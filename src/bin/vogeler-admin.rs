@@ -37,6 +37,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Dead-lettered messages with their reasons; --requeue sends them back after a fix.
+    Dead {
+        /// Republish each message to where it was first sent, and remove it from the queue.
+        #[arg(long)]
+        requeue: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prepare the broker (--messaging) or the store (--persistence).
     Setup {
         /// Print the rabbitmqctl lines for the vhost and permissions, then declare the topology.
@@ -100,6 +109,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 print!("{}", admin::render_queue_rows(&rows));
+            }
+            Ok(0)
+        }
+        Command::Dead { requeue, json } => {
+            let session = settings::broker(&s, "vogeler-admin").connect().await?;
+            let rows = admin::dead_letters(&session, &settings::topology(&s), requeue).await?;
+            session.close().await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", admin::render_dead_letters(&rows, requeue));
             }
             Ok(0)
         }
