@@ -111,31 +111,7 @@ pub async fn open_store(s: &Settings) -> anyhow::Result<DynStore> {
 
 /// `vogeler-server -l DIR`: loads CouchDB design docs (CouchDB stores only).
 pub async fn load_design_docs(s: &Settings, dir: &Path) -> anyhow::Result<Vec<String>> {
-    match &s.dbhost {
-        #[cfg(feature = "couch")]
-        StoreDsn::Couch {
-            base_url,
-            db,
-            user,
-            password,
-            ..
-        } => {
-            let store = vogeler_store::couch::CouchStore::connect(
-                base_url,
-                db,
-                user.as_deref(),
-                password.as_deref(),
-            )
-            .await?;
-            Ok(store.load_design_docs(dir).await?)
-        }
-        other => {
-            let _ = dir;
-            anyhow::bail!(
-            "design docs are CouchDB views; the store {other} is not CouchDB (use --dbhost couch://host:5984/dbname)"
-        )
-        }
-    }
+    Ok(vogeler_store::load_design_docs(&s.dbhost, dir).await?)
 }
 
 /// Server options from the settings.

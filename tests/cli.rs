@@ -177,3 +177,19 @@ fn file_log_handler_writes_where_the_config_says() {
     let log = std::fs::read_to_string(tmp.path().join("runner.log")).expect("log file written");
     assert!(log.contains("broker unavailable"), "{log}");
 }
+
+#[test]
+fn design_docs_need_a_couchdb_store() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", tmp.path().join("v.db").display());
+    let ddocs = repo().join("etc/_design");
+    let (code, _, err) = run(
+        "server",
+        &["--dbhost", &db, "-l", ddocs.to_str().expect("utf-8")],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("not CouchDB") && err.contains("couch://"),
+        "{err}"
+    );
+}

@@ -40,25 +40,13 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     is_reserved_key, rfc3339, Change, HistoryEntry, NodeRecord, NodeSummary, Observation, Outcome,
-    Store, StoreError,
+    Store, StoreError, RESERVED_KEYS,
 };
 
 const BACKEND: &str = "couch";
 const META: &str = "vogeler_meta";
 /// Read-modify-write rounds before a node that keeps conflicting is given up on.
 const MAX_ATTEMPTS: u32 = 30;
-/// Fields of a node document that are not plugin keys.
-const NOT_KEYS: &[&str] = &[
-    "_id",
-    "_rev",
-    "doc_type",
-    "system_name",
-    "created_at",
-    "updated_at",
-    "last_seen",
-    "last_error",
-    META,
-];
 
 /// A store in one CouchDB database.
 pub struct CouchStore {
@@ -70,17 +58,11 @@ pub struct CouchStore {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable {
-        backend: BACKEND,
-        message: e.to_string(),
-    }
+    StoreError::unavailable(BACKEND, e)
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend {
-        backend: BACKEND,
-        message: e.to_string(),
-    }
+    StoreError::backend(BACKEND, e)
 }
 
 impl CouchStore {
@@ -465,7 +447,7 @@ fn to_record(doc: &Map<String, Value>) -> Result<NodeRecord, StoreError> {
         last_error: doc.get("last_error").cloned().filter(|v| !v.is_null()),
         keys: doc
             .iter()
-            .filter(|(k, _)| !NOT_KEYS.contains(&k.as_str()))
+            .filter(|(k, _)| k.as_str() != META && !RESERVED_KEYS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect::<BTreeMap<_, _>>(),
     })

@@ -206,6 +206,24 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// The store could not be reached or failed mid-call: the caller retries.
+    pub fn unavailable(backend: &'static str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Unavailable {
+            backend,
+            message: e.to_string(),
+        }
+    }
+
+    /// The backend refused or failed in a way a retry will not fix.
+    pub fn backend(backend: &'static str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Backend {
+            backend,
+            message: e.to_string(),
+        }
+    }
+}
+
 /// The contract every backend fulfils; the conformance suite checks it on each.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -260,5 +278,34 @@ pub async fn open(dsn: &vogeler_config::StoreDsn) -> Result<DynStore, StoreError
         )),
         #[allow(unreachable_patterns)]
         other => Err(StoreError::NotCompiled(other.scheme())),
+    }
+}
+
+/// Loads CouchDB design docs (`DIR/<ddoc>/views/<view>/map.js`) into the store a DSN
+/// names; one line per design doc. Other stores have no views and say so.
+pub async fn load_design_docs(
+    dsn: &vogeler_config::StoreDsn,
+    dir: &std::path::Path,
+) -> Result<Vec<String>, StoreError> {
+    match dsn {
+        #[cfg(feature = "couch")]
+        vogeler_config::StoreDsn::Couch {
+            base_url,
+            db,
+            user,
+            password,
+            ..
+        } => {
+            couch::CouchStore::connect(base_url, db, user.as_deref(), password.as_deref())
+                .await?
+                .load_design_docs(dir)
+                .await
+        }
+        other => {
+            let _ = dir;
+            Err(StoreError::Invalid(format!(
+                "design docs are CouchDB views; the store {other} is not CouchDB (use --dbhost couch://host:5984/dbname)"
+            )))
+        }
     }
 }

@@ -53,10 +53,7 @@ pub struct PostgresStore {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable {
-        backend: BACKEND,
-        message: e.to_string(),
-    }
+    StoreError::unavailable(BACKEND, e)
 }
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {

@@ -28,10 +28,7 @@ pub struct SqliteStore {
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend {
-        backend: BACKEND,
-        message: e.to_string(),
-    }
+    StoreError::backend(BACKEND, e)
 }
 
 fn sql_err(e: rusqlite::Error) -> StoreError {
