@@ -135,25 +135,6 @@ async fn ingest(store: DynStore, bodies: &[Vec<u8>], id: &str) -> (Duration, u64
 }
 
 /// Creates an empty database (with psql, as an operator would) and returns its DSN.
-fn fresh_postgres_database(name: &str) -> String {
-    let admin = std::env::var("VOGELER_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://vogeler:vogeler@127.0.0.1:5432/postgres".into());
-    let status = std::process::Command::new("psql")
-        .args([
-            admin.as_str(),
-            "-q",
-            "-c",
-            &format!("CREATE DATABASE {name}"),
-        ])
-        .status()
-        .expect("psql");
-    assert!(status.success(), "CREATE DATABASE {name} on {admin}");
-    match admin.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
-        None => panic!("VOGELER_TEST_POSTGRES must end in /database"),
-    }
-}
-
 /// Resident memory (KiB) of an idle `vogeler-client` after start-up, and the CPU
 /// clock ticks it used over the next five seconds.
 fn client_idle(id: &str) -> (u64, u64) {
@@ -266,7 +247,7 @@ async fn main() {
         let dir = tempfile::tempdir().expect("tempdir");
         let dsn = match backend {
             "sqlite" => format!("sqlite://{}", dir.path().join("bench.db").display()),
-            "postgres" => fresh_postgres_database(&format!("vogeler_bench_{}", std::process::id())),
+            "postgres" => vogeler_store::testing::fresh_postgres().await,
             other => panic!("unknown store {other} in VOGELER_BENCH_STORES"),
         };
         let dsn = vogeler_config::StoreDsn::parse(&dsn, dir.path()).expect("store DSN");

@@ -5,63 +5,49 @@
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
-use vogeler_store::DynStore;
+use chrono::{DateTime, Utc};
+use vogeler_store::{rfc3339, DynStore, KeyPath};
 use vogeler_transport::{Broker, Session, Topology};
 
-/// A dotted path into a document: `facter.os.family`; numeric segments index arrays.
-pub fn lookup_path<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
-    let mut cur = doc;
-    for seg in path.split('.') {
-        cur = match cur {
-            Value::Object(m) => m.get(seg)?,
-            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(cur)
-}
-
-/// `vogeler-admin node`: every node as a table.
-pub async fn list_nodes(store: &DynStore) -> anyhow::Result<String> {
-    let nodes = store.nodes().await?;
-    let mut out = String::new();
-    let width = nodes.iter().map(|n| n.name.len()).max().unwrap_or(4).max(4);
-    let _ = writeln!(
-        out,
-        "{:width$}  {:20}  {:30}  LAST ERROR",
-        "NODE", "LAST SEEN", "PLUGINS"
-    );
-    for n in &nodes {
-        let _ = writeln!(
-            out,
-            "{:width$}  {:20}  {:30}  {}",
-            n.name,
-            n.last_seen.format("%Y-%m-%d %H:%M:%S"),
-            n.plugins.join(","),
-            n.last_error.as_deref().unwrap_or("-")
-        );
-    }
-    let _ = writeln!(out, "{} node(s)", nodes.len());
-    Ok(out)
-}
-
-/// `vogeler-admin node NAME [KEY]`: one document, or one dotted key of it, as JSON.
-pub async fn show_node(store: &DynStore, name: &str, key: Option<&str>) -> anyhow::Result<String> {
-    let Some(record) = store.node(name).await? else {
+/// `vogeler-admin node NAME [KEY] [--at T]`: one document (as it was at `at`, when
+/// given), or one dotted key of it, as JSON.
+pub async fn show_node(
+    store: &DynStore,
+    name: &str,
+    key: Option<&str>,
+    at: Option<DateTime<Utc>>,
+) -> anyhow::Result<String> {
+    let record = match at {
+        None => store.node(name).await?,
+        Some(t) => {
+            if store.node(name).await?.is_none() {
+                None
+            } else {
+                Some(store.record_at(name, t).await?.ok_or_else(|| {
+                    anyhow::anyhow!("node {name:?} did not exist yet at {}", rfc3339(t))
+                })?)
+            }
+        }
+    };
+    let Some(record) = record else {
         anyhow::bail!("no node named {name:?} is stored (see `vogeler-admin node` for the list)");
     };
     let doc = record.document();
     let value = match key {
         None => &doc,
-        Some(k) => lookup_path(&doc, k).ok_or_else(|| {
-            anyhow::anyhow!(
-                "node {name:?} has no key {k:?} (its top-level keys: {})",
-                doc.as_object()
-                    .map(|m| m.keys().cloned().collect::<Vec<_>>().join(", "))
-                    .unwrap_or_default()
-            )
-        })?,
+        Some(k) => {
+            let path = KeyPath::parse(k)?;
+            doc.get(path.root())
+                .and_then(|v| path.lookup(v))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "node {name:?} has no key {k:?} (its top-level keys: {})",
+                        doc.as_object()
+                            .map(|m| m.keys().cloned().collect::<Vec<_>>().join(", "))
+                            .unwrap_or_default()
+                    )
+                })?
+        }
     };
     Ok(format!("{}\n", serde_json::to_string_pretty(value)?))
 }
@@ -171,23 +157,6 @@ pub fn render_queue_rows(rows: &[QueueRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn dotted_paths() {
-        let doc = json!({"facter": {"os": {"family": "Debian"}, "list": [1, 2]}});
-        let cases = [
-            ("facter.os.family", Some(json!("Debian"))),
-            ("facter.list.1", Some(json!(2))),
-            ("facter.list.9", None),
-            ("facter.os.nope", None),
-            ("facter.os.family.deeper", None),
-        ];
-        for (path, want) in cases {
-            assert_eq!(lookup_path(&doc, path).cloned(), want, "{path}");
-        }
-    }
-
     #[test]
     fn rabbitmqctl_lines_match_the_2010_readme() {
         let lines = rabbitmqctl_lines("/vogeler", "guest");

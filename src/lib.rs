@@ -4,6 +4,7 @@
 //! - [`client`]: the agent; runs authorized plugins when asked.
 //! - [`runner`]: sends a command and collects the answers.
 //! - [`admin`]: set-up, node queries, queue status.
+//! - [`report`]: fleet reports as tables, JSON or CSV; [`migrate`]: store to store.
 //! - [`settings`] and [`cli`]: flags, environment and `vogeler.conf` into options.
 //! - [`shutdown`]: the stop signal every loop takes.
 
@@ -11,6 +12,8 @@ pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod logging;
+pub mod migrate;
+pub mod report;
 pub mod runner;
 pub mod server;
 pub mod settings;

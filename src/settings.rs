@@ -109,6 +109,17 @@ pub async fn open_store(s: &Settings) -> anyhow::Result<DynStore> {
         .with_context(|| format!("opening the store {}", store_label(s)))
 }
 
+/// Opens a store named on the command line (migration); relative SQLite paths are
+/// taken from the working directory; the error names the DSN (password masked).
+pub async fn open_dsn(dsn: &str) -> anyhow::Result<DynStore> {
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    let parsed = StoreDsn::parse(dsn, &cwd)
+        .with_context(|| format!("bad store DSN {}", vogeler_config::mask_secrets(dsn)))?;
+    vogeler_store::open(&parsed)
+        .await
+        .with_context(|| format!("opening the store {parsed}"))
+}
+
 /// `vogeler-server -l DIR`: loads CouchDB design docs (CouchDB stores only).
 pub async fn load_design_docs(s: &Settings, dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(vogeler_store::load_design_docs(&s.dbhost, dir).await?)
@@ -120,6 +131,8 @@ pub fn server_options(s: &Settings) -> ServerOptions {
     o.batch_size = s.batch_size.max(1);
     o.prefetch = s.prefetch.max(1);
     o.max_message_bytes = s.max_message_bytes;
+    o.history_retention =
+        (s.history_days > 0).then(|| std::time::Duration::from_secs(s.history_days * 86_400));
     if matches!(s.dbhost, StoreDsn::Sqlite { .. }) {
         tracing::info!("SQLite store: run one vogeler-server against it; use PostgreSQL or CouchDB for several servers side by side");
     }

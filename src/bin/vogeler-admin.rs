@@ -1,9 +1,11 @@
 //! `vogeler-admin`: set-up, node queries and queue status (see `vogeler::admin`).
 
+use chrono::Utc;
 use clap::{Parser, Subcommand};
-use vogeler::admin;
 use vogeler::cli::CommonArgs;
 use vogeler::settings::{self, Program};
+use vogeler::{admin, report};
+use vogeler_store::{KeyPath, Query};
 
 /// Set up broker and store, query stored nodes, check queues.
 #[derive(Debug, Parser)]
@@ -17,6 +19,39 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum Report {
+    /// The node list (with -W/-n: the nodes they select).
+    Nodes,
+    /// Nodes grouped by a fact's value: each value, its count and its nodes.
+    Facts {
+        /// A dotted path: facter.os.family.
+        path: String,
+    },
+    /// Which nodes have a package, and which version.
+    Package {
+        /// Package name as the package plugin reports it (openssl).
+        name: String,
+    },
+    /// Nodes not seen since a time.
+    Stale {
+        /// An age (2h, 7d), a date or RFC 3339.
+        #[arg(long, value_name = "WHEN", default_value = "1d")]
+        since: String,
+    },
+    /// Nodes whose last result was an error.
+    Errors,
+    /// What changed across the fleet since a time, one row per changed value.
+    Changes {
+        /// An age (2h, 7d), a date or RFC 3339.
+        #[arg(long, value_name = "WHEN", default_value = "1d")]
+        since: String,
+        /// At most this many changed keys.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// All nodes; one node's document; or one key of it (a dotted path: facter.os.family).
     Node {
@@ -24,6 +59,59 @@ enum Command {
         name: Option<String>,
         /// Key or dotted path into the document.
         key: Option<String>,
+        /// The document as it was then (RFC 3339, a date, or an age such as 2h, 7d).
+        #[arg(long, value_name = "WHEN", requires = "name")]
+        at: Option<String>,
+    },
+    /// Fleet reports: nodes by a fact, packages, stale nodes, errors, changes.
+    Report {
+        #[command(subcommand)]
+        report: Report,
+        /// Output: an aligned table, or JSON / CSV for scripts.
+        #[arg(long, value_enum, default_value = "table", global = true)]
+        format: report::Format,
+        /// Only nodes where this holds (repeatable, AND): facter.os.family=Debian,
+        /// facter.kernelrelease~^6\., facter.processorcount>=4, dpkg.openssl?
+        #[arg(short = 'W', long = "where", value_name = "FILTER", global = true)]
+        filters: Vec<String>,
+        /// Only nodes whose name matches (globs, repeatable or comma-separated).
+        #[arg(short = 'n', long = "nodes", value_name = "GLOB", global = true)]
+        nodes: Vec<String>,
+    },
+    /// A node's history: every change, or the values one path took and when.
+    History {
+        /// Node name.
+        node: String,
+        /// A dotted path (dpkg.openssl, facter.kernelrelease): its values over time.
+        path: Option<String>,
+        /// Output: an aligned table, or JSON / CSV for scripts.
+        #[arg(long, value_enum, default_value = "table")]
+        format: report::Format,
+    },
+    /// Deletes history recorded before a time (retention).
+    Prune {
+        /// Keep history from this time on (an age such as 90d, a date, or RFC 3339).
+        #[arg(long, value_name = "WHEN")]
+        before: String,
+    },
+    /// Copies every record and its history to another store (resumable; counts verified).
+    Migrate {
+        /// Source store DSN (default: the configured --dbhost).
+        #[arg(
+            long,
+            value_name = "DSN",
+            env = "VOGELER_MIGRATE_FROM",
+            hide_env_values = true
+        )]
+        from: Option<String>,
+        /// Destination store DSN.
+        #[arg(
+            long,
+            value_name = "DSN",
+            env = "VOGELER_MIGRATE_TO",
+            hide_env_values = true
+        )]
+        to: String,
     },
     /// Queue depths and consumers.
     Queue {
@@ -69,13 +157,76 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let s = settings::load(Program::Admin, &cli.common, settings::Extra::default())?;
     settings::init_logging(&s)?;
     match cli.command {
-        Command::Node { name, key } => {
+        Command::Node { name, key, at } => {
             let store = settings::open_store(&s).await?;
             let out = match name {
-                None => admin::list_nodes(&store).await?,
-                Some(n) => admin::show_node(&store, &n, key.as_deref()).await?,
+                None => report::nodes(&store, &Query::default())
+                    .await?
+                    .render(report::Format::Table, report::terminal_width())?,
+                Some(n) => {
+                    let at = at.map(|w| report::parse_when(&w, Utc::now())).transpose()?;
+                    admin::show_node(&store, &n, key.as_deref(), at).await?
+                }
             };
             print!("{out}");
+            Ok(0)
+        }
+        Command::Report {
+            report: which,
+            format,
+            filters,
+            nodes,
+        } => {
+            let q = report::query(&filters, &nodes)?;
+            let store = settings::open_store(&s).await?;
+            let now = Utc::now();
+            let table = match which {
+                Report::Nodes => report::nodes(&store, &q).await?,
+                Report::Facts { path } => {
+                    report::facts(&store, &KeyPath::parse(&path)?, &q).await?
+                }
+                Report::Package { name } => report::package(&store, &name, &q).await?,
+                Report::Stale { since } => {
+                    report::stale(&store, report::parse_when(&since, now)?, &q, now).await?
+                }
+                Report::Errors => report::errors(&store, &q).await?,
+                Report::Changes { since, limit } => {
+                    report::changes(&store, report::parse_when(&since, now)?, limit, &q).await?
+                }
+            };
+            print!("{}", table.render(format, report::terminal_width())?);
+            Ok(0)
+        }
+        Command::History { node, path, format } => {
+            let store = settings::open_store(&s).await?;
+            let path = path.as_deref().map(KeyPath::parse).transpose()?;
+            let table = report::history(&store, &node, path.as_ref()).await?;
+            print!("{}", table.render(format, report::terminal_width())?);
+            Ok(0)
+        }
+        Command::Prune { before } => {
+            let before = report::parse_when(&before, Utc::now())?;
+            let store = settings::open_store(&s).await?;
+            let n = store.prune_history(before).await?;
+            println!(
+                "deleted {n} history entr{} recorded before {}",
+                if n == 1 { "y" } else { "ies" },
+                vogeler_store::rfc3339(before)
+            );
+            Ok(0)
+        }
+        Command::Migrate { from, to } => {
+            let from_store = match from {
+                Some(dsn) => settings::open_dsn(&dsn).await?,
+                None => settings::open_store(&s).await?,
+            };
+            let to_store = settings::open_dsn(&to).await?;
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let summary = vogeler::migrate::migrate(&from_store, &to_store, progress).await?;
+            println!(
+                "migrated {} node(s) ({} copied, {} already there) and {} history entries; counts verified",
+                summary.nodes, summary.copied, summary.skipped, summary.history
+            );
             Ok(0)
         }
         Command::Queue {

@@ -42,6 +42,8 @@ pub struct ServerOptions {
     pub max_message_bytes: usize,
     /// How long to wait for more messages before committing a partial batch.
     pub linger: Duration,
+    /// History older than this is pruned at start and hourly; `None` keeps it all.
+    pub history_retention: Option<Duration>,
 }
 
 impl ServerOptions {
@@ -54,6 +56,7 @@ impl ServerOptions {
             prefetch: 2000,
             max_message_bytes: 32 * 1024 * 1024,
             linger: Duration::from_millis(5),
+            history_retention: None,
         }
     }
 }
@@ -83,6 +86,9 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     tracing::info!(broker = %opts.broker.describe(), store = store.backend(), queue = %opts.topology.master_queue, "vogeler-server has started");
+    if let Some(keep) = opts.history_retention {
+        tokio::spawn(prune_history(store.clone(), keep, shutdown.clone()));
+    }
     let mut backoff = Backoff::default();
     loop {
         let mut stop = Box::pin(shutdown.clone().wait_owned());
@@ -106,6 +112,29 @@ pub async fn run(
                     _ = shutdown.wait() => return Ok(()),
                 }
             }
+        }
+    }
+}
+
+/// Retention: deletes history older than `keep` now and every hour until shutdown.
+/// A failure is logged and retried at the next round; ingest never waits on it.
+async fn prune_history(store: DynStore, keep: Duration, mut shutdown: Shutdown) {
+    loop {
+        let before = chrono::Duration::from_std(keep)
+            .ok()
+            .and_then(|k| chrono::Utc::now().checked_sub_signed(k));
+        if let Some(before) = before {
+            match store.prune_history(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(entries = n, before = %before, "pruned old history"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "history retention failed; retrying in an hour")
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = shutdown.wait() => return,
         }
     }
 }

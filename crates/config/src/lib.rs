@@ -320,6 +320,8 @@ pub struct Settings {
     pub batch_size: usize,
     /// Unacked deliveries the server may hold.
     pub prefetch: u16,
+    /// Days of change history the server keeps (`[server] history_days`); 0 keeps all.
+    pub history_days: u64,
     warnings: Vec<String>,
 }
 
@@ -493,6 +495,7 @@ impl Settings {
         let batch_size = number("server", "batch_size", 500)?.max(1) as usize;
         let prefetch =
             u16::try_from(number("server", "prefetch", 2000)?.clamp(1, 65535)).unwrap_or(u16::MAX);
+        let history_days = number("server", "history_days", 0)?;
 
         if o.password_on_command_line {
             warnings.push(
@@ -546,6 +549,7 @@ impl Settings {
             concurrency,
             batch_size,
             prefetch,
+            history_days,
             warnings,
         })
     }

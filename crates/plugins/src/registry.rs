@@ -471,7 +471,7 @@ mod tests {
             ("get_facts", "facter", Format::Yaml),
             ("ohai", "ohai", Format::Json),
             ("get_procs", "ps", Format::Output),
-            ("get_rpms", "rpm", Format::Output),
+            ("get_rpms", "rpm", Format::Kv),
             ("get_packages", "dpkg", Format::Kv),
             ("os_release", "os_release", Format::Kv),
         ];

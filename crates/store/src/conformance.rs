@@ -7,7 +7,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Value};
 
-use crate::{Change, DynStore, Observation, Outcome};
+use crate::{Change, Condition, DynStore, KeyPath, Observation, Outcome, Query};
 
 fn t(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_790_000_000 + secs, 0)
@@ -33,7 +33,10 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $make;
             created_on_first_sight, updated_unchanged_and_stale, redelivery_is_idempotent,
             reserved_keys_are_refused, errors_become_last_error, seen_only_moves_last_seen,
-            history_records_changes_only, several_nodes_in_one_batch, fixtures_round_trip);
+            history_records_changes_only, several_nodes_in_one_batch, fixtures_round_trip,
+            key_values_across_nodes, select_by_conditions_names_and_time, packages_with_versions,
+            record_at_a_past_time, timeline_of_a_package, changes_across_the_fleet,
+            retention_prunes_old_history, import_replaces_a_node);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -334,4 +337,328 @@ pub fn first_difference(got: &Value, want: &Value, path: &str) -> Option<String>
         (a, b) if a == b => None,
         (a, b) => Some(format!("{path} ({a} vs {b})")),
     }
+}
+
+/// A small fleet: three nodes with facter-like facts and dpkg packages, one erroring.
+async fn fleet(store: &DynStore) {
+    let facts = |family: &str, kernel: &str, cpus: u32| {
+        json!({"os": {"family": family, "release": {"major": "12"}},
+               "kernelrelease": kernel, "processorcount": cpus,
+               "ips": ["10.0.0.1", "10.0.0.2"], "dotted.key": "yes"})
+    };
+    store
+        .apply(
+            vec![
+                plugin("web01", 0, "facter", facts("Debian", "6.1.0-13-amd64", 2)),
+                plugin("web02", 0, "facter", facts("Debian", "5.10.0-26-amd64", 4)),
+                plugin("db01", 0, "facter", facts("RedHat", "6.4.0", 16)),
+                plugin(
+                    "web01",
+                    0,
+                    "dpkg",
+                    json!({"openssl": "3.0.11-1", "bash": "5.2"}),
+                ),
+                plugin(
+                    "web02",
+                    0,
+                    "dpkg",
+                    json!({"openssl": "3.0.13-1", "bash": "5.2"}),
+                ),
+                plugin("db01", 0, "rpm", json!({"openssl": "3.0.7-27.el9"})),
+                Observation {
+                    node: "db01".into(),
+                    at: t(1),
+                    change: Change::Error {
+                        plugin: Some("ohai".into()),
+                        message: "ohai: not found".into(),
+                        raw: None,
+                    },
+                },
+            ]
+            .into(),
+        )
+        .await
+        .expect("apply fleet");
+}
+
+fn path(p: &str) -> KeyPath {
+    KeyPath::parse(p).expect("key path")
+}
+
+/// A key's value across nodes, sorted by node; nodes without it are left out.
+pub async fn key_values_across_nodes(store: DynStore) {
+    fleet(&store).await;
+    let got = store
+        .values(&path("facter.os.family"))
+        .await
+        .expect("values");
+    assert_eq!(
+        got,
+        vec![
+            ("db01".to_string(), json!("RedHat")),
+            ("web01".to_string(), json!("Debian")),
+            ("web02".to_string(), json!("Debian")),
+        ]
+    );
+    let got = store
+        .values(&path("facter.ips.1"))
+        .await
+        .expect("array step");
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0].1, json!("10.0.0.2"));
+    let got = store
+        .values(&path("facter.\"dotted.key\""))
+        .await
+        .expect("quoted");
+    assert_eq!(got.len(), 3);
+    let got = store
+        .values(&path("facter.processorcount"))
+        .await
+        .expect("numbers");
+    assert_eq!(got[0].1.as_f64(), Some(16.0));
+    assert!(store
+        .values(&path("facter.nothing"))
+        .await
+        .expect("missing")
+        .is_empty());
+    assert!(store
+        .values(&path("nosuchplugin"))
+        .await
+        .expect("missing")
+        .is_empty());
+    let got = store.values(&path("dpkg")).await.expect("whole key");
+    assert_eq!(got.len(), 2);
+    let got = store
+        .values(&path("last_error.plugin"))
+        .await
+        .expect("document field");
+    assert_eq!(got, vec![("db01".to_string(), json!("ohai"))]);
+}
+
+/// Conditions AND together; name globs and last-seen bounds narrow further.
+pub async fn select_by_conditions_names_and_time(store: DynStore) {
+    fleet(&store).await;
+    let names = |q: Query| {
+        let store = store.clone();
+        async move {
+            store
+                .select(&q)
+                .await
+                .expect("select")
+                .into_iter()
+                .map(|n| n.name)
+                .collect::<Vec<_>>()
+        }
+    };
+    let cond = |c: &str| Condition::parse(c).expect("condition");
+    let q = |cs: &[&str]| Query {
+        conditions: cs.iter().map(|c| cond(c)).collect(),
+        ..Query::default()
+    };
+    assert_eq!(
+        names(q(&["facter.os.family=Debian"])).await,
+        ["web01", "web02"]
+    );
+    assert_eq!(
+        names(q(&[
+            "facter.os.family=Debian",
+            "facter.kernelrelease~^6\\."
+        ]))
+        .await,
+        ["web01"]
+    );
+    assert_eq!(
+        names(q(&["facter.processorcount>=4"])).await,
+        ["db01", "web02"]
+    );
+    assert_eq!(
+        names(q(&["facter.kernelrelease*=amd64"])).await,
+        ["web01", "web02"]
+    );
+    assert_eq!(names(q(&["dpkg.openssl?"])).await, ["web01", "web02"]);
+    assert_eq!(names(q(&["facter.os.family!=Debian"])).await, ["db01"]);
+    assert!(names(q(&["facter.os.family=Suse"])).await.is_empty());
+    let mut by_name = q(&["facter.os.family=Debian"]);
+    by_name.names = vec!["web0?".into(), "nomatch*".into()];
+    assert_eq!(names(by_name).await, ["web01", "web02"]);
+    let all = store.nodes().await.expect("nodes");
+    let newest = all.iter().map(|n| n.last_seen).max().expect("nodes");
+    let stale = Query {
+        not_seen_since: Some(newest + chrono::Duration::seconds(1)),
+        ..Query::default()
+    };
+    assert_eq!(names(stale).await.len(), 3);
+    let fresh = Query {
+        not_seen_since: Some(t(-100_000)),
+        ..Query::default()
+    };
+    assert!(names(fresh).await.is_empty());
+    let bad = Query {
+        names: vec!["[".into()],
+        ..Query::default()
+    };
+    assert!(store.select(&bad).await.is_err());
+}
+
+/// Package lookups read every package plugin key.
+pub async fn packages_with_versions(store: DynStore) {
+    fleet(&store).await;
+    let got = store.packages("openssl").await.expect("packages");
+    assert_eq!(
+        got,
+        vec![
+            ("db01".to_string(), "rpm".to_string(), json!("3.0.7-27.el9")),
+            ("web01".to_string(), "dpkg".to_string(), json!("3.0.11-1")),
+            ("web02".to_string(), "dpkg".to_string(), json!("3.0.13-1")),
+        ]
+    );
+    assert!(store
+        .packages("nosuchpackage")
+        .await
+        .expect("none")
+        .is_empty());
+}
+
+/// A record rewound to a past time holds the values it had then.
+pub async fn record_at_a_past_time(store: DynStore) {
+    for (at, v) in [(10, "5.10"), (20, "6.1"), (30, "6.4")] {
+        store
+            .apply(vec![plugin("n", at, "facter", json!({"kernel": v}))].into())
+            .await
+            .expect("apply");
+    }
+    store
+        .apply(vec![plugin("n", 25, "ps", json!(["init"]))].into())
+        .await
+        .expect("apply");
+    let then = store
+        .record_at("n", t(22))
+        .await
+        .expect("record_at")
+        .expect("existed");
+    assert_eq!(then.keys["facter"]["kernel"], "6.1");
+    assert!(!then.keys.contains_key("ps"));
+    let then = store
+        .record_at("n", t(26))
+        .await
+        .expect("record_at")
+        .expect("existed");
+    assert_eq!(then.keys["ps"], json!(["init"]));
+    let now = store
+        .record_at("n", t(1000))
+        .await
+        .expect("record_at")
+        .expect("existed");
+    assert_eq!(now.keys["facter"]["kernel"], "6.4");
+    assert!(store
+        .record_at("nobody", t(1000))
+        .await
+        .expect("unknown")
+        .is_none());
+}
+
+/// When a package version appeared on a node and when it went away.
+pub async fn timeline_of_a_package(store: DynStore) {
+    for (at, pkgs) in [
+        (10, json!({"openssl": "3.0.1"})),
+        (20, json!({"openssl": "3.0.1", "curl": "7"})),
+        (30, json!({"openssl": "3.0.2", "curl": "7"})),
+        (40, json!({"curl": "7"})),
+    ] {
+        store
+            .apply(vec![plugin("n", at, "dpkg", pkgs)].into())
+            .await
+            .expect("apply");
+    }
+    let spans = store
+        .timeline("n", &path("dpkg.openssl"))
+        .await
+        .expect("timeline");
+    type Row = (Option<Value>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+    let seen: Vec<Row> = spans
+        .into_iter()
+        .map(|s| (s.value, s.from, s.until))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (Some(json!("3.0.1")), Some(t(10)), Some(t(30))),
+            (Some(json!("3.0.2")), Some(t(30)), Some(t(40))),
+            (None, Some(t(40)), None),
+        ]
+    );
+}
+
+/// Changes across the fleet since a time, oldest first, bounded.
+pub async fn changes_across_the_fleet(store: DynStore) {
+    for (node, at, v) in [("a", 10, 1), ("b", 20, 1), ("a", 30, 2), ("b", 40, 2)] {
+        store
+            .apply(vec![plugin(node, at, "k", json!(v))].into())
+            .await
+            .expect("apply");
+    }
+    let got = store.changes(t(20), 100).await.expect("changes");
+    let seen: Vec<(String, DateTime<Utc>)> = got.iter().map(|h| (h.node.clone(), h.at)).collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("b".to_string(), t(20)),
+            ("a".to_string(), t(30)),
+            ("b".to_string(), t(40))
+        ]
+    );
+    assert_eq!(got[1].old, Some(json!(1)));
+    assert_eq!(got[1].new, Some(json!(2)));
+    assert_eq!(store.changes(t(0), 2).await.expect("limit").len(), 2);
+}
+
+/// Retention deletes history before a time and nothing else.
+pub async fn retention_prunes_old_history(store: DynStore) {
+    for (at, v) in [(10, 1), (20, 2), (30, 3)] {
+        store
+            .apply(vec![plugin("n", at, "k", json!(v))].into())
+            .await
+            .expect("apply");
+    }
+    assert_eq!(store.prune_history(t(25)).await.expect("prune"), 2);
+    let left = store.history("n", None).await.expect("history");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].at, t(30));
+    assert_eq!(
+        store.node("n").await.expect("node").expect("kept").keys["k"],
+        3
+    );
+    assert_eq!(store.prune_history(t(25)).await.expect("prune again"), 0);
+}
+
+/// An imported record replaces what was there, keeps its times and history, and
+/// still refuses results older than what it holds.
+pub async fn import_replaces_a_node(store: DynStore) {
+    let source = store.clone();
+    for (at, v) in [(10, 1), (20, 2)] {
+        source
+            .apply(vec![plugin("n", at, "k", json!(v))].into())
+            .await
+            .expect("apply");
+    }
+    let rec = source.node("n").await.expect("node").expect("stored");
+    let hist = source.history("n", None).await.expect("history");
+    assert_eq!(rec.keys_collected.get("k"), Some(&t(20)));
+    // Import twice over an existing node: one copy, same content.
+    store.import(&rec, &hist).await.expect("import");
+    store.import(&rec, &hist).await.expect("import again");
+    let got = store.node("n").await.expect("node").expect("imported");
+    assert_eq!(got.keys, rec.keys);
+    assert_eq!(got.created_at, rec.created_at);
+    assert_eq!(got.keys_collected, rec.keys_collected);
+    assert_eq!(store.history("n", None).await.expect("history"), hist);
+    let out = store
+        .apply(vec![plugin("n", 15, "k", json!(9))].into())
+        .await
+        .expect("apply");
+    assert_eq!(out, vec![Outcome::Stale]);
+    let mut other = rec.clone();
+    other.name = "m".into();
+    store.import(&other, &[]).await.expect("import another");
+    assert_eq!(store.nodes().await.expect("nodes").len(), 2);
 }

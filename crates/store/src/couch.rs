@@ -39,8 +39,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
 use crate::{
-    is_reserved_key, rfc3339, Change, HistoryEntry, NodeRecord, NodeSummary, Observation, Outcome,
-    Store, StoreError, RESERVED_KEYS,
+    is_reserved_key, rfc3339, Change, HistoryEntry, KeyPath, NodeRecord, NodeSummary, Observation,
+    Outcome, Store, StoreError, RESERVED_KEYS,
 };
 
 const BACKEND: &str = "couch";
@@ -289,23 +289,6 @@ fn time_of(v: Option<&Value>) -> Option<DateTime<Utc>> {
         .map(|d| d.with_timezone(&Utc))
 }
 
-/// JSON equality that treats numbers equal as doubles as equal: JavaScript servers
-/// (pouchdb-server) hand `1.0` back as `1` and round integers beyond 2^53.
-fn same_value(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
-        }
-        _ => a == b,
-    }
-}
-
 /// A token unique to one write attempt, so history ids never collide.
 fn write_token() -> String {
     use std::hash::{BuildHasher, Hasher};
@@ -373,7 +356,10 @@ fn apply_one(
                 None => meta["key_times"] = json!({ name.clone(): at.clone() }),
             }
             let old = doc.get(name.as_str()).cloned();
-            if old.as_ref().is_some_and(|o| same_value(o, value)) {
+            if old
+                .as_ref()
+                .is_some_and(|o| crate::query::same_value(o, value))
+            {
                 false
             } else {
                 doc.insert(name.clone(), value.clone());
@@ -450,7 +436,88 @@ fn to_record(doc: &Map<String, Value>) -> Result<NodeRecord, StoreError> {
             .filter(|(k, _)| k.as_str() != META && !RESERVED_KEYS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect::<BTreeMap<_, _>>(),
+        keys_collected: doc
+            .get(META)
+            .and_then(|m| m.get("key_times"))
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.clone(), time_of(Some(v))?)))
+            .collect(),
     })
+}
+
+/// A history document as an entry, with its `seq` for ordering equal times.
+fn to_history(doc: &Map<String, Value>) -> Result<(HistoryEntry, u64), StoreError> {
+    let text = |k: &str| {
+        doc.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let at = time_of(doc.get("at")).ok_or_else(|| {
+        backend(format!(
+            "history document {} has no valid \"at\" time",
+            doc.get("_id").unwrap_or(&Value::Null)
+        ))
+    })?;
+    Ok((
+        HistoryEntry {
+            node: text("node"),
+            key: text("key"),
+            old: doc.get("old").cloned().filter(|v| !v.is_null()),
+            new: doc.get("new").cloned().filter(|v| !v.is_null()),
+            at,
+        },
+        doc.get("seq").and_then(Value::as_u64).unwrap_or(0),
+    ))
+}
+
+impl CouchStore {
+    /// Every node document (both sides of the `history:` id range).
+    async fn node_docs(&self) -> Result<Vec<Map<String, Value>>, StoreError> {
+        let mut docs = self.range("", Some("history:")).await?;
+        docs.extend(self.range("history;", None).await?);
+        docs.retain(|d| d.get("doc_type") == Some(&json!("SystemRecord")));
+        Ok(docs)
+    }
+
+    /// Every history document with its entry, oldest first.
+    async fn history_docs(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(HistoryEntry, u64, Map<String, Value>)>, StoreError> {
+        let mut out = Vec::new();
+        for doc in self
+            .range(prefix, Some(&format!("{prefix}\u{fff0}")))
+            .await?
+        {
+            if doc.get("doc_type") != Some(&json!("History")) {
+                continue;
+            }
+            let (e, seq) = to_history(&doc)?;
+            out.push((e, seq, doc));
+        }
+        out.sort_by_key(|(e, seq, _)| (e.at, *seq));
+        Ok(out)
+    }
+
+    /// Deletes documents by `_id`/`_rev`.
+    async fn delete_docs(&self, docs: &[Map<String, Value>]) -> Result<(), StoreError> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let deletions = docs
+            .iter()
+            .map(|d| json!({"_id": d.get("_id"), "_rev": d.get("_rev"), "_deleted": true}))
+            .collect();
+        for row in self.bulk_docs(deletions).await? {
+            if let Some(e) = row["error"].as_str() {
+                return Err(backend(format!("cannot delete {}: {e}", row["id"])));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
@@ -606,14 +673,8 @@ impl Store for CouchStore {
     }
 
     async fn nodes(&self) -> Result<Vec<NodeSummary>, StoreError> {
-        // Node documents sort before or after the `history:` id range; skip that range.
-        let mut docs = self.range("", Some("history:")).await?;
-        docs.extend(self.range("history;", None).await?);
         let mut out = Vec::new();
-        for doc in docs {
-            if doc.get("doc_type") != Some(&json!("SystemRecord")) {
-                continue;
-            }
+        for doc in self.node_docs().await? {
             let rec = to_record(&doc)?;
             out.push(NodeSummary {
                 name: rec.name,
@@ -640,41 +701,14 @@ impl Store for CouchStore {
             Some(k) => format!("history:{node}:{k}:"),
             None => format!("history:{node}:"),
         };
-        let mut out = Vec::new();
-        for doc in self
-            .range(&prefix, Some(&format!("{prefix}\u{fff0}")))
+        Ok(self
+            .history_docs(&prefix)
             .await?
-        {
+            .into_iter()
             // Names may contain ':', so the id prefix can match other nodes or keys.
-            if doc.get("node") != Some(&json!(node))
-                || key.is_some_and(|k| doc.get("key") != Some(&json!(k)))
-            {
-                continue;
-            }
-            let at = time_of(doc.get("at")).ok_or_else(|| {
-                backend(format!(
-                    "history document {} has no valid \"at\" time",
-                    doc.get("_id").unwrap_or(&Value::Null)
-                ))
-            })?;
-            let seq = doc.get("seq").and_then(Value::as_u64).unwrap_or(0);
-            out.push((
-                HistoryEntry {
-                    node: node.to_string(),
-                    key: doc
-                        .get("key")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    old: doc.get("old").cloned().filter(|v| !v.is_null()),
-                    new: doc.get("new").cloned().filter(|v| !v.is_null()),
-                    at,
-                },
-                seq,
-            ));
-        }
-        out.sort_by_key(|(e, seq)| (e.at, *seq));
-        Ok(out.into_iter().map(|(e, _)| e).collect())
+            .filter(|(e, _, _)| e.node == node && key.is_none_or(|k| e.key == k))
+            .map(|(e, _, _)| e)
+            .collect())
     }
 
     async fn health(&self) -> Result<(), StoreError> {
@@ -686,6 +720,103 @@ impl Store for CouchStore {
         } else {
             Err(unavailable(format!("HTTP {status}: {body}")))
         }
+    }
+
+    async fn key_values(&self, path: &KeyPath) -> Result<Vec<(String, Value)>, StoreError> {
+        let mut out: Vec<(String, Value)> = self
+            .node_docs()
+            .await?
+            .iter()
+            .filter_map(|doc| {
+                let v = path.lookup(doc.get(path.root())?)?;
+                Some((doc.get("_id")?.as_str()?.to_string(), v.clone()))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    async fn changes(
+        &self,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        Ok(self
+            .history_docs("history:")
+            .await?
+            .into_iter()
+            .filter(|(e, _, _)| e.at >= since)
+            .take(limit)
+            .map(|(e, _, _)| e)
+            .collect())
+    }
+
+    async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let old: Vec<Map<String, Value>> = self
+            .history_docs("history:")
+            .await?
+            .into_iter()
+            .filter(|(e, _, _)| e.at < before)
+            .map(|(_, _, d)| d)
+            .collect();
+        self.delete_docs(&old).await?;
+        Ok(old.len() as u64)
+    }
+
+    async fn import(
+        &self,
+        record: &NodeRecord,
+        history: &[HistoryEntry],
+    ) -> Result<(), StoreError> {
+        if let Some(why) = refuse_node(&record.name) {
+            return Err(StoreError::Invalid(why));
+        }
+        let node = &record.name;
+        let old: Vec<Map<String, Value>> = self
+            .history_docs(&format!("history:{node}:"))
+            .await?
+            .into_iter()
+            .filter(|(e, _, _)| &e.node == node)
+            .map(|(_, _, d)| d)
+            .collect();
+        self.delete_docs(&old).await?;
+        let mut doc = match record.document() {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        doc.insert("_id".into(), Value::String(node.clone()));
+        let times: Map<String, Value> = record
+            .keys_collected
+            .iter()
+            .map(|(k, t)| (k.clone(), Value::String(rfc3339(*t))))
+            .collect();
+        doc.insert(
+            META.into(),
+            json!({"key_times": times, "history_seq": history.len()}),
+        );
+        if let Some(rev) = self
+            .fetch(std::slice::from_ref(node))
+            .await?
+            .get(node)
+            .and_then(|d| d.get("_rev"))
+        {
+            doc.insert("_rev".into(), rev.clone());
+        }
+        let mut bulk = vec![Value::Object(doc)];
+        for (seq, h) in history.iter().enumerate() {
+            let at = rfc3339(h.at);
+            bulk.push(json!({
+                "_id": format!("history:{node}:{}:{at}:import.{seq}", h.key),
+                "doc_type": "History", "node": node, "key": h.key, "old": h.old, "new": h.new,
+                "at": at, "seq": seq,
+            }));
+        }
+        for row in self.bulk_docs(bulk).await? {
+            if let Some(e) = row["error"].as_str() {
+                return Err(backend(format!("import of {node}: {}: {e}", row["id"])));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -708,7 +839,7 @@ mod tests {
             (json!({"x": 1}), json!({"x": 1, "y": 2}), false),
             (json!([1]), json!([1, 1]), false),
         ] {
-            assert_eq!(same_value(&a, &b), same, "{a} vs {b}");
+            assert_eq!(crate::query::same_value(&a, &b), same, "{a} vs {b}");
         }
     }
 

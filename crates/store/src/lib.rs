@@ -10,8 +10,11 @@ pub mod conformance;
 pub mod couch;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod query;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "conformance")]
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +22,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub use query::{Condition, KeyPath, Query, Span};
 
 /// Fields every node document carries; a plugin may not use one of these names.
 pub const RESERVED_KEYS: &[&str] = &[
@@ -102,6 +107,10 @@ pub struct NodeRecord {
     pub last_error: Option<Value>,
     /// One key per plugin name.
     pub keys: BTreeMap<String, Value>,
+    /// When each key's value was collected (the stale-result guard); carried so a
+    /// migrated store keeps refusing results older than what it holds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys_collected: BTreeMap<String, DateTime<Utc>>,
 }
 
 impl NodeRecord {
@@ -248,7 +257,109 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap round trip proving the store answers.
     async fn health(&self) -> Result<(), StoreError>;
+
+    /// Each node's value of plugin key `path.root()` walked down `path.rest()`, sorted by
+    /// node; nodes without it are left out. Backends push the walk down where they can.
+    async fn key_values(&self, path: &KeyPath) -> Result<Vec<(String, Value)>, StoreError>;
+
+    /// Changes across the fleet observed at or after `since`, oldest first, at most `limit`.
+    async fn changes(
+        &self,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError>;
+
+    /// Deletes history observed before `before` (retention); returns how many entries went.
+    async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Replaces a node's record and history with the given ones (migration between
+    /// stores); a second import of the same node leaves one copy.
+    async fn import(&self, record: &NodeRecord, history: &[HistoryEntry])
+        -> Result<(), StoreError>;
+
+    /// Each node's value at `path`, sorted by node. Plugin keys go to
+    /// [`Store::key_values`]; document fields (`last_error.plugin`, `last_seen`) are
+    /// read from the records.
+    async fn values(&self, path: &KeyPath) -> Result<Vec<(String, Value)>, StoreError> {
+        if !is_reserved_key(path.root()) {
+            return self.key_values(path).await;
+        }
+        let mut out = Vec::new();
+        for n in self.nodes().await? {
+            if let Some(rec) = self.node(&n.name).await? {
+                let doc = rec.document();
+                if let Some(v) = doc.get(path.root()).and_then(|v| path.lookup(v)) {
+                    if !v.is_null() {
+                        out.push((n.name, v.clone()));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The nodes a [`Query`] selects, sorted by name.
+    async fn select(&self, query: &Query) -> Result<Vec<NodeSummary>, StoreError> {
+        let names = query.name_matcher()?;
+        let mut nodes: Vec<NodeSummary> = self
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| query.admits(n, names.as_ref()))
+            .collect();
+        for c in &query.conditions {
+            if nodes.is_empty() {
+                break;
+            }
+            let passing: std::collections::HashSet<String> = self
+                .values(&c.path)
+                .await?
+                .into_iter()
+                .filter(|(_, v)| c.test(Some(v)))
+                .map(|(n, _)| n)
+                .collect();
+            nodes.retain(|n| passing.contains(&n.name));
+        }
+        Ok(nodes)
+    }
+
+    /// Nodes that have package `name` installed, with its version, from every package
+    /// plugin key (`dpkg`, `rpm`): `(node, plugin, version)` sorted by node.
+    async fn packages(&self, name: &str) -> Result<Vec<(String, String, Value)>, StoreError> {
+        let mut out = Vec::new();
+        for plugin in PACKAGE_KEYS {
+            let path = KeyPath::from_segments(vec![plugin.to_string(), name.to_string()])?;
+            for (node, version) in self.key_values(&path).await? {
+                out.push((node, plugin.to_string(), version));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        Ok(out)
+    }
+
+    /// A node's record as it was at `at` (see [`query::rewind`]); `None` when the node
+    /// is unknown or did not exist yet.
+    async fn record_at(
+        &self,
+        node: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<NodeRecord>, StoreError> {
+        let Some(current) = self.node(node).await? else {
+            return Ok(None);
+        };
+        let history = self.history(node, None).await?;
+        Ok(query::rewind(current, &history, at))
+    }
+
+    /// The values `path` took on `node` over time (see [`query::timeline`]).
+    async fn timeline(&self, node: &str, path: &KeyPath) -> Result<Vec<Span>, StoreError> {
+        let history = self.history(node, Some(path.root())).await?;
+        Ok(query::timeline(path, &history))
+    }
 }
+
+/// Plugin keys whose value maps package names to versions.
+pub const PACKAGE_KEYS: &[&str] = &["dpkg", "rpm"];
 
 /// A batch of observations, shared rather than copied: the server keeps its batch
 /// for a retry while the store works on it (results are kilobytes of JSON each).

@@ -13,8 +13,8 @@ use serde_json::Value;
 use tokio_postgres::NoTls;
 
 use crate::{
-    is_reserved_key, last_error_value, rfc3339, Change, HistoryEntry, NodeRecord, NodeSummary,
-    Outcome, Store, StoreError,
+    is_reserved_key, last_error_value, rfc3339, Change, HistoryEntry, KeyPath, NodeRecord,
+    NodeSummary, Outcome, Store, StoreError,
 };
 
 const BACKEND: &str = "postgres";
@@ -304,7 +304,7 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT created_at, updated_at, last_seen, last_error, doc FROM nodes WHERE name = $1",
+                "SELECT created_at, updated_at, last_seen, last_error, doc, key_times FROM nodes WHERE name = $1",
                 &[&name],
             )
             .await
@@ -317,6 +317,16 @@ impl Store for PostgresStore {
             Value::Object(m) => m.into_iter().collect(),
             _ => BTreeMap::new(),
         };
+        let times: Value = row.get(5);
+        let keys_collected = times
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| {
+                let t = DateTime::parse_from_rfc3339(v.as_str()?).ok()?;
+                Some((k.clone(), t.with_timezone(&Utc)))
+            })
+            .collect();
         Ok(Some(NodeRecord {
             name: name.to_string(),
             created_at: row.get(0),
@@ -324,6 +334,7 @@ impl Store for PostgresStore {
             last_seen: row.get(2),
             last_error: row.get(3),
             keys,
+            keys_collected,
         }))
     }
 
@@ -354,30 +365,131 @@ impl Store for PostgresStore {
         node: &str,
         key: Option<&str>,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT key, old, new, at FROM history WHERE node = $1 AND ($2::text IS NULL OR key = $2)
-                 ORDER BY at, id",
-                &[&node, &key],
-            )
-            .await
-            .map_err(pg_err)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| HistoryEntry {
-                node: node.to_string(),
-                key: r.get(0),
-                old: r.get(1),
-                new: r.get(2),
-                at: r.get(3),
-            })
-            .collect())
+        self.history_rows(
+            "SELECT node, key, old, new, at FROM history WHERE node = $1 AND ($2::text IS NULL OR key = $2)
+             ORDER BY at, id",
+            &[&node, &key],
+        )
+        .await
     }
 
     async fn health(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
         client.query_one("SELECT 1", &[]).await.map_err(pg_err)?;
         Ok(())
+    }
+
+    async fn key_values(&self, path: &KeyPath) -> Result<Vec<(String, Value)>, StoreError> {
+        let steps: Vec<&str> = std::iter::once(path.root())
+            .chain(path.rest().iter().map(String::as_str))
+            .collect();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT name, doc #> $1::text[] FROM nodes WHERE doc #> $1::text[] IS NOT NULL ORDER BY name",
+                &[&steps],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn changes(
+        &self,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.history_rows(
+            "SELECT node, key, old, new, at FROM history WHERE at >= $1 ORDER BY at, id LIMIT $2",
+            &[&since, &limit],
+        )
+        .await
+    }
+
+    async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM history WHERE at < $1", &[&before])
+            .await
+            .map_err(pg_err)
+    }
+
+    async fn import(
+        &self,
+        record: &NodeRecord,
+        history: &[HistoryEntry],
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute("DELETE FROM history WHERE node = $1", &[&record.name])
+            .await
+            .map_err(pg_err)?;
+        let doc = Value::Object(record.keys.clone().into_iter().collect());
+        let times = Value::Object(
+            record
+                .keys_collected
+                .iter()
+                .map(|(k, t)| (k.clone(), Value::String(rfc3339(*t))))
+                .collect(),
+        );
+        let error_at = record
+            .last_error
+            .as_ref()
+            .and_then(|e| e.get("at"))
+            .and_then(Value::as_str)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        tx.execute(
+            "INSERT INTO nodes (name, created_at, updated_at, last_seen, last_error, last_error_at, doc, key_times)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (name) DO UPDATE SET created_at = $2, updated_at = $3, last_seen = $4,
+                 last_error = $5, last_error_at = $6, doc = $7, key_times = $8",
+            &[
+                &record.name,
+                &record.created_at,
+                &record.updated_at,
+                &record.last_seen,
+                &record.last_error,
+                &error_at,
+                &doc,
+                &times,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO history (node, key, old, new, at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .await
+            .map_err(pg_err)?;
+        for h in history {
+            tx.execute(&insert, &[&record.name, &h.key, &h.old, &h.new, &h.at])
+                .await
+                .map_err(pg_err)?;
+        }
+        tx.commit().await.map_err(pg_err)
+    }
+}
+
+impl PostgresStore {
+    async fn history_rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query(sql, params).await.map_err(pg_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| HistoryEntry {
+                node: r.get(0),
+                key: r.get(1),
+                old: r.get(2),
+                new: r.get(3),
+                at: r.get(4),
+            })
+            .collect())
     }
 }

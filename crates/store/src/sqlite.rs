@@ -13,8 +13,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use crate::{
-    is_reserved_key, last_error_value, rfc3339, Change, HistoryEntry, NodeRecord, NodeSummary,
-    Observation, Outcome, Store, StoreError,
+    is_reserved_key, last_error_value, rfc3339, Change, HistoryEntry, KeyPath, NodeRecord,
+    NodeSummary, Observation, Outcome, Store, StoreError,
 };
 
 const BACKEND: &str = "sqlite";
@@ -311,16 +311,22 @@ fn read_node(conn: &Connection, name: &str) -> Result<Option<NodeRecord>, StoreE
         return Ok(None);
     };
     let mut keys = BTreeMap::new();
+    let mut keys_collected = BTreeMap::new();
     let mut stmt = conn
-        .prepare_cached("SELECT key, value FROM node_keys WHERE node = ?1")
+        .prepare_cached("SELECT key, value, collected_at FROM node_keys WHERE node = ?1")
         .map_err(sql_err)?;
     let rows = stmt
         .query_map(params![name], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
         })
         .map_err(sql_err)?;
     for row in rows {
-        let (k, v) = row.map_err(sql_err)?;
+        let (k, v, at) = row.map_err(sql_err)?;
+        keys_collected.insert(k.clone(), parse_time(&at)?);
         keys.insert(k, parse_json(&v)?);
     }
     Ok(Some(NodeRecord {
@@ -330,6 +336,7 @@ fn read_node(conn: &Connection, name: &str) -> Result<Option<NodeRecord>, StoreE
         last_seen: parse_time(&last_seen)?,
         last_error: last_error.as_deref().map(parse_json).transpose()?,
         keys,
+        keys_collected,
     }))
 }
 
@@ -371,26 +378,35 @@ fn read_history(
     node: &str,
     key: Option<&str>,
 ) -> Result<Vec<HistoryEntry>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT key, old, new, at FROM history WHERE node = ?1 AND (?2 IS NULL OR key = ?2) ORDER BY at, id",
-        )
-        .map_err(sql_err)?;
+    history_rows(
+        conn,
+        "SELECT node, key, old, new, at FROM history WHERE node = ?1 AND (?2 IS NULL OR key = ?2) ORDER BY at, id",
+        params![node, key],
+    )
+}
+
+fn history_rows(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<HistoryEntry>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(sql_err)?;
     let rows = stmt
-        .query_map(params![node, key], |r| {
+        .query_map(params, |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, Option<String>>(1)?,
+                r.get::<_, String>(1)?,
                 r.get::<_, Option<String>>(2)?,
-                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, String>(4)?,
             ))
         })
         .map_err(sql_err)?;
     let mut out = Vec::new();
     for row in rows {
-        let (key, old, new, at) = row.map_err(sql_err)?;
+        let (node, key, old, new, at) = row.map_err(sql_err)?;
         out.push(HistoryEntry {
-            node: node.to_string(),
+            node,
             key,
             old: old.as_deref().map(parse_json).transpose()?,
             new: new.as_deref().map(parse_json).transpose()?,
@@ -434,4 +450,138 @@ impl Store for SqliteStore {
         self.call(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(sql_err))
             .await
     }
+
+    async fn key_values(&self, path: &KeyPath) -> Result<Vec<(String, Value)>, StoreError> {
+        let path = path.clone();
+        self.call(move |conn| read_key_values(conn, &path)).await
+    }
+
+    async fn changes(
+        &self,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let since = rfc3339(since);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |conn| {
+            history_rows(
+                conn,
+                "SELECT node, key, old, new, at FROM history WHERE at >= ?1 ORDER BY at, id LIMIT ?2",
+                params![since, limit],
+            )
+        })
+        .await
+    }
+
+    async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let before = rfc3339(before);
+        self.call(move |conn| {
+            conn.execute("DELETE FROM history WHERE at < ?1", params![before])
+                .map(|n| n as u64)
+                .map_err(sql_err)
+        })
+        .await
+    }
+
+    async fn import(
+        &self,
+        record: &NodeRecord,
+        history: &[HistoryEntry],
+    ) -> Result<(), StoreError> {
+        let record = record.clone();
+        let history = history.to_vec();
+        self.call(move |conn| import_node(conn, &record, &history))
+            .await
+    }
+}
+
+/// Each node's value at `path`: SQLite walks object members (`->`), Rust finishes
+/// array steps so both read the path the same way.
+fn read_key_values(conn: &Connection, path: &KeyPath) -> Result<Vec<(String, Value)>, StoreError> {
+    // Object steps up to the first all-digit one go to SQLite; the rest is walked here.
+    let split = path
+        .rest()
+        .iter()
+        .position(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap_or(path.rest().len());
+    let (sql_steps, rust_steps) = path.rest().split_at(split);
+    let mut json_path = String::from("$");
+    for s in sql_steps {
+        json_path.push_str(".\"");
+        json_path.push_str(&s.replace('"', "\\\""));
+        json_path.push('"');
+    }
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT node, value -> ?2 FROM node_keys WHERE key = ?1 AND value -> ?2 IS NOT NULL ORDER BY node",
+        )
+        .map_err(sql_err)?;
+    let rows = stmt
+        .query_map(params![path.root(), json_path], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .map_err(sql_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (node, text) = row.map_err(sql_err)?;
+        let v = parse_json(&text)?;
+        if let Some(v) = crate::query::lookup(&v, rust_steps) {
+            out.push((node, v.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// Replaces one node's rows with an imported record and its history.
+fn import_node(
+    conn: &mut Connection,
+    rec: &NodeRecord,
+    history: &[HistoryEntry],
+) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(sql_err)?;
+    for sql in [
+        "DELETE FROM nodes WHERE name = ?1",
+        "DELETE FROM node_keys WHERE node = ?1",
+        "DELETE FROM history WHERE node = ?1",
+    ] {
+        tx.execute(sql, params![rec.name]).map_err(sql_err)?;
+    }
+    let error_at = rec
+        .last_error
+        .as_ref()
+        .and_then(|e| e.get("at"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    tx.execute(
+        "INSERT INTO nodes (name, created_at, updated_at, last_seen, last_error, last_error_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            rec.name,
+            rfc3339(rec.created_at),
+            rfc3339(rec.updated_at),
+            rfc3339(rec.last_seen),
+            rec.last_error.as_ref().map(Value::to_string),
+            error_at,
+        ],
+    )
+    .map_err(sql_err)?;
+    for (k, v) in &rec.keys {
+        let at = rec.keys_collected.get(k).copied().unwrap_or(rec.updated_at);
+        tx.execute(
+            "INSERT INTO node_keys (node, key, value, collected_at) VALUES (?1, ?2, ?3, ?4)",
+            params![rec.name, k, v.to_string(), rfc3339(at)],
+        )
+        .map_err(sql_err)?;
+    }
+    for h in history {
+        record_history(
+            &tx,
+            &rec.name,
+            &h.key,
+            h.old.as_ref().map(Value::to_string),
+            h.new.as_ref().map(Value::to_string),
+            &rfc3339(h.at),
+        )?;
+    }
+    tx.commit().map_err(sql_err)
 }

@@ -1,79 +1,17 @@
 //! The conformance suite and CouchDB specifics on a real CouchDB-API server:
 //! a private in-memory pouchdb-server per test binary, one database per case.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use vogeler_store::couch::CouchStore;
+use vogeler_store::testing::{pouchdb, unique};
 use vogeler_store::{Change, DynStore, Observation, Outcome, Store};
 
-/// The server's base URL; started once, watched by a shell that kills it when this
-/// test process exits.
-fn server() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        let bin = std::env::var("VOGELER_POUCHDB_BIN").map(PathBuf::from).unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/vogeler/pouchdb-server-4.2.0/node_modules/.bin/pouchdb-server")
-        });
-        if !bin.exists() {
-            panic!(
-                "pouchdb-server (the CouchDB-API test server) is not installed at {}: run `scripts/services.sh ensure-pouchdb`",
-                bin.display()
-            );
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let dir = std::env::temp_dir().join(format!("vogeler-pouchdb-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("pouchdb dir");
-        let script = format!(
-            "cd '{dir}' && '{bin}' --in-memory --no-stdout-logs --host 127.0.0.1 --port {port} --dir '{dir}' --config '{dir}/config.json' >'{dir}/out.log' 2>&1 & child=$!; \
-             while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $child; rm -rf '{dir}'",
-            bin = bin.display(),
-            dir = dir.display(),
-            parent = std::process::id()
-        );
-        // The watchdog shell outlives this call on purpose; it reaps the server itself.
-        #[allow(clippy::zombie_processes)]
-        Command::new("bash")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start pouchdb-server");
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                let log = std::fs::read_to_string(dir.join("out.log")).unwrap_or_default();
-                panic!(
-                    "pouchdb-server ({}) did not start on {url} within 60 s; reinstall it with \
-                     `scripts/services.sh ensure-pouchdb`. Its output:\n{log}",
-                    bin.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        url
-    })
-}
-
-fn db_name() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    format!("vt_{:016x}", h.finish())
-}
-
 async fn couch(db: &str) -> CouchStore {
-    let url = server();
+    let url = pouchdb();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match CouchStore::connect(url, db, None, None).await {
@@ -88,14 +26,14 @@ async fn couch(db: &str) -> CouchStore {
 }
 
 async fn fresh() -> DynStore {
-    Arc::new(couch(&db_name()).await)
+    Arc::new(couch(&unique("vt_")).await)
 }
 
 vogeler_store::conformance_tests!(fresh());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_writing_the_same_nodes_lose_nothing() {
-    let db = db_name();
+    let db = unique("vt_");
     let a = Arc::new(couch(&db).await);
     let b = Arc::new(couch(&db).await);
     let t0 = chrono::Utc::now();
@@ -136,7 +74,7 @@ async fn two_servers_writing_the_same_nodes_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn javascript_numbers_do_not_look_like_changes() {
-    let store = couch(&db_name()).await;
+    let store = couch(&unique("vt_")).await;
     let value = json!({"ratio": 1.0, "big": 12345678901234567890u64, "list": [2.0]});
     let obs = Observation {
         node: "n".into(),
@@ -154,7 +92,7 @@ async fn javascript_numbers_do_not_look_like_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_names_couchdb_reserves_are_refused() {
-    let store = couch(&db_name()).await;
+    let store = couch(&unique("vt_")).await;
     let seen = |node: &str| Observation {
         node: node.into(),
         at: chrono::Utc::now(),
@@ -179,7 +117,7 @@ async fn node_names_couchdb_reserves_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn design_docs_load_once_and_the_2010_views_answer() {
-    let db = db_name();
+    let db = unique("vt_");
     let store = couch(&db).await;
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../etc/_design");
     let first = store.load_design_docs(&dir).await.expect("load");
@@ -200,7 +138,7 @@ async fn design_docs_load_once_and_the_2010_views_answer() {
         )
         .await
         .expect("apply");
-    let url = format!("{}/{db}/_design/system_records/_view/by_name", server());
+    let url = format!("{}/{db}/_design/system_records/_view/by_name", pouchdb());
     let body: serde_json::Value = reqwest::get(&url)
         .await
         .expect("view")

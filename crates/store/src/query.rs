@@ -1,0 +1,629 @@
+//! The questions every backend answers the same way.
+//!
+//! Backends only fetch (a key's value across nodes, the node list, history); the
+//! predicates, path lookups, diffs and history rewinds live here once, so SQLite,
+//! PostgreSQL and CouchDB cannot drift apart in what a filter means.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{HistoryEntry, NodeRecord, NodeSummary, StoreError};
+
+/// One step of a [`KeyPath`]: an object member, or an array index when it is all digits.
+pub type Segment = String;
+
+/// A dotted path into a node document: `facter.os.family`, `dpkg."libc6.1"`.
+///
+/// The first segment names a plugin key (or a document field such as `last_error`);
+/// the rest walk into its value. A segment holding dots is written in double quotes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyPath {
+    segments: Vec<Segment>,
+}
+
+impl KeyPath {
+    /// Parses `a.b."c.d".0`; an empty path or segment is refused with the position.
+    pub fn parse(text: &str) -> Result<KeyPath, StoreError> {
+        let bad = |why: &str| StoreError::Invalid(format!("bad key path {text:?}: {why}"));
+        let mut segments = Vec::new();
+        let mut chars = text.chars().peekable();
+        loop {
+            let mut seg = String::new();
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                let mut closed = false;
+                for c in chars.by_ref() {
+                    if c == '"' {
+                        closed = true;
+                        break;
+                    }
+                    seg.push(c);
+                }
+                if !closed {
+                    return Err(bad("unterminated quote"));
+                }
+                match chars.next() {
+                    None => {
+                        segments.push(seg);
+                        break;
+                    }
+                    Some('.') => {}
+                    Some(c) => return Err(bad(&format!("{c:?} after a quoted segment"))),
+                }
+            } else {
+                let mut end = true;
+                for c in chars.by_ref() {
+                    if c == '.' {
+                        end = false;
+                        break;
+                    }
+                    seg.push(c);
+                }
+                if seg.is_empty() {
+                    return Err(bad(&format!("empty segment {}", segments.len() + 1)));
+                }
+                segments.push(seg);
+                if end {
+                    break;
+                }
+                continue;
+            }
+            segments.push(seg);
+        }
+        Ok(KeyPath { segments })
+    }
+
+    /// A path of one plugin key and its inner segments.
+    pub fn from_segments(segments: Vec<Segment>) -> Result<KeyPath, StoreError> {
+        if segments.is_empty() || segments[0].is_empty() {
+            return Err(StoreError::Invalid("empty key path".into()));
+        }
+        Ok(KeyPath { segments })
+    }
+
+    /// The document key the path starts at (a plugin name or a document field).
+    pub fn root(&self) -> &str {
+        &self.segments[0]
+    }
+
+    /// The steps inside the root key's value.
+    pub fn rest(&self) -> &[Segment] {
+        &self.segments[1..]
+    }
+
+    /// Walks `rest()` into a value (the root key's value); `None` when a step is missing.
+    pub fn lookup<'v>(&self, value: &'v Value) -> Option<&'v Value> {
+        lookup(value, self.rest())
+    }
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, s) in self.segments.iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            if s.contains('.') || s.contains('"') {
+                write!(f, "\"{s}\"")?;
+            } else {
+                f.write_str(s)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Walks object members (and array indexes for all-digit steps) into a value.
+pub fn lookup<'v>(mut value: &'v Value, steps: &[Segment]) -> Option<&'v Value> {
+    for step in steps {
+        value = match value {
+            Value::Object(m) => m.get(step)?,
+            Value::Array(a) => a.get(step.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(value)
+}
+
+/// A scalar's text as users type it in a filter: strings bare, numbers and booleans
+/// as JSON writes them; arrays and objects have none.
+pub fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Null => Some("null".into()),
+        _ => None,
+    }
+}
+
+/// JSON equality that treats numbers equal as doubles as equal: JavaScript servers
+/// (pouchdb-server, CouchDB views) hand `1.0` back as `1` and round integers beyond
+/// 2^53, and such a value has not changed.
+pub fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// How a [`Condition`] compares the value at its path.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// `path?`: the path exists.
+    Exists,
+    /// `path=text`: the scalar (or an element of the array) equals `text`.
+    Eq(String),
+    /// `path!=text`: the path exists and [`Op::Eq`] does not hold.
+    Ne(String),
+    /// `path*=text`: a string containing `text`, an array holding it, an object with that key.
+    Contains(String),
+    /// `path~regex`: the scalar (or an element of the array) matches the regular expression.
+    Matches(regex::Regex),
+    /// `path<x`, `path<=x`, `path>x`, `path>=x`: numeric when both sides are numbers,
+    /// otherwise text order.
+    Cmp(std::cmp::Ordering, bool, String),
+}
+
+/// One filter on a node document: `facter.os.family=Debian`, `facter.kernelrelease~^6\.`.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    /// Where in the document.
+    pub path: KeyPath,
+    /// What must hold there.
+    pub op: Op,
+    text: String,
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Condition {
+    /// Parses `PATH=VALUE`, `PATH!=VALUE`, `PATH*=VALUE`, `PATH~REGEX`, `PATH<VALUE`,
+    /// `PATH<=VALUE`, `PATH>VALUE`, `PATH>=VALUE` or `PATH?`.
+    pub fn parse(text: &str) -> Result<Condition, StoreError> {
+        let bad = |why: String| {
+            StoreError::Invalid(format!(
+                "bad filter {text:?}: {why} (examples: facter.os.family=Debian, facter.kernelrelease~^6\\., dpkg.openssl?)"
+            ))
+        };
+        // The path ends at the first operator character outside quotes.
+        let mut in_quote = false;
+        let mut split = None;
+        for (i, c) in text.char_indices() {
+            match c {
+                '"' => in_quote = !in_quote,
+                '=' | '!' | '*' | '~' | '<' | '>' | '?' if !in_quote => {
+                    split = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let Some(at) = split else {
+            return Err(bad("no operator".into()));
+        };
+        let path = KeyPath::parse(&text[..at]).map_err(|e| bad(e.to_string()))?;
+        let rest = &text[at..];
+        let (op, arg) = ["!=", "*=", "<=", ">=", "=", "~", "<", ">", "?"]
+            .iter()
+            .find_map(|op| rest.strip_prefix(op).map(|arg| (*op, arg)))
+            .ok_or_else(|| bad(format!("unknown operator at {rest:?}")))?;
+        let arg = arg.to_string();
+        use std::cmp::Ordering::*;
+        let op = match op {
+            "?" if arg.is_empty() => Op::Exists,
+            "?" => return Err(bad("nothing may follow `?`".into())),
+            "=" => Op::Eq(arg),
+            "!=" => Op::Ne(arg),
+            "*=" => Op::Contains(arg),
+            "~" => Op::Matches(
+                regex::Regex::new(&arg).map_err(|e| bad(format!("bad regular expression: {e}")))?,
+            ),
+            "<" => Op::Cmp(Less, false, arg),
+            "<=" => Op::Cmp(Less, true, arg),
+            ">" => Op::Cmp(Greater, false, arg),
+            ">=" => Op::Cmp(Greater, true, arg),
+            _ => return Err(bad(format!("unknown operator {op:?}"))),
+        };
+        Ok(Condition {
+            path,
+            op,
+            text: text.to_string(),
+        })
+    }
+
+    /// Whether a value found at the path (`None`: the path is missing) satisfies it.
+    /// A missing path satisfies nothing, not even `!=`.
+    pub fn test(&self, found: Option<&Value>) -> bool {
+        let Some(v) = found else {
+            return false;
+        };
+        let any = |f: &dyn Fn(&str) -> bool| match v {
+            Value::Array(items) => items.iter().filter_map(scalar_text).any(|t| f(&t)),
+            other => scalar_text(other).is_some_and(|t| f(&t)),
+        };
+        match &self.op {
+            Op::Exists => true,
+            Op::Eq(x) => any(&|t| t == x),
+            Op::Ne(x) => !any(&|t| t == x),
+            Op::Contains(x) => match v {
+                Value::String(s) => s.contains(x.as_str()),
+                Value::Array(items) => items.iter().filter_map(scalar_text).any(|t| &t == x),
+                Value::Object(m) => m.contains_key(x),
+                other => scalar_text(other).is_some_and(|t| t.contains(x.as_str())),
+            },
+            Op::Matches(re) => any(&|t| re.is_match(t)),
+            Op::Cmp(want, or_equal, x) => any(&|t| {
+                let ord = match (t.parse::<f64>(), x.parse::<f64>()) {
+                    (Ok(a), Ok(b)) => a.partial_cmp(&b),
+                    _ => Some(t.cmp(x.as_str())),
+                };
+                ord.is_some_and(|o| o == *want || (*or_equal && o.is_eq()))
+            }),
+        }
+    }
+}
+
+/// Which nodes a question is about: all conditions hold (AND), the name matches one
+/// of the globs (when any), and the last-seen bounds hold.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// Filters on the document, all of which must hold.
+    pub conditions: Vec<Condition>,
+    /// Node-name globs (`web*`, `db0?`); a node matching any of them is in.
+    pub names: Vec<String>,
+    /// Only nodes seen at or after this time.
+    pub seen_since: Option<DateTime<Utc>>,
+    /// Only nodes not seen since this time (stale nodes).
+    pub not_seen_since: Option<DateTime<Utc>>,
+}
+
+impl Query {
+    /// Compiles the name globs; a bad glob names itself.
+    pub fn name_matcher(&self) -> Result<Option<globset::GlobSet>, StoreError> {
+        if self.names.is_empty() {
+            return Ok(None);
+        }
+        let mut b = globset::GlobSetBuilder::new();
+        for n in &self.names {
+            b.add(
+                globset::GlobBuilder::new(n)
+                    .literal_separator(false)
+                    .build()
+                    .map_err(|e| {
+                        StoreError::Invalid(format!("bad node name pattern {n:?}: {e}"))
+                    })?,
+            );
+        }
+        b.build()
+            .map(Some)
+            .map_err(|e| StoreError::Invalid(format!("bad node name patterns: {e}")))
+    }
+
+    /// Whether a node list line passes the name and time bounds (not the conditions).
+    pub fn admits(&self, n: &NodeSummary, names: Option<&globset::GlobSet>) -> bool {
+        names.is_none_or(|g| g.is_match(&n.name))
+            && self.seen_since.is_none_or(|t| n.last_seen >= t)
+            && self.not_seen_since.is_none_or(|t| n.last_seen < t)
+    }
+}
+
+/// One leaf-level difference between two values, for change reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Difference {
+    /// Dotted path below the key (empty: the whole value).
+    pub path: String,
+    /// Value before; `None` when it was added.
+    pub old: Option<Value>,
+    /// Value after; `None` when it was removed.
+    pub new: Option<Value>,
+}
+
+/// What changed between two values, member by member for objects (arrays and scalars
+/// are compared whole), sorted by path.
+pub fn diff(old: Option<&Value>, new: Option<&Value>) -> Vec<Difference> {
+    let mut out = Vec::new();
+    diff_into(&mut String::new(), old, new, &mut out);
+    out
+}
+
+fn diff_into(
+    path: &mut String,
+    old: Option<&Value>,
+    new: Option<&Value>,
+    out: &mut Vec<Difference>,
+) {
+    match (old, new) {
+        (Some(Value::Object(a)), Some(Value::Object(b))) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                if k.contains('.') {
+                    path.push('"');
+                    path.push_str(k);
+                    path.push('"');
+                } else {
+                    path.push_str(k);
+                }
+                diff_into(path, a.get(k), b.get(k), out);
+                path.truncate(len);
+            }
+        }
+        (a, b) if a == b => {}
+        (a, b) => out.push(Difference {
+            path: path.clone(),
+            old: a.cloned(),
+            new: b.cloned(),
+        }),
+    }
+}
+
+/// A stretch of time during which a path held one value on one node.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Span {
+    /// The value (`None`: the path was absent).
+    pub value: Option<Value>,
+    /// When it appeared; `None` when it was there before the history begins.
+    pub from: Option<DateTime<Utc>>,
+    /// When it went away; `None` when it still holds.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// The values a path took on one node over time, from the history of its root key
+/// (oldest first): answers "when did openssl 3.0.11 first appear, when did it go".
+pub fn timeline(path: &KeyPath, history: &[HistoryEntry]) -> Vec<Span> {
+    let mut spans: Vec<Span> = Vec::new();
+    for h in history.iter().filter(|h| h.key == path.root()) {
+        let old = h.old.as_ref().and_then(|v| path.lookup(v)).cloned();
+        let new = h.new.as_ref().and_then(|v| path.lookup(v)).cloned();
+        if spans.is_empty() {
+            spans.push(Span {
+                value: old.clone(),
+                from: None,
+                until: None,
+            });
+        }
+        if new == spans.last().and_then(|s| s.value.clone()) {
+            continue;
+        }
+        if let Some(last) = spans.last_mut() {
+            last.until = Some(h.at);
+        }
+        spans.push(Span {
+            value: new,
+            from: Some(h.at),
+            until: None,
+        });
+    }
+    // An absent value before history began says nothing: drop it.
+    if spans
+        .first()
+        .is_some_and(|s| s.value.is_none() && s.from.is_none())
+    {
+        spans.remove(0);
+    }
+    spans
+}
+
+/// A node's record as it was at `at`, rewound from its current record through the
+/// history entries after `at` (newest first). `None` when the node did not exist yet.
+/// `last_seen` cannot be rewound and becomes the time of the record's last change.
+pub fn rewind(
+    current: NodeRecord,
+    history: &[HistoryEntry],
+    at: DateTime<Utc>,
+) -> Option<NodeRecord> {
+    let first = history
+        .iter()
+        .map(|h| h.at)
+        .min()
+        .unwrap_or(current.created_at);
+    if current.created_at.min(first) > at {
+        return None;
+    }
+    let mut rec = current;
+    let mut keys: BTreeMap<String, Value> = std::mem::take(&mut rec.keys);
+    let mut last_change = None;
+    for h in history.iter().rev() {
+        if h.at <= at {
+            last_change = last_change.max(Some(h.at));
+            continue;
+        }
+        if h.key == "last_error" {
+            rec.last_error = h.old.clone();
+        } else {
+            match &h.old {
+                Some(v) => keys.insert(h.key.clone(), v.clone()),
+                None => keys.remove(&h.key),
+            };
+        }
+    }
+    rec.keys = keys;
+    rec.keys_collected.retain(|k, _| rec.keys.contains_key(k));
+    let updated = last_change.unwrap_or(rec.created_at).min(at);
+    rec.updated_at = updated;
+    rec.last_seen = updated;
+    Some(rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn paths_parse_with_quotes_and_name_their_errors() {
+        let p = KeyPath::parse("dpkg.\"libc6.1\".x").expect("path");
+        assert_eq!(p.root(), "dpkg");
+        assert_eq!(p.rest(), ["libc6.1", "x"]);
+        assert_eq!(p.to_string(), "dpkg.\"libc6.1\".x");
+        for bad in ["", "a..b", "a.", "\"open", "\"a\"b"] {
+            let e = KeyPath::parse(bad).expect_err(bad).to_string();
+            assert!(e.contains("bad key path"), "{e}");
+        }
+    }
+
+    #[test]
+    fn lookup_walks_objects_and_arrays() {
+        let v = json!({"os": {"family": "Debian"}, "ips": ["10.0.0.1", "10.0.0.2"]});
+        let p = KeyPath::parse("facter.os.family").expect("path");
+        assert_eq!(p.lookup(&v), Some(&json!("Debian")));
+        let p = KeyPath::parse("facter.ips.1").expect("path");
+        assert_eq!(p.lookup(&v), Some(&json!("10.0.0.2")));
+        let p = KeyPath::parse("facter.os.missing").expect("path");
+        assert_eq!(p.lookup(&v), None);
+    }
+
+    fn holds(cond: &str, v: Value) -> bool {
+        Condition::parse(cond).expect(cond).test(Some(&v))
+    }
+
+    #[test]
+    fn conditions_compare_as_users_expect() {
+        assert!(holds("f.x=Debian", json!("Debian")));
+        assert!(!holds("f.x=Debian", json!("RedHat")));
+        assert!(holds("f.x=4", json!(4)));
+        assert!(holds("f.x=true", json!(true)));
+        assert!(holds("f.x=b", json!(["a", "b"])));
+        assert!(holds("f.x!=Debian", json!("RedHat")));
+        assert!(holds("f.x*=bian", json!("Debian")));
+        assert!(holds("f.x*=b", json!(["a", "b"])));
+        assert!(holds("f.x*=os", json!({"os": 1})));
+        assert!(holds("f.x~^6\\.", json!("6.1.0-13-amd64")));
+        assert!(!holds("f.x~^6\\.", json!("5.10.0")));
+        assert!(holds("f.x>=8", json!(16)));
+        assert!(holds("f.x<10", json!("9")));
+        assert!(!holds("f.x>9", json!(10.0 - 1.0)));
+        assert!(holds("f.x?", json!(null)));
+        assert!(!Condition::parse("f.x=1").expect("c").test(None));
+        assert!(!Condition::parse("f.x!=1").expect("c").test(None));
+    }
+
+    #[test]
+    fn bad_conditions_say_why() {
+        for (bad, why) in [
+            ("facter", "no operator"),
+            ("f.x~(", "bad regular expression"),
+            ("f.x?y", "nothing may follow"),
+            (".x=1", "bad key path"),
+        ] {
+            let e = Condition::parse(bad).expect_err(bad).to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn diffs_list_leaf_changes() {
+        let d = diff(
+            Some(&json!({"os": {"family": "Debian", "release": "11"}, "a": 1})),
+            Some(&json!({"os": {"family": "Debian", "release": "12"}, "b": 2})),
+        );
+        let paths: Vec<&str> = d.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(paths, ["a", "b", "os.release"]);
+        assert_eq!(d[2].old, Some(json!("11")));
+        assert!(diff(None, None).is_empty());
+        assert_eq!(diff(None, Some(&json!(1)))[0].path, "");
+    }
+
+    fn entry(key: &str, old: Option<Value>, new: Option<Value>, t: i64) -> HistoryEntry {
+        HistoryEntry {
+            node: "n".into(),
+            key: key.into(),
+            old,
+            new,
+            at: DateTime::from_timestamp(t, 0).expect("time"),
+        }
+    }
+
+    #[test]
+    fn timelines_show_when_a_value_came_and_went() {
+        let h = vec![
+            entry("dpkg", None, Some(json!({"openssl": "3.0.1"})), 10),
+            entry(
+                "dpkg",
+                Some(json!({"openssl": "3.0.1"})),
+                Some(json!({"openssl": "3.0.1", "x": "1"})),
+                20,
+            ),
+            entry(
+                "dpkg",
+                Some(json!({"openssl": "3.0.1"})),
+                Some(json!({"openssl": "3.0.2"})),
+                30,
+            ),
+            entry(
+                "dpkg",
+                Some(json!({"openssl": "3.0.2"})),
+                Some(json!({})),
+                40,
+            ),
+        ];
+        let t = timeline(&KeyPath::parse("dpkg.openssl").expect("path"), &h);
+        let at = |s| DateTime::from_timestamp(s, 0);
+        assert_eq!(t.len(), 3, "{t:?}");
+        assert_eq!(
+            (t[0].value.clone(), t[0].from, t[0].until),
+            (Some(json!("3.0.1")), at(10), at(30))
+        );
+        assert_eq!(
+            (t[1].value.clone(), t[1].from, t[1].until),
+            (Some(json!("3.0.2")), at(30), at(40))
+        );
+        assert_eq!(
+            (t[2].value.clone(), t[2].from, t[2].until),
+            (None, at(40), None)
+        );
+    }
+
+    #[test]
+    fn rewinding_restores_old_values() {
+        let t = |s| DateTime::from_timestamp(s, 0).expect("time");
+        let current = NodeRecord {
+            name: "n".into(),
+            created_at: t(10),
+            updated_at: t(30),
+            last_seen: t(50),
+            last_error: Some(json!({"message": "boom"})),
+            keys: [
+                ("facter".to_string(), json!({"k": 2})),
+                ("ps".to_string(), json!("p")),
+            ]
+            .into_iter()
+            .collect(),
+            keys_collected: BTreeMap::new(),
+        };
+        let h = vec![
+            entry("facter", None, Some(json!({"k": 1})), 10),
+            entry("facter", Some(json!({"k": 1})), Some(json!({"k": 2})), 20),
+            entry("ps", None, Some(json!("p")), 25),
+            entry("last_error", None, Some(json!({"message": "boom"})), 30),
+        ];
+        assert!(rewind(current.clone(), &h, t(5)).is_none());
+        let r = rewind(current.clone(), &h, t(15)).expect("existed");
+        assert_eq!(r.keys.get("facter"), Some(&json!({"k": 1})));
+        assert!(!r.keys.contains_key("ps"));
+        assert_eq!(r.last_error, None);
+        assert_eq!(r.updated_at, t(10));
+        let r = rewind(current.clone(), &h, t(100)).expect("existed");
+        assert_eq!(r.keys, current.keys);
+    }
+}

@@ -1,0 +1,486 @@
+//! Reports: the questions operators ask of the fleet, as tables, JSON or CSV.
+//!
+//! Each report is a [`Table`] built from the store's shared queries
+//! (`vogeler_store::Store::select`, `values`, `packages`, `changes`), so the terminal,
+//! scripts and the web UI get the same answers. JSON is an array of objects keyed by
+//! the column names and CSV has them as its header: both are stable for scripts.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use vogeler_store::{query, rfc3339, Condition, DynStore, KeyPath, Query};
+
+/// How a report is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns that fit the terminal.
+    Table,
+    /// An array of objects, one per row.
+    Json,
+    /// RFC 4180 CSV with a header line.
+    Csv,
+}
+
+/// A report's rows under named columns; cells are JSON values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    /// Column names (also the JSON keys and the CSV header).
+    pub columns: Vec<&'static str>,
+    /// One cell per column.
+    pub rows: Vec<Vec<Value>>,
+    /// A closing line for the table form ("3 node(s)").
+    pub footer: String,
+}
+
+impl Table {
+    fn new(columns: &[&'static str]) -> Table {
+        Table {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+            footer: String::new(),
+        }
+    }
+
+    /// Prints the table in `format`; `width` bounds the table form (None: no bound).
+    pub fn render(&self, format: Format, width: Option<usize>) -> anyhow::Result<String> {
+        match format {
+            Format::Json => {
+                let rows: Vec<Value> = self
+                    .rows
+                    .iter()
+                    .map(|r| {
+                        Value::Object(
+                            self.columns
+                                .iter()
+                                .zip(r)
+                                .map(|(c, v)| (c.to_string(), v.clone()))
+                                .collect::<Map<String, Value>>(),
+                        )
+                    })
+                    .collect();
+                Ok(format!("{}\n", serde_json::to_string_pretty(&rows)?))
+            }
+            Format::Csv => {
+                let mut w = csv::Writer::from_writer(Vec::new());
+                w.write_record(&self.columns)?;
+                for r in &self.rows {
+                    w.write_record(r.iter().map(cell_text))?;
+                }
+                Ok(String::from_utf8(w.into_inner()?)?)
+            }
+            Format::Table => Ok(self.render_table(width)),
+        }
+    }
+
+    fn render_table(&self, width: Option<usize>) -> String {
+        let header: Vec<String> = self.columns.iter().map(|c| c.to_uppercase()).collect();
+        let cells: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|r| r.iter().map(|v| one_line(&cell_text(v))).collect())
+            .collect();
+        let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+        for r in &cells {
+            for (w, c) in widths.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        if let Some(limit) = width {
+            fit(&mut widths, limit);
+        }
+        let mut out = String::new();
+        for line in std::iter::once(&header).chain(cells.iter()) {
+            let mut text = String::new();
+            for (i, (c, w)) in line.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    text.push_str("  ");
+                }
+                let c = truncate(c, *w);
+                let pad = w.saturating_sub(c.chars().count());
+                text.push_str(&c);
+                if i + 1 < line.len() {
+                    text.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            let _ = writeln!(out, "{}", text.trim_end());
+        }
+        if !self.footer.is_empty() {
+            let _ = writeln!(out, "{}", self.footer);
+        }
+        out
+    }
+}
+
+/// Shrinks the widest columns until the row (with two-space gaps) fits `limit`.
+fn fit(widths: &mut [usize], limit: usize) {
+    let gaps = 2 * widths.len().saturating_sub(1);
+    while widths.iter().sum::<usize>() + gaps > limit {
+        let Some((i, &w)) = widths.iter().enumerate().max_by_key(|(_, w)| **w) else {
+            return;
+        };
+        if w <= 8 {
+            return;
+        }
+        widths[i] = w - 1;
+    }
+}
+
+fn truncate(s: &str, w: usize) -> String {
+    if s.chars().count() <= w {
+        return s.to_string();
+    }
+    let mut t: String = s.chars().take(w.saturating_sub(1)).collect();
+    t.push('…');
+    t
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r', '\t'], " ")
+}
+
+/// A cell as text: strings bare, null empty, lists comma-joined, the rest as JSON.
+pub fn cell_text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.iter().all(|i| !i.is_object() && !i.is_array()) => {
+            items.iter().map(cell_text).collect::<Vec<_>>().join(",")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The width a table may use: the terminal's when stdout is one, else `$COLUMNS`, else none.
+pub fn terminal_width() -> Option<usize> {
+    if let Some((terminal_size::Width(w), _)) = terminal_size::terminal_size() {
+        return Some(usize::from(w));
+    }
+    std::env::var("COLUMNS").ok()?.parse().ok()
+}
+
+/// Parses a point in time: RFC 3339 (`2026-11-01T12:00:00Z`), a date (`2026-11-01`,
+/// midnight UTC) or an age before now (`90m`, `2h`, `7d`, `1week`).
+pub fn parse_when(text: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
+    let t = text.trim();
+    if let Ok(d) = DateTime::parse_from_rfc3339(t) {
+        return Ok(d.with_timezone(&Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        if let Some(dt) = d.and_hms_opt(0, 0, 0) {
+            return Ok(dt.and_utc());
+        }
+    }
+    let age = humantime::parse_duration(t).map_err(|e| {
+        anyhow::anyhow!(
+            "bad time {text:?}: {e} (use an age like 2h or 7d, a date like 2026-11-01, or RFC 3339)"
+        )
+    })?;
+    let age = chrono::Duration::from_std(age)
+        .with_context(|| format!("time {text:?} is too far back"))?;
+    Ok(now - age)
+}
+
+/// The node list, narrowed by a query: name, last seen, plugins, last error.
+pub async fn nodes(store: &DynStore, q: &Query) -> anyhow::Result<Table> {
+    let mut t = Table::new(&["node", "last_seen", "plugins", "last_error"]);
+    for n in store.select(q).await? {
+        t.rows.push(vec![
+            json!(n.name),
+            json!(rfc3339(n.last_seen)),
+            json!(n.plugins),
+            json!(n.last_error),
+        ]);
+    }
+    t.footer = format!("{} node(s)", t.rows.len());
+    Ok(t)
+}
+
+/// Nodes grouped by the value at `path`: each value with its count and members,
+/// most common first.
+pub async fn facts(store: &DynStore, path: &KeyPath, q: &Query) -> anyhow::Result<Table> {
+    let selected = selected_names(store, q).await?;
+    let mut groups: BTreeMap<String, (Value, Vec<String>)> = BTreeMap::new();
+    for (node, v) in store.values(path).await? {
+        if selected.as_ref().is_some_and(|s| !s.contains(&node)) {
+            continue;
+        }
+        groups
+            .entry(v.to_string())
+            .or_insert_with(|| (v.clone(), Vec::new()))
+            .1
+            .push(node);
+    }
+    let mut groups: Vec<(Value, Vec<String>)> = groups.into_values().collect();
+    groups.sort_by(|a, b| {
+        b.1.len()
+            .cmp(&a.1.len())
+            .then(a.0.to_string().cmp(&b.0.to_string()))
+    });
+    let mut t = Table::new(&["value", "count", "nodes"]);
+    let total: usize = groups.iter().map(|g| g.1.len()).sum();
+    for (v, members) in groups {
+        t.rows.push(vec![v, json!(members.len()), json!(members)]);
+    }
+    t.footer = format!(
+        "{total} node(s) have {path}; {} distinct value(s)",
+        t.rows.len()
+    );
+    Ok(t)
+}
+
+/// Which nodes have a package, with the version and the plugin that reported it.
+pub async fn package(store: &DynStore, name: &str, q: &Query) -> anyhow::Result<Table> {
+    let selected = selected_names(store, q).await?;
+    let mut t = Table::new(&["node", "version", "plugin"]);
+    for (node, plugin, version) in store.packages(name).await? {
+        if selected.as_ref().is_some_and(|s| !s.contains(&node)) {
+            continue;
+        }
+        t.rows.push(vec![json!(node), version, json!(plugin)]);
+    }
+    t.footer = format!("{} node(s) have {name}", t.rows.len());
+    Ok(t)
+}
+
+/// Nodes not seen since `since`, oldest first, with how long ago.
+pub async fn stale(
+    store: &DynStore,
+    since: DateTime<Utc>,
+    q: &Query,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Table> {
+    let mut q = q.clone();
+    q.not_seen_since = Some(since);
+    let mut nodes = store.select(&q).await?;
+    nodes.sort_by_key(|n| n.last_seen);
+    let mut t = Table::new(&["node", "last_seen", "age"]);
+    for n in nodes {
+        let age = (now - n.last_seen).to_std().unwrap_or_default();
+        let age = humantime::format_duration(std::time::Duration::from_secs(age.as_secs()));
+        t.rows.push(vec![
+            json!(n.name),
+            json!(rfc3339(n.last_seen)),
+            json!(age.to_string()),
+        ]);
+    }
+    t.footer = format!("{} node(s) not seen since {}", t.rows.len(), rfc3339(since));
+    Ok(t)
+}
+
+/// Nodes whose last result was an error: the plugin, the message and when.
+pub async fn errors(store: &DynStore, q: &Query) -> anyhow::Result<Table> {
+    let selected = selected_names(store, q).await?;
+    let path = KeyPath::parse("last_error")?;
+    let mut t = Table::new(&["node", "plugin", "message", "at"]);
+    for (node, e) in store.values(&path).await? {
+        if selected.as_ref().is_some_and(|s| !s.contains(&node)) {
+            continue;
+        }
+        t.rows.push(vec![
+            json!(node),
+            e.get("plugin").cloned().unwrap_or(Value::Null),
+            e.get("message").cloned().unwrap_or(Value::Null),
+            e.get("at").cloned().unwrap_or(Value::Null),
+        ]);
+    }
+    t.footer = format!("{} node(s) with an error", t.rows.len());
+    Ok(t)
+}
+
+/// What changed across the fleet since `since`: one row per changed leaf value.
+pub async fn changes(
+    store: &DynStore,
+    since: DateTime<Utc>,
+    limit: usize,
+    q: &Query,
+) -> anyhow::Result<Table> {
+    let selected = selected_names(store, q).await?;
+    let mut t = Table::new(&["at", "node", "key", "path", "old", "new"]);
+    let entries = store.changes(since, limit).await?;
+    let n = entries.len();
+    for h in entries {
+        if selected.as_ref().is_some_and(|s| !s.contains(&h.node)) {
+            continue;
+        }
+        for d in query::diff(h.old.as_ref(), h.new.as_ref()) {
+            t.rows.push(vec![
+                json!(rfc3339(h.at)),
+                json!(h.node),
+                json!(h.key),
+                json!(d.path),
+                d.old.unwrap_or(Value::Null),
+                d.new.unwrap_or(Value::Null),
+            ]);
+        }
+    }
+    t.footer = format!(
+        "{n} change(s) since {}{}",
+        rfc3339(since),
+        if n == limit {
+            " (limit reached: raise --limit)"
+        } else {
+            ""
+        }
+    );
+    Ok(t)
+}
+
+/// One node's history: every change with its leaf differences, or with a path, the
+/// values it took and when each appeared and went away.
+pub async fn history(
+    store: &DynStore,
+    node: &str,
+    path: Option<&KeyPath>,
+) -> anyhow::Result<Table> {
+    if store.node(node).await?.is_none() {
+        anyhow::bail!("no node named {node:?} is stored (see `vogeler-admin node` for the list)");
+    }
+    if let Some(path) = path {
+        let mut t = Table::new(&["value", "from", "until"]);
+        for s in store.timeline(node, path).await? {
+            t.rows.push(vec![
+                s.value.unwrap_or(Value::Null),
+                s.from
+                    .map(|t| json!(rfc3339(t)))
+                    .unwrap_or(json!("(before history)")),
+                s.until.map(|t| json!(rfc3339(t))).unwrap_or(json!("(now)")),
+            ]);
+        }
+        t.footer = format!("{} value(s) of {path} on {node}", t.rows.len());
+        return Ok(t);
+    }
+    let mut t = Table::new(&["at", "key", "path", "old", "new"]);
+    let entries = store.history(node, None).await?;
+    for h in &entries {
+        for d in query::diff(h.old.as_ref(), h.new.as_ref()) {
+            t.rows.push(vec![
+                json!(rfc3339(h.at)),
+                json!(h.key),
+                json!(d.path),
+                d.old.unwrap_or(Value::Null),
+                d.new.unwrap_or(Value::Null),
+            ]);
+        }
+    }
+    t.footer = format!("{} change(s) of {node}", entries.len());
+    Ok(t)
+}
+
+/// The names a query selects, or `None` when it selects every node (no filtering needed).
+async fn selected_names(
+    store: &DynStore,
+    q: &Query,
+) -> anyhow::Result<Option<std::collections::HashSet<String>>> {
+    if q.conditions.is_empty()
+        && q.names.is_empty()
+        && q.seen_since.is_none()
+        && q.not_seen_since.is_none()
+    {
+        return Ok(None);
+    }
+    Ok(Some(
+        store.select(q).await?.into_iter().map(|n| n.name).collect(),
+    ))
+}
+
+/// Builds a query from `-W` filters and `-n` node globs (repeated or comma lists).
+pub fn query(filters: &[String], names: &[String]) -> anyhow::Result<Query> {
+    Ok(Query {
+        conditions: filters
+            .iter()
+            .map(|f| Condition::parse(f))
+            .collect::<Result<_, _>>()?,
+        names: names
+            .iter()
+            .flat_map(|n| n.split(','))
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect(),
+        ..Query::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Table {
+        Table {
+            columns: vec!["node", "value"],
+            rows: vec![
+                vec![json!("web01"), json!("Debian, \"stable\"")],
+                vec![json!("db01"), json!(["a", "b"])],
+                vec![json!("x"), Value::Null],
+            ],
+            footer: "3 node(s)".into(),
+        }
+    }
+
+    #[test]
+    fn json_rows_are_objects_keyed_by_column() {
+        let out = table().render(Format::Json, None).expect("json");
+        let v: Value = serde_json::from_str(&out).expect("parses");
+        assert_eq!(v[0]["node"], "web01");
+        assert_eq!(v[1]["value"], json!(["a", "b"]));
+        assert!(v[2]["value"].is_null());
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_quoting() {
+        let out = table().render(Format::Csv, None).expect("csv");
+        assert_eq!(
+            out,
+            "node,value\nweb01,\"Debian, \"\"stable\"\"\"\ndb01,\"a,b\"\nx,\n"
+        );
+    }
+
+    #[test]
+    fn tables_fit_the_width_given() {
+        let mut t = table();
+        t.rows[0][1] = json!("x".repeat(200));
+        let out = t.render(Format::Table, Some(40)).expect("table");
+        for line in out.lines() {
+            assert!(line.chars().count() <= 40, "{line:?}");
+        }
+        assert!(out.contains('…'));
+        let wide = t.render(Format::Table, None).expect("table");
+        assert!(wide.lines().any(|l| l.len() > 200));
+        assert!(out.starts_with("NODE"));
+        assert!(out.ends_with("3 node(s)\n"));
+    }
+
+    #[test]
+    fn times_parse_as_ages_dates_and_rfc3339() {
+        let now = DateTime::parse_from_rfc3339("2026-11-25T12:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let at = |s: &str| rfc3339(parse_when(s, now).expect(s));
+        assert_eq!(at("2h"), "2026-11-25T10:00:00.000000Z");
+        assert_eq!(at("7d"), "2026-11-18T12:00:00.000000Z");
+        assert_eq!(at("2026-11-01"), "2026-11-01T00:00:00.000000Z");
+        assert_eq!(
+            at("2026-11-01T08:00:00+01:00"),
+            "2026-11-01T07:00:00.000000Z"
+        );
+        let e = parse_when("yesterdayish", now)
+            .expect_err("bad")
+            .to_string();
+        assert!(e.contains("bad time \"yesterdayish\""), "{e}");
+    }
+
+    #[test]
+    fn filters_and_name_lists_build_a_query() {
+        let q = query(
+            &["facter.os.family=Debian".into()],
+            &["web*,db01".into(), "x".into()],
+        )
+        .expect("query");
+        assert_eq!(q.conditions.len(), 1);
+        assert_eq!(q.names, ["web*", "db01", "x"]);
+        assert!(query(&["nonsense".into()], &[]).is_err());
+    }
+}

@@ -1,0 +1,388 @@
+//! `vogeler-admin` node queries, reports, history and migration against every
+//! backend on real servers, filled with the fixture data (facter, ohai, dpkg-query).
+//!
+//! Each test makes its own store (SQLite file, PostgreSQL database, CouchDB database
+//! on a private pouchdb-server) and runs the real binary against it.
+
+mod common;
+
+use std::process::Output;
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{json, Value};
+use vogeler_store::{Change, DynStore, Observation};
+
+/// A store to fill and the DSN the binary reaches it with.
+struct Target {
+    dsn: String,
+    store: DynStore,
+    _dir: tempfile::TempDir,
+}
+
+async fn target(backend: &str) -> Target {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dsn = match backend {
+        "sqlite" => format!("sqlite://{}", dir.path().join("v.db").display()),
+        "postgres" => vogeler_store::testing::fresh_postgres().await,
+        "couch" => format!(
+            "{}/{}",
+            vogeler_store::testing::pouchdb().replace("http://", "couch://"),
+            vogeler_store::testing::unique("vt_")
+        ),
+        other => panic!("no backend {other}"),
+    };
+    let parsed = vogeler_config::StoreDsn::parse(&dsn, dir.path()).expect("dsn");
+    let store = vogeler_store::open(&parsed)
+        .await
+        .unwrap_or_else(|e| panic!("cannot open the {backend} store at {dsn}: {e}"));
+    Target {
+        dsn,
+        store,
+        _dir: dir,
+    }
+}
+
+fn t(days_ago: i64) -> DateTime<Utc> {
+    Utc::now() - Duration::days(days_ago)
+}
+
+fn plugin(node: &str, at: DateTime<Utc>, name: &str, value: Value) -> Observation {
+    Observation {
+        node: node.into(),
+        at,
+        change: Change::Plugin {
+            name: name.into(),
+            value,
+        },
+    }
+}
+
+fn fixtures() -> (Value, Value, Value) {
+    let facter: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(common::fixture("facter-y.yaml")).expect("facter fixture"),
+    )
+    .expect("facter yaml");
+    let ohai: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture("ohai.json")).expect("ohai fixture"),
+    )
+    .expect("ohai json");
+    // What the shipped dpkg plugin stores: {"package": "version"}.
+    let dpkg: serde_json::Map<String, Value> =
+        std::fs::read_to_string(common::fixture("dpkg-query.txt"))
+            .expect("dpkg fixture")
+            .lines()
+            .filter_map(|l| l.split_once(char::is_whitespace))
+            .map(|(p, v)| (p.to_string(), json!(v.trim())))
+            .collect();
+    (facter, ohai, Value::Object(dpkg))
+}
+
+/// Six nodes: four Debian (dpkg, one of them upgraded openssl 3 days ago), two RedHat,
+/// one of which last returned an error.
+async fn fill(store: &DynStore) {
+    let (facter, ohai, dpkg) = fixtures();
+    let mut batch = Vec::new();
+    for i in 1..=6 {
+        let node = format!("fx-web0{i}");
+        let mut f = facter.clone();
+        let debian = i <= 4;
+        f["os"]["family"] = json!(if debian { "Debian" } else { "RedHat" });
+        f["kernelrelease"] = json!(if i % 2 == 0 {
+            "6.1.0-13-amd64"
+        } else {
+            "5.10.0-26-amd64"
+        });
+        batch.push(plugin(&node, t(10), "facter", f));
+        batch.push(plugin(&node, t(10), "ohai", ohai.clone()));
+        if debian {
+            batch.push(plugin(&node, t(10), "dpkg", dpkg.clone()));
+        }
+    }
+    batch.push(Observation {
+        node: "fx-web06".into(),
+        at: t(1),
+        change: Change::Error {
+            plugin: Some("facter".into()),
+            message: "facter: exit status 1".into(),
+            raw: None,
+        },
+    });
+    store.apply(batch.into()).await.expect("fill");
+    let mut newer = dpkg.clone();
+    newer["openssl"] = json!("3.0.99-1");
+    store
+        .apply(vec![plugin("fx-web01", t(3), "dpkg", newer)].into())
+        .await
+        .expect("upgrade");
+}
+
+fn admin(dsn: &str, args: &[&str]) -> Output {
+    let out = std::process::Command::new(common::bin("admin"))
+        .args(["-c", "/dev/null", "--dbhost", dsn])
+        .args(args)
+        .env_remove("VOGELER_DBHOST")
+        .env_remove("VOGELER_CONFIG")
+        .env("COLUMNS", "200")
+        .output()
+        .expect("run vogeler-admin");
+    out
+}
+
+fn ok(dsn: &str, args: &[&str]) -> String {
+    let out = admin(dsn, args);
+    assert!(
+        out.status.success(),
+        "vogeler-admin {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn json_of(dsn: &str, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--format", "json"]);
+    let text = ok(dsn, &all);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {text}"))
+}
+
+fn fails(dsn: &str, args: &[&str], needle: &str) {
+    let out = admin(dsn, args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(
+        err.contains(needle),
+        "{args:?}: wanted {needle:?} in:\n{err}"
+    );
+}
+
+async fn reports(backend: &str) {
+    let target = target(backend).await;
+    fill(&target.store).await;
+    let dsn = target.dsn.as_str();
+
+    // Nodes by a fact's value, most common first.
+    let facts = json_of(dsn, &["report", "facts", "facter.os.family"]);
+    assert_eq!(facts[0]["value"], "Debian");
+    assert_eq!(facts[0]["count"], 4);
+    assert_eq!(facts[1]["nodes"], json!(["fx-web05", "fx-web06"]));
+    let table = ok(dsn, &["report", "facts", "facter.os.family"]);
+    assert!(table.starts_with("VALUE"), "{table}");
+    assert!(
+        table.contains("6 node(s) have facter.os.family; 2 distinct value(s)"),
+        "{table}"
+    );
+
+    // Filters and name globs.
+    let nodes = json_of(
+        dsn,
+        &[
+            "report",
+            "nodes",
+            "-W",
+            "facter.os.family=Debian",
+            "-W",
+            "facter.kernelrelease~^6\\.",
+        ],
+    );
+    let names: Vec<&str> = nodes
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["node"].as_str())
+        .collect();
+    assert_eq!(names, ["fx-web02", "fx-web04"]);
+    let nodes = json_of(dsn, &["report", "nodes", "-n", "fx-web0[1-2],fx-web06"]);
+    assert_eq!(nodes.as_array().expect("rows").len(), 3);
+
+    // A package and its versions.
+    let pkg = json_of(dsn, &["report", "package", "openssl"]);
+    let rows = pkg.as_array().expect("rows");
+    assert_eq!(rows.len(), 4, "{pkg}");
+    assert_eq!(rows[0]["node"], "fx-web01");
+    assert_eq!(rows[0]["version"], "3.0.99-1");
+    assert_eq!(rows[0]["plugin"], "dpkg");
+    let csv = ok(dsn, &["report", "package", "openssl", "--format", "csv"]);
+    assert!(
+        csv.starts_with("node,version,plugin\nfx-web01,3.0.99-1,dpkg\n"),
+        "{csv}"
+    );
+
+    // Stale nodes: none seen within the future; all of them "not seen since tomorrow".
+    let tomorrow = (Utc::now() + Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+    assert_eq!(
+        json_of(dsn, &["report", "stale", "--since", &tomorrow])
+            .as_array()
+            .expect("rows")
+            .len(),
+        6
+    );
+    assert!(json_of(dsn, &["report", "stale", "--since", "1h"])
+        .as_array()
+        .expect("rows")
+        .is_empty());
+
+    // Last errors.
+    let errors = json_of(dsn, &["report", "errors"]);
+    assert_eq!(
+        errors,
+        json!([{"node": "fx-web06", "plugin": "facter", "message": "facter: exit status 1", "at": errors[0]["at"]}])
+    );
+
+    // Changes since 5 days ago: the upgrade, as one changed leaf.
+    let changes = json_of(dsn, &["report", "changes", "--since", "5d"]);
+    let upgrade: Vec<&Value> = changes
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| r["key"] == "dpkg")
+        .collect();
+    assert_eq!(upgrade.len(), 1, "{changes}");
+    assert_eq!(upgrade[0]["path"], "openssl");
+    assert_eq!(upgrade[0]["new"], "3.0.99-1");
+    assert_eq!(upgrade[0]["node"], "fx-web01");
+
+    // History questions: when a version appeared and went, the record as it was.
+    let spans = json_of(dsn, &["history", "fx-web01", "dpkg.openssl"]);
+    assert_eq!(spans.as_array().expect("spans").len(), 2, "{spans}");
+    assert_eq!(spans[1]["value"], "3.0.99-1");
+    assert_eq!(spans[1]["until"], "(now)");
+    let before = ok(dsn, &["node", "fx-web01", "dpkg.openssl", "--at", "5d"]);
+    assert_ne!(before.trim(), "\"3.0.99-1\"");
+    let now = ok(dsn, &["node", "fx-web01", "dpkg.openssl"]);
+    assert_eq!(now.trim(), "\"3.0.99-1\"");
+    let list = ok(dsn, &["node"]);
+    assert!(list.contains("6 node(s)"), "{list}");
+
+    // Bad input: clear messages, non-zero exits.
+    fails(dsn, &["node", "fx-nobody"], "no node named \"fx-nobody\"");
+    fails(
+        dsn,
+        &["node", "fx-web01", "facter.nope"],
+        "has no key \"facter.nope\"",
+    );
+    fails(
+        dsn,
+        &["node", "fx-web01", "--at", "20d"],
+        "did not exist yet",
+    );
+    fails(dsn, &["report", "facts", "facter..os"], "bad key path");
+    fails(
+        dsn,
+        &["report", "nodes", "-W", "facter.os.family"],
+        "no operator",
+    );
+    fails(
+        dsn,
+        &["report", "stale", "--since", "last tuesday"],
+        "bad time",
+    );
+    fails(dsn, &["history", "fx-nobody"], "no node named");
+
+    // Retention.
+    let pruned = ok(dsn, &["prune", "--before", "5d"]);
+    assert!(pruned.starts_with("deleted "), "{pruned}");
+    assert!(json_of(dsn, &["report", "changes", "--since", "30d"])
+        .as_array()
+        .expect("rows")
+        .iter()
+        .all(|r| r["key"] == "dpkg" || r["key"] == "last_error"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_on_sqlite() {
+    reports("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_on_postgres() {
+    reports("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_on_couch() {
+    reports("couch").await;
+}
+
+/// sqlite → postgres → couch → sqlite: every record and its history arrive, a second
+/// run copies nothing, and the destination answers the same reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_between_every_backend() {
+    let source = target("sqlite").await;
+    fill(&source.store).await;
+    let want = json_of(&source.dsn, &["report", "facts", "facter.kernelrelease"]);
+    let want_history = source
+        .store
+        .history("fx-web01", None)
+        .await
+        .expect("history");
+    let mut from = source.dsn.clone();
+    let mut keep = vec![source];
+    for backend in ["postgres", "couch", "sqlite"] {
+        let to = target(backend).await;
+        let out = ok(&from, &["migrate", "--to", &to.dsn]);
+        assert!(
+            out.contains("migrated 6 node(s) (6 copied, 0 already there)"),
+            "{backend}: {out}"
+        );
+        let again = ok(&from, &["migrate", "--to", &to.dsn]);
+        assert!(
+            again.contains("(0 copied, 6 already there)"),
+            "{backend}: {again}"
+        );
+        assert_eq!(
+            json_of(&to.dsn, &["report", "facts", "facter.kernelrelease"]),
+            want,
+            "{backend}"
+        );
+        let got = to.store.history("fx-web01", None).await.expect("history");
+        assert_eq!(got.len(), want_history.len(), "{backend}");
+        for (g, w) in got.iter().zip(&want_history) {
+            assert_eq!((&g.key, g.at), (&w.key, w.at), "{backend}");
+            let same = match (&g.new, &w.new) {
+                (Some(a), Some(b)) => vogeler_store::query::same_value(a, b),
+                (a, b) => a == b,
+            };
+            assert!(same, "{backend}: history of {} at {} differs", g.key, g.at);
+        }
+        from = to.dsn.clone();
+        keep.push(to);
+    }
+    fails(&from, &["migrate", "--to", "mongo://nowhere"], "mongo");
+}
+
+/// `[server] history_days`: the server prunes older history when it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_prunes_history_past_retention() {
+    let d = common::Deployment::new(&[]);
+    let dsn = format!("sqlite://{}", d.db.display());
+    let parsed = vogeler_config::StoreDsn::parse(&dsn, d.dir.path()).expect("dsn");
+    {
+        let store = vogeler_store::open(&parsed).await.expect("open");
+        for (days, v) in [(30, 1), (20, 2), (0, 3)] {
+            store
+                .apply(vec![plugin("fx-old", t(days), "k", json!(v))].into())
+                .await
+                .expect("apply");
+        }
+    }
+    d.write_conf("[server]\nhistory_days = 7\n");
+    let _server = d.server(&[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let rows = json_of(&dsn, &["history", "fx-old"]);
+        let n = rows.as_array().map(Vec::len).unwrap_or(0);
+        if n == 1 {
+            assert_eq!(rows[0]["new"], 3);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "history not pruned: {rows}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(ok(&dsn, &["node", "fx-old", "k"]).trim(), "3");
+}
