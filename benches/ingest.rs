@@ -134,7 +134,6 @@ async fn ingest(store: DynStore, bodies: &[Vec<u8>], id: &str) -> (Duration, u64
     )
 }
 
-/// Creates an empty database (with psql, as an operator would) and returns its DSN.
 /// Resident memory (KiB) of an idle `vogeler-client` after start-up, and the CPU
 /// clock ticks it used over the next five seconds.
 fn client_idle(id: &str) -> (u64, u64) {

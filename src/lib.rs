@@ -6,6 +6,7 @@
 //! - [`admin`]: set-up, node queries, queue status.
 //! - [`report`]: fleet reports as tables, JSON or CSV; [`migrate`]: store to store.
 //! - [`settings`] and [`cli`]: flags, environment and `vogeler.conf` into options.
+//! - [`web`]: `vogeler-server --http`: read-only web UI, JSON API, metrics.
 //! - [`shutdown`]: the stop signal every loop takes.
 
 pub mod admin;
@@ -18,3 +19,4 @@ pub mod runner;
 pub mod server;
 pub mod settings;
 pub mod shutdown;
+pub mod web;

@@ -198,9 +198,13 @@ pub async fn nodes(store: &DynStore, q: &Query) -> anyhow::Result<Table> {
     Ok(t)
 }
 
-/// Nodes grouped by the value at `path`: each value with its count and members,
-/// most common first.
-pub async fn facts(store: &DynStore, path: &KeyPath, q: &Query) -> anyhow::Result<Table> {
+/// The values at `path` across the selected nodes, each with its nodes, most
+/// common first: the data behind `report facts`, the API's stats and the web charts.
+pub async fn value_groups(
+    store: &DynStore,
+    path: &KeyPath,
+    q: &Query,
+) -> anyhow::Result<Vec<(Value, Vec<String>)>> {
     let selected = selected_names(store, q).await?;
     let mut groups: BTreeMap<String, (Value, Vec<String>)> = BTreeMap::new();
     for (node, v) in store.values(path).await? {
@@ -219,6 +223,13 @@ pub async fn facts(store: &DynStore, path: &KeyPath, q: &Query) -> anyhow::Resul
             .cmp(&a.1.len())
             .then(a.0.to_string().cmp(&b.0.to_string()))
     });
+    Ok(groups)
+}
+
+/// Nodes grouped by the value at `path`: each value with its count and members,
+/// most common first.
+pub async fn facts(store: &DynStore, path: &KeyPath, q: &Query) -> anyhow::Result<Table> {
+    let groups = value_groups(store, path, q).await?;
     let mut t = Table::new(&["value", "count", "nodes"]);
     let total: usize = groups.iter().map(|g| g.1.len()).sum();
     for (v, members) in groups {

@@ -23,6 +23,21 @@ struct Cli {
         help = "Load the CouchDB design docs under DIR (DIR/<ddoc>/views/<view>/map.js), print them and exit"
     )]
     load: Option<PathBuf>,
+
+    /// Also serve the read-only web UI, JSON API and /metrics on ADDR (a bare port
+    /// binds 127.0.0.1; 0.0.0.0:PORT listens everywhere). Off unless given.
+    #[arg(long, value_name = "ADDR", env = "VOGELER_HTTP")]
+    http: Option<String>,
+
+    /// Require this token for the web UI (Authorization: Bearer TOKEN, or basic auth
+    /// with it as the password).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "VOGELER_HTTP_TOKEN",
+        hide_env_values = true
+    )]
+    http_token: Option<String>,
 }
 
 fn main() {
@@ -47,6 +62,32 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         .context("cannot open the store")?;
     let opts = settings::server_options(&s);
     let stats = Arc::new(vogeler::server::Stats::default());
-    vogeler::server::run(opts, store, stats, Shutdown::on_signals()).await?;
+    let shutdown = Shutdown::on_signals();
+    let web = match cli.http {
+        None => None,
+        Some(addr) => {
+            let addr = vogeler::web::parse_addr(&addr)?;
+            let state = vogeler::web::WebState {
+                store: store.clone(),
+                stats: stats.clone(),
+                queues: Some((
+                    settings::broker(&s, "vogeler-server-web"),
+                    settings::topology(&s),
+                )),
+                token: cli.http_token.filter(|t| !t.is_empty()),
+            };
+            // Bind before consuming so a taken port fails the start, not later.
+            let listener = vogeler::web::bind(addr).await?;
+            Some(tokio::spawn(vogeler::web::serve(
+                listener,
+                state,
+                shutdown.clone(),
+            )))
+        }
+    };
+    vogeler::server::run(opts, store, stats, shutdown).await?;
+    if let Some(web) = web {
+        web.await.context("web server task")??;
+    }
     Ok(0)
 }

@@ -5,6 +5,8 @@
 //! plugin directory, and starts the real binaries. Processes die with the guard.
 #![allow(dead_code, missing_docs)]
 
+pub mod fleet;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

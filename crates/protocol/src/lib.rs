@@ -293,6 +293,9 @@ pub fn decode(body: &[u8]) -> Result<Decoded, ProtocolError> {
     let text = std::str::from_utf8(body).map_err(|e| ProtocolError::BadUtf8 {
         offset: e.valid_up_to(),
     })?;
+    if let Some(decoded) = decode_v1_result(text) {
+        return decoded;
+    }
     let value: Value = serde_json::from_str(text).map_err(|e| ProtocolError::NotJson {
         message: e.to_string(),
         line: e.line(),
@@ -346,6 +349,31 @@ pub fn decode(body: &[u8]) -> Result<Decoded, ProtocolError> {
             }
         ))),
     }
+}
+
+/// The hot path: a v1 result parsed straight into [`PluginResult`], building its
+/// data tree once. `None` when the body is anything else (or not even an object):
+/// the general path then decodes it and words the error.
+fn decode_v1_result(text: &str) -> Option<Result<Decoded, ProtocolError>> {
+    /// The envelope alone; every other field is skipped without allocating.
+    #[derive(Deserialize)]
+    struct Probe<'a> {
+        v: Option<u64>,
+        #[serde(borrow)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    }
+    let probe: Probe<'_> = serde_json::from_str(text).ok()?;
+    if probe.v != Some(VERSION) || probe.kind.as_deref() != Some("result") {
+        return None;
+    }
+    Some(
+        serde_json::from_str::<PluginResult>(text)
+            .map(|r| Decoded::Message(Message::Result(r)))
+            .map_err(|e| ProtocolError::BadField {
+                kind: "result".into(),
+                message: e.to_string(),
+            }),
+    )
 }
 
 fn legacy_field(message: impl Into<String>) -> ProtocolError {

@@ -1,0 +1,386 @@
+//! `/api/...`: the JSON API (documented in `docs/openapi.yaml`).
+//!
+//! A bad query is a 400 with `{"error": "..."}` naming what was wrong, an unknown
+//! node a 404, an unreachable store a 503: never a 500 for anything a caller sent.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+use vogeler_store::{query, rfc3339, KeyPath, NodeSummary, Query, StoreError};
+
+use super::{node_query, page_of, pairs, param, parse_condition, WebState, PAGE_SIZE};
+
+/// An error answer: status and message, rendered as `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    /// A 400 for a bad request.
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, message.into())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        let status = match &e {
+            StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+            StoreError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> ApiError {
+        match e.downcast::<StoreError>() {
+            Ok(s) => s.into(),
+            Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// One page of a list, with where it sits.
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    /// Rows matching, over all pages.
+    pub total: usize,
+    /// This page (1-based).
+    pub page: usize,
+    /// Rows per page.
+    pub per_page: usize,
+    /// This page's rows.
+    pub items: Vec<T>,
+}
+
+/// Cuts page `page` of `per_page` out of `all`.
+pub fn page<T>(all: Vec<T>, page: usize, per_page: usize) -> Page<T> {
+    let total = all.len();
+    let items = all
+        .into_iter()
+        .skip((page - 1).saturating_mul(per_page))
+        .take(per_page)
+        .collect();
+    Page {
+        total,
+        page,
+        per_page,
+        items,
+    }
+}
+
+/// The filtered node list and its page, shared with the HTML list.
+pub async fn node_page(
+    state: &WebState,
+    p: &[(String, String)],
+) -> Result<(Query, Page<NodeSummary>), ApiError> {
+    let q = node_query(p, Utc::now()).map_err(ApiError::bad)?;
+    let per_page = match param(p, "per_page") {
+        None => PAGE_SIZE,
+        Some(n) => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=PAGE_SIZE).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad(format!("per_page must be 1 to {PAGE_SIZE}, not {n:?}"))
+            })?,
+    };
+    let all = state.store.select(&q).await?;
+    Ok((q, page(all, page_of(p), per_page)))
+}
+
+/// `GET /api/nodes?name=&where=&stale=&page=&per_page=`.
+pub async fn nodes(State(state): State<WebState>, RawQuery(raw): RawQuery) -> ApiResult {
+    let (_, page) = node_page(&state, &pairs(raw.as_deref())).await?;
+    Ok(Json(serde_json::to_value(page).map_err(|e| {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    })?))
+}
+
+/// `GET /api/nodes/{name}[?at=WHEN]`: the document (as it was at `at`).
+pub async fn node(
+    State(state): State<WebState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let p = pairs(raw.as_deref());
+    let record = match param(&p, "at") {
+        None => state.store.node(&name).await?,
+        Some(at) => {
+            let at = crate::report::parse_when(at, Utc::now())
+                .map_err(|e| ApiError::bad(e.to_string()))?;
+            state.store.record_at(&name, at).await?
+        }
+    };
+    match record {
+        Some(r) => Ok(Json(r.document())),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no node named {name:?} (at that time)"),
+        )),
+    }
+}
+
+/// One change of a node's key with its leaf differences.
+#[derive(Debug, Serialize)]
+pub struct Change {
+    /// When it was observed.
+    pub at: String,
+    /// Node name.
+    pub node: String,
+    /// Plugin key (or `last_error`).
+    pub key: String,
+    /// What changed inside it.
+    pub differences: Vec<query::Difference>,
+}
+
+/// History entries as changes with their differences.
+pub fn changes_of(entries: &[vogeler_store::HistoryEntry]) -> Vec<Change> {
+    entries
+        .iter()
+        .map(|h| Change {
+            at: rfc3339(h.at),
+            node: h.node.clone(),
+            key: h.key.clone(),
+            differences: query::diff(h.old.as_ref(), h.new.as_ref()),
+        })
+        .collect()
+}
+
+/// `GET /api/nodes/{name}/history[?path=]`: every change, or one path's timeline.
+pub async fn history(
+    State(state): State<WebState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    if state.store.node(&name).await?.is_none() {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no node named {name:?}"),
+        ));
+    }
+    let p = pairs(raw.as_deref());
+    match param(&p, "path") {
+        Some(path) => {
+            let path = KeyPath::parse(path)?;
+            let spans = state.store.timeline(&name, &path).await?;
+            Ok(Json(
+                json!({"node": name, "path": path.to_string(), "timeline": spans}),
+            ))
+        }
+        None => {
+            let entries = state.store.history(&name, None).await?;
+            Ok(Json(json!({"node": name, "changes": changes_of(&entries)})))
+        }
+    }
+}
+
+/// `GET /api/values?path=facter.os.family[&where=&name=]`: each value, its count and nodes.
+pub async fn values(State(state): State<WebState>, RawQuery(raw): RawQuery) -> ApiResult {
+    let p = pairs(raw.as_deref());
+    let path = param(&p, "path")
+        .ok_or_else(|| ApiError::bad("give a path: /api/values?path=facter.os.family"))?;
+    let path = KeyPath::parse(path)?;
+    let q = node_query(&p, Utc::now()).map_err(ApiError::bad)?;
+    let groups = crate::report::value_groups(&state.store, &path, &q).await?;
+    Ok(Json(json!({
+        "path": path.to_string(),
+        "values": groups.into_iter().map(|(v, n)| json!({"value": v, "count": n.len(), "nodes": n})).collect::<Vec<_>>(),
+    })))
+}
+
+/// What a search box query means.
+#[derive(Debug)]
+pub enum Search {
+    /// `package openssl`: which nodes have it, which version.
+    Package(String),
+    /// `facter.os.family = Debian`: the nodes where it holds.
+    Filter(vogeler_store::Condition),
+    /// Anything else: node names containing it.
+    Name(String),
+}
+
+/// Reads a search box query; a malformed filter is an error naming the problem.
+pub fn parse_search(q: &str) -> Result<Search, ApiError> {
+    let q = q.trim();
+    if q.is_empty() {
+        return Err(ApiError::bad("empty search: try `facter.os.family = Debian`, `package openssl` or part of a node name"));
+    }
+    if let Some(p) = q
+        .strip_prefix("package ")
+        .or_else(|| q.strip_prefix("pkg "))
+    {
+        return Ok(Search::Package(p.trim().to_string()));
+    }
+    if q.contains(|c: char| "=!*~<>?".contains(c)) {
+        return Ok(Search::Filter(parse_condition(q)?));
+    }
+    Ok(Search::Name(q.to_string()))
+}
+
+/// Runs a search: `("nodes", node list)` or `("package", rows)`.
+pub async fn run_search(state: &WebState, search: &Search) -> Result<Value, ApiError> {
+    Ok(match search {
+        Search::Package(name) => {
+            let rows: Vec<Value> = state
+                .store
+                .packages(name)
+                .await?
+                .into_iter()
+                .map(|(node, plugin, version)| json!({"node": node, "plugin": plugin, "version": version}))
+                .collect();
+            json!({"kind": "package", "package": name, "rows": rows})
+        }
+        Search::Filter(c) => {
+            let q = Query {
+                conditions: vec![c.clone()],
+                ..Query::default()
+            };
+            json!({"kind": "nodes", "filter": c.to_string(), "nodes": state.store.select(&q).await?})
+        }
+        Search::Name(n) => {
+            let q = Query {
+                names: vec![format!("*{n}*")],
+                ..Query::default()
+            };
+            json!({"kind": "nodes", "name": n, "nodes": state.store.select(&q).await?})
+        }
+    })
+}
+
+/// `GET /api/search?q=`.
+pub async fn search(State(state): State<WebState>, RawQuery(raw): RawQuery) -> ApiResult {
+    let p = pairs(raw.as_deref());
+    let search = parse_search(param(&p, "q").unwrap_or_default())?;
+    Ok(Json(run_search(&state, &search).await?))
+}
+
+/// `GET /api/changes?since=1d&limit=1000`: changes across the fleet.
+pub async fn changes(State(state): State<WebState>, RawQuery(raw): RawQuery) -> ApiResult {
+    let p = pairs(raw.as_deref());
+    let since = crate::report::parse_when(param(&p, "since").unwrap_or("1d"), Utc::now())
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let limit = match param(&p, "limit") {
+        None => 1000,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=100_000).contains(l))
+            .ok_or_else(|| ApiError::bad(format!("limit must be 1 to 100000, not {l:?}")))?,
+    };
+    let entries = state.store.changes(since, limit).await?;
+    Ok(Json(
+        json!({"since": rfc3339(since), "changes": changes_of(&entries)}),
+    ))
+}
+
+/// Last-seen age buckets, in order.
+pub const AGE_BUCKETS: &[(&str, i64)] = &[
+    ("under 1 hour", 3600),
+    ("under 1 day", 86_400),
+    ("under 1 week", 7 * 86_400),
+    ("1 week or more", i64::MAX),
+];
+
+/// The fleet at a glance: node count, nodes per OS family and per kernel, last-seen
+/// ages and ingest counters. The overview's charts draw exactly these numbers.
+pub async fn fleet_stats(state: &WebState, now: DateTime<Utc>) -> Result<Value, ApiError> {
+    let nodes = state.store.nodes().await?;
+    let counts = |groups: Vec<(Value, Vec<String>)>| -> Vec<Value> {
+        groups
+            .into_iter()
+            .map(|(v, n)| json!({"value": crate::report::cell_text(&v), "count": n.len()}))
+            .collect()
+    };
+    let all = Query::default();
+    let family =
+        crate::report::value_groups(&state.store, &KeyPath::parse("facter.os.family")?, &all)
+            .await?;
+    let kernel =
+        crate::report::value_groups(&state.store, &KeyPath::parse("facter.kernelrelease")?, &all)
+            .await?;
+    let mut ages: BTreeMap<usize, usize> = BTreeMap::new();
+    for n in &nodes {
+        let age = (now - n.last_seen).num_seconds().max(0);
+        let i = AGE_BUCKETS
+            .iter()
+            .position(|(_, limit)| age < *limit)
+            .unwrap_or(AGE_BUCKETS.len() - 1);
+        *ages.entry(i).or_default() += 1;
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    Ok(json!({
+        "nodes": nodes.len(),
+        "with_errors": nodes.iter().filter(|n| n.last_error.is_some()).count(),
+        "os_family": counts(family),
+        "kernel": counts(kernel),
+        "last_seen": AGE_BUCKETS.iter().enumerate().map(|(i, (label, _))| json!({"value": label, "count": ages.get(&i).copied().unwrap_or(0)})).collect::<Vec<_>>(),
+        "ingest": {
+            "stored": state.stats.stored.load(Relaxed),
+            "dead_lettered": state.stats.dead_lettered.load(Relaxed),
+            "commits": state.stats.commits.load(Relaxed),
+        },
+    }))
+}
+
+/// `GET /api/stats`.
+pub async fn stats(State(state): State<WebState>) -> ApiResult {
+    Ok(Json(fleet_stats(&state, Utc::now()).await?))
+}
+
+/// Anything else: a 404 (JSON under /api, a short page elsewhere).
+pub async fn not_found(uri: Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no API endpoint {}", uri.path()),
+        )
+        .into_response()
+    } else {
+        super::pages::error_page(StatusCode::NOT_FOUND, &format!("no page {}", uri.path()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_cut_lists() {
+        let p = page((0..250).collect::<Vec<_>>(), 3, 100);
+        assert_eq!((p.total, p.items.len(), p.items[0]), (250, 50, 200));
+        assert!(page((0..5).collect::<Vec<_>>(), 9, 100).items.is_empty());
+    }
+
+    #[test]
+    fn searches_read_as_people_type_them() {
+        assert!(
+            matches!(parse_search("package openssl"), Ok(Search::Package(p)) if p == "openssl")
+        );
+        assert!(matches!(
+            parse_search("facter.os.family = Debian"),
+            Ok(Search::Filter(_))
+        ));
+        assert!(matches!(parse_search("web"), Ok(Search::Name(n)) if n == "web"));
+        assert!(parse_search("  ").is_err());
+        assert_eq!(
+            parse_search("facter.x ~ (").err().map(|e| e.0),
+            Some(StatusCode::BAD_REQUEST)
+        );
+    }
+}

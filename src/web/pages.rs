@@ -1,0 +1,440 @@
+//! Server-rendered pages: overview, node list, node, search. They work with
+//! JavaScript off; `app.js` only adds "expand all" buttons. Every string from the
+//! store goes through maud's escaping.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use chrono::Utc;
+use maud::{html, Markup, DOCTYPE};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use serde_json::Value;
+use vogeler_store::{rfc3339, NodeSummary};
+
+use super::api::{self, ApiError, Page};
+use super::{pairs, param, WebState};
+
+const STYLE: &str = include_str!("assets/style.css");
+const SCRIPT: &str = include_str!("assets/app.js");
+
+/// `GET /static/style.css`.
+pub async fn style() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
+}
+
+/// `GET /static/app.js`.
+pub async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        SCRIPT,
+    )
+        .into_response()
+}
+
+fn enc(s: &str) -> String {
+    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
+}
+
+fn layout(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Vogeler" }
+                link rel="stylesheet" href="/static/style.css";
+                script src="/static/app.js" defer {}
+            }
+            body {
+                header {
+                    nav {
+                        a.brand href="/" { "Vogeler" }
+                        a href="/" { "Overview" }
+                        a href="/nodes" { "Nodes" }
+                        a href="/search" { "Search" }
+                        form.quick method="get" action="/search" {
+                            input type="search" name="q" placeholder="facter.os.family = Debian" aria-label="Search";
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+fn respond(status: StatusCode, title: &str, body: Markup) -> Response {
+    (status, Html(layout(title, body).into_string())).into_response()
+}
+
+/// A page saying what went wrong.
+pub fn error_page(status: StatusCode, message: &str) -> Response {
+    respond(
+        status,
+        status.canonical_reason().unwrap_or("Error"),
+        html! {
+            h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
+            p.error { (message) }
+        },
+    )
+}
+
+fn failed(e: ApiError) -> Response {
+    error_page(e.0, &e.1)
+}
+
+fn time(t: chrono::DateTime<Utc>) -> Markup {
+    html! { time datetime=(rfc3339(t)) { (t.format("%Y-%m-%d %H:%M:%S UTC")) } }
+}
+
+/// A horizontal bar chart; each bar carries `data-label` and `data-count` so tests
+/// (and scripts) read the exact numbers drawn.
+fn bar_chart(id: &str, title: &str, rows: &[(String, u64)]) -> Markup {
+    let max = rows.iter().map(|r| r.1).max().unwrap_or(0).max(1);
+    let row_h = 24u64;
+    let height = row_h * rows.len().max(1) as u64 + 8;
+    html! {
+        figure.chart id=(id) {
+            figcaption { (title) }
+            @if rows.is_empty() {
+                p.muted { "no data yet" }
+            } @else {
+                svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label=(title) viewBox=(format!("0 0 600 {height}")) width="600" height=(height) {
+                    @for (i, (label, count)) in rows.iter().enumerate() {
+                        @let y = 4 + row_h * i as u64;
+                        @let w = (380 * count / max).max(1);
+                        g.bar data-label=(label) data-count=(count) {
+                            title { (label) ": " (count) }
+                            text x="0" y=(y + 16) { (truncate(label, 28)) }
+                            rect x="200" y=(y + 3) width=(w) height="18" {}
+                            text x=(205 + w) y=(y + 16) { (count) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn chart_rows(v: &Value) -> Vec<(String, u64)> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["value"].as_str().unwrap_or_default().to_string(),
+                r["count"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// `GET /`: counts and charts.
+pub async fn overview(State(state): State<WebState>) -> Response {
+    let stats = match api::fleet_stats(&state, Utc::now()).await {
+        Ok(s) => s,
+        Err(e) => return failed(e),
+    };
+    respond(
+        StatusCode::OK,
+        "Overview",
+        html! {
+            h1 { "Fleet overview" }
+            p.summary {
+                strong #node-count { (stats["nodes"]) } " nodes, "
+                a href="/nodes?where=last_error%3F" { (stats["with_errors"]) " with an error" } ", "
+                (stats["ingest"]["stored"]) " results stored since this server started."
+            }
+            div.charts {
+                (bar_chart("chart-os-family", "Nodes per OS family (facter.os.family)", &chart_rows(&stats["os_family"])))
+                (bar_chart("chart-kernel", "Nodes per kernel (facter.kernelrelease)", &chart_rows(&stats["kernel"])))
+                (bar_chart("chart-last-seen", "Last seen", &chart_rows(&stats["last_seen"])))
+            }
+        },
+    )
+}
+
+fn node_table(nodes: &[NodeSummary]) -> Markup {
+    html! {
+        table.nodes {
+            thead { tr { th { "Node" } th { "Last seen" } th { "Plugins" } th { "Last error" } } }
+            tbody {
+                @for n in nodes {
+                    tr {
+                        td { a href=(format!("/nodes/{}", enc(&n.name))) { (n.name) } }
+                        td { (time(n.last_seen)) }
+                        td { (n.plugins.join(", ")) }
+                        td.error { (n.last_error.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn pager(p: &[(String, String)], page: &Page<NodeSummary>) -> Markup {
+    let pages = page.total.div_ceil(page.per_page.max(1)).max(1);
+    let link = |to: usize| {
+        let mut q: Vec<(String, String)> = p.iter().filter(|(k, _)| k != "page").cloned().collect();
+        q.push(("page".into(), to.to_string()));
+        let qs = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(q)
+            .finish();
+        format!("/nodes?{qs}")
+    };
+    html! {
+        nav.pager {
+            @if page.page > 1 { a rel="prev" href=(link(page.page - 1)) { "← previous" } }
+            span { "page " (page.page) " of " (pages) " · " (page.total) " node(s)" }
+            @if page.page < pages { a rel="next" href=(link(page.page + 1)) { "next →" } }
+        }
+    }
+}
+
+/// `GET /nodes?name=&where=&stale=&page=`: the filterable node list.
+pub async fn node_list(State(state): State<WebState>, RawQuery(raw): RawQuery) -> Response {
+    let p = pairs(raw.as_deref());
+    let (_, page) = match api::node_page(&state, &p).await {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    let value = |k: &str| param(&p, k).unwrap_or_default().to_string();
+    let stale = value("stale");
+    respond(
+        StatusCode::OK,
+        "Nodes",
+        html! {
+            h1 { "Nodes" }
+            form #filter method="get" action="/nodes" {
+                label { "Name " input type="text" name="name" value=(value("name")) placeholder="web*"; }
+                label { "Where " input type="text" name="where" value=(value("where")) placeholder="facter.os.family = Debian"; }
+                label { "Not seen for "
+                    select name="stale" {
+                        @for (v, label) in [("", "any time"), ("1h", "1 hour"), ("1d", "1 day"), ("7d", "1 week")] {
+                            option value=(v) selected[stale == v] { (label) }
+                        }
+                    }
+                }
+                button type="submit" { "Filter" }
+            }
+            (node_table(&page.items))
+            (pager(&p, &page))
+        },
+    )
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn summary_of(v: &Value) -> String {
+    match v {
+        Value::Object(m) => format!("{{{} keys}}", m.len()),
+        Value::Array(a) => format!("[{} items]", a.len()),
+        other => scalar(other),
+    }
+}
+
+/// A value as a collapsible tree: objects as nested `<details>`, lists as tables.
+fn tree(v: &Value, depth: usize) -> Markup {
+    match v {
+        Value::Object(m) => html! {
+            ul.tree {
+                @for (k, v) in m {
+                    li {
+                        @if v.is_object() || (v.is_array() && v.as_array().is_some_and(|a| !a.is_empty())) {
+                            details open[depth == 0 && m.len() <= 40] {
+                                summary { span.k { (k) } " " span.muted { (summary_of(v)) } }
+                                (tree(v, depth + 1))
+                            }
+                        } @else {
+                            span.k { (k) } ": " span.v { (scalar(v)) }
+                        }
+                    }
+                }
+            }
+        },
+        Value::Array(items) => list_table(items, depth),
+        other => html! { span.v { (scalar(other)) } },
+    }
+}
+
+/// Lists of scalars as one column, lists of flat objects as a table of their keys.
+fn list_table(items: &[Value], depth: usize) -> Markup {
+    let flat_objects = !items.is_empty()
+        && items.iter().all(|i| {
+            i.as_object()
+                .is_some_and(|m| m.values().all(|v| !v.is_object() && !v.is_array()))
+        });
+    if flat_objects {
+        let mut cols: Vec<&String> = Vec::new();
+        for i in items {
+            for k in i.as_object().into_iter().flat_map(|m| m.keys()) {
+                if !cols.contains(&k) {
+                    cols.push(k);
+                }
+            }
+        }
+        return html! {
+            table.list {
+                thead { tr { @for c in &cols { th { (c) } } } }
+                tbody { @for i in items { tr { @for c in &cols { td { (i.get(c.as_str()).map(scalar).unwrap_or_default()) } } } } }
+            }
+        };
+    }
+    html! {
+        table.list {
+            tbody {
+                @for (n, i) in items.iter().enumerate() {
+                    tr { td.muted { (n) } td { @if i.is_object() || i.is_array() { (tree(i, depth + 1)) } @else { (scalar(i)) } } }
+                }
+            }
+        }
+    }
+}
+
+/// `GET /nodes/{name}`: each plugin's data as a tree, the raw document, the history.
+pub async fn node_page(State(state): State<WebState>, Path(name): Path<String>) -> Response {
+    let record = match state.store.node(&name).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return error_page(
+                StatusCode::NOT_FOUND,
+                &format!("no node named {name:?} is stored"),
+            )
+        }
+        Err(e) => return failed(e.into()),
+    };
+    let history = match state.store.history(&name, None).await {
+        Ok(h) => h,
+        Err(e) => return failed(e.into()),
+    };
+    let changes = api::changes_of(&history);
+    let raw = serde_json::to_string_pretty(&record.document()).unwrap_or_default();
+    respond(
+        StatusCode::OK,
+        &name,
+        html! {
+            h1 { (name) }
+            dl.meta {
+                dt { "First seen" } dd { (time(record.created_at)) }
+                dt { "Changed" } dd { (time(record.updated_at)) }
+                dt { "Last seen" } dd { (time(record.last_seen)) }
+                @if let Some(e) = &record.last_error {
+                    dt { "Last error" }
+                    dd.error {
+                        (e.get("plugin").map(scalar).unwrap_or_default()) ": "
+                        (e.get("message").map(scalar).unwrap_or_default())
+                    }
+                }
+            }
+            p.tools { a href=(format!("/api/nodes/{}", enc(&name))) { "JSON" } }
+            section #plugins {
+                h2 { "Plugins" }
+                @for (key, value) in &record.keys {
+                    details.plugin id=(format!("plugin-{key}")) open[record.keys.len() <= 3] {
+                        summary { (key) " " span.muted { (summary_of(value)) } }
+                        (tree(value, 0))
+                    }
+                }
+            }
+            section #history {
+                h2 { "History" }
+                @if changes.is_empty() {
+                    p.muted { "no changes recorded" }
+                } @else {
+                    ol.timeline {
+                        @for c in changes.iter().rev() {
+                            li {
+                                time datetime=(c.at) { (c.at) } " "
+                                strong { (c.key) } " "
+                                span.muted { (c.differences.len()) " change(s)" }
+                                ul {
+                                    @for d in c.differences.iter().take(50) {
+                                        li {
+                                            code { (if d.path.is_empty() { c.key.as_str() } else { d.path.as_str() }) } ": "
+                                            del { (d.old.as_ref().map(summary_of).unwrap_or_else(|| "(none)".into())) }
+                                            " → "
+                                            ins { (d.new.as_ref().map(summary_of).unwrap_or_else(|| "(none)".into())) }
+                                        }
+                                    }
+                                    @if c.differences.len() > 50 { li.muted { "… " (c.differences.len() - 50) " more" } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            details #raw {
+                summary { "Raw document" }
+                pre { (raw) }
+            }
+        },
+    )
+}
+
+/// `GET /search?q=`: a filter (`facter.os.family = Debian`), a package
+/// (`package openssl`) or part of a node name.
+pub async fn search(State(state): State<WebState>, RawQuery(raw): RawQuery) -> Response {
+    let p = pairs(raw.as_deref());
+    let q = param(&p, "q").unwrap_or_default().to_string();
+    let form = html! {
+        form #search method="get" action="/search" {
+            input type="search" name="q" value=(q) placeholder="facter.os.family = Debian" aria-label="Search";
+            button type="submit" { "Search" }
+        }
+        p.muted { "Examples: " code { "facter.os.family = Debian" } ", " code { "facter.kernelrelease ~ ^6\\." } ", " code { "package openssl" } ", " code { "web" } }
+    };
+    if q.trim().is_empty() {
+        return respond(StatusCode::OK, "Search", html! { h1 { "Search" } (form) });
+    }
+    let result = match api::parse_search(&q) {
+        Ok(s) => api::run_search(&state, &s).await,
+        Err(e) => Err(e),
+    };
+    let (status, body) = match result {
+        Err(e) => (e.0, html! { p.error { (e.1) } }),
+        Ok(r) if r["kind"] == "package" => (
+            StatusCode::OK,
+            html! {
+                table.results {
+                    thead { tr { th { "Node" } th { "Version" } th { "Plugin" } } }
+                    tbody {
+                        @for row in r["rows"].as_array().into_iter().flatten() {
+                            @let node = row["node"].as_str().unwrap_or_default();
+                            tr { td { a href=(format!("/nodes/{}", enc(node))) { (node) } } td { (scalar(&row["version"])) } td { (scalar(&row["plugin"])) } }
+                        }
+                    }
+                }
+                p.muted { (r["rows"].as_array().map(Vec::len).unwrap_or(0)) " node(s)" }
+            },
+        ),
+        Ok(r) => {
+            let nodes: Vec<NodeSummary> =
+                serde_json::from_value(r["nodes"].clone()).unwrap_or_default();
+            (
+                StatusCode::OK,
+                html! { (node_table(&nodes)) p.muted { (nodes.len()) " node(s)" } },
+            )
+        }
+    };
+    respond(
+        status,
+        "Search",
+        html! { h1 { "Search" } (form) section #results { (body) } },
+    )
+}

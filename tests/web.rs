@@ -1,0 +1,295 @@
+//! `vogeler-server --http`: the JSON API, pages, headers, token and metrics, on a
+//! real server process with a store filled from the fixtures.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// A deployment whose server serves HTTP on a free loopback port.
+struct Web {
+    d: common::Deployment,
+    _server: common::Proc,
+    base: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Fills the deployment's SQLite store with the fixture fleet (plus `extra`), then
+/// starts the server with `--http` and `args`.
+async fn start(args: &[&str], extra: Vec<vogeler_store::Observation>) -> Web {
+    let d = common::Deployment::new(&[]);
+    let dsn =
+        vogeler_config::StoreDsn::parse(&format!("sqlite://{}", d.db.display()), d.dir.path())
+            .expect("dsn");
+    {
+        let store = vogeler_store::open(&dsn).await.expect("open store");
+        common::fleet::fill(&store).await;
+        if !extra.is_empty() {
+            store.apply(extra.into()).await.expect("extra");
+        }
+    }
+    let port = free_port();
+    let addr = port.to_string();
+    let mut all = vec!["--http", addr.as_str()];
+    all.extend_from_slice(args);
+    let server = d.server(&all);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "web UI never listened; log:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Web {
+        d,
+        _server: server,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn get(url: &str) -> (StatusCode, reqwest::header::HeaderMap, String) {
+    let r = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status();
+    let headers = r.headers().clone();
+    (status, headers, r.text().await.expect("body"))
+}
+
+async fn json(url: &str, want: StatusCode) -> Value {
+    let (status, headers, body) = get(url).await;
+    assert_eq!(status, want, "GET {url}: {body}");
+    assert!(
+        headers[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("application/json"),
+        "GET {url} is not JSON"
+    );
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url}: {e}: {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_and_refuses_bad_queries_with_400() {
+    let w = start(&[], vec![]).await;
+    let b = &w.base;
+    let nodes = json(&format!("{b}/api/nodes"), StatusCode::OK).await;
+    assert_eq!(nodes["total"], 6);
+    assert_eq!(nodes["items"][0]["name"], "fx-web01");
+    let page = json(&format!("{b}/api/nodes?per_page=4&page=2"), StatusCode::OK).await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
+    let debian = json(
+        &format!("{b}/api/nodes?where=facter.os.family%3DDebian&name=web0"),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(debian["total"], 4);
+    let node = json(&format!("{b}/api/nodes/fx-web01"), StatusCode::OK).await;
+    assert_eq!(node["facter"]["os"]["family"], "Debian");
+    assert_eq!(node["system_name"], "fx-web01");
+    let values = json(
+        &format!("{b}/api/values?path=facter.os.family"),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        values["values"][0],
+        json!({"value": "Debian", "count": 4, "nodes": ["fx-web01", "fx-web02", "fx-web03", "fx-web04"]})
+    );
+    let pkg = json(
+        &format!("{b}/api/search?q=package%20openssl"),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(pkg["rows"].as_array().map(Vec::len), Some(4));
+    let found = json(
+        &format!("{b}/api/search?q=facter.os.family%20%3D%20RedHat"),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(found["nodes"].as_array().map(Vec::len), Some(2));
+    let history = json(
+        &format!("{b}/api/nodes/fx-web01/history?path=dpkg.openssl"),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(history["timeline"].as_array().map(Vec::len), Some(2));
+    let changes = json(&format!("{b}/api/changes?since=5d"), StatusCode::OK).await;
+    assert!(changes["changes"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["key"] == "dpkg")));
+    let stats = json(&format!("{b}/api/stats"), StatusCode::OK).await;
+    assert_eq!(stats["nodes"], 6);
+    assert_eq!(
+        stats["os_family"],
+        json!([{"value": "Debian", "count": 4}, {"value": "RedHat", "count": 2}])
+    );
+
+    for (url, status, needle) in [
+        (
+            "/api/nodes?where=facter.os.family",
+            StatusCode::BAD_REQUEST,
+            "no operator",
+        ),
+        (
+            "/api/nodes?where=facter.x~(",
+            StatusCode::BAD_REQUEST,
+            "regular expression",
+        ),
+        (
+            "/api/nodes?per_page=100000",
+            StatusCode::BAD_REQUEST,
+            "per_page",
+        ),
+        (
+            "/api/nodes?stale=whenever",
+            StatusCode::BAD_REQUEST,
+            "bad time",
+        ),
+        (
+            "/api/nodes?name=%5B",
+            StatusCode::BAD_REQUEST,
+            "bad node name pattern",
+        ),
+        ("/api/values", StatusCode::BAD_REQUEST, "give a path"),
+        (
+            "/api/values?path=facter..x",
+            StatusCode::BAD_REQUEST,
+            "bad key path",
+        ),
+        ("/api/search?q=", StatusCode::BAD_REQUEST, "empty search"),
+        ("/api/changes?limit=0", StatusCode::BAD_REQUEST, "limit"),
+        (
+            "/api/nodes/fx-nobody",
+            StatusCode::NOT_FOUND,
+            "no node named",
+        ),
+        (
+            "/api/nodes/fx-nobody/history",
+            StatusCode::NOT_FOUND,
+            "no node named",
+        ),
+        ("/api/nothing", StatusCode::NOT_FOUND, "no API endpoint"),
+    ] {
+        let v = json(&format!("{b}{url}"), status).await;
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{url}: {msg}");
+    }
+    drop(w);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_escape_hostile_plugin_output_and_send_strict_headers() {
+    let hostile = json!({"motd": "<script>alert(1)</script>", "<img src=x onerror=alert(2)>": "\"'><b>x</b>"});
+    let w = start(
+        &[],
+        vec![common::fleet::plugin(
+            "fx-evil",
+            common::fleet::t(0),
+            "motd",
+            hostile,
+        )],
+    )
+    .await;
+    let b = &w.base;
+    for path in [
+        "/",
+        "/nodes",
+        "/nodes/fx-evil",
+        "/search?q=evil",
+        "/search?q=motd.motd%3D%3Cscript%3E",
+    ] {
+        let (status, headers, body) = get(&format!("{b}{path}")).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let csp = headers["content-security-policy"]
+            .to_str()
+            .unwrap_or_default();
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{path}: {csp}"
+        );
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert!(
+            !body.contains("<script>alert"),
+            "{path} carries live script"
+        );
+        assert!(!body.contains("<img src=x"), "{path} carries a live tag");
+        assert!(!body.contains("<b>x</b>"), "{path} carries a live tag");
+    }
+    let (_, _, page) = get(&format!("{b}/nodes/fx-evil")).await;
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    // Pages show facter's os.family inside a <details> tree.
+    let (_, _, page) = get(&format!("{b}/nodes/fx-web01")).await;
+    assert!(
+        page.contains("<details class=\"plugin\" id=\"plugin-facter\""),
+        "no facter tree"
+    );
+    let (status, _, page) = get(&format!("{b}/nodes/fx-nobody")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(page.contains("no node named"));
+    let (status, _, page) = get(&format!("{b}/nodes?where=nonsense")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(page.contains("no operator"), "{page}");
+    drop(w);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_guards_everything_and_metrics_count() {
+    let w = start(&["--http-token", "s3cret-token"], vec![]).await;
+    let b = &w.base;
+    let (status, _, _) = get(&format!("{b}/api/nodes")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = get(&format!("{b}/")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!("{b}/api/nodes"))
+        .bearer_auth("s3cret-token")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = client
+        .get(format!("{b}/metrics"))
+        .basic_auth("ops", Some("s3cret-token"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.expect("metrics");
+    assert!(text.contains("\nvogeler_nodes 6\n"), "{text}");
+    assert!(
+        text.contains("vogeler_node_last_seen_age_seconds_count 6"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "vogeler_queue_messages{{role=\"master\",queue=\"{}.master.in\"}} 0",
+            w.d.id
+        )),
+        "{text}"
+    );
+    assert!(text.contains("vogeler_results_stored_total 0"), "{text}");
+    let r = client
+        .get(format!("{b}/api/nodes"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    drop(w);
+}
