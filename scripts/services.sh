@@ -7,6 +7,7 @@
 #   scripts/services.sh ensure-postgres   PostgreSQL on 127.0.0.1:5432, role vogeler/vogeler
 #   scripts/services.sh ensure-pouchdb    pouchdb-server (CouchDB API), cached outside the clone
 #   scripts/services.sh ensure-plugins    facter and ohai for the shipped plugins
+#   scripts/services.sh ensure-chromium   Debian's chromium and chromedriver (web UI tests)
 #   scripts/services.sh env               export lines for the tests
 set -euo pipefail
 
@@ -103,17 +104,26 @@ ensure_plugins() {
   log "plugins ready: facter $(facter --version 2>/dev/null | head -1), ohai $(ohai --version 2>/dev/null | awk '{print $2}')"
 }
 
+ensure_chromium() {
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    apt_install chromium chromium-driver
+  fi
+  log "browser ready: $(chromium --version 2>/dev/null | head -1)"
+}
+
 print_env() {
   echo "export VOGELER_POUCHDB_BIN='$POUCHDB_BIN'"
+  echo "export VOGELER_CHROMEDRIVER='$(command -v chromedriver || echo /usr/bin/chromedriver)'"
   echo "export VOGELER_TEST_POSTGRES='${VOGELER_TEST_POSTGRES:-postgres://vogeler:vogeler@127.0.0.1:5432/postgres}'"
 }
 
 case "${1:-ensure}" in
-  ensure) ensure_rabbitmq; ensure_postgres; ensure_pouchdb; ensure_plugins ;;
+  ensure) ensure_rabbitmq; ensure_postgres; ensure_pouchdb; ensure_plugins; ensure_chromium ;;
   ensure-rabbitmq) ensure_rabbitmq ;;
   ensure-postgres) ensure_postgres ;;
   ensure-pouchdb) ensure_pouchdb ;;
   ensure-plugins) ensure_plugins ;;
+  ensure-chromium) ensure_chromium ;;
   env) print_env ;;
-  *) die "unknown command ${1}: use ensure, ensure-rabbitmq, ensure-postgres, ensure-pouchdb, ensure-plugins or env" ;;
+  *) die "unknown command ${1}: use ensure, ensure-rabbitmq, ensure-postgres, ensure-pouchdb, ensure-plugins, ensure-chromium or env" ;;
 esac

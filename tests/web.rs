@@ -3,59 +3,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use common::web::start;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-/// A deployment whose server serves HTTP on a free loopback port.
-struct Web {
-    d: common::Deployment,
-    _server: common::Proc,
-    base: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// Fills the deployment's SQLite store with the fixture fleet (plus `extra`), then
-/// starts the server with `--http` and `args`.
-async fn start(args: &[&str], extra: Vec<vogeler_store::Observation>) -> Web {
-    let d = common::Deployment::new(&[]);
-    let dsn =
-        vogeler_config::StoreDsn::parse(&format!("sqlite://{}", d.db.display()), d.dir.path())
-            .expect("dsn");
-    {
-        let store = vogeler_store::open(&dsn).await.expect("open store");
-        common::fleet::fill(&store).await;
-        if !extra.is_empty() {
-            store.apply(extra.into()).await.expect("extra");
-        }
-    }
-    let port = free_port();
-    let addr = port.to_string();
-    let mut all = vec!["--http", addr.as_str()];
-    all.extend_from_slice(args);
-    let server = d.server(&all);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "web UI never listened; log:\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Web {
-        d,
-        _server: server,
-        base: format!("http://127.0.0.1:{port}"),
-    }
-}
 
 async fn get(url: &str) -> (StatusCode, reqwest::header::HeaderMap, String) {
     let r = reqwest::get(url)
@@ -291,5 +242,128 @@ async fn a_token_guards_everything_and_metrics_count() {
         .await
         .expect("get");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    drop(w);
+}
+
+/// Resolves a local `$ref` (`#/components/schemas/X`) against the document.
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let mut cur = doc;
+            for step in r.trim_start_matches("#/").split('/') {
+                cur = &cur[step];
+            }
+            cur
+        }
+        None => schema,
+    }
+}
+
+/// Checks `v` against the subset of JSON Schema the spec uses: type, nullable,
+/// required, properties, items, enum.
+fn conforms(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
+    let schema = resolve(doc, schema);
+    if v.is_null() && schema["nullable"] == true {
+        return Ok(());
+    }
+    let ok = match schema["type"].as_str() {
+        Some("object") => v.is_object(),
+        Some("array") => v.is_array(),
+        Some("string") => v.is_string(),
+        Some("integer") => v.is_u64() || v.is_i64(),
+        Some("boolean") => v.is_boolean(),
+        _ => true,
+    };
+    if !ok {
+        return Err(format!("{at}: {v} is not {}", schema["type"]));
+    }
+    if let Some(values) = schema["enum"].as_array() {
+        if !values.contains(v) {
+            return Err(format!("{at}: {v} not in {}", schema["enum"]));
+        }
+    }
+    for r in schema["required"].as_array().into_iter().flatten() {
+        let k = r.as_str().unwrap_or_default();
+        if v.get(k).is_none() {
+            return Err(format!("{at}: required {k} missing"));
+        }
+    }
+    if let Some(props) = schema["properties"].as_object() {
+        for (k, s) in props {
+            if let Some(x) = v.get(k) {
+                conforms(doc, s, x, &format!("{at}.{k}"))?;
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), v.as_array()) {
+        for (i, x) in arr.iter().enumerate() {
+            conforms(doc, items, x, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+/// docs/openapi.yaml documents every API route, and every documented path answers
+/// 200 with a body that conforms to its schema (examples used for parameters).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_file_matches_the_api() {
+    let text = std::fs::read_to_string(common::repo().join("docs/openapi.yaml"))
+        .expect("docs/openapi.yaml");
+    let doc: Value = serde_yaml::from_str(&text).expect("openapi.yaml parses");
+    let documented: Vec<String> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .cloned()
+        .collect();
+    let router =
+        std::fs::read_to_string(common::repo().join("src/web/mod.rs")).expect("router source");
+    let served: Vec<String> = router
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(".route(\"/api/"))
+        .filter_map(|l| l.split('"').next())
+        .map(|p| format!("/api/{}", p.replace("{name}", "{node}")))
+        .collect();
+    assert!(!served.is_empty());
+    for p in &served {
+        assert!(
+            documented.contains(p),
+            "{p} is served but not in docs/openapi.yaml"
+        );
+    }
+    let w = start(&[], vec![]).await;
+    for path in &documented {
+        assert!(served.contains(path), "{path} is documented but not served");
+        let op = &doc["paths"][path]["get"];
+        let mut query = Vec::new();
+        for param in op["parameters"].as_array().into_iter().flatten() {
+            let param = resolve(&doc, param);
+            if param["in"] == "query" && param["required"] == true {
+                let example = param["example"]
+                    .as_str()
+                    .expect("required parameters have an example");
+                query.push(format!(
+                    "{}={}",
+                    param["name"].as_str().unwrap_or_default(),
+                    example.replace(' ', "%20")
+                ));
+            }
+        }
+        let url = format!(
+            "{}{}?{}",
+            w.base,
+            path.replace("{node}", "fx-web01"),
+            query.join("&")
+        );
+        let body = json(&url, StatusCode::OK).await;
+        let schema = &op["responses"]["200"]["content"]["application/json"]["schema"];
+        conforms(&doc, schema, &body, path).unwrap_or_else(|e| panic!("{url}: {e}"));
+        for code in op["responses"].as_object().expect("responses").keys() {
+            assert!(
+                ["200", "400", "404"].contains(&code.as_str()),
+                "{path}: undocumented status {code}"
+            );
+        }
+    }
     drop(w);
 }

@@ -6,6 +6,7 @@
 #![allow(dead_code, missing_docs)]
 
 pub mod fleet;
+pub mod web;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,56 @@
+//! A server with `--http` on a free loopback port over a store filled with the
+//! fixture fleet, for the web API and browser tests.
+
+use std::time::{Duration, Instant};
+
+/// A deployment whose server serves HTTP on a free loopback port.
+pub struct Web {
+    /// The deployment (names, store file).
+    pub d: super::Deployment,
+    /// The server process, killed on drop.
+    pub server: super::Proc,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Fills the deployment's SQLite store with the fixture fleet (plus `extra`), then
+/// starts the server with `--http` and `args`.
+pub async fn start(args: &[&str], extra: Vec<vogeler_store::Observation>) -> Web {
+    let d = super::Deployment::new(&[]);
+    let dsn =
+        vogeler_config::StoreDsn::parse(&format!("sqlite://{}", d.db.display()), d.dir.path())
+            .expect("dsn");
+    {
+        let store = vogeler_store::open(&dsn).await.expect("open store");
+        super::fleet::fill(&store).await;
+        if !extra.is_empty() {
+            store.apply(extra.into()).await.expect("extra");
+        }
+    }
+    let port = free_port();
+    let addr = port.to_string();
+    let mut all = vec!["--http", addr.as_str()];
+    all.extend_from_slice(args);
+    let server = d.server(&all);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "web UI never listened; log:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Web {
+        d,
+        server,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
