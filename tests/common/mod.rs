@@ -6,7 +6,10 @@
 #![allow(dead_code, missing_docs)]
 
 pub mod fleet;
+mod rabbit;
 pub mod web;
+#[allow(unused_imports)] // used by tests/faults.rs only
+pub use rabbit::RabbitNode;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -100,6 +103,10 @@ pub struct Deployment {
     pub conf: PathBuf,
     pub plugins: PathBuf,
     pub db: PathBuf,
+    /// Broker URI in `vogeler.conf` (the shared broker unless [`Deployment::with_broker`]).
+    pub amqp: String,
+    /// `[persistence] backend` and its DSN (SQLite in `db` unless [`Deployment::with_store`]).
+    pub store: (String, String),
 }
 
 impl Deployment {
@@ -121,17 +128,35 @@ impl Deployment {
             plugins: plugin_dir,
             db,
             dir,
+            amqp: AMQP.to_string(),
+            store: ("sqlite".into(), "sqlite:vogeler.db".into()),
         };
         d.write_conf("");
         d
     }
 
+    /// Uses another broker (a [`RabbitNode`]) instead of the shared one.
+    pub fn with_broker(mut self, amqp: &str) -> Deployment {
+        self.amqp = amqp.to_string();
+        self.write_conf("");
+        self
+    }
+
+    /// Uses another store: `backend` as in `[persistence]`, `dsn` for its section.
+    pub fn with_store(mut self, backend: &str, dsn: &str) -> Deployment {
+        self.store = (backend.to_string(), dsn.to_string());
+        self.write_conf("");
+        self
+    }
+
     /// Rewrites vogeler.conf with this deployment's names plus `extra` lines.
     pub fn write_conf(&self, extra: &str) {
         let id = &self.id;
+        let (backend, store_dsn) = &self.store;
+        let amqp = &self.amqp;
         let text = format!(
-            "[global]\nplugin_path = plugins\nlog_level = INFO\n\n[persistence]\nbackend = sqlite\n\n\
-             [sqlite]\ndsn = sqlite:vogeler.db\n\n[amqp]\ndsn = {AMQP}\n\
+            "[global]\nplugin_path = plugins\nlog_level = INFO\n\n[persistence]\nbackend = {backend}\n\n\
+             [{backend}]\ndsn = {store_dsn}\n\n[amqp]\ndsn = {amqp}\n\
              master_exchange = '{id}.master'\nbroadcast_exchange = '{id}.broadcast'\n\
              master_queue = {id}.master.in\ndead_letter_queue = {id}.dead\n{extra}\n"
         );
@@ -249,6 +274,11 @@ impl Deployment {
         }
     }
 
+    /// A transport broker handle for this deployment's broker.
+    pub fn broker(&self) -> vogeler_transport::Broker {
+        broker_at(&self.amqp)
+    }
+
     /// The topology this deployment's programs use.
     pub fn topology(&self) -> vogeler_transport::Topology {
         vogeler_transport::Topology {
@@ -262,8 +292,17 @@ impl Deployment {
 
 /// A confirmed publish of raw bytes, as any other AMQP program (a 2010 one) would send them.
 pub fn publish_raw(exchange: &str, routing_key: &str, bodies: &[Vec<u8>]) {
+    publish_raw_at(&broker(), exchange, routing_key, bodies)
+}
+
+/// [`publish_raw`] to any broker.
+pub fn publish_raw_at(
+    broker: &vogeler_transport::Broker,
+    exchange: &str,
+    routing_key: &str,
+    bodies: &[Vec<u8>],
+) {
     rt().block_on(async {
-        let broker = broker();
         let session = broker.connect().await.expect("connect to RabbitMQ");
         let mut pending = Vec::new();
         for b in bodies {
@@ -287,8 +326,17 @@ pub fn publish_raw(exchange: &str, routing_key: &str, bodies: &[Vec<u8>]) {
 
 /// Every message in a queue (consumed and acked), with its headers.
 pub fn drain_queue(queue: &str, quiet: Duration) -> Vec<vogeler_transport::Inbound> {
+    drain_queue_at(&broker(), queue, quiet)
+}
+
+/// [`drain_queue`] on any broker.
+pub fn drain_queue_at(
+    broker: &vogeler_transport::Broker,
+    queue: &str,
+    quiet: Duration,
+) -> Vec<vogeler_transport::Inbound> {
     rt().block_on(async {
-        let session = broker().connect().await.expect("connect to RabbitMQ");
+        let session = broker.connect().await.expect("connect to RabbitMQ");
         let mut consumer = session.consume(queue, 1000, "").await.expect("consume");
         let mut out = Vec::new();
         while let Ok(Some(Ok(d))) = tokio::time::timeout(quiet, consumer.next()).await {
@@ -301,9 +349,14 @@ pub fn drain_queue(queue: &str, quiet: Duration) -> Vec<vogeler_transport::Inbou
 }
 
 pub fn broker() -> vogeler_transport::Broker {
+    broker_at(AMQP)
+}
+
+/// A transport broker handle for `amqp` (a URI ending in `/`).
+pub fn broker_at(amqp: &str) -> vogeler_transport::Broker {
     vogeler_transport::Broker::new(
-        vec![format!("{AMQP}%2f")],
-        vec![AMQP.into()],
+        vec![format!("{amqp}%2f")],
+        vec![amqp.into()],
         "vogeler-test",
     )
 }

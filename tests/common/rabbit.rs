@@ -1,0 +1,290 @@
+//! A private RabbitMQ node per test, for faults the shared broker must never see.
+//!
+//! [`RabbitNode::start`] runs `rabbitmq-server` as its own Erlang node
+//! (`vt<hex>@localhost`) on two free loopback ports (AMQP and distribution), with
+//! every file under a temp dir: its own config file (the system one binds 5672), an
+//! empty plugin list (no management listener), its own mnesia and log directories.
+//! [`RabbitNode::restart`] stops it with SIGTERM (a clean broker shutdown) and starts
+//! it again on the same mnesia directory, so durable queues and persistent messages
+//! survive; [`RabbitNode::crash`] does the same with SIGKILL. Dropping the node kills
+//! it, so no `beam.smp` outlives its test.
+//!
+//! Timing on this machine (2 cores shared with builds): a first start takes 6 to 15 s,
+//! a restart on an existing mnesia directory about 6 s, a SIGTERM stop about 1.5 s.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The start script that runs the node in the foreground (the `/usr/sbin` wrapper
+/// switches to the `rabbitmq` user and logs under /var/log, which a test must not).
+const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+
+/// How long a start may take before the test fails (first starts take up to ~15 s
+/// on a loaded machine).
+const START_LIMIT: Duration = Duration::from_secs(90);
+
+pub struct RabbitNode {
+    dir: tempfile::TempDir,
+    /// Erlang node name, `vt<hex>@localhost`.
+    pub name: String,
+    /// AMQP port on 127.0.0.1.
+    pub port: u16,
+    dist_port: u16,
+    /// The start script (the Erlang VM is its child).
+    child: Option<Child>,
+    /// How long each start took, first start first.
+    pub starts: Vec<Duration>,
+}
+
+impl RabbitNode {
+    /// Starts a fresh node and waits until it accepts AMQP connections.
+    pub fn start() -> RabbitNode {
+        if !Path::new(SERVER).exists() {
+            panic!("RabbitMQ is not installed ({SERVER} missing): run `scripts/services.sh ensure-rabbitmq`");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        for sub in ["mnesia", "log", "home"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("node dir");
+        }
+        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").expect("plugins file");
+        std::fs::write(dir.path().join("rabbitmq-env.conf"), "").expect("env file");
+        // Listeners come from RABBITMQ_NODE_PORT; this file only replaces /etc/rabbitmq's,
+        // which binds the shared broker's port.
+        std::fs::write(dir.path().join("rabbitmq.conf"), "log.file.level = info\n")
+            .expect("config file");
+        let (port, dist_port) = free_ports();
+        let mut node = RabbitNode {
+            name: format!("vt{:08x}@localhost", super::rand_u32()),
+            port,
+            dist_port,
+            dir,
+            child: None,
+            starts: Vec::new(),
+        };
+        node.spawn();
+        node
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:PORT/` (guest may log in over loopback).
+    pub fn amqp(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/", self.port)
+    }
+
+    /// A transport broker handle for this node.
+    pub fn broker(&self) -> vogeler_transport::Broker {
+        super::broker_at(&self.amqp())
+    }
+
+    /// Clean broker restart: SIGTERM, wait for the VM to exit, start again on the
+    /// same mnesia directory, wait for AMQP.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Broker crash: SIGKILL the Erlang VM, then start again on the same mnesia directory.
+    pub fn crash(&mut self) {
+        if let Some(pid) = self.beam_pid() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        self.reap(Duration::from_secs(20));
+        self.spawn();
+    }
+
+    /// Stops the node cleanly (SIGTERM to the start script, which stops the VM).
+    pub fn stop(&mut self) {
+        let Some(child) = self.child.as_ref() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        self.reap(Duration::from_secs(30));
+    }
+
+    /// The node's log files, for failure messages.
+    pub fn log_text(&self) -> String {
+        let mut out = String::new();
+        for f in ["startup.log", &format!("log/{}.log", self.name)] {
+            let text = std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("--- {f} (last lines)\n"));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The Erlang VM's pid: from the pid file, else the process whose command line names the node.
+    fn beam_pid(&self) -> Option<u32> {
+        if let Some(pid) = std::fs::read_to_string(self.path("node.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return Some(pid);
+        }
+        let rd = std::fs::read_dir("/proc").ok()?;
+        rd.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd);
+            (cmd.contains("beam") && cmd.contains(&self.name)).then_some(pid)
+        })
+    }
+
+    fn spawn(&mut self) {
+        let started = Instant::now();
+        let _ = std::fs::remove_file(self.path("node.pid"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("startup.log"))
+            .expect("startup log");
+        let err = log.try_clone().expect("startup log");
+        let p = |rel: &str| self.path(rel);
+        let child = Command::new(SERVER)
+            .current_dir(self.dir.path())
+            .env("HOME", p("home"))
+            .env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", p("mnesia"))
+            .env("RABBITMQ_LOG_BASE", p("log"))
+            .env("RABBITMQ_PID_FILE", p("node.pid"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", p("enabled_plugins"))
+            .env("RABBITMQ_FEATURE_FLAGS_FILE", p("feature_flags"))
+            .env("RABBITMQ_CONFIG_FILE", p("rabbitmq.conf"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", p("advanced.config"))
+            .env("RABBITMQ_CONF_ENV_FILE", p("rabbitmq-env.conf"))
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}",
+            )
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            // Same process group as the test: when nextest signals a timed-out test's
+            // group, the start script's TERM trap stops the node too.
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {SERVER}: {e}"));
+        self.child = Some(child);
+        self.wait_amqp(started);
+        self.starts.push(started.elapsed());
+    }
+
+    /// Waits until an AMQP session opens (the listener starts last in the boot).
+    fn wait_amqp(&mut self, started: Instant) {
+        let broker = self.broker();
+        let rt = super::rt();
+        loop {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+                if let Ok(s) = rt.block_on(broker.connect()) {
+                    rt.block_on(s.close());
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "private RabbitMQ node {} exited during start ({status}):\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            if started.elapsed() > START_LIMIT {
+                panic!(
+                    "private RabbitMQ node {} did not accept AMQP on port {} within {} s:\n{}",
+                    self.name,
+                    self.port,
+                    START_LIMIT.as_secs(),
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits for the start script to exit; kills it and the VM if that takes longer
+    /// than `limit`.
+    fn reap(&mut self, limit: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if Instant::now() > deadline {
+                self.kill_all(child.id());
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The VM can outlive its start script by a moment.
+        if let Some(pid) = self.beam_pid() {
+            let deadline = Instant::now() + limit;
+            while alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if alive(pid) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+
+    fn kill_all(&self, script: u32) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &script.to_string()])
+            .status();
+        if let Some(pid) = self.beam_pid() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        // A clean stop is fast (~1.5 s); a stuck one is killed after 10 s.
+        if let Some(child) = self.child.as_ref() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        self.reap(Duration::from_secs(10));
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Two distinct free loopback ports, picked by the kernel.
+fn free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let pa = a.local_addr().expect("local addr").port();
+    let pb = b.local_addr().expect("local addr").port();
+    (pa, pb)
+}

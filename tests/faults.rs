@@ -1,0 +1,711 @@
+//! Fault tests: the broker restarted or crashed mid-ingest (on a private RabbitMQ node),
+//! the server killed with SIGKILL mid-ingest, the store taken away for a while,
+//! thousands of poison messages mixed into good traffic, and two servers writing the
+//! same nodes. Every test uses its own names, node and database, so the suite runs in
+//! parallel; waits have margins of seconds and the assertions are counts.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::*;
+use vogeler_store::Store;
+use vogeler_transport::{Broker, Delivered, Outgoing, Session};
+
+fn out_text(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+/// A v1 result for `node`, as a client publishes it.
+fn result_body(node: &str, plugin: &str, value: &str) -> Vec<u8> {
+    format!(
+        r#"{{"v":1,"kind":"result","node":"{node}","plugin":"{plugin}","format":"output","data":["{value}"],"duration_ms":1,"collected_at":"2026-01-01T00:00:00Z"}}"#
+    )
+    .into_bytes()
+}
+
+/// Node names stored whose name starts with `prefix`, via `vogeler-admin node`.
+fn stored_nodes(d: &Deployment, prefix: &str) -> BTreeSet<String> {
+    let out = d.admin(&["node"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Polls until `want` nodes with `prefix` are stored; returns how many there are then.
+fn wait_stored(d: &Deployment, prefix: &str, want: usize, secs: u64) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let n = stored_nodes(d, prefix).len();
+        if n >= want || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Results published from a thread as a fleet of clients would: in chunks with a pause
+/// between them, each chunk confirmed before the next; a chunk that fails (the broker
+/// went away) is published again on a new session until it is confirmed. The flow runs
+/// until [`Flow::finish`], which stops it after a confirmed chunk, so exactly the
+/// first [`Flow::confirmed`] bodies were published (and no later one, even partly).
+struct Flow {
+    /// Bodies confirmed so far.
+    confirmed: Arc<AtomicUsize>,
+    /// Session failures so far (each one a reconnect).
+    failures: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    /// `Err` when a chunk could not be confirmed within two minutes.
+    handle: JoinHandle<Result<(), String>>,
+}
+
+impl Flow {
+    fn start(
+        broker: Broker,
+        exchange: String,
+        body: impl Fn(usize) -> Vec<u8> + Send + 'static,
+        chunk: usize,
+        pause: Duration,
+    ) -> Flow {
+        let confirmed = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (counter, failed, stopped) = (confirmed.clone(), failures.clone(), stop.clone());
+        let handle = std::thread::spawn(move || {
+            rt().block_on(async move {
+                let mut session: Option<Session> = None;
+                let mut i = 0;
+                let mut since = Instant::now();
+                loop {
+                    if since.elapsed() > Duration::from_secs(120) {
+                        return Err(format!(
+                            "bodies {i}.. not confirmed within 120 s ({} session failures)",
+                            failed.load(Ordering::SeqCst)
+                        ));
+                    }
+                    let Some(s) = session.as_ref() else {
+                        match broker.connect().await {
+                            Ok(s) => session = Some(s),
+                            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                        }
+                        continue;
+                    };
+                    let bodies: Vec<Vec<u8>> = (i..i + chunk).map(&body).collect();
+                    if publish_chunk(s, &exchange, &bodies).await {
+                        i += chunk;
+                        since = Instant::now();
+                        counter.store(i, Ordering::SeqCst);
+                        if stopped.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        tokio::time::sleep(pause).await;
+                    } else {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        session = None;
+                    }
+                }
+                if let Some(s) = session {
+                    s.close().await;
+                }
+                Ok(())
+            })
+        });
+        Flow {
+            confirmed,
+            failures,
+            stop,
+            handle,
+        }
+    }
+
+    fn confirmed(&self) -> usize {
+        self.confirmed.load(Ordering::SeqCst)
+    }
+
+    fn failures(&self) -> usize {
+        self.failures.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` bodies are confirmed; fails the test if that takes
+    /// longer than `secs` or the publisher gave up.
+    fn wait_confirmed(&self, n: usize, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while self.confirmed() < n {
+            assert!(
+                !self.handle.is_finished() && Instant::now() < deadline,
+                "publisher stuck at {} confirmed (wanted {n}) after {secs} s",
+                self.confirmed()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops after the next confirmed chunk; returns how many bodies were confirmed
+    /// and how many sessions failed.
+    fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        match self.handle.join() {
+            Ok(Ok(())) => (
+                self.confirmed.load(Ordering::SeqCst),
+                self.failures.load(Ordering::SeqCst),
+            ),
+            Ok(Err(e)) => panic!("publisher: {e}"),
+            Err(_) => panic!("publisher thread panicked"),
+        }
+    }
+}
+
+/// Publishes and confirms one chunk; `false` if anything failed (publish error, nack,
+/// no confirm within 10 s).
+async fn publish_chunk(s: &Session, exchange: &str, bodies: &[Vec<u8>]) -> bool {
+    let mut pending = Vec::with_capacity(bodies.len());
+    for b in bodies {
+        match s.publish(exchange, "", Outgoing::new(b.clone())).await {
+            Ok(p) => pending.push(p),
+            Err(_) => return false,
+        }
+    }
+    let mut ok = true;
+    for p in pending {
+        match tokio::time::timeout(Duration::from_secs(10), p.confirmed()).await {
+            Ok(Ok(Delivered::Routed)) => {}
+            _ => ok = false,
+        }
+    }
+    ok
+}
+
+/// Every node's history (SQLite, read after the server stopped) holds exactly one entry.
+fn assert_history_once_sqlite(d: &Deployment, nodes: &[String]) {
+    rt().block_on(async {
+        let store = vogeler_store::sqlite::SqliteStore::open(&d.db).expect("open SQLite store");
+        assert_history_once(&store, nodes).await;
+    })
+}
+
+async fn assert_history_once(store: &dyn Store, nodes: &[String]) {
+    let mut bad = Vec::new();
+    for node in nodes {
+        let h = store.history(node, None).await.expect("history");
+        if h.len() != 1 {
+            bad.push(format!("{node}: {} entries", h.len()));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {} nodes do not have exactly one history entry: {:?}",
+        bad.len(),
+        nodes.len(),
+        &bad[..bad.len().min(10)]
+    );
+}
+
+fn assert_running(p: &mut Proc) {
+    if let Ok(Some(status)) = p.child.try_wait() {
+        panic!("{} exited ({status}); log:\n{}", p.name, p.log_text());
+    }
+}
+
+/// A broker outage mid-ingest on a private node: results keep flowing from a publisher
+/// (confirms), the broker goes down (`crash`: SIGKILL, else a clean SIGTERM stop) and
+/// comes back on the same mnesia directory. Every confirmed result must be stored
+/// exactly once, and the server, both clients and a runner started afterwards work.
+fn broker_outage_mid_ingest(crash: bool) {
+    let mut rabbit = RabbitNode::start();
+    eprintln!(
+        "private node {} started in {:?}",
+        rabbit.name, rabbit.starts
+    );
+    let plugins = [plugin("stamp", "date +%s%N", "output")];
+    let plugins: Vec<(&str, String)> = plugins
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.clone()))
+        .collect();
+    let d = Deployment::new(&plugins).with_broker(&rabbit.amqp());
+    let t = d.topology();
+    let mut server = d.server(&[]);
+    let (a, b) = (d.node("agent-a"), d.node("agent-b"));
+    let mut clients = [d.client(&a, &[]), d.client(&b, &[])];
+
+    let prefix = format!("{}-r", d.id);
+    let flow = Flow::start(
+        d.broker(),
+        t.master_exchange.clone(),
+        {
+            let prefix = prefix.clone();
+            move |i| result_body(&format!("{prefix}{i:06}"), "hello", "hi")
+        },
+        100,
+        Duration::from_millis(10),
+    );
+    // The outage starts once results flow and the server is storing them; the
+    // publisher keeps going through it (failing, reconnecting) until it confirmed
+    // 2000 more after the broker came back.
+    flow.wait_confirmed(2000, 60);
+    let stored_before = wait_stored(&d, &prefix, 1, 30);
+    assert!(
+        stored_before > 0,
+        "the server stored nothing before the outage"
+    );
+    let before = flow.confirmed();
+    if crash {
+        rabbit.crash();
+    } else {
+        rabbit.restart();
+    }
+    let back = Instant::now();
+    let at_back = flow.confirmed();
+    eprintln!(
+        "broker {} at {before} confirmed, {stored_before} stored; starts took {:?}",
+        if crash { "crashed" } else { "restarted" },
+        rabbit.starts
+    );
+    flow.wait_confirmed(at_back + 2000, 90);
+    assert!(
+        flow.failures() >= 1,
+        "the publisher never saw the broker go away"
+    );
+    let (n, failures) = flow.finish();
+    eprintln!("{n} results confirmed, {failures} publisher session failures");
+    let nodes: Vec<String> = (0..n).map(|i| format!("{prefix}{i:06}")).collect();
+
+    let stored = wait_stored(&d, &prefix, n, 90);
+    assert_eq!(
+        stored,
+        n,
+        "every confirmed result stored after the broker came back; server log:\n{}\n{}",
+        server.log_text(),
+        rabbit.log_text()
+    );
+    assert_running(&mut server);
+    for c in clients.iter_mut() {
+        assert_running(c);
+    }
+
+    eprintln!(
+        "all {n} results stored {:?} after the broker was back",
+        back.elapsed()
+    );
+    // A runner started after the outage reaches both clients through the server.
+    let out = d.runner(&[
+        "-x",
+        "stamp",
+        "-n",
+        &format!("{a},{b}"),
+        "--wait",
+        "--timeout",
+        "40s",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "runner after the broker came back: {}\nclient log:\n{}\nserver log:\n{}",
+        out_text(&out),
+        clients[0].log_text(),
+        server.log_text()
+    );
+    for node in [&a, &b] {
+        d.wait_document(node, 20, |doc| doc["stamp"].is_array());
+    }
+    eprintln!(
+        "runner answered {:?} after the broker was back",
+        back.elapsed()
+    );
+    for (who, log) in [
+        ("server", server.log_text()),
+        ("client", clients[0].log_text()),
+    ] {
+        for l in log.lines().filter(|l| l.contains("broker")) {
+            eprintln!("{who}: {l}");
+        }
+    }
+    assert!(
+        server.log_text().contains("broker session lost"),
+        "the server should have noticed the outage:\n{}",
+        server.log_text()
+    );
+    server.stop();
+    for c in clients.iter_mut() {
+        c.stop();
+    }
+    assert_history_once_sqlite(&d, &nodes);
+}
+
+#[test]
+fn broker_restarted_mid_ingest_loses_nothing_and_everyone_reconnects() {
+    broker_outage_mid_ingest(false);
+}
+
+#[test]
+fn broker_crashed_mid_ingest_loses_nothing_and_everyone_reconnects() {
+    broker_outage_mid_ingest(true);
+}
+
+#[test]
+fn server_killed_repeatedly_mid_ingest_stores_each_result_once() {
+    let d = Deployment::new(&[]);
+    // Small batches: many commits per round, so a kill lands mid-backlog.
+    d.write_conf("[server]\nbatch_size = 100\nprefetch = 300\n");
+    let t = d.topology();
+    // Started once to declare the queue; each round then starts its own.
+    d.server(&[]).stop();
+    // Progress is read in-process (WAL: readers beside the writer): spawning
+    // `vogeler-admin` per poll is too slow to catch the server mid-backlog.
+    let rt = rt();
+    let store = vogeler_store::sqlite::SqliteStore::open(&d.db).expect("open SQLite store");
+    let (rounds, per_round) = (4, 1500);
+    let n = rounds * per_round;
+    let prefix = format!("{}-k", d.id);
+    let nodes: Vec<String> = (0..n).map(|i| format!("{prefix}{i:05}")).collect();
+    // Each round: a backlog waits in the broker, a server starts on it and is killed
+    // with SIGKILL after its first commit (holding unacked deliveries); the next round's
+    // server starts on what is left plus a new backlog.
+    let mut interrupted = 0;
+    for round in 0..rounds {
+        let bodies: Vec<Vec<u8>> = nodes[round * per_round..(round + 1) * per_round]
+            .iter()
+            .map(|node| result_body(node, "hello", "hi"))
+            .collect();
+        publish_raw(&t.master_exchange, "", &bodies);
+        let published = (round + 1) * per_round;
+        let mut server = d.server(&[]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let count = || {
+            rt.block_on(store.nodes())
+                .expect("list nodes")
+                .iter()
+                .filter(|s| s.name.starts_with(&prefix))
+                .count()
+        };
+        while count() < round * per_round + 100 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the server stalled; log:\n{}",
+                server.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        server.kill();
+        let at_kill = count();
+        eprintln!("round {round}: killed with {at_kill} of {published} stored");
+        if at_kill < published {
+            interrupted += 1;
+        }
+    }
+    assert!(
+        interrupted >= 1,
+        "no SIGKILL landed while a backlog was being stored; the test did not exercise it"
+    );
+    let mut server = d.server(&[]);
+    let stored = wait_stored(&d, &prefix, n, 90);
+    assert_eq!(
+        stored,
+        n,
+        "every result stored; log:\n{}",
+        server.log_text()
+    );
+    server.stop();
+    assert_history_once_sqlite(&d, &nodes);
+}
+
+// --- PostgreSQL ---------------------------------------------------------------------
+
+fn pg_admin_url() -> String {
+    std::env::var("VOGELER_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://vogeler:vogeler@127.0.0.1:5432/postgres".into())
+}
+
+/// A connection to the admin database; fails naming the server if unreachable.
+async fn pg_admin() -> tokio_postgres::Client {
+    let url = pg_admin_url();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL is not reachable at {url}: {e}; start it with `scripts/services.sh ensure-postgres`")
+        });
+    tokio::spawn(conn);
+    client
+}
+
+fn pg_exec(sql: &str) {
+    rt().block_on(async {
+        pg_admin()
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    })
+}
+
+/// A fresh database of its own, dropped with the guard.
+struct PgDatabase {
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    fn new(id: &str) -> PgDatabase {
+        let name = format!("vogeler_t_{id}");
+        pg_exec(&format!("CREATE DATABASE {name}"));
+        let url = match pg_admin_url().rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("VOGELER_TEST_POSTGRES must end in /database"),
+        };
+        PgDatabase { name, url }
+    }
+
+    /// No new sessions, and the open ones terminated: the store is gone.
+    fn take_away(&self) {
+        pg_exec(&format!(
+            "ALTER DATABASE {0} ALLOW_CONNECTIONS false; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{0}'",
+            self.name
+        ));
+    }
+
+    fn give_back(&self) {
+        pg_exec(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            self.name
+        ));
+    }
+
+    fn store(&self) -> vogeler_store::postgres::PostgresStore {
+        rt().block_on(vogeler_store::postgres::PostgresStore::connect(&self.url))
+            .expect("connect to the test database")
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        rt().block_on(async {
+            let _ = pg_admin().await.batch_execute(&sql).await;
+        });
+    }
+}
+
+#[test]
+fn store_unavailable_for_a_while_holds_results_and_resumes() {
+    let d = Deployment::new(&[]);
+    let db = PgDatabase::new(&d.id);
+    let d = d.with_store("postgres", &db.url);
+    let t = d.topology();
+    let mut server = d.server(&[]);
+    let prefix = format!("{}-p", d.id);
+    let nodes: Vec<String> = (0..1500).map(|i| format!("{prefix}{i:05}")).collect();
+    let bodies: Vec<Vec<u8>> = nodes
+        .iter()
+        .map(|n| result_body(n, "hello", "hi"))
+        .collect();
+
+    publish_raw_at(&d.broker(), &t.master_exchange, "", &bodies[..500]);
+    assert_eq!(wait_stored(&d, &prefix, 500, 30), 500, "first 500 stored");
+
+    db.take_away();
+    // Results arrive while the store is gone: they must wait in the broker.
+    publish_raw_at(&d.broker(), &t.master_exchange, "", &bodies[500..]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.log_text().contains("store unavailable") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        server.log_text().contains("store unavailable"),
+        "the server never noticed the store was gone:\n{}",
+        server.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_running(&mut server);
+    db.give_back();
+
+    let stored = wait_stored(&d, &prefix, nodes.len(), 60);
+    assert_eq!(
+        stored,
+        nodes.len(),
+        "every result stored after the store came back; log:\n{}",
+        server.log_text()
+    );
+    server.stop();
+    let store = db.store();
+    rt().block_on(assert_history_once(&store, &nodes));
+}
+
+#[test]
+fn two_servers_on_postgres_lose_no_update() {
+    let d = Deployment::new(&[]);
+    let db = PgDatabase::new(&d.id);
+    let d = d.with_store("postgres", &db.url);
+    let t = d.topology();
+    // Small batches so both servers hold deliveries for the same nodes at once.
+    d.write_conf("[server]\nbatch_size = 20\nprefetch = 40\n");
+    let mut s1 = d.server(&[]);
+    let mut s2 = d.server(&[]);
+    // An odd node count, so round-robin delivery does not split the nodes between the
+    // servers by parity: each server gets every node.
+    let (nodes, keys) = (37, 50);
+    let mut bodies = Vec::new();
+    for k in 0..keys {
+        for i in 0..nodes {
+            bodies.push(result_body(
+                &format!("{}-s{i:03}", d.id),
+                &format!("p{k:03}"),
+                &format!("v{k}"),
+            ));
+        }
+    }
+    publish_raw_at(&d.broker(), &t.master_exchange, "", &bodies);
+    let store = db.store();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let missing = loop {
+        let missing: Vec<String> = rt().block_on(async {
+            let mut missing = Vec::new();
+            for i in 0..nodes {
+                let node = format!("{}-s{i:03}", d.id);
+                let doc = store
+                    .node(&node)
+                    .await
+                    .expect("read node")
+                    .map(|r| r.document());
+                for k in 0..keys {
+                    let key = format!("p{k:03}");
+                    if doc.as_ref().and_then(|d| d.get(&key)).is_none() {
+                        missing.push(format!("{node}/{key}"));
+                    }
+                }
+            }
+            missing
+        });
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        missing.is_empty(),
+        "{} keys lost (first: {:?}); logs:\n{}\n{}",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        s1.log_text(),
+        s2.log_text()
+    );
+    // Both servers did part of the work.
+    s1.stop();
+    s2.stop();
+    for (name, s) in [("first", &s1), ("second", &s2)] {
+        assert!(
+            !s.log_text().contains("panicked"),
+            "{name} server panicked:\n{}",
+            s.log_text()
+        );
+    }
+    // One history entry per key: nothing applied twice, nothing lost.
+    rt().block_on(async {
+        for i in 0..nodes {
+            let node = format!("{}-s{i:03}", d.id);
+            let h = store.history(&node, None).await.expect("history");
+            let per_key: BTreeMap<String, usize> = h.iter().fold(BTreeMap::new(), |mut m, e| {
+                *m.entry(e.key.clone()).or_default() += 1;
+                m
+            });
+            assert_eq!(per_key.len(), keys, "{node}: {per_key:?}");
+            assert!(per_key.values().all(|c| *c == 1), "{node}: {per_key:?}");
+        }
+    });
+}
+
+// --- poison --------------------------------------------------------------------------
+
+#[test]
+fn ten_thousand_poison_messages_mixed_into_good_traffic() {
+    let d = Deployment::new(&[]);
+    // Oversized means above 4 KiB here, so 100 oversized bodies stay small to publish.
+    d.write_conf("[server]\nmax_message_bytes = 4096\n");
+    let t = d.topology();
+    let _server = d.server(&[]);
+    let (good, bad) = (2000, 10_000);
+    let oversized = 100;
+    let prefix = format!("{}-g", d.id);
+    type Make = Box<dyn Fn(usize) -> Vec<u8>>;
+    let kinds: [(&str, Make); 6] = [
+        (
+            "not-json",
+            Box::new(|i| format!("not json {i}").into_bytes()),
+        ),
+        ("bad-utf8", Box::new(|i| vec![0xff, 0xfe, (i % 200) as u8])),
+        (
+            "unknown-version",
+            Box::new(|i| format!(r#"{{"v":{},"kind":"result"}}"#, 2 + i % 5).into_bytes()),
+        ),
+        (
+            "unknown-kind",
+            Box::new(|i| format!(r#"{{"v":1,"kind":"bogus{i}"}}"#).into_bytes()),
+        ),
+        (
+            "unknown-shape",
+            Box::new(|i| format!(r#"{{"unknown":"shape {i}"}}"#).into_bytes()),
+        ),
+        // A plugin named like a reserved document field: the store refuses it.
+        ("refused", {
+            let id = d.id.clone();
+            Box::new(move |i| result_body(&format!("{id}-bad{i}"), "created_at", "x"))
+        }),
+    ];
+    let mut expected: BTreeMap<String, usize> = BTreeMap::new();
+    let mut bodies = Vec::with_capacity(good + bad);
+    let mut g = 0;
+    for i in 0..bad {
+        let (reason, body) = if i < oversized {
+            ("too-large", vec![b'x'; 4097 + i])
+        } else {
+            let (reason, make) = &kinds[i % kinds.len()];
+            (*reason, make(i))
+        };
+        *expected.entry(reason.to_string()).or_default() += 1;
+        bodies.push(body);
+        // One good result after every fifth bad one.
+        if i % 5 == 4 && g < good {
+            bodies.push(result_body(&format!("{prefix}{g:05}"), "hello", "hi"));
+            g += 1;
+        }
+    }
+    assert_eq!(g, good);
+    let started = Instant::now();
+    publish_raw(&t.master_exchange, "", &bodies);
+    let published = started.elapsed();
+
+    let stored = wait_stored(&d, &prefix, good, 60);
+    assert_eq!(stored, good, "every good result stored");
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dead.len() < bad && Instant::now() < deadline {
+        dead.extend(drain_queue(&t.dead_queue, Duration::from_millis(1000)));
+    }
+    eprintln!(
+        "{} messages published in {published:?}; all stored and dead-lettered after {:?}",
+        bodies.len(),
+        started.elapsed()
+    );
+    let mut got: BTreeMap<String, usize> = BTreeMap::new();
+    for m in &dead {
+        let reason = m.header("x-vogeler-reason").unwrap_or_default();
+        *got.entry(reason.to_string()).or_default() += 1;
+    }
+    assert_eq!(
+        dead.len(),
+        bad,
+        "every bad message dead-lettered once: {got:?}"
+    );
+    assert_eq!(got, expected, "dead letters by reason");
+    assert!(
+        dead.iter()
+            .all(|m| !m.header("x-vogeler-detail").unwrap_or_default().is_empty()),
+        "every dead letter has a detail header"
+    );
+}
