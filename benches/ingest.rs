@@ -9,6 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use vogeler::server::{self, ServerOptions, Stats};
 use vogeler_store::DynStore;
 use vogeler_transport::{Broker, Outgoing, Topology};
@@ -264,32 +266,10 @@ async fn main() {
     let (idle_kib, idle_ticks) = client_idle(&id);
     println!("client idle: {idle_kib} KiB resident, {idle_ticks} CPU ticks in 5 s");
 
-    let cmd = |program: &str, args: &[&str]| {
-        std::process::Command::new(program)
-            .args(args)
-            .output()
-            .ok()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_string()
-            })
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "unknown".into())
-    };
-    let mut md = format!(
-        "# Benchmarks\n\nMeasured with `cargo bench --bench ingest` on {} ({} cores; broker, store, server and load generator all on it). RabbitMQ {}, {}, {}.\n\n",
-        chrono::Utc::now().format("%Y-%m-%d"),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        cmd("rabbitmqctl", &["version"]),
-        cmd("psql", &["--version"]),
-        cmd("rustc", &["--version"]),
-    );
+    let mut md = String::from("## Ingest and client\n\n");
+    md.push_str(&support::machine_line("ingest"));
     md.push_str(&format!(
-        "## Ingest ({n} facter-sized results, {size} bytes each)\n\n| what | rate | share of raw ceiling |\n| --- | --- | --- |\n"
+        "### Ingest ({n} facter-sized results, {size} bytes each)\n\n| what | rate | share of raw ceiling |\n| --- | --- | --- |\n"
     ));
     md.push_str(&format!(
         "| raw consume + ack (best: prefetch {}, ack every {}) | {:.0} msg/s | 100% |\n",
@@ -308,16 +288,8 @@ async fn main() {
         md.push_str(&format!("| {p} | {a} | {r:.0} |\n"));
     }
     md.push_str(&format!(
-        "\n## Client\n\n| what | figure | target |\n| --- | --- | --- |\n| idle resident memory | {:.1} MB | under 10 MB |\n| idle CPU over 5 s | {idle_ticks} clock ticks | none |\n",
+        "\n### Client\n\n| what | figure | target |\n| --- | --- | --- |\n| idle resident memory | {:.1} MB | under 10 MB |\n| idle CPU over 5 s | {idle_ticks} clock ticks | none |\n",
         idle_kib as f64 / 1024.0
     ));
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
-    let existing = std::fs::read_to_string(&path).unwrap_or_default();
-    // Keep sections other benchmarks wrote; replace this one.
-    let mut out = md.clone();
-    if let Some(i) = existing.find("\n## Fleet") {
-        out.push_str(&existing[i..]);
-    }
-    std::fs::write(&path, out).expect("write BENCHMARKS.md");
-    println!("wrote {}", path.display());
+    support::write_section("ingest", &md);
 }

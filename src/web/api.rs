@@ -233,8 +233,12 @@ pub fn parse_search(q: &str) -> Result<Search, ApiError> {
     Ok(Search::Name(q.to_string()))
 }
 
-/// Runs a search: `("nodes", node list)` or `("package", rows)`.
-pub async fn run_search(state: &WebState, search: &Search) -> Result<Value, ApiError> {
+/// Runs a search: one page (`page_no`, 1-based) of nodes, or every package row.
+pub async fn run_search(
+    state: &WebState,
+    search: &Search,
+    page_no: usize,
+) -> Result<Value, ApiError> {
     Ok(match search {
         Search::Package(name) => {
             let rows: Vec<Value> = state
@@ -251,14 +255,16 @@ pub async fn run_search(state: &WebState, search: &Search) -> Result<Value, ApiE
                 conditions: vec![c.clone()],
                 ..Query::default()
             };
-            json!({"kind": "nodes", "filter": c.to_string(), "nodes": state.store.select(&q).await?})
+            let p = page(state.store.select(&q).await?, page_no, PAGE_SIZE);
+            json!({"kind": "nodes", "filter": c.to_string(), "total": p.total, "page": p.page, "per_page": p.per_page, "nodes": p.items})
         }
         Search::Name(n) => {
             let q = Query {
                 names: vec![format!("*{n}*")],
                 ..Query::default()
             };
-            json!({"kind": "nodes", "name": n, "nodes": state.store.select(&q).await?})
+            let p = page(state.store.select(&q).await?, page_no, PAGE_SIZE);
+            json!({"kind": "nodes", "name": n, "total": p.total, "page": p.page, "per_page": p.per_page, "nodes": p.items})
         }
     })
 }
@@ -267,7 +273,7 @@ pub async fn run_search(state: &WebState, search: &Search) -> Result<Value, ApiE
 pub async fn search(State(state): State<WebState>, RawQuery(raw): RawQuery) -> ApiResult {
     let p = pairs(raw.as_deref());
     let search = parse_search(param(&p, "q").unwrap_or_default())?;
-    Ok(Json(run_search(&state, &search).await?))
+    Ok(Json(run_search(&state, &search, page_of(&p)).await?))
 }
 
 /// `GET /api/changes?since=1d&limit=1000`: changes across the fleet.

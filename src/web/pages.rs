@@ -403,7 +403,7 @@ pub async fn search(State(state): State<WebState>, RawQuery(raw): RawQuery) -> R
         return respond(StatusCode::OK, "Search", html! { h1 { "Search" } (form) });
     }
     let result = match api::parse_search(&q) {
-        Ok(s) => api::run_search(&state, &s).await,
+        Ok(s) => api::run_search(&state, &s, super::page_of(&p)).await,
         Err(e) => Err(e),
     };
     let (status, body) = match result {

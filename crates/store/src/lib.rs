@@ -286,12 +286,20 @@ pub trait Store: Send + Sync + 'static {
         }
         let mut out = Vec::new();
         for n in self.nodes().await? {
-            if let Some(rec) = self.node(&n.name).await? {
-                let doc = rec.document();
-                if let Some(v) = doc.get(path.root()).and_then(|v| path.lookup(v)) {
-                    if !v.is_null() {
-                        out.push((n.name, v.clone()));
-                    }
+            // The node list answers for last_seen and for nodes without an error;
+            // only the rest needs the whole record.
+            let doc = match path.root() {
+                "system_name" => serde_json::json!({"system_name": n.name}),
+                "last_seen" => serde_json::json!({"last_seen": rfc3339(n.last_seen)}),
+                "last_error" if n.last_error.is_none() => continue,
+                _ => match self.node(&n.name).await? {
+                    Some(rec) => rec.document(),
+                    None => continue,
+                },
+            };
+            if let Some(v) = doc.get(path.root()).and_then(|v| path.lookup(v)) {
+                if !v.is_null() {
+                    out.push((n.name, v.clone()));
                 }
             }
         }

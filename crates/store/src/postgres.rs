@@ -1,9 +1,11 @@
 //! The PostgreSQL store: JSONB documents, a pool, and row locks so several servers
 //! can write the same nodes at once without losing an update.
 //!
-//! Schema (created on first use, versioned in `vogeler_schema`): `nodes` holds one row
-//! per node with the plugin keys in `doc` (JSONB, GIN-indexed) and each key's
-//! `collected_at` in `key_times`; `history` holds one row per change.
+//! Schema (created on first use, versioned in `vogeler_schema`, migrated forward at
+//! start): `nodes` holds one row per node (times, last error); `node_keys` one row
+//! per node and plugin key with its JSONB value and `collected_at`, so a query of
+//! one key (facter) never reads another's (ohai) and a write rewrites only its key;
+//! `history` holds one row per change.
 
 use std::collections::BTreeMap;
 
@@ -13,16 +15,17 @@ use serde_json::Value;
 use tokio_postgres::NoTls;
 
 use crate::{
-    is_reserved_key, last_error_value, rfc3339, Change, HistoryEntry, KeyPath, NodeRecord,
-    NodeSummary, Outcome, Store, StoreError,
+    is_reserved_key, last_error_value, Change, HistoryEntry, KeyPath, NodeRecord, NodeSummary,
+    Outcome, Store, StoreError,
 };
 
 const BACKEND: &str = "postgres";
 
 /// Schema version this code writes; older schemas are migrated forward at start.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE IF NOT EXISTS nodes (
     name TEXT PRIMARY KEY,
     created_at TIMESTAMPTZ NOT NULL,
@@ -45,7 +48,23 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS history_node_key ON history (node, key, at);
 CREATE INDEX IF NOT EXISTS history_at ON history (at);
-"];
+",
+    "
+CREATE TABLE node_keys (
+    node TEXT NOT NULL REFERENCES nodes (name) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value JSONB NOT NULL,
+    collected_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (node, key)
+);
+CREATE INDEX node_keys_key ON node_keys (key, node);
+INSERT INTO node_keys (node, key, value, collected_at)
+    SELECT n.name, d.key, d.value, COALESCE((n.key_times ->> d.key)::timestamptz, n.updated_at)
+    FROM nodes n, jsonb_each(n.doc) d;
+DROP INDEX IF EXISTS nodes_doc;
+ALTER TABLE nodes DROP COLUMN doc, DROP COLUMN key_times;
+",
+];
 
 /// A store in a PostgreSQL database.
 pub struct PostgresStore {
@@ -161,29 +180,38 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(pg_err)?;
-        let lock_key = tx
+        // Locking the node row serialises writers of one node across servers.
+        let lock_node = tx
             .prepare_cached(
-                "SELECT doc -> $2, key_times ->> $2, last_error, last_error_at FROM nodes WHERE name = $1 FOR UPDATE",
+                "SELECT last_error, last_error_at FROM nodes WHERE name = $1 FOR UPDATE",
+            )
+            .await
+            .map_err(pg_err)?;
+        let read_key = tx
+            .prepare_cached(
+                "SELECT value, collected_at FROM node_keys WHERE node = $1 AND key = $2",
             )
             .await
             .map_err(pg_err)?;
         let set_key = tx
             .prepare_cached(
-                "UPDATE nodes SET doc = jsonb_set(doc, ARRAY[$2::text], $3::jsonb),
-                     key_times = jsonb_set(key_times, ARRAY[$2::text], to_jsonb($4::text)),
-                     updated_at = CASE WHEN $5 THEN $6 ELSE updated_at END, last_seen = $6
-                 WHERE name = $1",
+                "INSERT INTO node_keys (node, key, value, collected_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (node, key) DO UPDATE SET value = $3, collected_at = $4",
             )
+            .await
+            .map_err(pg_err)?;
+        let set_time = tx
+            .prepare_cached("UPDATE node_keys SET collected_at = $3 WHERE node = $1 AND key = $2")
             .await
             .map_err(pg_err)?;
         let set_error = tx
-            .prepare_cached(
-                "UPDATE nodes SET last_error = $2, last_error_at = $3, updated_at = $4, last_seen = $4 WHERE name = $1",
-            )
+            .prepare_cached("UPDATE nodes SET last_error = $2, last_error_at = $3 WHERE name = $1")
             .await
             .map_err(pg_err)?;
-        let seen = tx
-            .prepare_cached("UPDATE nodes SET last_seen = $2 WHERE name = $1")
+        let touch = tx
+            .prepare_cached(
+                "UPDATE nodes SET last_seen = $2, updated_at = CASE WHEN $3 THEN $2 ELSE updated_at END WHERE name = $1",
+            )
             .await
             .map_err(pg_err)?;
         let history = tx
@@ -208,53 +236,37 @@ impl Store for PostgresStore {
                 .await
                 .map_err(pg_err)?
                 == 1;
-            let key = match &obs.change {
-                Change::Plugin { name, .. } => name.as_str(),
-                _ => "",
-            };
             let row = tx
-                .query_one(&lock_key, &[&obs.node, &key])
+                .query_one(&lock_node, &[&obs.node])
                 .await
                 .map_err(pg_err)?;
-            let old_value: Option<Value> = row.get(0);
-            let old_time: Option<String> = row.get(1);
-            let old_error: Option<Value> = row.get(2);
-            let old_error_at: Option<DateTime<Utc>> = row.get(3);
+            let old_error: Option<Value> = row.get(0);
+            let old_error_at: Option<DateTime<Utc>> = row.get(1);
             let outcome = match &obs.change {
-                Change::Seen => {
-                    tx.execute(&seen, &[&obs.node, &now])
-                        .await
-                        .map_err(pg_err)?;
-                    None
-                }
+                Change::Seen => Outcome::Unchanged,
                 Change::Plugin { name, value } => {
-                    let old_at = old_time
-                        .as_deref()
-                        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                        .map(|t| t.with_timezone(&Utc));
-                    if old_at.is_some_and(|t| obs.at < t) {
-                        tx.execute(&seen, &[&obs.node, &now])
-                            .await
-                            .map_err(pg_err)?;
-                        Some(Outcome::Stale)
-                    } else {
-                        let changed = old_value.as_ref() != Some(value);
-                        tx.execute(
-                            &set_key,
-                            &[&obs.node, name, value, &rfc3339(obs.at), &changed, &now],
-                        )
+                    let old = tx
+                        .query_opt(&read_key, &[&obs.node, name])
                         .await
-                        .map_err(pg_err)?;
-                        if changed {
-                            tx.execute(
-                                &history,
-                                &[&obs.node, name, &old_value, &Some(value.clone()), &obs.at],
-                            )
-                            .await
-                            .map_err(pg_err)?;
-                            Some(Outcome::Updated)
-                        } else {
-                            Some(Outcome::Unchanged)
+                        .map_err(pg_err)?
+                        .map(|r| (r.get::<_, Value>(0), r.get::<_, DateTime<Utc>>(1)));
+                    match old {
+                        Some((_, at)) if obs.at < at => Outcome::Stale,
+                        Some((old, _)) if &old == value => {
+                            tx.execute(&set_time, &[&obs.node, name, &obs.at])
+                                .await
+                                .map_err(pg_err)?;
+                            Outcome::Unchanged
+                        }
+                        old => {
+                            tx.execute(&set_key, &[&obs.node, name, value, &obs.at])
+                                .await
+                                .map_err(pg_err)?;
+                            let old = old.map(|o| o.0);
+                            tx.execute(&history, &[&obs.node, name, &old, &Some(value), &obs.at])
+                                .await
+                                .map_err(pg_err)?;
+                            Outcome::Updated
                         }
                     }
                 }
@@ -264,19 +276,13 @@ impl Store for PostgresStore {
                     raw,
                 } => {
                     if old_error_at.is_some_and(|t| obs.at < t) {
-                        tx.execute(&seen, &[&obs.node, &now])
-                            .await
-                            .map_err(pg_err)?;
-                        Some(Outcome::Stale)
+                        Outcome::Stale
                     } else {
                         let new = last_error_value(plugin, message, raw, obs.at);
                         if old_error.as_ref() == Some(&new) {
-                            tx.execute(&seen, &[&obs.node, &now])
-                                .await
-                                .map_err(pg_err)?;
-                            Some(Outcome::Unchanged)
+                            Outcome::Unchanged
                         } else {
-                            tx.execute(&set_error, &[&obs.node, &new, &obs.at, &now])
+                            tx.execute(&set_error, &[&obs.node, &new, &obs.at])
                                 .await
                                 .map_err(pg_err)?;
                             tx.execute(
@@ -285,15 +291,18 @@ impl Store for PostgresStore {
                             )
                             .await
                             .map_err(pg_err)?;
-                            Some(Outcome::Updated)
+                            Outcome::Updated
                         }
                     }
                 }
             };
-            outcomes.push(match (created, outcome) {
-                (true, Some(Outcome::Updated) | None) => Outcome::Created,
-                (_, Some(o)) => o,
-                (false, None) => Outcome::Unchanged,
+            let changed = outcome == Outcome::Updated;
+            tx.execute(&touch, &[&obs.node, &now, &changed])
+                .await
+                .map_err(pg_err)?;
+            outcomes.push(match outcome {
+                Outcome::Updated | Outcome::Unchanged if created => Outcome::Created,
+                o => o,
             });
         }
         tx.commit().await.map_err(pg_err)?;
@@ -304,7 +313,7 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT created_at, updated_at, last_seen, last_error, doc, key_times FROM nodes WHERE name = $1",
+                "SELECT created_at, updated_at, last_seen, last_error FROM nodes WHERE name = $1",
                 &[&name],
             )
             .await
@@ -312,21 +321,20 @@ impl Store for PostgresStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let doc: Value = row.get(4);
-        let keys: BTreeMap<String, Value> = match doc {
-            Value::Object(m) => m.into_iter().collect(),
-            _ => BTreeMap::new(),
-        };
-        let times: Value = row.get(5);
-        let keys_collected = times
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter_map(|(k, v)| {
-                let t = DateTime::parse_from_rfc3339(v.as_str()?).ok()?;
-                Some((k.clone(), t.with_timezone(&Utc)))
-            })
-            .collect();
+        let mut keys = BTreeMap::new();
+        let mut keys_collected = BTreeMap::new();
+        for r in client
+            .query(
+                "SELECT key, value, collected_at FROM node_keys WHERE node = $1",
+                &[&name],
+            )
+            .await
+            .map_err(pg_err)?
+        {
+            let key: String = r.get(0);
+            keys_collected.insert(key.clone(), r.get(2));
+            keys.insert(key, r.get(1));
+        }
         Ok(Some(NodeRecord {
             name: name.to_string(),
             created_at: row.get(0),
@@ -343,7 +351,7 @@ impl Store for PostgresStore {
         let rows = client
             .query(
                 "SELECT name, last_seen, last_error ->> 'message',
-                        ARRAY(SELECT jsonb_object_keys(doc) ORDER BY 1)
+                        ARRAY(SELECT key FROM node_keys k WHERE k.node = nodes.name ORDER BY key)
                  FROM nodes ORDER BY name",
                 &[],
             )
@@ -380,14 +388,12 @@ impl Store for PostgresStore {
     }
 
     async fn key_values(&self, path: &KeyPath) -> Result<Vec<(String, Value)>, StoreError> {
-        let steps: Vec<&str> = std::iter::once(path.root())
-            .chain(path.rest().iter().map(String::as_str))
-            .collect();
+        let steps: Vec<&str> = path.rest().iter().map(String::as_str).collect();
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT name, doc #> $1::text[] FROM nodes WHERE doc #> $1::text[] IS NOT NULL ORDER BY name",
-                &[&steps],
+                "SELECT node, value #> $2::text[] FROM node_keys WHERE key = $1 AND value #> $2::text[] IS NOT NULL ORDER BY node",
+                &[&path.root(), &steps],
             )
             .await
             .map_err(pg_err)?;
@@ -425,14 +431,6 @@ impl Store for PostgresStore {
         tx.execute("DELETE FROM history WHERE node = $1", &[&record.name])
             .await
             .map_err(pg_err)?;
-        let doc = Value::Object(record.keys.clone().into_iter().collect());
-        let times = Value::Object(
-            record
-                .keys_collected
-                .iter()
-                .map(|(k, t)| (k.clone(), Value::String(rfc3339(*t))))
-                .collect(),
-        );
         let error_at = record
             .last_error
             .as_ref()
@@ -441,10 +439,10 @@ impl Store for PostgresStore {
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&Utc));
         tx.execute(
-            "INSERT INTO nodes (name, created_at, updated_at, last_seen, last_error, last_error_at, doc, key_times)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO nodes (name, created_at, updated_at, last_seen, last_error, last_error_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (name) DO UPDATE SET created_at = $2, updated_at = $3, last_seen = $4,
-                 last_error = $5, last_error_at = $6, doc = $7, key_times = $8",
+                 last_error = $5, last_error_at = $6",
             &[
                 &record.name,
                 &record.created_at,
@@ -452,12 +450,29 @@ impl Store for PostgresStore {
                 &record.last_seen,
                 &record.last_error,
                 &error_at,
-                &doc,
-                &times,
             ],
         )
         .await
         .map_err(pg_err)?;
+        tx.execute("DELETE FROM node_keys WHERE node = $1", &[&record.name])
+            .await
+            .map_err(pg_err)?;
+        let put = tx
+            .prepare_cached(
+                "INSERT INTO node_keys (node, key, value, collected_at) VALUES ($1, $2, $3, $4)",
+            )
+            .await
+            .map_err(pg_err)?;
+        for (k, v) in &record.keys {
+            let at = record
+                .keys_collected
+                .get(k)
+                .copied()
+                .unwrap_or(record.updated_at);
+            tx.execute(&put, &[&record.name, k, v, &at])
+                .await
+                .map_err(pg_err)?;
+        }
         let insert = tx
             .prepare_cached(
                 "INSERT INTO history (node, key, old, new, at) VALUES ($1, $2, $3, $4, $5)",

@@ -15,3 +15,46 @@ async fn fresh() -> DynStore {
 }
 
 vogeler_store::conformance_tests!(fresh());
+
+/// A database written by schema version 1 (every key in one `doc` column) is migrated
+/// to per-key rows at start, keeping values and collection times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_migrated() {
+    let url = fresh_postgres().await;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "CREATE TABLE vogeler_schema (version INT NOT NULL);
+             INSERT INTO vogeler_schema VALUES (1);
+             CREATE TABLE nodes (name TEXT PRIMARY KEY, created_at TIMESTAMPTZ NOT NULL,
+                 updated_at TIMESTAMPTZ NOT NULL, last_seen TIMESTAMPTZ NOT NULL, last_error JSONB,
+                 last_error_at TIMESTAMPTZ, doc JSONB NOT NULL DEFAULT '{}'::jsonb,
+                 key_times JSONB NOT NULL DEFAULT '{}'::jsonb);
+             CREATE INDEX nodes_doc ON nodes USING GIN (doc jsonb_path_ops);
+             CREATE TABLE history (id BIGSERIAL PRIMARY KEY, node TEXT NOT NULL, key TEXT NOT NULL,
+                 old JSONB, new JSONB, at TIMESTAMPTZ NOT NULL);
+             INSERT INTO nodes VALUES ('web01', '2026-01-01Z', '2026-01-02Z', '2026-01-03Z', NULL, NULL,
+                 '{\"facter\": {\"os\": {\"family\": \"Debian\"}}, \"ps\": [\"init\"]}',
+                 '{\"facter\": \"2026-01-02T00:00:00Z\"}');",
+        )
+        .await
+        .expect("version 1 schema");
+    let store = PostgresStore::connect(&url).await.expect("migrate");
+    let rec = vogeler_store::Store::node(&store, "web01")
+        .await
+        .expect("node")
+        .expect("kept");
+    assert_eq!(rec.keys["facter"]["os"]["family"], "Debian");
+    assert_eq!(rec.keys["ps"], serde_json::json!(["init"]));
+    assert_eq!(
+        vogeler_store::rfc3339(rec.keys_collected["facter"]),
+        "2026-01-02T00:00:00.000000Z"
+    );
+    // A key without a recorded time takes the node's updated_at.
+    assert_eq!(rec.keys_collected["ps"], rec.updated_at);
+    // Connecting again changes nothing.
+    drop(PostgresStore::connect(&url).await.expect("second start"));
+}

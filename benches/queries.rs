@@ -1,0 +1,220 @@
+//! Query benchmark: reports (`vogeler-admin report`) and the web UI's node list and
+//! search over a fleet of stored nodes, each holding the three fixtures (facter,
+//! ohai, dpkg-query), per store backend.
+//!
+//! `cargo bench --bench queries` (env `VOGELER_BENCH_NODES`, default 10000;
+//! `VOGELER_BENCH_STORES`, default `sqlite,postgres`) prints the figures and writes
+//! its section of BENCHMARKS.md. Targets: each report under 500 ms; node list and
+//! search p95 of 200 requests under 100 ms.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use vogeler::report;
+use vogeler_store::{Change, DynStore, KeyPath, Observation, Query};
+
+fn fixtures() -> (Value, Value, Value) {
+    let facter: serde_yaml::Value =
+        serde_yaml::from_str(include_str!("../fixtures/facter-y.yaml")).expect("facter");
+    let facter = serde_json::to_value(facter).expect("facter json");
+    let ohai: Value = serde_json::from_str(include_str!("../fixtures/ohai.json")).expect("ohai");
+    let dpkg: serde_json::Map<String, Value> = include_str!("../fixtures/dpkg-query.txt")
+        .lines()
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .map(|(p, v)| (p.to_string(), json!(v.trim())))
+        .collect();
+    (facter, ohai, Value::Object(dpkg))
+}
+
+/// Stores `n` nodes through `Store::apply` in batches, as the server would.
+async fn fill(store: &DynStore, n: usize) -> Duration {
+    let (facter, ohai, dpkg) = fixtures();
+    let families = ["Debian", "RedHat", "Suse"];
+    let kernels = [
+        "6.1.0-13-amd64",
+        "5.10.0-26-amd64",
+        "6.8.0-40-generic",
+        "4.18.0-513.el8",
+    ];
+    let started = Instant::now();
+    let at = Utc::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
+        let mut batch = Vec::new();
+        for &i in chunk {
+            let node = format!("node{i:06}");
+            let mut f = facter.clone();
+            f["os"]["family"] = json!(families[i % families.len()]);
+            f["kernelrelease"] = json!(kernels[i % kernels.len()]);
+            let mut d = dpkg.clone();
+            d["openssl"] = json!(format!("3.0.{}-1", i % 20));
+            for (name, value) in [("facter", f), ("ohai", ohai.clone()), ("dpkg", d)] {
+                batch.push(Observation {
+                    node: node.clone(),
+                    at,
+                    change: Change::Plugin {
+                        name: name.into(),
+                        value,
+                    },
+                });
+            }
+            if i % 97 == 0 {
+                batch.push(Observation {
+                    node,
+                    at,
+                    change: Change::Error {
+                        plugin: Some("ohai".into()),
+                        message: "ohai: timed out".into(),
+                        raw: None,
+                    },
+                });
+            }
+        }
+        store.apply(batch.into()).await.expect("fill");
+    }
+    started.elapsed()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Median of `runs` timings of `f`.
+async fn median<F, Fut>(runs: usize, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        std::hint::black_box(f().await);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// p50 and p95 of 200 GETs of `url`.
+async fn p95(client: &reqwest::Client, url: &str) -> (Duration, Duration) {
+    let mut times = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let r = client.get(url).send().await.expect("get");
+        assert!(r.status().is_success(), "{url}: {}", r.status());
+        std::hint::black_box(r.bytes().await.expect("body"));
+        times.push(t.elapsed());
+    }
+    times.sort();
+    (times[100], times[189])
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n: usize = std::env::var("VOGELER_BENCH_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let stores = std::env::var("VOGELER_BENCH_STORES").unwrap_or_else(|_| "sqlite,postgres".into());
+    let mut md = format!("## Queries over {n} stored nodes (facter + ohai + dpkg each)\n\n");
+    md.push_str(&support::machine_line("queries"));
+    md.push_str("| store | fill (results/s) | facts os.family | package openssl | stale 1h | errors | changes (1,000) | node list p50 / p95 | search p50 / p95 |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    for backend in stores.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dsn = match backend {
+            "sqlite" => format!("sqlite://{}", dir.path().join("q.db").display()),
+            "postgres" => vogeler_store::testing::fresh_postgres().await,
+            other => panic!("unknown store {other} in VOGELER_BENCH_STORES"),
+        };
+        let parsed = vogeler_config::StoreDsn::parse(&dsn, dir.path()).expect("dsn");
+        let store = vogeler_store::open(&parsed).await.expect("open store");
+        let fill_time = fill(&store, n).await;
+        let fill_rate = (3 * n) as f64 / fill_time.as_secs_f64();
+        println!(
+            "{backend}: filled {n} nodes in {:.1} s ({fill_rate:.0} results/s)",
+            fill_time.as_secs_f64()
+        );
+
+        let all = Query::default();
+        let family = KeyPath::parse("facter.os.family").expect("path");
+        let facts = median(5, || async {
+            report::facts(&store, &family, &all)
+                .await
+                .expect("facts")
+                .rows
+                .len()
+        })
+        .await;
+        let package = median(5, || async {
+            report::package(&store, "openssl", &all)
+                .await
+                .expect("package")
+                .rows
+                .len()
+        })
+        .await;
+        let hour_ago = Utc::now() - chrono::Duration::hours(1);
+        let stale = median(5, || async {
+            report::stale(&store, hour_ago, &all, Utc::now())
+                .await
+                .expect("stale")
+                .rows
+                .len()
+        })
+        .await;
+        let errors = median(5, || async {
+            report::errors(&store, &all)
+                .await
+                .expect("errors")
+                .rows
+                .len()
+        })
+        .await;
+        let day_ago = Utc::now() - chrono::Duration::days(1);
+        let changes = median(3, || async {
+            report::changes(&store, day_ago, 1000, &all)
+                .await
+                .expect("changes")
+                .rows
+                .len()
+        })
+        .await;
+
+        let listener = vogeler::web::bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (trigger, shutdown) = vogeler::shutdown::channel();
+        let state = vogeler::web::WebState {
+            store: store.clone(),
+            stats: Arc::new(vogeler::server::Stats::default()),
+            queues: None,
+            token: None,
+        };
+        let web = tokio::spawn(vogeler::web::serve(listener, state, shutdown));
+        let client = reqwest::Client::new();
+        let list = p95(&client, &format!("{base}/nodes?page=42")).await;
+        let search = p95(
+            &client,
+            &format!("{base}/search?q=facter.os.family%20%3D%20Debian&page=3"),
+        )
+        .await;
+        trigger.trigger();
+        let _ = web.await;
+
+        let line = format!(
+            "| {backend} | {fill_rate:.0} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} / {:.0} ms | {:.0} / {:.0} ms |\n",
+            ms(facts), ms(package), ms(stale), ms(errors), ms(changes), ms(list.0), ms(list.1), ms(search.0), ms(search.1)
+        );
+        print!("{line}");
+        md.push_str(&line);
+    }
+    md.push_str("\nTargets: each report under 500 ms; node list and search p95 under 100 ms (100 rows a page).\n");
+    support::write_section("queries", &md);
+}

@@ -1,0 +1,53 @@
+//! What the benchmarks share: the machine line and writing their own section of
+//! BENCHMARKS.md without touching the others'.
+#![allow(dead_code)]
+
+/// The first line of a command's output, or "unknown".
+pub fn version(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// "Measured with `cargo bench --bench NAME` on DATE (N cores ...). Versions."
+pub fn machine_line(bench: &str) -> String {
+    format!(
+        "Measured with `cargo bench --bench {bench}` on {} ({} cores; broker, stores, server and load generator all on it). RabbitMQ {}, {}, {}.\n\n",
+        chrono::Utc::now().format("%Y-%m-%d"),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        version("rabbitmqctl", &["version"]),
+        version("psql", &["--version"]),
+        version("rustc", &["--version"]),
+    )
+}
+
+/// Replaces (or appends) the section between `<!-- begin NAME -->` and
+/// `<!-- end NAME -->` in BENCHMARKS.md.
+pub fn write_section(name: &str, body: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
+    let existing = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let (begin, end) = (
+        format!("<!-- begin {name} -->"),
+        format!("<!-- end {name} -->"),
+    );
+    let section = format!("{begin}\n{}\n{end}", body.trim_end());
+    let out = match (existing.find(&begin), existing.find(&end)) {
+        (Some(a), Some(b)) if b > a => {
+            format!("{}{section}{}", &existing[..a], &existing[b + end.len()..])
+        }
+        _ => format!("{}\n\n{section}\n", existing.trim_end()),
+    };
+    std::fs::write(&path, out).expect("write BENCHMARKS.md");
+    println!("wrote {}", path.display());
+}
