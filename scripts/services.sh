@@ -8,10 +8,14 @@
 #   scripts/services.sh ensure-pouchdb    pouchdb-server (CouchDB API), cached outside the clone
 #   scripts/services.sh ensure-plugins    facter and ohai for the shipped plugins
 #   scripts/services.sh ensure-chromium   Debian's chromium and chromedriver (web UI tests)
+#   scripts/services.sh ensure-cargo-deb  cargo-deb, pinned below (cargo install, ~3 min cold)
+#   scripts/services.sh ensure-packaging  cargo-deb, the musl target and C compiler, systemd-analyze
 #   scripts/services.sh env               export lines for the tests
 set -euo pipefail
 
 POUCHDB_VERSION=4.2.0
+CARGO_DEB_VERSION=3.8.0
+MUSL_TARGET=x86_64-unknown-linux-musl
 CACHE=${VOGELER_CACHE:-$HOME/.cache/vogeler}
 POUCHDB_DIR=$CACHE/pouchdb-server-$POUCHDB_VERSION
 POUCHDB_BIN=$POUCHDB_DIR/node_modules/.bin/pouchdb-server
@@ -111,6 +115,32 @@ ensure_chromium() {
   log "browser ready: $(chromium --version 2>/dev/null | head -1)"
 }
 
+ensure_cargo_deb() {
+  local have
+  have=$(cargo deb --version 2>/dev/null | awk '{print $NF}' || true)
+  if [ "$have" = "$CARGO_DEB_VERSION" ]; then log "cargo-deb $have installed"; return; fi
+  log "installing cargo-deb $CARGO_DEB_VERSION (found: ${have:-none}; a cold build takes about 3 minutes)"
+  cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION" --quiet \
+    || die "cargo install cargo-deb --version $CARGO_DEB_VERSION"
+}
+
+# The packages (scripts/package.sh): cargo-deb; the client is linked statically against
+# musl, which needs the Rust target and a musl C compiler (ring, for TLS, has C parts);
+# the package test verifies the units with systemd-analyze.
+ensure_packaging() {
+  ensure_cargo_deb
+  if ! rustup target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET"; then
+    log "rustup target add $MUSL_TARGET"
+    rustup target add "$MUSL_TARGET" >/dev/null 2>&1 || die "rustup target add $MUSL_TARGET (is the Rust distribution server reachable?)"
+  fi
+  local missing=()
+  command -v x86_64-linux-musl-gcc >/dev/null 2>&1 || missing+=(musl-tools)
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+  command -v flock >/dev/null 2>&1 || missing+=(util-linux)
+  if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+  log "packaging ready: cargo-deb $CARGO_DEB_VERSION, $MUSL_TARGET, musl-gcc, systemd-analyze"
+}
+
 print_env() {
   echo "export VOGELER_POUCHDB_BIN='$POUCHDB_BIN'"
   echo "export VOGELER_CHROMEDRIVER='$(command -v chromedriver || echo /usr/bin/chromedriver)'"
@@ -118,12 +148,14 @@ print_env() {
 }
 
 case "${1:-ensure}" in
-  ensure) ensure_rabbitmq; ensure_postgres; ensure_pouchdb; ensure_plugins; ensure_chromium ;;
+  ensure) ensure_rabbitmq; ensure_postgres; ensure_pouchdb; ensure_plugins; ensure_chromium; ensure_packaging ;;
   ensure-rabbitmq) ensure_rabbitmq ;;
   ensure-postgres) ensure_postgres ;;
   ensure-pouchdb) ensure_pouchdb ;;
   ensure-plugins) ensure_plugins ;;
   ensure-chromium) ensure_chromium ;;
+  ensure-cargo-deb) ensure_cargo_deb ;;
+  ensure-packaging) ensure_packaging ;;
   env) print_env ;;
-  *) die "unknown command ${1}: use ensure, ensure-rabbitmq, ensure-postgres, ensure-pouchdb, ensure-plugins, ensure-chromium or env" ;;
+  *) die "unknown command ${1}: use ensure, ensure-rabbitmq, ensure-postgres, ensure-pouchdb, ensure-plugins, ensure-chromium, ensure-cargo-deb, ensure-packaging or env" ;;
 esac

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script):
-# services ensured, then fmt, clippy, docs, benchmark build and every test.
+# services ensured, then fmt, clippy, docs, benchmark build, the Debian packages and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
-step "services (RabbitMQ, PostgreSQL, pouchdb-server, plugins)"
+step "services (RabbitMQ, PostgreSQL, pouchdb-server, plugins, packaging tools)"
 scripts/services.sh ensure
 eval "$(scripts/services.sh env)"
 
@@ -21,6 +21,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 step "build everything, benchmarks included (dev profile: shares the tests' artifacts)"
 cargo build --workspace --all-targets --quiet
+
+step "Debian packages (scripts/package.sh: deb profile, client for musl; tests/package.rs checks them)"
+scripts/package.sh
 
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
