@@ -6,7 +6,7 @@
 #   vogeler-server_<version>-1_amd64.deb   vogeler-server, -runner, -admin (glibc), the unit
 #                                          and the vogeler system user
 #
-# Profile `deb` (Cargo.toml): release without LTO, so CI can afford it. Needs cargo-deb,
+# Profile `deb` (Cargo.toml): release without LTO. Needs cargo-deb,
 # the musl target and a musl C compiler (ring, for TLS, has C parts):
 # `scripts/services.sh ensure-packaging` installs them.
 #
@@ -17,7 +17,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MUSL=x86_64-unknown-linux-musl
-PROFILE=deb
+# VOGELER_PACKAGE_PROFILE=dev packages the test build's binaries (CI: checks the packaging
+# without a second optimised build of everything); releases use the default, deb.
+PROFILE=${VOGELER_PACKAGE_PROFILE:-deb}
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 OUT=$TARGET/debian
 STAMP=$OUT/.built
