@@ -37,6 +37,20 @@ pub struct RunnerOptions {
     pub wire: Wire,
     /// How long to keep waiting after the last answer when the expected nodes are unknown.
     pub quiet: Duration,
+    /// Filters on stored facts (`-W`); with them (or a glob in `targets`) the runner
+    /// asks the servers which nodes match and sends to those only.
+    pub filters: Vec<String>,
+    /// Discovery counts only nodes seen within this window.
+    pub seen_within: Option<Duration>,
+    /// How long to wait for a server to answer the discovery request.
+    pub discovery_timeout: Duration,
+}
+
+impl RunnerOptions {
+    /// Whether the targets must be discovered (filters, or node-name globs).
+    pub fn discovers(&self) -> bool {
+        !self.filters.is_empty() || self.targets.iter().any(|t| t.contains(['*', '?', '[']))
+    }
 }
 
 /// What happened, in the figures MCollective users know.
@@ -143,7 +157,8 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
         }
     };
     session.declare_exchanges(&opts.topology).await?;
-    let reply_queue = if opts.wait && opts.wire == Wire::V1 {
+    let discovering = opts.discovers();
+    let reply_queue = if (opts.wait && opts.wire == Wire::V1) || discovering {
         Some(session.declare_reply_queue().await?)
     } else {
         None
@@ -152,14 +167,35 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
         Some(q) => Some(session.consume(q, 1000, "").await?),
         None => None,
     };
-    let broadcast = is_broadcast(&opts.targets);
+    let mut targets = opts.targets.clone();
+    if discovering {
+        let (Some(queue), Some(consumer)) = (&reply_queue, replies.as_mut()) else {
+            anyhow::bail!("discovery needs a reply queue");
+        };
+        targets = discover(opts, &session, queue, consumer).await?;
+        if targets.is_empty() {
+            tracing::warn!("no stored node matches the filters: nothing sent");
+            session.close().await;
+            return Ok(Summary {
+                command: opts.command.clone(),
+                waited: opts.wait,
+                discovery_ms: started.elapsed().as_millis() as u64,
+                total_ms: started.elapsed().as_millis() as u64,
+                ..Default::default()
+            });
+        }
+    }
+    if !(opts.wait && opts.wire == Wire::V1) {
+        replies = None;
+    }
+    let broadcast = !discovering && is_broadcast(&targets);
     let request = Request {
         id: uuid::Uuid::new_v4().to_string(),
         command: opts.command.clone(),
         targets: if broadcast {
             vec!["all".into()]
         } else {
-            opts.targets.clone()
+            targets.clone()
         },
         sender: format!("vogeler-runner@{}", vogeler_config::host_name()),
         sent_at: Utc::now(),
@@ -187,7 +223,7 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
     let routes: Vec<String> = if broadcast {
         vec![BROADCAST_KEY.to_string()]
     } else {
-        opts.targets.clone()
+        targets.clone()
     };
     let mut pending = Vec::with_capacity(routes.len());
     for key in &routes {
@@ -269,6 +305,69 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
     summary.total_ms = started.elapsed().as_millis() as u64;
     session.close().await;
     Ok(summary)
+}
+
+/// Asks the servers (over `master.in`) which nodes match the filters and globs, and
+/// waits for the answer; an error answer or silence is an error naming the cause.
+async fn discover(
+    opts: &RunnerOptions,
+    session: &vogeler_transport::Session,
+    reply_queue: &str,
+    consumer: &mut vogeler_transport::Consumer,
+) -> anyhow::Result<Vec<String>> {
+    for f in &opts.filters {
+        vogeler_store::Condition::parse(f)?;
+    }
+    let names: Vec<String> = opts
+        .targets
+        .iter()
+        .filter(|t| t.as_str() != "all")
+        .cloned()
+        .collect();
+    let q = vogeler_protocol::Discover {
+        id: uuid::Uuid::new_v4().to_string(),
+        filters: opts.filters.clone(),
+        names,
+        seen_within_secs: opts.seen_within.map(|d| d.as_secs()),
+        sent_at: Utc::now(),
+        reply_to: reply_queue.to_string(),
+    };
+    let body = vogeler_protocol::encode(&Message::Discover(q.clone()));
+    session
+        .publish_confirmed(
+            &opts.topology.master_exchange,
+            "",
+            Outgoing {
+                body,
+                expiration_ms: Some(opts.discovery_timeout.as_millis() as u64),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let deadline = tokio::time::Instant::now() + opts.discovery_timeout;
+    loop {
+        let d = match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Err(_) => anyhow::bail!(
+                "no vogeler-server answered the discovery request within {} s (is a server consuming {}?)",
+                opts.discovery_timeout.as_secs(),
+                opts.topology.master_queue
+            ),
+            Ok(None) => anyhow::bail!("the broker closed the reply queue"),
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(Some(Ok(d))) => d,
+        };
+        session.ack(d.tag, false).await?;
+        if let Ok(Decoded::Message(Message::Discovered(a))) = vogeler_protocol::decode(&d.body) {
+            if a.discover_id != q.id {
+                continue;
+            }
+            if let Some(e) = a.error {
+                anyhow::bail!("discovery failed: {e}");
+            }
+            tracing::info!(nodes = a.nodes.len(), "discovered");
+            return Ok(a.nodes);
+        }
+    }
 }
 
 /// A live "stored / expected" bar on a terminal; hidden when stderr is not one.

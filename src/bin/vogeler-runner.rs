@@ -20,7 +20,8 @@ struct Cli {
     #[arg(short = 'x', long = "execute", value_name = "COMMAND")]
     command: String,
 
-    /// Target: `all`, or node names (repeat the flag or separate with commas).
+    /// Target: `all`, or node names (repeat the flag or separate with commas). Globs
+    /// (`web*`) are expanded against the servers' registry of stored nodes.
     #[arg(
         short = 'n',
         long = "node",
@@ -49,6 +50,19 @@ struct Cli {
     /// COMMAND is a command line, not a plugin (clients must run with --allow-unsafe).
     #[arg(long = "unsafe")]
     unsafe_command: bool,
+
+    /// Only nodes whose stored facts match (repeatable, AND): facter.os.family=Debian,
+    /// 'facter.kernelrelease~^6\.', dpkg.openssl?. The servers answer from the store.
+    #[arg(short = 'W', long = "where", value_name = "FILTER")]
+    filters: Vec<String>,
+
+    /// With -W or globs: only nodes seen within this long (10m, 1h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    seen_within: Option<Duration>,
+
+    /// How long to wait for a server to answer discovery.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    discovery_timeout: Duration,
 }
 
 /// `10s`, `2m`, `500ms`, or bare seconds.
@@ -96,6 +110,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         unsafe_command: cli.unsafe_command,
         wire: settings::wire(&s),
         quiet: Duration::from_secs(2),
+        filters: cli.filters,
+        seen_within: cli.seen_within,
+        discovery_timeout: cli.discovery_timeout,
     };
     let summary = vogeler::runner::run(&opts).await?;
     if cli.json {

@@ -16,6 +16,8 @@ pub enum Converted {
         /// Confirmation to send after the commit, when the sender asked for one.
         confirm: Option<Confirm>,
     },
+    /// A discovery question: answer it from the store, store nothing.
+    Discover(vogeler_protocol::Discover),
     /// Unusable: dead-letter it with this reason code and message.
     Dead {
         /// Short stable code (header value).
@@ -108,6 +110,7 @@ pub fn convert(body: &[u8], max_bytes: usize, reply_to: Option<&str>) -> Convert
         }
         Decoded::Message(Message::Heartbeat(h)) => seen(h.node, h.sent_at),
         Decoded::Message(Message::Pong(p)) => seen(p.node, p.sent_at),
+        Decoded::Message(Message::Discover(d)) => Converted::Discover(d),
         Decoded::Message(other) => dead(
             "unexpected-kind",
             format!(

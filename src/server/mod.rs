@@ -149,12 +149,15 @@ struct Prepared {
     meta: Vec<(usize, Option<Confirm>)>,
     /// Delivery index, reason code and detail for each unusable message.
     dead: Vec<(usize, String, String)>,
+    /// Discovery questions to answer once the batch is committed.
+    discover: Vec<vogeler_protocol::Discover>,
 }
 
 fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
     let mut observations = Vec::with_capacity(batch.len());
     let mut meta = Vec::with_capacity(batch.len());
     let mut dead = Vec::new();
+    let mut discover = Vec::new();
     for (i, d) in batch.iter().enumerate() {
         match convert(&d.body, opts.max_message_bytes, d.reply_to.as_deref()) {
             Converted::Store {
@@ -164,6 +167,7 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
                 observations.push(observation);
                 meta.push((i, confirm));
             }
+            Converted::Discover(q) => discover.push(q),
             Converted::Dead { reason, detail } => dead.push((i, reason.to_string(), detail)),
         }
     }
@@ -172,6 +176,7 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
         observations: observations.into(),
         meta,
         dead,
+        discover,
     }
 }
 
@@ -275,6 +280,7 @@ async fn process(
         observations,
         meta,
         mut dead,
+        discover,
     } = prepared;
     let Some(last) = batch.last() else {
         return Ok(true);
@@ -326,6 +332,9 @@ async fn process(
     for p in dead_pending {
         p.confirmed().await?;
     }
+    for q in discover {
+        replies.push(answer_discovery(session, store, q).await?);
+    }
     for p in replies {
         // A vanished reply queue is the runner's business, not a reason to redeliver.
         if let Err(e) = p.confirmed().await {
@@ -338,6 +347,52 @@ async fn process(
         .dead_lettered
         .fetch_add(dead.len() as u64, Ordering::Relaxed);
     Ok(true)
+}
+
+/// Answers a discovery question from the store (after this batch's commit, so a
+/// node whose first result shared the batch is already known). A bad filter or a store
+/// error is answered too, so the runner says why instead of waiting.
+async fn answer_discovery(
+    session: &Session,
+    store: &DynStore,
+    q: vogeler_protocol::Discover,
+) -> anyhow::Result<Pending> {
+    let answer = async {
+        let query = vogeler_store::Query {
+            conditions: q
+                .filters
+                .iter()
+                .map(|f| vogeler_store::Condition::parse(f))
+                .collect::<Result<_, _>>()?,
+            names: q.names.clone(),
+            seen_since: q.seen_within_secs.and_then(|s| {
+                Utc::now().checked_sub_signed(chrono::Duration::seconds(i64::try_from(s).ok()?))
+            }),
+            not_seen_since: None,
+        };
+        Ok::<_, StoreError>(
+            store
+                .select(&query)
+                .await?
+                .into_iter()
+                .map(|n| n.name)
+                .collect::<Vec<_>>(),
+        )
+    }
+    .await;
+    let (nodes, error) = match answer {
+        Ok(n) => (n, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    tracing::debug!(id = %q.id, nodes = nodes.len(), error = ?error, "answered a discovery request");
+    let body = vogeler_protocol::encode(&Message::Discovered(vogeler_protocol::Discovered {
+        discover_id: q.id,
+        nodes,
+        error,
+    }));
+    Ok(session
+        .publish("", &q.reply_to, Outgoing::new(body))
+        .await?)
 }
 
 /// Applies the batch, retrying while the store is unavailable. A batch the store

@@ -167,6 +167,40 @@ pub struct Heartbeat {
     pub sent_at: DateTime<Utc>,
 }
 
+/// "Which nodes match?" (runner → server): answered from the store's registry of
+/// nodes, so runners never need store access.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Discover {
+    /// Correlates the answer.
+    pub id: String,
+    /// Filters on stored facts (`facter.os.family=Debian`), all of which must hold.
+    #[serde(default)]
+    pub filters: Vec<String>,
+    /// Node-name globs; empty means every node.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Only nodes seen within this many seconds (`None`: any time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_within_secs: Option<u64>,
+    /// When it was sent.
+    pub sent_at: DateTime<Utc>,
+    /// Where the answer goes.
+    pub reply_to: String,
+}
+
+/// The answer to a [`Discover`] (server → runner).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Discovered {
+    /// The discovery answered.
+    pub discover_id: String,
+    /// Matching node names, sorted.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Why the question could not be answered (a bad filter, the store down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Every v1 message kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -183,6 +217,10 @@ pub enum Message {
     Pong(Pong),
     /// Still alive.
     Heartbeat(Heartbeat),
+    /// Which nodes match?
+    Discover(Discover),
+    /// These.
+    Discovered(Discovered),
 }
 
 impl Message {
@@ -195,11 +233,22 @@ impl Message {
             Message::Ping(_) => "ping",
             Message::Pong(_) => "pong",
             Message::Heartbeat(_) => "heartbeat",
+            Message::Discover(_) => "discover",
+            Message::Discovered(_) => "discovered",
         }
     }
 }
 
-const KINDS: &[&str] = &["request", "result", "stored", "ping", "pong", "heartbeat"];
+const KINDS: &[&str] = &[
+    "request",
+    "result",
+    "stored",
+    "ping",
+    "pong",
+    "heartbeat",
+    "discover",
+    "discovered",
+];
 
 /// A 2010 result: `{"syskey": node, "<plugin>": raw, "format": f}` or an error.
 #[derive(Debug, Clone, PartialEq)]
