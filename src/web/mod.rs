@@ -11,6 +11,7 @@
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 
 pub mod api;
+pub mod cache;
 pub mod metrics;
 pub mod pages;
 
@@ -61,7 +62,13 @@ pub fn parse_addr(text: &str) -> anyhow::Result<SocketAddr> {
 }
 
 /// The whole application: pages, API, metrics, static assets, headers and auth.
-pub fn router(state: WebState) -> Router {
+/// Reads go through a [`cache::CachedStore`] in front of the store.
+pub fn router(mut state: WebState) -> Router {
+    state.store = Arc::new(cache::CachedStore::new(
+        state.store.clone(),
+        state.stats.clone(),
+        std::time::Duration::from_secs(5),
+    ));
     Router::new()
         .route("/", get(pages::overview))
         .route("/nodes", get(pages::node_list))
