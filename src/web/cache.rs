@@ -21,12 +21,15 @@ const MAX_PATHS: usize = 64;
 
 type Values = Arc<Vec<(String, Value)>>;
 
+/// A cached answer: the commit generation and time it was read at, and the answer.
+type Entry<T> = (u64, Instant, Arc<T>);
+
 /// The store, with its hot reads cached (see the module docs).
 pub struct CachedStore {
     inner: DynStore,
     stats: Arc<Stats>,
     max_age: Duration,
-    nodes: Mutex<Option<(u64, Instant, Arc<Vec<NodeSummary>>)>>,
+    nodes: Mutex<Option<Entry<Vec<NodeSummary>>>>,
     values: Mutex<HashMap<KeyPath, (u64, Instant, Values)>>,
 }
 
