@@ -316,7 +316,7 @@ pub async fn changes(
         if selected.as_ref().is_some_and(|s| !s.contains(&h.node)) {
             continue;
         }
-        for d in query::diff(h.old.as_ref(), h.new.as_ref()) {
+        for d in query::report_diff(h.old.as_ref(), h.new.as_ref()) {
             t.rows.push(vec![
                 json!(rfc3339(h.at)),
                 json!(h.node),
@@ -366,7 +366,7 @@ pub async fn history(
     let mut t = Table::new(&["at", "key", "path", "old", "new"]);
     let entries = store.history(node, None).await?;
     for h in &entries {
-        for d in query::diff(h.old.as_ref(), h.new.as_ref()) {
+        for d in query::report_diff(h.old.as_ref(), h.new.as_ref()) {
             t.rows.push(vec![
                 json!(rfc3339(h.at)),
                 json!(h.key),

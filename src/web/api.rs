@@ -157,7 +157,7 @@ pub fn changes_of(entries: &[vogeler_store::HistoryEntry]) -> Vec<Change> {
             at: rfc3339(h.at),
             node: h.node.clone(),
             key: h.key.clone(),
-            differences: query::diff(h.old.as_ref(), h.new.as_ref()),
+            differences: query::report_diff(h.old.as_ref(), h.new.as_ref()),
         })
         .collect()
 }

@@ -343,6 +343,30 @@ pub fn diff(old: Option<&Value>, new: Option<&Value>) -> Vec<Difference> {
     out
 }
 
+/// [`diff`] for change reports: a key that first appeared (or went away) whole is
+/// one row saying so (`"(added: 112 keys)"`) instead of its whole value, which can be
+/// tens of kilobytes (ohai); its value is one `vogeler-admin node NAME KEY` away.
+pub fn report_diff(old: Option<&Value>, new: Option<&Value>) -> Vec<Difference> {
+    let outline = |v: &Value, what: &str| match v {
+        Value::Object(m) => Some(Value::String(format!("({what}: {} keys)", m.len()))),
+        Value::Array(a) => Some(Value::String(format!("({what}: {} items)", a.len()))),
+        scalar => Some(scalar.clone()),
+    };
+    match (old, new) {
+        (None, Some(n)) => vec![Difference {
+            path: String::new(),
+            old: None,
+            new: outline(n, "added"),
+        }],
+        (Some(o), None) => vec![Difference {
+            path: String::new(),
+            old: outline(o, "removed"),
+            new: None,
+        }],
+        _ => diff(old, new),
+    }
+}
+
 fn diff_into(
     path: &mut String,
     old: Option<&Value>,
@@ -541,6 +565,12 @@ mod tests {
         assert_eq!(paths, ["a", "b", "os.release"]);
         assert_eq!(d[2].old, Some(json!("11")));
         assert!(diff(None, None).is_empty());
+        let added = report_diff(None, Some(&json!({"a": 1, "b": 2})));
+        assert_eq!(added[0].new, Some(json!("(added: 2 keys)")));
+        assert_eq!(
+            report_diff(None, Some(&json!("x")))[0].new,
+            Some(json!("x"))
+        );
         assert_eq!(diff(None, Some(&json!(1)))[0].path, "");
     }
 
