@@ -3,7 +3,8 @@
 //! facter-sized results into each store, in one run, on the shared RabbitMQ.
 //!
 //! `cargo bench --bench ingest` (env `VOGELER_BENCH_N`, default 20000 results;
-//! `VOGELER_BENCH_STORES=sqlite,postgres`) prints the figures and writes BENCHMARKS.md.
+//! `VOGELER_BENCH_STORES=sqlite,postgres,couch`) prints the figures and writes its
+//! section of BENCHMARKS.md. The CouchDB figure is measured on pouchdb-server.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -204,7 +205,8 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    let stores = std::env::var("VOGELER_BENCH_STORES").unwrap_or_else(|_| "sqlite".into());
+    let stores =
+        std::env::var("VOGELER_BENCH_STORES").unwrap_or_else(|_| "sqlite,postgres,couch".into());
     let facter = facter_json();
     let id = format!("bench{}", std::process::id());
     let bodies: Vec<Vec<u8>> = (0..n)
@@ -249,7 +251,15 @@ async fn main() {
         let dsn = match backend {
             "sqlite" => format!("sqlite://{}", dir.path().join("bench.db").display()),
             "postgres" => vogeler_store::testing::fresh_postgres().await,
-            other => panic!("unknown store {other} in VOGELER_BENCH_STORES"),
+            // An in-memory pouchdb-server, not Apache CouchDB: labelled so in the table.
+            "couch" => format!(
+                "{}/{}",
+                vogeler_store::testing::pouchdb().replace("http://", "couch://"),
+                vogeler_store::testing::unique("bench_")
+            ),
+            other => {
+                panic!("unknown store {other} in VOGELER_BENCH_STORES (sqlite, postgres, couch)")
+            }
         };
         let dsn = vogeler_config::StoreDsn::parse(&dsn, dir.path()).expect("store DSN");
         let store: DynStore = vogeler_store::open(&dsn).await.expect("open store");
@@ -277,7 +287,12 @@ async fn main() {
     ));
     for (b, r) in &rows {
         md.push_str(&format!(
-            "| vogeler-server into {b} | {r:.0} results/s | {:.0}% |\n",
+            "| vogeler-server into {} | {r:.0} results/s | {:.0}% |\n",
+            if b == "couch" {
+                "couch (pouchdb-server 4.2.0, in memory)"
+            } else {
+                b
+            },
             100.0 * r / best.0
         ));
     }

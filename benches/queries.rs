@@ -215,6 +215,6 @@ async fn main() {
         print!("{line}");
         md.push_str(&line);
     }
-    md.push_str("\nTargets: each report under 500 ms; node list and search p95 under 100 ms (100 rows a page).\n");
+    md.push_str("\nTargets: each report under 500 ms; node list and search p95 under 100 ms (100 rows a page). Reports run `vogeler::report` on a fresh store handle (no cache); the web figures go through the HTTP server, whose reads pass a cache that the server's next commit invalidates (no ingest runs during this benchmark, so after the first request the node list and values come from it).\n");
     support::write_section("queries", &md);
 }

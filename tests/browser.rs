@@ -233,18 +233,7 @@ async fn pages_work_with_javascript_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_plugin_output_stays_text_with_javascript_on() {
-    let hostile =
-        json!({"motd": "<script>alert(1)</script>", "<img src=x onerror=alert(2)>": "<b>bold</b>"});
-    let w = common::web::start(
-        &[],
-        vec![common::fleet::plugin(
-            "fx-evil",
-            common::fleet::t(0),
-            "motd",
-            hostile,
-        )],
-    )
-    .await;
+    let w = common::web::start(&[], vec![common::fleet::hostile()]).await;
     let d = driver();
     let c = browser(&d, true).await;
     c.goto(&format!("{}/nodes/fx-evil", w.base))

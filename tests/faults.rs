@@ -418,8 +418,7 @@ fn server_killed_repeatedly_mid_ingest_stores_each_result_once() {
 // --- PostgreSQL ---------------------------------------------------------------------
 
 fn pg_admin_url() -> String {
-    std::env::var("VOGELER_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://vogeler:vogeler@127.0.0.1:5432/postgres".into())
+    vogeler_store::testing::postgres_admin_url()
 }
 
 /// A connection to the admin database; fails naming the server if unreachable.

@@ -141,17 +141,7 @@ async fn the_api_answers_and_refuses_bad_queries_with_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_escape_hostile_plugin_output_and_send_strict_headers() {
-    let hostile = json!({"motd": "<script>alert(1)</script>", "<img src=x onerror=alert(2)>": "\"'><b>x</b>"});
-    let w = start(
-        &[],
-        vec![common::fleet::plugin(
-            "fx-evil",
-            common::fleet::t(0),
-            "motd",
-            hostile,
-        )],
-    )
-    .await;
+    let w = start(&[], vec![common::fleet::hostile()]).await;
     let b = &w.base;
     for path in [
         "/",

@@ -78,3 +78,13 @@ pub async fn fill(store: &DynStore) {
         .await
         .expect("upgrade");
 }
+
+/// A node whose plugin output is hostile markup, for the escaping tests.
+pub fn hostile() -> Observation {
+    plugin(
+        "fx-evil",
+        t(0),
+        "motd",
+        json!({"motd": "<script>alert(1)</script>", "<img src=x onerror=alert(2)>": "\"'><b>x</b>"}),
+    )
+}

@@ -392,12 +392,16 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT node, value #> $2::text[] FROM node_keys WHERE key = $1 AND value #> $2::text[] IS NOT NULL ORDER BY node",
+                // The path is walked once per row; missing ones are dropped here.
+                "SELECT node, value #> $2::text[] FROM node_keys WHERE key = $1 ORDER BY node",
                 &[&path.root(), &steps],
             )
             .await
             .map_err(pg_err)?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| Some((r.get(0), r.get::<_, Option<Value>>(1)?)))
+            .collect())
     }
 
     async fn changes(

@@ -513,17 +513,19 @@ fn read_key_values(conn: &Connection, path: &KeyPath) -> Result<Vec<(String, Val
     }
     let mut stmt = conn
         .prepare_cached(
-            "SELECT node, value -> ?2 FROM node_keys WHERE key = ?1 AND value -> ?2 IS NOT NULL ORDER BY node",
+            // The path is walked once per row; missing ones are dropped below.
+            "SELECT node, value -> ?2 FROM node_keys WHERE key = ?1 ORDER BY node",
         )
         .map_err(sql_err)?;
     let rows = stmt
         .query_map(params![path.root(), json_path], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
         })
         .map_err(sql_err)?;
     let mut out = Vec::new();
     for row in rows {
         let (node, text) = row.map_err(sql_err)?;
+        let Some(text) = text else { continue };
         let v = parse_json(&text)?;
         if let Some(v) = crate::query::lookup(&v, rust_steps) {
             out.push((node, v.clone()));
