@@ -728,7 +728,11 @@ impl Store for CouchStore {
             .await?
             .iter()
             .filter_map(|doc| {
-                let v = path.lookup(doc.get(path.root())?)?;
+                // A node without an error holds `last_error: null`: no value.
+                let root = doc
+                    .get(path.root())
+                    .filter(|v| !(path.root() == "last_error" && v.is_null()))?;
+                let v = path.lookup(root)?;
                 Some((doc.get("_id")?.as_str()?.to_string(), v.clone()))
             })
             .collect();

@@ -258,8 +258,9 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap round trip proving the store answers.
     async fn health(&self) -> Result<(), StoreError>;
 
-    /// Each node's value of plugin key `path.root()` walked down `path.rest()`, sorted by
-    /// node; nodes without it are left out. Backends push the walk down where they can.
+    /// Each node's value of plugin key `path.root()` (or of `last_error`) walked down
+    /// `path.rest()`, sorted by node; nodes without it are left out. Backends push the
+    /// walk down where they can.
     async fn key_values(&self, path: &KeyPath) -> Result<Vec<(String, Value)>, StoreError>;
 
     /// Changes across the fleet observed at or after `since`, oldest first, at most `limit`.
@@ -281,7 +282,7 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::key_values`]; document fields (`last_error.plugin`, `last_seen`) are
     /// read from the records.
     async fn values(&self, path: &KeyPath) -> Result<Vec<(String, Value)>, StoreError> {
-        if !is_reserved_key(path.root()) {
+        if !is_reserved_key(path.root()) || path.root() == "last_error" {
             return self.key_values(path).await;
         }
         let mut out = Vec::new();

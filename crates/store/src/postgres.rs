@@ -393,7 +393,10 @@ impl Store for PostgresStore {
         let rows = client
             .query(
                 // The path is walked once per row; missing ones are dropped here.
-                "SELECT node, value #> $2::text[] FROM node_keys WHERE key = $1 ORDER BY node",
+                "SELECT node, value #> $2::text[] FROM node_keys WHERE key = $1
+                 UNION ALL
+                 SELECT name, last_error #> $2::text[] FROM nodes WHERE $1 = 'last_error' AND last_error IS NOT NULL
+                 ORDER BY 1",
                 &[&path.root(), &steps],
             )
             .await

@@ -514,7 +514,10 @@ fn read_key_values(conn: &Connection, path: &KeyPath) -> Result<Vec<(String, Val
     let mut stmt = conn
         .prepare_cached(
             // The path is walked once per row; missing ones are dropped below.
-            "SELECT node, value -> ?2 FROM node_keys WHERE key = ?1 ORDER BY node",
+            "SELECT node, value -> ?2 FROM node_keys WHERE key = ?1
+             UNION ALL
+             SELECT name, last_error -> ?2 FROM nodes WHERE ?1 = 'last_error' AND last_error IS NOT NULL
+             ORDER BY 1",
         )
         .map_err(sql_err)?;
     let rows = stmt
