@@ -310,7 +310,7 @@ pub async fn changes(
 ) -> anyhow::Result<Table> {
     let selected = selected_names(store, q).await?;
     let mut t = Table::new(&["at", "node", "key", "path", "old", "new"]);
-    let entries = store.changes(since, limit).await?;
+    let entries = store.change_outlines(since, limit).await?;
     let n = entries.len();
     for h in entries {
         if selected.as_ref().is_some_and(|s| !s.contains(&h.node)) {

@@ -289,7 +289,7 @@ pub async fn changes(State(state): State<WebState>, RawQuery(raw): RawQuery) -> 
             .filter(|l| (1..=100_000).contains(l))
             .ok_or_else(|| ApiError::bad(format!("limit must be 1 to 100000, not {l:?}")))?,
     };
-    let entries = state.store.changes(since, limit).await?;
+    let entries = state.store.change_outlines(since, limit).await?;
     Ok(Json(
         json!({"since": rfc3339(since), "changes": changes_of(&entries)}),
     ))

@@ -130,6 +130,14 @@ impl Store for CachedStore {
         self.inner.changes(since, limit).await
     }
 
+    async fn change_outlines(
+        &self,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.inner.change_outlines(since, limit).await
+    }
+
     async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         self.inner.prune_history(before).await
     }

@@ -610,6 +610,35 @@ pub async fn changes_across_the_fleet(store: DynStore) {
     assert_eq!(got[1].old, Some(json!(1)));
     assert_eq!(got[1].new, Some(json!(2)));
     assert_eq!(store.changes(t(0), 2).await.expect("limit").len(), 2);
+    // Outlines: a first appearance says what arrived, an update keeps its values.
+    store
+        .apply(
+            vec![
+                plugin("c", 50, "obj", json!({"x": 1, "y": {"z": 2}})),
+                plugin("c", 50, "arr", json!([1, 2, 3])),
+                plugin("c", 50, "s", json!("text")),
+            ]
+            .into(),
+        )
+        .await
+        .expect("apply");
+    let out = store.change_outlines(t(20), 100).await.expect("outlines");
+    let by = |node: &str, key: &str| {
+        out.iter()
+            .find(|h| h.node == node && h.key == key)
+            .and_then(|h| h.new.clone())
+    };
+    assert_eq!(by("c", "obj"), Some(json!("(added: 2 keys)")));
+    assert_eq!(by("c", "arr"), Some(json!("(added: 3 items)")));
+    assert_eq!(by("c", "s"), Some(json!("text")));
+    let update = out
+        .iter()
+        .find(|h| h.node == "a" && h.at == t(30))
+        .expect("update");
+    assert_eq!(
+        (update.old.clone(), update.new.clone()),
+        (Some(json!(1)), Some(json!(2)))
+    );
 }
 
 /// Retention deletes history before a time and nothing else.

@@ -360,6 +360,24 @@ pub trait Store: Send + Sync + 'static {
         Ok(query::rewind(current, &history, at))
     }
 
+    /// [`Store::changes`] for reports: a key's first appearance (no old value) carries
+    /// an outline of its value (`"(added: 112 keys)"`, see [`query::outline`]) instead of
+    /// the value, which can be tens of kilobytes. Backends compute the outline in the
+    /// database where they can.
+    async fn change_outlines(
+        &self,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let mut entries = self.changes(since, limit).await?;
+        for e in &mut entries {
+            if e.old.is_none() {
+                e.new = e.new.as_ref().map(|v| query::outline(v, "added"));
+            }
+        }
+        Ok(entries)
+    }
+
     /// The values `path` took on `node` over time (see [`query::timeline`]).
     async fn timeline(&self, node: &str, path: &KeyPath) -> Result<Vec<Span>, StoreError> {
         let history = self.history(node, Some(path.root())).await?;

@@ -420,6 +420,26 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn change_outlines(
+        &self,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // The outline is made here so a first appearance's value never leaves PostgreSQL.
+        self.history_rows(
+            "SELECT node, key, old,
+                    CASE WHEN old IS NOT NULL THEN new
+                         WHEN jsonb_typeof(new) = 'object' THEN to_jsonb('(added: ' || (SELECT count(*) FROM jsonb_object_keys(new)) || ' keys)')
+                         WHEN jsonb_typeof(new) = 'array' THEN to_jsonb('(added: ' || jsonb_array_length(new) || ' items)')
+                         ELSE new END,
+                    at
+             FROM history WHERE at >= $1 ORDER BY at, id LIMIT $2",
+            &[&since, &limit],
+        )
+        .await
+    }
+
     async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let client = self.client().await?;
         client

@@ -343,15 +343,21 @@ pub fn diff(old: Option<&Value>, new: Option<&Value>) -> Vec<Difference> {
     out
 }
 
+/// A container's outline for reports (`"(added: 112 keys)"`, `"(added: 3 items)"`);
+/// scalars stay themselves.
+pub fn outline(v: &Value, what: &str) -> Value {
+    match v {
+        Value::Object(m) => Value::String(format!("({what}: {} keys)", m.len())),
+        Value::Array(a) => Value::String(format!("({what}: {} items)", a.len())),
+        scalar => scalar.clone(),
+    }
+}
+
 /// [`diff`] for change reports: a key that first appeared (or went away) whole is
 /// one row saying so (`"(added: 112 keys)"`) instead of its whole value, which can be
 /// tens of kilobytes (ohai); its value is one `vogeler-admin node NAME KEY` away.
 pub fn report_diff(old: Option<&Value>, new: Option<&Value>) -> Vec<Difference> {
-    let outline = |v: &Value, what: &str| match v {
-        Value::Object(m) => Some(Value::String(format!("({what}: {} keys)", m.len()))),
-        Value::Array(a) => Some(Value::String(format!("({what}: {} items)", a.len()))),
-        scalar => Some(scalar.clone()),
-    };
+    let outline = |v: &Value, what: &str| Some(outline(v, what));
     match (old, new) {
         (None, Some(n)) => vec![Difference {
             path: String::new(),

@@ -473,6 +473,30 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn change_outlines(
+        &self,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let since = rfc3339(since);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // The outline is made here so a first appearance's value never leaves SQLite.
+        self.call(move |conn| {
+            history_rows(
+                conn,
+                "SELECT node, key, old,
+                        CASE WHEN old IS NOT NULL THEN new
+                             WHEN json_type(new) = 'object' THEN json_quote('(added: ' || (SELECT count(*) FROM json_each(new)) || ' keys)')
+                             WHEN json_type(new) = 'array' THEN json_quote('(added: ' || json_array_length(new) || ' items)')
+                             ELSE new END,
+                        at
+                 FROM history WHERE at >= ?1 ORDER BY at, id LIMIT ?2",
+                params![since, limit],
+            )
+        })
+        .await
+    }
+
     async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let before = rfc3339(before);
         self.call(move |conn| {
