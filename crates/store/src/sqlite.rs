@@ -461,16 +461,7 @@ impl Store for SqliteStore {
         since: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
-        let since = rfc3339(since);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.call(move |conn| {
-            history_rows(
-                conn,
-                "SELECT node, key, old, new, at FROM history WHERE at >= ?1 ORDER BY at, id LIMIT ?2",
-                params![since, limit],
-            )
-        })
-        .await
+        self.changes_with("new", since, limit).await
     }
 
     async fn change_outlines(
@@ -478,22 +469,15 @@ impl Store for SqliteStore {
         since: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
-        let since = rfc3339(since);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         // The outline is made here so a first appearance's value never leaves SQLite.
-        self.call(move |conn| {
-            history_rows(
-                conn,
-                "SELECT node, key, old,
-                        CASE WHEN old IS NOT NULL THEN new
-                             WHEN json_type(new) = 'object' THEN json_quote('(added: ' || (SELECT count(*) FROM json_each(new)) || ' keys)')
-                             WHEN json_type(new) = 'array' THEN json_quote('(added: ' || json_array_length(new) || ' items)')
-                             ELSE new END,
-                        at
-                 FROM history WHERE at >= ?1 ORDER BY at, id LIMIT ?2",
-                params![since, limit],
-            )
-        })
+        self.changes_with(
+            "CASE WHEN old IS NOT NULL THEN new
+                  WHEN json_type(new) = 'object' THEN json_quote('(added: ' || (SELECT count(*) FROM json_each(new)) || ' keys)')
+                  WHEN json_type(new) = 'array' THEN json_quote('(added: ' || json_array_length(new) || ' items)')
+                  ELSE new END",
+            since,
+            limit,
+        )
         .await
     }
 
@@ -516,6 +500,27 @@ impl Store for SqliteStore {
         let history = history.to_vec();
         self.call(move |conn| import_node(conn, &record, &history))
             .await
+    }
+}
+
+impl SqliteStore {
+    /// History across the fleet from `since`, with `new` read through the SQL expression given.
+    async fn changes_with(
+        &self,
+        new: &'static str,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let since = rfc3339(since);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |conn| {
+            history_rows(
+                conn,
+                &format!("SELECT node, key, old, {new}, at FROM history WHERE at >= ?1 ORDER BY at, id LIMIT ?2"),
+                params![since, limit],
+            )
+        })
+        .await
     }
 }
 
