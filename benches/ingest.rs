@@ -248,21 +248,9 @@ async fn main() {
     let mut rows = Vec::new();
     for backend in stores.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let dsn = match backend {
-            "sqlite" => format!("sqlite://{}", dir.path().join("bench.db").display()),
-            "postgres" => vogeler_store::testing::fresh_postgres().await,
-            // An in-memory pouchdb-server, not Apache CouchDB: labelled so in the table.
-            "couch" => format!(
-                "{}/{}",
-                vogeler_store::testing::pouchdb().replace("http://", "couch://"),
-                vogeler_store::testing::unique("bench_")
-            ),
-            other => {
-                panic!("unknown store {other} in VOGELER_BENCH_STORES (sqlite, postgres, couch)")
-            }
-        };
-        let dsn = vogeler_config::StoreDsn::parse(&dsn, dir.path()).expect("store DSN");
-        let store: DynStore = vogeler_store::open(&dsn).await.expect("open store");
+        // CouchDB here is an in-memory pouchdb-server: labelled so in the table.
+        let dsn = vogeler_store::testing::fresh_dsn(backend, dir.path()).await;
+        let store = vogeler_store::testing::open(&dsn).await;
         let (d, dead, store_share) = ingest(store, &bodies, &format!("{id}.{backend}")).await;
         let r = rate(n, d);
         println!(

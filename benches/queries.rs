@@ -127,13 +127,8 @@ async fn main() {
     md.push_str("| store | fill (results/s) | facts os.family | package openssl | stale 1h | errors | changes (1,000) | node list p50 / p95 | search p50 / p95 |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for backend in stores.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let dsn = match backend {
-            "sqlite" => format!("sqlite://{}", dir.path().join("q.db").display()),
-            "postgres" => vogeler_store::testing::fresh_postgres().await,
-            other => panic!("unknown store {other} in VOGELER_BENCH_STORES"),
-        };
-        let parsed = vogeler_config::StoreDsn::parse(&dsn, dir.path()).expect("dsn");
-        let store = vogeler_store::open(&parsed).await.expect("open store");
+        let dsn = vogeler_store::testing::fresh_dsn(backend, dir.path()).await;
+        let store = vogeler_store::testing::open(&dsn).await;
         let fill_time = fill(&store, n).await;
         let fill_rate = (3 * n) as f64 / fill_time.as_secs_f64();
         println!(

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
-use vogeler_store::{rfc3339, DynStore, KeyPath};
+use vogeler_store::{query, rfc3339, DynStore, KeyPath};
 use vogeler_transport::{Broker, Session, Topology};
 
 /// `vogeler-admin node NAME [KEY] [--at T]`: one document (as it was at `at`, when
@@ -17,37 +17,29 @@ pub async fn show_node(
     key: Option<&str>,
     at: Option<DateTime<Utc>>,
 ) -> anyhow::Result<String> {
-    let record = match at {
-        None => store.node(name).await?,
-        Some(t) => {
-            if store.node(name).await?.is_none() {
-                None
-            } else {
-                Some(store.record_at(name, t).await?.ok_or_else(|| {
-                    anyhow::anyhow!("node {name:?} did not exist yet at {}", rfc3339(t))
-                })?)
-            }
-        }
-    };
-    let Some(record) = record else {
+    let Some(current) = store.node(name).await? else {
         anyhow::bail!("no node named {name:?} is stored (see `vogeler-admin node` for the list)");
+    };
+    let record = match at {
+        None => current,
+        Some(t) => {
+            let history = store.history(name, None).await?;
+            query::rewind(current, &history, t).ok_or_else(|| {
+                anyhow::anyhow!("node {name:?} did not exist yet at {}", rfc3339(t))
+            })?
+        }
     };
     let doc = record.document();
     let value = match key {
         None => &doc,
-        Some(k) => {
-            let path = KeyPath::parse(k)?;
-            doc.get(path.root())
-                .and_then(|v| path.lookup(v))
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "node {name:?} has no key {k:?} (its top-level keys: {})",
-                        doc.as_object()
-                            .map(|m| m.keys().cloned().collect::<Vec<_>>().join(", "))
-                            .unwrap_or_default()
-                    )
-                })?
-        }
+        Some(k) => KeyPath::parse(k)?.find(&doc).ok_or_else(|| {
+            anyhow::anyhow!(
+                "node {name:?} has no key {k:?} (its top-level keys: {})",
+                doc.as_object()
+                    .map(|m| m.keys().cloned().collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            )
+        })?,
     };
     Ok(format!("{}\n", serde_json::to_string_pretty(value)?))
 }

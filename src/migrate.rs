@@ -48,6 +48,8 @@ pub async fn migrate(from: &DynStore, to: &DynStore, progress: bool) -> anyhow::
         nodes: names.len(),
         ..Summary::default()
     };
+    // Each node read from the source, with the history entries it had: what to verify.
+    let mut read: Vec<(&String, usize)> = Vec::with_capacity(names.len());
     for name in &names {
         bar.set_message(name.clone());
         // A node deleted from the source meanwhile is not an error.
@@ -64,6 +66,7 @@ pub async fn migrate(from: &DynStore, to: &DynStore, progress: bool) -> anyhow::
             .await
             .with_context(|| format!("reading the history of {name}"))?;
         summary.history += history.len();
+        read.push((name, history.len()));
         let there = to
             .node(name)
             .await
@@ -91,15 +94,20 @@ pub async fn migrate(from: &DynStore, to: &DynStore, progress: bool) -> anyhow::
         bar.inc(1);
     }
     bar.finish_and_clear();
-    verify(from, to, &names).await?;
+    verify(to, &read).await?;
     Ok(summary)
 }
 
-/// Every source node is in the destination with as many history entries.
-async fn verify(from: &DynStore, to: &DynStore, names: &[String]) -> anyhow::Result<()> {
+/// Every node read from the source is in the destination, with at least the history
+/// entries it had there.
+async fn verify(to: &DynStore, read: &[(&String, usize)]) -> anyhow::Result<()> {
     let there: std::collections::HashSet<String> =
         to.nodes().await?.into_iter().map(|n| n.name).collect();
-    let missing: Vec<&String> = names.iter().filter(|n| !there.contains(*n)).collect();
+    let missing: Vec<&String> = read
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !there.contains(*n))
+        .collect();
     if !missing.is_empty() {
         anyhow::bail!(
             "verification failed: {} node(s) missing from the destination (first: {})",
@@ -107,12 +115,9 @@ async fn verify(from: &DynStore, to: &DynStore, names: &[String]) -> anyhow::Res
             missing[0]
         );
     }
-    for name in names {
-        let (a, b) = (
-            from.history(name, None).await?.len(),
-            to.history(name, None).await?.len(),
-        );
-        if b < a {
+    for (name, a) in read {
+        let b = to.history(name, None).await?.len();
+        if b < *a {
             anyhow::bail!("verification failed: {name} has {a} history entries in the source, {b} in the destination");
         }
     }

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
-use vogeler_store::{query, rfc3339, Condition, DynStore, KeyPath, Query};
+use vogeler_store::{query, rfc3339, DynStore, KeyPath, Query};
 
 /// How a report is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -399,20 +399,7 @@ async fn selected_names(
 
 /// Builds a query from `-W` filters and `-n` node globs (repeated or comma lists).
 pub fn query(filters: &[String], names: &[String]) -> anyhow::Result<Query> {
-    Ok(Query {
-        conditions: filters
-            .iter()
-            .map(|f| Condition::parse(f))
-            .collect::<Result<_, _>>()?,
-        names: names
-            .iter()
-            .flat_map(|n| n.split(','))
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .map(str::to_string)
-            .collect(),
-        ..Query::default()
-    })
+    Ok(Query::parse(filters, names)?)
 }
 
 #[cfg(test)]

@@ -315,9 +315,8 @@ async fn discover(
     reply_queue: &str,
     consumer: &mut vogeler_transport::Consumer,
 ) -> anyhow::Result<Vec<String>> {
-    for f in &opts.filters {
-        vogeler_store::Condition::parse(f)?;
-    }
+    // A bad filter is refused here, before anything is sent.
+    vogeler_store::Query::parse(&opts.filters, &[])?;
     let names: Vec<String> = opts
         .targets
         .iter()

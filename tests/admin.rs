@@ -22,20 +22,8 @@ struct Target {
 
 async fn target(backend: &str) -> Target {
     let dir = tempfile::tempdir().expect("tempdir");
-    let dsn = match backend {
-        "sqlite" => format!("sqlite://{}", dir.path().join("v.db").display()),
-        "postgres" => vogeler_store::testing::fresh_postgres().await,
-        "couch" => format!(
-            "{}/{}",
-            vogeler_store::testing::pouchdb().replace("http://", "couch://"),
-            vogeler_store::testing::unique("vt_")
-        ),
-        other => panic!("no backend {other}"),
-    };
-    let parsed = vogeler_config::StoreDsn::parse(&dsn, dir.path()).expect("dsn");
-    let store = vogeler_store::open(&parsed)
-        .await
-        .unwrap_or_else(|e| panic!("cannot open the {backend} store at {dsn}: {e}"));
+    let dsn = vogeler_store::testing::fresh_dsn(backend, dir.path()).await;
+    let store = vogeler_store::testing::open(&dsn).await;
     Target {
         dsn,
         store,
@@ -284,10 +272,9 @@ async fn migrate_between_every_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_prunes_history_past_retention() {
     let d = common::Deployment::new(&[]);
-    let dsn = format!("sqlite://{}", d.db.display());
-    let parsed = vogeler_config::StoreDsn::parse(&dsn, d.dir.path()).expect("dsn");
+    let dsn = d.sqlite_dsn();
     {
-        let store = vogeler_store::open(&parsed).await.expect("open");
+        let store = d.open_store().await;
         for (days, v) in [(30, 1), (20, 2), (0, 3)] {
             store
                 .apply(vec![plugin("fx-old", t(days), "k", json!(v))].into())

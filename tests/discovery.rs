@@ -15,10 +15,7 @@ async fn fleet() -> (Deployment, Vec<Proc>, [String; 3]) {
     let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);
     let names = [d.node("web1"), d.node("web2"), d.node("db1")];
     {
-        let dsn =
-            vogeler_config::StoreDsn::parse(&format!("sqlite://{}", d.db.display()), d.dir.path())
-                .expect("dsn");
-        let store = vogeler_store::open(&dsn).await.expect("open store");
+        let store = d.open_store().await;
         let facts = [
             ("Debian", "6.1.0"),
             ("Debian", "5.10.0"),

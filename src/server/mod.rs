@@ -358,18 +358,10 @@ async fn answer_discovery(
     q: vogeler_protocol::Discover,
 ) -> anyhow::Result<Pending> {
     let answer = async {
-        let query = vogeler_store::Query {
-            conditions: q
-                .filters
-                .iter()
-                .map(|f| vogeler_store::Condition::parse(f))
-                .collect::<Result<_, _>>()?,
-            names: q.names.clone(),
-            seen_since: q.seen_within_secs.and_then(|s| {
-                Utc::now().checked_sub_signed(chrono::Duration::seconds(i64::try_from(s).ok()?))
-            }),
-            not_seen_since: None,
-        };
+        let mut query = vogeler_store::Query::parse(&q.filters, &q.names)?;
+        query.seen_since = q.seen_within_secs.and_then(|s| {
+            Utc::now().checked_sub_signed(chrono::Duration::seconds(i64::try_from(s).ok()?))
+        });
         Ok::<_, StoreError>(
             store
                 .select(&query)

@@ -163,6 +163,16 @@ impl Deployment {
         std::fs::write(&self.conf, text).expect("write conf");
     }
 
+    /// The DSN of this deployment's SQLite store.
+    pub fn sqlite_dsn(&self) -> String {
+        format!("sqlite://{}", self.db.display())
+    }
+
+    /// This deployment's SQLite store, opened in the test process (to fill or read it).
+    pub async fn open_store(&self) -> vogeler_store::DynStore {
+        vogeler_store::testing::open(&self.sqlite_dsn()).await
+    }
+
     /// A node name unique to this deployment.
     pub fn node(&self, short: &str) -> String {
         format!("{}-{short}", self.id)

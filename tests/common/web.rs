@@ -24,11 +24,8 @@ pub fn free_port() -> u16 {
 /// starts the server with `--http` and `args`.
 pub async fn start(args: &[&str], extra: Vec<vogeler_store::Observation>) -> Web {
     let d = super::Deployment::new(&[]);
-    let dsn =
-        vogeler_config::StoreDsn::parse(&format!("sqlite://{}", d.db.display()), d.dir.path())
-            .expect("dsn");
     {
-        let store = vogeler_store::open(&dsn).await.expect("open store");
+        let store = d.open_store().await;
         super::fleet::fill(&store).await;
         if !extra.is_empty() {
             store.apply(extra.into()).await.expect("extra");

@@ -298,7 +298,7 @@ pub trait Store: Send + Sync + 'static {
                     None => continue,
                 },
             };
-            if let Some(v) = doc.get(path.root()).and_then(|v| path.lookup(v)) {
+            if let Some(v) = path.find(&doc) {
                 if !v.is_null() {
                     out.push((n.name, v.clone()));
                 }

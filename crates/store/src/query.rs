@@ -95,6 +95,11 @@ impl KeyPath {
         &self.segments[1..]
     }
 
+    /// The value at the whole path in a node document (root key, then `rest()`).
+    pub fn find<'v>(&self, doc: &'v Value) -> Option<&'v Value> {
+        self.lookup(doc.get(self.root())?)
+    }
+
     /// Walks `rest()` into a value (the root key's value); `None` when a step is missing.
     pub fn lookup<'v>(&self, value: &'v Value) -> Option<&'v Value> {
         lookup(value, self.rest())
@@ -295,6 +300,26 @@ pub struct Query {
 }
 
 impl Query {
+    /// A query from filter texts (`facter.os.family=Debian`, see [`Condition::parse`])
+    /// and node-name globs (repeated or comma-separated), as typed on command lines and
+    /// sent in discovery requests; the first bad filter is the error.
+    pub fn parse(filters: &[String], names: &[String]) -> Result<Query, StoreError> {
+        Ok(Query {
+            conditions: filters
+                .iter()
+                .map(|f| Condition::parse(f))
+                .collect::<Result<_, _>>()?,
+            names: names
+                .iter()
+                .flat_map(|n| n.split(','))
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect(),
+            ..Query::default()
+        })
+    }
+
     /// Compiles the name globs; a bad glob names itself.
     pub fn name_matcher(&self) -> Result<Option<globset::GlobSet>, StoreError> {
         if self.names.is_empty() {

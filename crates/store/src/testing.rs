@@ -102,3 +102,27 @@ pub async fn fresh_postgres() -> String {
         None => panic!("VOGELER_TEST_POSTGRES must end in /database: {url}"),
     }
 }
+
+/// A DSN for a fresh, empty store of `backend` (`sqlite` under `dir`, `postgres` a new
+/// database, `couch` a new database on the private pouchdb-server).
+pub async fn fresh_dsn(backend: &str, dir: &std::path::Path) -> String {
+    match backend {
+        "sqlite" => format!("sqlite://{}", dir.join("vogeler.db").display()),
+        "postgres" => fresh_postgres().await,
+        "couch" => format!(
+            "{}/{}",
+            pouchdb().replace("http://", "couch://"),
+            unique("vt_")
+        ),
+        other => panic!("no store backend {other} (sqlite, postgres, couch)"),
+    }
+}
+
+/// Opens the store a DSN names (SQLite paths absolute); fails naming the DSN.
+pub async fn open(dsn: &str) -> crate::DynStore {
+    let parsed = vogeler_config::StoreDsn::parse(dsn, std::path::Path::new("/"))
+        .unwrap_or_else(|e| panic!("bad store DSN {dsn}: {e}"));
+    crate::open(&parsed)
+        .await
+        .unwrap_or_else(|e| panic!("cannot open the store at {dsn}: {e}"))
+}
