@@ -8,8 +8,8 @@
 pub mod fleet;
 mod rabbit;
 pub mod web;
-#[allow(unused_imports)] // used by tests/faults.rs only
-pub use rabbit::RabbitNode;
+#[allow(unused_imports)] // used by the tests that need a private broker only
+pub use rabbit::{NodeSetup, RabbitNode};
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};

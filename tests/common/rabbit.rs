@@ -3,7 +3,8 @@
 //! [`RabbitNode::start`] runs `rabbitmq-server` as its own Erlang node
 //! (`vt<hex>@localhost`) on two free loopback ports (AMQP and distribution), with
 //! every file under a temp dir: its own config file (the system one binds 5672), an
-//! empty plugin list (no management listener), its own mnesia and log directories.
+//! empty plugin list unless [`NodeSetup`] asks for some (management on a free port),
+//! its own mnesia and log directories.
 //! [`RabbitNode::restart`] stops it with SIGTERM (a clean broker shutdown) and starts
 //! it again on the same mnesia directory, so durable queues and persistent messages
 //! survive; [`RabbitNode::crash`] does the same with SIGKILL. Dropping the node kills
@@ -35,11 +36,30 @@ pub struct RabbitNode {
     child: Option<Child>,
     /// How long each start took, first start first.
     pub starts: Vec<Duration>,
+    /// The management plugin's HTTP port on 127.0.0.1, when [`NodeSetup::management`] asked.
+    pub management_port: Option<u16>,
+}
+
+/// What a private node runs beyond AMQP: plugins and extra `rabbitmq.conf` lines
+/// (a TLS listener, say). The default is a bare node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSetup {
+    /// Enable `rabbitmq_management` on a free loopback port.
+    pub management: bool,
+    /// More plugins to enable.
+    pub plugins: Vec<String>,
+    /// Lines appended to the node's `rabbitmq.conf`.
+    pub conf: Vec<String>,
 }
 
 impl RabbitNode {
-    /// Starts a fresh node and waits until it accepts AMQP connections.
+    /// Starts a fresh bare node and waits until it accepts AMQP connections.
     pub fn start() -> RabbitNode {
+        Self::start_with(NodeSetup::default())
+    }
+
+    /// Starts a fresh node with `setup`'s plugins and configuration.
+    pub fn start_with(setup: NodeSetup) -> RabbitNode {
         if !Path::new(SERVER).exists() {
             panic!("RabbitMQ is not installed ({SERVER} missing): run `scripts/services.sh ensure-rabbitmq`");
         }
@@ -47,13 +67,28 @@ impl RabbitNode {
         for sub in ["mnesia", "log", "home"] {
             std::fs::create_dir_all(dir.path().join(sub)).expect("node dir");
         }
-        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").expect("plugins file");
-        std::fs::write(dir.path().join("rabbitmq-env.conf"), "").expect("env file");
+        let (port, dist_port) = free_ports();
+        let mut plugins = setup.plugins.clone();
         // Listeners come from RABBITMQ_NODE_PORT; this file only replaces /etc/rabbitmq's,
         // which binds the shared broker's port.
-        std::fs::write(dir.path().join("rabbitmq.conf"), "log.file.level = info\n")
+        let mut conf = vec!["log.file.level = info".to_string()];
+        let mut management_port = None;
+        if setup.management {
+            plugins.push("rabbitmq_management".into());
+            let http = free_ports().0;
+            conf.push(format!("management.tcp.port = {http}"));
+            conf.push("management.tcp.ip = 127.0.0.1".into());
+            management_port = Some(http);
+        }
+        conf.extend(setup.conf.iter().cloned());
+        std::fs::write(
+            dir.path().join("enabled_plugins"),
+            format!("[{}].\n", plugins.join(",")),
+        )
+        .expect("plugins file");
+        std::fs::write(dir.path().join("rabbitmq-env.conf"), "").expect("env file");
+        std::fs::write(dir.path().join("rabbitmq.conf"), conf.join("\n") + "\n")
             .expect("config file");
-        let (port, dist_port) = free_ports();
         let mut node = RabbitNode {
             name: format!("vt{:08x}@localhost", super::rand_u32()),
             port,
@@ -61,6 +96,7 @@ impl RabbitNode {
             dir,
             child: None,
             starts: Vec::new(),
+            management_port,
         };
         node.spawn();
         node
@@ -118,6 +154,11 @@ impl RabbitNode {
             }
         }
         out
+    }
+
+    /// The node's own directory (certificates or other files a test puts beside it).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     fn path(&self, rel: &str) -> PathBuf {
