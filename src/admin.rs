@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 use vogeler_store::{query, rfc3339, DynStore, KeyPath};
-use vogeler_transport::{Broker, Session, Topology};
+use vogeler_transport::{Broker, Management, Session, Topology};
 
 /// `vogeler-admin node NAME [KEY] [--at T]`: one document (as it was at `at`, when
 /// given), or one dotted key of it, as JSON.
@@ -83,20 +83,49 @@ pub struct QueueRow {
     /// What the queue is for.
     pub role: String,
     /// Ready messages, `None` when the queue does not exist.
-    pub messages: Option<u32>,
+    pub messages: Option<u64>,
+    /// Delivered but not yet acknowledged (management API only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unacked: Option<u64>,
     /// Consumers, `None` when the queue does not exist.
-    pub consumers: Option<u32>,
+    pub consumers: Option<u64>,
+    /// Bytes the queue uses on the broker (management API only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
     /// A short warning: missing, backing up, no consumer.
     pub flag: String,
 }
 
+/// Where `queue --status` read its figures.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FigureSource {
+    /// One call to the management API: every queue, with unacked counts and memory.
+    ManagementApi,
+    /// One passive declare per queue over AMQP (ready messages and consumers only).
+    PassiveDeclare,
+}
+
+/// The figures of one queue, from either source.
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    ready: u64,
+    unacked: Option<u64>,
+    consumers: u64,
+    memory: Option<u64>,
+}
+
 /// Depth and consumers of master.in, the dead-letter queue and every known node queue.
+///
+/// With `management` the figures come from one management API call (queues it does
+/// not list are missing); when that API does not answer, from passive declares, and
+/// the second value says which.
 pub async fn queue_status(
     session: &Session,
     topology: &Topology,
     nodes: &[String],
-) -> anyhow::Result<Vec<QueueRow>> {
-    let mut rows = Vec::new();
+    management: Option<(&Management, &str)>,
+) -> anyhow::Result<(Vec<QueueRow>, FigureSource)> {
     let mut wanted = vec![
         (topology.master_queue.clone(), "results".to_string()),
         (topology.dead_queue.clone(), "dead letters".to_string()),
@@ -104,45 +133,104 @@ pub async fn queue_status(
     for n in nodes {
         wanted.push((n.clone(), "node".into()));
     }
+    let listed = match management {
+        Some((api, vhost)) => match api.queues(vhost).await {
+            Ok(queues) => Some(
+                queues
+                    .into_iter()
+                    .map(|q| {
+                        let f = Figures {
+                            ready: q.messages_ready,
+                            unacked: Some(q.messages_unacknowledged),
+                            consumers: q.consumers,
+                            memory: q.memory,
+                        };
+                        (q.name, f)
+                    })
+                    .collect::<std::collections::HashMap<_, _>>(),
+            ),
+            Err(e) => {
+                tracing::info!(error = %e, "using passive declares instead");
+                None
+            }
+        },
+        None => None,
+    };
+    let source = if listed.is_some() {
+        FigureSource::ManagementApi
+    } else {
+        FigureSource::PassiveDeclare
+    };
+    let mut rows = Vec::with_capacity(wanted.len());
     for (queue, role) in wanted {
-        let status = session.queue_status(&queue).await?;
-        let flag = match (&status, role.as_str()) {
+        let figures = match &listed {
+            Some(all) => all.get(&queue).copied(),
+            None => session.queue_status(&queue).await?.map(|s| Figures {
+                ready: u64::from(s.messages),
+                consumers: u64::from(s.consumers),
+                ..Figures::default()
+            }),
+        };
+        let flag = match (&figures, role.as_str()) {
             (None, _) => "MISSING".to_string(),
-            (Some(s), "dead letters") if s.messages > 0 => "has dead letters".into(),
-            (Some(s), _) if s.messages > 100 => "BACKING UP".into(),
-            (Some(s), "results" | "node") if s.consumers == 0 => "no consumer".into(),
+            (Some(f), "dead letters") if f.ready > 0 => "has dead letters".into(),
+            (Some(f), _) if f.ready > 100 => "BACKING UP".into(),
+            (Some(f), "results" | "node") if f.consumers == 0 => "no consumer".into(),
             _ => String::new(),
         };
         rows.push(QueueRow {
             queue,
             role,
-            messages: status.map(|s| s.messages),
-            consumers: status.map(|s| s.consumers),
+            messages: figures.map(|f| f.ready),
+            unacked: figures.and_then(|f| f.unacked),
+            consumers: figures.map(|f| f.consumers),
+            memory: figures.and_then(|f| f.memory),
             flag,
         });
     }
-    Ok(rows)
+    Ok((rows, source))
 }
 
-/// Renders queue rows as a table.
-pub fn render_queue_rows(rows: &[QueueRow]) -> String {
+/// Renders queue rows as a table; the unacked and memory columns appear when the
+/// management API gave them.
+pub fn render_queue_rows(rows: &[QueueRow], source: &FigureSource) -> String {
     let width = rows.iter().map(|r| r.queue.len()).max().unwrap_or(5).max(5);
-    let mut out = format!(
-        "{:width$}  {:12}  {:>8}  {:>9}  FLAG\n",
-        "QUEUE", "ROLE", "MESSAGES", "CONSUMERS"
-    );
-    let num = |v: Option<u32>| v.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+    let full = *source == FigureSource::ManagementApi;
+    let num = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+    let mut out = format!("{:width$}  {:12}  {:>8}", "QUEUE", "ROLE", "MESSAGES");
+    if full {
+        out.push_str(&format!("  {:>7}", "UNACKED"));
+    }
+    out.push_str(&format!("  {:>9}", "CONSUMERS"));
+    if full {
+        out.push_str(&format!("  {:>9}", "MEMORY"));
+    }
+    out.push_str("  FLAG\n");
     for r in rows {
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "{:width$}  {:12}  {:>8}  {:>9}  {}",
+            "{:width$}  {:12}  {:>8}",
             r.queue,
             r.role,
-            num(r.messages),
-            num(r.consumers),
-            r.flag
+            num(r.messages)
         );
+        if full {
+            let _ = write!(out, "  {:>7}", num(r.unacked));
+        }
+        let _ = write!(out, "  {:>9}", num(r.consumers));
+        if full {
+            let mem = r
+                .memory
+                .map(|b| format!("{:.0} KB", b as f64 / 1024.0))
+                .unwrap_or_else(|| "-".into());
+            let _ = write!(out, "  {mem:>9}");
+        }
+        let _ = writeln!(out, "  {}", r.flag);
     }
+    out.push_str(match source {
+        FigureSource::ManagementApi => "(figures from the management API)\n",
+        FigureSource::PassiveDeclare => "(figures from passive declares over AMQP)\n",
+    });
     out
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use vogeler_config::{ConfigFile, Overrides, Settings, StoreDsn};
 use vogeler_store::DynStore;
-use vogeler_transport::{Broker, Topology};
+use vogeler_transport::{Broker, Management, Topology};
 
 use crate::cli::CommonArgs;
 use crate::client::{ClientOptions, Wire};
@@ -77,6 +77,25 @@ pub fn broker(s: &Settings, connection_name: &str) -> Broker {
         s.qhost.iter().map(|d| d.to_string()).collect(),
         connection_name,
     )
+}
+
+/// The RabbitMQ management API next to the first broker: `explicit` (flag or env), else
+/// `[amqp] management_url`, else `http://<host>:15672`; credentials are the AMQP user's.
+pub fn management(s: &Settings, explicit: Option<String>) -> anyhow::Result<Management> {
+    let first = s
+        .qhost
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no broker address configured"))?;
+    let from_file = match &s.config_path {
+        Some(path) => ConfigFile::load(path)?
+            .get("amqp", "management_url")
+            .map(String::from),
+        None => None,
+    };
+    let url = explicit
+        .or(from_file)
+        .unwrap_or_else(|| format!("http://{}:15672", first.host));
+    Ok(Management::new(&url, &first.user, &first.password))
 }
 
 /// Exchange and queue names.

@@ -196,6 +196,24 @@ async fn reports(backend: &str) {
     );
     fails(dsn, &["history", "fx-nobody"], "no node named");
 
+    // Queue status lists every node of this backend's registry; none has a queue here.
+    let status: Value = serde_json::from_str(&ok(
+        dsn,
+        &["queue", "--status", "--no-management", "--json"],
+    ))
+    .expect("queue --status --json");
+    assert_eq!(status["source"], "passive_declare", "{status}");
+    let rows = status["queues"].as_array().expect("queue rows");
+    for i in 1..=6 {
+        let node = format!("fx-web0{i}");
+        let row = rows
+            .iter()
+            .find(|r| r["queue"] == node.as_str())
+            .unwrap_or_else(|| panic!("{backend}: {node} not listed: {status}"));
+        assert_eq!(row["role"], "node", "{row}");
+        assert_eq!(row["flag"], "MISSING", "{row}");
+    }
+
     // Retention.
     let pruned = ok(dsn, &["prune", "--before", "5d"]);
     assert!(pruned.starts_with("deleted "), "{pruned}");
@@ -299,4 +317,99 @@ async fn the_server_prunes_history_past_retention() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert_eq!(ok(&dsn, &["node", "fx-old", "k"]).trim(), "3");
+}
+
+/// `queue --status` reads every queue in one management API call when the plugin is on
+/// (a private node with rabbitmq_management), with unacked counts and memory, and
+/// falls back to passive declares when told to or when the API does not answer.
+#[test]
+fn queue_status_reads_the_management_api() {
+    let node = common::RabbitNode::start_with(common::NodeSetup {
+        management: true,
+        ..Default::default()
+    });
+    let port = node.management_port.expect("management port");
+    let d =
+        common::Deployment::new(&[("hello.cfg", common::plugin("hello", "echo hi", "output").1)])
+            .with_broker(&node.amqp());
+    d.write_conf(&format!("management_url = http://127.0.0.1:{port}/\n"));
+    let _server = d.server(&[]);
+    let n = d.node("mgmt");
+    let _client = d.client(&n, &[]);
+    let out = d.runner(&["-x", "hello", "-n", &n, "--wait", "--timeout", "30s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::text(&out));
+    // A node in the registry whose client never started: no queue.
+    let ghost = d.node("ghost");
+    common::rt().block_on(async {
+        d.open_store()
+            .await
+            .apply(vec![plugin(&ghost, t(0), "k", json!(1))].into())
+            .await
+            .expect("apply");
+    });
+
+    // The management API lists queues with a delay of a few seconds (stats interval).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let out = d.admin(&["queue", "--status", "--json"]);
+        assert!(out.status.success(), "{}", common::text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let listed = v["queues"].as_array().is_some_and(|rows| {
+            rows.iter()
+                .any(|r| r["queue"] == n.as_str() && r["consumers"] == 1)
+        });
+        if listed || std::time::Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert_eq!(status["source"], "management_api", "{status}");
+    let rows = status["queues"].as_array().expect("rows");
+    let row = |q: &str| {
+        rows.iter()
+            .find(|r| r["queue"] == q)
+            .unwrap_or_else(|| panic!("{q} not listed: {status}"))
+            .clone()
+    };
+    let master = row(&format!("{}.master.in", d.id));
+    assert_eq!(master["consumers"], 1, "{master}");
+    assert!(master["unacked"].is_u64(), "{master}");
+    assert!(master["memory"].as_u64().is_some_and(|m| m > 0), "{master}");
+    let client = row(&n);
+    assert_eq!(client["consumers"], 1, "{client}");
+    assert_eq!(client["flag"], "", "{client}");
+    assert_eq!(row(&ghost)["flag"], "MISSING", "{status}");
+
+    // The table shows the extra columns and says where the figures came from.
+    let out = d.admin(&["queue", "--status"]);
+    let table = common::text(&out);
+    assert!(
+        table.contains("UNACKED") && table.contains("MEMORY"),
+        "{table}"
+    );
+    assert!(table.contains("management API"), "{table}");
+
+    // Told not to, or pointed at nothing: passive declares, same queues.
+    let out = d.admin(&["queue", "--status", "--no-management", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["source"], "passive_declare", "{v}");
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let out = d.admin(&[
+        "queue",
+        "--status",
+        "--json",
+        "--management",
+        &format!("http://127.0.0.1:{dead_port}"),
+    ]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["source"], "passive_declare", "{v}");
+    let client = v["queues"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["queue"] == n.as_str()).cloned())
+        .expect("node row");
+    assert_eq!(client["consumers"], 1, "{client}");
 }

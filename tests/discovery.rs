@@ -6,10 +6,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-fn text(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
-}
-
 /// Three nodes with stored facts (two Debian, one RedHat), each with a running client.
 async fn fleet() -> (Deployment, Vec<Proc>, [String; 3]) {
     let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);

@@ -24,15 +24,6 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn run(cmd: &mut Command, what: &str) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run {what}: {e}"))

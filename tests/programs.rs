@@ -7,10 +7,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn text(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
-}
-
 fn plugins() -> Vec<(String, String)> {
     vec![
         cat_plugin("facter", "facter-y.yaml", "yaml"),

@@ -121,6 +121,14 @@ enum Command {
         /// Exit 0 if this queue exists, 1 if not (scripts wait on a client with it).
         #[arg(long, value_name = "QUEUE", conflicts_with = "status")]
         exists: Option<String>,
+        /// RabbitMQ management API base URL for --status (one call for every queue, with
+        /// unacked counts and memory); default `[amqp] management_url`, else
+        /// http://<first broker host>:15672. Logs in as the AMQP user.
+        #[arg(long, value_name = "URL", env = "VOGELER_MANAGEMENT_URL")]
+        management: Option<String>,
+        /// Use passive declares over AMQP only, even when the management API answers.
+        #[arg(long, conflicts_with = "management")]
+        no_management: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -232,6 +240,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Queue {
             status,
             exists,
+            management,
+            no_management,
             json,
         } => {
             let broker = settings::broker(&s, "vogeler-admin");
@@ -254,12 +264,25 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     Vec::new()
                 }
             };
-            let rows = admin::queue_status(&session, &settings::topology(&s), &nodes).await?;
+            let api = if no_management {
+                None
+            } else {
+                Some(settings::management(&s, management)?)
+            };
+            let vhost = s.qhost.first().map(|d| d.vhost.clone()).unwrap_or_default();
+            let (rows, source) = admin::queue_status(
+                &session,
+                &settings::topology(&s),
+                &nodes,
+                api.as_ref().map(|m| (m, vhost.as_str())),
+            )
+            .await?;
             session.close().await;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                let out = serde_json::json!({ "source": source, "queues": rows });
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                print!("{}", admin::render_queue_rows(&rows));
+                print!("{}", admin::render_queue_rows(&rows, &source));
             }
             Ok(0)
         }

@@ -19,6 +19,16 @@ use serde_json::Value;
 
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/";
 
+/// A finished program's exit status, stdout and stderr, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Fails (never skips) when RabbitMQ is not reachable, naming it.
 pub fn require_rabbitmq() {
     let addr = std::env::var("VOGELER_TEST_AMQP_ADDR").unwrap_or_else(|_| "127.0.0.1:5672".into());

@@ -1,4 +1,4 @@
-//! The AMQP seam: the only crate that knows lapin.
+//! The AMQP seam: the only crate that knows lapin (and RabbitMQ's management API).
 //!
 //! Programs hold a [`Broker`] (the broker addresses and a reconnect policy) and
 //! open a [`Session`] from it: one connection, one channel in confirm mode. A
@@ -9,8 +9,10 @@
 //! attempts with full jitter so a fleet never reconnects in one herd.
 
 mod backoff;
+pub mod management;
 
 pub use backoff::Backoff;
+pub use management::{Management, ManagementError, QueueInfo};
 
 use std::time::Duration;
 
