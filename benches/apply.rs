@@ -1,0 +1,80 @@
+//! Store-only benchmark: `Store::apply` of facter-sized results in server-sized
+//! batches, with no broker, per backend: the ceiling the server's ingest can reach
+//! on each store, and where its time goes.
+//!
+//! `cargo bench --bench apply` (env `VOGELER_BENCH_N`, default 20000;
+//! `VOGELER_BENCH_STORES`, default sqlite) prints results/s for first sight (new
+//! nodes), changed values and unchanged values, wall time and CPU time.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vogeler_store::{Change, Observation};
+
+fn facter() -> Value {
+    let yaml = include_str!("../fixtures/facter-y.yaml");
+    let v: serde_yaml::Value = serde_yaml::from_str(yaml).expect("facter fixture parses");
+    serde_json::to_value(v).expect("facter as json")
+}
+
+/// CPU time (user + system) of this process so far.
+fn cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| f.get(*i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n: usize = std::env::var("VOGELER_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let stores = std::env::var("VOGELER_BENCH_STORES").unwrap_or_else(|_| "sqlite".into());
+    let base = facter();
+    for backend in stores.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dsn = vogeler_store::testing::fresh_dsn(backend, dir.path()).await;
+        let store = vogeler_store::testing::open(&dsn).await;
+        for (round, label) in [(0, "first sight"), (1, "changed"), (1, "unchanged")] {
+            let at = chrono::Utc::now();
+            let obs: Vec<Observation> = (0..n)
+                .map(|i| {
+                    let mut v = base.clone();
+                    v["uptime_seconds"] = json!(round);
+                    Observation {
+                        node: format!("node{i:06}"),
+                        at,
+                        change: Change::Plugin {
+                            name: "facter".into(),
+                            value: v,
+                        },
+                    }
+                })
+                .collect();
+            let (t, c) = (Instant::now(), cpu());
+            for chunk in obs.chunks(500) {
+                store.apply(chunk.to_vec().into()).await.expect("apply");
+            }
+            let (wall, used) = (t.elapsed(), cpu() - c);
+            println!(
+                "{backend:8} {label:12} {:9.0} results/s  ({:.1} µs wall, {:.1} µs CPU per result)",
+                n as f64 / wall.as_secs_f64(),
+                wall.as_secs_f64() * 1e6 / n as f64,
+                used.as_secs_f64() * 1e6 / n as f64
+            );
+        }
+    }
+}
