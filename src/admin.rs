@@ -305,7 +305,17 @@ pub async fn dead_letters(
             header("x-original-routing-key"),
         );
         if requeue {
-            let msg = vogeler_transport::Outgoing::new(d.body.clone());
+            let mut msg = vogeler_transport::Outgoing::new(d.body.clone());
+            // A signed message keeps its signature, so a result dead-lettered as
+            // `unverified` verifies once its node's key is installed.
+            for name in [
+                vogeler_signing::SIGNATURE_HEADER,
+                vogeler_signing::KEY_ID_HEADER,
+            ] {
+                if let Some(v) = d.header(name) {
+                    msg.headers.push((name.to_string(), v.to_string()));
+                }
+            }
             session
                 .publish_confirmed(&exchange, &routing_key, msg)
                 .await?;

@@ -6,13 +6,16 @@
 //! broker confirmed the result, so a client killed mid-run answers again on restart.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 use vogeler_plugins::{ExecLimits, Format, Plugin, PluginOutcome, Registry};
 use vogeler_protocol::{Decoded, Message, PluginResult, Pong, Request};
+use vogeler_signing::{
+    Keyring, Rejection, ReplayGuard, SecretKey, KEY_ID_HEADER, SIGNATURE_HEADER,
+};
 use vogeler_transport::{Backoff, Broker, Inbound, Outgoing, Session, Topology};
 
 use crate::shutdown::Shutdown;
@@ -50,6 +53,101 @@ pub struct ClientOptions {
     pub wire: Wire,
     /// Plugins run at once; more requests wait in the broker.
     pub concurrency: usize,
+    /// Which requests to accept, by signature.
+    pub policy: RequestPolicy,
+    /// Signs every result, so the server can tell this node from an impostor
+    /// publishing under its name; `None` sends unsigned.
+    pub signing_key: Option<Arc<SecretKey>>,
+}
+
+/// Most signed request ids remembered at once (each until its ttl passes).
+pub const REPLAY_MEMORY: usize = 100_000;
+
+/// How a client judges a request's signature (`[client] trusted_keys`, `require_signed`).
+///
+/// With no trusted keys, signatures are not checked and every request is treated as
+/// unsigned (the 2010 behaviour), which still refuses unsafe command lines.
+#[derive(Debug, Clone)]
+pub struct RequestPolicy {
+    /// Runners' public keys, by key id.
+    pub keyring: Arc<Keyring>,
+    /// Refuse unsigned requests, and so every 2010-format request.
+    pub require_signed: bool,
+    /// Signed request ids seen within their ttl.
+    pub replay: Arc<Mutex<ReplayGuard>>,
+}
+
+impl Default for RequestPolicy {
+    fn default() -> Self {
+        RequestPolicy::new(Keyring::default(), false)
+    }
+}
+
+impl RequestPolicy {
+    /// A policy over these trusted keys.
+    pub fn new(keyring: Keyring, require_signed: bool) -> RequestPolicy {
+        RequestPolicy {
+            keyring: Arc::new(keyring),
+            require_signed,
+            replay: Arc::new(Mutex::new(ReplayGuard::new(REPLAY_MEMORY))),
+        }
+    }
+
+    /// Whether a request may run: `Ok(true)` signed by a trusted key (fresh, not a
+    /// replay), `Ok(false)` unsigned and allowed, `Err` refused with the reason.
+    ///
+    /// `legacy` marks a 2010 request (a bare string): it has no id or ttl a signature
+    /// could be bound to. A redelivered message (the broker's own retry after this
+    /// client lost its channel before acking) is not counted as a replay.
+    pub fn judge(
+        &self,
+        d: &Inbound,
+        r: &Request,
+        legacy: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool, Rejection> {
+        let signer = if self.keyring.is_empty() {
+            None
+        } else {
+            self.keyring
+                .verify(&d.body, d.header(SIGNATURE_HEADER), d.header(KEY_ID_HEADER))?
+        };
+        let Some(key) = signer else {
+            if self.require_signed {
+                return Err(Rejection::Unsigned(if legacy {
+                    "a 2010-format request cannot be signed and [client] require_signed = true"
+                        .into()
+                } else {
+                    "the request carries no signature and [client] require_signed = true".into()
+                }));
+            }
+            return Ok(false);
+        };
+        if legacy || r.id.is_empty() || r.ttl == 0 {
+            return Err(Rejection::Expired(
+                "a signed request needs an id and a ttl, or it could be replayed forever".into(),
+            ));
+        }
+        if r.is_expired(now) {
+            return Err(Rejection::Expired(format!(
+                "request {} was sent {} with ttl {} s",
+                r.id, r.sent_at, r.ttl
+            )));
+        }
+        let ttl = chrono::Duration::seconds(i64::try_from(r.ttl).unwrap_or(i64::MAX / 1000));
+        let until = r
+            .sent_at
+            .checked_add_signed(ttl)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        if !d.redelivered {
+            let mut guard = match self.replay.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            guard.check(key.id(), &r.id, until, now)?;
+        }
+        Ok(true)
+    }
 }
 
 /// What one request produced, before encoding.
@@ -202,14 +300,27 @@ async fn handle(
     delivery: Inbound,
 ) -> anyhow::Result<()> {
     tracing::info!(bytes = delivery.body.len(), "message received");
+    let mut rejected = false;
     let (request, answer) = match vogeler_protocol::decode(&delivery.body) {
         Ok(Decoded::Message(Message::Request(r))) => {
-            let answer = answer_request(opts, registry, &r).await;
+            let answer = match judge(opts, registry, &delivery, &r, false) {
+                Ok(signed) => answer_request(opts, registry, &r, signed).await,
+                Err(answer) => {
+                    rejected = true;
+                    *answer
+                }
+            };
             (Some(r), answer)
         }
         Ok(Decoded::LegacyRequest(command)) => {
             let r = Request::legacy(command, &opts.node);
-            let answer = answer_request(opts, registry, &r).await;
+            let answer = match judge(opts, registry, &delivery, &r, true) {
+                Ok(signed) => answer_request(opts, registry, &r, signed).await,
+                Err(answer) => {
+                    rejected = true;
+                    *answer
+                }
+            };
             (Some(r), answer)
         }
         Ok(Decoded::Message(Message::Ping(p))) => {
@@ -245,15 +356,23 @@ async fn handle(
             },
         ),
     };
-    if let Err(e) = &answer.outcome {
+    if rejected {
+        // judge() logged the one line with the reason.
+    } else if let Err(e) = &answer.outcome {
         tracing::warn!(plugin = %answer.plugin, error = %e, "answering with an error result");
     } else {
         tracing::info!(plugin = %answer.plugin, ms = answer.duration.as_millis() as u64, "plugin ran");
     }
     let body = encode_answer(opts, request.as_ref(), &answer);
     let reply_to = request.as_ref().and_then(|r| r.reply_to.clone());
+    let headers = opts
+        .signing_key
+        .as_ref()
+        .map(|k| k.headers(&body))
+        .unwrap_or_default();
     let msg = Outgoing {
         body,
+        headers,
         reply_to,
         ..Default::default()
     };
@@ -264,8 +383,54 @@ async fn handle(
     Ok(())
 }
 
-/// Decides what to run for a request and runs it.
-pub async fn answer_request(opts: &ClientOptions, registry: &Registry, r: &Request) -> Answer {
+/// Applies the signature policy; a refusal is logged (one WARN line with the reason)
+/// and becomes the error result answered instead of running anything. An unsafe
+/// command line needs a valid signature even with `--allow-unsafe`.
+fn judge(
+    opts: &ClientOptions,
+    registry: &Registry,
+    d: &Inbound,
+    r: &Request,
+    legacy: bool,
+) -> Result<bool, Box<Answer>> {
+    let verdict = opts
+        .policy
+        .judge(d, r, legacy, Utc::now())
+        .and_then(|signed| {
+            let needs_signature =
+                r.unsafe_command && opts.allow_unsafe && registry.lookup(&r.command).is_none();
+            if needs_signature && !signed {
+                return Err(Rejection::Unsigned(
+                    "an unsafe command line runs only when signed by a trusted key, even with --allow-unsafe"
+                        .into(),
+                ));
+            }
+            Ok(signed)
+        });
+    verdict.map_err(|rejection| {
+        tracing::warn!(
+            reason = rejection.reason(),
+            request = %r.id,
+            command = %r.command,
+            sender = %r.sender,
+            key_id = d.header(KEY_ID_HEADER).unwrap_or("-"),
+            "request refused: {rejection}"
+        );
+        Box::new(error_answer(
+            &r.command,
+            format!("request {} refused: {rejection}", r.id),
+        ))
+    })
+}
+
+/// Decides what to run for a request and runs it. `signed`: the request carried a
+/// valid signature of a trusted key (unsafe command lines need it).
+pub async fn answer_request(
+    opts: &ClientOptions,
+    registry: &Registry,
+    r: &Request,
+    signed: bool,
+) -> Answer {
     let now = Utc::now();
     if r.is_expired(now) {
         return error_answer(
@@ -285,6 +450,15 @@ pub async fn answer_request(opts: &ClientOptions, registry: &Registry, r: &Reque
                 &r.command,
                 format!(
                     "command line {:?} is not a plugin and this client was not started with --allow-unsafe",
+                    r.command
+                ),
+            );
+        }
+        if !signed {
+            return error_answer(
+                &r.command,
+                format!(
+                    "command line {:?} is not a plugin and the request is not signed by a trusted key",
                     r.command
                 ),
             );
@@ -447,4 +621,105 @@ fn dir_fingerprint(dir: &std::path::Path) -> Vec<(String, u64, Option<std::time:
     }
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(body: Vec<u8>, headers: Vec<(String, String)>) -> Inbound {
+        Inbound {
+            body,
+            tag: 1,
+            redelivered: false,
+            routing_key: "n".into(),
+            exchange: "x".into(),
+            reply_to: None,
+            headers,
+        }
+    }
+
+    fn request(id: &str, sent_ago: i64, ttl: u64) -> Request {
+        Request {
+            id: id.into(),
+            command: "facter".into(),
+            targets: vec!["all".into()],
+            sender: "test".into(),
+            sent_at: Utc::now() - chrono::Duration::seconds(sent_ago),
+            ttl,
+            reply_to: None,
+            unsafe_command: false,
+        }
+    }
+
+    fn signed(key: &SecretKey, r: &Request) -> Inbound {
+        let body = vogeler_protocol::encode(&Message::Request(r.clone()));
+        let headers = key.headers(&body);
+        delivery(body, headers)
+    }
+
+    fn reason(v: Result<bool, Rejection>) -> &'static str {
+        v.expect_err("refused").reason()
+    }
+
+    #[test]
+    fn judge_every_path() {
+        let runner = SecretKey::from_seed([1; 32]);
+        let other = SecretKey::from_seed([2; 32]);
+        let policy = RequestPolicy::new(Keyring::new([runner.public("runner")]), false);
+        let now = Utc::now();
+
+        let r = request("a", 0, 300);
+        assert_eq!(policy.judge(&signed(&runner, &r), &r, false, now), Ok(true));
+        // The same message again: a replay; redelivered by the broker: not one.
+        assert_eq!(
+            reason(policy.judge(&signed(&runner, &r), &r, false, now)),
+            "replayed"
+        );
+        let mut again = signed(&runner, &r);
+        again.redelivered = true;
+        assert_eq!(policy.judge(&again, &r, false, now), Ok(true));
+
+        let r = request("b", 0, 300);
+        let mut altered = signed(&runner, &r);
+        altered.body[10] ^= 1;
+        assert_eq!(
+            reason(policy.judge(&altered, &r, false, now)),
+            "bad-signature"
+        );
+        assert_eq!(
+            reason(policy.judge(&signed(&other, &r), &r, false, now)),
+            "unknown-key"
+        );
+        let r = request("c", 600, 60);
+        assert_eq!(
+            reason(policy.judge(&signed(&runner, &r), &r, false, now)),
+            "expired"
+        );
+        let r = request("d", 0, 0);
+        assert_eq!(
+            reason(policy.judge(&signed(&runner, &r), &r, false, now)),
+            "expired",
+            "a signed request without a ttl could be replayed forever"
+        );
+
+        // Unsigned: allowed unless require_signed (which also refuses the 2010 shape).
+        let r = request("e", 0, 300);
+        let unsigned = delivery(
+            vogeler_protocol::encode(&Message::Request(r.clone())),
+            vec![],
+        );
+        assert_eq!(policy.judge(&unsigned, &r, false, now), Ok(false));
+        let strict = RequestPolicy::new(Keyring::new([runner.public("runner")]), true);
+        assert_eq!(reason(strict.judge(&unsigned, &r, false, now)), "unsigned");
+        let legacy = Request::legacy("facter".into(), "n");
+        let d = delivery(vogeler_protocol::encode_legacy_request("facter"), vec![]);
+        assert_eq!(reason(strict.judge(&d, &legacy, true, now)), "unsigned");
+        assert_eq!(policy.judge(&d, &legacy, true, now), Ok(false));
+
+        // No trusted keys: nothing is checked, everything counts as unsigned.
+        let open = RequestPolicy::default();
+        let r = request("f", 0, 300);
+        assert_eq!(open.judge(&signed(&other, &r), &r, false, now), Ok(false));
+    }
 }

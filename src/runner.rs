@@ -7,9 +7,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use serde::Serialize;
 use vogeler_protocol::{Decoded, Message, Request};
+use vogeler_signing::SecretKey;
 use vogeler_transport::{Backoff, Broker, Delivered, Outgoing, Topology, BROADCAST_KEY};
 
 use crate::client::Wire;
@@ -44,6 +47,9 @@ pub struct RunnerOptions {
     pub seen_within: Option<Duration>,
     /// How long to wait for a server to answer the discovery request.
     pub discovery_timeout: Duration,
+    /// Signs every request (headers over the exact body), so clients that trust the key
+    /// can tell this runner from anyone else who can publish; `None` sends unsigned.
+    pub signing_key: Option<Arc<SecretKey>>,
 }
 
 impl RunnerOptions {
@@ -207,12 +213,24 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
         Wire::V1 => vogeler_protocol::encode(&Message::Request(request.clone())),
         Wire::Legacy => vogeler_protocol::encode_legacy_request(&opts.command),
     };
-    let msg = |mandatory| Outgoing {
-        body: body.clone(),
-        expiration_ms: Some(opts.ttl.saturating_mul(1000)),
-        reply_to: reply_queue.clone(),
-        mandatory,
-        ..Default::default()
+    // A 2010 request has no id or ttl a signature could be bound to, so it goes unsigned.
+    let headers = match (&opts.signing_key, opts.wire) {
+        (Some(key), Wire::V1) => key.headers(&body),
+        (Some(_), Wire::Legacy) => {
+            tracing::warn!(
+                "a 2010-format request cannot be signed (no id or ttl); sending it unsigned"
+            );
+            Vec::new()
+        }
+        (None, _) => Vec::new(),
+    };
+    let msg = |mandatory| {
+        let mut m = Outgoing::new(body.clone());
+        m.headers = headers.clone();
+        m.expiration_ms = Some(opts.ttl.saturating_mul(1000));
+        m.reply_to = reply_queue.clone();
+        m.mandatory = mandatory;
+        m
     };
     let mut summary = Summary {
         request_id: request.id.clone(),

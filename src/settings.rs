@@ -3,15 +3,18 @@
 //! `vogeler-config` does the merging and validation; this module turns the result
 //! into transport, store and program options, and sets up logging.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use vogeler_config::{ConfigFile, Overrides, Settings, StoreDsn};
+use vogeler_signing::{Keyring, PublicKey, SecretKey};
 use vogeler_store::DynStore;
 use vogeler_transport::{Broker, Management, Topology};
 
 use crate::cli::CommonArgs;
-use crate::client::{ClientOptions, Wire};
+use crate::client::{ClientOptions, RequestPolicy, Wire};
 use crate::server::ServerOptions;
 
 pub use vogeler_config::Program;
@@ -23,6 +26,8 @@ pub struct Extra {
     pub plugin_path: Option<PathBuf>,
     /// Client `--node-name` / `VOGELER_NODE_NAME`.
     pub node_name: Option<String>,
+    /// Runner and client `--signing-key` / `VOGELER_SIGNING_KEY`.
+    pub signing_key: Option<PathBuf>,
 }
 
 /// Whether a DSN given as a flag carries a password (visible in the process list).
@@ -55,6 +60,7 @@ pub fn load(program: Program, common: &CommonArgs, extra: Extra) -> anyhow::Resu
         dead_letter_queue: common.dead_queue.clone(),
         wire: common.wire.clone(),
         password_on_command_line,
+        signing_key: extra.signing_key,
     };
     Ok(Settings::resolve(program, overrides, file)?)
 }
@@ -144,18 +150,66 @@ pub async fn load_design_docs(s: &Settings, dir: &Path) -> anyhow::Result<Vec<St
     Ok(vogeler_store::load_design_docs(&s.dbhost, dir).await?)
 }
 
+/// The private key to sign with (`[runner]`/`[client] signing_key`, `--signing-key`).
+pub fn signing_key(s: &Settings) -> anyhow::Result<Option<Arc<SecretKey>>> {
+    let Some(path) = &s.signing_key else {
+        return Ok(None);
+    };
+    let key = SecretKey::load(path).context("loading the signing key")?;
+    tracing::info!(key_id = %key.id(), file = %path.display(), "signing with this key");
+    Ok(Some(Arc::new(key)))
+}
+
+/// The server's `[server] node_keys`: `<node>.pub` by node name.
+fn node_keys(s: &Settings) -> anyhow::Result<Option<Arc<HashMap<String, PublicKey>>>> {
+    let Some(dir) = &s.node_keys else {
+        return Ok(None);
+    };
+    let keys: HashMap<String, PublicKey> = vogeler_signing::load_dir(dir)
+        .context("loading [server] node_keys")?
+        .into_iter()
+        .collect();
+    tracing::info!(nodes = keys.len(), dir = %dir.display(), "verifying results with node keys");
+    Ok(Some(Arc::new(keys)))
+}
+
+/// The client's request policy: `[client] trusted_keys` and `require_signed`.
+fn request_policy(s: &Settings) -> anyhow::Result<RequestPolicy> {
+    let keyring = Keyring::load(&s.trusted_keys).context("loading [client] trusted_keys")?;
+    if s.require_signed && keyring.is_empty() {
+        anyhow::bail!(
+            "[client] require_signed = true but [client] trusted_keys ({}) holds no .pub file",
+            s.trusted_keys
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !keyring.is_empty() {
+        tracing::info!(
+            keys = keyring.len(),
+            require_signed = s.require_signed,
+            "checking request signatures"
+        );
+    }
+    Ok(RequestPolicy::new(keyring, s.require_signed))
+}
+
 /// Server options from the settings.
-pub fn server_options(s: &Settings) -> ServerOptions {
+pub fn server_options(s: &Settings) -> anyhow::Result<ServerOptions> {
     let mut o = ServerOptions::new(broker(s, "vogeler-server"), topology(s));
     o.batch_size = s.batch_size.max(1);
     o.prefetch = s.prefetch.max(1);
     o.max_message_bytes = s.max_message_bytes;
     o.history_retention =
         (s.history_days > 0).then(|| std::time::Duration::from_secs(s.history_days * 86_400));
+    o.node_keys = node_keys(s)?;
+    o.require_verified = s.require_verified;
     if matches!(s.dbhost, StoreDsn::Sqlite { .. }) {
         tracing::info!("SQLite store: run one vogeler-server against it; use PostgreSQL or CouchDB for several servers side by side");
     }
-    o
+    Ok(o)
 }
 
 /// Client options from the settings.
@@ -185,6 +239,8 @@ pub fn client_options(
         oneshot,
         wire: wire(s),
         concurrency: s.concurrency.max(1),
+        policy: request_policy(s)?,
+        signing_key: signing_key(s)?,
     })
 }
 

@@ -142,6 +142,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make an Ed25519 key pair for signing: OUT/NAME.key (private, 0600) and OUT/NAME.pub.
+    ///
+    /// A runner signs requests with its `.key` (`[runner] signing_key`); clients trust its
+    /// `.pub` (`[client] trusted_keys`). A client signs results with its own `.key`
+    /// (`[client] signing_key`); the server verifies them with `OUT/NODE.pub`
+    /// (`[server] node_keys`).
+    Keygen {
+        /// Directory to write the two files to (created if missing).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: std::path::PathBuf,
+        /// Key name: the file names, and the node name for a client's key.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+    },
     /// Prepare the broker (--messaging) or the store (--persistence).
     Setup {
         /// Print the rabbitmqctl lines for the vhost and permissions, then declare the topology.
@@ -162,6 +176,14 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
+    if let Command::Keygen { out, name } = &cli.command {
+        // Needs no configuration, broker or store.
+        let (secret, public, key) = vogeler_signing::keygen(out, name)?;
+        println!("private key: {} (keep it secret)", secret.display());
+        println!("public key:  {}", public.display());
+        println!("key id:      {}", key.id());
+        return Ok(0);
+    }
     let s = settings::load(Program::Admin, &cli.common, settings::Extra::default())?;
     settings::init_logging(&s)?;
     match cli.command {
@@ -297,6 +319,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Keygen { .. } => Ok(0),
         Command::Setup {
             messaging,
             apply,

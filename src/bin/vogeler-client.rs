@@ -32,6 +32,15 @@ struct Cli {
     )]
     node_name: Option<String>,
 
+    #[arg(
+        long,
+        global = true,
+        env = "VOGELER_SIGNING_KEY",
+        value_name = "FILE",
+        help = "Sign results with this private key (vogeler-admin keygen) [default: [client] signing_key]"
+    )]
+    signing_key: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -60,6 +69,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let extra = settings::Extra {
         plugin_path: cli.plugins.clone(),
         node_name: cli.node_name.clone(),
+        signing_key: cli.signing_key.clone(),
     };
     let s = settings::load(Program::Client, &cli.common, extra)?;
     settings::init_logging(&s)?;

@@ -60,6 +60,14 @@ struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     seen_within: Option<Duration>,
 
+    #[arg(
+        long,
+        env = "VOGELER_SIGNING_KEY",
+        value_name = "FILE",
+        help = "Sign the request with this private key (vogeler-admin keygen); clients with trusted keys verify it [default: [runner] signing_key]"
+    )]
+    signing_key: Option<std::path::PathBuf>,
+
     /// How long to wait for a server to answer discovery.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     discovery_timeout: Duration,
@@ -91,7 +99,11 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
-    let s = settings::load(Program::Runner, &cli.common, settings::Extra::default())?;
+    let extra = settings::Extra {
+        signing_key: cli.signing_key.clone(),
+        ..Default::default()
+    };
+    let s = settings::load(Program::Runner, &cli.common, extra)?;
     settings::init_logging(&s)?;
     let nodes: Vec<String> = cli
         .nodes
@@ -113,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         filters: cli.filters,
         seen_within: cli.seen_within,
         discovery_timeout: cli.discovery_timeout,
+        signing_key: settings::signing_key(&s)?,
     };
     let summary = vogeler::runner::run(&opts).await?;
     if cli.json {

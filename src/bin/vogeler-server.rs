@@ -60,7 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let store = settings::open_store(&s)
         .await
         .context("cannot open the store")?;
-    let opts = settings::server_options(&s);
+    let opts = settings::server_options(&s)?;
     let stats = Arc::new(vogeler::server::Stats::default());
     let shutdown = Shutdown::on_signals();
     let web = match cli.http {

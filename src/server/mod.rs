@@ -10,13 +10,15 @@
 
 pub mod convert;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use vogeler_protocol::{Message, Stored};
-use vogeler_store::{Batch, DynStore, Outcome, StoreError};
+use vogeler_signing::{PublicKey, Rejection, KEY_ID_HEADER, SIGNATURE_HEADER};
+use vogeler_store::{Batch, Change, DynStore, Observation, Outcome, StoreError};
 use vogeler_transport::{Backoff, Broker, Inbound, Outgoing, Pending, Session, Topology};
 
 use crate::shutdown::Shutdown;
@@ -44,7 +46,17 @@ pub struct ServerOptions {
     pub linger: Duration,
     /// History older than this is pruned at start and hourly; `None` keeps it all.
     pub history_retention: Option<Duration>,
+    /// Public keys by node name (`[server] node_keys`): when set, every result is checked
+    /// against its node's key and the verdict recorded under [`SIGNATURE_KEY`].
+    pub node_keys: Option<Arc<HashMap<String, PublicKey>>>,
+    /// Dead-letter (reason `unverified`) results that do not verify, instead of storing them.
+    pub require_verified: bool,
 }
+
+/// The document key where the server records whether a node's results verify:
+/// `{"verified": true, "key_id": …}` or `{"verified": false, "reason": …, "plugin": …}`.
+/// Written by the server only; a result claiming this plugin name is refused.
+pub const SIGNATURE_KEY: &str = "signature";
 
 impl ServerOptions {
     /// Defaults tuned on this project's benchmark (see BENCHMARKS.md).
@@ -57,6 +69,8 @@ impl ServerOptions {
             max_message_bytes: 32 * 1024 * 1024,
             linger: Duration::from_millis(5),
             history_retention: None,
+            node_keys: None,
+            require_verified: false,
         }
     }
 }
@@ -145,8 +159,10 @@ struct Prepared {
     batch: Vec<Inbound>,
     /// What each usable message observed, shared with the store without copying.
     observations: Batch,
-    /// Delivery index and confirmation of each observation, index for index.
-    meta: Vec<(usize, Option<Confirm>)>,
+    /// Delivery index and confirmation of each observation, index for index; `None`
+    /// marks the server's own signature record beside a result (not counted, never
+    /// dead-lettered: its result is).
+    meta: Vec<(usize, Option<Option<Confirm>>)>,
     /// Delivery index, reason code and detail for each unusable message.
     dead: Vec<(usize, String, String)>,
     /// Discovery questions to answer once the batch is committed.
@@ -164,8 +180,37 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
                 observation,
                 confirm,
             } => {
+                let record = match &opts.node_keys {
+                    Some(keys) if !matches!(observation.change, Change::Seen) => {
+                        match signature_record(keys, d, &observation) {
+                            Err((reason, detail)) => {
+                                dead.push((i, reason.to_string(), detail));
+                                continue;
+                            }
+                            Ok((verdict, record)) => {
+                                if let Err(r) = verdict {
+                                    let detail = format!(
+                                        "result from {} is not verified: {r}",
+                                        observation.node
+                                    );
+                                    if opts.require_verified {
+                                        dead.push((i, "unverified".into(), detail));
+                                        continue;
+                                    }
+                                    tracing::info!(node = %observation.node, reason = r.reason(), "{detail}; storing it marked unverified");
+                                }
+                                Some(record)
+                            }
+                        }
+                    }
+                    _ => None,
+                };
                 observations.push(observation);
-                meta.push((i, confirm));
+                meta.push((i, Some(confirm)));
+                if let Some(record) = record {
+                    observations.push(record);
+                    meta.push((i, None));
+                }
             }
             Converted::Discover(q) => discover.push(q),
             Converted::Dead { reason, detail } => dead.push((i, reason.to_string(), detail)),
@@ -299,6 +344,14 @@ async fn process(
     let mut replies: Vec<Pending> = Vec::new();
     let mut stored = 0u64;
     for (((i, confirm), obs), outcome) in meta.iter().zip(observations.iter()).zip(outcomes) {
+        let Some(confirm) = confirm else {
+            if let Ok(Outcome::Refused(e)) = &outcome {
+                tracing::warn!(node = %obs.node, error = %e, "signature record not stored");
+            } else if let Err(e) = &outcome {
+                tracing::warn!(node = %obs.node, error = %e, "signature record not stored");
+            }
+            continue;
+        };
         match outcome {
             Ok(Outcome::Refused(reason)) => {
                 dead.push((*i, "refused".into(), format!("node {}: {reason}", obs.node)))
@@ -317,14 +370,21 @@ async fn process(
     for (i, reason, detail) in &dead {
         let d = &batch[*i];
         tracing::warn!(reason = %reason, detail = %detail, bytes = d.body.len(), "dead-lettering a message the server cannot use");
+        let mut headers = vec![
+            (REASON_HEADER.into(), reason.clone()),
+            (DETAIL_HEADER.into(), detail.clone()),
+            ("x-original-exchange".into(), d.exchange.clone()),
+            ("x-original-routing-key".into(), d.routing_key.clone()),
+        ];
+        // Kept so `vogeler-admin dead --requeue` republishes a signed message still signed.
+        for name in [SIGNATURE_HEADER, KEY_ID_HEADER] {
+            if let Some(v) = d.header(name) {
+                headers.push((name.to_string(), v.to_string()));
+            }
+        }
         let msg = Outgoing {
             body: d.body.clone(),
-            headers: vec![
-                (REASON_HEADER.into(), reason.clone()),
-                (DETAIL_HEADER.into(), detail.clone()),
-                ("x-original-exchange".into(), d.exchange.clone()),
-                ("x-original-routing-key".into(), d.routing_key.clone()),
-            ],
+            headers,
             ..Default::default()
         };
         dead_pending.push(session.publish("", &opts.topology.dead_queue, msg).await?);
@@ -347,6 +407,60 @@ async fn process(
         .dead_lettered
         .fetch_add(dead.len() as u64, Ordering::Relaxed);
     Ok(true)
+}
+
+/// A result's signature check: the verifying key id, or why it is not verified.
+type Verdict = Result<String, Rejection>;
+
+/// Checks a result against its node's key. `Err((reason, detail))`: dead-letter it
+/// (a result under the reserved [`SIGNATURE_KEY`] name); otherwise the verdict and the
+/// observation recording it beside the result.
+fn signature_record(
+    keys: &HashMap<String, PublicKey>,
+    d: &Inbound,
+    result: &Observation,
+) -> Result<(Verdict, Observation), (&'static str, String)> {
+    let plugin = match &result.change {
+        Change::Plugin { name, .. } => Some(name.clone()),
+        Change::Error { plugin, .. } => plugin.clone(),
+        Change::Seen => None,
+    };
+    if plugin.as_deref() == Some(SIGNATURE_KEY) {
+        return Err((
+            "refused",
+            format!(
+                "node {}: plugin name {SIGNATURE_KEY:?} is reserved for the server's signature record",
+                result.node
+            ),
+        ));
+    }
+    let verdict = match (keys.get(&result.node), d.header(SIGNATURE_HEADER)) {
+        (None, _) => Err(Rejection::UnknownKey(format!(
+            "no {}.pub in [server] node_keys",
+            result.node
+        ))),
+        (Some(_), None) => Err(Rejection::Unsigned(
+            "the result carries no signature".into(),
+        )),
+        (Some(key), Some(sig)) => key.verify(&d.body, sig).map(|()| key.id().to_string()),
+    };
+    let value = match &verdict {
+        Ok(key_id) => serde_json::json!({"verified": true, "key_id": key_id}),
+        Err(r) => serde_json::json!({
+            "verified": false,
+            "reason": r.reason(),
+            "plugin": plugin,
+        }),
+    };
+    let record = Observation {
+        node: result.node.clone(),
+        at: result.at,
+        change: Change::Plugin {
+            name: SIGNATURE_KEY.into(),
+            value,
+        },
+    };
+    Ok((verdict, record))
 }
 
 /// Answers a discovery question from the store (after this batch's commit, so a
@@ -451,4 +565,74 @@ async fn send_stored(session: &Session, c: &Confirm) -> anyhow::Result<Pending> 
     Ok(session
         .publish("", &c.reply_to, Outgoing::new(body))
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vogeler_signing::SecretKey;
+
+    fn delivery(body: &[u8], headers: Vec<(String, String)>) -> Inbound {
+        Inbound {
+            body: body.to_vec(),
+            tag: 1,
+            redelivered: false,
+            routing_key: String::new(),
+            exchange: "m".into(),
+            reply_to: None,
+            headers,
+        }
+    }
+
+    fn result(node: &str, plugin: &str) -> Observation {
+        Observation {
+            node: node.into(),
+            at: Utc::now(),
+            change: Change::Plugin {
+                name: plugin.into(),
+                value: serde_json::json!(1),
+            },
+        }
+    }
+
+    #[test]
+    fn results_are_checked_against_their_nodes_key() {
+        let web01 = SecretKey::from_seed([5; 32]);
+        let keys: HashMap<String, PublicKey> =
+            [("web01".to_string(), web01.public("web01"))].into();
+        let body = b"{\"v\":1}";
+        let verdict = |d: &Inbound, node: &str| {
+            let (v, record) = signature_record(&keys, d, &result(node, "facter")).expect("record");
+            let Change::Plugin { name, value } = record.change else {
+                panic!("a plugin key");
+            };
+            assert_eq!(name, SIGNATURE_KEY);
+            (v.map_err(|r| r.reason()), value)
+        };
+        let (v, value) = verdict(&delivery(body, web01.headers(body)), "web01");
+        assert_eq!(v, Ok(web01.id().to_string()));
+        assert_eq!(value["verified"], true);
+        let (v, value) = verdict(&delivery(body, vec![]), "web01");
+        assert_eq!(v, Err("unsigned"));
+        assert_eq!(value["plugin"], "facter");
+        let other = SecretKey::from_seed([6; 32]);
+        assert_eq!(
+            verdict(&delivery(body, other.headers(body)), "web01").0,
+            Err("bad-signature")
+        );
+        assert_eq!(
+            verdict(&delivery(body, web01.headers(b"other")), "web01").0,
+            Err("bad-signature")
+        );
+        assert_eq!(
+            verdict(&delivery(body, web01.headers(body)), "db01").0,
+            Err("unknown-key")
+        );
+        let reserved = signature_record(
+            &keys,
+            &delivery(body, web01.headers(body)),
+            &result("web01", SIGNATURE_KEY),
+        );
+        assert!(matches!(reserved, Err(("refused", _))));
+    }
 }

@@ -275,6 +275,9 @@ pub struct Overrides {
     pub wire: Option<String>,
     /// A password was seen in a DSN given as a command-line flag.
     pub password_on_command_line: bool,
+    /// `--signing-key` / `VOGELER_SIGNING_KEY`: the private key the runner signs
+    /// requests (or the client signs results) with.
+    pub signing_key: Option<PathBuf>,
 }
 
 /// Everything a program runs with, validated.
@@ -322,6 +325,18 @@ pub struct Settings {
     pub prefetch: u16,
     /// Days of change history the server keeps (`[server] history_days`); 0 keeps all.
     pub history_days: u64,
+    /// Private key to sign with (`[runner] signing_key` for requests, `[client]
+    /// signing_key` for results); `None` sends unsigned.
+    pub signing_key: Option<PathBuf>,
+    /// Public keys (`.pub` files or directories of them) whose signed requests a client
+    /// accepts (`[client] trusted_keys`, comma-separated).
+    pub trusted_keys: Vec<PathBuf>,
+    /// Client refuses unsigned (and 2010-format) requests (`[client] require_signed`).
+    pub require_signed: bool,
+    /// Directory of `<node>.pub` files the server verifies results with (`[server] node_keys`).
+    pub node_keys: Option<PathBuf>,
+    /// Server dead-letters results it cannot verify (`[server] require_verified`).
+    pub require_verified: bool,
     warnings: Vec<String>,
 }
 
@@ -497,6 +512,59 @@ impl Settings {
             u16::try_from(number("server", "prefetch", 2000)?.clamp(1, 65535)).unwrap_or(u16::MAX);
         let history_days = number("server", "history_days", 0)?;
 
+        // Signing (docs/PROTOCOL.md "Signing").
+        let boolean = |section: &str, key: &str| -> Result<bool, ConfigError> {
+            match get(section, key).map(str::to_ascii_lowercase).as_deref() {
+                None | Some("false" | "no" | "off" | "0") => Ok(false),
+                Some("true" | "yes" | "on" | "1") => Ok(true),
+                Some(v) => Err(ConfigError::Value {
+                    place: place(section, key),
+                    message: format!("{v:?} is not true or false"),
+                }),
+            }
+        };
+        let signing_key = match program {
+            Program::Runner | Program::Client => o
+                .signing_key
+                .clone()
+                .or_else(|| f.and_then(|f| f.path_value(program.section(), "signing_key"))),
+            Program::Server | Program::Admin => None,
+        };
+        let trusted_keys: Vec<PathBuf> = get("client", "trusted_keys")
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let p = PathBuf::from(p);
+                        if p.is_absolute() {
+                            p
+                        } else {
+                            base_dir.join(p)
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let require_signed = boolean("client", "require_signed")?;
+        if require_signed && trusted_keys.is_empty() && program == Program::Client {
+            return Err(ConfigError::Value {
+                place: place("client", "require_signed"),
+                message:
+                    "require_signed = true needs [client] trusted_keys (the runners' .pub files)"
+                        .into(),
+            });
+        }
+        let node_keys = f.and_then(|f| f.path_value("server", "node_keys"));
+        let require_verified = boolean("server", "require_verified")?;
+        if require_verified && node_keys.is_none() && program == Program::Server {
+            return Err(ConfigError::Value {
+                place: place("server", "require_verified"),
+                message: "require_verified = true needs [server] node_keys (a directory of <node>.pub files)"
+                    .into(),
+            });
+        }
+
         if o.password_on_command_line {
             warnings.push(
                 "a password was given on the command line, where any user can read it in the process list; \
@@ -550,6 +618,11 @@ impl Settings {
             batch_size,
             prefetch,
             history_days,
+            signing_key,
+            trusted_keys,
+            require_signed,
+            node_keys,
+            require_verified,
             warnings,
         })
     }
@@ -721,6 +794,72 @@ mod tests {
         assert!(e.to_string().starts_with("/x/v.conf:1"), "{e}");
         let e = ConfigFile::discover(Some(Path::new("/nonexistent/v.conf"))).expect_err("missing");
         assert!(e.to_string().contains("/nonexistent/v.conf"), "{e}");
+    }
+
+    #[test]
+    fn signing_settings() {
+        let f = ConfigFile::parse(
+            Path::new("/etc/vogeler/vogeler.conf"),
+            "[runner]\nsigning_key = keys/runner.key\n[client]\nsigning_key = /k/node.key\n\
+             trusted_keys = keys, /other/ops.pub\nrequire_signed = yes\n\
+             [server]\nnode_keys = nodes\nrequire_verified = true\n",
+        )
+        .expect("parse");
+        let s = Settings::resolve(Program::Runner, Overrides::default(), Some(f.clone()))
+            .expect("runner");
+        assert_eq!(
+            s.signing_key,
+            Some(PathBuf::from("/etc/vogeler/keys/runner.key"))
+        );
+        let o = Overrides {
+            signing_key: Some("/flag.key".into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(Program::Runner, o, Some(f.clone())).expect("flag");
+        assert_eq!(s.signing_key, Some(PathBuf::from("/flag.key")));
+        let s = Settings::resolve(Program::Client, Overrides::default(), Some(f.clone()))
+            .expect("client");
+        assert_eq!(s.signing_key, Some(PathBuf::from("/k/node.key")));
+        assert_eq!(
+            s.trusted_keys,
+            vec![
+                PathBuf::from("/etc/vogeler/keys"),
+                PathBuf::from("/other/ops.pub")
+            ]
+        );
+        assert!(s.require_signed);
+        let s = Settings::resolve(Program::Server, Overrides::default(), Some(f)).expect("server");
+        assert_eq!(s.node_keys, Some(PathBuf::from("/etc/vogeler/nodes")));
+        assert!(s.require_verified);
+        assert_eq!(s.signing_key, None);
+        let s = Settings::resolve(Program::Client, Overrides::default(), None).expect("none");
+        assert!(!s.require_signed && s.trusted_keys.is_empty() && s.signing_key.is_none());
+
+        for (text, place) in [
+            (
+                "[client]\nrequire_signed = maybe\n",
+                "vogeler.conf:2 [client] require_signed",
+            ),
+            (
+                "[client]\nrequire_signed = true\n",
+                "vogeler.conf:2 [client] require_signed",
+            ),
+            (
+                "[server]\nrequire_verified = true\n",
+                "vogeler.conf:2 [server] require_verified",
+            ),
+        ] {
+            let f = ConfigFile::parse(Path::new("/etc/vogeler/vogeler.conf"), text).expect("parse");
+            let program = if text.contains("server") {
+                Program::Server
+            } else {
+                Program::Client
+            };
+            let e = Settings::resolve(program, Overrides::default(), Some(f))
+                .expect_err(text)
+                .to_string();
+            assert!(e.contains(place), "{text:?} gave {e}");
+        }
     }
 
     #[test]

@@ -1,0 +1,348 @@
+//! Signed requests and signed results over the real RabbitMQ: every rejection path of
+//! the client (unsigned, 2010-format, forged, altered, unknown key, expired, replayed,
+//! unsafe without a signature) and the server's verification of results.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::Utc;
+use common::*;
+use serde_json::Value;
+use vogeler_protocol::{Message, Request};
+use vogeler_signing::SecretKey;
+
+fn text(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+/// `vogeler-admin keygen --out DIR --name NAME`; returns the private key file.
+fn keygen(d: &Deployment, dir: &str, name: &str) -> PathBuf {
+    let out = d.admin(&[
+        "keygen",
+        "--out",
+        &d.path(dir).display().to_string(),
+        "--name",
+        name,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("key id:"), "{}", text(&out));
+    d.path(&format!("{dir}/{name}.key"))
+}
+
+fn load_key(path: &Path) -> SecretKey {
+    SecretKey::load(path).expect("load the test key")
+}
+
+/// A v1 request for `node`, as a runner would encode it.
+fn request(command: &str, node: &str, sent_ago_secs: i64, ttl: u64) -> Request {
+    Request {
+        id: format!("req-{:08x}", rand_u32()),
+        command: command.to_string(),
+        targets: vec![node.to_string()],
+        sender: "signing-test".into(),
+        sent_at: Utc::now() - chrono::Duration::seconds(sent_ago_secs),
+        ttl,
+        reply_to: None,
+        unsafe_command: false,
+    }
+}
+
+fn body(r: &Request) -> Vec<u8> {
+    vogeler_protocol::encode(&Message::Request(r.clone()))
+}
+
+/// A confirmed publish with headers (what a runner, or an attacker, sends).
+fn publish(exchange: &str, routing_key: &str, body: Vec<u8>, headers: Vec<(String, String)>) {
+    rt().block_on(async {
+        let session = broker().connect().await.expect("connect to RabbitMQ");
+        session
+            .publish_confirmed(
+                exchange,
+                routing_key,
+                vogeler_transport::Outgoing {
+                    body,
+                    headers,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("publish");
+        session.close().await;
+    })
+}
+
+/// Waits until the node's `last_error` names request `id` and contains `want`.
+fn wait_refusal(d: &Deployment, node: &str, id: &str, want: &str) -> Value {
+    let doc = d.wait_document(node, 20, |doc| {
+        doc["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(id))
+    });
+    let message = doc["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("refused") && message.contains(want),
+        "request {id}: expected a refusal with {want:?}, got {message:?}"
+    );
+    doc
+}
+
+#[test]
+fn signed_requests_run_and_forged_altered_unknown_expired_replayed_are_refused() {
+    let d = Deployment::new(&[]);
+    let counter = d.path("count.txt");
+    std::fs::write(
+        d.plugins.join("count.cfg"),
+        format!(
+            "[count]\nname = count\ndescription = counts its runs\ncommand = sh -c 'echo run >> {} && echo ok'\nresult_format = output\n",
+            counter.display()
+        ),
+    )
+    .expect("plugin");
+    std::fs::write(
+        d.plugins.join("hello.cfg"),
+        plugin("hello", "echo hello", "output").1,
+    )
+    .expect("plugin");
+    let runner_key = keygen(&d, "keys", "runner");
+    let mallory_key = keygen(&d, "other", "mallory");
+    d.write_conf("\n[runner]\nsigning_key = keys/runner.key\n\n[client]\ntrusted_keys = keys\n");
+    let _server = d.server(&[]);
+    let n = d.node("signed");
+    let client = d.client(&n, &[]);
+    let t = d.topology();
+
+    // The runner signs (its key from [runner] signing_key); the client runs it.
+    let out = d.runner(&["-x", "hello", "-n", &n, "--wait", "--timeout", "20s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    d.wait_document(&n, 20, |doc| doc["hello"][0] == "hello");
+
+    let runner = load_key(&runner_key);
+    let mallory = load_key(&mallory_key);
+
+    // Forged: mallory's signature under the runner's key id.
+    let r = request("hello", &n, 0, 300);
+    let b = body(&r);
+    let forged = vec![
+        ("x-vogeler-signature".into(), mallory.sign(&b)),
+        ("x-vogeler-key-id".into(), runner.id().to_string()),
+    ];
+    publish(&t.broadcast_exchange, &n, b, forged);
+    wait_refusal(&d, &n, &r.id, "bad signature");
+
+    // Altered: a validly signed body changed after signing.
+    let r = request("hello", &n, 0, 300);
+    let b = body(&r);
+    let headers = runner.headers(&b);
+    let mut altered = r.clone();
+    altered.command = "count".into();
+    publish(&t.broadcast_exchange, &n, body(&altered), headers);
+    wait_refusal(&d, &n, &r.id, "bad signature");
+
+    // Signed by a key the client does not trust.
+    let r = request("hello", &n, 0, 300);
+    let b = body(&r);
+    publish(&t.broadcast_exchange, &n, b.clone(), mallory.headers(&b));
+    wait_refusal(&d, &n, &r.id, "unknown key");
+
+    // Validly signed but past its ttl.
+    let r = request("hello", &n, 3600, 60);
+    let b = body(&r);
+    publish(&t.broadcast_exchange, &n, b.clone(), runner.headers(&b));
+    wait_refusal(&d, &n, &r.id, "expired");
+
+    // Replayed: the same signed message published twice runs once.
+    let r = request("count", &n, 0, 300);
+    let b = body(&r);
+    let headers = runner.headers(&b);
+    publish(&t.broadcast_exchange, &n, b.clone(), headers.clone());
+    d.wait_document(&n, 20, |doc| doc["count"][0] == "ok");
+    publish(&t.broadcast_exchange, &n, b, headers);
+    wait_refusal(&d, &n, &r.id, "replayed");
+    let runs = std::fs::read_to_string(&counter).expect("counter file");
+    assert_eq!(runs.lines().count(), 1, "the replay must not run: {runs:?}");
+
+    // Unsigned requests still run while require_signed is off (the 2010 behaviour).
+    publish_raw(
+        &t.broadcast_exchange,
+        &n,
+        &[vogeler_protocol::encode_legacy_request("count")],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&counter)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unsigned 2010 request never ran"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Each refusal was one WARN line naming its reason.
+    let log = client.log_text();
+    for reason in ["bad-signature", "unknown-key", "expired", "replayed"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("WARN") && l.contains("request refused") && l.contains(reason)),
+            "no WARN line with reason {reason}:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn require_signed_refuses_unsigned_and_2010_requests() {
+    let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);
+    keygen(&d, "keys", "runner");
+    d.write_conf("\n[client]\ntrusted_keys = keys/runner.pub\nrequire_signed = true\n");
+    let _server = d.server(&[]);
+    let n = d.node("strict");
+    let _client = d.client(&n, &[]);
+    let t = d.topology();
+
+    // Unsigned: refused, and the runner's --wait summary shows the error.
+    let out = d.runner(&["-x", "hello", "-n", &n, "--wait", "--timeout", "20s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("unsigned"), "{}", text(&out));
+    assert!(d.document(&n).is_some_and(|doc| doc.get("hello").is_none()));
+
+    // A 2010-format request cannot be signed: refused.
+    publish_raw(
+        &t.broadcast_exchange,
+        &n,
+        &[vogeler_protocol::encode_legacy_request("hello")],
+    );
+    let doc = d.wait_document(&n, 20, |doc| {
+        doc["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("2010-format"))
+    });
+    assert!(doc.get("hello").is_none(), "{doc}");
+
+    // Signed with --signing-key: runs.
+    let key = d.path("keys/runner.key").display().to_string();
+    let out = d.runner(&[
+        "-x",
+        "hello",
+        "-n",
+        &n,
+        "--wait",
+        "--timeout",
+        "20s",
+        "--signing-key",
+        &key,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    d.wait_document(&n, 20, |doc| doc["hello"][0] == "hello");
+}
+
+#[test]
+fn unsafe_commands_need_a_valid_signature_even_with_allow_unsafe() {
+    let d = Deployment::new(&[]);
+    keygen(&d, "keys", "runner");
+    d.write_conf("\n[client]\ntrusted_keys = keys\n");
+    let _server = d.server(&[]);
+    let n = d.node("unsafe");
+    let _client = d.client(&n, &["--allow-unsafe"]);
+
+    let out = d.runner(&[
+        "-x",
+        "echo unsafe-ran",
+        "--unsafe",
+        "-n",
+        &n,
+        "--wait",
+        "--timeout",
+        "20s",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("only when signed by a trusted key"),
+        "{}",
+        text(&out)
+    );
+    assert!(d
+        .document(&n)
+        .is_some_and(|doc| doc.get("unsafe_echo").is_none()));
+
+    let key = d.path("keys/runner.key").display().to_string();
+    let out = d.runner(&[
+        "-x",
+        "echo unsafe-ran",
+        "--unsafe",
+        "-n",
+        &n,
+        "--wait",
+        "--timeout",
+        "20s",
+        "--signing-key",
+        &key,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    d.wait_document(&n, 20, |doc| doc["unsafe_echo"][0] == "unsafe-ran");
+}
+
+#[test]
+fn signed_results_are_verified_and_impostors_marked_or_dead_lettered() {
+    let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);
+    let n = d.node("real");
+    keygen(&d, "nodes", &n);
+    d.write_conf(&format!(
+        "\n[client]\nsigning_key = nodes/{n}.key\n\n[server]\nnode_keys = nodes\n"
+    ));
+    let mut server = d.server(&[]);
+    let _client = d.client(&n, &[]);
+    let t = d.topology();
+    let impostor = |plugin: &str, value: &str| {
+        format!(
+            r#"{{"v":1,"kind":"result","node":"{n}","plugin":"{plugin}","format":"output","data":["{value}"],"duration_ms":1,"collected_at":"{}"}}"#,
+            vogeler_store::rfc3339(Utc::now())
+        )
+        .into_bytes()
+    };
+
+    // The node's own signed result: verified.
+    let out = d.runner(&["-x", "hello", "-n", &n, "--wait", "--timeout", "20s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let doc = d.wait_document(&n, 20, |doc| doc["signature"]["verified"] == true);
+    assert_eq!(doc["hello"][0], "hello");
+    assert_eq!(doc["signature"]["key_id"].as_str().map(str::len), Some(16));
+
+    // An impostor publishing under its name: stored, but marked unverified.
+    publish_raw(&t.master_exchange, "", &[impostor("fake", "forged")]);
+    let doc = d.wait_document(&n, 20, |doc| doc["signature"]["verified"] == false);
+    assert_eq!(doc["signature"]["reason"], "unsigned");
+    assert_eq!(doc["signature"]["plugin"], "fake");
+    // Signed by another key: also unverified.
+    let other = load_key(&keygen(&d, "elsewhere", "other"));
+    let b = impostor("fake2", "forged");
+    publish(&t.master_exchange, "", b.clone(), other.headers(&b));
+    let doc = d.wait_document(&n, 20, |doc| doc["signature"]["plugin"] == "fake2");
+    assert_eq!(doc["signature"]["reason"], "bad-signature");
+
+    // With require_verified, unverified results are dead-lettered, never stored.
+    server.stop();
+    d.write_conf(&format!(
+        "\n[client]\nsigning_key = nodes/{n}.key\n\n[server]\nnode_keys = nodes\nrequire_verified = true\n"
+    ));
+    let _server = d.server(&[]);
+    publish_raw(&t.master_exchange, "", &[impostor("fake3", "forged")]);
+    let out = d.runner(&["-x", "hello", "-n", &n, "--wait", "--timeout", "20s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let doc = d.wait_document(&n, 20, |doc| doc["signature"]["verified"] == true);
+    assert!(doc.get("fake3").is_none(), "{doc}");
+    let dead = drain_queue(&t.dead_queue, Duration::from_secs(2));
+    assert_eq!(dead.len(), 1, "one dead letter: {dead:?}");
+    assert_eq!(dead[0].header("x-vogeler-reason"), Some("unverified"));
+    assert!(
+        dead[0]
+            .header("x-vogeler-detail")
+            .is_some_and(|m| m.contains("unsigned")),
+        "{:?}",
+        dead[0].headers
+    );
+}
