@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use vogeler_store::{Change, Observation};
+use vogeler_store::{Change, Data, Observation};
 
 fn facter() -> Value {
     let yaml = include_str!("../fixtures/facter-y.yaml");
@@ -59,14 +59,21 @@ async fn main() {
                         at,
                         change: Change::Plugin {
                             name: "facter".into(),
-                            value: v,
+                            // As the server hands results over: JSON text.
+                            value: Data::Text(
+                                serde_json::value::RawValue::from_string(v.to_string())
+                                    .expect("valid JSON"),
+                            ),
                         },
                     }
                 })
                 .collect();
+            let batches: Vec<vogeler_store::Batch> =
+                obs.chunks(500).map(|c| c.to_vec().into()).collect();
+            drop(obs);
             let (t, c) = (Instant::now(), cpu());
-            for chunk in obs.chunks(500) {
-                store.apply(chunk.to_vec().into()).await.expect("apply");
+            for batch in &batches {
+                store.apply(batch.clone()).await.expect("apply");
             }
             let (wall, used) = (t.elapsed(), cpu() - c);
             println!(

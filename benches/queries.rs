@@ -57,7 +57,7 @@ async fn fill(store: &DynStore, n: usize) -> Duration {
                     at,
                     change: Change::Plugin {
                         name: name.into(),
-                        value,
+                        value: value.into(),
                     },
                 });
             }

@@ -3,8 +3,8 @@
 
 use chrono::Utc;
 use vogeler_plugins::Format;
-use vogeler_protocol::{Decoded, Message};
-use vogeler_store::{Change, Observation};
+use vogeler_protocol::{Decoded, Message, PluginResult};
+use vogeler_store::{Change, Data, Observation};
 
 /// What one delivery turned into.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +42,59 @@ pub struct Confirm {
     pub error: Option<String>,
 }
 
+/// A v1 result (data held as `D`) as an observation and its confirmation.
+fn result<D>(
+    r: PluginResult<D>,
+    data: impl FnOnce(D) -> Data,
+    reply_to: Option<&str>,
+) -> Converted {
+    if r.node.trim().is_empty() {
+        return dead("bad-field", "result has an empty node name".into());
+    }
+    let change = match (r.error, r.data) {
+        (Some(message), _) => Change::Error {
+            plugin: Some(r.plugin.clone()),
+            message,
+            raw: r.raw,
+        },
+        (None, Some(value)) => Change::Plugin {
+            name: r.plugin.clone(),
+            value: data(value),
+        },
+        (None, None) => {
+            return dead(
+                "bad-field",
+                format!(
+                    "result from {} for {} has neither data nor error",
+                    r.node, r.plugin
+                ),
+            )
+        }
+    };
+    let error = match &change {
+        Change::Error { message, .. } => Some(message.clone()),
+        _ => None,
+    };
+    let confirm = r
+        .reply_to
+        .or_else(|| reply_to.map(str::to_string))
+        .map(|reply_to| Confirm {
+            reply_to,
+            request_id: r.request_id.clone(),
+            node: r.node.clone(),
+            plugin: r.plugin.clone(),
+            error,
+        });
+    Converted::Store {
+        observation: Observation {
+            node: r.node,
+            at: r.collected_at,
+            change,
+        },
+        confirm,
+    }
+}
+
 /// Turns one message body into what the server does with it.
 ///
 /// `max_bytes` bounds what is accepted at all; `reply_to` is the AMQP property,
@@ -56,58 +109,19 @@ pub fn convert(body: &[u8], max_bytes: usize, reply_to: Option<&str>) -> Convert
             ),
         );
     }
+    // Hot path: a v1 result's data goes to the store as the text it arrived in.
+    if let Some(raw) = vogeler_protocol::decode_raw_result(body) {
+        return match raw {
+            Ok(r) => result(r, Data::Text, reply_to),
+            Err(e) => dead(e.reason(), e.to_string()),
+        };
+    }
     let decoded = match vogeler_protocol::decode(body) {
         Ok(d) => d,
         Err(e) => return dead(e.reason(), e.to_string()),
     };
     match decoded {
-        Decoded::Message(Message::Result(r)) => {
-            if r.node.trim().is_empty() {
-                return dead("bad-field", "result has an empty node name".into());
-            }
-            let change = match (r.error, r.data) {
-                (Some(message), _) => Change::Error {
-                    plugin: Some(r.plugin.clone()),
-                    message,
-                    raw: r.raw,
-                },
-                (None, Some(value)) => Change::Plugin {
-                    name: r.plugin.clone(),
-                    value,
-                },
-                (None, None) => {
-                    return dead(
-                        "bad-field",
-                        format!(
-                            "result from {} for {} has neither data nor error",
-                            r.node, r.plugin
-                        ),
-                    )
-                }
-            };
-            let error = match &change {
-                Change::Error { message, .. } => Some(message.clone()),
-                _ => None,
-            };
-            let confirm = r
-                .reply_to
-                .or_else(|| reply_to.map(str::to_string))
-                .map(|reply_to| Confirm {
-                    reply_to,
-                    request_id: r.request_id.clone(),
-                    node: r.node.clone(),
-                    plugin: r.plugin.clone(),
-                    error,
-                });
-            Converted::Store {
-                observation: Observation {
-                    node: r.node,
-                    at: r.collected_at,
-                    change,
-                },
-                confirm,
-            }
-        }
+        Decoded::Message(Message::Result(r)) => result(r, Data::Tree, reply_to),
         Decoded::Message(Message::Heartbeat(h)) => seen(h.node, h.sent_at),
         Decoded::Message(Message::Pong(p)) => seen(p.node, p.sent_at),
         Decoded::Message(Message::Discover(d)) => Converted::Discover(d),
@@ -148,7 +162,7 @@ pub fn convert(body: &[u8], max_bytes: usize, reply_to: Option<&str>) -> Convert
             let change = match format.convert(&raw) {
                 Ok(value) => Change::Plugin {
                     name: plugin,
-                    value,
+                    value: value.into(),
                 },
                 Err(e) => Change::Error {
                     plugin: Some(plugin.clone()),

@@ -457,7 +457,7 @@ fn signature_record(
         at: result.at,
         change: Change::Plugin {
             name: SIGNATURE_KEY.into(),
-            value,
+            value: value.into(),
         },
     };
     Ok((verdict, record))
@@ -590,7 +590,7 @@ mod tests {
             at: Utc::now(),
             change: Change::Plugin {
                 name: plugin.into(),
-                value: serde_json::json!(1),
+                value: serde_json::json!(1).into(),
             },
         }
     }
@@ -607,6 +607,7 @@ mod tests {
                 panic!("a plugin key");
             };
             assert_eq!(name, SIGNATURE_KEY);
+            let value = value.tree().expect("JSON").into_owned();
             (v.map_err(|r| r.reason()), value)
         };
         let (v, value) = verdict(&delivery(body, web01.headers(body)), "web01");

@@ -169,7 +169,7 @@ mod tests {
             at: Utc::now(),
             change: vogeler_store::Change::Plugin {
                 name: "facter".into(),
-                value: json!({"os": {"family": v}}),
+                value: json!({"os": {"family": v}}).into(),
             },
         };
         inner

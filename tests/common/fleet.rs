@@ -15,7 +15,7 @@ pub fn plugin(node: &str, at: DateTime<Utc>, name: &str, value: Value) -> Observ
         at,
         change: Change::Plugin {
             name: name.into(),
-            value,
+            value: value.into(),
         },
     }
 }

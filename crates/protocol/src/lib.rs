@@ -80,9 +80,10 @@ impl Request {
     }
 }
 
-/// A plugin's result (client → server).
+/// A plugin's result (client → server). `D` is how `data` is held: a tree by
+/// default, JSON text ([`RawResult`]) on the server's hot path.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PluginResult {
+pub struct PluginResult<D = Value> {
     /// The request answered; `None` for scheduled runs and 2010 requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -94,7 +95,7 @@ pub struct PluginResult {
     pub format: String,
     /// The converted output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<Value>,
+    pub data: Option<D>,
     /// What went wrong, for an error result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -400,19 +401,44 @@ pub fn decode(body: &[u8]) -> Result<Decoded, ProtocolError> {
     }
 }
 
-/// The hot path: a v1 result parsed straight into [`PluginResult`], building its
-/// data tree once. `None` when the body is anything else (or not even an object):
-/// the general path then decodes it and words the error.
-fn decode_v1_result(text: &str) -> Option<Result<Decoded, ProtocolError>> {
-    /// The envelope alone; every other field is skipped without allocating.
+/// A result whose `data` stays the JSON text it arrived as (validated, never built
+/// into a tree): what the server stores.
+pub type RawResult = PluginResult<Box<serde_json::value::RawValue>>;
+
+/// The server's hot path: a v1 result with its data left as text. `None` when the
+/// body is anything else (not UTF-8, not a v1 result): [`decode`] then decodes it
+/// and words the error.
+pub fn decode_raw_result(body: &[u8]) -> Option<Result<RawResult, ProtocolError>> {
+    let text = std::str::from_utf8(body).ok()?;
+    if !is_v1_result(text) {
+        return None;
+    }
+    Some(
+        serde_json::from_str::<RawResult>(text).map_err(|e| ProtocolError::BadField {
+            kind: "result".into(),
+            message: e.to_string(),
+        }),
+    )
+}
+
+/// Whether `text` is a v1 result envelope (`v` = 1, `kind` = result); every other
+/// field is skipped without allocating.
+fn is_v1_result(text: &str) -> bool {
     #[derive(Deserialize)]
     struct Probe<'a> {
         v: Option<u64>,
         #[serde(borrow)]
         kind: Option<std::borrow::Cow<'a, str>>,
     }
-    let probe: Probe<'_> = serde_json::from_str(text).ok()?;
-    if probe.v != Some(VERSION) || probe.kind.as_deref() != Some("result") {
+    serde_json::from_str::<Probe<'_>>(text)
+        .is_ok_and(|p| p.v == Some(VERSION) && p.kind.as_deref() == Some("result"))
+}
+
+/// The hot path: a v1 result parsed straight into [`PluginResult`], building its
+/// data tree once. `None` when the body is anything else (or not even an object):
+/// the general path then decodes it and words the error.
+fn decode_v1_result(text: &str) -> Option<Result<Decoded, ProtocolError>> {
+    if !is_v1_result(text) {
         return None;
     }
     Some(

@@ -7,7 +7,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Value};
 
-use crate::{Change, Condition, DynStore, KeyPath, Observation, Outcome, Query};
+use crate::{Change, Condition, Data, DynStore, KeyPath, Observation, Outcome, Query};
 
 fn t(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_790_000_000 + secs, 0)
@@ -21,9 +21,19 @@ fn plugin(node: &str, at: i64, name: &str, value: Value) -> Observation {
         at: t(at),
         change: Change::Plugin {
             name: name.into(),
-            value,
+            value: value.into(),
         },
     }
+}
+
+/// The same observation with its value as JSON text, the way the server's hot path
+/// hands results over.
+fn as_text(mut obs: Observation) -> Observation {
+    if let Change::Plugin { value, .. } = &mut obs.change {
+        let text = value.text().into_owned();
+        *value = Data::Text(serde_json::value::RawValue::from_string(text).expect("valid JSON"));
+    }
+    obs
 }
 
 /// Expands to one `#[tokio::test]` per case; `$make` is an async expression giving a fresh `DynStore`.
@@ -36,7 +46,7 @@ macro_rules! conformance_tests {
             history_records_changes_only, several_nodes_in_one_batch, fixtures_round_trip,
             key_values_across_nodes, select_by_conditions_names_and_time, packages_with_versions,
             record_at_a_past_time, timeline_of_a_package, changes_across_the_fleet,
-            retention_prunes_old_history, import_replaces_a_node);
+            retention_prunes_old_history, import_replaces_a_node, text_data_is_the_same_value);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -121,6 +131,42 @@ pub async fn redelivery_is_idempotent(store: DynStore) {
         store.history("a", None).await.expect("history").len(),
         history_before
     );
+}
+
+/// Data arriving as JSON text is stored as the value it spells: read back as a tree,
+/// unchanged against the same value as text or as a tree, changed by a new value.
+pub async fn text_data_is_the_same_value(store: DynStore) {
+    let value =
+        json!({"os": {"family": "Debian", "release": {"major": "12"}}, "n": [1, 2.5, null]});
+    let out = store
+        .apply(vec![as_text(plugin("a", 1, "facter", value.clone()))].into())
+        .await
+        .expect("apply text");
+    assert_eq!(out, vec![Outcome::Created]);
+    let rec = store.node("a").await.expect("node").expect("stored");
+    assert_eq!(rec.keys.get("facter"), Some(&value));
+    let again = store
+        .apply(
+            vec![
+                as_text(plugin("a", 2, "facter", value.clone())),
+                plugin("a", 3, "facter", value.clone()),
+            ]
+            .into(),
+        )
+        .await
+        .expect("apply same");
+    assert_eq!(again, vec![Outcome::Unchanged, Outcome::Unchanged]);
+    let mut newer = value.clone();
+    newer["os"]["family"] = json!("RedHat");
+    let changed = store
+        .apply(vec![as_text(plugin("a", 4, "facter", newer.clone()))].into())
+        .await
+        .expect("apply changed");
+    assert_eq!(changed, vec![Outcome::Updated]);
+    let history = store.history("a", Some("facter")).await.expect("history");
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(history[1].old.as_ref(), Some(&value));
+    assert_eq!(history[1].new.as_ref(), Some(&newer));
 }
 
 /// A plugin named like a document field is refused; the rest of the batch goes in.

@@ -341,6 +341,11 @@ fn apply_one(
     let changed = match &obs.change {
         Change::Seen => false,
         Change::Plugin { name, value } => {
+            let tree = match value.tree() {
+                Ok(v) => v,
+                Err(e) => return Outcome::Refused(e.to_string()),
+            };
+            let value: &Value = &tree;
             let meta = doc.entry(META).or_insert_with(|| json!({"key_times": {}}));
             if !meta.is_object() {
                 *meta = json!({"key_times": {}});
@@ -882,7 +887,7 @@ mod tests {
             at,
             Change::Plugin {
                 name: "k".into(),
-                value,
+                value: value.into(),
             },
         )
     }

@@ -54,6 +54,68 @@ pub struct Observation {
     pub change: Change,
 }
 
+/// A plugin's converted output: a parsed tree, or the JSON text it arrived in.
+///
+/// The server's hot path never builds a tree: a result's `data` goes from the wire to
+/// SQLite as text (parsing a facter result into a tree, dropping it and writing it
+/// back out was most of the server's CPU). Backends that need a tree ask for one.
+/// v1 clients send canonical JSON (compact, keys sorted), so equal values arrive as
+/// equal text and SQLite compares text.
+#[derive(Debug, Clone)]
+pub enum Data {
+    /// Already a tree (converted by a result format, or built in code).
+    Tree(Value),
+    /// Valid JSON text, as received.
+    Text(Box<serde_json::value::RawValue>),
+}
+
+impl Data {
+    /// The JSON text (compact when it was a tree).
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Data::Tree(v) => std::borrow::Cow::Owned(v.to_string()),
+            Data::Text(t) => std::borrow::Cow::Borrowed(t.get()),
+        }
+    }
+
+    /// The tree (parsed when it was text).
+    pub fn tree(&self) -> Result<std::borrow::Cow<'_, Value>, StoreError> {
+        match self {
+            Data::Tree(v) => Ok(std::borrow::Cow::Borrowed(v)),
+            Data::Text(t) => serde_json::from_str(t.get())
+                .map(std::borrow::Cow::Owned)
+                .map_err(|e| StoreError::Invalid(format!("plugin data is not JSON: {e}"))),
+        }
+    }
+}
+
+impl From<Value> for Data {
+    fn from(v: Value) -> Data {
+        Data::Tree(v)
+    }
+}
+
+impl PartialEq for Data {
+    fn eq(&self, other: &Data) -> bool {
+        match (self, other) {
+            (Data::Text(a), Data::Text(b)) if a.get() == b.get() => true,
+            _ => match (self.tree(), other.tree()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            },
+        }
+    }
+}
+
+impl Serialize for Data {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Data::Tree(v) => v.serialize(s),
+            Data::Text(t) => t.serialize(s),
+        }
+    }
+}
+
 /// What an [`Observation`] says.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -62,7 +124,7 @@ pub enum Change {
         /// Plugin name: the document key.
         name: String,
         /// The converted value.
-        value: Value,
+        value: Data,
     },
     /// An error result: becomes the document's `last_error`.
     Error {

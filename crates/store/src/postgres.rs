@@ -245,6 +245,7 @@ impl Store for PostgresStore {
             let outcome = match &obs.change {
                 Change::Seen => Outcome::Unchanged,
                 Change::Plugin { name, value } => {
+                    let value = &*value.tree()?;
                     let old = tx
                         .query_opt(&read_key, &[&obs.node, name])
                         .await

@@ -183,7 +183,7 @@ fn apply_batch(conn: &mut Connection, batch: &[Observation]) -> Result<Vec<Outco
         let changed = match &obs.change {
             Change::Seen => false,
             Change::Plugin { name, value } => {
-                let new = serde_json::to_string(value).map_err(err)?;
+                let new = value.text();
                 let old: Option<(String, String)> = tx
                     .prepare_cached(
                         "SELECT value, collected_at FROM node_keys WHERE node = ?1 AND key = ?2",
@@ -199,7 +199,7 @@ fn apply_batch(conn: &mut Connection, batch: &[Observation]) -> Result<Vec<Outco
                         touch(&tx, &obs.node, &now, false)?;
                         continue;
                     }
-                    Some((old_value, _)) if old_value == new => {
+                    Some((old_value, _)) if old_value == *new => {
                         tx.prepare_cached(
                             "UPDATE node_keys SET collected_at = ?3 WHERE node = ?1 AND key = ?2",
                         )
@@ -212,9 +212,18 @@ fn apply_batch(conn: &mut Connection, batch: &[Observation]) -> Result<Vec<Outco
                             "INSERT INTO node_keys (node, key, value, collected_at) VALUES (?1, ?2, ?3, ?4)
                              ON CONFLICT (node, key) DO UPDATE SET value = excluded.value, collected_at = excluded.collected_at",
                         )
-                        .and_then(|mut s| s.execute(params![obs.node, name, new, at]))
+                        .and_then(|mut s| s.execute(params![obs.node, name, new.as_ref(), at]))
                         .map_err(sql_err)?;
-                        record_history(&tx, &obs.node, name, old.map(|o| o.0), Some(new), &at)?;
+                        // `new` is implicit: it is the current value (or the next
+                        // entry's `old`), so the value's bytes are not written twice.
+                        record_history(
+                            &tx,
+                            &obs.node,
+                            name,
+                            old.map(|o| o.0),
+                            Some(String::new()),
+                            &at,
+                        )?;
                         true
                     }
                 }
@@ -380,10 +389,23 @@ fn read_history(
 ) -> Result<Vec<HistoryEntry>, StoreError> {
     history_rows(
         conn,
-        "SELECT node, key, old, new, at FROM history WHERE node = ?1 AND (?2 IS NULL OR key = ?2) ORDER BY at, id",
+        &format!(
+            "SELECT h.node, h.key, h.old, {RESOLVED_NEW}, h.at FROM history h
+             WHERE h.node = ?1 AND (?2 IS NULL OR h.key = ?2) ORDER BY h.at, h.id"
+        ),
         params![node, key],
     )
 }
+
+/// A history row's `new` value. Plugin keys store it as `''` (not JSON): it is the
+/// next entry's `old` for that key, or the key's current value for the latest entry,
+/// so a changed value is written once to `node_keys` and once more as the next
+/// change's `old`, never a third time. Rows imported or from older versions carry it.
+const RESOLVED_NEW: &str = "CASE WHEN h.new = '' THEN COALESCE(
+    (SELECT n.old FROM history n WHERE n.node = h.node AND n.key = h.key
+       AND (n.at > h.at OR (n.at = h.at AND n.id > h.id)) ORDER BY n.at, n.id LIMIT 1),
+    (SELECT v.value FROM node_keys v WHERE v.node = h.node AND v.key = h.key))
+  ELSE h.new END";
 
 fn history_rows(
     conn: &Connection,
@@ -516,7 +538,12 @@ impl SqliteStore {
         self.call(move |conn| {
             history_rows(
                 conn,
-                &format!("SELECT node, key, old, {new}, at FROM history WHERE at >= ?1 ORDER BY at, id LIMIT ?2"),
+                &format!(
+                    "SELECT node, key, old, {new}, at FROM (
+                       SELECT h.id, h.node, h.key, h.old, {RESOLVED_NEW} AS new, h.at FROM history h
+                       WHERE h.at >= ?1 ORDER BY h.at, h.id LIMIT ?2)
+                     ORDER BY at, id"
+                ),
                 params![since, limit],
             )
         })

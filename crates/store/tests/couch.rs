@@ -45,7 +45,7 @@ async fn two_servers_writing_the_same_nodes_lose_nothing() {
                     at: t0,
                     change: Change::Plugin {
                         name: format!("{prefix}{k}"),
-                        value: json!(k),
+                        value: json!(k).into(),
                     },
                 })
             })
@@ -81,7 +81,7 @@ async fn javascript_numbers_do_not_look_like_changes() {
         at: chrono::Utc::now(),
         change: Change::Plugin {
             name: "k".into(),
-            value,
+            value: value.into(),
         },
     };
     store.apply(vec![obs.clone()].into()).await.expect("apply");
@@ -131,7 +131,7 @@ async fn design_docs_load_once_and_the_2010_views_answer() {
                 at: chrono::Utc::now(),
                 change: Change::Plugin {
                     name: "facter".into(),
-                    value: json!({"os": {"family": "Debian"}}),
+                    value: json!({"os": {"family": "Debian"}}).into(),
                 },
             }]
             .into(),
