@@ -203,3 +203,39 @@ fn malformed_input_names_the_problem() {
         .expect_err("missing node");
     assert!(err.to_string().contains("node"), "{err}");
 }
+
+#[test]
+fn raw_results_keep_their_data_text_and_agree_with_decode() {
+    let body = br#"{"v":1,"kind":"result","node":"web01","plugin":"facter","format":"yaml","data":{"os":{"family":"Debian"}, "n":[1,2]},"duration_ms":3,"collected_at":"2026-11-24T12:00:00Z"}"#;
+    let raw = decode_raw_result(body)
+        .expect("a v1 result")
+        .expect("valid");
+    assert_eq!(
+        raw.data.as_ref().map(|d| d.get()),
+        Some(r#"{"os":{"family":"Debian"}, "n":[1,2]}"#)
+    );
+    let Ok(Decoded::Message(Message::Result(tree))) = decode(body) else {
+        panic!("decode agrees it is a result");
+    };
+    assert_eq!(
+        tree.data,
+        Some(json!({"os": {"family": "Debian"}, "n": [1, 2]}))
+    );
+    assert_eq!((raw.node, raw.collected_at), (tree.node, tree.collected_at));
+
+    // Anything else is left to `decode`, which words the error.
+    for other in [
+        &br#"{"v":1,"kind":"heartbeat","node":"a","sent_at":"2026-11-24T12:00:00Z"}"#[..],
+        b"\"facter\"",
+        b"not json",
+        b"\xff\xfe",
+    ] {
+        assert!(decode_raw_result(other).is_none(), "{other:?}");
+    }
+    let missing = br#"{"v":1,"kind":"result","plugin":"facter","format":"json","collected_at":"2026-11-24T12:00:00Z"}"#;
+    let err = decode_raw_result(missing)
+        .expect("a v1 result")
+        .expect_err("no node");
+    assert_eq!(err.reason(), "bad-field");
+    assert!(err.to_string().contains("node"), "{err}");
+}
