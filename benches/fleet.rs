@@ -192,10 +192,7 @@ async fn cleanup(t: &Topology, names: &[String]) {
         .connect()
         .await
         .expect("connect");
-    for q in names
-        .iter()
-        .chain([&t.master_queue, &t.dead_queue].into_iter())
-    {
+    for q in names.iter().chain([&t.master_queue, &t.dead_queue]) {
         let _ = s.delete_queue(q).await;
     }
     s.close().await;
