@@ -60,6 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let extra = settings::Extra {
         plugin_path: cli.plugins.clone(),
         node_name: cli.node_name.clone(),
+        ..Default::default()
     };
     let s = settings::load(Program::Client, &cli.common, extra)?;
     settings::init_logging(&s)?;
