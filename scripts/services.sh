@@ -7,6 +7,7 @@
 #   scripts/services.sh ensure-postgres   PostgreSQL on 127.0.0.1:5432, role vogeler/vogeler
 #   scripts/services.sh ensure-pouchdb    pouchdb-server (CouchDB API), cached outside the clone
 #   scripts/services.sh ensure-plugins    facter and ohai for the shipped plugins
+#   scripts/services.sh ensure-tls-tools  openssl and socat (tests/tls.rs: test certificates, couchs://)
 #   scripts/services.sh ensure-chromium   Debian's chromium and chromedriver (web UI tests)
 #   scripts/services.sh ensure-cargo-deb  cargo-deb, pinned below (cargo install, ~3 min cold)
 #   scripts/services.sh ensure-packaging  cargo-deb, the musl target and C compiler, systemd-analyze
@@ -108,6 +109,15 @@ ensure_plugins() {
   log "plugins ready: facter $(facter --version 2>/dev/null | head -1), ohai $(ohai --version 2>/dev/null | awk '{print $2}')"
 }
 
+ensure_tls_tools() {
+  # tests/tls.rs makes its certificates with openssl and puts socat (TLS) before pouchdb-server.
+  local missing=()
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  command -v socat >/dev/null 2>&1 || missing+=(socat)
+  if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+  log "TLS test tools ready: $(openssl version 2>/dev/null), $(socat -V 2>/dev/null | grep -m1 'socat version' || echo socat)"
+}
+
 ensure_chromium() {
   if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
     apt_install chromium chromium-driver
@@ -148,7 +158,8 @@ print_env() {
 }
 
 case "${1:-ensure}" in
-  ensure) ensure_rabbitmq; ensure_postgres; ensure_pouchdb; ensure_plugins; ensure_chromium; ensure_packaging ;;
+  ensure) ensure_rabbitmq; ensure_postgres; ensure_pouchdb; ensure_plugins; ensure_tls_tools; ensure_chromium; ensure_packaging ;;
+  ensure-tls-tools) ensure_tls_tools ;;
   ensure-rabbitmq) ensure_rabbitmq ;;
   ensure-postgres) ensure_postgres ;;
   ensure-pouchdb) ensure_pouchdb ;;

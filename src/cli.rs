@@ -40,6 +40,37 @@ pub struct CommonArgs {
     )]
     pub dbhost: Option<String>,
 
+    /// A file holding the broker URI(s) (instead of --qhost: keeps the password out of
+    /// the process list and the environment).
+    #[arg(long, global = true, env = "VOGELER_QHOST_FILE", value_name = "FILE")]
+    pub qhost_file: Option<PathBuf>,
+
+    /// A file holding the store DSN (instead of --dbhost).
+    #[arg(long, global = true, env = "VOGELER_DBHOST_FILE", value_name = "FILE")]
+    pub dbhost_file: Option<PathBuf>,
+
+    /// PEM CA certificate(s) for amqps:// brokers signed by a private CA (default: `[amqp] ca_file`).
+    #[arg(long, global = true, env = "VOGELER_AMQP_CA_FILE", value_name = "FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate for amqps:// brokers that require one (default: `[amqp] cert_file`).
+    #[arg(
+        long,
+        global = true,
+        env = "VOGELER_AMQP_CERT_FILE",
+        value_name = "FILE"
+    )]
+    pub amqp_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --amqp-cert-file (default: `[amqp] key_file`).
+    #[arg(
+        long,
+        global = true,
+        env = "VOGELER_AMQP_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub amqp_key_file: Option<PathBuf>,
+
     /// Log level: DEBUG, INFO, WARN, ERROR or CRITICAL.
     #[arg(
         long = "loglevel",

@@ -28,6 +28,10 @@ pub struct Extra {
     pub node_name: Option<String>,
     /// Runner and client `--signing-key` / `VOGELER_SIGNING_KEY`.
     pub signing_key: Option<PathBuf>,
+    /// Server `--http-token` / `VOGELER_HTTP_TOKEN`.
+    pub http_token: Option<String>,
+    /// Server `--http-token-file` / `VOGELER_HTTP_TOKEN_FILE`.
+    pub http_token_file: Option<PathBuf>,
 }
 
 /// Whether a DSN given as a flag carries a password (visible in the process list).
@@ -47,10 +51,18 @@ pub fn load(program: Program, common: &CommonArgs, extra: Extra) -> anyhow::Resu
         |flag: &str| std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
     let password_on_command_line = (on_command_line("--qhost")
         && common.qhost.as_deref().is_some_and(has_password))
-        || (on_command_line("--dbhost") && common.dbhost.as_deref().is_some_and(has_password));
+        || (on_command_line("--dbhost") && common.dbhost.as_deref().is_some_and(has_password))
+        || (on_command_line("--http-token") && extra.http_token.is_some());
     let overrides = Overrides {
         qhost: common.qhost.clone(),
+        qhost_file: common.qhost_file.clone(),
         dbhost: common.dbhost.clone(),
+        dbhost_file: common.dbhost_file.clone(),
+        amqp_ca_file: common.amqp_ca_file.clone(),
+        amqp_cert_file: common.amqp_cert_file.clone(),
+        amqp_key_file: common.amqp_key_file.clone(),
+        http_token: extra.http_token,
+        http_token_file: extra.http_token_file,
         log_level: common.loglevel.clone(),
         plugin_path: extra.plugin_path,
         node_name: extra.node_name,
@@ -83,6 +95,14 @@ pub fn broker(s: &Settings, connection_name: &str) -> Broker {
         s.qhost.iter().map(|d| d.to_string()).collect(),
         connection_name,
     )
+    .with_tls(vogeler_transport::BrokerTls {
+        ca_file: s.amqp_tls.ca_file.clone(),
+        client_cert: s
+            .amqp_tls
+            .cert_file
+            .clone()
+            .zip(s.amqp_tls.key_file.clone()),
+    })
 }
 
 /// The RabbitMQ management API next to the first broker: `explicit` (flag or env), else
@@ -233,6 +253,13 @@ pub fn client_options(
         limits: vogeler_plugins::ExecLimits {
             timeout: s.plugin_timeout,
             output_cap: s.output_cap,
+            run_as: match &s.plugin_user {
+                Some(name) => Some(
+                    vogeler_plugins::RunAs::lookup(name)
+                        .with_context(|| format!("[client] plugin_user = {name}"))?,
+                ),
+                None => None,
+            },
             ..Default::default()
         },
         allow_unsafe,

@@ -193,3 +193,131 @@ fn design_docs_need_a_couchdb_store() {
         "{err}"
     );
 }
+
+fn secret_file(dir: &std::path::Path, name: &str, text: &str, mode: u32) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write secret file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    path.display().to_string()
+}
+
+#[test]
+fn secrets_come_from_files_named_by_flags_or_the_environment() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let qhost = secret_file(
+        tmp.path(),
+        "qhost",
+        "amqp://guest:s3cret@127.0.0.1:1/\n",
+        0o600,
+    );
+
+    // --qhost-file: the URI (and its password) never touch the command line; nothing
+    // listens on port 1, so the error shows the address read from the file, masked.
+    let (code, out, err) = run("admin", &["--qhost-file", &qhost, "queue", "--exists", "x"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    assert!(
+        !out.contains("s3cret") && !err.contains("s3cret"),
+        "{out}{err}"
+    );
+    assert!(
+        !err.contains("process list"),
+        "no password on the command line: {err}"
+    );
+    assert!(
+        !err.contains("chmod 600"),
+        "a 0600 file is not warned about: {err}"
+    );
+
+    // VOGELER_QHOST_FILE does the same; a file others may read is warned about, by name.
+    let readable = secret_file(
+        tmp.path(),
+        "readable",
+        "amqp://guest:s3cret@127.0.0.1:1/\n",
+        0o644,
+    );
+    let o = Command::new(bin("admin"))
+        .args(["queue", "--exists", "x"])
+        .env_remove("VOGELER_CONFIG")
+        .env_remove("VOGELER_QHOST")
+        .env_remove("VOGELER_DBHOST")
+        .env("VOGELER_QHOST_FILE", &readable)
+        .output()
+        .expect("run admin");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("127.0.0.1:1") && !err.contains("s3cret"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&readable) && err.contains("chmod 600"),
+        "{err}"
+    );
+
+    // An unreadable file is an error naming the option and the file.
+    let (code, _, err) = run(
+        "runner",
+        &["--qhost-file", "/nonexistent/qhost", "-x", "facter"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--qhost-file") && err.contains("/nonexistent/qhost"),
+        "{err}"
+    );
+    let (code, _, err) = run("server", &["--http-token-file", "/nonexistent/token"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--http-token-file") && err.contains("/nonexistent/token"),
+        "{err}"
+    );
+
+    // --dbhost-file: a bad DSN read from the file is named by the option and file, masked.
+    let db = secret_file(tmp.path(), "db", "mongo://u:pw@h/x\n", 0o600);
+    let (code, _, err) = run("admin", &["--dbhost-file", &db, "node", "web01"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("--dbhost-file") && err.contains(&db) && err.contains("mongo"),
+        "{err}"
+    );
+    assert!(!err.contains("pw@"), "{err}");
+
+    // A value and a file for the same setting: refused, naming both.
+    let (code, _, err) = run(
+        "admin",
+        &[
+            "--qhost",
+            "127.0.0.1:1",
+            "--qhost-file",
+            &qhost,
+            "queue",
+            "--exists",
+            "x",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--qhost-file") && err.contains("use one"),
+        "{err}"
+    );
+
+    // The same from the config file: `[amqp] dsn_file`, relative to the file.
+    let conf = tmp.path().join("vogeler.conf");
+    std::fs::write(&conf, "[amqp]\ndsn_file = qhost\n").expect("conf");
+    let (code, _, err) = run(
+        "admin",
+        &[
+            "-c",
+            conf.to_str().expect("utf-8"),
+            "queue",
+            "--exists",
+            "x",
+        ],
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("127.0.0.1:1") && !err.contains("s3cret"),
+        "{err}"
+    );
+}

@@ -357,3 +357,30 @@ async fn the_openapi_file_matches_the_api() {
     }
     drop(w);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_read_from_a_file_guards_the_ui() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let token = tmp.path().join("token");
+    std::fs::write(&token, "f1le-token\n").expect("token file");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let w = start(
+        &["--http-token-file", token.to_str().expect("utf-8")],
+        vec![],
+    )
+    .await;
+    let b = &w.base;
+    let (status, _, _) = get(&format!("{b}/api/nodes")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let client = reqwest::Client::new();
+    // The trailing newline of the file is not part of the token.
+    let r = client
+        .get(format!("{b}/api/nodes"))
+        .bearer_auth("f1le-token")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    drop(w);
+}

@@ -70,6 +70,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         plugin_path: cli.plugins.clone(),
         node_name: cli.node_name.clone(),
         signing_key: cli.signing_key.clone(),
+        ..Default::default()
     };
     let s = settings::load(Program::Client, &cli.common, extra)?;
     settings::init_logging(&s)?;

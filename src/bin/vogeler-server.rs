@@ -38,6 +38,11 @@ struct Cli {
         hide_env_values = true
     )]
     http_token: Option<String>,
+
+    /// A file holding the web UI's token (instead of --http-token: keeps it out of the
+    /// process list and the environment).
+    #[arg(long, value_name = "FILE", env = "VOGELER_HTTP_TOKEN_FILE")]
+    http_token_file: Option<PathBuf>,
 }
 
 fn main() {
@@ -46,7 +51,12 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
-    let s = settings::load(Program::Server, &cli.common, settings::Extra::default())?;
+    let extra = settings::Extra {
+        http_token: cli.http_token.clone(),
+        http_token_file: cli.http_token_file.clone(),
+        ..Default::default()
+    };
+    let s = settings::load(Program::Server, &cli.common, extra)?;
     settings::init_logging(&s)?;
     if let Some(dir) = cli.load {
         let loaded = settings::load_design_docs(&s, &dir).await?;
@@ -74,7 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     settings::broker(&s, "vogeler-server-web"),
                     settings::topology(&s),
                 )),
-                token: cli.http_token.filter(|t| !t.is_empty()),
+                token: s.http_token.as_ref().map(|t| t.expose().to_string()),
             };
             // Bind before consuming so a taken port fails the start, not later.
             let listener = vogeler::web::bind(addr).await?;

@@ -212,6 +212,9 @@ pub enum StoreDsn {
         password: Option<String>,
         /// `couchs://`.
         tls: bool,
+        /// CA certificate(s) (PEM) that sign the server's certificate, from `?ca_file=PATH`
+        /// or `[couch] ca_file`: a private CA need not be installed system-wide.
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -242,6 +245,8 @@ impl StoreDsn {
             return Ok(StoreDsn::Sqlite { path });
         }
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            // Refuse a bad sslmode here, where the error can name the setting.
+            postgres_tls(s)?;
             return Ok(StoreDsn::Postgres { url: s.to_string() });
         }
         let couch = s
@@ -249,6 +254,27 @@ impl StoreDsn {
             .map(|r| (true, r))
             .or_else(|| s.strip_prefix("couch://").map(|r| (false, r)));
         if let Some((tls, rest)) = couch {
+            let (rest, query) = match rest.split_once('?') {
+                Some((r, q)) => (r, Some(q)),
+                None => (rest, None),
+            };
+            let mut ca_file = None;
+            for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("ca_file", v)) if !v.is_empty() => {
+                        let v = percent_decode_str(v).decode_utf8().map_err(|_| {
+                            err("ca_file is not valid percent-encoded UTF-8".into())
+                        })?;
+                        let p = PathBuf::from(v.as_ref());
+                        ca_file = Some(if p.is_absolute() { p } else { base_dir.join(p) });
+                    }
+                    _ => {
+                        return Err(err(format!(
+                            "unknown parameter {pair:?}: the only one is ca_file=PATH"
+                        )))
+                    }
+                }
+            }
             let (authority, path) = match rest.find('/') {
                 Some(i) => (&rest[..i], rest[i + 1..].trim_end_matches('/')),
                 None => (rest, ""),
@@ -289,6 +315,7 @@ impl StoreDsn {
                 user,
                 password,
                 tls,
+                ca_file,
             });
         }
         let scheme = s.split_once(':').map(|(a, _)| a).unwrap_or(s);
@@ -316,6 +343,7 @@ impl fmt::Display for StoreDsn {
                 user,
                 password,
                 tls,
+                ca_file,
             } => {
                 let host = base_url
                     .split_once("://")
@@ -330,7 +358,11 @@ impl fmt::Display for StoreDsn {
                     f,
                     "{}://{creds}{host}/{db}",
                     if *tls { "couchs" } else { "couch" }
-                )
+                )?;
+                match ca_file {
+                    Some(ca) => write!(f, "?ca_file={}", ca.display()),
+                    None => Ok(()),
+                }
             }
         }
     }
@@ -340,6 +372,87 @@ impl fmt::Debug for StoreDsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "StoreDsn({self})")
     }
+}
+
+/// PostgreSQL's `sslmode`, with libpq's names and meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgSslMode {
+    /// Plain TCP (the default here when `sslmode` is absent, unlike libpq's `prefer`).
+    Disable,
+    /// TLS when the server offers it, plain otherwise; the certificate is not checked.
+    Prefer,
+    /// TLS or fail; the certificate is checked against `sslrootcert` when given (as libpq).
+    Require,
+    /// TLS, the certificate chain checked against `sslrootcert` (or the system roots).
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the host connected to.
+    VerifyFull,
+}
+
+/// The TLS part of a `postgres://` DSN: `sslmode` and `sslrootcert` query parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgTls {
+    /// What TLS is required and checked.
+    pub mode: PgSslMode,
+    /// CA certificate(s) (PEM) to check the server against.
+    pub root_cert: Option<PathBuf>,
+}
+
+/// Splits `sslmode` and `sslrootcert` off a `postgres://` URL: the driver gets the rest,
+/// the store builds its TLS connector from [`PgTls`]. Because the driver knows only
+/// disable/prefer/require and no root certificate, these two are ours to interpret.
+pub fn postgres_tls(url: &str) -> Result<(String, PgTls), DsnError> {
+    let err = |why: String| DsnError::Store {
+        given: mask_secrets(url),
+        why,
+    };
+    let mut tls = PgTls {
+        mode: PgSslMode::Disable,
+        root_cert: None,
+    };
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), tls));
+    };
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = || {
+            percent_decode_str(v)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| err(format!("{k} is not valid percent-encoded UTF-8")))
+        };
+        match k {
+            "sslmode" => {
+                tls.mode = match value()?.as_str() {
+                    "disable" => PgSslMode::Disable,
+                    "prefer" | "allow" => PgSslMode::Prefer,
+                    "require" => PgSslMode::Require,
+                    "verify-ca" => PgSslMode::VerifyCa,
+                    "verify-full" => PgSslMode::VerifyFull,
+                    other => {
+                        return Err(err(format!(
+                            "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+                        )))
+                    }
+                }
+            }
+            "sslrootcert" => {
+                let v = value()?;
+                if v.is_empty() {
+                    return Err(err("sslrootcert is empty".into()));
+                }
+                tls.root_cert = Some(PathBuf::from(v));
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((rest, tls))
 }
 
 /// Masks the password of every `scheme://user:password@` in `text`, for logs and errors.
@@ -508,6 +621,7 @@ mod tests {
                 user,
                 password,
                 tls,
+                ..
             } => {
                 assert_eq!(
                     (base_url.as_str(), db.as_str(), tls),
@@ -530,6 +644,58 @@ mod tests {
             "{msg}"
         );
         assert!(!msg.contains("pw@"), "{msg}");
+    }
+
+    #[test]
+    fn postgres_tls_parameters() {
+        let (rest, tls) = postgres_tls(
+            "postgres://u:pw@h/db?connect_timeout=5&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem",
+        )
+        .expect("parse");
+        assert_eq!(rest, "postgres://u:pw@h/db?connect_timeout=5");
+        assert_eq!(tls.mode, PgSslMode::VerifyFull);
+        assert_eq!(tls.root_cert, Some(PathBuf::from("/etc/ca.pem")));
+        let (rest, tls) = postgres_tls("postgres://h/db").expect("plain");
+        assert_eq!(
+            (rest.as_str(), tls.mode),
+            ("postgres://h/db", PgSslMode::Disable)
+        );
+        for (mode, want) in [
+            ("disable", PgSslMode::Disable),
+            ("prefer", PgSslMode::Prefer),
+            ("require", PgSslMode::Require),
+            ("verify-ca", PgSslMode::VerifyCa),
+        ] {
+            let (rest, tls) = postgres_tls(&format!("postgres://h/db?sslmode={mode}")).expect(mode);
+            assert_eq!((rest.as_str(), tls.mode), ("postgres://h/db", want));
+        }
+        let e = StoreDsn::parse("postgres://u:pw@h/db?sslmode=always", Path::new("/"))
+            .expect_err("bad mode")
+            .to_string();
+        assert!(e.contains("\"always\"") && e.contains("verify-full"), "{e}");
+        assert!(!e.contains("pw@"), "{e}");
+    }
+
+    #[test]
+    fn couch_ca_file() {
+        let d = StoreDsn::parse(
+            "couchs://h:6984/x?ca_file=certs/ca.pem",
+            Path::new("/etc/v"),
+        )
+        .expect("couchs");
+        assert_eq!(
+            d.to_string(),
+            "couchs://h:6984/x?ca_file=/etc/v/certs/ca.pem"
+        );
+        match d {
+            StoreDsn::Couch { ca_file, db, .. } => {
+                assert_eq!(ca_file, Some(PathBuf::from("/etc/v/certs/ca.pem")));
+                assert_eq!(db, "x");
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = StoreDsn::parse("couchs://h/x?verify=no", Path::new("/")).expect_err("unknown");
+        assert!(e.to_string().contains("ca_file"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod ini;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use dsn::{mask_secrets, AmqpDsn, DsnError, StoreDsn};
+pub use dsn::{mask_secrets, postgres_tls, AmqpDsn, DsnError, PgSslMode, PgTls, StoreDsn};
 
 /// Where `vogeler.conf` is looked for when `-c` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vogeler/vogeler.conf";
@@ -48,6 +48,16 @@ pub enum ConfigError {
         place: String,
         /// What is wrong, with the allowed values.
         message: String,
+    },
+    /// A file holding a secret (`*_file` settings) or a TLS file could not be read.
+    #[error("{place}: cannot read {}: {source}", path.display())]
+    File {
+        /// The setting that names the file.
+        place: String,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
     },
     /// A bad DSN.
     #[error("{place}: {source}")]
@@ -250,13 +260,68 @@ pub enum Wire {
     Legacy,
 }
 
+/// A password or token: kept out of every `Debug` and log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value, for the one place that checks or sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+/// Certificates for `amqps://` (`[amqp] ca_file`, `cert_file`, `key_file`): a private CA
+/// to trust, and the client certificate a broker with `fail_if_no_peer_cert` asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM CA certificate(s) the broker's certificate must chain to (added to the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain), sent when the broker asks for one.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `cert_file`.
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Whether any file is set.
+    pub fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+}
+
 /// Values from flags or the environment; `None` means "not given".
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     /// `--qhost` / `VOGELER_QHOST`.
     pub qhost: Option<String>,
+    /// `--qhost-file` / `VOGELER_QHOST_FILE`: the broker URI(s) read from a file.
+    pub qhost_file: Option<PathBuf>,
     /// `--dbhost` / `VOGELER_DBHOST`.
     pub dbhost: Option<String>,
+    /// `--dbhost-file` / `VOGELER_DBHOST_FILE`: the store DSN read from a file.
+    pub dbhost_file: Option<PathBuf>,
+    /// `--amqp-ca-file` / `VOGELER_AMQP_CA_FILE`.
+    pub amqp_ca_file: Option<PathBuf>,
+    /// `--amqp-cert-file` / `VOGELER_AMQP_CERT_FILE`.
+    pub amqp_cert_file: Option<PathBuf>,
+    /// `--amqp-key-file` / `VOGELER_AMQP_KEY_FILE`.
+    pub amqp_key_file: Option<PathBuf>,
+    /// Server `--http-token` / `VOGELER_HTTP_TOKEN`.
+    pub http_token: Option<String>,
+    /// Server `--http-token-file` / `VOGELER_HTTP_TOKEN_FILE`.
+    pub http_token_file: Option<PathBuf>,
     /// `--loglevel`.
     pub log_level: Option<String>,
     /// Client `-p`.
@@ -289,6 +354,12 @@ pub struct Settings {
     pub config_path: Option<PathBuf>,
     /// Broker(s).
     pub qhost: Vec<AmqpDsn>,
+    /// Certificates for `amqps://` brokers.
+    pub amqp_tls: TlsFiles,
+    /// The web UI's token (server), if one is required.
+    pub http_token: Option<Secret>,
+    /// The user plugins run as (`[client] plugin_user`); `None` runs them as the client.
+    pub plugin_user: Option<String>,
     /// Store.
     pub dbhost: StoreDsn,
     /// Log level.
@@ -361,24 +432,84 @@ impl Settings {
         let base_dir = f.map(|f| f.dir()).unwrap_or_else(|| PathBuf::from("."));
         let mut warnings = Vec::new();
 
-        // Broker.
-        let (qhost_text, qhost_place) = match (&o.qhost, get("amqp", "dsn")) {
-            (Some(q), _) => (q.clone(), "--qhost / VOGELER_QHOST".to_string()),
-            (None, Some(q)) => (q.to_string(), place("amqp", "dsn")),
-            (None, None) => (DEFAULT_QHOST.to_string(), "default broker".to_string()),
+        // A secret-bearing value comes from a flag (or its environment variable), else a
+        // file a flag names, else the config file's key, else the file its `*_file` key names.
+        let path_of = |section: &str, key: &str| f.and_then(|f| f.path_value(section, key));
+        let from_sources = |flag: (&Option<String>, &str),
+                            flag_file: (&Option<PathBuf>, &str),
+                            section: &str,
+                            key: &str,
+                            warnings: &mut Vec<String>|
+         -> Result<Option<(String, String)>, ConfigError> {
+            let file_key = format!("{key}_file");
+            if flag.0.is_some() && flag_file.0.is_some() {
+                return Err(ConfigError::Value {
+                    place: format!("{} and {}", flag.1, flag_file.1),
+                    message: "both are given: use one".into(),
+                });
+            }
+            if let Some(v) = flag.0 {
+                return Ok(Some((v.clone(), flag.1.to_string())));
+            }
+            if let Some(p) = flag_file.0 {
+                let place = format!("{} ({})", flag_file.1, p.display());
+                return Ok(Some((read_secret(p, flag_file.1, warnings)?, place)));
+            }
+            match (get(section, key), path_of(section, &file_key)) {
+                (Some(_), Some(_)) => Err(ConfigError::Value {
+                    place: format!("{} and {file_key}", place(section, key)),
+                    message: "both are given: use one".into(),
+                }),
+                (Some(v), None) => Ok(Some((v.to_string(), place(section, key)))),
+                (None, Some(p)) => {
+                    let file_place = place(section, &file_key);
+                    let v = read_secret(&p, &file_place, warnings)?;
+                    Ok(Some((v, format!("{file_place} ({})", p.display()))))
+                }
+                (None, None) => Ok(None),
+            }
         };
+
+        // Broker.
+        let (qhost_text, qhost_place) = from_sources(
+            (&o.qhost, "--qhost / VOGELER_QHOST"),
+            (&o.qhost_file, "--qhost-file / VOGELER_QHOST_FILE"),
+            "amqp",
+            "dsn",
+            &mut warnings,
+        )?
+        .unwrap_or_else(|| (DEFAULT_QHOST.to_string(), "default broker".to_string()));
         let qhost = AmqpDsn::parse_list(&qhost_text).map_err(|source| ConfigError::Dsn {
             place: qhost_place,
             source,
         })?;
 
         // Store: the flag, else `[persistence] backend` picks its section's dsn.
-        let dbhost = match &o.dbhost {
-            Some(d) => StoreDsn::parse(d, &std::env::current_dir().unwrap_or(base_dir.clone()))
-                .map_err(|source| ConfigError::Dsn {
-                    place: "--dbhost / VOGELER_DBHOST".into(),
-                    source,
-                })?,
+        let dbhost_flag = if o.dbhost.is_some() && o.dbhost_file.is_some() {
+            return Err(ConfigError::Value {
+                place: "--dbhost / VOGELER_DBHOST and --dbhost-file / VOGELER_DBHOST_FILE".into(),
+                message: "both are given: use one".into(),
+            });
+        } else if let Some(d) = &o.dbhost {
+            Some((d.clone(), "--dbhost / VOGELER_DBHOST".to_string()))
+        } else if let Some(p) = &o.dbhost_file {
+            let flag = "--dbhost-file / VOGELER_DBHOST_FILE";
+            Some((
+                read_secret(p, flag, &mut warnings)?,
+                format!("{flag} ({})", p.display()),
+            ))
+        } else {
+            None
+        };
+        let mut dbhost = match dbhost_flag {
+            Some((d, dsn_place)) => {
+                StoreDsn::parse(&d, &std::env::current_dir().unwrap_or(base_dir.clone())).map_err(
+                    |source| ConfigError::Dsn {
+                        place: dsn_place,
+                        source,
+                    },
+                )?
+            }
             None => {
                 let backend = get("persistence", "backend").unwrap_or("sqlite");
                 let section = match backend {
@@ -394,10 +525,10 @@ impl Settings {
                         })
                     }
                 };
-                match get(section, "dsn") {
-                    Some(d) => {
-                        StoreDsn::parse(d, &base_dir).map_err(|source| ConfigError::Dsn {
-                            place: place(section, "dsn"),
+                match from_sources((&None, ""), (&None, ""), section, "dsn", &mut warnings)? {
+                    Some((d, dsn_place)) => {
+                        StoreDsn::parse(&d, &base_dir).map_err(|source| ConfigError::Dsn {
+                            place: dsn_place,
                             source,
                         })?
                     }
@@ -415,6 +546,110 @@ impl Settings {
                 }
             }
         };
+
+        if let StoreDsn::Couch { ca_file, .. } = &mut dbhost {
+            if ca_file.is_none() {
+                *ca_file = path_of("couch", "ca_file");
+            }
+        }
+
+        // AMQP TLS files: flags over the file; each must be readable now, not at the
+        // first reconnect.
+        let amqp_tls = TlsFiles {
+            ca_file: o
+                .amqp_ca_file
+                .clone()
+                .or_else(|| path_of("amqp", "ca_file")),
+            cert_file: o
+                .amqp_cert_file
+                .clone()
+                .or_else(|| path_of("amqp", "cert_file")),
+            key_file: o
+                .amqp_key_file
+                .clone()
+                .or_else(|| path_of("amqp", "key_file")),
+        };
+        let tls_place = |flag: &Option<PathBuf>, flag_name: &str, key: &str| {
+            if flag.is_some() {
+                flag_name.to_string()
+            } else {
+                place("amqp", key)
+            }
+        };
+        for (file, flag, flag_name, key) in [
+            (
+                &amqp_tls.ca_file,
+                &o.amqp_ca_file,
+                "--amqp-ca-file / VOGELER_AMQP_CA_FILE",
+                "ca_file",
+            ),
+            (
+                &amqp_tls.cert_file,
+                &o.amqp_cert_file,
+                "--amqp-cert-file / VOGELER_AMQP_CERT_FILE",
+                "cert_file",
+            ),
+            (
+                &amqp_tls.key_file,
+                &o.amqp_key_file,
+                "--amqp-key-file / VOGELER_AMQP_KEY_FILE",
+                "key_file",
+            ),
+        ] {
+            if let Some(path) = file {
+                std::fs::File::open(path).map_err(|source| ConfigError::File {
+                    place: tls_place(flag, flag_name, key),
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+        if amqp_tls.cert_file.is_some() != amqp_tls.key_file.is_some() {
+            return Err(ConfigError::Value {
+                place: if amqp_tls.cert_file.is_some() {
+                    tls_place(
+                        &o.amqp_cert_file,
+                        "--amqp-cert-file / VOGELER_AMQP_CERT_FILE",
+                        "cert_file",
+                    )
+                } else {
+                    tls_place(
+                        &o.amqp_key_file,
+                        "--amqp-key-file / VOGELER_AMQP_KEY_FILE",
+                        "key_file",
+                    )
+                },
+                message: "a client certificate needs both cert_file and key_file".into(),
+            });
+        }
+        if let Some(key) = &amqp_tls.key_file {
+            if readable_by_others(key) {
+                warnings.push(format!(
+                    "the AMQP client key {} is readable by other users; chmod 600 it",
+                    key.display()
+                ));
+            }
+        }
+        if amqp_tls.is_set() && !qhost.iter().any(|q| q.tls) {
+            warnings.push(
+                "AMQP TLS files are set but no broker URI is amqps://: they are not used".into(),
+            );
+        }
+
+        let http_token = from_sources(
+            (&o.http_token, "--http-token / VOGELER_HTTP_TOKEN"),
+            (
+                &o.http_token_file,
+                "--http-token-file / VOGELER_HTTP_TOKEN_FILE",
+            ),
+            "server",
+            "http_token",
+            &mut warnings,
+        )?
+        .map(|(t, _)| t)
+        .filter(|t| !t.is_empty())
+        .map(Secret::new);
+        let plugin_user = get("client", "plugin_user").map(str::to_string);
 
         let log_level = match (
             &o.log_level,
@@ -568,7 +803,8 @@ impl Settings {
         if o.password_on_command_line {
             warnings.push(
                 "a password was given on the command line, where any user can read it in the process list; \
-                 use VOGELER_QHOST / VOGELER_DBHOST or the config file instead"
+                 use the environment (VOGELER_QHOST, VOGELER_DBHOST, VOGELER_HTTP_TOKEN), a file \
+                 (--qhost-file, --dbhost-file, --http-token-file) or the config file instead"
                     .to_string(),
             );
         }
@@ -583,7 +819,8 @@ impl Settings {
                         ..
                     }
                 )
-                || matches!(&dbhost, StoreDsn::Postgres { url } if url.contains('@') && url.split('@').next().is_some_and(|a| a.matches(':').count() > 1));
+                || matches!(&dbhost, StoreDsn::Postgres { url } if url.contains('@') && url.split('@').next().is_some_and(|a| a.matches(':').count() > 1))
+                || get("server", "http_token").is_some();
             if has_secret && readable_by_others(f.path()) {
                 warnings.push(format!(
                     "config file {} holds a password and is readable by other users; chmod 600 it",
@@ -596,6 +833,9 @@ impl Settings {
             program,
             config_path: f.map(|f| f.path().to_path_buf()),
             qhost,
+            amqp_tls,
+            http_token,
+            plugin_user,
             dbhost,
             log_level,
             log_handler,
@@ -626,6 +866,34 @@ impl Settings {
             warnings,
         })
     }
+}
+
+/// Reads a secret from a file: the whole content less trailing newlines. Warns when
+/// other users may read it.
+fn read_secret(
+    path: &Path,
+    place: &str,
+    warnings: &mut Vec<String>,
+) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+        place: place.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if readable_by_others(path) {
+        warnings.push(format!(
+            "{} ({place}) holds a secret and is readable by other users; chmod 600 it",
+            path.display()
+        ));
+    }
+    let value = text.trim_end_matches(['\n', '\r']);
+    if value.trim().is_empty() {
+        return Err(ConfigError::Value {
+            place: format!("{place} ({})", path.display()),
+            message: "the file is empty".into(),
+        });
+    }
+    Ok(value.to_string())
 }
 
 fn readable_by_others(path: &Path) -> bool {
@@ -872,6 +1140,138 @@ mod tests {
         let s = Settings::resolve(Program::Runner, o, None).expect("resolve");
         assert!(s.warnings().iter().any(|w| w.contains("process list")));
         assert!(!format!("{s:?}").contains("secret"));
+    }
+
+    fn write_mode(path: &Path, text: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).expect("write");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    #[test]
+    fn secrets_come_from_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        write_mode(&dir.join("qhost"), "amqp://u:fromfile@fhost/v\n", 0o600);
+        write_mode(&dir.join("db"), "postgres://u:pgpw@h/db\r\n", 0o644);
+        write_mode(&dir.join("token"), "t0ken\n", 0o600);
+        let conf = dir.join("vogeler.conf");
+        let f = ConfigFile::parse(
+            &conf,
+            "[amqp]\ndsn_file = qhost\n[persistence]\nbackend = postgres\n[postgres]\ndsn_file = db\n[server]\nhttp_token_file = token\n",
+        )
+        .expect("parse");
+        let s = Settings::resolve(Program::Server, Overrides::default(), Some(f.clone()))
+            .expect("resolve");
+        assert_eq!(
+            (s.qhost[0].host.as_str(), s.qhost[0].password.as_str()),
+            ("fhost", "fromfile")
+        );
+        assert_eq!(
+            s.dbhost,
+            StoreDsn::Postgres {
+                url: "postgres://u:pgpw@h/db".into()
+            }
+        );
+        assert_eq!(s.http_token.as_ref().map(Secret::expose), Some("t0ken"));
+        assert!(!format!("{s:?}").contains("t0ken") && !format!("{s:?}").contains("fromfile"));
+        // The DSN file is world-readable: warned, naming it; the 0600 ones are not.
+        let w = s.warnings().join("\n");
+        assert!(
+            w.contains(&dir.join("db").display().to_string()) && w.contains("chmod 600"),
+            "{w}"
+        );
+        assert!(!w.contains("qhost"), "{w}");
+
+        // Flags (or their environment variables) naming files beat the config file.
+        write_mode(&dir.join("q2"), "amqp://u:p@flaghost/\n", 0o600);
+        let o = Overrides {
+            qhost_file: Some(dir.join("q2")),
+            ..Default::default()
+        };
+        let s = Settings::resolve(Program::Server, o, Some(f.clone())).expect("flag file");
+        assert_eq!(s.qhost[0].host, "flaghost");
+
+        // A value and a file for the same setting is an error naming both.
+        let o = Overrides {
+            qhost: Some("h".into()),
+            qhost_file: Some(dir.join("q2")),
+            ..Default::default()
+        };
+        let e = Settings::resolve(Program::Server, o, None)
+            .expect_err("both")
+            .to_string();
+        assert!(e.contains("--qhost ") && e.contains("--qhost-file"), "{e}");
+        let both = ConfigFile::parse(&conf, "[amqp]\ndsn = h\ndsn_file = qhost\n").expect("parse");
+        let e = Settings::resolve(Program::Server, Overrides::default(), Some(both))
+            .expect_err("both in file")
+            .to_string();
+        assert!(e.contains("[amqp] dsn") && e.contains("dsn_file"), "{e}");
+
+        // An unreadable file is an error naming the setting and the file.
+        let missing =
+            ConfigFile::parse(&conf, "[server]\nhttp_token_file = nope\n").expect("parse");
+        let e = Settings::resolve(Program::Server, Overrides::default(), Some(missing))
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            e.contains("[server] http_token_file") && e.contains("nope"),
+            "{e}"
+        );
+        write_mode(&dir.join("empty"), "\n", 0o600);
+        let o = Overrides {
+            dbhost_file: Some(dir.join("empty")),
+            ..Default::default()
+        };
+        let e = Settings::resolve(Program::Server, o, None)
+            .expect_err("empty")
+            .to_string();
+        assert!(e.contains("--dbhost-file") && e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn amqp_tls_files_are_checked_at_start() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        write_mode(&dir.join("ca.pem"), "x", 0o644);
+        write_mode(&dir.join("client.pem"), "x", 0o644);
+        write_mode(&dir.join("client.key"), "x", 0o644);
+        let conf = dir.join("vogeler.conf");
+        let f = ConfigFile::parse(
+            &conf,
+            "[amqp]\ndsn = amqps://h/\nca_file = ca.pem\ncert_file = client.pem\nkey_file = client.key\n[client]\nplugin_user = nobody\n",
+        )
+        .expect("parse");
+        let s = Settings::resolve(Program::Client, Overrides::default(), Some(f)).expect("tls");
+        assert_eq!(s.amqp_tls.ca_file, Some(dir.join("ca.pem")));
+        assert_eq!(s.amqp_tls.key_file, Some(dir.join("client.key")));
+        assert_eq!(s.plugin_user.as_deref(), Some("nobody"));
+        assert!(
+            s.warnings().iter().any(|w| w.contains("client.key")),
+            "{:?}",
+            s.warnings()
+        );
+
+        let f = ConfigFile::parse(&conf, "[amqp]\ndsn = amqps://h/\nca_file = nope.pem\n")
+            .expect("parse");
+        let e = Settings::resolve(Program::Client, Overrides::default(), Some(f))
+            .expect_err("missing ca")
+            .to_string();
+        assert!(
+            e.contains("[amqp] ca_file") && e.contains("nope.pem"),
+            "{e}"
+        );
+        let o = Overrides {
+            amqp_cert_file: Some(dir.join("client.pem")),
+            ..Default::default()
+        };
+        let e = Settings::resolve(Program::Client, o, None)
+            .expect_err("no key")
+            .to_string();
+        assert!(
+            e.contains("--amqp-cert-file") && e.contains("key_file"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -21,6 +21,71 @@ pub const DEFAULT_OUTPUT_CAP: usize = 16 * 1024 * 1024;
 /// How much stderr is kept (the rest is read and dropped so the child never blocks).
 pub const STDERR_CAP: usize = 64 * 1024;
 
+/// The user plugins run as (`[client] plugin_user`), looked up once at start so a typo
+/// fails the start rather than every run. The command gets that user's uid and primary
+/// gid, no supplementary groups (the standard library drops them when it sets the uid),
+/// and `HOME`/`USER`/`LOGNAME` of that user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// The user name.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+    /// Its home directory.
+    pub home: PathBuf,
+}
+
+/// Why `plugin_user` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunAsError {
+    /// No such user in the password database.
+    #[error("no user named {0:?} on this host (check /etc/passwd or your directory service)")]
+    Unknown(String),
+    /// The lookup itself failed.
+    #[error("cannot look up user {name:?}: {message}")]
+    Lookup {
+        /// The user.
+        name: String,
+        /// The OS error.
+        message: String,
+    },
+    /// Only root can switch users.
+    #[error("running plugins as {name:?} needs the client to run as root (it runs as uid {euid}); remove plugin_user or start the client as root")]
+    NotRoot {
+        /// The user asked for.
+        name: String,
+        /// The client's effective uid.
+        euid: u32,
+    },
+}
+
+impl RunAs {
+    /// Looks `name` up; refused when the client is not root (unless it already is that user).
+    pub fn lookup(name: &str) -> Result<RunAs, RunAsError> {
+        let user = nix::unistd::User::from_name(name)
+            .map_err(|e| RunAsError::Lookup {
+                name: name.to_string(),
+                message: e.to_string(),
+            })?
+            .ok_or_else(|| RunAsError::Unknown(name.to_string()))?;
+        let euid = nix::unistd::geteuid();
+        if !euid.is_root() && euid != user.uid {
+            return Err(RunAsError::NotRoot {
+                name: name.to_string(),
+                euid: euid.as_raw(),
+            });
+        }
+        Ok(RunAs {
+            name: user.name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            home: user.dir,
+        })
+    }
+}
+
 /// Limits and environment for one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecLimits {
@@ -30,6 +95,8 @@ pub struct ExecLimits {
     pub output_cap: usize,
     /// The command's whole environment; nothing is inherited from the client.
     pub env: Vec<(String, String)>,
+    /// Run as this user instead of the client's.
+    pub run_as: Option<RunAs>,
 }
 
 impl Default for ExecLimits {
@@ -41,6 +108,7 @@ impl Default for ExecLimits {
                 ("PATH".into(), DEFAULT_PATH.into()),
                 ("LANG".into(), "C.UTF-8".into()),
             ],
+            run_as: None,
         }
     }
 }
@@ -179,6 +247,17 @@ pub async fn execute(argv: &[String], limits: &ExecLimits) -> Execution {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(user) = &limits.run_as {
+        // Supplementary groups are cleared by the standard library when it sets the uid.
+        command
+            .uid(user.uid)
+            .gid(user.gid)
+            .env("HOME", &user.home)
+            .env("USER", &user.name)
+            .env("LOGNAME", &user.name)
+            // The client's working directory may be closed to that user.
+            .current_dir("/");
+    }
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -495,6 +574,47 @@ mod tests {
         let err = outcome.result.unwrap_err();
         assert!(matches!(err, RunError::Failed { code: 2, .. }), "{err:?}");
         assert!(err.to_string().contains("nonexistent-vogeler"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn plugin_user_runs_the_command_as_that_user() {
+        // These tests run as root (the client's production case); as another user the
+        // lookup must refuse, which is checked below either way.
+        let nobody = nix::unistd::User::from_name("nobody")
+            .expect("lookup")
+            .expect("the nobody user exists");
+        if !nix::unistd::geteuid().is_root() {
+            let e = RunAs::lookup("nobody").unwrap_err();
+            assert!(matches!(e, RunAsError::NotRoot { .. }), "{e}");
+            return;
+        }
+        let limits = ExecLimits {
+            run_as: Some(RunAs::lookup("nobody").expect("nobody")),
+            ..ExecLimits::default()
+        };
+        let outcome = run_plugin(&plugin(&["id", "-u"], Format::Output), &limits).await;
+        assert_eq!(
+            outcome.result.expect("id -u"),
+            serde_json::json!([nobody.uid.as_raw().to_string()])
+        );
+        // No supplementary groups are kept from root: only the user's primary group.
+        let exec = execute(&argv(&["id", "-G"]), &limits).await;
+        assert_eq!(
+            String::from_utf8_lossy(&exec.stdout).trim(),
+            nobody.gid.as_raw().to_string()
+        );
+        let exec = execute(&argv(&["sh", "-c", "echo $USER $HOME"]), &limits).await;
+        assert_eq!(
+            String::from_utf8_lossy(&exec.stdout).trim(),
+            format!("nobody {}", nobody.dir.display())
+        );
+    }
+
+    #[test]
+    fn an_unknown_plugin_user_is_a_clear_error() {
+        let e = RunAs::lookup("no-such-user-vogeler").unwrap_err();
+        assert_eq!(e, RunAsError::Unknown("no-such-user-vogeler".into()));
+        assert!(e.to_string().contains("no-such-user-vogeler"), "{e}");
     }
 
     #[tokio::test]

@@ -16,8 +16,8 @@ mod pyliteral;
 mod registry;
 
 pub use exec::{
-    execute, resolve_command, run_plugin, ExecLimits, Execution, PluginOutcome, RunError,
-    DEFAULT_OUTPUT_CAP, DEFAULT_PATH, DEFAULT_TIMEOUT, STDERR_CAP,
+    execute, resolve_command, run_plugin, ExecLimits, Execution, PluginOutcome, RunAs, RunAsError,
+    RunError, DEFAULT_OUTPUT_CAP, DEFAULT_PATH, DEFAULT_TIMEOUT, STDERR_CAP,
 };
 pub use format::{Format, FormatError, UnknownFormat};
 pub use plugin::{

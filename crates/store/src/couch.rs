@@ -73,10 +73,33 @@ impl CouchStore {
         user: Option<&str>,
         password: Option<&str>,
     ) -> Result<CouchStore, StoreError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .map_err(backend)?;
+        Self::connect_with_ca(base_url, db, user, password, None).await
+    }
+
+    /// As [`CouchStore::connect`], also trusting the PEM CA certificate(s) in `ca_file`
+    /// for an `https://` (`couchs://`) server whose certificate a private CA signed.
+    pub async fn connect_with_ca(
+        base_url: &str,
+        db: &str,
+        user: Option<&str>,
+        password: Option<&str>,
+        ca_file: Option<&Path>,
+    ) -> Result<CouchStore, StoreError> {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
+        if let Some(path) = ca_file {
+            let invalid = |e: &dyn std::fmt::Display| {
+                StoreError::Invalid(format!("CouchDB ca_file {}: {e}", path.display()))
+            };
+            let pem = std::fs::read(path).map_err(|e| invalid(&e))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| invalid(&e))?;
+            if certs.is_empty() {
+                return Err(invalid(&"no PEM certificate in the file"));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(backend)?;
         let base = base_url.trim_end_matches('/').to_string();
         let store = CouchStore {
             http,
@@ -89,7 +112,9 @@ impl CouchStore {
             .req(reqwest::Method::PUT, &store.db_url)
             .send()
             .await
-            .map_err(unavailable)?;
+            // reqwest's message stops at "error sending request"; the cause (a refused
+            // connection, an untrusted certificate) is down the chain.
+            .map_err(|e| unavailable(crate::error_chain(&e)))?;
         match resp.status().as_u16() {
             201 | 202 | 412 => Ok(store),
             s => Err(backend(format!(

@@ -454,6 +454,23 @@ pub const PACKAGE_KEYS: &[&str] = &["dpkg", "rpm"];
 /// for a retry while the store works on it (results are kilobytes of JSON each).
 pub type Batch = Arc<[Observation]>;
 
+/// An error with its causes, `outer: inner: innermost`: drivers often say only "error
+/// performing TLS handshake" and keep the reason (an untrusted certificate) in the chain.
+#[allow(dead_code)] // unused when every backend is compiled out
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
 /// A shareable store handle.
 pub type DynStore = Arc<dyn Store>;
 
@@ -474,9 +491,17 @@ pub async fn open(dsn: &vogeler_config::StoreDsn) -> Result<DynStore, StoreError
             db,
             user,
             password,
+            ca_file,
             ..
         } => Ok(Arc::new(
-            couch::CouchStore::connect(base_url, db, user.as_deref(), password.as_deref()).await?,
+            couch::CouchStore::connect_with_ca(
+                base_url,
+                db,
+                user.as_deref(),
+                password.as_deref(),
+                ca_file.as_deref(),
+            )
+            .await?,
         )),
         #[allow(unreachable_patterns)]
         other => Err(StoreError::NotCompiled(other.scheme())),
@@ -496,12 +521,19 @@ pub async fn load_design_docs(
             db,
             user,
             password,
+            ca_file,
             ..
         } => {
-            couch::CouchStore::connect(base_url, db, user.as_deref(), password.as_deref())
-                .await?
-                .load_design_docs(dir)
-                .await
+            couch::CouchStore::connect_with_ca(
+                base_url,
+                db,
+                user.as_deref(),
+                password.as_deref(),
+                ca_file.as_deref(),
+            )
+            .await?
+            .load_design_docs(dir)
+            .await
         }
         other => {
             let _ = dir;

@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::Value;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
+use vogeler_config::PgSslMode;
 
 use crate::{
     is_reserved_key, last_error_value, Change, HistoryEntry, KeyPath, NodeRecord, NodeSummary,
@@ -102,20 +104,34 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
 }
 
 impl PostgresStore {
-    /// Connects a pool and creates or migrates the schema.
+    /// Connects a pool and creates or migrates the schema. `sslmode` and `sslrootcert`
+    /// in the DSN choose TLS as libpq does (see [`vogeler_config::PgSslMode`]); without
+    /// `sslmode` the connection is plain.
     pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+        let (url, tls) =
+            vogeler_config::postgres_tls(url).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Invalid(format!(
-                "bad PostgreSQL DSN: {e} (example: postgres://vogeler:secret@127.0.0.1:5432/vogeler)"
+                "bad PostgreSQL DSN: {e} (example: postgres://vogeler:secret@127.0.0.1:5432/vogeler?sslmode=verify-full&sslrootcert=/etc/vogeler/pg-ca.pem)"
             ))
         })?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls.mode {
+            PgSslMode::Disable => {
+                config.ssl_mode(SslMode::Disable);
+                Manager::from_config(config, NoTls, manager_config())
+            }
+            mode => {
+                config.ssl_mode(if mode == PgSslMode::Prefer {
+                    SslMode::Prefer
+                } else {
+                    SslMode::Require
+                });
+                Manager::from_config(config, tls::connector(&tls)?, manager_config())
+            }
+        };
         let pool = Pool::builder(manager)
             .max_size(8)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -127,7 +143,10 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(unavailable)
+        self.pool
+            .get()
+            .await
+            .map_err(|e| unavailable(crate::error_chain(&e)))
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -534,5 +553,180 @@ impl PostgresStore {
                 at: r.get(4),
             })
             .collect())
+    }
+}
+
+/// TLS for PostgreSQL over rustls, with libpq's meanings of `sslmode`.
+mod tls {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+    use tokio_postgres_rustls::MakeRustlsConnect;
+    use vogeler_config::{PgSslMode, PgTls};
+
+    use crate::StoreError;
+
+    fn invalid(path: &Path, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Invalid(format!("sslrootcert {}: {e}", path.display()))
+    }
+
+    /// The CA certificates to check the server against: `sslrootcert`, else the web's roots.
+    fn roots(root_cert: Option<&Path>) -> Result<Arc<RootCertStore>, StoreError> {
+        let mut store = RootCertStore::empty();
+        match root_cert {
+            Some(path) => {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| invalid(path, e))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| invalid(path, e))?;
+                let (added, _) = store.add_parsable_certificates(certs);
+                if added == 0 {
+                    return Err(invalid(path, "no usable PEM certificate in the file"));
+                }
+            }
+            None => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        Ok(Arc::new(store))
+    }
+
+    /// The connector for a TLS `sslmode`: `prefer` and `require` encrypt without checking
+    /// the certificate (unless `require` has an `sslrootcert`, as libpq); `verify-ca` checks
+    /// the chain; `verify-full` the chain and the host name.
+    pub(super) fn connector(tls: &PgTls) -> Result<MakeRustlsConnect, StoreError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let root_cert = tls.root_cert.as_deref();
+        let verify_chain = match tls.mode {
+            PgSslMode::Disable | PgSslMode::Prefer => false,
+            PgSslMode::Require => root_cert.is_some(),
+            PgSslMode::VerifyCa | PgSslMode::VerifyFull => true,
+        };
+        let verifier: Arc<dyn ServerCertVerifier> = if verify_chain {
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(roots(root_cert)?, provider.clone())
+                    .build()
+                    .map_err(|e| StoreError::Invalid(format!("PostgreSQL TLS: {e}")))?;
+            if tls.mode == PgSslMode::VerifyFull {
+                webpki
+            } else {
+                Arc::new(ChainOnly(webpki))
+            }
+        } else {
+            Arc::new(Unchecked(provider.clone()))
+        };
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StoreError::Invalid(format!("PostgreSQL TLS: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(MakeRustlsConnect::new(config))
+    }
+
+    /// `verify-ca` (and `require` with a root certificate): the chain must lead to a
+    /// trusted CA; the name in the certificate is not compared with the host.
+    #[derive(Debug)]
+    struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+    impl ServerCertVerifier for ChainOnly {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp_response: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            match self.0.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ) {
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForName
+                    | CertificateError::NotValidForNameContext { .. },
+                )) => Ok(ServerCertVerified::assertion()),
+                other => other,
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.supported_verify_schemes()
+        }
+    }
+
+    /// `prefer` / `require` without a root certificate: encryption against passive
+    /// listeners only, as libpq; the handshake signatures are still verified.
+    #[derive(Debug)]
+    struct Unchecked(Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for Unchecked {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
     }
 }

@@ -14,6 +14,7 @@ pub mod management;
 pub use backoff::Backoff;
 pub use management::{Management, ManagementError, QueueInfo};
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -97,6 +98,113 @@ impl Default for Topology {
 /// Routing key every client binds for broadcasts (the 2010 code published it literally).
 pub const BROADCAST_KEY: &str = "broadcasts.*";
 
+/// Certificates for `amqps://` brokers. The files are read at every connect, so a renewed
+/// certificate is picked up by the next reconnect without a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerTls {
+    /// PEM CA certificate(s) trusted in addition to the system roots: a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) and its PEM private key, for brokers that verify peers.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl BrokerTls {
+    /// lapin's TLS settings, from the files as they are now.
+    fn load(&self) -> Result<lapin::tcp::OwnedTLSConfig, String> {
+        let read = |what: &str, p: &PathBuf| {
+            std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display()))
+        };
+        let cert_chain = match &self.ca_file {
+            Some(p) => Some(
+                String::from_utf8(read("CA file", p)?)
+                    .map_err(|_| format!("CA file {} is not PEM text", p.display()))?,
+            ),
+            None => None,
+        };
+        let identity = match &self.client_cert {
+            Some((cert, key)) => Some(identity(
+                cert,
+                &read("client certificate", cert)?,
+                key,
+                &read("client key", key)?,
+            )?),
+            None => None,
+        };
+        Ok(lapin::tcp::OwnedTLSConfig {
+            identity,
+            cert_chain,
+        })
+    }
+
+    /// Appended to a failed TLS connection's error: which roots the broker was checked against.
+    fn hint(&self) -> String {
+        let roots = match &self.ca_file {
+            Some(p) => format!("the system roots and the CA file {}", p.display()),
+            None => "the system roots only (set [amqp] ca_file for a private CA)".into(),
+        };
+        let client = match &self.client_cert {
+            Some((cert, _)) => format!("; client certificate {}", cert.display()),
+            None => String::new(),
+        };
+        format!(" (TLS: the broker's certificate is checked against {roots}{client})")
+    }
+}
+
+/// The client certificate and key as lapin takes them: a PKCS#12 bundle, built in memory
+/// from the PEM files (the password only guards this hand-over within the process).
+fn identity(
+    cert_path: &std::path::Path,
+    cert_pem: &[u8],
+    key_path: &std::path::Path,
+    key_pem: &[u8],
+) -> Result<lapin::tcp::OwnedIdentity, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .map(|c| {
+            c.map_err(|e| e.to_string()).and_then(|c| {
+                p12_keystore::Certificate::from_der(c.as_ref()).map_err(|e| e.to_string())
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("client certificate {}: {e}", cert_path.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "client certificate {}: no PEM certificate in the file",
+            cert_path.display()
+        ));
+    }
+    let key = match PrivateKeyDer::from_pem_slice(key_pem) {
+        Ok(PrivateKeyDer::Pkcs8(k)) => k.secret_pkcs8_der().to_vec(),
+        Ok(_) => {
+            return Err(format!(
+                "client key {} is not PKCS#8 (BEGIN PRIVATE KEY); convert it with `openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pk8`",
+                key_path.display()
+            ))
+        }
+        Err(e) => return Err(format!("client key {}: {e}", key_path.display())),
+    };
+    let mut store = p12_keystore::KeyStore::new();
+    store.add_entry(
+        "vogeler",
+        p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(
+            key, b"vogeler", chain,
+        )),
+    );
+    const PASSWORD: &str = "vogeler-in-process";
+    let der = store
+        .writer(PASSWORD)
+        .encryption_iterations(1)
+        .mac_iterations(1)
+        .write()
+        .map_err(|e| format!("client certificate {}: {e}", cert_path.display()))?;
+    Ok(lapin::tcp::OwnedIdentity {
+        der,
+        password: PASSWORD.into(),
+    })
+}
+
 /// Where a program finds its broker(s), and how it names its connections.
 #[derive(Debug, Clone)]
 pub struct Broker {
@@ -106,6 +214,8 @@ pub struct Broker {
     labels: Vec<String>,
     /// Shown in the broker's connection list.
     connection_name: String,
+    /// Certificates for `amqps://` addresses.
+    tls: BrokerTls,
 }
 
 impl Broker {
@@ -115,7 +225,14 @@ impl Broker {
             uris,
             labels,
             connection_name: connection_name.to_string(),
+            tls: BrokerTls::default(),
         }
+    }
+
+    /// Uses these certificates for the `amqps://` addresses (plain ones ignore them).
+    pub fn with_tls(mut self, tls: BrokerTls) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Asks the broker for frames of at most `bytes` (min 4096). lapin keeps two
@@ -147,15 +264,33 @@ impl Broker {
                 .with_executor(tokio_executor_trait::Tokio::current())
                 .with_reactor(tokio_reactor_trait::Tokio)
                 .with_connection_name(self.connection_name.clone().into());
-            let attempt =
-                tokio::time::timeout(Duration::from_secs(10), Connection::connect(uri, props))
-                    .await;
+            let tls = uri.starts_with("amqps://");
+            let config = if tls {
+                match self.tls.load() {
+                    Ok(c) => c,
+                    Err(message) => {
+                        last = TransportError::Connect {
+                            addr: label,
+                            message,
+                        };
+                        continue;
+                    }
+                }
+            } else {
+                lapin::tcp::OwnedTLSConfig::default()
+            };
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(10),
+                Connection::connect_with_config(uri, props, config),
+            )
+            .await;
             match attempt {
                 Ok(Ok(conn)) => return Session::open(conn, label).await,
                 Ok(Err(e)) => {
+                    let hint = if tls { self.tls.hint() } else { String::new() };
                     last = TransportError::Connect {
                         addr: label,
-                        message: e.to_string(),
+                        message: format!("{e}{hint}"),
                     }
                 }
                 Err(_) => {
