@@ -112,27 +112,47 @@ async fn cleanup(t: &Topology) {
 }
 
 async fn ingest(store: DynStore, bodies: &[Vec<u8>], id: &str) -> (Duration, u64, f64) {
+    ingest_with(vec![store], bodies, id).await
+}
+
+/// Ingest with one server per store handle, all consuming the same master.in side by
+/// side (as several `vogeler-server` processes would).
+async fn ingest_with(stores: Vec<DynStore>, bodies: &[Vec<u8>], id: &str) -> (Duration, u64, f64) {
     let t = topology(id);
     declare(&t).await;
     publish_all(&t.master_exchange, "", bodies).await;
-    let stats = Arc::new(Stats::default());
+    let stats: Vec<Arc<Stats>> = stores.iter().map(|_| Arc::new(Stats::default())).collect();
     let (trigger, shutdown) = vogeler::shutdown::channel();
-    let opts = ServerOptions::new(broker(), t.clone());
     let started = Instant::now();
-    let task = tokio::spawn(server::run(opts, store, stats.clone(), shutdown));
+    let tasks: Vec<_> = stores
+        .into_iter()
+        .zip(&stats)
+        .map(|(store, st)| {
+            let opts = ServerOptions::new(broker(), t.clone());
+            tokio::spawn(server::run(opts, store, st.clone(), shutdown.clone()))
+        })
+        .collect();
     let n = bodies.len() as u64;
-    while stats.stored.load(Ordering::Relaxed) + stats.dead_lettered.load(Ordering::Relaxed) < n {
+    let sum = |f: fn(&Stats) -> u64| stats.iter().map(|s| f(s)).sum::<u64>();
+    while sum(|s| s.stored.load(Ordering::Relaxed))
+        + sum(|s| s.dead_lettered.load(Ordering::Relaxed))
+        < n
+    {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let elapsed = started.elapsed();
     trigger.trigger();
-    let _ = task.await;
+    for task in tasks {
+        let _ = task.await;
+    }
     cleanup(&t).await;
-    let store_share =
-        stats.store_micros.load(Ordering::Relaxed) as f64 / 1e6 / elapsed.as_secs_f64();
+    let store_share = sum(|s| s.store_micros.load(Ordering::Relaxed)) as f64
+        / 1e6
+        / elapsed.as_secs_f64()
+        / stats.len() as f64;
     (
         elapsed,
-        stats.dead_lettered.load(Ordering::Relaxed),
+        sum(|s| s.dead_lettered.load(Ordering::Relaxed)),
         store_share,
     )
 }
@@ -261,6 +281,23 @@ async fn main() {
         rows.push((backend.to_string(), r));
     }
 
+    // Several servers side by side on one PostgreSQL database (SQLite has one writer).
+    let mut scaling = Vec::new();
+    if stores.split(',').any(|b| b.trim() == "postgres") {
+        for servers in [1usize, 2, 3] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let dsn = vogeler_store::testing::fresh_dsn("postgres", dir.path()).await;
+            let mut handles = Vec::new();
+            for _ in 0..servers {
+                handles.push(vogeler_store::testing::open(&dsn).await);
+            }
+            let (d, _, _) = ingest_with(handles, &bodies, &format!("{id}.pg{servers}")).await;
+            let r = rate(n, d);
+            println!("{servers} server(s) side by side into postgres: {r:9.0} results/s");
+            scaling.push((servers, r));
+        }
+    }
+
     let (idle_kib, idle_ticks) = client_idle(&id);
     println!("client idle: {idle_kib} KiB resident, {idle_ticks} CPU ticks in 5 s");
 
@@ -289,6 +326,13 @@ async fn main() {
     ));
     for (p, a, r) in sweep {
         md.push_str(&format!("| {p} | {a} | {r:.0} |\n"));
+    }
+    if !scaling.is_empty() {
+        md.push_str("\n### Several servers side by side (PostgreSQL, one database, one master.in)\n\n| servers | results/s | vs one server |\n| --- | --- | --- |\n");
+        let one = scaling[0].1;
+        for (k, r) in &scaling {
+            md.push_str(&format!("| {k} | {r:.0} | {:.2}x |\n", r / one));
+        }
     }
     md.push_str(&format!(
         "\n### Client\n\n| what | figure | target |\n| --- | --- | --- |\n| idle resident memory | {:.1} MB | under 10 MB |\n| idle CPU over 5 s | {idle_ticks} clock ticks | none |\n",
