@@ -132,6 +132,26 @@ fn start_server(t: &Topology, dsn: &str) -> std::process::Child {
         .expect("start vogeler-server")
 }
 
+/// Bytes the broker's queue processes of this fleet use (`rabbitmqctl list_queues
+/// name memory`), divided by their number: the per-node cost of a node queue.
+fn queue_memory_per_node(prefix: &str) -> Option<f64> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "--no-table-headers", "name", "memory"])
+        .output()
+        .ok()?;
+    let (mut total, mut count) = (0u64, 0u64);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut parts = line.split_whitespace();
+        if let (Some(name), Some(bytes)) = (parts.next(), parts.next()) {
+            if name.starts_with(prefix) {
+                total += bytes.parse::<u64>().unwrap_or(0);
+                count += 1;
+            }
+        }
+    }
+    (count > 0).then(|| total as f64 / count as f64)
+}
+
 fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -228,6 +248,7 @@ async fn main() {
             let dsn = vogeler_store::testing::fresh_dsn(backend, dir.path()).await;
             let setup = Instant::now();
             let fleet = start_fleet(&t, &names, connections).await;
+            let per_queue = queue_memory_per_node(&format!("{id}-n"));
             let mut server = start_server(&t, &dsn);
             // The server declares master.in on start; give it a moment.
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -253,7 +274,13 @@ async fn main() {
             }
             let answered = fleet.answered.load(Ordering::Relaxed);
             assert_eq!(answered, 2 * n, "every node answered both broadcasts");
-            rows.push((backend.to_string(), n, figures));
+            if let Some(b) = per_queue {
+                println!(
+                    "{n} node queues: {:.1} KB of broker memory each (queue processes)",
+                    b / 1024.0
+                );
+            }
+            rows.push((backend.to_string(), n, figures, per_queue));
             let _ = server.kill();
             let _ = server.wait();
             drop(fleet);
@@ -264,15 +291,17 @@ async fn main() {
     let mut md = String::from("## Fleet: broadcast to stored\n\n");
     md.push_str(&support::machine_line("fleet"));
     md.push_str(&format!(
-        "Simulated nodes (one durable queue each, {connections} AMQP connections in all) answer one broadcast with the facter fixture; a real `vogeler-server` stores them and confirms each. Time from the broadcast to the last `stored` confirmation. Targets: 1,000 nodes under 2 s, 10,000 under 15 s; server resident memory under 64 MB + 0.1 MB per node.\n\n| store | nodes | first broadcast (created) | second broadcast (updated) | server resident after | memory budget |\n| --- | --- | --- | --- | --- | --- |\n"
+        "Simulated nodes (one durable queue each, {connections} AMQP connections in all) answer one broadcast with the facter fixture; a real `vogeler-server` stores them and confirms each. Time from the broadcast to the last `stored` confirmation. Targets: 1,000 nodes under 2 s, 10,000 under 15 s; server resident memory under 64 MB + 0.1 MB per node.\n\n| store | nodes | first broadcast (created) | second broadcast (updated) | server resident after | memory budget | broker memory per node queue |\n| --- | --- | --- | --- | --- | --- | --- |\n"
     ));
-    for (backend, n, f) in &rows {
+    for (backend, n, f, q) in &rows {
         md.push_str(&format!(
-            "| {backend} | {n} | {:.2} s | {:.2} s | {:.0} MB | {:.0} MB |\n",
+            "| {backend} | {n} | {:.2} s | {:.2} s | {:.0} MB | {:.0} MB | {} |\n",
             f[0].0.as_secs_f64(),
             f[1].0.as_secs_f64(),
             f[1].1,
-            64.0 + 0.1 * *n as f64
+            64.0 + 0.1 * *n as f64,
+            q.map(|b| format!("{:.1} KB", b / 1024.0))
+                .unwrap_or_else(|| "-".into())
         ));
     }
     support::write_section("fleet", &md);
