@@ -242,6 +242,7 @@ async fn main() {
                 broadcast_exchange: format!("{id}.broadcast"),
                 master_queue: format!("{id}.master.in"),
                 dead_queue: format!("{id}.dead"),
+                quorum: false,
             };
             let names: Vec<String> = (0..n).map(|i| format!("{id}-n{i:06}")).collect();
             let dir = tempfile::tempdir().expect("tempdir");

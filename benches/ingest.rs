@@ -95,6 +95,7 @@ fn topology(id: &str) -> Topology {
         broadcast_exchange: format!("{id}.broadcast"),
         master_queue: format!("{id}.master.in"),
         dead_queue: format!("{id}.dead"),
+        quorum: false,
     }
 }
 

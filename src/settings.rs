@@ -131,6 +131,7 @@ pub fn topology(s: &Settings) -> Topology {
         broadcast_exchange: s.broadcast_exchange.clone(),
         master_queue: s.master_queue.clone(),
         dead_queue: s.dead_letter_queue.clone(),
+        quorum: s.quorum,
     }
 }
 

@@ -262,3 +262,43 @@ fn dead_letters_are_listed_with_reasons_and_requeued_after_a_fix() {
     let doc = d.wait_document(&node, 20, |doc| doc.get("hello").is_some());
     assert_eq!(doc["hello"][0].as_str().map(str::len), Some(400));
 }
+
+/// `[amqp] queue_type = quorum`: master.in and the dead-letter queue are declared as
+/// quorum queues (what a RabbitMQ cluster replicates), results flow through them, and a
+/// bad value names its line.
+#[test]
+fn quorum_queue_type_declares_replicated_queues() {
+    let p = plugins();
+    let d = Deployment::new(&refs(&p));
+    d.write_conf("queue_type = quorum\n");
+    let server = d.server(&[]);
+    let master = format!("{}.master.in", d.id);
+    d.wait_for_queue(&master, &server);
+    let n = d.node("q1");
+    let _c = d.client(&n, &[]);
+    let out = d.runner(&["-x", "hello", "-n", &n, "--wait", "--timeout", "20s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let listed = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "--no-table-headers", "name", "type"])
+        .output()
+        .expect("rabbitmqctl");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let type_of = |q: &str| {
+        listed
+            .lines()
+            .find_map(|l| {
+                let mut parts = l.split_whitespace();
+                (parts.next() == Some(q)).then(|| parts.next().unwrap_or("").to_string())
+            })
+            .unwrap_or_else(|| panic!("{q} not listed:\n{listed}"))
+    };
+    assert_eq!(type_of(&master), "quorum");
+    assert_eq!(type_of(&format!("{}.dead", d.id)), "quorum");
+    assert_eq!(type_of(&n), "classic", "node queues stay classic");
+
+    d.write_conf("queue_type = raft\n");
+    let out = d.admin(&["queue", "--status"]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(t.contains("queue_type") && t.contains("raft"), "{t}");
+}

@@ -306,6 +306,7 @@ impl Deployment {
             broadcast_exchange: format!("{}.broadcast", self.id),
             master_queue: format!("{}.master.in", self.id),
             dead_queue: format!("{}.dead", self.id),
+            quorum: false,
         }
     }
 }

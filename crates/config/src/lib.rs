@@ -378,6 +378,8 @@ pub struct Settings {
     pub master_queue: String,
     /// Dead-letter queue.
     pub dead_letter_queue: String,
+    /// Declare master.in and the dead-letter queue as quorum queues (`[amqp] queue_type`).
+    pub quorum: bool,
     /// Message shapes to emit.
     pub wire: Wire,
     /// This node's name (client).
@@ -716,6 +718,16 @@ impl Settings {
                 })
             }
         };
+        let quorum = match get("amqp", "queue_type") {
+            None | Some("classic") => false,
+            Some("quorum") => true,
+            Some(other) => {
+                return Err(ConfigError::Value {
+                    place: place("amqp", "queue_type"),
+                    message: format!("queue_type {other:?} is not classic or quorum"),
+                })
+            }
+        };
         let node_name = o
             .node_name
             .clone()
@@ -849,6 +861,7 @@ impl Settings {
             ),
             master_queue: name(&o.master_queue, "master_queue", "master.in"),
             dead_letter_queue: name(&o.dead_letter_queue, "dead_letter_queue", "vogeler.dead"),
+            quorum,
             wire,
             node_name,
             plugin_timeout,

@@ -82,6 +82,9 @@ pub struct Topology {
     pub master_queue: String,
     /// Where the server puts messages it cannot use.
     pub dead_queue: String,
+    /// Declare the master and dead-letter queues as quorum queues (replicated across a
+    /// RabbitMQ cluster). Node queues stay classic: see docs/SCALING.md.
+    pub quorum: bool,
 }
 
 impl Default for Topology {
@@ -91,6 +94,7 @@ impl Default for Topology {
             broadcast_exchange: "vogeler.broadcast.in".into(),
             master_queue: "master.in".into(),
             dead_queue: "vogeler.dead".into(),
+            quorum: false,
         }
     }
 }
@@ -538,6 +542,25 @@ impl Session {
         exchange: &str,
         keys: &[&str],
     ) -> Result<(), TransportError> {
+        self.declare_queue_of(queue, exchange, keys, false).await
+    }
+
+    /// [`Session::declare_queue`], as a quorum queue when `quorum` (the only argument
+    /// Vogeler ever sets: a queue's type cannot come from a policy).
+    async fn declare_queue_of(
+        &self,
+        queue: &str,
+        exchange: &str,
+        keys: &[&str],
+        quorum: bool,
+    ) -> Result<(), TransportError> {
+        let mut args = FieldTable::default();
+        if quorum {
+            args.insert(
+                ShortString::from("x-queue-type"),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
         self.channel
             .queue_declare(
                 queue,
@@ -545,7 +568,7 @@ impl Session {
                     durable: true,
                     ..Default::default()
                 },
-                FieldTable::default(),
+                args,
             )
             .await
             .map_err(|e| refused(&format!("queue {queue}"), e))?;
@@ -567,9 +590,10 @@ impl Session {
     /// The server's topology: exchanges, the master queue bound with `""`, the dead-letter queue.
     pub async fn declare_server(&self, t: &Topology) -> Result<(), TransportError> {
         self.declare_exchanges(t).await?;
-        self.declare_queue(&t.master_queue, &t.master_exchange, &[""])
+        self.declare_queue_of(&t.master_queue, &t.master_exchange, &[""], t.quorum)
             .await?;
-        self.declare_queue(&t.dead_queue, "", &[]).await?;
+        self.declare_queue_of(&t.dead_queue, "", &[], t.quorum)
+            .await?;
         Ok(())
     }
 
