@@ -44,8 +44,29 @@ pub async fn show_node(
     Ok(format!("{}\n", serde_json::to_string_pretty(value)?))
 }
 
-/// The `rabbitmqctl` lines that create a vhost and give a user all rights on it.
-pub fn rabbitmqctl_lines(vhost: &str, user: &str) -> Vec<Vec<String>> {
+/// Name of the RabbitMQ policy that bounds node queues.
+pub const NODE_QUEUE_POLICY: &str = "vogeler-node-queues";
+
+/// Default bound of a node queue (`setup --node-queue-max-length`).
+pub const DEFAULT_NODE_QUEUE_MAX_LENGTH: u64 = 1000;
+
+/// The `rabbitmqctl` lines that create a vhost, give a user all rights on it, and
+/// bound every node queue with a policy: at most `max_length` requests wait, the
+/// oldest dropped first. It is a second bound beside the per-message expiration
+/// (a client down for long does not pile up requests); queues stay declared without
+/// arguments, so the 2010 programs' queues stay compatible. The pattern leaves out
+/// the servers' queue, the dead-letter queue and runners' reply queues (`amq.*`).
+pub fn rabbitmqctl_lines(
+    vhost: &str,
+    user: &str,
+    topology: &Topology,
+    max_length: u64,
+) -> Vec<Vec<String>> {
+    let pattern = format!(
+        "^(?!({}|{}|amq\\..*)$).*",
+        regex_escape(&topology.master_queue),
+        regex_escape(&topology.dead_queue)
+    );
     vec![
         vec!["add_vhost".into(), vhost.into()],
         vec![
@@ -57,7 +78,29 @@ pub fn rabbitmqctl_lines(vhost: &str, user: &str) -> Vec<Vec<String>> {
             ".*".into(),
             ".*".into(),
         ],
+        vec![
+            "set_policy".into(),
+            "-p".into(),
+            vhost.into(),
+            "--apply-to".into(),
+            "queues".into(),
+            NODE_QUEUE_POLICY.into(),
+            pattern,
+            format!("{{\"max-length\":{max_length},\"overflow\":\"drop-head\"}}"),
+        ],
     ]
+}
+
+/// A queue name as a literal inside a RabbitMQ (PCRE) pattern.
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.^$|?*+()[]{}-/".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Declares the server's topology over AMQP (exchanges, master queue, dead-letter queue).
@@ -237,9 +280,32 @@ pub fn render_queue_rows(rows: &[QueueRow], source: &FigureSource) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    fn topology() -> Topology {
+        Topology::default()
+    }
+
+    #[test]
+    fn the_policy_bounds_node_queues_only() {
+        let lines = rabbitmqctl_lines("/", "guest", &topology(), 500);
+        assert_eq!(
+            lines[2],
+            vec![
+                "set_policy",
+                "-p",
+                "/",
+                "--apply-to",
+                "queues",
+                "vogeler-node-queues",
+                r"^(?!(master\.in|vogeler\.dead|amq\..*)$).*",
+                r#"{"max-length":500,"overflow":"drop-head"}"#,
+            ]
+        );
+        assert_eq!(regex_escape("a-b.c"), r"a\-b\.c");
+    }
+
     #[test]
     fn rabbitmqctl_lines_match_the_2010_readme() {
-        let lines = rabbitmqctl_lines("/vogeler", "guest");
+        let lines = rabbitmqctl_lines("/vogeler", "guest", &topology(), 1000);
         assert_eq!(lines[0], vec!["add_vhost", "/vogeler"]);
         assert_eq!(
             lines[1],

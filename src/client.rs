@@ -58,6 +58,11 @@ pub struct ClientOptions {
     /// Signs every result, so the server can tell this node from an impostor
     /// publishing under its name; `None` sends unsigned.
     pub signing_key: Option<Arc<SecretKey>>,
+    /// Scheduled inventory: run every plugin this often (a plugin's own `interval`
+    /// overrides it); `None` runs only plugins that have their own (see [`crate::schedule`]).
+    pub interval: Option<Duration>,
+    /// Heartbeat period; `None` sends none.
+    pub heartbeat: Option<Duration>,
 }
 
 /// Most signed request ids remembered at once (each until its ttl passes).
@@ -208,13 +213,14 @@ pub async fn run(opts: ClientOptions, mut shutdown: Shutdown) -> anyhow::Result<
         shutdown.clone(),
     ));
     let mut backoff = Backoff::default();
+    let schedule = Arc::new(crate::schedule::ScheduleState::default());
     let result = loop {
         let mut stop = Box::pin(shutdown.clone().wait_owned());
         let Some(session) = opts.broker.connect_retrying(&mut backoff, &mut stop).await else {
             break Ok(());
         };
         let session = Arc::new(session);
-        match serve(&opts, session.clone(), &registry, &mut shutdown).await {
+        match serve(&opts, session.clone(), &registry, &schedule, &mut shutdown).await {
             Ok(()) => {
                 if let Ok(s) = Arc::try_unwrap(session) {
                     s.close().await;
@@ -236,7 +242,8 @@ pub async fn run(opts: ClientOptions, mut shutdown: Shutdown) -> anyhow::Result<
     result
 }
 
-fn current(registry: &SharedRegistry) -> Arc<Registry> {
+/// The registry as loaded now (reloads swap it whole).
+pub(crate) fn current(registry: &SharedRegistry) -> Arc<Registry> {
     match registry.read() {
         Ok(g) => g.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
@@ -247,6 +254,7 @@ async fn serve(
     opts: &ClientOptions,
     session: Arc<Session>,
     registry: &SharedRegistry,
+    schedule: &Arc<crate::schedule::ScheduleState>,
     shutdown: &mut Shutdown,
 ) -> anyhow::Result<()> {
     session.declare_client(&opts.topology, &opts.node).await?;
@@ -255,6 +263,12 @@ async fn serve(
     let mut consumer = session.consume(&opts.node, prefetch, "").await?;
     let slots = Arc::new(Semaphore::new(concurrency));
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
+    // Scheduled runs and heartbeats live as long as this session (dropped on return).
+    let _clock = if opts.oneshot {
+        Vec::new()
+    } else {
+        crate::schedule::start(opts, &session, registry, schedule, &failed_tx)
+    };
     loop {
         let delivery = tokio::select! {
             d = consumer.next() => d,
@@ -514,7 +528,8 @@ fn error_answer(plugin: &str, message: String) -> Answer {
     }
 }
 
-fn finish(o: PluginOutcome) -> Answer {
+/// A plugin run as an answer (warning when a non-zero exit still parsed).
+pub(crate) fn finish(o: PluginOutcome) -> Answer {
     if let (Ok(_), Some(code)) = (&o.result, o.exit_status.filter(|c| *c != 0)) {
         let first = o
             .stderr

@@ -16,6 +16,7 @@ pub mod logging;
 pub mod migrate;
 pub mod report;
 pub mod runner;
+pub mod schedule;
 pub mod server;
 pub mod settings;
 pub mod shutdown;

@@ -301,6 +301,59 @@ pub async fn errors(store: &DynStore, q: &Query) -> anyhow::Result<Table> {
     Ok(t)
 }
 
+/// The request ledger: the most recent requests (newest first) with how many of
+/// their expected nodes stored a result, answered with an error, or are missing.
+pub async fn requests(store: &DynStore, limit: usize, now: DateTime<Utc>) -> anyhow::Result<Table> {
+    use vogeler_store::NodeOutcome;
+    let mut t = Table::new(&[
+        "id", "sent_at", "command", "expected", "stored", "errors", "missing", "state",
+    ]);
+    for l in store.ledgers(limit, now).await? {
+        t.rows.push(vec![
+            json!(l.request.id),
+            json!(rfc3339(l.request.sent_at)),
+            json!(l.request.command),
+            json!(l.request.expected.len()),
+            json!(l.count(NodeOutcome::Stored)),
+            json!(l.count(NodeOutcome::Error)),
+            json!(l.count(NodeOutcome::Missing)),
+            json!(l.state.as_str()),
+        ]);
+    }
+    t.footer = format!("{} request(s)", t.rows.len());
+    Ok(t)
+}
+
+/// One request's ledger: each expected or answering node and what became of it
+/// (stored, error with its message, pending, missing, unexpected).
+pub async fn request(store: &DynStore, id: &str, now: DateTime<Utc>) -> anyhow::Result<Table> {
+    let Some(l) = store.ledger(id, now).await? else {
+        anyhow::bail!(
+            "no request with id {id:?} is recorded (see `vogeler-admin requests` for the list)"
+        );
+    };
+    let mut t = Table::new(&["node", "outcome", "error", "at"]);
+    for n in &l.nodes {
+        t.rows.push(vec![
+            json!(n.node),
+            json!(n.outcome.as_str()),
+            n.error.as_ref().map(|e| json!(e)).unwrap_or(Value::Null),
+            n.at.map(|a| json!(rfc3339(a))).unwrap_or(Value::Null),
+        ]);
+    }
+    let r = &l.request;
+    t.footer = format!(
+        "request {} ({}) sent {} by {}, ttl {} s: {}",
+        r.id,
+        r.command,
+        rfc3339(r.sent_at),
+        r.sender,
+        r.ttl,
+        l.state.as_str()
+    );
+    Ok(t)
+}
+
 /// What changed across the fleet since `since`: one row per changed leaf value.
 pub async fn changes(
     store: &DynStore,

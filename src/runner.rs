@@ -45,17 +45,25 @@ pub struct RunnerOptions {
     pub filters: Vec<String>,
     /// Discovery counts only nodes seen within this window.
     pub seen_within: Option<Duration>,
-    /// How long to wait for a server to answer the discovery request.
+    /// How long to wait for a server to answer the discovery request (and, with
+    /// `ping`, the most time spent collecting pongs).
     pub discovery_timeout: Duration,
     /// Signs every request (headers over the exact body), so clients that trust the key
     /// can tell this runner from anyone else who can publish; `None` sends unsigned.
     pub signing_key: Option<Arc<SecretKey>>,
+    /// Discover by broadcasting a ping and collecting the clients' pongs instead of
+    /// asking the servers; `targets` globs then filter the answering nodes.
+    pub ping: bool,
+    /// With `ping`: stop collecting once no pong came for this long.
+    pub ping_quiet: Duration,
 }
 
 impl RunnerOptions {
-    /// Whether the targets must be discovered (filters, or node-name globs).
+    /// Whether the servers must be asked for the targets (filters, or node-name globs).
     pub fn discovers(&self) -> bool {
-        !self.filters.is_empty() || self.targets.iter().any(|t| t.contains(['*', '?', '[']))
+        !self.ping
+            && (!self.filters.is_empty()
+                || self.targets.iter().any(|t| t.contains(['*', '?', '['])))
     }
 }
 
@@ -163,7 +171,7 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
         }
     };
     session.declare_exchanges(&opts.topology).await?;
-    let discovering = opts.discovers();
+    let discovering = opts.discovers() || opts.ping;
     let reply_queue = if (opts.wait && opts.wire == Wire::V1) || discovering {
         Some(session.declare_reply_queue().await?)
     } else {
@@ -178,9 +186,13 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
         let (Some(queue), Some(consumer)) = (&reply_queue, replies.as_mut()) else {
             anyhow::bail!("discovery needs a reply queue");
         };
-        targets = discover(opts, &session, queue, consumer).await?;
+        targets = if opts.ping {
+            ping(opts, &session, queue, consumer).await?
+        } else {
+            discover(opts, &session, queue, consumer).await?
+        };
         if targets.is_empty() {
-            tracing::warn!("no stored node matches the filters: nothing sent");
+            tracing::warn!("no node matches: nothing sent");
             session.close().await;
             return Ok(Summary {
                 command: opts.command.clone(),
@@ -209,6 +221,9 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
         reply_to: reply_queue.clone(),
         unsafe_command: opts.unsafe_command,
     };
+    if opts.wire == Wire::V1 {
+        announce(opts, &session, &request, broadcast).await?;
+    }
     let body = match opts.wire {
         Wire::V1 => vogeler_protocol::encode(&Message::Request(request.clone())),
         Wire::Legacy => vogeler_protocol::encode_legacy_request(&opts.command),
@@ -323,6 +338,92 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
     summary.total_ms = started.elapsed().as_millis() as u64;
     session.close().await;
     Ok(summary)
+}
+
+/// Tells the servers (over `master.in`) which request goes to which nodes, before
+/// the request itself, so they can keep its ledger; confirmed, never expiring.
+async fn announce(
+    opts: &RunnerOptions,
+    session: &vogeler_transport::Session,
+    request: &Request,
+    broadcast: bool,
+) -> anyhow::Result<()> {
+    let a = vogeler_protocol::Announce {
+        request_id: request.id.clone(),
+        command: request.command.clone(),
+        expected: (!broadcast).then(|| request.targets.clone()),
+        sender: request.sender.clone(),
+        sent_at: request.sent_at,
+        ttl: request.ttl,
+    };
+    session
+        .publish_confirmed(
+            &opts.topology.master_exchange,
+            "",
+            Outgoing::new(vogeler_protocol::encode(&Message::Announce(a))),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Broadcasts a ping and collects pongs until none came for `ping_quiet` (at most
+/// `discovery_timeout`); returns the answering nodes that match the `targets` globs,
+/// sorted. A client that is not running does not answer, so it is not targeted.
+async fn ping(
+    opts: &RunnerOptions,
+    session: &vogeler_transport::Session,
+    reply_queue: &str,
+    consumer: &mut vogeler_transport::Consumer,
+) -> anyhow::Result<Vec<String>> {
+    let names: Vec<String> = opts
+        .targets
+        .iter()
+        .filter(|t| t.as_str() != "all")
+        .cloned()
+        .collect();
+    let matcher = vogeler_store::Query::parse(&[], &names)?.name_matcher()?;
+    let p = vogeler_protocol::Ping {
+        id: uuid::Uuid::new_v4().to_string(),
+        sender: format!("vogeler-runner@{}", vogeler_config::host_name()),
+        sent_at: Utc::now(),
+        reply_to: reply_queue.to_string(),
+    };
+    session
+        .publish_confirmed(
+            &opts.topology.broadcast_exchange,
+            BROADCAST_KEY,
+            Outgoing {
+                body: vogeler_protocol::encode(&Message::Ping(p.clone())),
+                // A client that is down must not answer a later runner's question.
+                expiration_ms: Some(opts.discovery_timeout.as_millis() as u64),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let deadline = tokio::time::Instant::now() + opts.discovery_timeout;
+    let mut last = tokio::time::Instant::now();
+    let mut found = BTreeSet::new();
+    loop {
+        let limit = deadline.min(last + opts.ping_quiet);
+        let d = match tokio::time::timeout_at(limit, consumer.next()).await {
+            Err(_) => break,
+            Ok(None) => anyhow::bail!("the broker closed the reply queue"),
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(Some(Ok(d))) => d,
+        };
+        session.ack(d.tag, false).await?;
+        if let Ok(Decoded::Message(Message::Pong(pong))) = vogeler_protocol::decode(&d.body) {
+            if pong.ping_id != p.id {
+                continue;
+            }
+            last = tokio::time::Instant::now();
+            if matcher.as_ref().is_none_or(|m| m.is_match(&pong.node)) {
+                found.insert(pong.node);
+            }
+        }
+    }
+    tracing::info!(nodes = found.len(), "discovered by ping");
+    Ok(found.into_iter().collect())
 }
 
 /// Asks the servers (over `master.in`) which nodes match the filters and globs, and

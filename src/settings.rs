@@ -32,6 +32,10 @@ pub struct Extra {
     pub http_token: Option<String>,
     /// Server `--http-token-file` / `VOGELER_HTTP_TOKEN_FILE`.
     pub http_token_file: Option<PathBuf>,
+    /// Client `--interval` / `VOGELER_INTERVAL` (seconds).
+    pub interval: Option<u64>,
+    /// Client `--heartbeat-interval` / `VOGELER_HEARTBEAT_INTERVAL` (seconds).
+    pub heartbeat_interval: Option<u64>,
 }
 
 /// Whether a DSN given as a flag carries a password (visible in the process list).
@@ -71,6 +75,8 @@ pub fn load(program: Program, common: &CommonArgs, extra: Extra) -> anyhow::Resu
         master_queue: common.master_queue.clone(),
         dead_letter_queue: common.dead_queue.clone(),
         wire: common.wire.clone(),
+        interval: extra.interval,
+        heartbeat_interval: extra.heartbeat_interval,
         password_on_command_line,
         signing_key: extra.signing_key,
     };
@@ -269,14 +275,18 @@ pub fn client_options(
         concurrency: s.concurrency.max(1),
         policy: request_policy(s)?,
         signing_key: signing_key(s)?,
+        interval: (s.interval > 0).then(|| std::time::Duration::from_secs(s.interval)),
+        heartbeat: (s.heartbeat_interval > 0)
+            .then(|| std::time::Duration::from_secs(s.heartbeat_interval)),
     })
 }
 
 /// `vogeler-admin setup --messaging`: prints (and with `apply`, runs) the rabbitmqctl
-/// lines, then declares the topology.
-pub async fn setup_messaging(s: &Settings, apply: bool) -> anyhow::Result<()> {
+/// lines (vhost, permissions, the node-queue length policy), then declares the topology.
+pub async fn setup_messaging(s: &Settings, apply: bool, max_length: u64) -> anyhow::Result<()> {
     for dsn in &s.qhost {
-        for line in crate::admin::rabbitmqctl_lines(&dsn.vhost, &dsn.user) {
+        for line in crate::admin::rabbitmqctl_lines(&dsn.vhost, &dsn.user, &topology(s), max_length)
+        {
             println!("rabbitmqctl {}", shell_quote(&line));
             if apply {
                 let status = std::process::Command::new("rabbitmqctl")

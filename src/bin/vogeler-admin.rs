@@ -88,6 +88,18 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: report::Format,
     },
+    /// The request ledger: recent requests and what became of them, or one request's
+    /// nodes (stored, error, pending, missing after its ttl, unexpected).
+    Requests {
+        /// A request id (as the runner printed it).
+        id: Option<String>,
+        /// At most this many requests, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Output: an aligned table, or JSON / CSV for scripts.
+        #[arg(long, value_enum, default_value = "table")]
+        format: report::Format,
+    },
     /// Deletes history recorded before a time (retention).
     Prune {
         /// Keep history from this time on (an age such as 90d, a date, or RFC 3339).
@@ -164,6 +176,9 @@ enum Command {
         /// Also run the rabbitmqctl lines (as root on the broker host).
         #[arg(long, requires = "messaging")]
         apply: bool,
+        /// Most requests a node queue holds (the length policy; the oldest are dropped first).
+        #[arg(long, value_name = "N", default_value_t = admin::DEFAULT_NODE_QUEUE_MAX_LENGTH)]
+        node_queue_max_length: u64,
         /// Create the store's database, tables and indexes.
         #[arg(long)]
         persistence: bool,
@@ -231,6 +246,16 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let store = settings::open_store(&s).await?;
             let path = path.as_deref().map(KeyPath::parse).transpose()?;
             let table = report::history(&store, &node, path.as_ref()).await?;
+            print!("{}", table.render(format, report::terminal_width())?);
+            Ok(0)
+        }
+        Command::Requests { id, limit, format } => {
+            let store = settings::open_store(&s).await?;
+            let now = Utc::now();
+            let table = match id {
+                Some(id) => report::request(&store, &id, now).await?,
+                None => report::requests(&store, limit, now).await?,
+            };
             print!("{}", table.render(format, report::terminal_width())?);
             Ok(0)
         }
@@ -323,13 +348,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Setup {
             messaging,
             apply,
+            node_queue_max_length,
             persistence,
         } => {
             if !messaging && !persistence {
                 anyhow::bail!("say what to set up: --messaging, --persistence, or both");
             }
             if messaging {
-                settings::setup_messaging(&s, apply).await?;
+                settings::setup_messaging(&s, apply, node_queue_max_length).await?;
             }
             if persistence {
                 let store = settings::open_store(&s).await?;

@@ -41,6 +41,24 @@ struct Cli {
     )]
     signing_key: Option<PathBuf>,
 
+    #[arg(
+        long,
+        global = true,
+        env = "VOGELER_INTERVAL",
+        value_name = "SECONDS",
+        help = "Run every plugin on this schedule and push the results; a plugin's own `interval` overrides it; 0 = off [default: [client] interval, else 0]"
+    )]
+    interval: Option<u64>,
+
+    #[arg(
+        long,
+        global = true,
+        env = "VOGELER_HEARTBEAT_INTERVAL",
+        value_name = "SECONDS",
+        help = "Send a heartbeat (moves last_seen) this often; 0 = off [default: [client] heartbeat_interval, else 60]"
+    )]
+    heartbeat_interval: Option<u64>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -70,6 +88,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         plugin_path: cli.plugins.clone(),
         node_name: cli.node_name.clone(),
         signing_key: cli.signing_key.clone(),
+        interval: cli.interval,
+        heartbeat_interval: cli.heartbeat_interval,
         ..Default::default()
     };
     let s = settings::load(Program::Client, &cli.common, extra)?;

@@ -68,9 +68,19 @@ struct Cli {
     )]
     signing_key: Option<std::path::PathBuf>,
 
-    /// How long to wait for a server to answer discovery.
+    /// How long to wait for a server to answer discovery (with --ping: the most time
+    /// spent collecting pongs).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     discovery_timeout: Duration,
+
+    /// Discover by broadcasting a ping to the clients and sending to those that answer
+    /// (-n globs filter them); needs no server. Filters (-W) need the store: not with --ping.
+    #[arg(long, conflicts_with_all = ["filters", "seen_within"])]
+    ping: bool,
+
+    /// With --ping: stop collecting answers once none came for this long.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    ping_quiet: Duration,
 }
 
 /// `10s`, `2m`, `500ms`, or bare seconds.
@@ -126,6 +136,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         seen_within: cli.seen_within,
         discovery_timeout: cli.discovery_timeout,
         signing_key: settings::signing_key(&s)?,
+        ping: cli.ping,
+        ping_quiet: cli.ping_quiet,
     };
     let summary = vogeler::runner::run(&opts).await?;
     if cli.json {

@@ -15,7 +15,11 @@ pub enum Converted {
         observation: Observation,
         /// Confirmation to send after the commit, when the sender asked for one.
         confirm: Option<Confirm>,
+        /// The request answered, for the ledger (`None`: scheduled, heartbeat, 2010).
+        request_id: Option<String>,
     },
+    /// A runner announced a request: record it in the ledger, store nothing else.
+    Announce(vogeler_protocol::Announce),
     /// A discovery question: answer it from the store, store nothing.
     Discover(vogeler_protocol::Discover),
     /// Unusable: dead-letter it with this reason code and message.
@@ -75,6 +79,7 @@ fn result<D>(
         Change::Error { message, .. } => Some(message.clone()),
         _ => None,
     };
+    let request_id = r.request_id.clone().filter(|id| !id.is_empty());
     let confirm = r
         .reply_to
         .or_else(|| reply_to.map(str::to_string))
@@ -92,6 +97,7 @@ fn result<D>(
             change,
         },
         confirm,
+        request_id,
     }
 }
 
@@ -125,6 +131,12 @@ pub fn convert(body: &[u8], max_bytes: usize, reply_to: Option<&str>) -> Convert
         Decoded::Message(Message::Heartbeat(h)) => seen(h.node, h.sent_at),
         Decoded::Message(Message::Pong(p)) => seen(p.node, p.sent_at),
         Decoded::Message(Message::Discover(d)) => Converted::Discover(d),
+        Decoded::Message(Message::Announce(a)) => {
+            if a.request_id.trim().is_empty() {
+                return dead("bad-field", "announce has an empty request_id".into());
+            }
+            Converted::Announce(a)
+        }
         Decoded::Message(other) => dead(
             "unexpected-kind",
             format!(
@@ -150,6 +162,7 @@ pub fn convert(body: &[u8], max_bytes: usize, reply_to: Option<&str>) -> Convert
                         },
                     },
                     confirm: None,
+                    request_id: None,
                 };
             }
             let (Some(plugin), Some(raw)) = (l.plugin, l.raw) else {
@@ -177,6 +190,7 @@ pub fn convert(body: &[u8], max_bytes: usize, reply_to: Option<&str>) -> Convert
                     change,
                 },
                 confirm: None,
+                request_id: None,
             }
         }
     }
@@ -193,9 +207,70 @@ fn seen(node: String, at: chrono::DateTime<Utc>) -> Converted {
             change: Change::Seen,
         },
         confirm: None,
+        request_id: None,
     }
 }
 
 fn dead(reason: &'static str, detail: String) -> Converted {
     Converted::Dead { reason, detail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_and_request_ids_reach_the_ledger() {
+        let a = Message::Announce(vogeler_protocol::Announce {
+            request_id: "r1".into(),
+            command: "facter".into(),
+            expected: None,
+            sender: "runner".into(),
+            sent_at: Utc::now(),
+            ttl: 60,
+        });
+        let body = vogeler_protocol::encode(&a);
+        assert!(
+            matches!(convert(&body, 1 << 20, None), Converted::Announce(x) if x.request_id == "r1")
+        );
+        let result = |id: Option<&str>| {
+            vogeler_protocol::encode(&Message::Result(vogeler_protocol::PluginResult {
+                request_id: id.map(str::to_string),
+                node: "web01".into(),
+                plugin: "facter".into(),
+                format: "json".into(),
+                data: Some(serde_json::json!({})),
+                error: None,
+                raw: None,
+                exit_status: Some(0),
+                duration_ms: 1,
+                collected_at: Utc::now(),
+                reply_to: None,
+            }))
+        };
+        match convert(&result(Some("r1")), 1 << 20, None) {
+            Converted::Store { request_id, .. } => assert_eq!(request_id.as_deref(), Some("r1")),
+            other => panic!("{other:?}"),
+        }
+        // A scheduled run carries none.
+        match convert(&result(None), 1 << 20, None) {
+            Converted::Store { request_id, .. } => assert_eq!(request_id, None),
+            other => panic!("{other:?}"),
+        }
+        let empty = vogeler_protocol::encode(&Message::Announce(vogeler_protocol::Announce {
+            request_id: " ".into(),
+            command: "facter".into(),
+            expected: None,
+            sender: String::new(),
+            sent_at: Utc::now(),
+            ttl: 0,
+        }));
+        assert!(matches!(
+            convert(&empty, 1 << 20, None),
+            Converted::Dead {
+                reason: "bad-field",
+                ..
+            }
+        ));
+    }
 }

@@ -159,14 +159,16 @@ struct Prepared {
     batch: Vec<Inbound>,
     /// What each usable message observed, shared with the store without copying.
     observations: Batch,
-    /// Delivery index and confirmation of each observation, index for index; `None`
-    /// marks the server's own signature record beside a result (not counted, never
-    /// dead-lettered: its result is).
-    meta: Vec<(usize, Option<Option<Confirm>>)>,
+    /// Delivery index, confirmation and request id of each observation, index for
+    /// index; a confirmation of `None` marks the server's own signature record beside a
+    /// result (not counted, never dead-lettered: its result is).
+    meta: Vec<(usize, Option<Option<Confirm>>, Option<String>)>,
     /// Delivery index, reason code and detail for each unusable message.
     dead: Vec<(usize, String, String)>,
     /// Discovery questions to answer once the batch is committed.
     discover: Vec<vogeler_protocol::Discover>,
+    /// Requests announced by runners, for the ledger.
+    announce: Vec<vogeler_protocol::Announce>,
 }
 
 fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
@@ -174,11 +176,13 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
     let mut meta = Vec::with_capacity(batch.len());
     let mut dead = Vec::new();
     let mut discover = Vec::new();
+    let mut announce = Vec::new();
     for (i, d) in batch.iter().enumerate() {
         match convert(&d.body, opts.max_message_bytes, d.reply_to.as_deref()) {
             Converted::Store {
                 observation,
                 confirm,
+                request_id,
             } => {
                 let record = match &opts.node_keys {
                     Some(keys) if !matches!(observation.change, Change::Seen) => {
@@ -206,13 +210,14 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
                     _ => None,
                 };
                 observations.push(observation);
-                meta.push((i, Some(confirm)));
+                meta.push((i, Some(confirm), request_id));
                 if let Some(record) = record {
                     observations.push(record);
-                    meta.push((i, None));
+                    meta.push((i, None, None));
                 }
             }
             Converted::Discover(q) => discover.push(q),
+            Converted::Announce(a) => announce.push(a),
             Converted::Dead { reason, detail } => dead.push((i, reason.to_string(), detail)),
         }
     }
@@ -222,6 +227,7 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
         meta,
         dead,
         discover,
+        announce,
     }
 }
 
@@ -326,6 +332,7 @@ async fn process(
         meta,
         mut dead,
         discover,
+        announce,
     } = prepared;
     let Some(last) = batch.last() else {
         return Ok(true);
@@ -343,7 +350,12 @@ async fn process(
 
     let mut replies: Vec<Pending> = Vec::new();
     let mut stored = 0u64;
-    for (((i, confirm), obs), outcome) in meta.iter().zip(observations.iter()).zip(outcomes) {
+    let mut answers = Vec::new();
+    let mut confirms = Vec::new();
+    let now = Utc::now();
+    for (((i, confirm, request_id), obs), outcome) in
+        meta.iter().zip(observations.iter()).zip(outcomes)
+    {
         let Some(confirm) = confirm else {
             if let Ok(Outcome::Refused(e)) = &outcome {
                 tracing::warn!(node = %obs.node, error = %e, "signature record not stored");
@@ -360,11 +372,24 @@ async fn process(
             Ok(outcome) => {
                 stored += 1;
                 tracing::debug!(node = %obs.node, ?outcome, "stored");
+                if let Some(id) = request_id {
+                    answers.push(ledger_answer(id, obs, now));
+                }
                 if let Some(c) = confirm {
-                    replies.push(send_stored(session, c).await?);
+                    confirms.push(c);
                 }
             }
         }
+    }
+    // The ledger first, so a runner told "stored" finds the answer recorded.
+    if !(answers.is_empty() && announce.is_empty()) {
+        let requests = ledger_requests(store, announce).await;
+        if !record_ledger(store, shutdown, &requests, &answers).await {
+            return Ok(false);
+        }
+    }
+    for c in confirms {
+        replies.push(send_stored(session, c).await?);
     }
     let mut dead_pending = Vec::with_capacity(dead.len());
     for (i, reason, detail) in &dead {
@@ -461,6 +486,95 @@ fn signature_record(
         },
     };
     Ok((verdict, record))
+}
+
+/// The ledger line of a stored result that answered request `id`.
+fn ledger_answer(
+    id: &str,
+    obs: &vogeler_store::Observation,
+    now: chrono::DateTime<Utc>,
+) -> vogeler_store::LedgerAnswer {
+    let (plugin, error) = match &obs.change {
+        vogeler_store::Change::Plugin { name, .. } => (name.clone(), None),
+        vogeler_store::Change::Error {
+            plugin, message, ..
+        } => (plugin.clone().unwrap_or_default(), Some(message.clone())),
+        vogeler_store::Change::Seen => (String::new(), None),
+    };
+    vogeler_store::LedgerAnswer {
+        request_id: id.to_string(),
+        node: obs.node.clone(),
+        plugin,
+        error,
+        at: now,
+    }
+}
+
+/// Announced requests as ledger records; a broadcast expects every node in the
+/// registry (read now: a node that joins later answers as unexpected).
+async fn ledger_requests(
+    store: &DynStore,
+    announce: Vec<vogeler_protocol::Announce>,
+) -> Vec<vogeler_store::LedgerRequest> {
+    let mut registry: Option<Vec<String>> = None;
+    let mut out = Vec::with_capacity(announce.len());
+    for a in announce {
+        let mut expected = match a.expected {
+            Some(nodes) => nodes,
+            None => {
+                if registry.is_none() {
+                    registry = Some(match store.nodes().await {
+                        Ok(nodes) => nodes.into_iter().map(|n| n.name).collect(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, request = %a.request_id, "cannot read the node registry for a broadcast's expected nodes");
+                            Vec::new()
+                        }
+                    });
+                }
+                registry.clone().unwrap_or_default()
+            }
+        };
+        expected.sort();
+        expected.dedup();
+        out.push(vogeler_store::LedgerRequest {
+            id: a.request_id,
+            command: a.command,
+            sender: a.sender,
+            sent_at: a.sent_at,
+            ttl: a.ttl,
+            expected,
+        });
+    }
+    out
+}
+
+/// Writes the batch's ledger records before the batch is acked, retrying while the
+/// store is unavailable. A record the store refuses is logged and dropped: the ledger
+/// never blocks ingest. `false` means shutdown came first (nothing acked).
+async fn record_ledger(
+    store: &DynStore,
+    shutdown: &mut Shutdown,
+    requests: &[vogeler_store::LedgerRequest],
+    answers: &[vogeler_store::LedgerAnswer],
+) -> bool {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        match store.record_ledger(requests, answers).await {
+            Ok(()) => return true,
+            Err(StoreError::Unavailable { backend, message }) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(backend, error = %message, retry_in_ms = wait.as_millis() as u64, "store unavailable while recording the request ledger; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait() => return false,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, requests = requests.len(), answers = answers.len(), "the store refused request ledger records; they are dropped");
+                return true;
+            }
+        }
+    }
 }
 
 /// Answers a discovery question from the store (after this batch's commit, so a

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use vogeler_store::{
-    Batch, DynStore, HistoryEntry, KeyPath, NodeRecord, NodeSummary, Outcome, Store, StoreError,
+    Batch, DynStore, HistoryEntry, KeyPath, LedgerAnswer, LedgerRequest, NodeRecord, NodeSummary,
+    Outcome, Store, StoreError,
 };
 
 use crate::server::Stats;
@@ -148,6 +149,26 @@ impl Store for CachedStore {
         history: &[HistoryEntry],
     ) -> Result<(), StoreError> {
         self.inner.import(record, history).await
+    }
+
+    async fn record_ledger(
+        &self,
+        requests: &[LedgerRequest],
+        answers: &[LedgerAnswer],
+    ) -> Result<(), StoreError> {
+        self.inner.record_ledger(requests, answers).await
+    }
+
+    async fn ledger_requests(&self, limit: usize) -> Result<Vec<LedgerRequest>, StoreError> {
+        self.inner.ledger_requests(limit).await
+    }
+
+    async fn ledger_request(&self, id: &str) -> Result<Option<LedgerRequest>, StoreError> {
+        self.inner.ledger_request(id).await
+    }
+
+    async fn ledger_answers(&self, ids: &[String]) -> Result<Vec<LedgerAnswer>, StoreError> {
+        self.inner.ledger_answers(ids).await
     }
 }
 

@@ -338,6 +338,10 @@ pub struct Overrides {
     pub dead_letter_queue: Option<String>,
     /// `--wire`.
     pub wire: Option<String>,
+    /// Client `--interval` / `VOGELER_INTERVAL`: seconds between scheduled inventory runs.
+    pub interval: Option<u64>,
+    /// Client `--heartbeat-interval` / `VOGELER_HEARTBEAT_INTERVAL`: seconds between heartbeats.
+    pub heartbeat_interval: Option<u64>,
     /// A password was seen in a DSN given as a command-line flag.
     pub password_on_command_line: bool,
     /// `--signing-key` / `VOGELER_SIGNING_KEY`: the private key the runner signs
@@ -410,6 +414,11 @@ pub struct Settings {
     pub node_keys: Option<PathBuf>,
     /// Server dead-letters results it cannot verify (`[server] require_verified`).
     pub require_verified: bool,
+    /// Seconds between a client's scheduled runs of every plugin (`[client] interval`;
+    /// a plugin's own `interval` overrides it); 0 schedules nothing.
+    pub interval: u64,
+    /// Seconds between a client's heartbeats (`[client] heartbeat_interval`); 0 sends none.
+    pub heartbeat_interval: u64,
     warnings: Vec<String>,
 }
 
@@ -758,6 +767,14 @@ impl Settings {
         let prefetch =
             u16::try_from(number("server", "prefetch", 2000)?.clamp(1, 65535)).unwrap_or(u16::MAX);
         let history_days = number("server", "history_days", 0)?;
+        let interval = match o.interval {
+            Some(n) => n,
+            None => number("client", "interval", 0)?,
+        };
+        let heartbeat_interval = match o.heartbeat_interval {
+            Some(n) => n,
+            None => number("client", "heartbeat_interval", 60)?,
+        };
 
         // Signing (docs/PROTOCOL.md "Signing").
         let boolean = |section: &str, key: &str| -> Result<bool, ConfigError> {
@@ -876,6 +893,8 @@ impl Settings {
             require_signed,
             node_keys,
             require_verified,
+            interval,
+            heartbeat_interval,
             warnings,
         })
     }
@@ -1335,5 +1354,24 @@ mod example_tests {
         assert_eq!(s.plugin_path, PathBuf::from(DEFAULT_PLUGIN_PATH));
         assert_eq!(s.log_level, LogLevel::Warn);
         assert_eq!(s.wire, Wire::V1);
+        assert_eq!((s.interval, s.heartbeat_interval), (0, 60));
+    }
+
+    #[test]
+    fn schedule_settings_flag_over_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("v.conf");
+        std::fs::write(&path, "[client]\ninterval = 3600\nheartbeat_interval = x\n")
+            .expect("write");
+        let f = ConfigFile::load(&path).expect("load");
+        let err = Settings::resolve(Program::Client, Overrides::default(), Some(f.clone()))
+            .expect_err("bad heartbeat_interval");
+        assert!(err.to_string().contains("heartbeat_interval"), "{err}");
+        let o = Overrides {
+            heartbeat_interval: Some(5),
+            ..Default::default()
+        };
+        let s = Settings::resolve(Program::Client, o, Some(f)).expect("resolve");
+        assert_eq!((s.interval, s.heartbeat_interval), (3600, 5));
     }
 }

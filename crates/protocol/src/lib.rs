@@ -202,6 +202,27 @@ pub struct Discovered {
     pub error: Option<String>,
 }
 
+/// "I am sending this request to these nodes" (runner → servers, on the master
+/// exchange, before the request itself): the start of the request's ledger entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Announce {
+    /// The request's id.
+    pub request_id: String,
+    /// Plugin name or alias asked for.
+    pub command: String,
+    /// Nodes expected to answer; `None` for a broadcast, which the server reads as
+    /// every node in its registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<Vec<String>>,
+    /// Who sent it.
+    #[serde(default)]
+    pub sender: String,
+    /// The request's `sent_at`.
+    pub sent_at: DateTime<Utc>,
+    /// The request's ttl, seconds.
+    pub ttl: u64,
+}
+
 /// Every v1 message kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -222,6 +243,8 @@ pub enum Message {
     Discover(Discover),
     /// These.
     Discovered(Discovered),
+    /// A request is on its way to these nodes.
+    Announce(Announce),
 }
 
 impl Message {
@@ -236,6 +259,7 @@ impl Message {
             Message::Heartbeat(_) => "heartbeat",
             Message::Discover(_) => "discover",
             Message::Discovered(_) => "discovered",
+            Message::Announce(_) => "announce",
         }
     }
 }
@@ -249,6 +273,7 @@ const KINDS: &[&str] = &[
     "heartbeat",
     "discover",
     "discovered",
+    "announce",
 ];
 
 /// A 2010 result: `{"syskey": node, "<plugin>": raw, "format": f}` or an error.
@@ -309,7 +334,7 @@ pub enum ProtocolError {
     #[error("unsupported protocol version v={0} (this program speaks v=1)")]
     UnknownVersion(String),
     /// A `kind` this program does not know.
-    #[error("unknown message kind {0:?} (known: request, result, stored, ping, pong, heartbeat)")]
+    #[error("unknown message kind {0:?} (known: request, result, stored, ping, pong, heartbeat, discover, discovered, announce)")]
     UnknownKind(String),
     /// A field missing or of the wrong type.
     #[error("bad {kind} message: {message}")]

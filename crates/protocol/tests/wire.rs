@@ -80,6 +80,22 @@ fn every_kind_round_trips() {
             node: "web01".into(),
             sent_at: t(),
         }),
+        Message::Announce(vogeler_protocol::Announce {
+            request_id: "r1".into(),
+            command: "facter".into(),
+            expected: Some(vec!["web01".into()]),
+            sender: "runner".into(),
+            sent_at: t(),
+            ttl: 300,
+        }),
+        Message::Announce(vogeler_protocol::Announce {
+            request_id: "r2".into(),
+            command: "facter".into(),
+            expected: None,
+            sender: "runner".into(),
+            sent_at: t(),
+            ttl: 0,
+        }),
     ];
     for m in messages {
         let bytes = encode(&m);

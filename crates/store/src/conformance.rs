@@ -7,7 +7,10 @@
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Value};
 
-use crate::{Change, Condition, Data, DynStore, KeyPath, Observation, Outcome, Query};
+use crate::{
+    Change, Condition, Data, DynStore, KeyPath, LedgerAnswer, LedgerRequest, NodeOutcome,
+    Observation, Outcome, Query, RequestState,
+};
 
 fn t(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_790_000_000 + secs, 0)
@@ -46,7 +49,8 @@ macro_rules! conformance_tests {
             history_records_changes_only, several_nodes_in_one_batch, fixtures_round_trip,
             key_values_across_nodes, select_by_conditions_names_and_time, packages_with_versions,
             record_at_a_past_time, timeline_of_a_package, changes_across_the_fleet,
-            retention_prunes_old_history, import_replaces_a_node, text_data_is_the_same_value);
+            retention_prunes_old_history, import_replaces_a_node, text_data_is_the_same_value,
+            ledger_records_requests_and_answers_in_any_order);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -736,4 +740,87 @@ pub async fn import_replaces_a_node(store: DynStore) {
     other.name = "m".into();
     store.import(&other, &[]).await.expect("import another");
     assert_eq!(store.nodes().await.expect("nodes").len(), 2);
+}
+
+/// The request ledger: answers recorded before their request still count, a second
+/// record of the same request or answer changes nothing, newest requests come first,
+/// and a missing node shows once the ttl passed.
+pub async fn ledger_records_requests_and_answers_in_any_order(store: DynStore) {
+    let request = |id: &str, at: i64| LedgerRequest {
+        id: id.into(),
+        command: "facter".into(),
+        sender: "vogeler-runner@admin".into(),
+        sent_at: t(at),
+        ttl: 60,
+        expected: vec!["a".into(), "b".into(), "c".into()],
+    };
+    let answer = |id: &str, node: &str, error: Option<&str>| LedgerAnswer {
+        request_id: id.into(),
+        node: node.into(),
+        plugin: "facter".into(),
+        error: error.map(str::to_string),
+        at: t(5),
+    };
+    // Answers first (a result overtook the announcement), then the request.
+    store
+        .record_ledger(
+            &[],
+            &[answer("r1", "a", None), answer("r1", "b", Some("boom"))],
+        )
+        .await
+        .expect("answers");
+    assert!(store.ledger("r1", t(10)).await.expect("ledger").is_none());
+    store
+        .record_ledger(
+            &[request("r1", 0), request("r2", 100)],
+            &[answer("r2", "a", None)],
+        )
+        .await
+        .expect("requests");
+    // Redelivery: the same records again, and a later different answer, change nothing.
+    store
+        .record_ledger(
+            &[request("r1", 0)],
+            &[answer("r1", "a", None), answer("r1", "b", None)],
+        )
+        .await
+        .expect("again");
+    let l = store
+        .ledger("r1", t(10))
+        .await
+        .expect("ledger")
+        .expect("recorded");
+    assert_eq!(l.request, request("r1", 0));
+    assert_eq!(l.state, RequestState::Pending);
+    let got: Vec<(String, NodeOutcome, Option<String>)> = l
+        .nodes
+        .iter()
+        .map(|n| (n.node.clone(), n.outcome.clone(), n.error.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("a".to_string(), NodeOutcome::Stored, None),
+            (
+                "b".to_string(),
+                NodeOutcome::Error,
+                Some("boom".to_string())
+            ),
+            ("c".to_string(), NodeOutcome::Pending, None),
+        ]
+    );
+    let l = store
+        .ledger("r1", t(61))
+        .await
+        .expect("ledger")
+        .expect("recorded");
+    assert_eq!(l.state, RequestState::Expired);
+    assert_eq!(l.count(NodeOutcome::Missing), 1);
+    let all = store.ledgers(10, t(61)).await.expect("ledgers");
+    let ids: Vec<&str> = all.iter().map(|l| l.request.id.as_str()).collect();
+    assert_eq!(ids, ["r2", "r1"], "newest first");
+    assert_eq!(all[0].count(NodeOutcome::Stored), 1);
+    assert_eq!(store.ledgers(1, t(61)).await.expect("limit").len(), 1);
+    // The ledger is not a node.
+    assert!(store.nodes().await.expect("nodes").is_empty());
 }

@@ -10,6 +10,10 @@
 //! with a fresh read, and the failed attempt's history documents are deleted, so no
 //! update is lost and none is recorded twice.
 //!
+//! The request ledger lives beside them: `ledger:request:<id>` (`doc_type: "LedgerRequest"`)
+//! and `ledger:answer:<id>:<node>` (`doc_type: "LedgerAnswer"`), created once and never
+//! updated, so a second write of the same record is a conflict that changes nothing.
+//!
 //! CouchDB has no multi-document transactions: a batch touching several nodes is
 //! committed node by node. A failed `apply` may have stored part of the batch; the
 //! caller redelivers it and the stored part comes back `Unchanged`.
@@ -39,8 +43,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
 use crate::{
-    is_reserved_key, rfc3339, Change, HistoryEntry, KeyPath, NodeRecord, NodeSummary, Observation,
-    Outcome, Store, StoreError, RESERVED_KEYS,
+    is_reserved_key, rfc3339, Change, HistoryEntry, KeyPath, LedgerAnswer, LedgerRequest,
+    NodeRecord, NodeSummary, Observation, Outcome, Store, StoreError, RESERVED_KEYS,
 };
 
 const BACKEND: &str = "couch";
@@ -443,6 +447,10 @@ fn refuse_node(node: &str) -> Option<String> {
         Some(format!(
             "node name {node:?} starts with \"history:\", which this store uses for history documents"
         ))
+    } else if node.starts_with("ledger:") {
+        Some(format!(
+            "node name {node:?} starts with \"ledger:\", which this store uses for the request ledger"
+        ))
     } else {
         None
     }
@@ -507,7 +515,8 @@ impl CouchStore {
     /// Every node document (both sides of the `history:` id range).
     async fn node_docs(&self) -> Result<Vec<Map<String, Value>>, StoreError> {
         let mut docs = self.range("", Some("history:")).await?;
-        docs.extend(self.range("history;", None).await?);
+        docs.extend(self.range("history;", Some("ledger:")).await?);
+        docs.extend(self.range("ledger;", None).await?);
         docs.retain(|d| d.get("doc_type") == Some(&json!("SystemRecord")));
         Ok(docs)
     }
@@ -852,6 +861,126 @@ impl Store for CouchStore {
         }
         Ok(())
     }
+
+    async fn record_ledger(
+        &self,
+        requests: &[LedgerRequest],
+        answers: &[LedgerAnswer],
+    ) -> Result<(), StoreError> {
+        let mut docs = Vec::new();
+        for r in requests {
+            docs.push(json!({
+                "_id": format!("ledger:request:{}", r.id), "doc_type": "LedgerRequest",
+                "id": r.id, "command": r.command, "sender": r.sender,
+                "sent_at": rfc3339(r.sent_at), "ttl": r.ttl, "expected": r.expected,
+            }));
+        }
+        for a in answers {
+            docs.push(json!({
+                "_id": format!("ledger:answer:{}:{}", a.request_id, a.node),
+                "doc_type": "LedgerAnswer", "request_id": a.request_id, "node": a.node,
+                "plugin": a.plugin, "error": a.error, "at": rfc3339(a.at),
+            }));
+        }
+        if docs.is_empty() {
+            return Ok(());
+        }
+        for row in self.bulk_docs(docs).await? {
+            match row["error"].as_str() {
+                // Recorded before (a redelivery): the first record stands.
+                None | Some("conflict") => {}
+                Some(e) => {
+                    return Err(backend(format!(
+                        "_bulk_docs refused ledger document {}: {e}: {}",
+                        row["id"], row["reason"]
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn ledger_requests(&self, limit: usize) -> Result<Vec<LedgerRequest>, StoreError> {
+        let mut out = Vec::new();
+        for doc in self
+            .range("ledger:request:", Some("ledger:request;"))
+            .await?
+        {
+            if doc.get("doc_type") == Some(&json!("LedgerRequest")) {
+                out.push(to_ledger_request(&doc)?);
+            }
+        }
+        out.sort_by(|a, b| b.sent_at.cmp(&a.sent_at).then(a.id.cmp(&b.id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn ledger_request(&self, id: &str) -> Result<Option<LedgerRequest>, StoreError> {
+        let key = format!("ledger:request:{id}");
+        match self.fetch(std::slice::from_ref(&key)).await?.get(&key) {
+            Some(doc) if doc.get("doc_type") == Some(&json!("LedgerRequest")) => {
+                to_ledger_request(doc).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn ledger_answers(&self, ids: &[String]) -> Result<Vec<LedgerAnswer>, StoreError> {
+        let mut out = Vec::new();
+        for id in ids {
+            let prefix = format!("ledger:answer:{id}:");
+            for doc in self
+                .range(&prefix, Some(&format!("{prefix}\u{fff0}")))
+                .await?
+            {
+                if doc.get("doc_type") != Some(&json!("LedgerAnswer"))
+                    || doc.get("request_id").and_then(Value::as_str) != Some(id.as_str())
+                {
+                    continue;
+                }
+                let text = |k: &str| doc.get(k).and_then(Value::as_str).map(str::to_string);
+                out.push(LedgerAnswer {
+                    request_id: id.clone(),
+                    node: text("node").unwrap_or_default(),
+                    plugin: text("plugin").unwrap_or_default(),
+                    error: text("error"),
+                    at: time_of(doc.get("at")).ok_or_else(|| {
+                        backend(format!("ledger answer {prefix}… has no valid \"at\" time"))
+                    })?,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A `LedgerRequest` document as a record.
+fn to_ledger_request(doc: &Map<String, Value>) -> Result<LedgerRequest, StoreError> {
+    let text = |k: &str| {
+        doc.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    Ok(LedgerRequest {
+        id: text("id"),
+        command: text("command"),
+        sender: text("sender"),
+        sent_at: time_of(doc.get("sent_at")).ok_or_else(|| {
+            backend(format!(
+                "ledger request {} has no valid \"sent_at\" time",
+                doc.get("_id").unwrap_or(&Value::Null)
+            ))
+        })?,
+        ttl: doc.get("ttl").and_then(Value::as_u64).unwrap_or(0),
+        expected: doc
+            .get("expected")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -886,6 +1015,7 @@ mod tests {
             ("_design/x", true),
             ("_users", true),
             ("history:web01", true),
+            ("ledger:x", true),
             ("history", false),
         ] {
             assert_eq!(refuse_node(node).is_some(), refused, "{node:?}");

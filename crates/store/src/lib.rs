@@ -8,6 +8,7 @@
 pub mod conformance;
 #[cfg(feature = "couch")]
 pub mod couch;
+pub mod ledger;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod query;
@@ -23,6 +24,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use ledger::{Ledger, LedgerAnswer, LedgerRequest, NodeOutcome, RequestState};
 pub use query::{Condition, KeyPath, Query, Span};
 
 /// Fields every node document carries; a plugin may not use one of these names.
@@ -339,6 +341,44 @@ pub trait Store: Send + Sync + 'static {
     /// stores); a second import of the same node leaves one copy.
     async fn import(&self, record: &NodeRecord, history: &[HistoryEntry])
         -> Result<(), StoreError>;
+
+    /// Records announced requests and stored answers (the request ledger). Idempotent
+    /// and order-free: a request or answer already recorded is kept as it is, and an
+    /// answer may arrive before its request.
+    async fn record_ledger(
+        &self,
+        requests: &[LedgerRequest],
+        answers: &[LedgerAnswer],
+    ) -> Result<(), StoreError>;
+
+    /// The most recently sent requests, newest first, at most `limit`.
+    async fn ledger_requests(&self, limit: usize) -> Result<Vec<LedgerRequest>, StoreError>;
+
+    /// One recorded request.
+    async fn ledger_request(&self, id: &str) -> Result<Option<LedgerRequest>, StoreError>;
+
+    /// The answers recorded for these requests, in any order.
+    async fn ledger_answers(&self, ids: &[String]) -> Result<Vec<LedgerAnswer>, StoreError>;
+
+    /// Recent requests with what became of them at `now` (see [`Ledger::build`]).
+    async fn ledgers(&self, limit: usize, now: DateTime<Utc>) -> Result<Vec<Ledger>, StoreError> {
+        let requests = self.ledger_requests(limit).await?;
+        let ids: Vec<String> = requests.iter().map(|r| r.id.clone()).collect();
+        let answers = self.ledger_answers(&ids).await?;
+        Ok(requests
+            .into_iter()
+            .map(|r| Ledger::build(r, &answers, now))
+            .collect())
+    }
+
+    /// One request with what became of each node at `now`; `None` when unknown.
+    async fn ledger(&self, id: &str, now: DateTime<Utc>) -> Result<Option<Ledger>, StoreError> {
+        let Some(request) = self.ledger_request(id).await? else {
+            return Ok(None);
+        };
+        let answers = self.ledger_answers(&[id.to_string()]).await?;
+        Ok(Some(Ledger::build(request, &answers, now)))
+    }
 
     /// Each node's value at `path`, sorted by node. Plugin keys go to
     /// [`Store::key_values`]; document fields (`last_error.plugin`, `last_seen`) are

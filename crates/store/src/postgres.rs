@@ -5,7 +5,8 @@
 //! start): `nodes` holds one row per node (times, last error); `node_keys` one row
 //! per node and plugin key with its JSONB value and `collected_at`, so a query of
 //! one key (facter) never reads another's (ohai) and a write rewrites only its key;
-//! `history` holds one row per change.
+//! `history` holds one row per change; `requests` and `request_answers` are the
+//! request ledger (schema version 3).
 
 use std::collections::BTreeMap;
 
@@ -17,14 +18,14 @@ use tokio_postgres::NoTls;
 use vogeler_config::PgSslMode;
 
 use crate::{
-    is_reserved_key, last_error_value, Change, HistoryEntry, KeyPath, NodeRecord, NodeSummary,
-    Outcome, Store, StoreError,
+    is_reserved_key, last_error_value, Change, HistoryEntry, KeyPath, LedgerAnswer, LedgerRequest,
+    NodeRecord, NodeSummary, Outcome, Store, StoreError,
 };
 
 const BACKEND: &str = "postgres";
 
 /// Schema version this code writes; older schemas are migrated forward at start.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 const MIGRATIONS: &[&str] = &[
     "
@@ -65,6 +66,25 @@ INSERT INTO node_keys (node, key, value, collected_at)
     FROM nodes n, jsonb_each(n.doc) d;
 DROP INDEX IF EXISTS nodes_doc;
 ALTER TABLE nodes DROP COLUMN doc, DROP COLUMN key_times;
+",
+    "
+CREATE TABLE requests (
+    id TEXT PRIMARY KEY,
+    command TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    sent_at TIMESTAMPTZ NOT NULL,
+    ttl BIGINT NOT NULL,
+    expected TEXT[] NOT NULL
+);
+CREATE INDEX requests_sent_at ON requests (sent_at);
+CREATE TABLE request_answers (
+    request_id TEXT NOT NULL,
+    node TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    error TEXT,
+    at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (request_id, node)
+);
 ",
 ];
 
@@ -533,9 +553,115 @@ impl Store for PostgresStore {
         }
         tx.commit().await.map_err(pg_err)
     }
+
+    async fn record_ledger(
+        &self,
+        requests: &[LedgerRequest],
+        answers: &[LedgerAnswer],
+    ) -> Result<(), StoreError> {
+        if requests.is_empty() && answers.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let put_request = tx
+            .prepare_cached(
+                "INSERT INTO requests (id, command, sender, sent_at, ttl, expected)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            )
+            .await
+            .map_err(pg_err)?;
+        for r in requests {
+            let ttl = i64::try_from(r.ttl).unwrap_or(i64::MAX);
+            tx.execute(
+                &put_request,
+                &[&r.id, &r.command, &r.sender, &r.sent_at, &ttl, &r.expected],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        let put_answer = tx
+            .prepare_cached(
+                "INSERT INTO request_answers (request_id, node, plugin, error, at)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id, node) DO NOTHING",
+            )
+            .await
+            .map_err(pg_err)?;
+        for a in answers {
+            tx.execute(
+                &put_answer,
+                &[&a.request_id, &a.node, &a.plugin, &a.error, &a.at],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        tx.commit().await.map_err(pg_err)
+    }
+
+    async fn ledger_requests(&self, limit: usize) -> Result<Vec<LedgerRequest>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.request_rows(
+            "SELECT id, command, sender, sent_at, ttl, expected FROM requests
+             ORDER BY sent_at DESC, id LIMIT $1",
+            &[&limit],
+        )
+        .await
+    }
+
+    async fn ledger_request(&self, id: &str) -> Result<Option<LedgerRequest>, StoreError> {
+        Ok(self
+            .request_rows(
+                "SELECT id, command, sender, sent_at, ttl, expected FROM requests WHERE id = $1",
+                &[&id],
+            )
+            .await?
+            .pop())
+    }
+
+    async fn ledger_answers(&self, ids: &[String]) -> Result<Vec<LedgerAnswer>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT request_id, node, plugin, error, at FROM request_answers
+                 WHERE request_id = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| LedgerAnswer {
+                request_id: r.get(0),
+                node: r.get(1),
+                plugin: r.get(2),
+                error: r.get(3),
+                at: r.get(4),
+            })
+            .collect())
+    }
 }
 
 impl PostgresStore {
+    async fn request_rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<LedgerRequest>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query(sql, params).await.map_err(pg_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| LedgerRequest {
+                id: r.get(0),
+                command: r.get(1),
+                sender: r.get(2),
+                sent_at: r.get(3),
+                ttl: u64::try_from(r.get::<_, i64>(4)).unwrap_or(0),
+                expected: r.get(5),
+            })
+            .collect())
+    }
+
     async fn history_rows(
         &self,
         sql: &str,

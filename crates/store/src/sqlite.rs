@@ -13,8 +13,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use crate::{
-    is_reserved_key, last_error_value, rfc3339, Change, HistoryEntry, KeyPath, NodeRecord,
-    NodeSummary, Observation, Outcome, Store, StoreError,
+    is_reserved_key, last_error_value, rfc3339, Change, HistoryEntry, KeyPath, LedgerAnswer,
+    LedgerRequest, NodeRecord, NodeSummary, Observation, Outcome, Store, StoreError,
 };
 
 const BACKEND: &str = "sqlite";
@@ -86,6 +86,23 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS history_node_key ON history (node, key, at);
 CREATE INDEX IF NOT EXISTS history_at ON history (at);
 CREATE INDEX IF NOT EXISTS nodes_last_seen ON nodes (last_seen);
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    command TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    sent_at TEXT NOT NULL,
+    ttl INTEGER NOT NULL,
+    expected TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_sent_at ON requests (sent_at);
+CREATE TABLE IF NOT EXISTS request_answers (
+    request_id TEXT NOT NULL,
+    node TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    error TEXT,
+    at TEXT NOT NULL,
+    PRIMARY KEY (request_id, node)
+);
 ";
 
 impl SqliteStore {
@@ -523,6 +540,138 @@ impl Store for SqliteStore {
         self.call(move |conn| import_node(conn, &record, &history))
             .await
     }
+
+    async fn record_ledger(
+        &self,
+        requests: &[LedgerRequest],
+        answers: &[LedgerAnswer],
+    ) -> Result<(), StoreError> {
+        if requests.is_empty() && answers.is_empty() {
+            return Ok(());
+        }
+        let (requests, answers) = (requests.to_vec(), answers.to_vec());
+        self.call(move |conn| write_ledger(conn, &requests, &answers))
+            .await
+    }
+
+    async fn ledger_requests(&self, limit: usize) -> Result<Vec<LedgerRequest>, StoreError> {
+        self.call(move |conn| read_requests(conn, None, limit))
+            .await
+    }
+
+    async fn ledger_request(&self, id: &str) -> Result<Option<LedgerRequest>, StoreError> {
+        let id = id.to_string();
+        self.call(move |conn| Ok(read_requests(conn, Some(&id), 1)?.pop()))
+            .await
+    }
+
+    async fn ledger_answers(&self, ids: &[String]) -> Result<Vec<LedgerAnswer>, StoreError> {
+        let ids = ids.to_vec();
+        self.call(move |conn| read_answers(conn, &ids)).await
+    }
+}
+
+/// Writes ledger records in one transaction; what is already there is kept.
+fn write_ledger(
+    conn: &mut Connection,
+    requests: &[LedgerRequest],
+    answers: &[LedgerAnswer],
+) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(sql_err)?;
+    for r in requests {
+        let expected = serde_json::to_string(&r.expected).map_err(err)?;
+        let ttl = i64::try_from(r.ttl).unwrap_or(i64::MAX);
+        tx.prepare_cached(
+            "INSERT INTO requests (id, command, sender, sent_at, ttl, expected) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .and_then(|mut s| {
+            s.execute(params![r.id, r.command, r.sender, rfc3339(r.sent_at), ttl, expected])
+        })
+        .map_err(sql_err)?;
+    }
+    for a in answers {
+        tx.prepare_cached(
+            "INSERT INTO request_answers (request_id, node, plugin, error, at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (request_id, node) DO NOTHING",
+        )
+        .and_then(|mut s| s.execute(params![a.request_id, a.node, a.plugin, a.error, rfc3339(a.at)]))
+        .map_err(sql_err)?;
+    }
+    tx.commit().map_err(sql_err)
+}
+
+fn read_requests(
+    conn: &Connection,
+    id: Option<&str>,
+    limit: usize,
+) -> Result<Vec<LedgerRequest>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, command, sender, sent_at, ttl, expected FROM requests
+             WHERE ?1 IS NULL OR id = ?1 ORDER BY sent_at DESC, id LIMIT ?2",
+        )
+        .map_err(sql_err)?;
+    let rows = stmt
+        .query_map(params![id, limit], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })
+        .map_err(sql_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, command, sender, sent_at, ttl, expected) = row.map_err(sql_err)?;
+        out.push(LedgerRequest {
+            id,
+            command,
+            sender,
+            sent_at: parse_time(&sent_at)?,
+            ttl: u64::try_from(ttl).unwrap_or(0),
+            expected: serde_json::from_str(&expected)
+                .map_err(|e| err(format!("bad stored expected nodes: {e}")))?,
+        });
+    }
+    Ok(out)
+}
+
+fn read_answers(conn: &Connection, ids: &[String]) -> Result<Vec<LedgerAnswer>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT request_id, node, plugin, error, at FROM request_answers WHERE request_id = ?1",
+        )
+        .map_err(sql_err)?;
+    let mut out = Vec::new();
+    for id in ids {
+        let rows = stmt
+            .query_map(params![id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .map_err(sql_err)?;
+        for row in rows {
+            let (request_id, node, plugin, error, at) = row.map_err(sql_err)?;
+            out.push(LedgerAnswer {
+                request_id,
+                node,
+                plugin,
+                error,
+                at: parse_time(&at)?,
+            });
+        }
+    }
+    Ok(out)
 }
 
 impl SqliteStore {

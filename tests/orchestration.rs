@@ -1,0 +1,260 @@
+//! Orchestration on the real RabbitMQ: ping discovery, the request ledger
+//! (`vogeler-admin requests`), scheduled inventory, heartbeats and the node-queue policy.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn text(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+fn json_out(o: &std::process::Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("no JSON ({e}): {}", text(o)))
+}
+
+/// Polls `f` until it returns `Some` or `secs` pass (then panics with `what`).
+fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("{what} did not happen within {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn ping_discovers_the_running_clients_only() {
+    let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);
+    let (a, b, never) = (d.node("a1"), d.node("b1"), d.node("c1"));
+    let _server = d.server(&[]);
+    let _clients = [d.client(&a, &[]), d.client(&b, &[])];
+
+    let out = d.runner(&[
+        "-x",
+        "hello",
+        "--ping",
+        "--wait",
+        "--timeout",
+        "20s",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = json_out(&out);
+    assert_eq!(s["discovered"], json!([a.clone(), b.clone()]), "{s}");
+    assert_eq!(s["answered"], json!([a.clone(), b.clone()]), "{s}");
+    assert!(!s.to_string().contains(&never), "{s}");
+
+    // Globs filter the answering nodes.
+    let glob = format!("{}-a*", d.id);
+    let out = d.runner(&[
+        "-x",
+        "hello",
+        "--ping",
+        "-n",
+        &glob,
+        "--wait",
+        "--timeout",
+        "20s",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(json_out(&out)["answered"], json!([a.clone()]));
+
+    // Filters need the store: refused as a usage error.
+    let out = d.runner(&["-x", "hello", "--ping", "-W", "facter.os.family=Debian"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--ping"), "{}", text(&out));
+}
+
+#[test]
+fn the_ledger_shows_stored_error_and_missing_nodes() {
+    let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);
+    let empty = d.path("no-plugins");
+    std::fs::create_dir_all(&empty).expect("empty plugin dir");
+    let (ok, bad, gone) = (d.node("ok"), d.node("bad"), d.node("gone"));
+    let _server = d.server(&[]);
+    let _ok = d.client(&ok, &[]);
+    let _bad = d.client(&bad, &["-p", empty.to_str().expect("utf-8 path")]);
+    // Its queue exists, its client is stopped: the request waits there and expires.
+    d.client(&gone, &[]).stop();
+
+    let targets = format!("{ok},{bad},{gone}");
+    let out = d.runner(&[
+        "-x",
+        "hello",
+        "-n",
+        &targets,
+        "--ttl",
+        "3",
+        "--wait",
+        "--timeout",
+        "4s",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let s = json_out(&out);
+    let id = s["request_id"].as_str().expect("request id").to_string();
+    assert_eq!(s["answered"], json!([ok.clone()]));
+    assert_eq!(s["no_answer"], json!([gone.clone()]));
+
+    // The list: once the ttl passed, the node that never answered is missing.
+    let row = eventually(20, "the request expiring in the ledger", || {
+        let out = d.admin(&["requests", "--format", "json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let rows = json_out(&out);
+        let row = rows
+            .as_array()?
+            .iter()
+            .find(|r| r["id"] == json!(id))?
+            .clone();
+        (row["state"] == "expired").then_some(row)
+    });
+    assert_eq!(row["command"], "hello");
+    assert_eq!(row["expected"], 3);
+    assert_eq!(row["stored"], 1);
+    assert_eq!(row["errors"], 1);
+    assert_eq!(row["missing"], 1);
+
+    let table = text(&d.admin(&["requests"]));
+    assert!(table.contains("ID") && table.contains("STATE"), "{table}");
+    assert!(table.contains(&id) && table.contains("expired"), "{table}");
+
+    // One request: per node.
+    let out = d.admin(&["requests", &id, "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let nodes: Vec<(String, String)> = json_out(&out)
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r["node"].as_str().unwrap_or_default().to_string(),
+                r["outcome"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let mut want = vec![
+        (ok.clone(), "stored".to_string()),
+        (bad.clone(), "error".to_string()),
+        (gone.clone(), "missing".to_string()),
+    ];
+    want.sort();
+    assert_eq!(nodes, want);
+    let detail = json_out(&out);
+    let error_row = detail
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["node"] == json!(bad)))
+        .expect("error row");
+    assert!(
+        error_row["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not authorized")),
+        "{error_row}"
+    );
+    let table = text(&d.admin(&["requests", &id]));
+    assert!(table.contains("OUTCOME"), "{table}");
+    assert!(
+        table.contains(&gone) && table.contains("missing"),
+        "{table}"
+    );
+    assert!(
+        table.contains("(hello)") && table.contains("expired"),
+        "{table}"
+    );
+
+    // An unknown id is an error naming it.
+    let out = d.admin(&["requests", "no-such-request"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no-such-request"), "{}", text(&out));
+}
+
+/// How many times `key` of `node` changed, from `vogeler-admin history`.
+fn changes_of(d: &Deployment, node: &str, key: &str) -> usize {
+    let out = d.admin(&["history", node, "--format", "json"]);
+    if !out.status.success() {
+        return 0;
+    }
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
+    let mut at: Vec<String> = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["key"] == json!(key))
+        .filter_map(|r| r["at"].as_str().map(str::to_string))
+        .collect();
+    at.dedup();
+    at.len()
+}
+
+#[test]
+fn scheduled_runs_arrive_and_heartbeats_move_last_seen() {
+    // `stamp` has no interval of its own; `tick` runs every second on its own.
+    let d = Deployment::new(&[
+        plugin_ref(plugin("stamp", "date +%s%N", "output")),
+        (
+            "tick.cfg",
+            "[tick]\nname = tick\ndescription = t\ncommand = date +%s%N\nresult_format = output\ninterval = 1\n"
+                .to_string(),
+        ),
+    ]);
+    let empty = d.path("no-plugins");
+    std::fs::create_dir_all(&empty).expect("empty plugin dir");
+    let (own, all, quiet) = (d.node("own"), d.node("all"), d.node("quiet"));
+    let _server = d.server(&[]);
+    let _own = d.client(&own, &["--heartbeat-interval", "0"]);
+    let _all = d.client(&all, &["--interval", "1", "--heartbeat-interval", "0"]);
+    let _quiet = d.client(
+        &quiet,
+        &[
+            "-p",
+            empty.to_str().expect("utf-8 path"),
+            "--heartbeat-interval",
+            "1",
+        ],
+    );
+
+    // Every client pushes on its own: several runs within a few seconds.
+    eventually(30, "three scheduled runs of tick on own", || {
+        (changes_of(&d, &own, "tick") >= 3).then_some(())
+    });
+    eventually(30, "three scheduled runs of stamp on all", || {
+        (changes_of(&d, &all, "stamp") >= 3).then_some(())
+    });
+    let doc = d.document(&all).expect("all stored");
+    assert!(doc.get("tick").is_some(), "{doc}");
+    // Only plugins with an interval run without [client] interval.
+    let doc = d.document(&own).expect("own stored");
+    assert!(doc.get("stamp").is_none(), "{doc}");
+
+    // Heartbeats alone create the node and keep moving last_seen.
+    let first = d.wait_document(&quiet, 20, |doc| doc["last_seen"].is_string());
+    let later = d.wait_document(&quiet, 20, |doc| doc["last_seen"] != first["last_seen"]);
+    assert!(later.get("tick").is_none(), "{later}");
+    assert_eq!(later["created_at"], first["created_at"]);
+}
+
+fn plugin_ref((name, body): (String, String)) -> (&'static str, String) {
+    (Box::leak(name.into_boxed_str()), body)
+}
+
+#[test]
+fn setup_prints_the_node_queue_policy() {
+    let d = Deployment::new(&[]);
+    let out = d.admin(&["setup", "--messaging", "--node-queue-max-length", "250"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    let master = format!("{}\\.master\\.in", d.id);
+    let dead = format!("{}\\.dead", d.id);
+    let want = format!(
+        "rabbitmqctl set_policy -p / --apply-to queues vogeler-node-queues '^(?!({master}|{dead}|amq\\..*)$).*' '{{\"max-length\":250,\"overflow\":\"drop-head\"}}'"
+    );
+    assert!(t.contains(&want), "{t}\nwanted: {want}");
+}
