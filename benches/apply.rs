@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use vogeler_store::{Change, Data, Observation};
 
+mod support;
+
 fn facter() -> Value {
     let yaml = include_str!("../fixtures/facter-y.yaml");
     let v: serde_yaml::Value = serde_yaml::from_str(yaml).expect("facter fixture parses");
@@ -19,18 +21,7 @@ fn facter() -> Value {
 
 /// CPU time (user + system) of this process so far.
 fn cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| f.get(*i).and_then(|v| v.parse::<u64>().ok()))
-        .sum();
-    Duration::from_millis(ticks * 10)
+    Duration::from_millis(support::cpu_ticks("self") * 10)
 }
 
 #[tokio::main]

@@ -189,21 +189,7 @@ fn client_idle(id: &str) -> (u64, u64) {
             })
             .unwrap_or(0)
     };
-    let ticks = || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .map(|s| {
-                let f: Vec<&str> = s
-                    .rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .split_whitespace()
-                    .collect();
-                f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-                    + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            })
-            .unwrap_or(0)
-    };
+    let ticks = || support::cpu_ticks(&pid.to_string());
     let before = ticks();
     std::thread::sleep(Duration::from_secs(5));
     let used = ticks() - before;

@@ -13,7 +13,9 @@ use chrono::Utc;
 use serde::Serialize;
 use vogeler_protocol::{Decoded, Message, Request};
 use vogeler_signing::SecretKey;
-use vogeler_transport::{Backoff, Broker, Delivered, Outgoing, Topology, BROADCAST_KEY};
+use vogeler_transport::{
+    Backoff, Broker, Consumer, Delivered, Outgoing, Session, Topology, BROADCAST_KEY,
+};
 
 use crate::client::Wire;
 
@@ -405,14 +407,10 @@ async fn ping(
     let mut found = BTreeSet::new();
     loop {
         let limit = deadline.min(last + opts.ping_quiet);
-        let d = match tokio::time::timeout_at(limit, consumer.next()).await {
-            Err(_) => break,
-            Ok(None) => anyhow::bail!("the broker closed the reply queue"),
-            Ok(Some(Err(e))) => return Err(e.into()),
-            Ok(Some(Ok(d))) => d,
+        let Some(reply) = next_reply(session, consumer, limit).await? else {
+            break;
         };
-        session.ack(d.tag, false).await?;
-        if let Ok(Decoded::Message(Message::Pong(pong))) = vogeler_protocol::decode(&d.body) {
+        if let Ok(Decoded::Message(Message::Pong(pong))) = reply {
             if pong.ping_id != p.id {
                 continue;
             }
@@ -464,18 +462,14 @@ async fn discover(
         .await?;
     let deadline = tokio::time::Instant::now() + opts.discovery_timeout;
     loop {
-        let d = match tokio::time::timeout_at(deadline, consumer.next()).await {
-            Err(_) => anyhow::bail!(
-                "no vogeler-server answered the discovery request within {} s (is a server consuming {}?)",
-                opts.discovery_timeout.as_secs(),
-                opts.topology.master_queue
-            ),
-            Ok(None) => anyhow::bail!("the broker closed the reply queue"),
-            Ok(Some(Err(e))) => return Err(e.into()),
-            Ok(Some(Ok(d))) => d,
+        let Some(reply) = next_reply(session, consumer, deadline).await? else {
+            anyhow::bail!(
+                    "no vogeler-server answered the discovery request within {} s (is a server consuming {}?)",
+                    opts.discovery_timeout.as_secs(),
+                    opts.topology.master_queue
+                );
         };
-        session.ack(d.tag, false).await?;
-        if let Ok(Decoded::Message(Message::Discovered(a))) = vogeler_protocol::decode(&d.body) {
+        if let Ok(Decoded::Message(Message::Discovered(a))) = reply {
             if a.discover_id != q.id {
                 continue;
             }
@@ -486,6 +480,22 @@ async fn discover(
             return Ok(a.nodes);
         }
     }
+}
+
+/// The next message on the reply queue, acked and decoded; `None` once `until` passed.
+async fn next_reply(
+    session: &Session,
+    consumer: &mut Consumer,
+    until: tokio::time::Instant,
+) -> anyhow::Result<Option<Result<Decoded, vogeler_protocol::ProtocolError>>> {
+    let d = match tokio::time::timeout_at(until, consumer.next()).await {
+        Err(_) => return Ok(None),
+        Ok(None) => anyhow::bail!("the broker closed the reply queue"),
+        Ok(Some(Err(e))) => return Err(e.into()),
+        Ok(Some(Ok(d))) => d,
+    };
+    session.ack(d.tag, false).await?;
+    Ok(Some(vogeler_protocol::decode(&d.body)))
 }
 
 /// A live "stored / expected" bar on a terminal; hidden when stderr is not one.

@@ -51,3 +51,23 @@ pub fn write_section(name: &str, body: &str) {
     std::fs::write(&path, out).expect("write BENCHMARKS.md");
     println!("wrote {}", path.display());
 }
+
+/// CPU clock ticks (user + system, 1/100 s) a process used so far; `pid` is a number
+/// or `self`.
+pub fn cpu_ticks(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .map(|s| {
+            let f: Vec<&str> = s
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            [11, 12]
+                .iter()
+                .filter_map(|i| f.get(*i).and_then(|v| v.parse::<u64>().ok()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
