@@ -135,7 +135,7 @@ enum Command {
         exists: Option<String>,
         /// RabbitMQ management API base URL for --status (one call for every queue, with
         /// unacked counts and memory); default `[amqp] management_url`, else
-        /// http://<first broker host>:15672. Logs in as the AMQP user.
+        /// `http://<first broker host>:15672`. Logs in as the AMQP user.
         #[arg(long, value_name = "URL", env = "VOGELER_MANAGEMENT_URL")]
         management: Option<String>,
         /// Use passive declares over AMQP only, even when the management API answers.
