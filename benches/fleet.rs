@@ -6,7 +6,8 @@
 //! broadcasts one request and measures the time until the server has confirmed all N
 //! documents stored (its `stored` replies, as `vogeler-runner --wait` counts them).
 //!
-//! `cargo bench --bench fleet` (env `VOGELER_FLEET_SIZES`, default `1000,10000`;
+//! `cargo bench --bench fleet` (env `VOGELER_FLEET_SIZES`, default `1000`: 10,000 is
+//! an open problem on one shared broker, see BENCHMARKS.md;
 //! `VOGELER_BENCH_STORES`, default `sqlite,postgres`; `VOGELER_FLEET_CONNECTIONS`,
 //! default 4) prints the figures and writes its section of BENCHMARKS.md: per store
 //! and size, the first broadcast (every document created) and a second one (every
@@ -224,7 +225,7 @@ async fn main() {
         return;
     }
     let sizes: Vec<u64> = std::env::var("VOGELER_FLEET_SIZES")
-        .unwrap_or_else(|_| "1000,10000".into())
+        .unwrap_or_else(|_| "1000".into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
