@@ -29,13 +29,10 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let n: usize = std::env::var("VOGELER_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let stores = std::env::var("VOGELER_BENCH_STORES").unwrap_or_else(|_| "sqlite".into());
+    let n: usize = support::env_number("VOGELER_BENCH_N", 20_000);
     let base = facter();
-    for backend in stores.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for backend in support::stores("sqlite") {
+        let backend = backend.as_str();
         let dir = tempfile::tempdir().expect("tempdir");
         let dsn = vogeler_store::testing::fresh_dsn(backend, dir.path()).await;
         let store = vogeler_store::testing::open(&dsn).await;

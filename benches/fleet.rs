@@ -229,13 +229,10 @@ async fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let stores = std::env::var("VOGELER_BENCH_STORES").unwrap_or_else(|_| "sqlite,postgres".into());
-    let connections: usize = std::env::var("VOGELER_FLEET_CONNECTIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+    let connections: usize = support::env_number("VOGELER_FLEET_CONNECTIONS", 4);
     let mut rows = Vec::new();
-    for backend in stores.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for backend in support::stores("sqlite,postgres") {
+        let backend = backend.as_str();
         for &n in &sizes {
             let id = format!("fleet{}{backend}{n}", std::process::id());
             let t = Topology {

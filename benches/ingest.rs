@@ -208,12 +208,8 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let n: usize = std::env::var("VOGELER_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let stores =
-        std::env::var("VOGELER_BENCH_STORES").unwrap_or_else(|_| "sqlite,postgres,couch".into());
+    let n: usize = support::env_number("VOGELER_BENCH_N", 20_000);
+    let stores = support::stores("sqlite,postgres,couch");
     let facter = facter_json();
     let id = format!("bench{}", std::process::id());
     let bodies: Vec<Vec<u8>> = (0..n)
@@ -253,7 +249,7 @@ async fn main() {
     println!("raw publish with confirms: {publish_rate:.0} msg/s");
 
     let mut rows = Vec::new();
-    for backend in stores.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for backend in stores.iter().map(String::as_str) {
         let dir = tempfile::tempdir().expect("tempdir");
         // CouchDB here is an in-memory pouchdb-server: labelled so in the table.
         let dsn = vogeler_store::testing::fresh_dsn(backend, dir.path()).await;
@@ -270,7 +266,7 @@ async fn main() {
 
     // Several servers side by side on one PostgreSQL database (SQLite has one writer).
     let mut scaling = Vec::new();
-    if stores.split(',').any(|b| b.trim() == "postgres") {
+    if stores.iter().any(|b| b == "postgres") {
         for servers in [1usize, 2, 3] {
             let dir = tempfile::tempdir().expect("tempdir");
             let dsn = vogeler_store::testing::fresh_dsn("postgres", dir.path()).await;

@@ -117,15 +117,12 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let n: usize = std::env::var("VOGELER_BENCH_NODES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let stores = std::env::var("VOGELER_BENCH_STORES").unwrap_or_else(|_| "sqlite,postgres".into());
+    let n: usize = support::env_number("VOGELER_BENCH_NODES", 10_000);
     let mut md = format!("## Queries over {n} stored nodes (facter + ohai + dpkg each)\n\n");
     md.push_str(&support::machine_line("queries"));
     md.push_str("| store | fill (results/s) | facts os.family | package openssl | stale 1h | errors | changes (1,000) | node list p50 / p95 | search p50 / p95 |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
-    for backend in stores.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for backend in support::stores("sqlite,postgres") {
+        let backend = backend.as_str();
         let dir = tempfile::tempdir().expect("tempdir");
         let dsn = vogeler_store::testing::fresh_dsn(backend, dir.path()).await;
         let store = vogeler_store::testing::open(&dsn).await;

@@ -118,14 +118,8 @@ pub fn management(s: &Settings, explicit: Option<String>) -> anyhow::Result<Mana
         .qhost
         .first()
         .ok_or_else(|| anyhow::anyhow!("no broker address configured"))?;
-    let from_file = match &s.config_path {
-        Some(path) => ConfigFile::load(path)?
-            .get("amqp", "management_url")
-            .map(String::from),
-        None => None,
-    };
     let url = explicit
-        .or(from_file)
+        .or_else(|| s.management_url.clone())
         .unwrap_or_else(|| format!("http://{}:15672", first.host));
     Ok(Management::new(&url, &first.user, &first.password))
 }

@@ -71,3 +71,22 @@ pub fn cpu_ticks(pid: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// A number from the environment variable `name`, or `default` when unset or not a number.
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The store backends to measure: `VOGELER_BENCH_STORES` (comma-separated) or `default`.
+pub fn stores(default: &str) -> Vec<String> {
+    std::env::var("VOGELER_BENCH_STORES")
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}

@@ -384,6 +384,8 @@ pub struct Settings {
     pub dead_letter_queue: String,
     /// Declare master.in and the dead-letter queue as quorum queues (`[amqp] queue_type`).
     pub quorum: bool,
+    /// RabbitMQ management API base URL (`[amqp] management_url`); `None`: next to the broker.
+    pub management_url: Option<String>,
     /// Message shapes to emit.
     pub wire: Wire,
     /// This node's name (client).
@@ -879,6 +881,7 @@ impl Settings {
             master_queue: name(&o.master_queue, "master_queue", "master.in"),
             dead_letter_queue: name(&o.dead_letter_queue, "dead_letter_queue", "vogeler.dead"),
             quorum,
+            management_url: get("amqp", "management_url").map(String::from),
             wire,
             node_name,
             plugin_timeout,
