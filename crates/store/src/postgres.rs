@@ -8,7 +8,7 @@
 //! `history` holds one row per change; `requests` and `request_answers` are the
 //! request ledger (schema version 3).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -19,7 +19,7 @@ use vogeler_config::PgSslMode;
 
 use crate::{
     is_reserved_key, last_error_value, Change, HistoryEntry, KeyPath, LedgerAnswer, LedgerRequest,
-    NodeRecord, NodeSummary, Outcome, Store, StoreError,
+    NodeRecord, NodeSummary, Observation, Outcome, Store, StoreError,
 };
 
 const BACKEND: &str = "postgres";
@@ -123,6 +123,238 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// One batch worked out in memory: which nodes and keys it touches (read before the
+/// writes) and, once the stored state is known, each observation's outcome and the
+/// writes that bring the store to the batch's end state.
+struct BatchPlan {
+    /// Nodes written, sorted and distinct (refused observations create nothing).
+    nodes: Vec<String>,
+    /// Plugin keys written, distinct.
+    keys: Vec<(String, String)>,
+    /// Per observation, why it is refused, if it is.
+    refused: Vec<Option<String>>,
+}
+
+/// Column arrays for the batch's array statements.
+#[derive(Default)]
+struct Writes {
+    put_node: Vec<String>,
+    put_key: Vec<String>,
+    put_value: Vec<Value>,
+    put_at: Vec<DateTime<Utc>>,
+    time_node: Vec<String>,
+    time_key: Vec<String>,
+    time_at: Vec<DateTime<Utc>>,
+    hist_node: Vec<String>,
+    hist_key: Vec<String>,
+    hist_old: Vec<Option<Value>>,
+    hist_new: Vec<Option<Value>>,
+    hist_at: Vec<DateTime<Utc>>,
+    node_name: Vec<String>,
+    node_changed: Vec<bool>,
+    node_set_error: Vec<bool>,
+    node_error: Vec<Option<Value>>,
+    node_error_at: Vec<Option<DateTime<Utc>>>,
+}
+
+impl Writes {
+    fn history(
+        &mut self,
+        node: &str,
+        key: &str,
+        old: Option<Value>,
+        new: Value,
+        at: DateTime<Utc>,
+    ) {
+        self.hist_node.push(node.to_string());
+        self.hist_key.push(key.to_string());
+        self.hist_old.push(old);
+        self.hist_new.push(Some(new));
+        self.hist_at.push(at);
+    }
+}
+
+/// A key's state while the batch is walked.
+struct KeyState {
+    value: Option<(Value, DateTime<Utc>)>,
+    value_dirty: bool,
+    time_dirty: bool,
+}
+
+/// A node's state while the batch is walked.
+struct NodeState {
+    error: Option<Value>,
+    error_at: Option<DateTime<Utc>>,
+    changed: bool,
+    set_error: bool,
+    /// Whether an earlier observation of this batch already reported `Created`.
+    reported: bool,
+}
+
+impl BatchPlan {
+    fn new(batch: &[Observation]) -> Result<BatchPlan, StoreError> {
+        let mut nodes = BTreeSet::new();
+        let mut keys = HashSet::new();
+        let mut refused = Vec::with_capacity(batch.len());
+        for obs in batch {
+            if let Change::Plugin { name, .. } = &obs.change {
+                if is_reserved_key(name) {
+                    refused.push(Some(format!(
+                        "plugin name {name:?} clashes with a document field"
+                    )));
+                    continue;
+                }
+                keys.insert((obs.node.clone(), name.clone()));
+            }
+            refused.push(None);
+            nodes.insert(obs.node.clone());
+        }
+        Ok(BatchPlan {
+            nodes: nodes.into_iter().collect(),
+            keys: keys.into_iter().collect(),
+            refused,
+        })
+    }
+
+    /// Outcomes of a batch where every observation is refused.
+    fn outcomes_without_store(self) -> Vec<Outcome> {
+        self.refused
+            .into_iter()
+            .map(|r| Outcome::Refused(r.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Walks the batch in order over the stored state, as if each observation were
+    /// applied alone: a key written twice ends with the later write, and every change
+    /// is one history row.
+    fn resolve(
+        self,
+        batch: &[Observation],
+        created: &HashSet<String>,
+        errors: HashMap<String, (Option<Value>, Option<DateTime<Utc>>)>,
+        mut stored: HashMap<(String, String), (Value, DateTime<Utc>)>,
+    ) -> Result<(Vec<Outcome>, Writes), StoreError> {
+        let mut keys: HashMap<(String, String), KeyState> = self
+            .keys
+            .into_iter()
+            .map(|k| {
+                let value = stored.remove(&k);
+                let state = KeyState {
+                    value,
+                    value_dirty: false,
+                    time_dirty: false,
+                };
+                (k, state)
+            })
+            .collect();
+        let mut nodes: HashMap<String, NodeState> = errors
+            .into_iter()
+            .map(|(name, (error, error_at))| {
+                let state = NodeState {
+                    error,
+                    error_at,
+                    changed: false,
+                    set_error: false,
+                    reported: false,
+                };
+                (name, state)
+            })
+            .collect();
+        let mut writes = Writes::default();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (obs, refused) in batch.iter().zip(self.refused) {
+            if let Some(reason) = refused {
+                outcomes.push(Outcome::Refused(reason));
+                continue;
+            }
+            let node = nodes
+                .get_mut(&obs.node)
+                .ok_or_else(|| StoreError::Backend {
+                    backend: BACKEND,
+                    message: format!("node {:?} vanished while its row was locked", obs.node),
+                })?;
+            let outcome = match &obs.change {
+                Change::Seen => Outcome::Unchanged,
+                Change::Plugin { name, value } => {
+                    let value = value.tree()?.into_owned();
+                    let key = (obs.node.clone(), name.clone());
+                    let state = keys.get_mut(&key).ok_or_else(|| StoreError::Backend {
+                        backend: BACKEND,
+                        message: format!("key {name:?} of {:?} was not planned", obs.node),
+                    })?;
+                    match &mut state.value {
+                        Some((_, at)) if obs.at < *at => Outcome::Stale,
+                        Some((old, at)) if *old == value => {
+                            *at = obs.at;
+                            state.time_dirty = true;
+                            Outcome::Unchanged
+                        }
+                        slot => {
+                            let old = slot.take().map(|(v, _)| v);
+                            writes.history(&obs.node, name, old, value.clone(), obs.at);
+                            *slot = Some((value, obs.at));
+                            state.value_dirty = true;
+                            Outcome::Updated
+                        }
+                    }
+                }
+                Change::Error {
+                    plugin,
+                    message,
+                    raw,
+                } => {
+                    if node.error_at.is_some_and(|t| obs.at < t) {
+                        Outcome::Stale
+                    } else {
+                        let new = last_error_value(plugin, message, raw, obs.at);
+                        if node.error.as_ref() == Some(&new) {
+                            Outcome::Unchanged
+                        } else {
+                            let old = node.error.replace(new.clone());
+                            writes.history(&obs.node, "last_error", old, new, obs.at);
+                            node.error_at = Some(obs.at);
+                            node.set_error = true;
+                            Outcome::Updated
+                        }
+                    }
+                }
+            };
+            node.changed |= outcome == Outcome::Updated;
+            let first = !std::mem::replace(&mut node.reported, true);
+            outcomes.push(match outcome {
+                Outcome::Updated | Outcome::Unchanged if first && created.contains(&obs.node) => {
+                    Outcome::Created
+                }
+                o => o,
+            });
+        }
+        for ((node, key), state) in keys {
+            match state.value {
+                Some((value, at)) if state.value_dirty => {
+                    writes.put_node.push(node);
+                    writes.put_key.push(key);
+                    writes.put_value.push(value);
+                    writes.put_at.push(at);
+                }
+                Some((_, at)) if state.time_dirty => {
+                    writes.time_node.push(node);
+                    writes.time_key.push(key);
+                    writes.time_at.push(at);
+                }
+                _ => {}
+            }
+        }
+        for (name, state) in nodes {
+            writes.node_name.push(name);
+            writes.node_changed.push(state.changed);
+            writes.node_set_error.push(state.set_error);
+            writes.node_error.push(state.error);
+            writes.node_error_at.push(state.error_at);
+        }
+        Ok((outcomes, writes))
+    }
+}
+
 impl PostgresStore {
     /// Connects a pool and creates or migrates the schema. `sslmode` and `sslrootcert`
     /// in the DSN choose TLS as libpq does (see [`vogeler_config::PgSslMode`]); without
@@ -209,142 +441,111 @@ impl Store for PostgresStore {
     }
 
     async fn apply(&self, batch: crate::Batch) -> Result<Vec<Outcome>, StoreError> {
+        // A batch costs a fixed number of round trips, not several per result: the
+        // outcomes are worked out here from one read of what is stored, and the writes
+        // go out as array statements, pipelined on one connection.
+        let plan = BatchPlan::new(&batch)?;
+        if plan.nodes.is_empty() {
+            return Ok(plan.outcomes_without_store());
+        }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let now = Utc::now();
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO nodes (name, created_at, updated_at, last_seen) VALUES ($1, $2, $2, $2)
-                 ON CONFLICT (name) DO NOTHING",
+        let nodes: Vec<&str> = plan.nodes.iter().map(String::as_str).collect();
+        // Names are sorted, so two servers inserting and locking the same nodes take
+        // the locks in the same order and never deadlock.
+        let created: HashSet<String> = tx
+            .query(
+                "INSERT INTO nodes (name, created_at, updated_at, last_seen)
+                 SELECT n, $2, $2, $2 FROM unnest($1::text[]) AS n ORDER BY n
+                 ON CONFLICT (name) DO NOTHING RETURNING name",
+                &[&nodes, &now],
             )
             .await
-            .map_err(pg_err)?;
-        // Locking the node row serialises writers of one node across servers.
-        let lock_node = tx
-            .prepare_cached(
-                "SELECT last_error, last_error_at FROM nodes WHERE name = $1 FOR UPDATE",
+            .map_err(pg_err)?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        // Locking the node rows serialises writers of one node across servers.
+        let errors: HashMap<String, (Option<Value>, Option<DateTime<Utc>>)> = tx
+            .query(
+                "SELECT name, last_error, last_error_at FROM nodes
+                 WHERE name = ANY($1) ORDER BY name FOR UPDATE",
+                &[&nodes],
             )
             .await
-            .map_err(pg_err)?;
-        let read_key = tx
-            .prepare_cached(
-                "SELECT value, collected_at FROM node_keys WHERE node = $1 AND key = $2",
+            .map_err(pg_err)?
+            .into_iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect();
+        let (key_nodes, key_names): (Vec<&str>, Vec<&str>) = plan
+            .keys
+            .iter()
+            .map(|(n, k)| (n.as_str(), k.as_str()))
+            .unzip();
+        let stored: HashMap<(String, String), (Value, DateTime<Utc>)> = tx
+            .query(
+                "SELECT k.node, k.key, k.value, k.collected_at
+                 FROM unnest($1::text[], $2::text[]) AS w(node, key)
+                 JOIN node_keys k ON k.node = w.node AND k.key = w.key",
+                &[&key_nodes, &key_names],
             )
             .await
-            .map_err(pg_err)?;
-        let set_key = tx
-            .prepare_cached(
-                "INSERT INTO node_keys (node, key, value, collected_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (node, key) DO UPDATE SET value = $3, collected_at = $4",
-            )
-            .await
-            .map_err(pg_err)?;
-        let set_time = tx
-            .prepare_cached("UPDATE node_keys SET collected_at = $3 WHERE node = $1 AND key = $2")
-            .await
-            .map_err(pg_err)?;
-        let set_error = tx
-            .prepare_cached("UPDATE nodes SET last_error = $2, last_error_at = $3 WHERE name = $1")
-            .await
-            .map_err(pg_err)?;
-        let touch = tx
-            .prepare_cached(
-                "UPDATE nodes SET last_seen = $2, updated_at = CASE WHEN $3 THEN $2 ELSE updated_at END WHERE name = $1",
-            )
-            .await
-            .map_err(pg_err)?;
-        let history = tx
-            .prepare_cached(
-                "INSERT INTO history (node, key, old, new, at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .await
-            .map_err(pg_err)?;
-
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for obs in batch.iter() {
-            if let Change::Plugin { name, .. } = &obs.change {
-                if is_reserved_key(name) {
-                    outcomes.push(Outcome::Refused(format!(
-                        "plugin name {name:?} clashes with a document field"
-                    )));
-                    continue;
-                }
-            }
-            let created = tx
-                .execute(&insert, &[&obs.node, &now])
-                .await
-                .map_err(pg_err)?
-                == 1;
-            let row = tx
-                .query_one(&lock_node, &[&obs.node])
-                .await
-                .map_err(pg_err)?;
-            let old_error: Option<Value> = row.get(0);
-            let old_error_at: Option<DateTime<Utc>> = row.get(1);
-            let outcome = match &obs.change {
-                Change::Seen => Outcome::Unchanged,
-                Change::Plugin { name, value } => {
-                    let value = &*value.tree()?;
-                    let old = tx
-                        .query_opt(&read_key, &[&obs.node, name])
-                        .await
-                        .map_err(pg_err)?
-                        .map(|r| (r.get::<_, Value>(0), r.get::<_, DateTime<Utc>>(1)));
-                    match old {
-                        Some((_, at)) if obs.at < at => Outcome::Stale,
-                        Some((old, _)) if &old == value => {
-                            tx.execute(&set_time, &[&obs.node, name, &obs.at])
-                                .await
-                                .map_err(pg_err)?;
-                            Outcome::Unchanged
-                        }
-                        old => {
-                            tx.execute(&set_key, &[&obs.node, name, value, &obs.at])
-                                .await
-                                .map_err(pg_err)?;
-                            let old = old.map(|o| o.0);
-                            tx.execute(&history, &[&obs.node, name, &old, &Some(value), &obs.at])
-                                .await
-                                .map_err(pg_err)?;
-                            Outcome::Updated
-                        }
-                    }
-                }
-                Change::Error {
-                    plugin,
-                    message,
-                    raw,
-                } => {
-                    if old_error_at.is_some_and(|t| obs.at < t) {
-                        Outcome::Stale
-                    } else {
-                        let new = last_error_value(plugin, message, raw, obs.at);
-                        if old_error.as_ref() == Some(&new) {
-                            Outcome::Unchanged
-                        } else {
-                            tx.execute(&set_error, &[&obs.node, &new, &obs.at])
-                                .await
-                                .map_err(pg_err)?;
-                            tx.execute(
-                                &history,
-                                &[&obs.node, &"last_error", &old_error, &Some(new), &obs.at],
-                            )
-                            .await
-                            .map_err(pg_err)?;
-                            Outcome::Updated
-                        }
-                    }
-                }
-            };
-            let changed = outcome == Outcome::Updated;
-            tx.execute(&touch, &[&obs.node, &now, &changed])
-                .await
-                .map_err(pg_err)?;
-            outcomes.push(match outcome {
-                Outcome::Updated | Outcome::Unchanged if created => Outcome::Created,
-                o => o,
-            });
-        }
+            .map_err(pg_err)?
+            .into_iter()
+            .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
+            .collect();
+        let (outcomes, writes) = plan.resolve(&batch, &created, errors, stored)?;
+        let w = &writes;
+        type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+        let put_params: [Param; 4] = [&w.put_node, &w.put_key, &w.put_value, &w.put_at];
+        let time_params: [Param; 3] = [&w.time_node, &w.time_key, &w.time_at];
+        let hist_params: [Param; 5] = [
+            &w.hist_node,
+            &w.hist_key,
+            &w.hist_old,
+            &w.hist_new,
+            &w.hist_at,
+        ];
+        let touch_params: [Param; 6] = [
+            &w.node_name,
+            &now,
+            &w.node_changed,
+            &w.node_set_error,
+            &w.node_error,
+            &w.node_error_at,
+        ];
+        let put = tx.execute(
+            "INSERT INTO node_keys (node, key, value, collected_at)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[])
+             ON CONFLICT (node, key) DO UPDATE SET value = EXCLUDED.value, collected_at = EXCLUDED.collected_at",
+            &put_params,
+        );
+        let times = tx.execute(
+            "UPDATE node_keys k SET collected_at = w.at
+             FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS w(node, key, at)
+             WHERE k.node = w.node AND k.key = w.key",
+            &time_params,
+        );
+        let history = tx.execute(
+            "INSERT INTO history (node, key, old, new, at)
+             SELECT node, key, old, new, at
+             FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[], $5::timestamptz[])
+                  WITH ORDINALITY AS h(node, key, old, new, at, i)
+             ORDER BY i",
+            &hist_params,
+        );
+        let touch = tx.execute(
+            "UPDATE nodes n SET last_seen = $2,
+                 updated_at = CASE WHEN w.changed THEN $2 ELSE n.updated_at END,
+                 last_error = CASE WHEN w.set_error THEN w.error ELSE n.last_error END,
+                 last_error_at = CASE WHEN w.set_error THEN w.error_at ELSE n.last_error_at END
+             FROM unnest($1::text[], $3::bool[], $4::bool[], $5::jsonb[], $6::timestamptz[])
+                  AS w(name, changed, set_error, error, error_at)
+             WHERE n.name = w.name",
+            &touch_params,
+        );
+        futures_util::try_join!(put, times, history, touch).map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;
         Ok(outcomes)
     }

@@ -24,7 +24,53 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// A store in one SQLite file.
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
+    /// Tells the checkpointer thread that a batch was committed.
+    checkpoints: mpsc::SyncSender<()>,
     path: PathBuf,
+}
+
+/// WAL frames (pages) past which the checkpointer waits for the writer and restarts the
+/// log, so a server that never goes idle still has a bounded WAL (64 MB at 4 KB pages).
+const WAL_RESTART_FRAMES: i64 = 16_384;
+
+/// Starts the thread that copies the WAL back into the database file on its own
+/// connection. With SQLite's automatic checkpoints, the commit that crosses the
+/// threshold copies and syncs tens of megabytes inline while results wait; here the
+/// writer only appends and a passive checkpoint runs beside it.
+fn start_checkpointer(path: &Path) -> Result<mpsc::SyncSender<()>, StoreError> {
+    let conn = Connection::open(path).map_err(|e| StoreError::Unavailable {
+        backend: BACKEND,
+        message: format!("cannot open {}: {e}", path.display()),
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(sql_err)?;
+    conn.pragma_update(None, "journal_size_limit", 67_108_864)
+        .map_err(sql_err)?;
+    let (tx, rx) = mpsc::sync_channel::<()>(1);
+    let name = path.display().to_string();
+    std::thread::Builder::new()
+        .name("vogeler-sqlite-checkpoint".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                if let Err(e) = checkpoint(&conn) {
+                    tracing::warn!(database = %name, error = %e, "WAL checkpoint failed; retrying after the next commit");
+                }
+                // Commits that arrive meanwhile coalesce into the next round.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        })
+        .map_err(err)?;
+    Ok(tx)
+}
+
+/// One round: a passive checkpoint (never blocks the writer); when the log has still
+/// grown past [`WAL_RESTART_FRAMES`], a restart checkpoint that waits for the writer.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    let log: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
+    if log > WAL_RESTART_FRAMES {
+        conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
+    }
+    Ok(())
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -58,7 +104,7 @@ PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
 PRAGMA cache_size = -65536;
 PRAGMA temp_store = MEMORY;
-PRAGMA wal_autocheckpoint = 8192;
+PRAGMA journal_size_limit = 67108864;
 CREATE TABLE IF NOT EXISTS nodes (
     name TEXT PRIMARY KEY,
     created_at TEXT NOT NULL,
@@ -123,7 +169,11 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql_err)?;
         conn.execute_batch(SCHEMA).map_err(sql_err)?;
+        // Checkpoints run on their own thread (`start_checkpointer`), not in commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(sql_err)?;
         conn.set_prepared_statement_cache_capacity(64);
+        let checkpoints = start_checkpointer(path)?;
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("vogeler-sqlite".into())
@@ -135,6 +185,7 @@ impl SqliteStore {
             .map_err(err)?;
         Ok(SqliteStore {
             jobs: tx,
+            checkpoints,
             path: path.to_path_buf(),
         })
     }
@@ -462,7 +513,10 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, batch: crate::Batch) -> Result<Vec<Outcome>, StoreError> {
-        self.call(move |conn| apply_batch(conn, &batch)).await
+        let outcomes = self.call(move |conn| apply_batch(conn, &batch)).await;
+        // Full means a round is already due; that round sees this commit too.
+        let _ = self.checkpoints.try_send(());
+        outcomes
     }
 
     async fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
