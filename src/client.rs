@@ -220,7 +220,16 @@ pub async fn run(opts: ClientOptions, mut shutdown: Shutdown) -> anyhow::Result<
             break Ok(());
         };
         let session = Arc::new(session);
-        match serve(&opts, session.clone(), &registry, &schedule, &mut shutdown).await {
+        match serve(
+            &opts,
+            session.clone(),
+            &registry,
+            &schedule,
+            &mut shutdown,
+            &mut backoff,
+        )
+        .await
+        {
             Ok(()) => {
                 if let Ok(s) = Arc::try_unwrap(session) {
                     s.close().await;
@@ -256,11 +265,15 @@ async fn serve(
     registry: &SharedRegistry,
     schedule: &Arc<crate::schedule::ScheduleState>,
     shutdown: &mut Shutdown,
+    backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
     session.declare_client(&opts.topology, &opts.node).await?;
     let concurrency = opts.concurrency.max(1);
     let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
     let mut consumer = session.consume(&opts.node, prefetch, "").await?;
+    // Only a session that got this far counts as reconnected: a member that refuses the
+    // node queue (its home member is down) is retried with growing delays.
+    backoff.reset();
     let slots = Arc::new(Semaphore::new(concurrency));
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
     // Scheduled runs and heartbeats live as long as this session (dropped on return).

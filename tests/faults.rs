@@ -1,4 +1,5 @@
 //! Fault tests: the broker restarted or crashed mid-ingest (on a private RabbitMQ node),
+//! a member of a three-node cluster killed mid-ingest (quorum queues),
 //! the server killed with SIGKILL mid-ingest, the store taken away for a while,
 //! thousands of poison messages mixed into good traffic, and two servers writing the
 //! same nodes. Every test uses its own names, node and database, so the suite runs in
@@ -412,6 +413,242 @@ fn server_killed_repeatedly_mid_ingest_stores_each_result_once() {
         server.log_text()
     );
     server.stop();
+    assert_history_once_sqlite(&d, &nodes);
+}
+
+// --- RabbitMQ cluster ----------------------------------------------------------------
+
+/// The port part of a member's AMQP URI as it appears in the programs' logs.
+fn port_tag(node: &RabbitNode) -> String {
+    format!("127.0.0.1:{}/", node.port)
+}
+
+/// `text` without terminal colour codes (`ESC [ … m`), which the programs write even to a file.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Lines of `log` containing `what`.
+fn lines_with<'a>(log: &'a str, what: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(what)).collect()
+}
+
+/// Issue #10: a three-node cluster with quorum queues, one node killed (SIGKILL) mid-ingest.
+/// The node killed is the one the server (and client a) connected to, and the leader of
+/// master.in. A publisher on another member keeps going; every confirmed result is stored
+/// exactly once, the server fails over to another member, a runner and client b (its node
+/// queue on a surviving member) work during the outage, and client a (its classic node queue
+/// on the killed member) waits and answers again once the member is back.
+#[test]
+fn cluster_member_killed_mid_ingest_loses_nothing_and_everyone_carries_on() {
+    let test_started = Instant::now();
+    let mut cluster = RabbitCluster::start(3);
+    let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    eprintln!("cluster {names:?} formed in {:?}", cluster.formed_in);
+    let plugins = [plugin("stamp", "date +%s%N", "output")];
+    let plugins: Vec<(&str, String)> = plugins
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.clone()))
+        .collect();
+    let d = Deployment::new(&plugins).with_broker(&cluster.qhost());
+    d.write_conf("queue_type = quorum\n");
+    let t = d.topology();
+    let mut server = d.server(&["--qhost", &cluster.qhost()]);
+    let (a, b) = (d.node("agent-a"), d.node("agent-b"));
+    let mut client_a = d.client(&a, &[]);
+    let mut client_b = d.client(&b, &["--qhost", &cluster.qhost_from(1)]);
+
+    // Where everything lives: master.in replicated on all three members, led by member 1
+    // (declared through it); each node queue on the member its client declared it through.
+    let master = cluster.queue(1, &t.master_queue);
+    assert_eq!(master["type"], "quorum", "{master}");
+    assert_eq!(
+        master["members"].as_array().map(Vec::len),
+        Some(3),
+        "{master}"
+    );
+    assert_eq!(master["leader"], names[0], "{master}");
+    for (node, home) in [(&a, 0), (&b, 1)] {
+        let q = cluster.queue(1, node);
+        assert_eq!(q["type"], "classic", "{q}");
+        let local = cluster.local_queues(home);
+        assert!(
+            local.contains(node),
+            "node queue {node} should live on {}: it has {local:?}",
+            names[home]
+        );
+    }
+
+    let prefix = format!("{}-c", d.id);
+    let flow = Flow::start(
+        cluster.nodes[1].broker(),
+        t.master_exchange.clone(),
+        {
+            let prefix = prefix.clone();
+            move |i| result_body(&format!("{prefix}{i:06}"), "hello", "hi")
+        },
+        100,
+        Duration::from_millis(10),
+    );
+    flow.wait_confirmed(2000, 60);
+    let stored_before = wait_stored(&d, &prefix, 1, 30);
+    assert!(
+        stored_before > 0,
+        "the server stored nothing before the kill"
+    );
+    let before = flow.confirmed();
+    cluster.nodes[0].kill();
+    let killed = Instant::now();
+    eprintln!(
+        "member {} killed at {before} confirmed, {stored_before} stored",
+        names[0]
+    );
+
+    // The publisher on member 2 carries on: 2000 more confirmed while member 1 is down.
+    flow.wait_confirmed(before + 2000, 90);
+    eprintln!(
+        "publisher confirmed 2000 more {:?} after the kill",
+        killed.elapsed()
+    );
+    let leader = cluster.queue(1, &t.master_queue)["leader"].clone();
+    assert!(
+        leader.as_str().is_some_and(|l| l != names[0].as_str()),
+        "master.in should have a new leader, has {leader}"
+    );
+    // A runner and client b work through the surviving members during the outage.
+    let out = d.runner(&["-x", "stamp", "-n", &b, "--wait", "--timeout", "40s"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "runner to client b during the outage: {}\nclient b log:\n{}\nserver log:\n{}",
+        out_text(&out),
+        client_b.log_text(),
+        server.log_text()
+    );
+    eprintln!(
+        "runner answered by client b {:?} after the kill",
+        killed.elapsed()
+    );
+    let (n, failures) = flow.finish();
+    eprintln!("{n} results confirmed, {failures} publisher session failures");
+    let nodes: Vec<String> = (0..n).map(|i| format!("{prefix}{i:06}")).collect();
+    let stored = wait_stored(&d, &prefix, n, 90);
+    assert_eq!(
+        stored,
+        n,
+        "every confirmed result stored with member 1 down; server log:\n{}",
+        server.log_text()
+    );
+    eprintln!(
+        "all {n} results stored {:?} after the kill",
+        killed.elapsed()
+    );
+    assert_running(&mut server);
+    assert_running(&mut client_a);
+    assert_running(&mut client_b);
+
+    // The server lost member 1 and reconnected to another member.
+    let log = server.log_text();
+    let connected = lines_with(&log, "connected to broker");
+    assert!(
+        log.contains("broker session lost")
+            && connected.len() >= 2
+            && connected
+                .last()
+                .is_some_and(|l| !l.contains(&port_tag(&cluster.nodes[0]))),
+        "the server should have failed over from {} to another member:\n{log}",
+        names[0]
+    );
+    // Client a's node queue lives on the dead member: the others refuse it ("home node
+    // ... is down or inaccessible"), and the client retries with growing delays (the
+    // backoff resets only once a session consumes), not several times a second.
+    // (Before the backoff waited for a consuming session, it reset at every connect: ~7
+    // refusals a second, each retried within 200 ms.)
+    let log_a = strip_ansi(&client_a.log_text());
+    let retries: Vec<u64> = lines_with(&log_a, "is down or inaccessible")
+        .iter()
+        .filter(|l| l.contains("broker session lost"))
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("retry_in_ms=")?;
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    eprintln!(
+        "client a refused {} times in the {:?} since the kill, retrying in {retries:?} ms",
+        retries.len(),
+        killed.elapsed()
+    );
+    // Delay k is uniform in [0, 200·2^k] ms: five or more all under 200 ms would be the
+    // old behaviour (by chance: 1 in 30,000).
+    let backs_off = (1..20).contains(&retries.len())
+        && (retries.len() < 5 || retries.iter().any(|ms| *ms > 200));
+    assert!(
+        backs_off,
+        "client a should retry its refused node queue with growing delays, got {retries:?}:\n{log_a}"
+    );
+    // A request for client a meanwhile is not lost silently: the runner reports it
+    // unroutable (exit status 3), as for a node whose client never started.
+    let out = d.runner(&["-x", "stamp", "-n", &a, "--wait", "--timeout", "20s"]);
+    assert!(
+        out.status.code() == Some(3)
+            && String::from_utf8_lossy(&out.stdout).contains(&format!("unroutable  {a}")),
+        "runner to client a during the outage: {}",
+        out_text(&out)
+    );
+
+    cluster.nodes[0].start_again();
+    eprintln!(
+        "member {} back {:?} after the kill (restart took {:?})",
+        names[0],
+        killed.elapsed(),
+        cluster.nodes[0].starts.last()
+    );
+    let running = cluster.running_nodes(1);
+    assert_eq!(running.len(), 3, "member 1 rejoined: {running:?}");
+    let out = d.runner(&[
+        "-x",
+        "stamp",
+        "-n",
+        &format!("{a},{b}"),
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "runner to both clients after member 1 came back: {}\nclient a log:\n{}\nserver log:\n{}",
+        out_text(&out),
+        client_a.log_text(),
+        server.log_text()
+    );
+    for node in [&a, &b] {
+        d.wait_document(node, 20, |doc| doc["stamp"].is_array());
+    }
+    eprintln!(
+        "both clients answered {:?} after the kill; test took {:?}",
+        killed.elapsed(),
+        test_started.elapsed()
+    );
+    server.stop();
+    client_a.stop();
+    client_b.stop();
     assert_history_once_sqlite(&d, &nodes);
 }
 

@@ -110,7 +110,16 @@ pub async fn run(
             return Ok(());
         };
         let session = Arc::new(session);
-        match serve(&opts, session.clone(), &store, &stats, &mut shutdown).await {
+        match serve(
+            &opts,
+            session.clone(),
+            &store,
+            &stats,
+            &mut shutdown,
+            &mut backoff,
+        )
+        .await
+        {
             Ok(End::Shutdown) => {
                 if let Ok(s) = Arc::try_unwrap(session) {
                     s.close().await;
@@ -240,11 +249,14 @@ async fn serve(
     store: &DynStore,
     stats: &Arc<Stats>,
     shutdown: &mut Shutdown,
+    backoff: &mut Backoff,
 ) -> anyhow::Result<End> {
     session.declare_server(&opts.topology).await?;
     let mut consumer = session
         .consume(&opts.topology.master_queue, opts.prefetch, "")
         .await?;
+    // Only a session that got this far counts as reconnected (see `connect_retrying`).
+    backoff.reset();
     tracing::info!(queue = %opts.topology.master_queue, "waiting for results");
     let (to_commit, mut commits) = tokio::sync::mpsc::channel::<Prepared>(1);
     let mut committer = {

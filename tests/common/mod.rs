@@ -9,7 +9,7 @@ pub mod fleet;
 mod rabbit;
 pub mod web;
 #[allow(unused_imports)] // used by the tests that need a private broker only
-pub use rabbit::{NodeSetup, RabbitNode};
+pub use rabbit::{NodeSetup, RabbitCluster, RabbitNode};
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};

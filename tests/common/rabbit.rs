@@ -8,7 +8,9 @@
 //! [`RabbitNode::restart`] stops it with SIGTERM (a clean broker shutdown) and starts
 //! it again on the same mnesia directory, so durable queues and persistent messages
 //! survive; [`RabbitNode::crash`] does the same with SIGKILL. Dropping the node kills
-//! it, so no `beam.smp` outlives its test.
+//! it, so no `beam.smp` outlives its test. [`RabbitNode::ctl`] runs `rabbitmqctl` against
+//! it, and [`RabbitCluster::start`] joins several nodes (one shared Erlang cookie) into a
+//! cluster.
 //!
 //! Timing on this machine (2 cores shared with builds): a first start takes 6 to 15 s,
 //! a restart on an existing mnesia directory about 6 s, a SIGTERM stop about 1.5 s.
@@ -20,6 +22,14 @@ use std::time::{Duration, Instant};
 /// The start script that runs the node in the foreground (the `/usr/sbin` wrapper
 /// switches to the `rabbitmq` user and logs under /var/log, which a test must not).
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+
+/// The CLI, run directly: the `/usr/sbin` wrapper switches to the `rabbitmq` user,
+/// whose HOME holds the shared broker's cookie, not a private node's.
+const CTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
+
+/// How long one `rabbitmqctl` call may take (about 0.7 s each when idle; `start_app`
+/// after `join_cluster` boots the broker application again, several seconds).
+const CTL_LIMIT: Duration = Duration::from_secs(60);
 
 /// How long a start may take before the test fails (first starts take up to ~15 s
 /// on a loaded machine).
@@ -50,6 +60,9 @@ pub struct NodeSetup {
     pub plugins: Vec<String>,
     /// Lines appended to the node's `rabbitmq.conf`.
     pub conf: Vec<String>,
+    /// The Erlang cookie (written to the node's HOME before it starts): cluster
+    /// members, and the `rabbitmqctl` that talks to them, must share one.
+    pub cookie: Option<String>,
 }
 
 impl RabbitNode {
@@ -89,6 +102,14 @@ impl RabbitNode {
         std::fs::write(dir.path().join("rabbitmq-env.conf"), "").expect("env file");
         std::fs::write(dir.path().join("rabbitmq.conf"), conf.join("\n") + "\n")
             .expect("config file");
+        if let Some(cookie) = &setup.cookie {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.path().join("home/.erlang.cookie");
+            std::fs::write(&path, cookie).expect("cookie file");
+            // Erlang refuses a cookie file others can read.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))
+                .expect("cookie file mode");
+        }
         let mut node = RabbitNode {
             name: format!("vt{:08x}@localhost", super::rand_u32()),
             port,
@@ -121,13 +142,83 @@ impl RabbitNode {
 
     /// Broker crash: SIGKILL the Erlang VM, then start again on the same mnesia directory.
     pub fn crash(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGKILL the Erlang VM and leave it down (no clean shutdown: sockets reset, a
+    /// cluster's other members see the node vanish); [`RabbitNode::start_again`] brings it back.
+    pub fn kill(&mut self) {
         if let Some(pid) = self.beam_pid() {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
                 .status();
         }
         self.reap(Duration::from_secs(20));
+    }
+
+    /// Starts a stopped node again on its mnesia directory (a cluster member rejoins
+    /// its cluster) and waits for AMQP.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "node {} is still running", self.name);
         self.spawn();
+    }
+
+    /// Runs `rabbitmqctl -n NODE ARGS` against this node with its cookie; fails the
+    /// test if it does not finish within [`CTL_LIMIT`].
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        let out_path = self.path(&format!("ctl-{:08x}.out", super::rand_u32()));
+        let err_path = out_path.with_extension("err");
+        let out = std::fs::File::create(&out_path).expect("ctl output file");
+        let err = std::fs::File::create(&err_path).expect("ctl output file");
+        let mut child = Command::new(CTL)
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("HOME", self.path("home"))
+            .env("RABBITMQ_CONF_ENV_FILE", self.path("rabbitmq-env.conf"))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {CTL}: {e}"));
+        let deadline = Instant::now() + CTL_LIMIT;
+        let status = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "rabbitmqctl -n {} {args:?} did not finish within {} s",
+                    self.name,
+                    CTL_LIMIT.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let output = std::process::Output {
+            status,
+            stdout: std::fs::read(&out_path).unwrap_or_default(),
+            stderr: std::fs::read(&err_path).unwrap_or_default(),
+        };
+        let _ = std::fs::remove_file(&out_path);
+        let _ = std::fs::remove_file(&err_path);
+        output
+    }
+
+    /// [`RabbitNode::ctl`] that must succeed; returns its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "rabbitmqctl -n {} {args:?} failed: {}",
+            self.name,
+            super::text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Stops the node cleanly (SIGTERM to the start script, which stops the VM).
@@ -328,4 +419,156 @@ fn free_ports() -> (u16, u16) {
     let pa = a.local_addr().expect("local addr").port();
     let pb = b.local_addr().expect("local addr").port();
     (pa, pb)
+}
+
+/// Private nodes joined into one RabbitMQ cluster: the same Erlang cookie, nodes 2..n
+/// joined to node 1 (`stop_app`, `join_cluster`, `start_app`). Dropping it stops every
+/// member.
+///
+/// Timing on this machine: three nodes boot side by side in 15 to 30 s, each join
+/// takes 3 to 6 s more.
+pub struct RabbitCluster {
+    /// The members, node 1 (the one the others joined) first.
+    pub nodes: Vec<RabbitNode>,
+    /// How long the cluster took to form: boots and joins.
+    pub formed_in: Duration,
+}
+
+/// How long the members may take to report each other running after the last join.
+const FORM_LIMIT: Duration = Duration::from_secs(60);
+
+impl RabbitCluster {
+    /// Starts `n` (at least 2) bare nodes and joins them; returns once node 1's
+    /// `cluster_status` lists all `n` running.
+    pub fn start(n: usize) -> RabbitCluster {
+        assert!(n >= 2, "a cluster needs at least two nodes");
+        let started = Instant::now();
+        let cookie: String = (0..4)
+            .map(|_| format!("{:08X}", super::rand_u32()))
+            .collect();
+        // Boot side by side: a boot is mostly waiting on disk and Erlang's start-up.
+        let boots: Vec<_> = (0..n)
+            .map(|_| {
+                let cookie = cookie.clone();
+                std::thread::spawn(move || {
+                    RabbitNode::start_with(NodeSetup {
+                        cookie: Some(cookie),
+                        ..Default::default()
+                    })
+                })
+            })
+            .collect();
+        // Every thread is joined before any failure is reported, so the nodes that did
+        // start are dropped (stopped) rather than left running.
+        let results: Vec<_> = boots.into_iter().map(|b| b.join()).collect();
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        let nodes: Vec<RabbitNode> = results.into_iter().filter_map(Result::ok).collect();
+        if failed > 0 {
+            drop(nodes);
+            panic!("{failed} of {n} cluster nodes did not start (see the panic above)");
+        }
+        let cluster = RabbitCluster {
+            nodes,
+            formed_in: Duration::ZERO,
+        };
+        let first = cluster.nodes[0].name.clone();
+        for node in &cluster.nodes[1..] {
+            node.ctl_ok(&["stop_app"]);
+            node.ctl_ok(&["join_cluster", &first]);
+            node.ctl_ok(&["start_app"]);
+        }
+        let deadline = Instant::now() + FORM_LIMIT;
+        loop {
+            let running = cluster.running_nodes(0);
+            if running.len() == n {
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "cluster of {n} did not form within {} s of the last join; running: {running:?}\n{}",
+                    FORM_LIMIT.as_secs(),
+                    cluster.nodes[0].log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        RabbitCluster {
+            formed_in: started.elapsed(),
+            ..cluster
+        }
+    }
+
+    /// Every member's AMQP URI, comma-separated, node 1 first: a `--qhost` value.
+    pub fn qhost(&self) -> String {
+        self.qhost_from(0)
+    }
+
+    /// [`RabbitCluster::qhost`] starting at member `first` (then the others in turn), so a
+    /// program connects to that member while it answers.
+    pub fn qhost_from(&self, first: usize) -> String {
+        let n = self.nodes.len();
+        (0..n)
+            .map(|i| self.nodes[(first + i) % n].amqp())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The members running, as member `via` sees them (`cluster_status`); empty if it
+    /// does not answer.
+    pub fn running_nodes(&self, via: usize) -> Vec<String> {
+        let out = self.nodes[via].ctl(&["-q", "cluster_status", "--formatter", "json"]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| {
+                v["running_nodes"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|n| n.as_str().map(str::to_string))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every queue of the default vhost as member `via` lists it: name, type, leader and
+    /// members (the last two for quorum queues).
+    pub fn queues(&self, via: usize) -> Vec<serde_json::Value> {
+        self.list_queues(via, false)
+    }
+
+    /// The names of the queues that live on member `at` (a classic queue's home, a quorum
+    /// queue's leader).
+    pub fn local_queues(&self, at: usize) -> Vec<String> {
+        self.list_queues(at, true)
+            .iter()
+            .filter_map(|q| q["name"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    fn list_queues(&self, via: usize, local: bool) -> Vec<serde_json::Value> {
+        let mut args = vec!["-q", "list_queues"];
+        if local {
+            args.push("--local");
+        }
+        args.extend(["name", "type", "leader", "members", "--formatter", "json"]);
+        let text = self.nodes[via].ctl_ok(&args);
+        serde_json::from_str::<Vec<serde_json::Value>>(&text)
+            .unwrap_or_else(|e| panic!("list_queues output is not JSON ({e}): {text}"))
+    }
+
+    /// One queue's entry in [`RabbitCluster::queues`]; fails the test if it is missing.
+    pub fn queue(&self, via: usize, name: &str) -> serde_json::Value {
+        let all = self.queues(via);
+        all.iter()
+            .find(|q| q["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| {
+                panic!(
+                    "queue {name} not listed by {}: {all:?}",
+                    self.nodes[via].name
+                )
+            })
+    }
 }

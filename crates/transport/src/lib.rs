@@ -309,6 +309,11 @@ impl Broker {
     }
 
     /// Connects, retrying with `backoff` until it works or `shutdown` resolves (then `None`).
+    ///
+    /// A connection is not yet a working session, so this never resets `backoff`: the
+    /// caller does once its queues are declared and consumed. A cluster member that
+    /// accepts connections but refuses a queue (a classic queue whose home member is down)
+    /// is then retried with growing delays, not several times a second.
     pub async fn connect_retrying(
         &self,
         backoff: &mut Backoff,
@@ -316,10 +321,7 @@ impl Broker {
     ) -> Option<Session> {
         loop {
             match self.connect().await {
-                Ok(s) => {
-                    backoff.reset();
-                    return Some(s);
-                }
+                Ok(s) => return Some(s),
                 Err(e) => {
                     let wait = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "broker unavailable; retrying");
