@@ -3,7 +3,8 @@
 # packages, npm) and starts what is missing, and does nothing when it is already there.
 #
 #   scripts/services.sh ensure            everything below
-#   scripts/services.sh ensure-rabbitmq   RabbitMQ on 127.0.0.1:5672 (guest/guest)
+#   scripts/services.sh ensure-rabbitmq   RabbitMQ on 127.0.0.1:5672 (guest/guest), tests' vhost
+#   scripts/services.sh reset-test-vhost  the tests' vhost deleted and made again, empty
 #   scripts/services.sh ensure-postgres   PostgreSQL on 127.0.0.1:5432, role vogeler/vogeler
 #   scripts/services.sh ensure-pouchdb    pouchdb-server (CouchDB API), cached outside the clone
 #   scripts/services.sh ensure-plugins    facter and ohai for the shipped plugins
@@ -61,6 +62,21 @@ ensure_rabbitmq() {
   # The port opens before the broker accepts logins; wait until it answers.
   $SUDO rabbitmqctl await_startup >/dev/null 2>&1 || true
   log "RabbitMQ started"
+}
+
+# The tests' own vhost on the shared broker (tests/common: VOGELER_TEST_VHOST), so what
+# they leave behind stays out of `/`. `reset` wipes it first (scripts/test.sh, once a run).
+TEST_VHOST=${VOGELER_TEST_VHOST:-vogeler-test}
+ensure_test_vhost() {
+  if [ "${1:-}" = reset ] && $SUDO rabbitmqctl -q list_vhosts 2>/dev/null | grep -qx "$TEST_VHOST"; then
+    $SUDO rabbitmqctl -q delete_vhost "$TEST_VHOST" >/dev/null || die "rabbitmqctl delete_vhost $TEST_VHOST"
+  fi
+  if ! $SUDO rabbitmqctl -q list_vhosts 2>/dev/null | grep -qx "$TEST_VHOST"; then
+    $SUDO rabbitmqctl -q add_vhost "$TEST_VHOST" >/dev/null || die "rabbitmqctl add_vhost $TEST_VHOST"
+    $SUDO rabbitmqctl -q set_permissions -p "$TEST_VHOST" guest '.*' '.*' '.*' >/dev/null \
+      || die "rabbitmqctl set_permissions -p $TEST_VHOST guest"
+    log "RabbitMQ vhost $TEST_VHOST ready for the tests"
+  fi
 }
 
 ensure_postgres() {
@@ -154,13 +170,15 @@ ensure_packaging() {
 print_env() {
   echo "export VOGELER_POUCHDB_BIN='$POUCHDB_BIN'"
   echo "export VOGELER_CHROMEDRIVER='$(command -v chromedriver || echo /usr/bin/chromedriver)'"
+  echo "export VOGELER_TEST_VHOST='$TEST_VHOST'"
   echo "export VOGELER_TEST_POSTGRES='${VOGELER_TEST_POSTGRES:-postgres://vogeler:vogeler@127.0.0.1:5432/postgres}'"
 }
 
 case "${1:-ensure}" in
-  ensure) ensure_rabbitmq; ensure_postgres; ensure_pouchdb; ensure_plugins; ensure_tls_tools; ensure_chromium; ensure_packaging ;;
+  ensure) ensure_rabbitmq; ensure_test_vhost; ensure_postgres; ensure_pouchdb; ensure_plugins; ensure_tls_tools; ensure_chromium; ensure_packaging ;;
   ensure-tls-tools) ensure_tls_tools ;;
-  ensure-rabbitmq) ensure_rabbitmq ;;
+  ensure-rabbitmq) ensure_rabbitmq; ensure_test_vhost ;;
+  reset-test-vhost) ensure_rabbitmq; ensure_test_vhost reset ;;
   ensure-postgres) ensure_postgres ;;
   ensure-pouchdb) ensure_pouchdb ;;
   ensure-plugins) ensure_plugins ;;
@@ -168,5 +186,5 @@ case "${1:-ensure}" in
   ensure-cargo-deb) ensure_cargo_deb ;;
   ensure-packaging) ensure_packaging ;;
   env) print_env ;;
-  *) die "unknown command ${1}: use ensure, ensure-rabbitmq, ensure-postgres, ensure-pouchdb, ensure-plugins, ensure-chromium, ensure-cargo-deb, ensure-packaging or env" ;;
+  *) die "unknown command ${1}: use ensure, ensure-rabbitmq, reset-test-vhost, ensure-postgres, ensure-pouchdb, ensure-plugins, ensure-chromium, ensure-cargo-deb, ensure-packaging or env" ;;
 esac

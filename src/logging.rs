@@ -13,7 +13,7 @@ pub fn init(s: &Settings, program: &str) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
         _ => tracing_subscriber::EnvFilter::new(format!(
-            "{level},lapin=warn,amq_protocol=warn,tokio_postgres=warn,reqwest=warn,hyper=warn",
+            "{level},lapin=warn,lapin::returned_messages=error,amq_protocol=warn,tokio_postgres=warn,reqwest=warn,hyper=warn",
             level = s.log_level.filter()
         )),
     };
@@ -22,7 +22,13 @@ pub fn init(s: &Settings, program: &str) -> anyhow::Result<()> {
         .with_target(false);
     match &s.log_handler {
         LogHandler::Stream => {
-            let _ = builder.with_writer(std::io::stderr).try_init();
+            // Colour only for a person at a terminal: pipes, journald and files get plain text.
+            let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            let _ = builder
+                .with_ansi(colour)
+                .with_writer(std::io::stderr)
+                .try_init();
         }
         LogHandler::File(path) => {
             let file = std::fs::OpenOptions::new()

@@ -125,7 +125,7 @@ impl Summary {
         }
         for n in &self.unroutable {
             out.push_str(&format!(
-                "  unroutable  {n} (no queue: was its client ever started?)\n"
+                "  unroutable  {n} (no queue reachable: its client never started, or the cluster member holding its queue is down)\n"
             ));
         }
         for n in &self.unexpected {

@@ -253,8 +253,9 @@ fn setup_prints_the_node_queue_policy() {
     let t = text(&out);
     let master = format!("{}\\.master\\.in", d.id);
     let dead = format!("{}\\.dead", d.id);
+    let vhost = common::vhost();
     let want = format!(
-        "rabbitmqctl set_policy -p / --apply-to queues vogeler-node-queues '^(?!({master}|{dead}|amq\\..*)$).*' '{{\"max-length\":250,\"overflow\":\"drop-head\"}}'"
+        "rabbitmqctl set_policy -p {vhost} --apply-to queues vogeler-node-queues '^(?!({master}|{dead}|amq\\..*)$).*' '{{\"max-length\":250,\"overflow\":\"drop-head\"}}'"
     );
     assert!(t.contains(&want), "{t}\nwanted: {want}");
 }

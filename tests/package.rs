@@ -407,6 +407,7 @@ fn installed_binaries_read_the_installed_config_and_set_up_broker_and_store() {
     let mut c = Command::new(bin("vogeler-admin"));
     c.arg("-c")
         .arg(&conf)
+        .args(["--qhost", &common::amqp()])
         .args(["--master-exchange", &format!("{id}.master")])
         .args(["--broadcast-exchange", &format!("{id}.broadcast")])
         .args(["--master-queue", &format!("{id}.master.in")])
@@ -418,13 +419,17 @@ fn installed_binaries_read_the_installed_config_and_set_up_broker_and_store() {
     let out = run(&mut c, "installed vogeler-admin setup");
     assert!(out.status.success(), "{}", text(&out));
     let t = text(&out);
-    assert!(t.contains("rabbitmqctl add_vhost /"), "{t}");
+    assert!(
+        t.contains(&format!("rabbitmqctl add_vhost {}", common::vhost())),
+        "{t}"
+    );
     assert!(t.contains("store sqlite ready"), "{t}");
     assert!(db.is_file(), "setup --persistence created {}", db.display());
 
     let mut c = Command::new(bin("vogeler-admin"));
     c.arg("-c")
         .arg(&conf)
+        .args(["--qhost", &common::amqp()])
         .args(["queue", "--exists", &format!("{id}.master.in")]);
     clean(&mut c);
     let out = run(&mut c, "installed vogeler-admin queue --exists");

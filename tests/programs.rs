@@ -63,9 +63,12 @@ fn setup_messaging_prints_rabbitmqctl_lines_and_declares() {
     let out = d.admin(&["setup", "--messaging"]);
     assert!(out.status.success(), "{}", text(&out));
     let t = text(&out);
-    assert!(t.contains("rabbitmqctl add_vhost /"), "{t}");
+    let vhost = common::vhost();
+    assert!(t.contains(&format!("rabbitmqctl add_vhost {vhost}")), "{t}");
     assert!(
-        t.contains("rabbitmqctl set_permissions -p / guest '.*' '.*' '.*'"),
+        t.contains(&format!(
+            "rabbitmqctl set_permissions -p {vhost} guest '.*' '.*' '.*'"
+        )),
         "{t}"
     );
     let out = d.admin(&["queue", "--exists", &format!("{}.master.in", d.id)]);
@@ -279,7 +282,8 @@ fn quorum_queue_type_declares_replicated_queues() {
     let out = d.runner(&["-x", "hello", "-n", &n, "--wait", "--timeout", "20s"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let listed = std::process::Command::new("rabbitmqctl")
-        .args(["-q", "list_queues", "--no-table-headers", "name", "type"])
+        .args(["-q", "list_queues", "-p", &common::vhost()])
+        .args(["--no-table-headers", "name", "type"])
         .output()
         .expect("rabbitmqctl");
     let listed = String::from_utf8_lossy(&listed.stdout);

@@ -17,7 +17,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/";
+/// The vhost the tests use on the shared RabbitMQ (`VOGELER_TEST_VHOST`, default
+/// `vogeler-test`): `scripts/test.sh` deletes and recreates it before each run, so the
+/// durable queues tests leave behind never pile up on the broker.
+pub fn vhost() -> String {
+    std::env::var("VOGELER_TEST_VHOST")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "vogeler-test".into())
+}
+
+/// The shared broker's URI in the test vhost.
+pub fn amqp() -> String {
+    format!("amqp://guest:guest@127.0.0.1:5672/{}", vhost())
+}
 
 /// A finished program's exit status, stdout and stderr, for assertion messages.
 pub fn text(out: &Output) -> String {
@@ -41,6 +54,14 @@ pub fn require_rabbitmq() {
         panic!(
             "RabbitMQ is not reachable at {addr}: start it with `scripts/services.sh ensure-rabbitmq`"
         );
+    }
+    if std::env::var_os("VOGELER_TEST_AMQP_ADDR").is_none() {
+        if let Err(e) = rt().block_on(broker().connect()) {
+            panic!(
+                "RabbitMQ at {addr} refuses the test vhost {:?} ({e}): create it with `scripts/services.sh ensure-rabbitmq`",
+                vhost()
+            );
+        }
     }
 }
 
@@ -138,7 +159,7 @@ impl Deployment {
             plugins: plugin_dir,
             db,
             dir,
-            amqp: AMQP.to_string(),
+            amqp: amqp(),
             store: ("sqlite".into(), "sqlite:vogeler.db".into()),
         };
         d.write_conf("");
@@ -370,16 +391,16 @@ pub fn drain_queue_at(
 }
 
 pub fn broker() -> vogeler_transport::Broker {
-    broker_at(AMQP)
+    broker_at(&amqp())
 }
 
-/// A transport broker handle for `amqp` (a URI ending in `/`).
+/// A transport broker handle for `amqp` (a URI ending in `/` means the default vhost).
 pub fn broker_at(amqp: &str) -> vogeler_transport::Broker {
-    vogeler_transport::Broker::new(
-        vec![format!("{amqp}%2f")],
-        vec![amqp.into()],
-        "vogeler-test",
-    )
+    let uri = match amqp.strip_suffix('/') {
+        Some(_) => format!("{amqp}%2f"),
+        None => amqp.to_string(),
+    };
+    vogeler_transport::Broker::new(vec![uri], vec![amqp.into()], "vogeler-test")
 }
 
 pub fn rt() -> tokio::runtime::Runtime {
