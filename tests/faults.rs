@@ -52,6 +52,31 @@ fn wait_stored(d: &Deployment, prefix: &str, want: usize, secs: u64) -> usize {
     }
 }
 
+/// Starts publishing `hello` results for nodes `{prefix}NNNNNN` through `broker` and
+/// waits until they flow: 2000 confirmed and the server storing them. Returns the flow
+/// and how many nodes were stored by then.
+fn flowing_results(
+    d: &Deployment,
+    broker: vogeler_transport::Broker,
+    exchange: &str,
+    prefix: &str,
+) -> (Flow, usize) {
+    let flow = Flow::start(
+        broker,
+        exchange.to_string(),
+        {
+            let prefix = prefix.to_string();
+            move |i| result_body(&format!("{prefix}{i:06}"), "hello", "hi")
+        },
+        100,
+        Duration::from_millis(10),
+    );
+    flow.wait_confirmed(2000, 60);
+    let stored = wait_stored(d, prefix, 1, 30);
+    assert!(stored > 0, "the server stored nothing while results flowed");
+    (flow, stored)
+}
+
 /// Results published from a thread as a fleet of clients would: in chunks with a pause
 /// between them, each chunk confirmed before the next; a chunk that fails (the broker
 /// went away) is published again on a new session until it is confirmed. The flow runs
@@ -236,25 +261,10 @@ fn broker_outage_mid_ingest(crash: bool) {
     let mut clients = [d.client(&a, &[]), d.client(&b, &[])];
 
     let prefix = format!("{}-r", d.id);
-    let flow = Flow::start(
-        d.broker(),
-        t.master_exchange.clone(),
-        {
-            let prefix = prefix.clone();
-            move |i| result_body(&format!("{prefix}{i:06}"), "hello", "hi")
-        },
-        100,
-        Duration::from_millis(10),
-    );
     // The outage starts once results flow and the server is storing them; the
     // publisher keeps going through it (failing, reconnecting) until it confirmed
     // 2000 more after the broker came back.
-    flow.wait_confirmed(2000, 60);
-    let stored_before = wait_stored(&d, &prefix, 1, 30);
-    assert!(
-        stored_before > 0,
-        "the server stored nothing before the outage"
-    );
+    let (flow, stored_before) = flowing_results(&d, d.broker(), &t.master_exchange, &prefix);
     let before = flow.confirmed();
     if crash {
         rabbit.crash();
@@ -493,22 +503,8 @@ fn cluster_member_killed_mid_ingest_loses_nothing_and_everyone_carries_on() {
     }
 
     let prefix = format!("{}-c", d.id);
-    let flow = Flow::start(
-        cluster.nodes[1].broker(),
-        t.master_exchange.clone(),
-        {
-            let prefix = prefix.clone();
-            move |i| result_body(&format!("{prefix}{i:06}"), "hello", "hi")
-        },
-        100,
-        Duration::from_millis(10),
-    );
-    flow.wait_confirmed(2000, 60);
-    let stored_before = wait_stored(&d, &prefix, 1, 30);
-    assert!(
-        stored_before > 0,
-        "the server stored nothing before the kill"
-    );
+    let (flow, stored_before) =
+        flowing_results(&d, cluster.nodes[1].broker(), &t.master_exchange, &prefix);
     let before = flow.confirmed();
     cluster.nodes[0].kill();
     let killed = Instant::now();
