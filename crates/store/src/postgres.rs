@@ -8,7 +8,8 @@
 //! `history` holds one row per change; `requests` and `request_answers` are the
 //! request ledger (schema version 3).
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -202,110 +203,171 @@ impl PostgresStore {
     }
 }
 
+/// A key a batch reads or writes: its value (JSON text) and time as the batch leaves
+/// them. Text, borrowed from the batch where it can be, keeps a batch of large
+/// documents from being held as trees several times over.
+struct KeyState<'a> {
+    text: Cow<'a, str>,
+    at: DateTime<Utc>,
+    /// The value is new or different: the row is written.
+    value_changed: bool,
+    /// Only `collected_at` moved.
+    time_changed: bool,
+}
+
+/// History rows of one batch, column by column for `unnest`, in batch order; values
+/// as JSON text.
+#[derive(Default)]
+struct HistoryRows<'a> {
+    nodes: Vec<String>,
+    keys: Vec<String>,
+    olds: Vec<Option<Cow<'a, str>>>,
+    news: Vec<Option<Cow<'a, str>>>,
+    ats: Vec<DateTime<Utc>>,
+}
+
+/// Whether JSON text `stored` holds the same value as `value`.
+fn same_json(stored: &str, value: &Value) -> Result<bool, StoreError> {
+    let stored: Value = serde_json::from_str(stored)
+        .map_err(|e| StoreError::Invalid(format!("stored value is not JSON: {e}")))?;
+    Ok(stored == *value)
+}
+
+impl<'a> HistoryRows<'a> {
+    fn push(
+        &mut self,
+        node: &str,
+        key: &str,
+        old: Option<Cow<'a, str>>,
+        new: Option<Cow<'a, str>>,
+        at: DateTime<Utc>,
+    ) {
+        self.nodes.push(node.to_string());
+        self.keys.push(key.to_string());
+        self.olds.push(old);
+        self.news.push(new);
+        self.ats.push(at);
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
         BACKEND
     }
 
+    /// A batch costs a fixed number of round trips, not a few per result: the nodes
+    /// are created and locked (sorted, so servers writing the same nodes cannot
+    /// deadlock), the keys it touches read, every outcome decided in memory in batch
+    /// order, and the final rows written with `unnest` arrays.
     async fn apply(&self, batch: crate::Batch) -> Result<Vec<Outcome>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let now = Utc::now();
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO nodes (name, created_at, updated_at, last_seen) VALUES ($1, $2, $2, $2)
-                 ON CONFLICT (name) DO NOTHING",
-            )
-            .await
-            .map_err(pg_err)?;
-        // Locking the node row serialises writers of one node across servers.
-        let lock_node = tx
-            .prepare_cached(
-                "SELECT last_error, last_error_at FROM nodes WHERE name = $1 FOR UPDATE",
-            )
-            .await
-            .map_err(pg_err)?;
-        let read_key = tx
-            .prepare_cached(
-                "SELECT value, collected_at FROM node_keys WHERE node = $1 AND key = $2",
-            )
-            .await
-            .map_err(pg_err)?;
-        let set_key = tx
-            .prepare_cached(
-                "INSERT INTO node_keys (node, key, value, collected_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (node, key) DO UPDATE SET value = $3, collected_at = $4",
-            )
-            .await
-            .map_err(pg_err)?;
-        let set_time = tx
-            .prepare_cached("UPDATE node_keys SET collected_at = $3 WHERE node = $1 AND key = $2")
-            .await
-            .map_err(pg_err)?;
-        let set_error = tx
-            .prepare_cached("UPDATE nodes SET last_error = $2, last_error_at = $3 WHERE name = $1")
-            .await
-            .map_err(pg_err)?;
-        let touch = tx
-            .prepare_cached(
-                "UPDATE nodes SET last_seen = $2, updated_at = CASE WHEN $3 THEN $2 ELSE updated_at END WHERE name = $1",
-            )
-            .await
-            .map_err(pg_err)?;
-        let history = tx
-            .prepare_cached(
-                "INSERT INTO history (node, key, old, new, at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .await
-            .map_err(pg_err)?;
 
+        // A reserved name is refused and touches nothing.
+        let refused = |obs: &crate::Observation| matches!(&obs.change, Change::Plugin { name, .. } if is_reserved_key(name));
+        let mut names: Vec<&str> = batch
+            .iter()
+            .filter(|o| !refused(o))
+            .map(|o| o.node.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut created: std::collections::HashSet<String> = tx
+            .query(
+                "INSERT INTO nodes (name, created_at, updated_at, last_seen)
+                 SELECT n, $2, $2, $2 FROM unnest($1::text[]) AS n ORDER BY n
+                 ON CONFLICT (name) DO NOTHING RETURNING name",
+                &[&names, &now],
+            )
+            .await
+            .map_err(pg_err)?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        // Locking the node rows serialises writers of one node across servers.
+        let mut errors: HashMap<String, (Option<Value>, Option<DateTime<Utc>>)> = tx
+            .query(
+                "SELECT name, last_error, last_error_at FROM nodes WHERE name = ANY($1)
+                 ORDER BY name FOR UPDATE",
+                &[&names],
+            )
+            .await
+            .map_err(pg_err)?
+            .into_iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect();
+        let (key_nodes, key_names): (Vec<&str>, Vec<&str>) = batch
+            .iter()
+            .filter(|o| !refused(o))
+            .filter_map(|o| match &o.change {
+                Change::Plugin { name, .. } => Some((o.node.as_str(), name.as_str())),
+                _ => None,
+            })
+            .unzip();
+        // The stored value (as JSON text: a tree only while compared) and time of each
+        // key, then what the batch makes of them.
+        let mut keys: HashMap<(String, String), KeyState> = tx
+            .query(
+                "SELECT k.node, k.key, k.value::text, k.collected_at
+                 FROM node_keys k JOIN unnest($1::text[], $2::text[]) AS u (node, key)
+                 ON k.node = u.node AND k.key = u.key",
+                &[&key_nodes, &key_names],
+            )
+            .await
+            .map_err(pg_err)?
+            .into_iter()
+            .map(|r| {
+                let state = KeyState {
+                    text: Cow::Owned(r.get(2)),
+                    at: r.get(3),
+                    value_changed: false,
+                    time_changed: false,
+                };
+                ((r.get(0), r.get(1)), state)
+            })
+            .collect();
+
+        let mut history = HistoryRows::default();
+        let mut errors_changed = std::collections::BTreeSet::new();
+        let mut nodes_changed = std::collections::BTreeSet::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         for obs in batch.iter() {
-            if let Change::Plugin { name, .. } = &obs.change {
-                if is_reserved_key(name) {
+            let outcome = match &obs.change {
+                Change::Plugin { name, .. } if refused(obs) => {
                     outcomes.push(Outcome::Refused(format!(
                         "plugin name {name:?} clashes with a document field"
                     )));
                     continue;
                 }
-            }
-            let created = tx
-                .execute(&insert, &[&obs.node, &now])
-                .await
-                .map_err(pg_err)?
-                == 1;
-            let row = tx
-                .query_one(&lock_node, &[&obs.node])
-                .await
-                .map_err(pg_err)?;
-            let old_error: Option<Value> = row.get(0);
-            let old_error_at: Option<DateTime<Utc>> = row.get(1);
-            let outcome = match &obs.change {
-                Change::Seen => Outcome::Unchanged,
                 Change::Plugin { name, value } => {
-                    let value = &*value.tree()?;
-                    let old = tx
-                        .query_opt(&read_key, &[&obs.node, name])
-                        .await
-                        .map_err(pg_err)?
-                        .map(|r| (r.get::<_, Value>(0), r.get::<_, DateTime<Utc>>(1)));
-                    match old {
-                        Some((_, at)) if obs.at < at => Outcome::Stale,
-                        Some((old, _)) if &old == value => {
-                            tx.execute(&set_time, &[&obs.node, name, &obs.at])
-                                .await
-                                .map_err(pg_err)?;
-                            Outcome::Unchanged
+                    let text = value.text();
+                    match keys.entry((obs.node.clone(), name.clone())) {
+                        std::collections::hash_map::Entry::Occupied(mut e) => {
+                            let k = e.get_mut();
+                            if obs.at < k.at {
+                                Outcome::Stale
+                            } else if k.text == text || same_json(&k.text, &*value.tree()?)? {
+                                k.at = obs.at;
+                                k.time_changed = true;
+                                Outcome::Unchanged
+                            } else {
+                                let old = std::mem::replace(&mut k.text, text.clone());
+                                history.push(&obs.node, name, Some(old), Some(text), obs.at);
+                                k.at = obs.at;
+                                k.value_changed = true;
+                                Outcome::Updated
+                            }
                         }
-                        old => {
-                            tx.execute(&set_key, &[&obs.node, name, value, &obs.at])
-                                .await
-                                .map_err(pg_err)?;
-                            let old = old.map(|o| o.0);
-                            tx.execute(&history, &[&obs.node, name, &old, &Some(value), &obs.at])
-                                .await
-                                .map_err(pg_err)?;
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            history.push(&obs.node, name, None, Some(text.clone()), obs.at);
+                            e.insert(KeyState {
+                                text,
+                                at: obs.at,
+                                value_changed: true,
+                                time_changed: false,
+                            });
                             Outcome::Updated
                         }
                     }
@@ -315,6 +377,8 @@ impl Store for PostgresStore {
                     message,
                     raw,
                 } => {
+                    let (old_error, old_error_at) =
+                        errors.entry(obs.node.clone()).or_insert((None, None));
                     if old_error_at.is_some_and(|t| obs.at < t) {
                         Outcome::Stale
                     } else {
@@ -322,28 +386,118 @@ impl Store for PostgresStore {
                         if old_error.as_ref() == Some(&new) {
                             Outcome::Unchanged
                         } else {
-                            tx.execute(&set_error, &[&obs.node, &new, &obs.at])
-                                .await
-                                .map_err(pg_err)?;
-                            tx.execute(
-                                &history,
-                                &[&obs.node, &"last_error", &old_error, &Some(new), &obs.at],
-                            )
-                            .await
-                            .map_err(pg_err)?;
+                            let (old_text, new_text) = (
+                                old_error.as_ref().map(|v| Cow::Owned(v.to_string())),
+                                Cow::Owned(new.to_string()),
+                            );
+                            *old_error = Some(new);
+                            *old_error_at = Some(obs.at);
+                            history.push(&obs.node, "last_error", old_text, Some(new_text), obs.at);
+                            errors_changed.insert(obs.node.as_str());
                             Outcome::Updated
                         }
                     }
                 }
+                Change::Seen => Outcome::Unchanged,
             };
-            let changed = outcome == Outcome::Updated;
-            tx.execute(&touch, &[&obs.node, &now, &changed])
-                .await
-                .map_err(pg_err)?;
+            if outcome == Outcome::Updated {
+                nodes_changed.insert(obs.node.as_str());
+            }
             outcomes.push(match outcome {
-                Outcome::Updated | Outcome::Unchanged if created => Outcome::Created,
+                Outcome::Updated | Outcome::Unchanged if created.remove(&obs.node) => {
+                    Outcome::Created
+                }
                 o => o,
             });
+        }
+
+        // The final rows: changed values, refreshed times, errors, history, node times.
+        let (mut set_nodes, mut set_keys, mut set_values, mut set_ats) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut time_nodes, mut time_keys, mut time_ats) = (Vec::new(), Vec::new(), Vec::new());
+        for ((node, key), k) in &keys {
+            if k.value_changed {
+                set_nodes.push(node.as_str());
+                set_keys.push(key.as_str());
+                set_values.push(&*k.text);
+                set_ats.push(k.at);
+            } else if k.time_changed {
+                time_nodes.push(node.as_str());
+                time_keys.push(key.as_str());
+                time_ats.push(k.at);
+            }
+        }
+        if !set_nodes.is_empty() {
+            tx.execute(
+                "INSERT INTO node_keys (node, key, value, collected_at)
+                 SELECT node, key, value::jsonb, at
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+                      AS u (node, key, value, at)
+                 ON CONFLICT (node, key) DO UPDATE
+                 SET value = excluded.value, collected_at = excluded.collected_at",
+                &[&set_nodes, &set_keys, &set_values, &set_ats],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        if !time_nodes.is_empty() {
+            tx.execute(
+                "UPDATE node_keys k SET collected_at = u.at
+                 FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u (node, key, at)
+                 WHERE k.node = u.node AND k.key = u.key",
+                &[&time_nodes, &time_keys, &time_ats],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        if !errors_changed.is_empty() {
+            let (mut err_nodes, mut err_values, mut err_ats) = (Vec::new(), Vec::new(), Vec::new());
+            for node in &errors_changed {
+                if let Some((Some(value), Some(at))) = errors.get(*node) {
+                    err_nodes.push(*node);
+                    err_values.push(value);
+                    err_ats.push(*at);
+                }
+            }
+            tx.execute(
+                "UPDATE nodes n SET last_error = u.error, last_error_at = u.at
+                 FROM unnest($1::text[], $2::jsonb[], $3::timestamptz[]) AS u (name, error, at)
+                 WHERE n.name = u.name",
+                &[&err_nodes, &err_values, &err_ats],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        if !history.nodes.is_empty() {
+            // WITH ORDINALITY keeps the batch's order in the ids `history` sorts ties by.
+            tx.execute(
+                "INSERT INTO history (node, key, old, new, at)
+                 SELECT node, key, old::jsonb, new::jsonb, at
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+                      WITH ORDINALITY AS u (node, key, old, new, at, i)
+                 ORDER BY i",
+                &[
+                    &history.nodes,
+                    &history.keys,
+                    &history.olds,
+                    &history.news,
+                    &history.ats,
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        if !names.is_empty() {
+            let changed: Vec<bool> = names.iter().map(|n| nodes_changed.contains(n)).collect();
+            tx.execute(
+                "UPDATE nodes n SET last_seen = $3,
+                     updated_at = CASE WHEN u.changed THEN $3 ELSE n.updated_at END
+                 FROM unnest($1::text[], $2::bool[]) AS u (name, changed)
+                 WHERE n.name = u.name",
+                &[&names, &changed, &now],
+            )
+            .await
+            .map_err(pg_err)?;
         }
         tx.commit().await.map_err(pg_err)?;
         Ok(outcomes)
@@ -580,17 +734,18 @@ impl Store for PostgresStore {
             .await
             .map_err(pg_err)?;
         }
-        let put_answer = tx
-            .prepare_cached(
-                "INSERT INTO request_answers (request_id, node, plugin, error, at)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id, node) DO NOTHING",
-            )
-            .await
-            .map_err(pg_err)?;
-        for a in answers {
+        if !answers.is_empty() {
+            // One statement for a batch's answers (a broadcast brings thousands).
+            let ids: Vec<&str> = answers.iter().map(|a| a.request_id.as_str()).collect();
+            let nodes: Vec<&str> = answers.iter().map(|a| a.node.as_str()).collect();
+            let plugins: Vec<&str> = answers.iter().map(|a| a.plugin.as_str()).collect();
+            let errors: Vec<Option<&str>> = answers.iter().map(|a| a.error.as_deref()).collect();
+            let ats: Vec<DateTime<Utc>> = answers.iter().map(|a| a.at).collect();
             tx.execute(
-                &put_answer,
-                &[&a.request_id, &a.node, &a.plugin, &a.error, &a.at],
+                "INSERT INTO request_answers (request_id, node, plugin, error, at)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+                 ON CONFLICT (request_id, node) DO NOTHING",
+                &[&ids, &nodes, &plugins, &errors, &ats],
             )
             .await
             .map_err(pg_err)?;
