@@ -359,6 +359,28 @@ fn broker_crashed_mid_ingest_loses_nothing_and_everyone_reconnects() {
     broker_outage_mid_ingest(true);
 }
 
+/// A node given an open-file limit runs with it (the fleet benchmark depends on this: at
+/// 1,024 descriptors 10,000 node queues thrash) and `rabbitmqctl status` reports it.
+#[test]
+fn a_private_node_runs_with_the_open_file_limit_it_was_given() {
+    let node = RabbitNode::start_with(NodeSetup {
+        open_files: Some(4096),
+        ..Default::default()
+    });
+    let out = node.ctl(&["status", "--formatter", "json"]);
+    assert!(
+        out.status.success(),
+        "rabbitmqctl status: {}",
+        out_text(&out)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let limit = status["file_descriptors"]["total_limit"]
+        .as_u64()
+        .expect("file descriptor limit");
+    // RabbitMQ keeps about 100 descriptors back from the process limit.
+    assert!((3900..=4096).contains(&limit), "limit {limit}");
+}
+
 #[test]
 fn server_killed_repeatedly_mid_ingest_stores_each_result_once() {
     let d = Deployment::new(&[]);

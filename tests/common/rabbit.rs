@@ -4,7 +4,9 @@
 //! (`vt<hex>@localhost`) on two free loopback ports (AMQP and distribution), with
 //! every file under a temp dir: its own config file (the system one binds 5672), an
 //! empty plugin list unless [`NodeSetup`] asks for some (management on a free port),
-//! its own mnesia and log directories.
+//! its own mnesia and log directories, and optionally a raised open-file limit
+//! ([`NodeSetup::open_files`]; the fleet benchmark includes this file for that).
+//! [`RabbitNode::ctl`] runs `rabbitmqctl` against the node.
 //! [`RabbitNode::restart`] stops it with SIGTERM (a clean broker shutdown) and starts
 //! it again on the same mnesia directory, so durable queues and persistent messages
 //! survive; [`RabbitNode::crash`] does the same with SIGKILL. Dropping the node kills
@@ -42,6 +44,8 @@ pub struct RabbitNode {
     /// AMQP port on 127.0.0.1.
     pub port: u16,
     dist_port: u16,
+    /// [`NodeSetup::open_files`], applied at every start.
+    open_files: Option<u64>,
     /// The start script (the Erlang VM is its child).
     child: Option<Child>,
     /// How long each start took, first start first.
@@ -63,6 +67,11 @@ pub struct NodeSetup {
     /// The Erlang cookie (written to the node's HOME before it starts): cluster
     /// members, and the `rabbitmqctl` that talks to them, must share one.
     pub cookie: Option<String>,
+    /// The node's open-file limit (`ulimit -n`), or the hard limit when it cannot be
+    /// raised that far; `None` inherits ours. Every classic queue holding persistent
+    /// messages wants file handles, so a node with thousands of queues needs more than
+    /// the usual 1,024.
+    pub open_files: Option<u64>,
 }
 
 impl RabbitNode {
@@ -114,6 +123,7 @@ impl RabbitNode {
             name: format!("vt{:08x}@localhost", super::rand_u32()),
             port,
             dist_port,
+            open_files: setup.open_files,
             dir,
             child: None,
             starts: Vec::new(),
@@ -214,9 +224,11 @@ impl RabbitNode {
         let out = self.ctl(args);
         assert!(
             out.status.success(),
-            "rabbitmqctl -n {} {args:?} failed: {}",
+            "rabbitmqctl -n {} {args:?} failed ({:?}): {}{}",
             self.name,
-            super::text(&out)
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -257,7 +269,7 @@ impl RabbitNode {
     }
 
     /// The Erlang VM's pid: from the pid file, else the process whose command line names the node.
-    fn beam_pid(&self) -> Option<u32> {
+    pub fn beam_pid(&self) -> Option<u32> {
         if let Some(pid) = std::fs::read_to_string(self.path("node.pid"))
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -283,7 +295,22 @@ impl RabbitNode {
             .expect("startup log");
         let err = log.try_clone().expect("startup log");
         let p = |rel: &str| self.path(rel);
-        let child = Command::new(SERVER)
+        let mut command = match self.open_files {
+            // `exec` keeps the script's pid, so stopping and reaping work as without it.
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    &format!(
+                        "ulimit -n {n} 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$0\""
+                    ),
+                    SERVER,
+                ]);
+                c
+            }
+            None => Command::new(SERVER),
+        };
+        let child = command
             .current_dir(self.dir.path())
             .env("HOME", p("home"))
             .env("RABBITMQ_NODENAME", &self.name)

@@ -50,7 +50,7 @@ macro_rules! conformance_tests {
             key_values_across_nodes, select_by_conditions_names_and_time, packages_with_versions,
             record_at_a_past_time, timeline_of_a_package, changes_across_the_fleet,
             retention_prunes_old_history, import_replaces_a_node, text_data_is_the_same_value,
-            ledger_records_requests_and_answers_in_any_order);
+            ledger_records_requests_and_answers_in_any_order, a_node_many_times_in_one_batch);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -293,6 +293,62 @@ pub async fn history_records_changes_only(store: DynStore) {
         .await
         .expect("history")
         .is_empty());
+}
+
+/// One node observed many times in one batch: each observation is judged against what
+/// the ones before it left, as if applied one by one.
+pub async fn a_node_many_times_in_one_batch(store: DynStore) {
+    let err = |at, msg: &str| Observation {
+        node: "n".into(),
+        at: t(at),
+        change: Change::Error {
+            plugin: Some("ohai".into()),
+            message: msg.into(),
+            raw: None,
+        },
+    };
+    let out = store
+        .apply(
+            vec![
+                plugin("n", 1, "k", json!(1)),
+                plugin("n", 2, "k", json!(2)),
+                plugin("n", 3, "k", json!(1)),
+                plugin("n", 2, "k", json!(7)),
+                err(4, "boom"),
+                err(3, "older"),
+                plugin("n", 2, "j", json!(true)),
+            ]
+            .into(),
+        )
+        .await
+        .expect("apply");
+    use Outcome::*;
+    assert_eq!(
+        out,
+        vec![Created, Updated, Updated, Stale, Updated, Stale, Updated]
+    );
+    let rec = store.node("n").await.expect("node").expect("stored");
+    assert_eq!(rec.keys["k"], json!(1));
+    assert_eq!(rec.keys["j"], json!(true));
+    assert_eq!(rec.last_error.expect("last_error")["message"], "boom");
+    let h = store.history("n", Some("k")).await.expect("history");
+    let news: Vec<_> = h.iter().map(|e| e.new.clone()).collect();
+    assert_eq!(news, vec![Some(json!(1)), Some(json!(2)), Some(json!(1))]);
+    let out = store
+        .apply(
+            vec![
+                plugin("n", 5, "k", json!(1)),
+                plugin("n", 4, "k", json!(9)),
+                plugin("n", 6, "k", json!(3)),
+            ]
+            .into(),
+        )
+        .await
+        .expect("apply");
+    assert_eq!(out, vec![Unchanged, Stale, Updated]);
+    let rec = store.node("n").await.expect("node").expect("stored");
+    assert_eq!(rec.keys["k"], json!(3));
+    assert_eq!(rec.keys_collected["k"], t(6));
 }
 
 /// Many nodes in one batch; the node list is sorted and names each node's plugins.

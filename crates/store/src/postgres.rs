@@ -8,7 +8,8 @@
 //! `history` holds one row per change; `requests` and `request_answers` are the
 //! request ledger (schema version 3).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -19,7 +20,7 @@ use vogeler_config::PgSslMode;
 
 use crate::{
     is_reserved_key, last_error_value, Change, HistoryEntry, KeyPath, LedgerAnswer, LedgerRequest,
-    NodeRecord, NodeSummary, Observation, Outcome, Store, StoreError,
+    NodeRecord, NodeSummary, Outcome, Store, StoreError,
 };
 
 const BACKEND: &str = "postgres";
@@ -123,238 +124,6 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
-/// One batch worked out in memory: which nodes and keys it touches (read before the
-/// writes) and, once the stored state is known, each observation's outcome and the
-/// writes that bring the store to the batch's end state.
-struct BatchPlan {
-    /// Nodes written, sorted and distinct (refused observations create nothing).
-    nodes: Vec<String>,
-    /// Plugin keys written, distinct.
-    keys: Vec<(String, String)>,
-    /// Per observation, why it is refused, if it is.
-    refused: Vec<Option<String>>,
-}
-
-/// Column arrays for the batch's array statements.
-#[derive(Default)]
-struct Writes {
-    put_node: Vec<String>,
-    put_key: Vec<String>,
-    put_value: Vec<Value>,
-    put_at: Vec<DateTime<Utc>>,
-    time_node: Vec<String>,
-    time_key: Vec<String>,
-    time_at: Vec<DateTime<Utc>>,
-    hist_node: Vec<String>,
-    hist_key: Vec<String>,
-    hist_old: Vec<Option<Value>>,
-    hist_new: Vec<Option<Value>>,
-    hist_at: Vec<DateTime<Utc>>,
-    node_name: Vec<String>,
-    node_changed: Vec<bool>,
-    node_set_error: Vec<bool>,
-    node_error: Vec<Option<Value>>,
-    node_error_at: Vec<Option<DateTime<Utc>>>,
-}
-
-impl Writes {
-    fn history(
-        &mut self,
-        node: &str,
-        key: &str,
-        old: Option<Value>,
-        new: Value,
-        at: DateTime<Utc>,
-    ) {
-        self.hist_node.push(node.to_string());
-        self.hist_key.push(key.to_string());
-        self.hist_old.push(old);
-        self.hist_new.push(Some(new));
-        self.hist_at.push(at);
-    }
-}
-
-/// A key's state while the batch is walked.
-struct KeyState {
-    value: Option<(Value, DateTime<Utc>)>,
-    value_dirty: bool,
-    time_dirty: bool,
-}
-
-/// A node's state while the batch is walked.
-struct NodeState {
-    error: Option<Value>,
-    error_at: Option<DateTime<Utc>>,
-    changed: bool,
-    set_error: bool,
-    /// Whether an earlier observation of this batch already reported `Created`.
-    reported: bool,
-}
-
-impl BatchPlan {
-    fn new(batch: &[Observation]) -> Result<BatchPlan, StoreError> {
-        let mut nodes = BTreeSet::new();
-        let mut keys = HashSet::new();
-        let mut refused = Vec::with_capacity(batch.len());
-        for obs in batch {
-            if let Change::Plugin { name, .. } = &obs.change {
-                if is_reserved_key(name) {
-                    refused.push(Some(format!(
-                        "plugin name {name:?} clashes with a document field"
-                    )));
-                    continue;
-                }
-                keys.insert((obs.node.clone(), name.clone()));
-            }
-            refused.push(None);
-            nodes.insert(obs.node.clone());
-        }
-        Ok(BatchPlan {
-            nodes: nodes.into_iter().collect(),
-            keys: keys.into_iter().collect(),
-            refused,
-        })
-    }
-
-    /// Outcomes of a batch where every observation is refused.
-    fn outcomes_without_store(self) -> Vec<Outcome> {
-        self.refused
-            .into_iter()
-            .map(|r| Outcome::Refused(r.unwrap_or_default()))
-            .collect()
-    }
-
-    /// Walks the batch in order over the stored state, as if each observation were
-    /// applied alone: a key written twice ends with the later write, and every change
-    /// is one history row.
-    fn resolve(
-        self,
-        batch: &[Observation],
-        created: &HashSet<String>,
-        errors: HashMap<String, (Option<Value>, Option<DateTime<Utc>>)>,
-        mut stored: HashMap<(String, String), (Value, DateTime<Utc>)>,
-    ) -> Result<(Vec<Outcome>, Writes), StoreError> {
-        let mut keys: HashMap<(String, String), KeyState> = self
-            .keys
-            .into_iter()
-            .map(|k| {
-                let value = stored.remove(&k);
-                let state = KeyState {
-                    value,
-                    value_dirty: false,
-                    time_dirty: false,
-                };
-                (k, state)
-            })
-            .collect();
-        let mut nodes: HashMap<String, NodeState> = errors
-            .into_iter()
-            .map(|(name, (error, error_at))| {
-                let state = NodeState {
-                    error,
-                    error_at,
-                    changed: false,
-                    set_error: false,
-                    reported: false,
-                };
-                (name, state)
-            })
-            .collect();
-        let mut writes = Writes::default();
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for (obs, refused) in batch.iter().zip(self.refused) {
-            if let Some(reason) = refused {
-                outcomes.push(Outcome::Refused(reason));
-                continue;
-            }
-            let node = nodes
-                .get_mut(&obs.node)
-                .ok_or_else(|| StoreError::Backend {
-                    backend: BACKEND,
-                    message: format!("node {:?} vanished while its row was locked", obs.node),
-                })?;
-            let outcome = match &obs.change {
-                Change::Seen => Outcome::Unchanged,
-                Change::Plugin { name, value } => {
-                    let value = value.tree()?.into_owned();
-                    let key = (obs.node.clone(), name.clone());
-                    let state = keys.get_mut(&key).ok_or_else(|| StoreError::Backend {
-                        backend: BACKEND,
-                        message: format!("key {name:?} of {:?} was not planned", obs.node),
-                    })?;
-                    match &mut state.value {
-                        Some((_, at)) if obs.at < *at => Outcome::Stale,
-                        Some((old, at)) if *old == value => {
-                            *at = obs.at;
-                            state.time_dirty = true;
-                            Outcome::Unchanged
-                        }
-                        slot => {
-                            let old = slot.take().map(|(v, _)| v);
-                            writes.history(&obs.node, name, old, value.clone(), obs.at);
-                            *slot = Some((value, obs.at));
-                            state.value_dirty = true;
-                            Outcome::Updated
-                        }
-                    }
-                }
-                Change::Error {
-                    plugin,
-                    message,
-                    raw,
-                } => {
-                    if node.error_at.is_some_and(|t| obs.at < t) {
-                        Outcome::Stale
-                    } else {
-                        let new = last_error_value(plugin, message, raw, obs.at);
-                        if node.error.as_ref() == Some(&new) {
-                            Outcome::Unchanged
-                        } else {
-                            let old = node.error.replace(new.clone());
-                            writes.history(&obs.node, "last_error", old, new, obs.at);
-                            node.error_at = Some(obs.at);
-                            node.set_error = true;
-                            Outcome::Updated
-                        }
-                    }
-                }
-            };
-            node.changed |= outcome == Outcome::Updated;
-            let first = !std::mem::replace(&mut node.reported, true);
-            outcomes.push(match outcome {
-                Outcome::Updated | Outcome::Unchanged if first && created.contains(&obs.node) => {
-                    Outcome::Created
-                }
-                o => o,
-            });
-        }
-        for ((node, key), state) in keys {
-            match state.value {
-                Some((value, at)) if state.value_dirty => {
-                    writes.put_node.push(node);
-                    writes.put_key.push(key);
-                    writes.put_value.push(value);
-                    writes.put_at.push(at);
-                }
-                Some((_, at)) if state.time_dirty => {
-                    writes.time_node.push(node);
-                    writes.time_key.push(key);
-                    writes.time_at.push(at);
-                }
-                _ => {}
-            }
-        }
-        for (name, state) in nodes {
-            writes.node_name.push(name);
-            writes.node_changed.push(state.changed);
-            writes.node_set_error.push(state.set_error);
-            writes.node_error.push(state.error);
-            writes.node_error_at.push(state.error_at);
-        }
-        Ok((outcomes, writes))
-    }
-}
-
 impl PostgresStore {
     /// Connects a pool and creates or migrates the schema. `sslmode` and `sslrootcert`
     /// in the DSN choose TLS as libpq does (see [`vogeler_config::PgSslMode`]); without
@@ -434,32 +203,83 @@ impl PostgresStore {
     }
 }
 
+/// A key a batch reads or writes: its value (JSON text) and time as the batch leaves
+/// them. Text, borrowed from the batch where it can be, keeps a batch of large
+/// documents from being held as trees several times over.
+struct KeyState<'a> {
+    text: Cow<'a, str>,
+    at: DateTime<Utc>,
+    /// The value is new or different: the row is written.
+    value_changed: bool,
+    /// Only `collected_at` moved.
+    time_changed: bool,
+}
+
+/// History rows of one batch, column by column for `unnest`, in batch order; values
+/// as JSON text.
+#[derive(Default)]
+struct HistoryRows<'a> {
+    nodes: Vec<String>,
+    keys: Vec<String>,
+    olds: Vec<Option<Cow<'a, str>>>,
+    news: Vec<Option<Cow<'a, str>>>,
+    ats: Vec<DateTime<Utc>>,
+}
+
+/// Whether JSON text `stored` holds the same value as `value`.
+fn same_json(stored: &str, value: &Value) -> Result<bool, StoreError> {
+    let stored: Value = serde_json::from_str(stored)
+        .map_err(|e| StoreError::Invalid(format!("stored value is not JSON: {e}")))?;
+    Ok(stored == *value)
+}
+
+impl<'a> HistoryRows<'a> {
+    fn push(
+        &mut self,
+        node: &str,
+        key: &str,
+        old: Option<Cow<'a, str>>,
+        new: Option<Cow<'a, str>>,
+        at: DateTime<Utc>,
+    ) {
+        self.nodes.push(node.to_string());
+        self.keys.push(key.to_string());
+        self.olds.push(old);
+        self.news.push(new);
+        self.ats.push(at);
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
         BACKEND
     }
 
+    /// A batch costs a fixed number of round trips, not a few per result: the nodes
+    /// are created and locked (sorted, so servers writing the same nodes cannot
+    /// deadlock), the keys it touches read, every outcome decided in memory in batch
+    /// order, and the final rows written with `unnest` arrays.
     async fn apply(&self, batch: crate::Batch) -> Result<Vec<Outcome>, StoreError> {
-        // A batch costs a fixed number of round trips, not several per result: the
-        // outcomes are worked out here from one read of what is stored, and the writes
-        // go out as array statements, pipelined on one connection.
-        let plan = BatchPlan::new(&batch)?;
-        if plan.nodes.is_empty() {
-            return Ok(plan.outcomes_without_store());
-        }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let now = Utc::now();
-        let nodes: Vec<&str> = plan.nodes.iter().map(String::as_str).collect();
-        // Names are sorted, so two servers inserting and locking the same nodes take
-        // the locks in the same order and never deadlock.
-        let created: HashSet<String> = tx
+
+        // A reserved name is refused and touches nothing.
+        let refused = |obs: &crate::Observation| matches!(&obs.change, Change::Plugin { name, .. } if is_reserved_key(name));
+        let mut names: Vec<&str> = batch
+            .iter()
+            .filter(|o| !refused(o))
+            .map(|o| o.node.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut created: std::collections::HashSet<String> = tx
             .query(
                 "INSERT INTO nodes (name, created_at, updated_at, last_seen)
                  SELECT n, $2, $2, $2 FROM unnest($1::text[]) AS n ORDER BY n
                  ON CONFLICT (name) DO NOTHING RETURNING name",
-                &[&nodes, &now],
+                &[&names, &now],
             )
             .await
             .map_err(pg_err)?
@@ -467,85 +287,218 @@ impl Store for PostgresStore {
             .map(|r| r.get(0))
             .collect();
         // Locking the node rows serialises writers of one node across servers.
-        let errors: HashMap<String, (Option<Value>, Option<DateTime<Utc>>)> = tx
+        let mut errors: HashMap<String, (Option<Value>, Option<DateTime<Utc>>)> = tx
             .query(
-                "SELECT name, last_error, last_error_at FROM nodes
-                 WHERE name = ANY($1) ORDER BY name FOR UPDATE",
-                &[&nodes],
+                "SELECT name, last_error, last_error_at FROM nodes WHERE name = ANY($1)
+                 ORDER BY name FOR UPDATE",
+                &[&names],
             )
             .await
             .map_err(pg_err)?
             .into_iter()
             .map(|r| (r.get(0), (r.get(1), r.get(2))))
             .collect();
-        let (key_nodes, key_names): (Vec<&str>, Vec<&str>) = plan
-            .keys
+        let (key_nodes, key_names): (Vec<&str>, Vec<&str>) = batch
             .iter()
-            .map(|(n, k)| (n.as_str(), k.as_str()))
+            .filter(|o| !refused(o))
+            .filter_map(|o| match &o.change {
+                Change::Plugin { name, .. } => Some((o.node.as_str(), name.as_str())),
+                _ => None,
+            })
             .unzip();
-        let stored: HashMap<(String, String), (Value, DateTime<Utc>)> = tx
+        // The stored value (as JSON text: a tree only while compared) and time of each
+        // key, then what the batch makes of them.
+        let mut keys: HashMap<(String, String), KeyState> = tx
             .query(
-                "SELECT k.node, k.key, k.value, k.collected_at
-                 FROM unnest($1::text[], $2::text[]) AS w(node, key)
-                 JOIN node_keys k ON k.node = w.node AND k.key = w.key",
+                "SELECT k.node, k.key, k.value::text, k.collected_at
+                 FROM node_keys k JOIN unnest($1::text[], $2::text[]) AS u (node, key)
+                 ON k.node = u.node AND k.key = u.key",
                 &[&key_nodes, &key_names],
             )
             .await
             .map_err(pg_err)?
             .into_iter()
-            .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
+            .map(|r| {
+                let state = KeyState {
+                    text: Cow::Owned(r.get(2)),
+                    at: r.get(3),
+                    value_changed: false,
+                    time_changed: false,
+                };
+                ((r.get(0), r.get(1)), state)
+            })
             .collect();
-        let (outcomes, writes) = plan.resolve(&batch, &created, errors, stored)?;
-        let w = &writes;
-        type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
-        let put_params: [Param; 4] = [&w.put_node, &w.put_key, &w.put_value, &w.put_at];
-        let time_params: [Param; 3] = [&w.time_node, &w.time_key, &w.time_at];
-        let hist_params: [Param; 5] = [
-            &w.hist_node,
-            &w.hist_key,
-            &w.hist_old,
-            &w.hist_new,
-            &w.hist_at,
-        ];
-        let touch_params: [Param; 6] = [
-            &w.node_name,
-            &now,
-            &w.node_changed,
-            &w.node_set_error,
-            &w.node_error,
-            &w.node_error_at,
-        ];
-        let put = tx.execute(
-            "INSERT INTO node_keys (node, key, value, collected_at)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[])
-             ON CONFLICT (node, key) DO UPDATE SET value = EXCLUDED.value, collected_at = EXCLUDED.collected_at",
-            &put_params,
-        );
-        let times = tx.execute(
-            "UPDATE node_keys k SET collected_at = w.at
-             FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS w(node, key, at)
-             WHERE k.node = w.node AND k.key = w.key",
-            &time_params,
-        );
-        let history = tx.execute(
-            "INSERT INTO history (node, key, old, new, at)
-             SELECT node, key, old, new, at
-             FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[], $5::timestamptz[])
-                  WITH ORDINALITY AS h(node, key, old, new, at, i)
-             ORDER BY i",
-            &hist_params,
-        );
-        let touch = tx.execute(
-            "UPDATE nodes n SET last_seen = $2,
-                 updated_at = CASE WHEN w.changed THEN $2 ELSE n.updated_at END,
-                 last_error = CASE WHEN w.set_error THEN w.error ELSE n.last_error END,
-                 last_error_at = CASE WHEN w.set_error THEN w.error_at ELSE n.last_error_at END
-             FROM unnest($1::text[], $3::bool[], $4::bool[], $5::jsonb[], $6::timestamptz[])
-                  AS w(name, changed, set_error, error, error_at)
-             WHERE n.name = w.name",
-            &touch_params,
-        );
-        futures_util::try_join!(put, times, history, touch).map_err(pg_err)?;
+
+        let mut history = HistoryRows::default();
+        let mut errors_changed = std::collections::BTreeSet::new();
+        let mut nodes_changed = std::collections::BTreeSet::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for obs in batch.iter() {
+            let outcome = match &obs.change {
+                Change::Plugin { name, .. } if refused(obs) => {
+                    outcomes.push(Outcome::Refused(format!(
+                        "plugin name {name:?} clashes with a document field"
+                    )));
+                    continue;
+                }
+                Change::Plugin { name, value } => {
+                    let text = value.text();
+                    match keys.entry((obs.node.clone(), name.clone())) {
+                        std::collections::hash_map::Entry::Occupied(mut e) => {
+                            let k = e.get_mut();
+                            if obs.at < k.at {
+                                Outcome::Stale
+                            } else if k.text == text || same_json(&k.text, &*value.tree()?)? {
+                                k.at = obs.at;
+                                k.time_changed = true;
+                                Outcome::Unchanged
+                            } else {
+                                let old = std::mem::replace(&mut k.text, text.clone());
+                                history.push(&obs.node, name, Some(old), Some(text), obs.at);
+                                k.at = obs.at;
+                                k.value_changed = true;
+                                Outcome::Updated
+                            }
+                        }
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            history.push(&obs.node, name, None, Some(text.clone()), obs.at);
+                            e.insert(KeyState {
+                                text,
+                                at: obs.at,
+                                value_changed: true,
+                                time_changed: false,
+                            });
+                            Outcome::Updated
+                        }
+                    }
+                }
+                Change::Error {
+                    plugin,
+                    message,
+                    raw,
+                } => {
+                    let (old_error, old_error_at) =
+                        errors.entry(obs.node.clone()).or_insert((None, None));
+                    if old_error_at.is_some_and(|t| obs.at < t) {
+                        Outcome::Stale
+                    } else {
+                        let new = last_error_value(plugin, message, raw, obs.at);
+                        if old_error.as_ref() == Some(&new) {
+                            Outcome::Unchanged
+                        } else {
+                            let (old_text, new_text) = (
+                                old_error.as_ref().map(|v| Cow::Owned(v.to_string())),
+                                Cow::Owned(new.to_string()),
+                            );
+                            *old_error = Some(new);
+                            *old_error_at = Some(obs.at);
+                            history.push(&obs.node, "last_error", old_text, Some(new_text), obs.at);
+                            errors_changed.insert(obs.node.as_str());
+                            Outcome::Updated
+                        }
+                    }
+                }
+                Change::Seen => Outcome::Unchanged,
+            };
+            if outcome == Outcome::Updated {
+                nodes_changed.insert(obs.node.as_str());
+            }
+            outcomes.push(match outcome {
+                Outcome::Updated | Outcome::Unchanged if created.remove(&obs.node) => {
+                    Outcome::Created
+                }
+                o => o,
+            });
+        }
+
+        // The final rows: changed values, refreshed times, errors, history, node times.
+        let (mut set_nodes, mut set_keys, mut set_values, mut set_ats) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut time_nodes, mut time_keys, mut time_ats) = (Vec::new(), Vec::new(), Vec::new());
+        for ((node, key), k) in &keys {
+            if k.value_changed {
+                set_nodes.push(node.as_str());
+                set_keys.push(key.as_str());
+                set_values.push(&*k.text);
+                set_ats.push(k.at);
+            } else if k.time_changed {
+                time_nodes.push(node.as_str());
+                time_keys.push(key.as_str());
+                time_ats.push(k.at);
+            }
+        }
+        if !set_nodes.is_empty() {
+            tx.execute(
+                "INSERT INTO node_keys (node, key, value, collected_at)
+                 SELECT node, key, value::jsonb, at
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+                      AS u (node, key, value, at)
+                 ON CONFLICT (node, key) DO UPDATE
+                 SET value = excluded.value, collected_at = excluded.collected_at",
+                &[&set_nodes, &set_keys, &set_values, &set_ats],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        if !time_nodes.is_empty() {
+            tx.execute(
+                "UPDATE node_keys k SET collected_at = u.at
+                 FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u (node, key, at)
+                 WHERE k.node = u.node AND k.key = u.key",
+                &[&time_nodes, &time_keys, &time_ats],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        if !errors_changed.is_empty() {
+            let (mut err_nodes, mut err_values, mut err_ats) = (Vec::new(), Vec::new(), Vec::new());
+            for node in &errors_changed {
+                if let Some((Some(value), Some(at))) = errors.get(*node) {
+                    err_nodes.push(*node);
+                    err_values.push(value);
+                    err_ats.push(*at);
+                }
+            }
+            tx.execute(
+                "UPDATE nodes n SET last_error = u.error, last_error_at = u.at
+                 FROM unnest($1::text[], $2::jsonb[], $3::timestamptz[]) AS u (name, error, at)
+                 WHERE n.name = u.name",
+                &[&err_nodes, &err_values, &err_ats],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        if !history.nodes.is_empty() {
+            // WITH ORDINALITY keeps the batch's order in the ids `history` sorts ties by.
+            tx.execute(
+                "INSERT INTO history (node, key, old, new, at)
+                 SELECT node, key, old::jsonb, new::jsonb, at
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+                      WITH ORDINALITY AS u (node, key, old, new, at, i)
+                 ORDER BY i",
+                &[
+                    &history.nodes,
+                    &history.keys,
+                    &history.olds,
+                    &history.news,
+                    &history.ats,
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        if !names.is_empty() {
+            let changed: Vec<bool> = names.iter().map(|n| nodes_changed.contains(n)).collect();
+            tx.execute(
+                "UPDATE nodes n SET last_seen = $3,
+                     updated_at = CASE WHEN u.changed THEN $3 ELSE n.updated_at END
+                 FROM unnest($1::text[], $2::bool[]) AS u (name, changed)
+                 WHERE n.name = u.name",
+                &[&names, &changed, &now],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
         tx.commit().await.map_err(pg_err)?;
         Ok(outcomes)
     }
@@ -781,17 +734,18 @@ impl Store for PostgresStore {
             .await
             .map_err(pg_err)?;
         }
-        let put_answer = tx
-            .prepare_cached(
-                "INSERT INTO request_answers (request_id, node, plugin, error, at)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id, node) DO NOTHING",
-            )
-            .await
-            .map_err(pg_err)?;
-        for a in answers {
+        if !answers.is_empty() {
+            // One statement for a batch's answers (a broadcast brings thousands).
+            let ids: Vec<&str> = answers.iter().map(|a| a.request_id.as_str()).collect();
+            let nodes: Vec<&str> = answers.iter().map(|a| a.node.as_str()).collect();
+            let plugins: Vec<&str> = answers.iter().map(|a| a.plugin.as_str()).collect();
+            let errors: Vec<Option<&str>> = answers.iter().map(|a| a.error.as_deref()).collect();
+            let ats: Vec<DateTime<Utc>> = answers.iter().map(|a| a.at).collect();
             tx.execute(
-                &put_answer,
-                &[&a.request_id, &a.node, &a.plugin, &a.error, &a.at],
+                "INSERT INTO request_answers (request_id, node, plugin, error, at)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+                 ON CONFLICT (request_id, node) DO NOTHING",
+                &[&ids, &nodes, &plugins, &errors, &ats],
             )
             .await
             .map_err(pg_err)?;

@@ -355,6 +355,9 @@ pub struct Outgoing {
     pub reply_to: Option<String>,
     /// Ask the broker to return the message when no queue is bound (unroutable).
     pub mandatory: bool,
+    /// Delivery mode 1: queues keep the message in memory only, so it is lost if the
+    /// broker restarts, but a broadcast to thousands of queues writes nothing to disk.
+    pub transient: bool,
 }
 
 impl Outgoing {
@@ -667,7 +670,7 @@ impl Session {
     }
 
     /// Starts a publish and returns at once; await the [`Pending`] for the confirm.
-    /// Messages are persistent (delivery mode 2) JSON.
+    /// Messages are persistent (delivery mode 2) JSON unless [`Outgoing::transient`].
     pub async fn publish(
         &self,
         exchange: &str,
@@ -675,7 +678,7 @@ impl Session {
         msg: Outgoing,
     ) -> Result<Pending, TransportError> {
         let mut props = BasicProperties::default()
-            .with_delivery_mode(2)
+            .with_delivery_mode(if msg.transient { 1 } else { 2 })
             .with_content_type(ShortString::from("application/json"));
         if !msg.headers.is_empty() {
             let mut table = FieldTable::default();
