@@ -55,6 +55,12 @@ ensure_rabbitmq() {
   command -v rabbitmqctl >/dev/null 2>&1 || apt_install rabbitmq-server
   if port_open 5672; then log "RabbitMQ answers on 127.0.0.1:5672"; return; fi
   log "starting RabbitMQ"
+  # Every node queue holding persistent messages wants file handles (docs/SCALING.md):
+  # start with as many as allowed, up to the 65536 Debian's systemd unit gives it.
+  local hard
+  hard=$(ulimit -Hn)
+  if [ "$hard" = unlimited ] || [ "$hard" -gt 65536 ]; then hard=65536; fi
+  ulimit -n "$hard" 2>/dev/null || true
   if ! $SUDO rabbitmq-server -detached >/dev/null 2>&1; then
     $SUDO service rabbitmq-server start >/dev/null 2>&1 || die "cannot start rabbitmq-server (see /var/log/rabbitmq)"
   fi

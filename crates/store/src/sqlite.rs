@@ -101,7 +101,7 @@ fn sql_err(e: rusqlite::Error) -> StoreError {
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
-PRAGMA synchronous = NORMAL;
+PRAGMA synchronous = FULL;
 PRAGMA cache_size = -65536;
 PRAGMA temp_store = MEMORY;
 PRAGMA journal_size_limit = 67108864;
@@ -252,15 +252,19 @@ fn apply_batch(conn: &mut Connection, batch: &[Observation]) -> Result<Vec<Outco
             Change::Seen => false,
             Change::Plugin { name, value } => {
                 let new = value.text();
-                let old: Option<(String, String)> = tx
-                    .prepare_cached(
+                // A node created just now has no keys to read.
+                let old: Option<(String, String)> = if created {
+                    None
+                } else {
+                    tx.prepare_cached(
                         "SELECT value, collected_at FROM node_keys WHERE node = ?1 AND key = ?2",
                     )
                     .and_then(|mut s| {
                         s.query_row(params![obs.node, name], |r| Ok((r.get(0)?, r.get(1)?)))
                             .optional()
                     })
-                    .map_err(sql_err)?;
+                    .map_err(sql_err)?
+                };
                 match old {
                     Some((_, old_at)) if at < old_at => {
                         outcomes.push(Outcome::Stale);
@@ -302,13 +306,16 @@ fn apply_batch(conn: &mut Connection, batch: &[Observation]) -> Result<Vec<Outco
                 raw,
             } => {
                 let new = last_error_value(plugin, message, raw, obs.at).to_string();
-                let old: Option<(Option<String>, Option<String>)> = tx
-                    .prepare_cached("SELECT last_error, last_error_at FROM nodes WHERE name = ?1")
-                    .and_then(|mut s| {
-                        s.query_row(params![obs.node], |r| Ok((r.get(0)?, r.get(1)?)))
-                            .optional()
-                    })
-                    .map_err(sql_err)?;
+                let old: Option<(Option<String>, Option<String>)> = if created {
+                    None
+                } else {
+                    tx.prepare_cached("SELECT last_error, last_error_at FROM nodes WHERE name = ?1")
+                        .and_then(|mut s| {
+                            s.query_row(params![obs.node], |r| Ok((r.get(0)?, r.get(1)?)))
+                                .optional()
+                        })
+                        .map_err(sql_err)?
+                };
                 let (old_value, old_at) = old.unwrap_or((None, None));
                 if old_at.as_deref().is_some_and(|o| at.as_str() < o) {
                     outcomes.push(Outcome::Stale);
@@ -328,7 +335,10 @@ fn apply_batch(conn: &mut Connection, batch: &[Observation]) -> Result<Vec<Outco
                 }
             }
         };
-        touch(&tx, &obs.node, &now, changed)?;
+        // A node created just now already has `last_seen` and `updated_at` = now.
+        if !created {
+            touch(&tx, &obs.node, &now, changed)?;
+        }
         outcomes.push(if created {
             Outcome::Created
         } else if changed {
