@@ -83,6 +83,7 @@ impl Request {
 /// A plugin's result (client → server). `D` is how `data` is held: a tree by
 /// default, JSON text ([`RawResult`]) on the server's hot path.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound(deserialize = "D: Deserialize<'de>"))]
 pub struct PluginResult<D = Value> {
     /// The request answered; `None` for scheduled runs and 2010 requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -435,15 +436,51 @@ pub type RawResult = PluginResult<Box<serde_json::value::RawValue>>;
 /// and words the error.
 pub fn decode_raw_result(body: &[u8]) -> Option<Result<RawResult, ProtocolError>> {
     let text = std::str::from_utf8(body).ok()?;
-    if !is_v1_result(text) {
-        return None;
-    }
-    Some(
-        serde_json::from_str::<RawResult>(text).map_err(|e| ProtocolError::BadField {
-            kind: "result".into(),
-            message: e.to_string(),
+    // The data is most of a result: it is scanned once, by this parse; the envelope
+    // check then reads the message with the data cut out.
+    match serde_json::from_str::<PluginResult<&serde_json::value::RawValue>>(text) {
+        Ok(r) => {
+            let envelope = match r.data.and_then(|d| span_in(text, d.get())) {
+                Some((start, end)) => {
+                    std::borrow::Cow::Owned(format!("{}null{}", &text[..start], &text[end..]))
+                }
+                None => std::borrow::Cow::Borrowed(text),
+            };
+            is_v1_result(&envelope).then(|| Ok(r.map_data(|d| d.to_owned())))
+        }
+        Err(e) => is_v1_result(text).then(|| {
+            Err(ProtocolError::BadField {
+                kind: "result".into(),
+                message: e.to_string(),
+            })
         }),
-    )
+    }
+}
+
+/// Where `part`, a slice borrowed from `text`, lies in it.
+fn span_in(text: &str, part: &str) -> Option<(usize, usize)> {
+    let start = (part.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (text.get(start..end)? == part).then_some((start, end))
+}
+
+impl<D> PluginResult<D> {
+    /// The same result with its data held another way.
+    pub fn map_data<E>(self, f: impl FnOnce(D) -> E) -> PluginResult<E> {
+        PluginResult {
+            request_id: self.request_id,
+            node: self.node,
+            plugin: self.plugin,
+            format: self.format,
+            data: self.data.map(f),
+            error: self.error,
+            raw: self.raw,
+            exit_status: self.exit_status,
+            duration_ms: self.duration_ms,
+            collected_at: self.collected_at,
+            reply_to: self.reply_to,
+        }
+    }
 }
 
 /// Whether `text` is a v1 result envelope (`v` = 1, `kind` = result); every other
