@@ -56,7 +56,11 @@ pub fn require_rabbitmq() {
         );
     }
     if std::env::var_os("VOGELER_TEST_AMQP_ADDR").is_none() {
-        if let Err(e) = rt().block_on(broker().connect()) {
+        // On a thread of its own: async tests call this from inside their runtime.
+        let login = std::thread::spawn(|| rt().block_on(broker().connect()).map(drop))
+            .join()
+            .expect("vhost check thread");
+        if let Err(e) = login {
             panic!(
                 "RabbitMQ at {addr} refuses the test vhost {:?} ({e}): create it with `scripts/services.sh ensure-rabbitmq`",
                 vhost()
