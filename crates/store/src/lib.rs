@@ -526,26 +526,34 @@ pub async fn open(dsn: &vogeler_config::StoreDsn) -> Result<DynStore, StoreError
         #[cfg(feature = "postgres")]
         StoreDsn::Postgres { url } => Ok(Arc::new(postgres::PostgresStore::connect(url).await?)),
         #[cfg(feature = "couch")]
-        StoreDsn::Couch {
-            base_url,
-            db,
-            user,
-            password,
-            ca_file,
-            ..
-        } => Ok(Arc::new(
-            couch::CouchStore::connect_with_ca(
-                base_url,
-                db,
-                user.as_deref(),
-                password.as_deref(),
-                ca_file.as_deref(),
-            )
-            .await?,
-        )),
+        StoreDsn::Couch { .. } => Ok(Arc::new(connect_couch(dsn).await?)),
         #[allow(unreachable_patterns)]
         other => Err(StoreError::NotCompiled(other.scheme())),
     }
+}
+
+/// Connects to the CouchDB database a `couch://` DSN names (any other DSN is refused).
+#[cfg(feature = "couch")]
+async fn connect_couch(dsn: &vogeler_config::StoreDsn) -> Result<couch::CouchStore, StoreError> {
+    let vogeler_config::StoreDsn::Couch {
+        base_url,
+        db,
+        user,
+        password,
+        ca_file,
+        ..
+    } = dsn
+    else {
+        return Err(StoreError::Invalid(format!("{dsn} is not a CouchDB DSN")));
+    };
+    couch::CouchStore::connect_with_ca(
+        base_url,
+        db,
+        user.as_deref(),
+        password.as_deref(),
+        ca_file.as_deref(),
+    )
+    .await
 }
 
 /// Loads CouchDB design docs (`DIR/<ddoc>/views/<view>/map.js`) into the store a DSN
@@ -556,24 +564,8 @@ pub async fn load_design_docs(
 ) -> Result<Vec<String>, StoreError> {
     match dsn {
         #[cfg(feature = "couch")]
-        vogeler_config::StoreDsn::Couch {
-            base_url,
-            db,
-            user,
-            password,
-            ca_file,
-            ..
-        } => {
-            couch::CouchStore::connect_with_ca(
-                base_url,
-                db,
-                user.as_deref(),
-                password.as_deref(),
-                ca_file.as_deref(),
-            )
-            .await?
-            .load_design_docs(dir)
-            .await
+        vogeler_config::StoreDsn::Couch { .. } => {
+            connect_couch(dsn).await?.load_design_docs(dir).await
         }
         other => {
             let _ = dir;
