@@ -31,6 +31,11 @@ fn plugin(node: &str, at: i64, name: &str, value: Value) -> Observation {
 
 /// The same observation with its value as JSON text, the way the server's hot path
 /// hands results over.
+/// Applies one batch, which must succeed.
+async fn apply(store: &DynStore, batch: Vec<Observation>) -> Vec<Outcome> {
+    store.apply(batch.into()).await.expect("apply")
+}
+
 fn as_text(mut obs: Observation) -> Observation {
     if let Change::Plugin { value, .. } = &mut obs.change {
         let text = value.text().into_owned();
@@ -66,18 +71,16 @@ macro_rules! conformance_tests {
 /// A node's document appears with its first observation.
 pub async fn created_on_first_sight(store: DynStore) {
     assert!(store.node("web01").await.expect("node").is_none());
-    let out = store
-        .apply(
-            vec![plugin(
-                "web01",
-                0,
-                "facter",
-                json!({"os": {"family": "Debian"}}),
-            )]
-            .into(),
-        )
-        .await
-        .expect("apply");
+    let out = apply(
+        &store,
+        vec![plugin(
+            "web01",
+            0,
+            "facter",
+            json!({"os": {"family": "Debian"}}),
+        )],
+    )
+    .await;
     assert_eq!(out, vec![Outcome::Created]);
     let rec = store.node("web01").await.expect("node").expect("stored");
     assert_eq!(rec.keys["facter"]["os"]["family"], "Debian");
@@ -90,22 +93,17 @@ pub async fn created_on_first_sight(store: DynStore) {
 
 /// New value → Updated; same value → Unchanged; older → Stale and kept.
 pub async fn updated_unchanged_and_stale(store: DynStore) {
-    store
-        .apply(vec![plugin("n", 10, "k", json!(1))].into())
-        .await
-        .expect("apply");
+    apply(&store, vec![plugin("n", 10, "k", json!(1))]).await;
     let first = store.node("n").await.expect("node").expect("stored");
-    let out = store
-        .apply(
-            vec![
-                plugin("n", 20, "k", json!(2)),
-                plugin("n", 30, "k", json!(2)),
-                plugin("n", 15, "k", json!(99)),
-            ]
-            .into(),
-        )
-        .await
-        .expect("apply");
+    let out = apply(
+        &store,
+        vec![
+            plugin("n", 20, "k", json!(2)),
+            plugin("n", 30, "k", json!(2)),
+            plugin("n", 15, "k", json!(99)),
+        ],
+    )
+    .await;
     assert_eq!(
         out,
         vec![Outcome::Updated, Outcome::Unchanged, Outcome::Stale]
@@ -175,17 +173,15 @@ pub async fn text_data_is_the_same_value(store: DynStore) {
 
 /// A plugin named like a document field is refused; the rest of the batch goes in.
 pub async fn reserved_keys_are_refused(store: DynStore) {
-    let out = store
-        .apply(
-            vec![
-                plugin("n", 1, "created_at", json!(1)),
-                plugin("n", 1, "_id", json!(1)),
-                plugin("n", 1, "ok", json!(1)),
-            ]
-            .into(),
-        )
-        .await
-        .expect("apply");
+    let out = apply(
+        &store,
+        vec![
+            plugin("n", 1, "created_at", json!(1)),
+            plugin("n", 1, "_id", json!(1)),
+            plugin("n", 1, "ok", json!(1)),
+        ],
+    )
+    .await;
     assert!(matches!(out[0], Outcome::Refused(_)), "{out:?}");
     assert!(matches!(out[1], Outcome::Refused(_)), "{out:?}");
     assert_eq!(out[2], Outcome::Created);
@@ -204,14 +200,8 @@ pub async fn errors_become_last_error(store: DynStore) {
             raw: Some("not json".into()),
         },
     };
-    store
-        .apply(vec![err(10, "boom")].into())
-        .await
-        .expect("apply");
-    let out = store
-        .apply(vec![err(5, "older")].into())
-        .await
-        .expect("apply");
+    apply(&store, vec![err(10, "boom")]).await;
+    let out = apply(&store, vec![err(5, "older")]).await;
     assert_eq!(out, vec![Outcome::Stale]);
     let rec = store.node("n").await.expect("node").expect("stored");
     let e = rec.last_error.expect("last_error");
@@ -224,38 +214,31 @@ pub async fn errors_become_last_error(store: DynStore) {
 
 /// A heartbeat creates the document if needed and moves only `last_seen`.
 pub async fn seen_only_moves_last_seen(store: DynStore) {
-    store
-        .apply(vec![plugin("n", 1, "k", json!(1))].into())
-        .await
-        .expect("apply");
+    apply(&store, vec![plugin("n", 1, "k", json!(1))]).await;
     let before = store.node("n").await.expect("node").expect("stored");
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let out = store
-        .apply(
-            vec![Observation {
-                node: "n".into(),
-                at: t(2),
-                change: Change::Seen,
-            }]
-            .into(),
-        )
-        .await
-        .expect("apply");
+    let out = apply(
+        &store,
+        vec![Observation {
+            node: "n".into(),
+            at: t(2),
+            change: Change::Seen,
+        }],
+    )
+    .await;
     assert_eq!(out, vec![Outcome::Unchanged]);
     let after = store.node("n").await.expect("node").expect("stored");
     assert_eq!(before.updated_at, after.updated_at);
     assert!(after.last_seen > before.last_seen);
-    let out = store
-        .apply(
-            vec![Observation {
-                node: "fresh".into(),
-                at: t(2),
-                change: Change::Seen,
-            }]
-            .into(),
-        )
-        .await
-        .expect("apply");
+    let out = apply(
+        &store,
+        vec![Observation {
+            node: "fresh".into(),
+            at: t(2),
+            change: Change::Seen,
+        }],
+    )
+    .await;
     assert_eq!(out, vec![Outcome::Created]);
     assert!(store
         .node("fresh")
@@ -268,18 +251,16 @@ pub async fn seen_only_moves_last_seen(store: DynStore) {
 
 /// History holds one entry per change, per key, oldest first, with old and new values.
 pub async fn history_records_changes_only(store: DynStore) {
-    store
-        .apply(
-            vec![
-                plugin("n", 1, "kernel", json!("6.1")),
-                plugin("n", 2, "kernel", json!("6.1")),
-                plugin("n", 3, "kernel", json!("6.18")),
-                plugin("n", 3, "other", json!(true)),
-            ]
-            .into(),
-        )
-        .await
-        .expect("apply");
+    apply(
+        &store,
+        vec![
+            plugin("n", 1, "kernel", json!("6.1")),
+            plugin("n", 2, "kernel", json!("6.1")),
+            plugin("n", 3, "kernel", json!("6.18")),
+            plugin("n", 3, "other", json!(true)),
+        ],
+    )
+    .await;
     let h = store.history("n", Some("kernel")).await.expect("history");
     assert_eq!(h.len(), 2, "{h:?}");
     assert_eq!(h[0].old, None);
@@ -307,21 +288,19 @@ pub async fn a_node_many_times_in_one_batch(store: DynStore) {
             raw: None,
         },
     };
-    let out = store
-        .apply(
-            vec![
-                plugin("n", 1, "k", json!(1)),
-                plugin("n", 2, "k", json!(2)),
-                plugin("n", 3, "k", json!(1)),
-                plugin("n", 2, "k", json!(7)),
-                err(4, "boom"),
-                err(3, "older"),
-                plugin("n", 2, "j", json!(true)),
-            ]
-            .into(),
-        )
-        .await
-        .expect("apply");
+    let out = apply(
+        &store,
+        vec![
+            plugin("n", 1, "k", json!(1)),
+            plugin("n", 2, "k", json!(2)),
+            plugin("n", 3, "k", json!(1)),
+            plugin("n", 2, "k", json!(7)),
+            err(4, "boom"),
+            err(3, "older"),
+            plugin("n", 2, "j", json!(true)),
+        ],
+    )
+    .await;
     use Outcome::*;
     assert_eq!(
         out,
@@ -334,17 +313,15 @@ pub async fn a_node_many_times_in_one_batch(store: DynStore) {
     let h = store.history("n", Some("k")).await.expect("history");
     let news: Vec<_> = h.iter().map(|e| e.new.clone()).collect();
     assert_eq!(news, vec![Some(json!(1)), Some(json!(2)), Some(json!(1))]);
-    let out = store
-        .apply(
-            vec![
-                plugin("n", 5, "k", json!(1)),
-                plugin("n", 4, "k", json!(9)),
-                plugin("n", 6, "k", json!(3)),
-            ]
-            .into(),
-        )
-        .await
-        .expect("apply");
+    let out = apply(
+        &store,
+        vec![
+            plugin("n", 5, "k", json!(1)),
+            plugin("n", 4, "k", json!(9)),
+            plugin("n", 6, "k", json!(3)),
+        ],
+    )
+    .await;
     assert_eq!(out, vec![Unchanged, Stale, Updated]);
     let rec = store.node("n").await.expect("node").expect("stored");
     assert_eq!(rec.keys["k"], json!(3));
@@ -388,17 +365,15 @@ pub async fn fixtures_round_trip(store: DynStore) {
         .map(|(p, v)| (p.to_string(), Value::String(v.to_string())))
         .collect();
     let dpkg = Value::Object(dpkg);
-    store
-        .apply(
-            vec![
-                plugin("web01", 1, "facter", facter.clone()),
-                plugin("web01", 1, "ohai", ohai.clone()),
-                plugin("web01", 1, "dpkg", dpkg.clone()),
-            ]
-            .into(),
-        )
-        .await
-        .expect("apply");
+    apply(
+        &store,
+        vec![
+            plugin("web01", 1, "facter", facter.clone()),
+            plugin("web01", 1, "ohai", ohai.clone()),
+            plugin("web01", 1, "dpkg", dpkg.clone()),
+        ],
+    )
+    .await;
     let rec = store.node("web01").await.expect("node").expect("stored");
     for (key, want) in [("facter", &facter), ("ohai", &ohai), ("dpkg", &dpkg)] {
         if let Some(path) = first_difference(&rec.keys[key], want, key) {
@@ -628,15 +603,13 @@ pub async fn packages_with_versions(store: DynStore) {
 /// A record rewound to a past time holds the values it had then.
 pub async fn record_at_a_past_time(store: DynStore) {
     for (at, v) in [(10, "5.10"), (20, "6.1"), (30, "6.4")] {
-        store
-            .apply(vec![plugin("n", at, "facter", json!({"kernel": v}))].into())
-            .await
-            .expect("apply");
+        apply(
+            &store,
+            vec![plugin("n", at, "facter", json!({"kernel": v}))],
+        )
+        .await;
     }
-    store
-        .apply(vec![plugin("n", 25, "ps", json!(["init"]))].into())
-        .await
-        .expect("apply");
+    apply(&store, vec![plugin("n", 25, "ps", json!(["init"]))]).await;
     let then = store
         .record_at("n", t(22))
         .await
@@ -671,10 +644,7 @@ pub async fn timeline_of_a_package(store: DynStore) {
         (30, json!({"openssl": "3.0.2", "curl": "7"})),
         (40, json!({"curl": "7"})),
     ] {
-        store
-            .apply(vec![plugin("n", at, "dpkg", pkgs)].into())
-            .await
-            .expect("apply");
+        apply(&store, vec![plugin("n", at, "dpkg", pkgs)]).await;
     }
     let spans = store
         .timeline("n", &path("dpkg.openssl"))
@@ -698,10 +668,7 @@ pub async fn timeline_of_a_package(store: DynStore) {
 /// Changes across the fleet since a time, oldest first, bounded.
 pub async fn changes_across_the_fleet(store: DynStore) {
     for (node, at, v) in [("a", 10, 1), ("b", 20, 1), ("a", 30, 2), ("b", 40, 2)] {
-        store
-            .apply(vec![plugin(node, at, "k", json!(v))].into())
-            .await
-            .expect("apply");
+        apply(&store, vec![plugin(node, at, "k", json!(v))]).await;
     }
     let got = store.changes(t(20), 100).await.expect("changes");
     let seen: Vec<(String, DateTime<Utc>)> = got.iter().map(|h| (h.node.clone(), h.at)).collect();
@@ -717,17 +684,15 @@ pub async fn changes_across_the_fleet(store: DynStore) {
     assert_eq!(got[1].new, Some(json!(2)));
     assert_eq!(store.changes(t(0), 2).await.expect("limit").len(), 2);
     // Outlines: a first appearance says what arrived, an update keeps its values.
-    store
-        .apply(
-            vec![
-                plugin("c", 50, "obj", json!({"x": 1, "y": {"z": 2}})),
-                plugin("c", 50, "arr", json!([1, 2, 3])),
-                plugin("c", 50, "s", json!("text")),
-            ]
-            .into(),
-        )
-        .await
-        .expect("apply");
+    apply(
+        &store,
+        vec![
+            plugin("c", 50, "obj", json!({"x": 1, "y": {"z": 2}})),
+            plugin("c", 50, "arr", json!([1, 2, 3])),
+            plugin("c", 50, "s", json!("text")),
+        ],
+    )
+    .await;
     let out = store.change_outlines(t(20), 100).await.expect("outlines");
     let by = |node: &str, key: &str| {
         out.iter()
@@ -750,10 +715,7 @@ pub async fn changes_across_the_fleet(store: DynStore) {
 /// Retention deletes history before a time and nothing else.
 pub async fn retention_prunes_old_history(store: DynStore) {
     for (at, v) in [(10, 1), (20, 2), (30, 3)] {
-        store
-            .apply(vec![plugin("n", at, "k", json!(v))].into())
-            .await
-            .expect("apply");
+        apply(&store, vec![plugin("n", at, "k", json!(v))]).await;
     }
     assert_eq!(store.prune_history(t(25)).await.expect("prune"), 2);
     let left = store.history("n", None).await.expect("history");
@@ -787,10 +749,7 @@ pub async fn import_replaces_a_node(store: DynStore) {
     assert_eq!(got.created_at, rec.created_at);
     assert_eq!(got.keys_collected, rec.keys_collected);
     assert_eq!(store.history("n", None).await.expect("history"), hist);
-    let out = store
-        .apply(vec![plugin("n", 15, "k", json!(9))].into())
-        .await
-        .expect("apply");
+    let out = apply(&store, vec![plugin("n", 15, "k", json!(9))]).await;
     assert_eq!(out, vec![Outcome::Stale]);
     let mut other = rec.clone();
     other.name = "m".into();
