@@ -52,6 +52,21 @@ fn wait_stored(d: &Deployment, prefix: &str, want: usize, secs: u64) -> usize {
     }
 }
 
+/// Stops `flow` and waits until every result it had confirmed is stored; returns
+/// their node names. `context` words the failure (when, and the logs).
+fn all_confirmed_stored(
+    d: &Deployment,
+    flow: Flow,
+    prefix: &str,
+    context: impl Fn() -> String,
+) -> Vec<String> {
+    let (n, failures) = flow.finish();
+    eprintln!("{n} results confirmed, {failures} publisher session failures");
+    let stored = wait_stored(d, prefix, n, 90);
+    assert_eq!(stored, n, "every confirmed result stored {}", context());
+    (0..n).map(|i| format!("{prefix}{i:06}")).collect()
+}
+
 /// Starts publishing `hello` results for nodes `{prefix}NNNNNN` through `broker` and
 /// waits until they flow: 2000 confirmed and the server storing them. Returns the flow
 /// and how many nodes were stored by then.
@@ -283,18 +298,14 @@ fn broker_outage_mid_ingest(crash: bool) {
         flow.failures() >= 1,
         "the publisher never saw the broker go away"
     );
-    let (n, failures) = flow.finish();
-    eprintln!("{n} results confirmed, {failures} publisher session failures");
-    let nodes: Vec<String> = (0..n).map(|i| format!("{prefix}{i:06}")).collect();
-
-    let stored = wait_stored(&d, &prefix, n, 90);
-    assert_eq!(
-        stored,
-        n,
-        "every confirmed result stored after the broker came back; server log:\n{}\n{}",
-        server.log_text(),
-        rabbit.log_text()
-    );
+    let nodes = all_confirmed_stored(&d, flow, &prefix, || {
+        format!(
+            "after the broker came back; server log:\n{}\n{}",
+            server.log_text(),
+            rabbit.log_text()
+        )
+    });
+    let n = nodes.len();
     assert_running(&mut server);
     for c in clients.iter_mut() {
         assert_running(c);
@@ -560,16 +571,10 @@ fn cluster_member_killed_mid_ingest_loses_nothing_and_everyone_carries_on() {
         "runner answered by client b {:?} after the kill",
         killed.elapsed()
     );
-    let (n, failures) = flow.finish();
-    eprintln!("{n} results confirmed, {failures} publisher session failures");
-    let nodes: Vec<String> = (0..n).map(|i| format!("{prefix}{i:06}")).collect();
-    let stored = wait_stored(&d, &prefix, n, 90);
-    assert_eq!(
-        stored,
-        n,
-        "every confirmed result stored with member 1 down; server log:\n{}",
-        server.log_text()
-    );
+    let nodes = all_confirmed_stored(&d, flow, &prefix, || {
+        format!("with member 1 down; server log:\n{}", server.log_text())
+    });
+    let n = nodes.len();
     eprintln!(
         "all {n} results stored {:?} after the kill",
         killed.elapsed()
