@@ -69,6 +69,13 @@ async fn the_api_answers_and_refuses_bad_queries_with_400() {
     )
     .await;
     assert_eq!(found["nodes"].as_array().map(Vec::len), Some(2));
+    assert_eq!(found["kind"], "nodes");
+    assert!(
+        found["filter"]
+            .as_str()
+            .is_some_and(|f| f.contains("facter.os.family") && f.contains("RedHat")),
+        "{found}"
+    );
     let history = json(
         &format!("{b}/api/nodes/fx-web01/history?path=dpkg.openssl"),
         StatusCode::OK,

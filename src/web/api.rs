@@ -233,47 +233,81 @@ pub fn parse_search(q: &str) -> Result<Search, ApiError> {
     Ok(Search::Name(q.to_string()))
 }
 
+/// What a search found, for the JSON API and the search page alike.
+pub enum Found {
+    /// Every node with the package: node, plugin and version.
+    Packages {
+        /// The package asked for.
+        package: String,
+        /// One row per node and plugin that lists it.
+        rows: Vec<(String, String, Value)>,
+    },
+    /// One page of nodes, and what selected them: `("filter", text)` or `("name", text)`.
+    Nodes {
+        /// The field naming the selection in JSON, and its text.
+        by: (&'static str, String),
+        /// The page of nodes.
+        page: Page<NodeSummary>,
+    },
+}
+
+impl Found {
+    /// The `GET /api/search` body.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Found::Packages { package, rows } => {
+                let rows: Vec<Value> = rows
+                    .iter()
+                    .map(|(node, plugin, version)| json!({"node": node, "plugin": plugin, "version": version}))
+                    .collect();
+                json!({"kind": "package", "package": package, "rows": rows})
+            }
+            Found::Nodes { by, page } => {
+                json!({"kind": "nodes", by.0: by.1, "total": page.total, "page": page.page, "per_page": page.per_page, "nodes": page.items})
+            }
+        }
+    }
+}
+
 /// Runs a search: one page (`page_no`, 1-based) of nodes, or every package row.
 pub async fn run_search(
     state: &WebState,
     search: &Search,
     page_no: usize,
-) -> Result<Value, ApiError> {
-    Ok(match search {
+) -> Result<Found, ApiError> {
+    let (by, q) = match search {
         Search::Package(name) => {
-            let rows: Vec<Value> = state
-                .store
-                .packages(name)
-                .await?
-                .into_iter()
-                .map(|(node, plugin, version)| json!({"node": node, "plugin": plugin, "version": version}))
-                .collect();
-            json!({"kind": "package", "package": name, "rows": rows})
+            return Ok(Found::Packages {
+                package: name.clone(),
+                rows: state.store.packages(name).await?,
+            })
         }
-        Search::Filter(c) => {
-            let q = Query {
+        Search::Filter(c) => (
+            ("filter", c.to_string()),
+            Query {
                 conditions: vec![c.clone()],
                 ..Query::default()
-            };
-            let p = page(state.store.select(&q).await?, page_no, PAGE_SIZE);
-            json!({"kind": "nodes", "filter": c.to_string(), "total": p.total, "page": p.page, "per_page": p.per_page, "nodes": p.items})
-        }
-        Search::Name(n) => {
-            let q = Query {
+            },
+        ),
+        Search::Name(n) => (
+            ("name", n.clone()),
+            Query {
                 names: vec![format!("*{n}*")],
                 ..Query::default()
-            };
-            let p = page(state.store.select(&q).await?, page_no, PAGE_SIZE);
-            json!({"kind": "nodes", "name": n, "total": p.total, "page": p.page, "per_page": p.per_page, "nodes": p.items})
-        }
-    })
+            },
+        ),
+    };
+    let page = page(state.store.select(&q).await?, page_no, PAGE_SIZE);
+    Ok(Found::Nodes { by, page })
 }
 
 /// `GET /api/search?q=`.
 pub async fn search(State(state): State<WebState>, RawQuery(raw): RawQuery) -> ApiResult {
     let p = pairs(raw.as_deref());
     let search = parse_search(param(&p, "q").unwrap_or_default())?;
-    Ok(Json(run_search(&state, &search, page_of(&p)).await?))
+    Ok(Json(
+        run_search(&state, &search, page_of(&p)).await?.to_json(),
+    ))
 }
 
 /// `GET /api/changes?since=1d&limit=1000`: changes across the fleet.

@@ -408,29 +408,24 @@ pub async fn search(State(state): State<WebState>, RawQuery(raw): RawQuery) -> R
     };
     let (status, body) = match result {
         Err(e) => (e.0, html! { p.error { (e.1) } }),
-        Ok(r) if r["kind"] == "package" => (
+        Ok(api::Found::Packages { rows, .. }) => (
             StatusCode::OK,
             html! {
                 table.results {
                     thead { tr { th { "Node" } th { "Version" } th { "Plugin" } } }
                     tbody {
-                        @for row in r["rows"].as_array().into_iter().flatten() {
-                            @let node = row["node"].as_str().unwrap_or_default();
-                            tr { td { a href=(format!("/nodes/{}", enc(node))) { (node) } } td { (scalar(&row["version"])) } td { (scalar(&row["plugin"])) } }
+                        @for (node, plugin, version) in &rows {
+                            tr { td { a href=(format!("/nodes/{}", enc(node))) { (node) } } td { (scalar(version)) } td { (plugin) } }
                         }
                     }
                 }
-                p.muted { (r["rows"].as_array().map(Vec::len).unwrap_or(0)) " node(s)" }
+                p.muted { (rows.len()) " node(s)" }
             },
         ),
-        Ok(r) => {
-            let nodes: Vec<NodeSummary> =
-                serde_json::from_value(r["nodes"].clone()).unwrap_or_default();
-            (
-                StatusCode::OK,
-                html! { (node_table(&nodes)) p.muted { (nodes.len()) " node(s)" } },
-            )
-        }
+        Ok(api::Found::Nodes { page, .. }) => (
+            StatusCode::OK,
+            html! { (node_table(&page.items)) p.muted { (page.items.len()) " node(s)" } },
+        ),
     };
     respond(
         status,
