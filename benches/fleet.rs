@@ -60,22 +60,6 @@ fn broker(name: &str) -> Broker {
     broker_named(AMQP.get().expect("broker chosen before the run"), name)
 }
 
-/// For `rabbit.rs`: a runtime to wait for the node's AMQP listener on.
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-/// For `rabbit.rs`: a random node-name suffix.
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.finish() as u32
-}
-
 /// The facter fixture with `uptime_seconds` set to `round`, as canonical JSON text.
 fn facter_text(round: u64) -> String {
     let yaml = include_str!("../fixtures/facter-y.yaml");

@@ -8,6 +8,7 @@
 pub mod fleet;
 mod rabbit;
 pub mod web;
+pub use rabbit::{rand_u32, rt};
 #[allow(unused_imports)] // used by the tests that need a private broker only
 pub use rabbit::{NodeSetup, RabbitCluster, RabbitNode};
 
@@ -405,26 +406,6 @@ pub fn broker_at(amqp: &str) -> vogeler_transport::Broker {
         None => amqp.to_string(),
     };
     vogeler_transport::Broker::new(vec![uri], vec![amqp.into()], "vogeler-test")
-}
-
-pub fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-pub fn rand_u32() -> u32 {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish() as u32
 }
 
 /// A plugin file whose command prints a fixture file, as `facter -y` would.
