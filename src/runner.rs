@@ -368,6 +368,15 @@ async fn announce(
     Ok(())
 }
 
+/// The node-name globs of `-n` (`all` selects every node, so it is no glob).
+fn name_globs(opts: &RunnerOptions) -> Vec<String> {
+    opts.targets
+        .iter()
+        .filter(|t| t.as_str() != "all")
+        .cloned()
+        .collect()
+}
+
 /// Broadcasts a ping and collects pongs until none came for `ping_quiet` (at most
 /// `discovery_timeout`); returns the answering nodes that match the `targets` globs,
 /// sorted. A client that is not running does not answer, so it is not targeted.
@@ -377,12 +386,7 @@ async fn ping(
     reply_queue: &str,
     consumer: &mut vogeler_transport::Consumer,
 ) -> anyhow::Result<Vec<String>> {
-    let names: Vec<String> = opts
-        .targets
-        .iter()
-        .filter(|t| t.as_str() != "all")
-        .cloned()
-        .collect();
+    let names = name_globs(opts);
     let matcher = vogeler_store::Query::parse(&[], &names)?.name_matcher()?;
     let p = vogeler_protocol::Ping {
         id: uuid::Uuid::new_v4().to_string(),
@@ -434,12 +438,7 @@ async fn discover(
 ) -> anyhow::Result<Vec<String>> {
     // A bad filter is refused here, before anything is sent.
     vogeler_store::Query::parse(&opts.filters, &[])?;
-    let names: Vec<String> = opts
-        .targets
-        .iter()
-        .filter(|t| t.as_str() != "all")
-        .cloned()
-        .collect();
+    let names = name_globs(opts);
     let q = vogeler_protocol::Discover {
         id: uuid::Uuid::new_v4().to_string(),
         filters: opts.filters.clone(),
