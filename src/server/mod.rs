@@ -569,22 +569,16 @@ async fn record_ledger(
     requests: &[vogeler_store::LedgerRequest],
     answers: &[vogeler_store::LedgerAnswer],
 ) -> bool {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-    loop {
-        match store.record_ledger(requests, answers).await {
-            Ok(()) => return true,
-            Err(StoreError::Unavailable { backend, message }) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(backend, error = %message, retry_in_ms = wait.as_millis() as u64, "store unavailable while recording the request ledger; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.wait() => return false,
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, requests = requests.len(), answers = answers.len(), "the store refused request ledger records; they are dropped");
-                return true;
-            }
+    let written = retry_unavailable(shutdown, "while recording the request ledger", || {
+        store.record_ledger(requests, answers)
+    })
+    .await;
+    match written {
+        None => false,
+        Some(Ok(())) => true,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, requests = requests.len(), answers = answers.len(), "the store refused request ledger records; they are dropped");
+            true
         }
     }
 }
@@ -662,12 +656,29 @@ async fn apply_retrying(
     shutdown: &mut Shutdown,
     batch: Batch,
 ) -> Option<Result<Vec<Outcome>, StoreError>> {
+    retry_unavailable(shutdown, "(results held unacked)", || {
+        store.apply(batch.clone())
+    })
+    .await
+}
+
+/// Calls the store until it answers anything but "unavailable", waiting with backoff
+/// between tries; `None` when shutdown came first. `what` says in the log what waits.
+async fn retry_unavailable<T, F, Fut>(
+    shutdown: &mut Shutdown,
+    what: &str,
+    mut call: F,
+) -> Option<Result<T, StoreError>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
-        match store.apply(batch.clone()).await {
+        match call().await {
             Err(StoreError::Unavailable { backend, message }) => {
                 let wait = backoff.next_delay();
-                tracing::warn!(backend, error = %message, retry_in_ms = wait.as_millis() as u64, "store unavailable; holding results unacked and retrying");
+                tracing::warn!(backend, error = %message, retry_in_ms = wait.as_millis() as u64, "store unavailable {what}; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.wait() => return None,
