@@ -298,6 +298,7 @@ impl Store for PostgresStore {
             .into_iter()
             .map(|r| (r.get(0), (r.get(1), r.get(2))))
             .collect();
+        // Each key once, so a node answering twice in a batch is not read twice.
         let (key_nodes, key_names): (Vec<&str>, Vec<&str>) = batch
             .iter()
             .filter(|o| !refused(o))
@@ -305,6 +306,8 @@ impl Store for PostgresStore {
                 Change::Plugin { name, .. } => Some((o.node.as_str(), name.as_str())),
                 _ => None,
             })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .unzip();
         // The stored value (as JSON text: a tree only while compared) and time of each
         // key, then what the batch makes of them.
