@@ -38,14 +38,7 @@ const WAL_RESTART_FRAMES: i64 = 16_384;
 /// threshold copies and syncs tens of megabytes inline while results wait; here the
 /// writer only appends and a passive checkpoint runs beside it.
 fn start_checkpointer(path: &Path) -> Result<mpsc::SyncSender<()>, StoreError> {
-    let conn = Connection::open(path).map_err(|e| StoreError::Unavailable {
-        backend: BACKEND,
-        message: format!("cannot open {}: {e}", path.display()),
-    })?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(sql_err)?;
-    conn.pragma_update(None, "journal_size_limit", 67_108_864)
-        .map_err(sql_err)?;
+    let conn = connect(path)?;
     let (tx, rx) = mpsc::sync_channel::<()>(1);
     let name = path.display().to_string();
     std::thread::Builder::new()
@@ -61,6 +54,20 @@ fn start_checkpointer(path: &Path) -> Result<mpsc::SyncSender<()>, StoreError> {
         })
         .map_err(err)?;
     Ok(tx)
+}
+
+/// A connection to the database file, as the writer and the checkpointer both want
+/// it: a busy timeout, and a WAL truncated back to 64 MB after it restarts.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| StoreError::Unavailable {
+        backend: BACKEND,
+        message: format!("cannot open {}: {e}", path.display()),
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(sql_err)?;
+    conn.pragma_update(None, "journal_size_limit", 67_108_864)
+        .map_err(sql_err)?;
+    Ok(conn)
 }
 
 /// One round: a passive checkpoint (never blocks the writer); when the log has still
@@ -104,7 +111,6 @@ PRAGMA journal_mode = WAL;
 PRAGMA synchronous = FULL;
 PRAGMA cache_size = -65536;
 PRAGMA temp_store = MEMORY;
-PRAGMA journal_size_limit = 67108864;
 CREATE TABLE IF NOT EXISTS nodes (
     name TEXT PRIMARY KEY,
     created_at TEXT NOT NULL,
@@ -162,12 +168,7 @@ impl SqliteStore {
                 })?;
             }
         }
-        let mut conn = Connection::open(path).map_err(|e| StoreError::Unavailable {
-            backend: BACKEND,
-            message: format!("cannot open {}: {e}", path.display()),
-        })?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sql_err)?;
+        let mut conn = connect(path)?;
         conn.execute_batch(SCHEMA).map_err(sql_err)?;
         // Checkpoints run on their own thread (`start_checkpointer`), not in commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
