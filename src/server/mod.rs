@@ -696,6 +696,7 @@ async fn send_stored(session: &Session, c: &Confirm) -> anyhow::Result<Pending> 
         plugin: c.plugin.clone(),
         ok: c.error.is_none(),
         error: c.error.clone(),
+        stale: false,
         stored_at: Utc::now(),
     });
     let body = vogeler_protocol::encode(&msg);

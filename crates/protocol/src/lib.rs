@@ -131,6 +131,10 @@ pub struct Stored {
     /// The error, when `ok` is false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The result was older (`collected_at`) than the value already stored for that
+    /// key, so it was not applied: the runner reports it as stale, not as stored.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stale: bool,
     /// When the store committed it.
     pub stored_at: DateTime<Utc>,
 }

@@ -63,6 +63,7 @@ fn every_kind_round_trips() {
             plugin: "facter".into(),
             ok: true,
             error: None,
+            stale: false,
             stored_at: t(),
         }),
         Message::Ping(Ping {
