@@ -1,0 +1,654 @@
+//! The limits every message meets before any program uses it: one validation at the
+//! protocol boundary, the same whichever store the server writes to.
+//!
+//! [`crate::decode`] and [`crate::decode_raw_result`] apply all of it, so a message that
+//! passes can be stored by SQLite, PostgreSQL and CouchDB alike and reads back as the
+//! same JSON from each. The rules (`docs/PROTOCOL.md`, "Limits and reason codes"):
+//!
+//! - a message is at most [`MAX_MESSAGE_BYTES`] long and nests at most [`MAX_DEPTH`]
+//!   arrays and objects deep;
+//! - numbers are those every backend stores exactly (the I-JSON rules of RFC 7493):
+//!   integers within ±[`MAX_SAFE_INTEGER`], other numbers finite IEEE doubles. A number
+//!   written in a form a backend would rewrite (`1e2`, `1.0`, `-0`, `0.10`) is
+//!   canonicalised to what `serde_json` writes for it (`100`, `1`, `0`, `0.1`); a float
+//!   whose value is a whole number beyond ±2^53 but below 2^64 is refused, because
+//!   PostgreSQL and CouchDB would hand it back as an integer and SQLite as a float;
+//! - strings hold Unicode scalar values only: a lone surrogate escape (`"\ud800"`) is
+//!   refused;
+//! - `\u0000` is refused everywhere (keys, values and envelope fields): PostgreSQL's
+//!   `jsonb` cannot hold it;
+//! - object keys are at most [`MAX_KEY_BYTES`]; node names are host names
+//!   ([`check_node_name`]); plugin names are `[A-Za-z0-9_.-]`, at most [`MAX_NAME_BYTES`];
+//!   every other envelope string has its own bound (ids, `reply_to`, sender, filters,
+//!   command).
+//!
+//! Each refusal is a [`Limit`], whose [`Limit::reason`] is the dead-letter code.
+
+use std::borrow::Cow;
+
+/// Largest message accepted by any program (bytes). The server's `max_message_bytes`
+/// and the client's pre-send check default to it, so both sides agree.
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+/// Deepest nesting of arrays and objects (the envelope counts as one level): far
+/// above any real inventory and far below any parser's recursion limit.
+pub const MAX_DEPTH: usize = 64;
+/// Largest integer magnitude stored exactly by every backend (2^53 − 1: CouchDB and
+/// JavaScript hold numbers as IEEE doubles).
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+/// Longest node name: a DNS host name.
+pub const MAX_NODE_NAME_BYTES: usize = 253;
+/// Longest label (dot-separated part) of a node name.
+pub const MAX_LABEL_BYTES: usize = 63;
+/// Longest id, plugin name, format, sender and `reply_to` (an AMQP short string is at
+/// most 255 bytes).
+pub const MAX_NAME_BYTES: usize = 255;
+/// Longest object key anywhere in a message.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Longest request command (a plugin name, or an unsafe command line).
+pub const MAX_COMMAND_BYTES: usize = 4096;
+/// Longest discovery filter or node-name glob, and longest target.
+pub const MAX_FILTER_BYTES: usize = 1024;
+/// Longest error message or raw output a record's `last_error` keeps; longer ones are
+/// cut at a character boundary and marked (see [`bounded`]).
+pub const MAX_LAST_ERROR_BYTES: usize = 4096;
+
+/// Which limit a message broke; each has a stable dead-letter reason code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// The message is longer than [`MAX_MESSAGE_BYTES`].
+    TooLarge,
+    /// Arrays and objects nest deeper than [`MAX_DEPTH`].
+    TooDeep,
+    /// A number out of the exactly-stored range (or not a finite double).
+    BadNumber,
+    /// A lone UTF-16 surrogate escape: not a Unicode scalar value.
+    LoneSurrogate,
+    /// A `\u0000` escape.
+    Nul,
+    /// A node name that is not a host name.
+    BadNodeName,
+    /// A plugin name outside `[A-Za-z0-9_.-]` or empty.
+    BadPluginName,
+    /// A string field longer than its bound.
+    FieldTooLong,
+    /// An object key longer than [`MAX_KEY_BYTES`].
+    KeyTooLong,
+}
+
+impl Limit {
+    /// Every limit, for documentation and for metrics that list each reason.
+    pub const ALL: [Limit; 9] = [
+        Limit::TooLarge,
+        Limit::TooDeep,
+        Limit::BadNumber,
+        Limit::LoneSurrogate,
+        Limit::Nul,
+        Limit::BadNodeName,
+        Limit::BadPluginName,
+        Limit::FieldTooLong,
+        Limit::KeyTooLong,
+    ];
+
+    /// The stable reason code (dead-letter header, metrics label, record note).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Limit::TooLarge => "too-large",
+            Limit::TooDeep => "too-deep",
+            Limit::BadNumber => "bad-number",
+            Limit::LoneSurrogate => "lone-surrogate",
+            Limit::Nul => "nul-character",
+            Limit::BadNodeName => "bad-node-name",
+            Limit::BadPluginName => "bad-plugin-name",
+            Limit::FieldTooLong => "field-too-long",
+            Limit::KeyTooLong => "key-too-long",
+        }
+    }
+}
+
+/// A refused message: the limit, the field (a path such as `data.disks[2].size`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Refusal {
+    /// Which limit.
+    pub limit: Limit,
+    /// Where in the message.
+    pub field: String,
+    /// What was wrong, in a few words.
+    pub message: String,
+}
+
+fn refuse(limit: Limit, field: impl Into<String>, message: impl Into<String>) -> Refusal {
+    Refusal {
+        limit,
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Checks a node name: 1 to [`MAX_NODE_NAME_BYTES`] bytes of dot-separated labels,
+/// each 1 to [`MAX_LABEL_BYTES`] bytes of `[A-Za-z0-9_-]` (a host name; `_` is
+/// allowed because real fleets use it). The name is a queue name, a file name and a
+/// document id, so nothing else is let through.
+pub fn check_node_name(field: &str, name: &str) -> Result<(), Refusal> {
+    let bad = |message: String| Err(refuse(Limit::BadNodeName, field, message));
+    if name.is_empty() {
+        return bad("a node name cannot be empty".into());
+    }
+    if name.len() > MAX_NODE_NAME_BYTES {
+        return bad(format!(
+            "a node name of {} bytes exceeds {MAX_NODE_NAME_BYTES}",
+            name.len()
+        ));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return bad(format!(
+                "{name:?} has an empty label (two dots, or a leading or trailing dot)"
+            ));
+        }
+        if label.len() > MAX_LABEL_BYTES {
+            return bad(format!(
+                "a label of {} bytes exceeds {MAX_LABEL_BYTES}",
+                label.len()
+            ));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_')))
+        {
+            return bad(format!(
+                "{c:?} is not allowed in a node name (letters, digits, `-`, `_` and `.`)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a plugin name: 1 to [`MAX_NAME_BYTES`] bytes of `[A-Za-z0-9_.-]`, the
+/// characters a plugin file may use, so no store sees a quote, backslash or NUL in a key.
+pub fn check_plugin_name(field: &str, name: &str) -> Result<(), Refusal> {
+    if name.is_empty() {
+        return Err(refuse(
+            Limit::BadPluginName,
+            field,
+            "a plugin name cannot be empty",
+        ));
+    }
+    check_len(field, name, MAX_NAME_BYTES)?;
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        Some(c) => Err(refuse(
+            Limit::BadPluginName,
+            field,
+            format!("{c:?} is not allowed in a plugin name (letters, digits, `_`, `-` and `.`)"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Checks that a string field is at most `max` bytes.
+pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), Refusal> {
+    if value.len() > max {
+        return Err(refuse(
+            Limit::FieldTooLong,
+            field,
+            format!("{} bytes exceed the limit of {max}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks every item of a list field against [`check_len`].
+pub fn check_each(field: &str, values: &[String], max: usize) -> Result<(), Refusal> {
+    for (i, v) in values.iter().enumerate() {
+        check_len(&format!("{field}[{i}]"), v, max)?;
+    }
+    Ok(())
+}
+
+/// `s` cut to at most `max` bytes at a character boundary, with a marker saying how
+/// much was cut: what `last_error` keeps of a long message or raw output.
+pub fn bounded(s: &str, max: usize) -> Cow<'_, str> {
+    if s.len() <= max {
+        return Cow::Borrowed(s);
+    }
+    let marker = format!("… [{} bytes cut]", s.len());
+    let mut end = max.saturating_sub(marker.len());
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}{marker}", &s[..end]))
+}
+
+/// The structural checks of a whole JSON text: size, depth, numbers, strings and keys.
+/// Returns the text with its numbers canonicalised when any needed it (`None`: the
+/// text is canonical as it is). The text need not be valid JSON: what this scan does
+/// not understand it leaves to the parser, which words the syntax error.
+pub fn scan(text: &str) -> Result<Option<String>, Refusal> {
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(refuse(
+            Limit::TooLarge,
+            "message",
+            format!(
+                "{} bytes exceed the limit of {MAX_MESSAGE_BYTES} bytes",
+                text.len()
+            ),
+        ));
+    }
+    Scanner {
+        text,
+        bytes: text.as_bytes(),
+        frames: Vec::new(),
+        out: None,
+        copied: 0,
+    }
+    .run()
+}
+
+/// One open array or object while scanning.
+struct Frame {
+    /// An object (keys) rather than an array (indexes).
+    object: bool,
+    /// The byte span of the current key's text (objects).
+    key: (usize, usize),
+    /// The current element's index (arrays).
+    index: usize,
+    /// The next string in this object is a key.
+    expect_key: bool,
+}
+
+struct Scanner<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    frames: Vec<Frame>,
+    /// The canonical text so far, once a number needed rewriting.
+    out: Option<String>,
+    /// How much of `text` has been copied into `out`.
+    copied: usize,
+}
+
+impl Scanner<'_> {
+    fn run(mut self) -> Result<Option<String>, Refusal> {
+        let mut i = 0;
+        while i < self.bytes.len() {
+            match self.bytes[i] {
+                b'"' => i = self.string(i)?,
+                b'{' | b'[' => {
+                    if self.frames.len() >= MAX_DEPTH {
+                        return Err(refuse(
+                            Limit::TooDeep,
+                            self.path(),
+                            format!("arrays and objects nest deeper than {MAX_DEPTH} levels"),
+                        ));
+                    }
+                    let object = self.bytes[i] == b'{';
+                    self.frames.push(Frame {
+                        object,
+                        key: (0, 0),
+                        index: 0,
+                        expect_key: object,
+                    });
+                    i += 1;
+                }
+                b'}' | b']' => {
+                    self.frames.pop();
+                    i += 1;
+                }
+                b',' => {
+                    if let Some(f) = self.frames.last_mut() {
+                        if f.object {
+                            f.expect_key = true;
+                        } else {
+                            f.index += 1;
+                        }
+                    }
+                    i += 1;
+                }
+                b'-' | b'0'..=b'9' => i = self.number(i)?,
+                _ => i += 1,
+            }
+        }
+        Ok(self.out.map(|mut out| {
+            out.push_str(&self.text[self.copied..]);
+            out
+        }))
+    }
+
+    /// Scans the string starting at the quote at `start`; returns the index after it.
+    fn string(&mut self, start: usize) -> Result<usize, Refusal> {
+        let mut i = start + 1;
+        let end = loop {
+            match self.bytes.get(i) {
+                None => break self.bytes.len(),
+                Some(b'"') => break i,
+                Some(b'\\') => {
+                    if self.bytes.get(i + 1) == Some(&b'u') {
+                        let unit = self.hex4(i + 2);
+                        match unit {
+                            Some(0) => {
+                                return Err(self.string_refusal(
+                                    start,
+                                    Limit::Nul,
+                                    "\\u0000 is not allowed (PostgreSQL cannot store it)",
+                                ))
+                            }
+                            Some(0xD800..=0xDBFF) => {
+                                let low = (self.bytes.get(i + 6) == Some(&b'\\')
+                                    && self.bytes.get(i + 7) == Some(&b'u'))
+                                .then(|| self.hex4(i + 8))
+                                .flatten();
+                                if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                                    return Err(self.string_refusal(
+                                        start,
+                                        Limit::LoneSurrogate,
+                                        "a lone high surrogate escape is not a Unicode character",
+                                    ));
+                                }
+                                i += 12;
+                            }
+                            Some(0xDC00..=0xDFFF) => {
+                                return Err(self.string_refusal(
+                                    start,
+                                    Limit::LoneSurrogate,
+                                    "a lone low surrogate escape is not a Unicode character",
+                                ))
+                            }
+                            _ => i += 6,
+                        }
+                    } else {
+                        i += 2;
+                    }
+                }
+                Some(0) => {
+                    return Err(self.string_refusal(
+                        start,
+                        Limit::Nul,
+                        "a NUL character is not allowed",
+                    ))
+                }
+                Some(_) => i += 1,
+            }
+        };
+        let is_key = match self.frames.last_mut() {
+            Some(f) if f.object && f.expect_key => {
+                f.expect_key = false;
+                f.key = (start + 1, end);
+                true
+            }
+            _ => false,
+        };
+        if is_key && end - (start + 1) > MAX_KEY_BYTES {
+            return Err(refuse(
+                Limit::KeyTooLong,
+                self.path(),
+                format!(
+                    "a key of {} bytes exceeds the limit of {MAX_KEY_BYTES}",
+                    end - (start + 1)
+                ),
+            ));
+        }
+        Ok(end + 1)
+    }
+
+    fn hex4(&self, at: usize) -> Option<u32> {
+        let digits = self.text.get(at..at + 4)?;
+        u32::from_str_radix(digits, 16).ok()
+    }
+
+    /// A refusal for the string at `start`, naming the key it is (or the field it is in).
+    fn string_refusal(&self, start: usize, limit: Limit, message: &str) -> Refusal {
+        let in_key = self.frames.last().is_some_and(|f| f.object && f.expect_key);
+        let mut path = self.path();
+        if in_key {
+            path.push_str(" (a key)");
+        }
+        let _ = start;
+        refuse(limit, path, message)
+    }
+
+    /// Checks (and canonicalises) the number starting at `start`.
+    fn number(&mut self, start: usize) -> Result<usize, Refusal> {
+        let mut end = start;
+        while end < self.bytes.len()
+            && matches!(
+                self.bytes[end],
+                b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'
+            )
+        {
+            end += 1;
+        }
+        let token = &self.text[start..end];
+        match canonical_number(token) {
+            Ok(None) => {}
+            Ok(Some(canonical)) => {
+                let out = self
+                    .out
+                    .get_or_insert_with(|| String::with_capacity(self.text.len()));
+                out.push_str(&self.text[self.copied..start]);
+                out.push_str(&canonical);
+                self.copied = end;
+            }
+            Err(message) => {
+                return Err(refuse(
+                    Limit::BadNumber,
+                    self.path(),
+                    format!("{}: {message}", cut(token, 40)),
+                ))
+            }
+        }
+        Ok(end)
+    }
+
+    /// Where the scan is: `data.disks[2].size` (keys as written, cut short).
+    fn path(&self) -> String {
+        let mut p = String::new();
+        for f in &self.frames {
+            if f.object {
+                if f.key.1 > f.key.0 {
+                    if !p.is_empty() {
+                        p.push('.');
+                    }
+                    p.push_str(&cut(self.text.get(f.key.0..f.key.1).unwrap_or(""), 40));
+                }
+            } else {
+                p.push_str(&format!("[{}]", f.index));
+            }
+        }
+        if p.is_empty() {
+            p.push_str("message");
+        }
+        p
+    }
+}
+
+/// At most `max` bytes of `s` (cut at a character boundary), with `…` when cut.
+fn cut(s: &str, max: usize) -> Cow<'_, str> {
+    if s.len() <= max {
+        return Cow::Borrowed(s);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…", &s[..end]))
+}
+
+/// The canonical text of a JSON number token: `Ok(None)` when it already is canonical
+/// (or not a number at all: the parser reports that), `Ok(Some(text))` to rewrite it,
+/// `Err` when no backend-independent form exists.
+fn canonical_number(token: &str) -> Result<Option<String>, &'static str> {
+    const TWO_53: f64 = 9_007_199_254_740_992.0;
+    const TWO_64: f64 = 18_446_744_073_709_551_616.0;
+    const BEYOND: &str = "an integer beyond ±(2^53 − 1) is not stored exactly by every backend";
+    if !is_json_number(token) {
+        return Ok(None);
+    }
+    if !token.contains(['.', 'e', 'E']) {
+        let digits = token.strip_prefix('-').unwrap_or(token);
+        return match digits.parse::<u64>() {
+            Ok(n) if n > MAX_SAFE_INTEGER => Err(BEYOND),
+            Ok(0) if token.starts_with('-') => Ok(Some("0".into())),
+            Ok(_) => Ok(None),
+            Err(_) => Err(BEYOND),
+        };
+    }
+    let Ok(x) = token.parse::<f64>() else {
+        return Ok(None);
+    };
+    if !x.is_finite() {
+        return Err("out of the range of a double");
+    }
+    if x.fract() == 0.0 {
+        if x.abs() < TWO_53 {
+            // A whole number: PostgreSQL and CouchDB hand `1.0` and `1e2` back as integers.
+            return Ok(Some(format!("{}", x as i64)).filter(|c| c != token));
+        }
+        if x.abs() < TWO_64 {
+            return Err("a whole number between 2^53 and 2^64 reads back as an integer from some backends and a float from others");
+        }
+    }
+    match serde_json::Number::from_f64(x) {
+        Some(n) => {
+            let canonical = n.to_string();
+            Ok((canonical != token).then_some(canonical))
+        }
+        None => Err("out of the range of a double"),
+    }
+}
+
+/// Whether `t` is a number in JSON's grammar: `-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?`.
+/// Only those are canonicalised, so a rewrite never turns bad JSON into good JSON.
+fn is_json_number(t: &str) -> bool {
+    let b = t.as_bytes();
+    let mut i = usize::from(b.first() == Some(&b'-'));
+    let digits = |i: &mut usize| {
+        let from = *i;
+        while b.get(*i).is_some_and(u8::is_ascii_digit) {
+            *i += 1;
+        }
+        *i - from
+    };
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => {
+            digits(&mut i);
+        }
+        _ => return false,
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    i == b.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(text: &str) -> Option<&'static str> {
+        scan(text).err().map(|r| r.limit.reason())
+    }
+
+    #[test]
+    fn numbers_are_canonical_or_refused() {
+        let canon = |t: &str| scan(t).expect("accepted").unwrap_or_else(|| t.to_string());
+        assert_eq!(
+            canon(r#"{"a":1e2,"b":1.0,"c":-0,"d":0.10,"e":1.5e-7}"#),
+            r#"{"a":100,"b":1,"c":0,"d":0.1,"e":1.5e-7}"#
+        );
+        assert_eq!(scan(r#"{"a":[1,2.5,-3,9007199254740991]}"#), Ok(None));
+        assert_eq!(canon("1e300"), "1e+300");
+        assert_eq!(canon("1e+300"), "1e+300");
+        for bad in [
+            "1e400",
+            "-1e400",
+            "9007199254740992",
+            "-9007199254740992",
+            "18446744073709551616",
+            "123456789012345678901234567890",
+            "1e17",
+            "-1e18",
+        ] {
+            assert_eq!(reason(bad), Some("bad-number"), "{bad}");
+        }
+        // Not numbers: left for the parser to word.
+        assert_eq!(scan("-"), Ok(None));
+        for not_json in ["01", "-00", "1.", "-.5", "1e", "1.5.5", "--1"] {
+            assert_eq!(scan(not_json), Ok(None), "{not_json}");
+        }
+    }
+
+    #[test]
+    fn strings_are_unicode_scalar_values_without_nul() {
+        assert_eq!(reason(r#"{"a":"\ud800"}"#), Some("lone-surrogate"));
+        assert_eq!(reason(r#"{"a":"\udc00x"}"#), Some("lone-surrogate"));
+        assert_eq!(reason(r#"{"a":"\ud800\u0041"}"#), Some("lone-surrogate"));
+        assert_eq!(scan(r#"{"a":"\ud83d\ude00 \\u0000 \\"}"#), Ok(None));
+        assert_eq!(reason(r#"{"a":"x\u0000"}"#), Some("nul-character"));
+        assert_eq!(reason(r#"{"\u0000":1}"#), Some("nul-character"));
+        let key = "k".repeat(MAX_KEY_BYTES + 1);
+        assert_eq!(reason(&format!("{{\"{key}\":1}}")), Some("key-too-long"));
+        assert_eq!(reason(&format!("{{\"a\":\"{key}\"}}")), None);
+    }
+
+    #[test]
+    fn depth_is_bounded_and_named() {
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert_eq!(scan(&ok), Ok(None));
+        let deep = "[".repeat(10_000);
+        let r = scan(&deep).expect_err("too deep");
+        assert_eq!(r.limit, Limit::TooDeep);
+        let r = scan(r#"{"data":{"disks":[1,{"size":1e999}]}}"#).expect_err("bad number");
+        assert_eq!(r.field, "data.disks[1].size");
+    }
+
+    #[test]
+    fn node_names_are_host_names() {
+        for good in ["web01", "web-01.example.com", "a_b", "A"] {
+            assert_eq!(check_node_name("node", good), Ok(()), "{good}");
+        }
+        let long = format!("{}.x", "a".repeat(MAX_NODE_NAME_BYTES));
+        for bad in [
+            "",
+            "a..b",
+            ".a",
+            "a.",
+            "web 01",
+            "a/b",
+            "a*",
+            "é",
+            "a\\b",
+            &long,
+            &"a".repeat(64),
+        ] {
+            assert_eq!(
+                check_node_name("node", bad).map_err(|r| r.limit),
+                Err(Limit::BadNodeName),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn bounded_cuts_at_a_character_boundary_with_a_marker() {
+        assert_eq!(bounded("short", 10), "short");
+        let long = "é".repeat(5000);
+        let b = bounded(&long, MAX_LAST_ERROR_BYTES);
+        assert!(b.len() <= MAX_LAST_ERROR_BYTES, "{}", b.len());
+        assert!(b.ends_with("… [10000 bytes cut]"), "{b}");
+    }
+}
