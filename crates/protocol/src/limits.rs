@@ -463,6 +463,70 @@ impl Scanner<'_> {
     }
 }
 
+/// Who a refused result says it comes from: its node, when that is a valid node name,
+/// and its plugin, when that is a valid plugin name (a v1 `node`/`plugin` or a 2010
+/// `syskey`). Read from the top level of the body only, without parsing the rest, so it
+/// answers for any body however deep, malformed or large its data is: the server notes
+/// the refusal in that node's record.
+pub fn result_origin(body: &[u8]) -> Option<(String, Option<String>)> {
+    let text = std::str::from_utf8(body).ok()?;
+    let b = text.as_bytes();
+    let (mut depth, mut i) = (0usize, 0usize);
+    let (mut node, mut plugin, mut kind) = (None, None, None);
+    // The key just read at depth 1, waiting for its value.
+    let mut key: Option<&str> = None;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                let raw = text.get(start..(i + 1).min(text.len()))?;
+                i += 1;
+                if depth != 1 {
+                    continue;
+                }
+                let after = text.get(i..)?.trim_start();
+                if after.starts_with(':') {
+                    key = Some(raw);
+                } else if let Some(k) = key.take() {
+                    let value: Option<String> = serde_json::from_str(raw).ok();
+                    match k {
+                        "\"node\"" | "\"syskey\"" => node = value,
+                        "\"plugin\"" => plugin = value,
+                        "\"kind\"" => kind = value,
+                        _ => {}
+                    }
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                key = None;
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b',' => {
+                key = None;
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    if kind.as_deref().is_some_and(|k| k != "result") {
+        return None;
+    }
+    let node = node.filter(|n| check_node_name("node", n).is_ok())?;
+    Some((
+        node,
+        plugin.filter(|p| check_plugin_name("plugin", p).is_ok()),
+    ))
+}
+
 /// At most `max` bytes of `s` (cut at a character boundary), with `…` when cut.
 fn cut(s: &str, max: usize) -> Cow<'_, str> {
     if s.len() <= max {
@@ -641,6 +705,30 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn the_origin_of_a_refused_result_is_read_from_its_top_level() {
+        let deep = format!(
+            "{{\"v\":1,\"kind\":\"result\",\"data\":{}1{},\"node\":\"web01\",\"plugin\":\"facter\"}}",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert_eq!(
+            result_origin(deep.as_bytes()),
+            Some(("web01".into(), Some("facter".into())))
+        );
+        let nested = r#"{"data":{"node":"evil","plugin":"x"},"node":"db\u0031","plugin":"a b","kind":"result"}"#;
+        assert_eq!(result_origin(nested.as_bytes()), Some(("db1".into(), None)));
+        assert_eq!(result_origin(br#"{"node":"a\u0000"}"#), None);
+        assert_eq!(
+            result_origin(br#"{"kind":"heartbeat","node":"web01"}"#),
+            None
+        );
+        assert_eq!(
+            result_origin(br#"{"syskey":"old01","uptime":"1"}"#),
+            Some(("old01".into(), None))
+        );
     }
 
     #[test]
