@@ -571,13 +571,25 @@ pub(crate) fn finish(o: PluginOutcome) -> Answer {
 /// (`vogeler_protocol::limits`) is replaced by a short error result saying why, which
 /// the server stores as the plugin's `last_error`.
 pub fn encode_answer(opts: &ClientOptions, request: Option<&Request>, a: &Answer) -> Vec<u8> {
+    // An error answer to a command as asked (`rm -rf /`) keys it by a name the server
+    // accepts, keeping the message ("not authorized").
+    let renamed;
+    let a = if limits::check_plugin_name("plugin", &a.plugin).is_err() {
+        renamed = Answer {
+            plugin: safe_plugin_name(&a.plugin),
+            ..a.clone()
+        };
+        &renamed
+    } else {
+        a
+    };
     let body = encode_unchecked(opts, request, a);
     let Err(why) = check_outgoing(opts, &body) else {
         return body;
     };
     tracing::warn!(plugin = %a.plugin, error = %why, "answering with a short error result instead");
     let short = Answer {
-        plugin: safe_plugin_name(&a.plugin),
+        plugin: a.plugin.clone(),
         format: limits::bounded(&a.format, limits::MAX_NAME_BYTES).into_owned(),
         outcome: Err(why),
         raw: None,
