@@ -7,12 +7,14 @@
 //!
 //! - a message is at most [`MAX_MESSAGE_BYTES`] long and nests at most [`MAX_DEPTH`]
 //!   arrays and objects deep;
-//! - numbers are those every backend stores exactly (the I-JSON rules of RFC 7493):
-//!   integers within ±[`MAX_SAFE_INTEGER`], other numbers finite IEEE doubles. A number
-//!   written in a form a backend would rewrite (`1e2`, `1.0`, `-0`, `0.10`) is
-//!   canonicalised to what `serde_json` writes for it (`100`, `1`, `0`, `0.1`); a float
-//!   whose value is a whole number beyond ±2^53 but below 2^64 is refused, because
-//!   PostgreSQL and CouchDB would hand it back as an integer and SQLite as a float;
+//! - numbers are those the stores hold exactly: integers within the 64-bit range
+//!   (i64 or u64; beyond it they are refused), other numbers finite IEEE doubles
+//!   (`1e400` is refused). A number written in a form a backend would rewrite is
+//!   canonicalised: a whole number within 64 bits becomes that integer (`1e2` → `100`,
+//!   `1.0` → `1`, `-0` → `0`, `1.5e18` → `1500000000000000000`), any other float what
+//!   `serde_json` writes for it (`0.10` → `0.1`), so SQLite, PostgreSQL and CouchDB read
+//!   back the same JSON (CouchDB's JavaScript servers still round integers beyond 2^53,
+//!   see `docs/COUCHDB.md`);
 //! - strings hold Unicode scalar values only: a lone surrogate escape (`"\ud800"`) is
 //!   refused;
 //! - `\u0000` is refused everywhere (keys, values and envelope fields): PostgreSQL's
@@ -32,9 +34,6 @@ pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 /// Deepest nesting of arrays and objects (the envelope counts as one level): far
 /// above any real inventory and far below any parser's recursion limit.
 pub const MAX_DEPTH: usize = 64;
-/// Largest integer magnitude stored exactly by every backend (2^53 − 1: CouchDB and
-/// JavaScript hold numbers as IEEE doubles).
-pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 /// Longest node name: a DNS host name.
 pub const MAX_NODE_NAME_BYTES: usize = 253;
 /// Longest label (dot-separated part) of a node name.
@@ -541,21 +540,18 @@ fn cut(s: &str, max: usize) -> Cow<'_, str> {
 
 /// The canonical text of a JSON number token: `Ok(None)` when it already is canonical
 /// (or not a number at all: the parser reports that), `Ok(Some(text))` to rewrite it,
-/// `Err` when no backend-independent form exists.
+/// `Err` when it cannot be stored exactly.
 fn canonical_number(token: &str) -> Result<Option<String>, &'static str> {
-    const TWO_53: f64 = 9_007_199_254_740_992.0;
-    const TWO_64: f64 = 18_446_744_073_709_551_616.0;
-    const BEYOND: &str = "an integer beyond ±(2^53 − 1) is not stored exactly by every backend";
+    const BEYOND: &str = "an integer beyond the 64-bit range (i64 or u64) is not stored exactly";
     if !is_json_number(token) {
         return Ok(None);
     }
     if !token.contains(['.', 'e', 'E']) {
-        let digits = token.strip_prefix('-').unwrap_or(token);
-        return match digits.parse::<u64>() {
-            Ok(n) if n > MAX_SAFE_INTEGER => Err(BEYOND),
-            Ok(0) if token.starts_with('-') => Ok(Some("0".into())),
-            Ok(_) => Ok(None),
-            Err(_) => Err(BEYOND),
+        return match token.strip_prefix('-') {
+            Some("0") => Ok(Some("0".into())),
+            Some(_) if token.parse::<i64>().is_err() => Err(BEYOND),
+            None if token.parse::<u64>().is_err() => Err(BEYOND),
+            _ => Ok(None),
         };
     }
     let Ok(x) = token.parse::<f64>() else {
@@ -564,13 +560,12 @@ fn canonical_number(token: &str) -> Result<Option<String>, &'static str> {
     if !x.is_finite() {
         return Err("out of the range of a double");
     }
+    // A whole number within 64 bits is written as the integer its shortest digits
+    // spell: PostgreSQL (numeric) and CouchDB hand `1.0`, `1e2` and `1.5e18` back as
+    // integers, so SQLite must hold them as those integers too.
     if x.fract() == 0.0 {
-        if x.abs() < TWO_53 {
-            // A whole number: PostgreSQL and CouchDB hand `1.0` and `1e2` back as integers.
-            return Ok(Some(format!("{}", x as i64)).filter(|c| c != token));
-        }
-        if x.abs() < TWO_64 {
-            return Err("a whole number between 2^53 and 2^64 reads back as an integer from some backends and a float from others");
+        if let Some(int) = whole_number(x) {
+            return Ok((int != token).then_some(int));
         }
     }
     match serde_json::Number::from_f64(x) {
@@ -580,6 +575,24 @@ fn canonical_number(token: &str) -> Result<Option<String>, &'static str> {
         }
         None => Err("out of the range of a double"),
     }
+}
+
+/// The integer a whole-valued double's shortest digits spell (`1.5e18` →
+/// `1500000000000000000`), when it fits an i64 or u64.
+fn whole_number(x: f64) -> Option<String> {
+    let sci = format!("{:e}", x.abs());
+    let (mantissa, exp) = sci.split_once('e')?;
+    let exp: i32 = exp.parse().ok()?;
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let zeros = usize::try_from(exp - i32::try_from(frac.len()).ok()?).ok()?;
+    let mut digits = format!("{int}{frac}{}", "0".repeat(zeros.min(40)));
+    if x < 0.0 && digits != "0" {
+        digits.insert(0, '-');
+        digits.parse::<i64>().ok()?;
+    } else {
+        digits.parse::<u64>().ok()?;
+    }
+    Some(digits)
 }
 
 /// Whether `t` is a number in JSON's grammar: `-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?`.
@@ -631,26 +644,29 @@ mod tests {
     fn numbers_are_canonical_or_refused() {
         let canon = |t: &str| scan(t).expect("accepted").unwrap_or_else(|| t.to_string());
         assert_eq!(
-            canon(r#"{"a":1e2,"b":1.0,"c":-0,"d":0.10,"e":1.5e-7}"#),
-            r#"{"a":100,"b":1,"c":0,"d":0.1,"e":1.5e-7}"#
+            canon(r#"{"a":1e2,"b":1.0,"c":-0,"d":0.10,"e":1.5e-7,"f":-2.0}"#),
+            r#"{"a":100,"b":1,"c":0,"d":0.1,"e":1.5e-7,"f":-2}"#
         );
-        assert_eq!(scan(r#"{"a":[1,2.5,-3,9007199254740991]}"#), Ok(None));
+        let exact =
+            r#"{"a":[1,2.5,-3,9007199254740993,18446744073709551615,-9223372036854775808]}"#;
+        assert_eq!(scan(exact), Ok(None));
+        assert_eq!(canon("1.5e18"), "1500000000000000000");
+        assert_eq!(canon("-1e18"), "-1000000000000000000");
+        assert_eq!(canon("1152921504606846976.0"), "1152921504606847000");
+        // Beyond 64 bits a whole float stays a float (every backend reads a double).
+        assert_eq!(canon("1e20"), "1e+20");
         assert_eq!(canon("1e300"), "1e+300");
         assert_eq!(canon("1e+300"), "1e+300");
         for bad in [
             "1e400",
             "-1e400",
-            "9007199254740992",
-            "-9007199254740992",
             "18446744073709551616",
+            "-9223372036854775809",
             "123456789012345678901234567890",
-            "1e17",
-            "-1e18",
         ] {
             assert_eq!(reason(bad), Some("bad-number"), "{bad}");
         }
         // Not numbers: left for the parser to word.
-        assert_eq!(scan("-"), Ok(None));
         for not_json in ["01", "-00", "1.", "-.5", "1e", "1.5.5", "--1"] {
             assert_eq!(scan(not_json), Ok(None), "{not_json}");
         }
