@@ -1,5 +1,7 @@
 //! Property tests: `decode` never panics, whatever the broker hands it, and every message
-//! kind survives `encode` → `decode` unchanged (as do the 2010 shapes). The number of cases
+//! kind survives `encode` → `decode` unchanged (as do the 2010 shapes). Hostile results
+//! are refused with a reason or accepted, and what is accepted reads back identically
+//! from SQLite, PostgreSQL and CouchDB (`decode → every store → read back`). The number of cases
 //! is proptest's `PROPTEST_CASES` (256 unless set), so CI stays fast and a soak run can ask
 //! for more: `PROPTEST_CASES=100000 cargo test -p vogeler-protocol --test properties`.
 
@@ -346,5 +348,76 @@ proptest! {
             }
             other => prop_assert!(false, "decoded as {:?}", other),
         }
+    }
+}
+
+/// What decode accepts of generated hostile results goes into every store (SQLite,
+/// PostgreSQL, CouchDB: the real servers of `vogeler_store::testing`) as the server's hot
+/// path hands it over (text), and reads back as the tree `decode` built, through the
+/// record, the key values and the history.
+#[test]
+fn accepted_results_read_back_identically_from_every_store() {
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    use vogeler_store::{Change, Data, KeyPath, Observation};
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores: Vec<(&str, vogeler_store::DynStore)> = rt.block_on(async {
+        let mut out = Vec::new();
+        for backend in ["sqlite", "postgres", "couch"] {
+            let dsn = vogeler_store::testing::fresh_dsn(backend, dir.path()).await;
+            out.push((backend, vogeler_store::testing::open(&dsn).await));
+        }
+        out
+    });
+    // Each case is a round trip to three servers: a quarter of the configured cases.
+    let cases = Config::default().cases.div_ceil(4).max(16);
+    let mut runner = TestRunner::new(Config::with_cases(cases));
+    let n = std::sync::atomic::AtomicU64::new(0);
+    let outcome = runner.run(&hostile_json(), |data| {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let node = format!("prop{i}");
+        let body = format!(
+            r#"{{"v":1,"kind":"result","node":"{node}","plugin":"p","format":"json","collected_at":"2026-01-01T00:00:00Z","data":{data}}}"#
+        );
+        let r = match vogeler_protocol::decode_raw_result(body.as_bytes()) {
+            Some(Ok(r)) => r,
+            Some(Err(e)) if REASONS.contains(&e.reason()) => return Ok(()),
+            other => return Err(TestCaseError::fail(format!("{other:?}"))),
+        };
+        let Some(text) = r.data else {
+            return Err(TestCaseError::fail("no data"));
+        };
+        let want: Value = serde_json::from_str(text.get()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        for (backend, store) in &stores {
+            let obs = Observation {
+                node: node.clone(),
+                at: chrono::Utc::now(),
+                change: Change::Plugin { name: "p".into(), value: Data::Text(text.clone()) },
+            };
+            let got = rt.block_on(async {
+                store.apply(vec![obs].into()).await.map_err(|e| e.to_string())?;
+                let rec = store.node(&node).await.map_err(|e| e.to_string())?;
+                let values = store
+                    .values(&KeyPath::parse("p").map_err(|e| e.to_string())?)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                store.history(&node, None).await.map_err(|e| e.to_string())?;
+                let value = values.into_iter().find(|(n, _)| *n == node).map(|(_, v)| v);
+                Ok::<_, String>((rec.and_then(|r| r.keys.get("p").cloned()), value))
+            });
+            let (record, value) = got.map_err(|e| TestCaseError::fail(format!("{backend}: {e} for {data}")))?;
+            for (what, got) in [("record", record), ("values", value)] {
+                let got = got.ok_or_else(|| TestCaseError::fail(format!("{backend}: no {what} for {data}")))?;
+                if let Some(path) = vogeler_store::conformance::first_difference(&got, &want, "p") {
+                    return Err(TestCaseError::fail(format!(
+                        "{backend} {what} differs at {path}: {got} vs {want} (sent {data})"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = outcome {
+        panic!("{e}");
     }
 }
