@@ -44,6 +44,11 @@ pub struct Confirm {
     pub plugin: String,
     /// Error text when the result was an error result.
     pub error: Option<String>,
+    /// The result was older than the stored value and changed nothing (set once the
+    /// store said so).
+    pub stale: bool,
+    /// The `collected_at` the result claimed, when it was clamped to its arrival time.
+    pub clamped_from: Option<chrono::DateTime<Utc>>,
 }
 
 /// A v1 result (data held as `D`) as an observation and its confirmation.
@@ -89,6 +94,8 @@ fn result<D>(
             node: r.node.clone(),
             plugin: r.plugin.clone(),
             error,
+            stale: false,
+            clamped_from: None,
         });
     Converted::Store {
         observation: Observation {

@@ -229,6 +229,8 @@ impl Deployment {
             .env_remove("VOGELER_QHOST")
             .env_remove("VOGELER_DBHOST")
             .env_remove("VOGELER_CONFIG")
+            // The client's replay memory stays inside the deployment.
+            .env("VOGELER_STATE_DIR", self.path("state"))
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(out)
