@@ -277,6 +277,7 @@ pub fn client_options(
         heartbeat: (s.heartbeat_interval > 0)
             .then(|| std::time::Duration::from_secs(s.heartbeat_interval)),
         state_dir: s.state_dir.clone(),
+        max_message_bytes: s.max_message_bytes,
     })
 }
 
