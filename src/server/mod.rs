@@ -833,6 +833,25 @@ mod tests {
     }
 
     #[test]
+    fn only_times_beyond_the_skew_are_clamped_to_arrival() {
+        let now = Utc::now();
+        let skew = Duration::from_secs(300);
+        let mut obs = result("web01", "facter");
+        obs.at = now + chrono::Duration::seconds(299);
+        assert_eq!(clamp_future(&mut obs, now, skew), None);
+        let far = now + chrono::Duration::days(365);
+        obs.at = far;
+        assert_eq!(clamp_future(&mut obs, now, skew), Some(far));
+        assert_eq!(obs.at, now);
+        obs.at = now - chrono::Duration::days(1);
+        assert_eq!(
+            clamp_future(&mut obs, now, skew),
+            None,
+            "the past is never clamped"
+        );
+    }
+
+    #[test]
     fn results_are_checked_against_their_nodes_key() {
         let web01 = SecretKey::from_seed([5; 32]);
         let keys: HashMap<String, PublicKey> =
