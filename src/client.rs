@@ -63,6 +63,9 @@ pub struct ClientOptions {
     pub interval: Option<Duration>,
     /// Heartbeat period; `None` sends none.
     pub heartbeat: Option<Duration>,
+    /// Where the replay memory is kept (`[client] state_dir`), so a restart still
+    /// refuses a signed request it already ran.
+    pub state_dir: PathBuf,
     /// The server's message limit (`[server] max_message_bytes`, the same setting the
     /// server reads): a result whose encoding is larger is replaced by a short error
     /// result, so the runner and the record hear about it instead of silence.
@@ -102,9 +105,46 @@ impl RequestPolicy {
         }
     }
 
-    /// Whether a request may run: `Ok(true)` signed by a trusted key (fresh, not a
-    /// replay), `Ok(false)` unsigned and allowed, `Err` refused with the reason.
+    /// Keeps the replay memory in `<state_dir>/replay-<node>` from now on (loading
+    /// what an earlier run remembered). Only signed requests are remembered, so nothing
+    /// is written without trusted keys.
+    pub fn keep_replay_memory(
+        &self,
+        state_dir: &std::path::Path,
+        node: &str,
+    ) -> anyhow::Result<()> {
+        if self.keyring.is_empty() {
+            return Ok(());
+        }
+        let file: String = node
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let path = state_dir.join(format!("replay-{file}"));
+        let guard = ReplayGuard::open(&path, REPLAY_MEMORY, Utc::now()).map_err(|e| {
+            anyhow::anyhow!("{e} (the replay memory; set [client] state_dir or --state-dir to a writable directory)")
+        })?;
+        tracing::info!(file = %path.display(), remembered = guard.len(), "replay memory on disk");
+        let mut g = match self.replay.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *g = guard;
+        Ok(())
+    }
+
+    /// Whether a request may run on `node`: `Ok(true)` signed by a trusted key (fresh,
+    /// not a replay), `Ok(false)` unsigned and allowed, `Err` refused with the reason.
     ///
+    /// A request runs only on its targets: empty targets or `all` is a broadcast, any
+    /// other list must name `node` exactly (the signature covers the body, targets
+    /// included, so a signed request copied to another node's queue is refused).
     /// `legacy` marks a 2010 request (a bare string): it has no id or ttl a signature
     /// could be bound to. A redelivered message (the broker's own retry after this
     /// client lost its channel before acking) is not counted as a replay.
@@ -113,6 +153,7 @@ impl RequestPolicy {
         d: &Inbound,
         r: &Request,
         legacy: bool,
+        node: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, Rejection> {
         let signer = if self.keyring.is_empty() {
@@ -121,6 +162,13 @@ impl RequestPolicy {
             self.keyring
                 .verify(&d.body, d.header(SIGNATURE_HEADER), d.header(KEY_ID_HEADER))?
         };
+        if !is_target(&r.targets, node) {
+            return Err(Rejection::NotTarget(format!(
+                "request {} is for {} and this node is {node}",
+                r.id,
+                describe_targets(&r.targets)
+            )));
+        }
         let Some(key) = signer else {
             if self.require_signed {
                 return Err(Rejection::Unsigned(if legacy {
@@ -157,6 +205,27 @@ impl RequestPolicy {
         }
         Ok(true)
     }
+}
+
+/// Whether `node` is among `targets`: empty or `all` is everyone, else an exact name.
+pub fn is_target(targets: &[String], node: &str) -> bool {
+    targets.is_empty() || targets.iter().any(|t| t == "all" || t == node)
+}
+
+/// The first few targets, for a log line (a broadcast may name thousands).
+fn describe_targets(targets: &[String]) -> String {
+    let mut text: Vec<String> = targets.iter().take(5).map(|t| format!("{t:?}")).collect();
+    if targets.len() > 5 {
+        text.push(format!("and {} more", targets.len() - 5));
+    }
+    text.join(", ")
+}
+
+/// Whether a reply queue name can be published to: AMQP routing keys are short
+/// strings (at most 255 bytes); anything else would make the publish fail, and with it
+/// the session, again on every redelivery.
+pub fn valid_reply_to(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && !name.chars().any(char::is_control)
 }
 
 /// What one request produced, before encoding.
@@ -203,6 +272,8 @@ pub async fn run(opts: ClientOptions, mut shutdown: Shutdown) -> anyhow::Result<
             "--allow-unsafe is ON: this client will run ANY command line it is sent, not only authorized plugins"
         );
     }
+    opts.policy
+        .keep_replay_memory(&opts.state_dir, &opts.node)?;
     let registry: SharedRegistry = Arc::new(RwLock::new(Arc::new(load_registry(&opts)?)));
     {
         let names: Vec<String> = current(&registry)
@@ -333,7 +404,11 @@ async fn handle(
     tracing::info!(bytes = delivery.body.len(), "message received");
     let mut rejected = false;
     let (request, answer) = match vogeler_protocol::decode(&delivery.body) {
-        Ok(Decoded::Message(Message::Request(r))) => {
+        Ok(Decoded::Message(Message::Request(mut r))) => {
+            if r.reply_to.as_deref().is_some_and(|q| !valid_reply_to(q)) {
+                tracing::warn!(request = %r.id, "the request's reply_to is not a usable queue name; answering without a confirmation");
+                r.reply_to = None;
+            }
             let answer = match judge(opts, registry, &delivery, &r, false) {
                 Ok(signed) => answer_request(opts, registry, &r, signed).await,
                 Err(answer) => {
@@ -355,6 +430,12 @@ async fn handle(
             (Some(r), answer)
         }
         Ok(Decoded::Message(Message::Ping(p))) => {
+            if let Err(why) = judge_ping(opts, &delivery, &p, Utc::now()) {
+                // Acked and dropped: answering would let anyone enumerate the fleet.
+                tracing::info!(ping = %p.id, sender = %p.sender, "ping ignored: {why}");
+                session.ack(delivery.tag, false).await?;
+                return Ok(());
+            }
             let pong = Message::Pong(Pong {
                 ping_id: p.id.clone(),
                 node: opts.node.clone(),
@@ -426,7 +507,7 @@ fn judge(
 ) -> Result<bool, Box<Answer>> {
     let verdict = opts
         .policy
-        .judge(d, r, legacy, Utc::now())
+        .judge(d, r, legacy, &opts.node, Utc::now())
         .and_then(|signed| {
             let needs_signature =
                 r.unsafe_command && opts.allow_unsafe && registry.lookup(&r.command).is_none();
@@ -452,6 +533,42 @@ fn judge(
             format!("request {} refused: {rejection}", r.id),
         ))
     })
+}
+
+/// Most a signed ping may have aged before it is ignored (a copy replayed later).
+const PING_MAX_AGE: Duration = Duration::from_secs(300);
+
+/// Whether to answer a ping: its reply queue must be usable, and with `require_signed`
+/// it must be signed by a trusted key and recent; `Err` says why not.
+fn judge_ping(
+    opts: &ClientOptions,
+    d: &Inbound,
+    p: &vogeler_protocol::Ping,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    if !valid_reply_to(&p.reply_to) {
+        return Err("its reply_to is not a usable queue name".into());
+    }
+    if !opts.policy.require_signed {
+        return Ok(());
+    }
+    let signed = opts
+        .policy
+        .keyring
+        .verify(&d.body, d.header(SIGNATURE_HEADER), d.header(KEY_ID_HEADER))
+        .map_err(|r| r.to_string())?;
+    if signed.is_none() {
+        return Err("unsigned, and [client] require_signed = true".into());
+    }
+    let age = now.signed_duration_since(p.sent_at);
+    if age > chrono::Duration::from_std(PING_MAX_AGE).unwrap_or(chrono::Duration::MAX) {
+        return Err(format!(
+            "sent {} ago, older than {} s",
+            age,
+            PING_MAX_AGE.as_secs()
+        ));
+    }
+    Ok(())
 }
 
 /// Decides what to run for a request and runs it. `signed`: the request carried a
@@ -783,35 +900,38 @@ mod tests {
         let now = Utc::now();
 
         let r = request("a", 0, 300);
-        assert_eq!(policy.judge(&signed(&runner, &r), &r, false, now), Ok(true));
+        assert_eq!(
+            policy.judge(&signed(&runner, &r), &r, false, "n", now),
+            Ok(true)
+        );
         // The same message again: a replay; redelivered by the broker: not one.
         assert_eq!(
-            reason(policy.judge(&signed(&runner, &r), &r, false, now)),
+            reason(policy.judge(&signed(&runner, &r), &r, false, "n", now)),
             "replayed"
         );
         let mut again = signed(&runner, &r);
         again.redelivered = true;
-        assert_eq!(policy.judge(&again, &r, false, now), Ok(true));
+        assert_eq!(policy.judge(&again, &r, false, "n", now), Ok(true));
 
         let r = request("b", 0, 300);
         let mut altered = signed(&runner, &r);
         altered.body[10] ^= 1;
         assert_eq!(
-            reason(policy.judge(&altered, &r, false, now)),
+            reason(policy.judge(&altered, &r, false, "n", now)),
             "bad-signature"
         );
         assert_eq!(
-            reason(policy.judge(&signed(&other, &r), &r, false, now)),
+            reason(policy.judge(&signed(&other, &r), &r, false, "n", now)),
             "unknown-key"
         );
         let r = request("c", 600, 60);
         assert_eq!(
-            reason(policy.judge(&signed(&runner, &r), &r, false, now)),
+            reason(policy.judge(&signed(&runner, &r), &r, false, "n", now)),
             "expired"
         );
         let r = request("d", 0, 0);
         assert_eq!(
-            reason(policy.judge(&signed(&runner, &r), &r, false, now)),
+            reason(policy.judge(&signed(&runner, &r), &r, false, "n", now)),
             "expired",
             "a signed request without a ttl could be replayed forever"
         );
@@ -822,17 +942,85 @@ mod tests {
             vogeler_protocol::encode(&Message::Request(r.clone())),
             vec![],
         );
-        assert_eq!(policy.judge(&unsigned, &r, false, now), Ok(false));
+        assert_eq!(policy.judge(&unsigned, &r, false, "n", now), Ok(false));
         let strict = RequestPolicy::new(Keyring::new([runner.public("runner")]), true);
-        assert_eq!(reason(strict.judge(&unsigned, &r, false, now)), "unsigned");
+        assert_eq!(
+            reason(strict.judge(&unsigned, &r, false, "n", now)),
+            "unsigned"
+        );
         let legacy = Request::legacy("facter".into(), "n");
         let d = delivery(vogeler_protocol::encode_legacy_request("facter"), vec![]);
-        assert_eq!(reason(strict.judge(&d, &legacy, true, now)), "unsigned");
-        assert_eq!(policy.judge(&d, &legacy, true, now), Ok(false));
+        assert_eq!(
+            reason(strict.judge(&d, &legacy, true, "n", now)),
+            "unsigned"
+        );
+        assert_eq!(policy.judge(&d, &legacy, true, "n", now), Ok(false));
+
+        // Bound to its targets: a signed request copied to another node's queue is
+        // refused there, before it is remembered as seen.
+        let mut r = request("t", 0, 300);
+        r.targets = vec!["web01".into(), "web02".into()];
+        assert_eq!(
+            reason(policy.judge(&signed(&runner, &r), &r, false, "web03", now)),
+            "not-target"
+        );
+        assert_eq!(
+            policy.judge(&signed(&runner, &r), &r, false, "web02", now),
+            Ok(true)
+        );
+        // Prefixes and globs are not names.
+        r.id = "t2".into();
+        r.targets = vec!["web0*".into(), "web".into()];
+        assert_eq!(
+            reason(policy.judge(&signed(&runner, &r), &r, false, "web01", now)),
+            "not-target"
+        );
+        // An edited copy naming another node no longer verifies.
+        let mut copy = signed(&runner, &request("t3", 0, 300));
+        let edited = String::from_utf8_lossy(&copy.body).replace("\"all\"", "\"web03\"");
+        copy.body = edited.into_bytes();
+        assert_eq!(
+            reason(policy.judge(&copy, &r, false, "web03", now)),
+            "bad-signature"
+        );
+        r.targets = vec![];
+        r.id = "t4".into();
+        assert_eq!(
+            policy.judge(&signed(&runner, &r), &r, false, "any", now),
+            Ok(true),
+            "empty targets: a broadcast"
+        );
 
         // No trusted keys: nothing is checked, everything counts as unsigned.
         let open = RequestPolicy::default();
         let r = request("f", 0, 300);
-        assert_eq!(open.judge(&signed(&other, &r), &r, false, now), Ok(false));
+        assert_eq!(
+            open.judge(&signed(&other, &r), &r, false, "n", now),
+            Ok(false)
+        );
+    }
+
+    #[test]
+    fn the_replay_memory_survives_a_restart() {
+        let runner = SecretKey::from_seed([1; 32]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = Utc::now();
+        let r = request("restart", 0, 300);
+        let policy = || {
+            let p = RequestPolicy::new(Keyring::new([runner.public("runner")]), false);
+            p.keep_replay_memory(dir.path(), "web/01")
+                .expect("replay file");
+            p
+        };
+        assert_eq!(
+            policy().judge(&signed(&runner, &r), &r, false, "n", now),
+            Ok(true)
+        );
+        // A new process (a restarted client) still remembers it.
+        assert_eq!(
+            reason(policy().judge(&signed(&runner, &r), &r, false, "n", now)),
+            "replayed"
+        );
+        assert!(dir.path().join("replay-web_01").is_file());
     }
 }

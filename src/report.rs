@@ -302,11 +302,12 @@ pub async fn errors(store: &DynStore, q: &Query) -> anyhow::Result<Table> {
 }
 
 /// The request ledger: the most recent requests (newest first) with how many of
-/// their expected nodes stored a result, answered with an error, or are missing.
+/// their expected nodes stored a result, answered with a stale one (older than the
+/// value stored), answered with an error, or are missing.
 pub async fn requests(store: &DynStore, limit: usize, now: DateTime<Utc>) -> anyhow::Result<Table> {
     use vogeler_store::NodeOutcome;
     let mut t = Table::new(&[
-        "id", "sent_at", "command", "expected", "stored", "errors", "missing", "state",
+        "id", "sent_at", "command", "expected", "stored", "stale", "errors", "missing", "state",
     ]);
     for l in store.ledgers(limit, now).await? {
         t.rows.push(vec![
@@ -315,6 +316,7 @@ pub async fn requests(store: &DynStore, limit: usize, now: DateTime<Utc>) -> any
             json!(l.request.command),
             json!(l.request.expected.len()),
             json!(l.count(NodeOutcome::Stored)),
+            json!(l.count(NodeOutcome::Stale)),
             json!(l.count(NodeOutcome::Error)),
             json!(l.count(NodeOutcome::Missing)),
             json!(l.state.as_str()),

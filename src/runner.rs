@@ -82,6 +82,8 @@ pub struct Summary {
     pub answered: Vec<String>,
     /// Nodes that answered with an error result, and the message.
     pub errors: BTreeMap<String, String>,
+    /// Nodes whose result was older than the value already stored (kept instead).
+    pub stale: Vec<String>,
     /// Targeted nodes with no stored answer before the timeout.
     pub no_answer: Vec<String>,
     /// Nodes whose queue does not exist (never started).
@@ -100,7 +102,10 @@ impl Summary {
     /// 0 all stored without error, 1 some error results, 3 some nodes did not answer
     /// or were unroutable.
     pub fn exit_code(&self) -> i32 {
-        let nobody_answered = self.waited && self.answered.is_empty() && self.errors.is_empty();
+        let nobody_answered = self.waited
+            && self.answered.is_empty()
+            && self.stale.is_empty()
+            && self.errors.is_empty();
         if !self.unroutable.is_empty() || !self.no_answer.is_empty() || nobody_answered {
             3
         } else if !self.errors.is_empty() {
@@ -117,6 +122,11 @@ impl Summary {
         for n in &self.answered {
             out.push_str(&format!("  stored      {n}\n"));
         }
+        for n in &self.stale {
+            out.push_str(&format!(
+                "  stale       {n} (older than the value already stored, which was kept)\n"
+            ));
+        }
         for (n, e) in &self.errors {
             out.push_str(&format!("  error       {n}: {e}\n"));
         }
@@ -132,9 +142,10 @@ impl Summary {
             out.push_str(&format!("  unexpected  {n}\n"));
         }
         out.push_str(&format!(
-            "discovered: {}  answered: {}  errors: {}  no answer: {}  unroutable: {}  unexpected: {}\n",
+            "discovered: {}  answered: {}  stale: {}  errors: {}  no answer: {}  unroutable: {}  unexpected: {}\n",
             self.discovered.len(),
             self.answered.len(),
+            self.stale.len(),
             self.errors.len(),
             self.no_answer.len(),
             self.unroutable.len(),
@@ -326,6 +337,7 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
                 Some(e) if !s.ok => {
                     summary.errors.insert(s.node.clone(), e);
                 }
+                _ if s.stale => summary.stale.push(s.node.clone()),
                 _ => summary.answered.push(s.node.clone()),
             }
             progress.set_position(seen.len() as u64);
@@ -337,6 +349,7 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
         summary.no_answer = expected.difference(&seen).cloned().collect();
     }
     summary.answered.sort();
+    summary.stale.sort();
     summary.total_ms = started.elapsed().as_millis() as u64;
     session.close().await;
     Ok(summary)
@@ -394,12 +407,20 @@ async fn ping(
         sent_at: Utc::now(),
         reply_to: reply_queue.to_string(),
     };
+    let body = vogeler_protocol::encode(&Message::Ping(p.clone()));
+    // Signed when the runner has a key: clients with require_signed answer no one else.
+    let headers = opts
+        .signing_key
+        .as_ref()
+        .map(|k| k.headers(&body))
+        .unwrap_or_default();
     session
         .publish_confirmed(
             &opts.topology.broadcast_exchange,
             BROADCAST_KEY,
             Outgoing {
-                body: vogeler_protocol::encode(&Message::Ping(p.clone())),
+                body,
+                headers,
                 // A client that is down must not answer a later runner's question.
                 expiration_ms: Some(opts.discovery_timeout.as_millis() as u64),
                 ..Default::default()

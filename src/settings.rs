@@ -36,6 +36,8 @@ pub struct Extra {
     pub interval: Option<u64>,
     /// Client `--heartbeat-interval` / `VOGELER_HEARTBEAT_INTERVAL` (seconds).
     pub heartbeat_interval: Option<u64>,
+    /// Client `--state-dir` / `VOGELER_STATE_DIR`.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Whether a DSN given as a flag carries a password (visible in the process list).
@@ -79,6 +81,7 @@ pub fn load(program: Program, common: &CommonArgs, extra: Extra) -> anyhow::Resu
         heartbeat_interval: extra.heartbeat_interval,
         password_on_command_line,
         signing_key: extra.signing_key,
+        state_dir: extra.state_dir,
     };
     Ok(Settings::resolve(program, overrides, file)?)
 }
@@ -227,6 +230,7 @@ pub fn server_options(s: &Settings) -> anyhow::Result<ServerOptions> {
         (s.history_days > 0).then(|| std::time::Duration::from_secs(s.history_days * 86_400));
     o.node_keys = node_keys(s)?;
     o.require_verified = s.require_verified;
+    o.max_clock_skew = s.max_clock_skew;
     if matches!(s.dbhost, StoreDsn::Sqlite { .. }) {
         tracing::info!("SQLite store: run one vogeler-server against it; use PostgreSQL or CouchDB for several servers side by side");
     }
@@ -272,6 +276,7 @@ pub fn client_options(
         interval: (s.interval > 0).then(|| std::time::Duration::from_secs(s.interval)),
         heartbeat: (s.heartbeat_interval > 0)
             .then(|| std::time::Duration::from_secs(s.heartbeat_interval)),
+        state_dir: s.state_dir.clone(),
         max_message_bytes: s.max_message_bytes,
     })
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -15,20 +15,6 @@ use vogeler_signing::SecretKey;
 
 fn text(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
-}
-
-/// `vogeler-admin keygen --out DIR --name NAME`; returns the private key file.
-fn keygen(d: &Deployment, dir: &str, name: &str) -> PathBuf {
-    let out = d.admin(&[
-        "keygen",
-        "--out",
-        &d.path(dir).display().to_string(),
-        "--name",
-        name,
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("key id:"), "{}", text(&out));
-    d.path(&format!("{dir}/{name}.key"))
 }
 
 fn load_key(path: &Path) -> SecretKey {
@@ -51,26 +37,6 @@ fn request(command: &str, node: &str, sent_ago_secs: i64, ttl: u64) -> Request {
 
 fn body(r: &Request) -> Vec<u8> {
     vogeler_protocol::encode(&Message::Request(r.clone()))
-}
-
-/// A confirmed publish with headers (what a runner, or an attacker, sends).
-fn publish(exchange: &str, routing_key: &str, body: Vec<u8>, headers: Vec<(String, String)>) {
-    rt().block_on(async {
-        let session = broker().connect().await.expect("connect to RabbitMQ");
-        session
-            .publish_confirmed(
-                exchange,
-                routing_key,
-                vogeler_transport::Outgoing {
-                    body,
-                    headers,
-                    ..Default::default()
-                },
-            )
-            .await
-            .expect("publish");
-        session.close().await;
-    })
 }
 
 /// Waits until the node's `last_error` names request `id` and contains `want`.
@@ -105,8 +71,8 @@ fn signed_requests_run_and_forged_altered_unknown_expired_replayed_are_refused()
         plugin("hello", "echo hello", "output").1,
     )
     .expect("plugin");
-    let runner_key = keygen(&d, "keys", "runner");
-    let mallory_key = keygen(&d, "other", "mallory");
+    let runner_key = d.keygen("keys", "runner");
+    let mallory_key = d.keygen("other", "mallory");
     d.write_conf("\n[runner]\nsigning_key = keys/runner.key\n\n[client]\ntrusted_keys = keys\n");
     let _server = d.server(&[]);
     let n = d.node("signed");
@@ -128,7 +94,7 @@ fn signed_requests_run_and_forged_altered_unknown_expired_replayed_are_refused()
         ("x-vogeler-signature".into(), mallory.sign(&b)),
         ("x-vogeler-key-id".into(), runner.id().to_string()),
     ];
-    publish(&t.broadcast_exchange, &n, b, forged);
+    publish_with_headers(&t.broadcast_exchange, &n, b, forged);
     wait_refusal(&d, &n, &r.id, "bad signature");
 
     // Altered: a validly signed body changed after signing.
@@ -137,28 +103,28 @@ fn signed_requests_run_and_forged_altered_unknown_expired_replayed_are_refused()
     let headers = runner.headers(&b);
     let mut altered = r.clone();
     altered.command = "count".into();
-    publish(&t.broadcast_exchange, &n, body(&altered), headers);
+    publish_with_headers(&t.broadcast_exchange, &n, body(&altered), headers);
     wait_refusal(&d, &n, &r.id, "bad signature");
 
     // Signed by a key the client does not trust.
     let r = request("hello", &n, 0, 300);
     let b = body(&r);
-    publish(&t.broadcast_exchange, &n, b.clone(), mallory.headers(&b));
+    publish_with_headers(&t.broadcast_exchange, &n, b.clone(), mallory.headers(&b));
     wait_refusal(&d, &n, &r.id, "unknown key");
 
     // Validly signed but past its ttl.
     let r = request("hello", &n, 3600, 60);
     let b = body(&r);
-    publish(&t.broadcast_exchange, &n, b.clone(), runner.headers(&b));
+    publish_with_headers(&t.broadcast_exchange, &n, b.clone(), runner.headers(&b));
     wait_refusal(&d, &n, &r.id, "expired");
 
     // Replayed: the same signed message published twice runs once.
     let r = request("count", &n, 0, 300);
     let b = body(&r);
     let headers = runner.headers(&b);
-    publish(&t.broadcast_exchange, &n, b.clone(), headers.clone());
+    publish_with_headers(&t.broadcast_exchange, &n, b.clone(), headers.clone());
     d.wait_document(&n, 20, |doc| doc["count"][0] == "ok");
-    publish(&t.broadcast_exchange, &n, b, headers);
+    publish_with_headers(&t.broadcast_exchange, &n, b, headers);
     wait_refusal(&d, &n, &r.id, "replayed");
     let runs = std::fs::read_to_string(&counter).expect("counter file");
     assert_eq!(runs.lines().count(), 1, "the replay must not run: {runs:?}");
@@ -197,7 +163,7 @@ fn signed_requests_run_and_forged_altered_unknown_expired_replayed_are_refused()
 #[test]
 fn require_signed_refuses_unsigned_and_2010_requests() {
     let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);
-    keygen(&d, "keys", "runner");
+    d.keygen("keys", "runner");
     d.write_conf("\n[client]\ntrusted_keys = keys/runner.pub\nrequire_signed = true\n");
     let _server = d.server(&[]);
     let n = d.node("strict");
@@ -243,7 +209,7 @@ fn require_signed_refuses_unsigned_and_2010_requests() {
 #[test]
 fn unsafe_commands_need_a_valid_signature_even_with_allow_unsafe() {
     let d = Deployment::new(&[]);
-    keygen(&d, "keys", "runner");
+    d.keygen("keys", "runner");
     d.write_conf("\n[client]\ntrusted_keys = keys\n");
     let _server = d.server(&[]);
     let n = d.node("unsafe");
@@ -290,7 +256,7 @@ fn unsafe_commands_need_a_valid_signature_even_with_allow_unsafe() {
 fn signed_results_are_verified_and_impostors_marked_or_dead_lettered() {
     let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);
     let n = d.node("real");
-    keygen(&d, "nodes", &n);
+    d.keygen("nodes", &n);
     d.write_conf(&format!(
         "\n[client]\nsigning_key = nodes/{n}.key\n\n[server]\nnode_keys = nodes\n"
     ));
@@ -318,9 +284,9 @@ fn signed_results_are_verified_and_impostors_marked_or_dead_lettered() {
     assert_eq!(doc["signature"]["reason"], "unsigned");
     assert_eq!(doc["signature"]["plugin"], "fake");
     // Signed by another key: also unverified.
-    let other = load_key(&keygen(&d, "elsewhere", "other"));
+    let other = load_key(&d.keygen("elsewhere", "other"));
     let b = impostor("fake2", "forged");
-    publish(&t.master_exchange, "", b.clone(), other.headers(&b));
+    publish_with_headers(&t.master_exchange, "", b.clone(), other.headers(&b));
     let doc = d.wait_document(&n, 20, |doc| doc["signature"]["plugin"] == "fake2");
     assert_eq!(doc["signature"]["reason"], "bad-signature");
 

@@ -59,6 +59,15 @@ struct Cli {
     )]
     heartbeat_interval: Option<u64>,
 
+    #[arg(
+        long,
+        global = true,
+        env = "VOGELER_STATE_DIR",
+        value_name = "DIR",
+        help = "Where the client remembers the signed requests it ran until their ttl passes, so a restart refuses a replay [default: [client] state_dir, else /var/lib/vogeler-client]"
+    )]
+    state_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -90,6 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         signing_key: cli.signing_key.clone(),
         interval: cli.interval,
         heartbeat_interval: cli.heartbeat_interval,
+        state_dir: cli.state_dir.clone(),
         ..Default::default()
     };
     let s = settings::load(Program::Client, &cli.common, extra)?;

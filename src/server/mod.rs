@@ -51,6 +51,10 @@ pub struct ServerOptions {
     pub node_keys: Option<Arc<HashMap<String, PublicKey>>>,
     /// Dead-letter (reason `unverified`) results that do not verify, instead of storing them.
     pub require_verified: bool,
+    /// A result whose `collected_at` is further than this ahead of the server's clock is
+    /// stored as collected at its arrival (and flagged), so a wrong client clock cannot
+    /// freeze a key against every later real result.
+    pub max_clock_skew: Duration,
 }
 
 /// The document key where the server records whether a node's results verify:
@@ -71,6 +75,7 @@ impl ServerOptions {
             history_retention: None,
             node_keys: None,
             require_verified: false,
+            max_clock_skew: Duration::from_secs(300),
         }
     }
 }
@@ -207,13 +212,28 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
     let mut dead = Vec::new();
     let mut discover = Vec::new();
     let mut announce = Vec::new();
+    let arrival = Utc::now();
     for (i, d) in batch.iter().enumerate() {
         match convert(&d.body, opts.max_message_bytes, d.reply_to.as_deref()) {
             Converted::Store {
-                observation,
-                confirm,
+                mut observation,
+                mut confirm,
                 request_id,
             } => {
+                if let Some(claimed) = clamp_future(&mut observation, arrival, opts.max_clock_skew)
+                {
+                    if !matches!(observation.change, Change::Seen) {
+                        tracing::warn!(
+                            node = %observation.node,
+                            collected_at = %claimed,
+                            max_clock_skew_secs = opts.max_clock_skew.as_secs(),
+                            "a result's collected_at is ahead of the server's clock by more than [server] max_clock_skew; stored as collected at its arrival"
+                        );
+                        if let Some(c) = confirm.as_mut() {
+                            c.clamped_from = Some(claimed);
+                        }
+                    }
+                }
                 let record = match &opts.node_keys {
                     Some(keys) if !matches!(observation.change, Change::Seen) => {
                         match signature_record(keys, d, &observation) {
@@ -414,11 +434,20 @@ async fn process(
             Err(e) => dead.push((*i, "store-rejected".into(), e.to_string())),
             Ok(outcome) => {
                 stored += 1;
-                tracing::debug!(node = %obs.node, ?outcome, "stored");
+                // Older than the stored value: nothing changed, and the runner and the
+                // ledger are told so rather than "stored".
+                let stale = outcome == Outcome::Stale;
+                if stale {
+                    tracing::info!(node = %obs.node, collected_at = %obs.at, "result older than the stored value of its key; the stored value is kept (stale)");
+                } else {
+                    tracing::debug!(node = %obs.node, ?outcome, "stored");
+                }
                 if let Some(id) = request_id {
-                    answers.push(ledger_answer(id, obs, now));
+                    answers.push(ledger_answer(id, obs, now, stale));
                 }
                 if let Some(c) = confirm {
+                    let mut c = c.clone();
+                    c.stale = stale;
                     confirms.push(c);
                 }
             }
@@ -431,8 +460,10 @@ async fn process(
             return Ok(false);
         }
     }
-    for c in confirms {
-        replies.push(send_stored(session, c).await?);
+    for c in &confirms {
+        if let Some(p) = send_stored(session, c).await? {
+            replies.push(p);
+        }
     }
     let mut dead_pending = Vec::with_capacity(dead.len());
     for (i, reason, detail) in &dead {
@@ -461,7 +492,9 @@ async fn process(
         p.confirmed().await?;
     }
     for q in discover {
-        replies.push(answer_discovery(session, store, q).await?);
+        if let Some(p) = answer_discovery(session, store, q).await? {
+            replies.push(p);
+        }
     }
     for p in replies {
         // A vanished reply queue is the runner's business, not a reason to redeliver.
@@ -534,11 +567,26 @@ fn signature_record(
     Ok((verdict, record))
 }
 
-/// The ledger line of a stored result that answered request `id`.
+/// Moves an observation claiming a time further than `skew` ahead of `now` back to
+/// `now`; returns the time it claimed when it did.
+fn clamp_future(
+    obs: &mut Observation,
+    now: chrono::DateTime<Utc>,
+    skew: Duration,
+) -> Option<chrono::DateTime<Utc>> {
+    let limit = now.checked_add_signed(chrono::Duration::from_std(skew).ok()?)?;
+    if obs.at <= limit {
+        return None;
+    }
+    Some(std::mem::replace(&mut obs.at, now))
+}
+
+/// The ledger line of a stored (or `stale`) result that answered request `id`.
 fn ledger_answer(
     id: &str,
     obs: &vogeler_store::Observation,
     now: chrono::DateTime<Utc>,
+    stale: bool,
 ) -> vogeler_store::LedgerAnswer {
     let (plugin, error) = match &obs.change {
         vogeler_store::Change::Plugin { name, .. } => (name.clone(), None),
@@ -552,6 +600,7 @@ fn ledger_answer(
         node: obs.node.clone(),
         plugin,
         error,
+        stale,
         at: now,
     }
 }
@@ -624,7 +673,12 @@ async fn answer_discovery(
     session: &Session,
     store: &DynStore,
     q: vogeler_protocol::Discover,
-) -> anyhow::Result<Pending> {
+) -> anyhow::Result<Option<Pending>> {
+    if !crate::client::valid_reply_to(&q.reply_to) {
+        // Publishing to it would fail the session, again on every redelivery.
+        tracing::warn!(id = %q.id, "discovery request with an unusable reply_to; not answered");
+        return Ok(None);
+    }
     let answer = async {
         let mut query = vogeler_store::Query::parse(&q.filters, &q.names)?;
         query.seen_since = q.seen_within_secs.and_then(|s| {
@@ -650,9 +704,11 @@ async fn answer_discovery(
         nodes,
         error,
     }));
-    Ok(session
-        .publish("", &q.reply_to, Outgoing::new(body))
-        .await?)
+    Ok(Some(
+        session
+            .publish("", &q.reply_to, Outgoing::new(body))
+            .await?,
+    ))
 }
 
 /// Applies the batch, retrying while the store is unavailable. A batch the store
@@ -723,20 +779,29 @@ where
     }
 }
 
-async fn send_stored(session: &Session, c: &Confirm) -> anyhow::Result<Pending> {
+/// Publishes the `stored` confirmation; `None` when its reply queue name is unusable
+/// (publishing to it would fail the session, again on every redelivery).
+async fn send_stored(session: &Session, c: &Confirm) -> anyhow::Result<Option<Pending>> {
+    if !crate::client::valid_reply_to(&c.reply_to) {
+        tracing::warn!(node = %c.node, "result with an unusable reply_to; stored, not confirmed");
+        return Ok(None);
+    }
     let msg = Message::Stored(Stored {
         request_id: c.request_id.clone(),
         node: c.node.clone(),
         plugin: c.plugin.clone(),
         ok: c.error.is_none(),
         error: c.error.clone(),
-        stale: false,
+        stale: c.stale,
+        clamped_from: c.clamped_from,
         stored_at: Utc::now(),
     });
     let body = vogeler_protocol::encode(&msg);
-    Ok(session
-        .publish("", &c.reply_to, Outgoing::new(body))
-        .await?)
+    Ok(Some(
+        session
+            .publish("", &c.reply_to, Outgoing::new(body))
+            .await?,
+    ))
 }
 
 #[cfg(test)]
@@ -765,6 +830,25 @@ mod tests {
                 value: serde_json::json!(1).into(),
             },
         }
+    }
+
+    #[test]
+    fn only_times_beyond_the_skew_are_clamped_to_arrival() {
+        let now = Utc::now();
+        let skew = Duration::from_secs(300);
+        let mut obs = result("web01", "facter");
+        obs.at = now + chrono::Duration::seconds(299);
+        assert_eq!(clamp_future(&mut obs, now, skew), None);
+        let far = now + chrono::Duration::days(365);
+        obs.at = far;
+        assert_eq!(clamp_future(&mut obs, now, skew), Some(far));
+        assert_eq!(obs.at, now);
+        obs.at = now - chrono::Duration::days(1);
+        assert_eq!(
+            clamp_future(&mut obs, now, skew),
+            None,
+            "the past is never clamped"
+        );
     }
 
     #[test]

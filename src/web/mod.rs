@@ -163,10 +163,12 @@ fn authorized(headers: &axum::http::HeaderMap, token: &str) -> bool {
     else {
         return false;
     };
-    let given = if let Some(b) = value.strip_prefix("Bearer ") {
-        b.trim().to_string()
-    } else if let Some(b) = value.strip_prefix("Basic ") {
-        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(b.trim()) else {
+    // The scheme is case-insensitive (RFC 9110 §11.1): `bearer`, `BASIC` are fine.
+    let (scheme, rest) = value.trim_start().split_once(' ').unwrap_or((value, ""));
+    let given = if scheme.eq_ignore_ascii_case("bearer") {
+        rest.trim().to_string()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest.trim()) else {
             return false;
         };
         let text = String::from_utf8_lossy(&decoded).to_string();
@@ -177,7 +179,8 @@ fn authorized(headers: &axum::http::HeaderMap, token: &str) -> bool {
     } else {
         return false;
     };
-    constant_time_eq(given.as_bytes(), token.as_bytes())
+    // An empty token is refused at start; never let one match an empty credential.
+    !token.is_empty() && constant_time_eq(given.as_bytes(), token.as_bytes())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -331,5 +334,15 @@ mod tests {
         assert!(authorized(&h, "s3cret"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic !!"));
         assert!(!authorized(&h, "s3cret"));
+        // Schemes are case-insensitive.
+        for v in ["bearer s3cret", "BEARER s3cret", "basic YWRtaW46czNjcmV0"] {
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(v));
+            assert!(authorized(&h, "s3cret"), "{v}");
+        }
+        for v in ["Bearers3cret", "Token s3cret", "Bearer", ""] {
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(v));
+            assert!(!authorized(&h, "s3cret"), "{v}");
+            assert!(!authorized(&h, ""), "{v}");
+        }
     }
 }

@@ -229,6 +229,8 @@ impl Deployment {
             .env_remove("VOGELER_QHOST")
             .env_remove("VOGELER_DBHOST")
             .env_remove("VOGELER_CONFIG")
+            // The client's replay memory stays inside the deployment.
+            .env("VOGELER_STATE_DIR", self.path("state"))
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(out)
@@ -320,6 +322,25 @@ impl Deployment {
         }
     }
 
+    /// `vogeler-admin keygen --out DIR --name NAME` (DIR inside the deployment);
+    /// returns the private key file.
+    pub fn keygen(&self, dir: &str, name: &str) -> PathBuf {
+        let out = self.admin(&[
+            "keygen",
+            "--out",
+            &self.path(dir).display().to_string(),
+            "--name",
+            name,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("key id:"),
+            "{}",
+            text(&out)
+        );
+        self.path(&format!("{dir}/{name}.key"))
+    }
+
     /// A transport broker handle for this deployment's broker.
     pub fn broker(&self) -> vogeler_transport::Broker {
         broker_at(&self.amqp)
@@ -367,6 +388,31 @@ pub fn publish_raw_at(
         for p in pending {
             p.confirmed().await.expect("confirm");
         }
+        session.close().await;
+    })
+}
+
+/// A confirmed publish with headers (what a runner, or an attacker, sends).
+pub fn publish_with_headers(
+    exchange: &str,
+    routing_key: &str,
+    body: Vec<u8>,
+    headers: Vec<(String, String)>,
+) {
+    rt().block_on(async {
+        let session = broker().connect().await.expect("connect to RabbitMQ");
+        session
+            .publish_confirmed(
+                exchange,
+                routing_key,
+                vogeler_transport::Outgoing {
+                    body,
+                    headers,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("publish");
         session.close().await;
     })
 }

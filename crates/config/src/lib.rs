@@ -347,6 +347,8 @@ pub struct Overrides {
     /// `--signing-key` / `VOGELER_SIGNING_KEY`: the private key the runner signs
     /// requests (or the client signs results) with.
     pub signing_key: Option<PathBuf>,
+    /// Client `--state-dir` / `VOGELER_STATE_DIR`: where the client keeps its replay memory.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Everything a program runs with, validated.
@@ -421,6 +423,12 @@ pub struct Settings {
     pub interval: u64,
     /// Seconds between a client's heartbeats (`[client] heartbeat_interval`); 0 sends none.
     pub heartbeat_interval: u64,
+    /// Where the client keeps the signed request ids it has seen, so a restart does not
+    /// run a replay (`[client] state_dir`, default [`default_state_dir`]).
+    pub state_dir: PathBuf,
+    /// How far ahead of the server's clock a result's `collected_at` may be before it is
+    /// clamped to the arrival time (`[server] max_clock_skew`, seconds, default 300).
+    pub max_clock_skew: Duration,
     warnings: Vec<String>,
 }
 
@@ -659,9 +667,30 @@ impl Settings {
             "http_token",
             &mut warnings,
         )?
-        .map(|(t, _)| t)
-        .filter(|t| !t.is_empty())
-        .map(Secret::new);
+        .map(|(t, token_place)| {
+            // An empty token must not quietly turn authentication off.
+            if t.trim().is_empty() {
+                Err(ConfigError::Value {
+                    place: token_place,
+                    message: "the web UI token is empty; give a token, or leave the setting out to run without one".into(),
+                })
+            } else {
+                Ok(Secret::new(t))
+            }
+        })
+        .transpose()?;
+        // `get` reads a blank value as unset; for the token that would turn
+        // authentication off without a word, so a blank key is refused too.
+        if http_token.is_none() && o.http_token.is_none() && o.http_token_file.is_none() {
+            for key in ["http_token", "http_token_file"] {
+                if f.and_then(|f| f.entry("server", key)).is_some() {
+                    return Err(ConfigError::Value {
+                        place: place("server", key),
+                        message: "the web UI token is empty; give a token, or remove the line to run without one".into(),
+                    });
+                }
+            }
+        }
         let plugin_user = get("client", "plugin_user").map(str::to_string);
 
         let log_level = match (
@@ -795,6 +824,12 @@ impl Settings {
             Some(n) => n,
             None => number("client", "heartbeat_interval", 60)?,
         };
+        let max_clock_skew = Duration::from_secs(number("server", "max_clock_skew", 300)?);
+        let state_dir = o
+            .state_dir
+            .clone()
+            .or_else(|| f.and_then(|f| f.path_value("client", "state_dir")))
+            .unwrap_or_else(default_state_dir);
 
         // Signing (docs/PROTOCOL.md "Signing").
         let boolean = |section: &str, key: &str| -> Result<bool, ConfigError> {
@@ -916,6 +951,8 @@ impl Settings {
             require_verified,
             interval,
             heartbeat_interval,
+            state_dir,
+            max_clock_skew,
             warnings,
         })
     }
@@ -975,6 +1012,26 @@ pub fn default_sqlite_path() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("."));
     data.join("vogeler").join("vogeler.db")
+}
+
+/// The client's default state directory: `/var/lib/vogeler-client` for root (or when
+/// `/var/lib` is writable), else `$XDG_STATE_HOME/vogeler-client`
+/// (`~/.local/state/vogeler-client`).
+pub fn default_state_dir() -> PathBuf {
+    let is_root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+        || std::env::var("HOME").map(|h| h == "/root").unwrap_or(false);
+    let writable = Path::new("/var/lib")
+        .metadata()
+        .map(|m| !m.permissions().readonly())
+        .unwrap_or(false);
+    if is_root || writable {
+        return PathBuf::from("/var/lib/vogeler-client");
+    }
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("vogeler-client")
 }
 
 /// This machine's host name: the default node name.
@@ -1193,6 +1250,63 @@ mod tests {
         let s = Settings::resolve(Program::Runner, o, None).expect("resolve");
         assert!(s.warnings().iter().any(|w| w.contains("process list")));
         assert!(!format!("{s:?}").contains("secret"));
+    }
+
+    #[test]
+    fn an_empty_web_token_from_any_source_is_refused() {
+        let conf = Path::new("/etc/vogeler/vogeler.conf");
+        for (text, flag, place) in [
+            (
+                "[server]\nhttp_token =\n",
+                None,
+                "vogeler.conf:2 [server] http_token",
+            ),
+            ("", Some(""), "--http-token / VOGELER_HTTP_TOKEN"),
+            ("", Some("  "), "--http-token / VOGELER_HTTP_TOKEN"),
+        ] {
+            let f = ConfigFile::parse(conf, text).expect("parse");
+            let o = Overrides {
+                http_token: flag.map(str::to_string),
+                ..Default::default()
+            };
+            let e = Settings::resolve(Program::Server, o, Some(f))
+                .expect_err(text)
+                .to_string();
+            assert!(
+                e.contains(place) && e.contains("empty"),
+                "{text:?} {flag:?}: {e}"
+            );
+        }
+        let f = ConfigFile::parse(conf, "[server]\nhttp_token = t\n").expect("parse");
+        let s = Settings::resolve(Program::Server, Overrides::default(), Some(f)).expect("ok");
+        assert_eq!(s.http_token.as_ref().map(Secret::expose), Some("t"));
+    }
+
+    #[test]
+    fn clock_skew_and_state_dir() {
+        let conf = Path::new("/etc/vogeler/vogeler.conf");
+        let s = Settings::resolve(Program::Server, Overrides::default(), None).expect("defaults");
+        assert_eq!(s.max_clock_skew, Duration::from_secs(300));
+        let f = ConfigFile::parse(
+            conf,
+            "[server]\nmax_clock_skew = 60\n[client]\nstate_dir = state\n",
+        )
+        .expect("parse");
+        let s = Settings::resolve(Program::Client, Overrides::default(), Some(f.clone()))
+            .expect("resolve");
+        assert_eq!(s.max_clock_skew, Duration::from_secs(60));
+        assert_eq!(s.state_dir, PathBuf::from("/etc/vogeler/state"));
+        let o = Overrides {
+            state_dir: Some(PathBuf::from("/run/x")),
+            ..Default::default()
+        };
+        let s = Settings::resolve(Program::Client, o, Some(f)).expect("resolve");
+        assert_eq!(s.state_dir, PathBuf::from("/run/x"));
+        let f = ConfigFile::parse(conf, "[server]\nmax_clock_skew = soon\n").expect("parse");
+        let e = Settings::resolve(Program::Server, Overrides::default(), Some(f))
+            .expect_err("bad skew")
+            .to_string();
+        assert!(e.contains("[server] max_clock_skew"), "{e}");
     }
 
     fn write_mode(path: &Path, text: &str, mode: u32) {

@@ -210,7 +210,15 @@ async fn read_capped<R: AsyncRead + Unpin>(
     }
 }
 
-/// SIGKILL the command's whole process group (it leads its own, see `process_group(0)`).
+/// How long the pipes are still read after the command exited (what it wrote just
+/// before exiting is in the pipe buffer; a child that left the process group and keeps
+/// them open is not waited for).
+pub const EXIT_DRAIN: Duration = Duration::from_millis(100);
+
+/// SIGKILL the command's whole process group (it leads its own, see `process_group(0)`):
+/// on timeout, over the output cap, and after the command exited, so nothing it started
+/// in the background outlives it. The group id is the leader's pid, which the kernel does
+/// not reuse while any member of the group lives.
 fn kill_group(pid: Option<u32>) {
     if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
         let _ = nix::sys::signal::killpg(
@@ -275,7 +283,11 @@ pub async fn execute(argv: &[String], limits: &ExecLimits) -> Execution {
     let mut out_buf = Vec::new();
     let mut err_buf = Vec::new();
     let cap = limits.output_cap;
-    let finished = tokio::time::timeout(limits.timeout, async {
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    // Read both pipes while waiting for the command itself. Once it has exited, what it
+    // started is killed with its process group and the pipes get a short drain: a
+    // child that escaped the group (setsid) and still holds them cannot hold the answer.
+    let (reads, status) = {
         let out = async {
             let over = read_capped(&mut stdout, cap, &mut out_buf, false).await;
             if matches!(over, Ok(true)) {
@@ -284,28 +296,56 @@ pub async fn execute(argv: &[String], limits: &ExecLimits) -> Execution {
             over
         };
         let err = read_capped(&mut stderr, STDERR_CAP, &mut err_buf, true);
-        let (out, err) = tokio::join!(out, err);
-        (out, err, child.wait().await)
-    })
-    .await;
-    let status = match finished {
-        Ok((out, err, status)) => {
-            match out {
-                Ok(over) => exec.truncated = over,
-                Err(e) => exec.spawn_error = Some(format!("cannot read stdout: {e}")),
+        let reading = async { tokio::join!(out, err) };
+        tokio::pin!(reading);
+        let mut reads = None;
+        let exited = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                both = &mut reading => {
+                    reads = Some(both);
+                    child.wait().await
+                }
+                status = child.wait() => status,
             }
-            if let Ok(true) = err {
-                err_buf.extend_from_slice("\n[stderr truncated]".as_bytes());
+        })
+        .await;
+        match exited {
+            Ok(status) => {
+                kill_group(pid);
+                if reads.is_none() {
+                    reads = tokio::time::timeout(EXIT_DRAIN, &mut reading).await.ok();
+                }
+                (Some(reads), status)
             }
-            status
-        }
-        Err(_) => {
-            exec.timed_out = true;
-            kill_group(pid);
-            let _ = child.start_kill();
-            child.wait().await
+            Err(_) => {
+                exec.timed_out = true;
+                kill_group(pid);
+                let _ = child.start_kill();
+                (None, child.wait().await)
+            }
         }
     };
+    if let Some(reads) = reads {
+        match reads {
+            Some((out, err)) => {
+                match out {
+                    Ok(over) => exec.truncated = over,
+                    Err(e) => exec.spawn_error = Some(format!("cannot read stdout: {e}")),
+                }
+                if let Ok(true) = err {
+                    err_buf.extend_from_slice("\n[stderr truncated]".as_bytes());
+                }
+            }
+            None => {
+                // Something outside the process group still holds the pipes: keep
+                // what arrived, say so beside the plugin's own stderr.
+                err_buf.extend_from_slice(
+                    "\n[output pipes still held open after the command exited; stopped reading]"
+                        .as_bytes(),
+                );
+            }
+        }
+    }
     exec.duration = start.elapsed();
     match status {
         Ok(status) => {
@@ -643,6 +683,75 @@ mod tests {
         let exec = execute(&argv(&["sh", "-c", "sleep 30 & exec sleep 30"]), &limits).await;
         assert!(exec.timed_out);
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// Whether `pid` is gone (or a zombie nobody reaped yet: it runs nothing).
+    fn gone(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_background_child_dies_with_the_plugin() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!(
+            "sleep 300 >/dev/null 2>&1 & echo $! > {}; echo ok",
+            pidfile.display()
+        );
+        let exec = execute(&argv(&["sh", "-c", &script]), &ExecLimits::default()).await;
+        assert!(exec.success(), "{exec:?}");
+        assert_eq!(exec.stdout_text().unwrap(), "ok\n");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SIGKILL is delivered at once; allow the kernel a generous moment to reap.
+        let mut polls = 0;
+        while !gone(pid) && polls < 50 {
+            std::thread::sleep(Duration::from_millis(100));
+            polls += 1;
+        }
+        assert!(
+            gone(pid),
+            "the background `sleep 300` (pid {pid}) outlived its plugin"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_child_holding_stdout_does_not_hold_the_answer() {
+        // The child inherits stdout and would keep it open for 300 s; the answer comes
+        // once the plugin itself exited, far inside its 10 s timeout.
+        let limits = ExecLimits {
+            timeout: Duration::from_secs(10),
+            ..ExecLimits::default()
+        };
+        let started = std::time::Instant::now();
+        let exec = execute(&argv(&["sh", "-c", "sleep 300 & echo ok"]), &limits).await;
+        let took = started.elapsed();
+        assert!(!exec.timed_out, "{exec:?}");
+        assert!(exec.success(), "{exec:?}");
+        assert_eq!(exec.stdout_text().unwrap(), "ok\n");
+        assert!(took < limits.timeout / 2, "answered after {took:?}");
+    }
+
+    #[tokio::test]
+    async fn output_written_just_before_exit_is_kept() {
+        let outcome = run_plugin(
+            &plugin(&["cat", &fixture("ohai.json")], Format::Json),
+            &ExecLimits::default(),
+        )
+        .await;
+        assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+        assert_eq!(
+            outcome.raw.len(),
+            std::fs::metadata(fixture("ohai.json")).unwrap().len() as usize
+        );
     }
 
     #[tokio::test]

@@ -138,6 +138,11 @@ pub struct Stored {
     /// key, so it was not applied: the runner reports it as stale, not as stored.
     #[serde(default, skip_serializing_if = "is_false")]
     pub stale: bool,
+    /// The result's `collected_at` when it was further ahead of the server's clock than
+    /// `[server] max_clock_skew`: it was stored as collected at its arrival instead, so
+    /// a clock running ahead cannot freeze the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clamped_from: Option<DateTime<Utc>>,
     /// When the store committed it.
     pub stored_at: DateTime<Utc>,
 }

@@ -64,6 +64,7 @@ fn every_kind_round_trips() {
             ok: true,
             error: None,
             stale: false,
+            clamped_from: None,
             stored_at: t(),
         }),
         Message::Ping(Ping {

@@ -376,8 +376,12 @@ pub enum Rejection {
     #[error("expired: {0}")]
     Expired(String),
     /// Seen before within its ttl.
-    #[error("replayed: {0}")]
+    #[error("replayed request: {0}")]
     Replayed(String),
+    /// This node is not among the request's targets (a copy republished to another
+    /// node's queue).
+    #[error("not a target: {0}")]
+    NotTarget(String),
 }
 
 impl Rejection {
@@ -389,6 +393,7 @@ impl Rejection {
             Rejection::BadSignature(_) => "bad-signature",
             Rejection::Expired(_) => "expired",
             Rejection::Replayed(_) => "replayed",
+            Rejection::NotTarget(_) => "not-target",
         }
     }
 }
@@ -486,22 +491,137 @@ pub fn load_dir(dir: &Path) -> Result<Vec<(String, PublicKey)>, SigningError> {
 /// again within its ttl is refused. Memory is bounded: expired entries are pruned on
 /// every check, and when `capacity` live entries are held new ones are refused
 /// (failing closed) rather than forgetting one that could then be replayed.
+///
+/// [`ReplayGuard::open`] keeps the ids on disk as well, so a client restarted within a
+/// request's ttl still refuses its replay: each accepted id is appended to the file and
+/// fsynced before the request runs; the file is rewritten (atomically: a temporary
+/// file, fsync, rename, fsync of the directory) without the expired entries when it is
+/// opened and whenever it has grown to twice the live entries. A line torn by a crash
+/// is skipped on load. A guard that cannot write its file refuses requests.
 #[derive(Debug)]
 pub struct ReplayGuard {
     seen: HashMap<(String, String), DateTime<Utc>>,
     capacity: usize,
+    file: Option<ReplayFile>,
+}
+
+/// The on-disk half of a [`ReplayGuard`]: the file and the append handle.
+#[derive(Debug)]
+struct ReplayFile {
+    path: PathBuf,
+    log: std::fs::File,
+    /// Lines appended since the file was last rewritten.
+    appended: usize,
+}
+
+/// Fewest appended lines before the file is rewritten without expired entries.
+const COMPACT_AFTER: usize = 1024;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<String> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// One line of the replay file: `<expiry, unix seconds> <hex key id> <hex request id>`
+/// (hex, so no id can break the line format).
+fn replay_line(key_id: &str, request_id: &str, until: DateTime<Utc>) -> String {
+    format!(
+        "{} {} {}\n",
+        until.timestamp(),
+        hex(key_id.as_bytes()),
+        hex(request_id.as_bytes())
+    )
+}
+
+fn parse_replay_line(line: &str) -> Option<((String, String), DateTime<Utc>)> {
+    let mut words = line.split(' ');
+    let until = DateTime::from_timestamp(words.next()?.parse().ok()?, 0)?;
+    let key = unhex(words.next()?)?;
+    let id = unhex(words.next()?)?;
+    if words.next().is_some() {
+        return None;
+    }
+    Some(((key, id), until))
 }
 
 impl ReplayGuard {
-    /// A guard holding at most `capacity` live ids.
+    /// A guard holding at most `capacity` live ids, in memory only.
     pub fn new(capacity: usize) -> ReplayGuard {
         ReplayGuard {
             seen: HashMap::new(),
             capacity: capacity.max(1),
+            file: None,
         }
     }
 
-    /// Records `(key_id, request_id)` valid until `expires`; refuses it when already seen.
+    /// A guard kept in `path` (created with its directory when missing, mode 0600):
+    /// loads the ids still live at `now` and rewrites the file with only those.
+    pub fn open(
+        path: &Path,
+        capacity: usize,
+        now: DateTime<Utc>,
+    ) -> Result<ReplayGuard, SigningError> {
+        let write_err = |source| SigningError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| SigningError::Write {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
+        let mut seen = HashMap::new();
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                for line in String::from_utf8_lossy(&bytes).lines() {
+                    if let Some((k, until)) = parse_replay_line(line) {
+                        if until >= now {
+                            seen.insert(k, until);
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(SigningError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        let log = rewrite(path, &seen).map_err(write_err)?;
+        Ok(ReplayGuard {
+            seen,
+            capacity: capacity.max(1),
+            file: Some(ReplayFile {
+                path: path.to_path_buf(),
+                log,
+                appended: 0,
+            }),
+        })
+    }
+
+    /// Records `(key_id, request_id)` valid until `expires`; refuses it when already
+    /// seen, when the memory is full, or when the file cannot be written.
     pub fn check(
         &mut self,
         key_id: &str,
@@ -522,7 +642,32 @@ impl ReplayGuard {
                 self.capacity
             )));
         }
+        if let Some(f) = &mut self.file {
+            let line = replay_line(key_id, request_id, expires);
+            let written = f
+                .log
+                .write_all(line.as_bytes())
+                .and_then(|()| f.log.sync_data());
+            if let Err(e) = written {
+                return Err(Rejection::Replayed(format!(
+                    "the replay memory {} cannot be written ({e}); request {request_id} refused rather than risk running it twice",
+                    f.path.display()
+                )));
+            }
+            f.appended += 1;
+        }
         self.seen.insert(k, expires);
+        let live = self.seen.len();
+        if let Some(f) = &mut self.file {
+            if f.appended >= COMPACT_AFTER.max(2 * live) {
+                // The append above is already durable; a failed rewrite keeps the
+                // longer file, which is still correct.
+                if let Ok(log) = rewrite(&f.path, &self.seen) {
+                    f.log = log;
+                    f.appended = 0;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -535,6 +680,42 @@ impl ReplayGuard {
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
     }
+
+    /// The file it is kept in, when it is kept on disk.
+    pub fn path(&self) -> Option<&Path> {
+        self.file.as_ref().map(|f| f.path.as_path())
+    }
+}
+
+/// Writes `seen` to `path` atomically (temporary file, fsync, rename, fsync of the
+/// directory) and returns the file opened for appending.
+fn rewrite(
+    path: &Path,
+    seen: &HashMap<(String, String), DateTime<Utc>>,
+) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp_name = path.as_os_str().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let mut text = String::new();
+        for ((key, id), until) in seen {
+            text.push_str(&replay_line(key, id, *until));
+        }
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    std::fs::OpenOptions::new().append(true).open(path)
 }
 
 #[cfg(test)]
@@ -673,5 +854,50 @@ mod tests {
         // After expiry the entries are pruned and room is made.
         g.check("k", "r3", later(30), later(11)).expect("pruned");
         assert_eq!(g.len(), 1);
+    }
+
+    #[test]
+    fn replay_guard_on_disk_survives_a_restart_and_forgets_expired_ids() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state/replay");
+        let t0 = DateTime::from_timestamp(1_790_000_000, 0).unwrap_or_default();
+        let later = |s| t0 + chrono::Duration::seconds(s);
+        {
+            let mut g = ReplayGuard::open(&path, 10, t0).expect("open");
+            g.check("k", "r1", later(10), t0).expect("first");
+            // An id that would break a line format is stored safely.
+            g.check("k", "r 2\nx", later(100), t0).expect("odd id");
+        }
+        // A crash tore the last line: it is skipped.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(b"17900"))
+            .expect("torn line");
+        let mut g = ReplayGuard::open(&path, 10, later(5)).expect("reopen");
+        assert_eq!(g.len(), 2);
+        let e = g.check("k", "r1", later(10), later(5)).expect_err("replay");
+        assert_eq!(e.reason(), "replayed");
+        assert!(g.check("k", "r 2\nx", later(100), later(5)).is_err());
+        drop(g);
+        // Past r1's ttl it is forgotten (and pruned from the file), r2 is not.
+        let mut g = ReplayGuard::open(&path, 10, later(11)).expect("reopen");
+        assert_eq!(g.len(), 1);
+        g.check("k", "r1", later(40), later(11))
+            .expect("expired id is new again");
+        let text = std::fs::read_to_string(&path).expect("file");
+        assert_eq!(text.lines().count(), 2, "{text}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_replay_file_that_cannot_be_opened_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, "x").expect("file");
+        let e = ReplayGuard::open(&blocker.join("replay"), 10, Utc::now()).expect_err("not a dir");
+        assert!(e.to_string().contains("file"), "{e}");
     }
 }

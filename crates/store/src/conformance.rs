@@ -904,6 +904,7 @@ pub async fn ledger_records_requests_and_answers_in_any_order(store: DynStore) {
         node: node.into(),
         plugin: "facter".into(),
         error: error.map(str::to_string),
+        stale: false,
         at: t(5),
     };
     // Answers first (a result overtook the announcement), then the request.
@@ -961,6 +962,19 @@ pub async fn ledger_records_requests_and_answers_in_any_order(store: DynStore) {
         .expect("recorded");
     assert_eq!(l.state, RequestState::Expired);
     assert_eq!(l.count(NodeOutcome::Missing), 1);
+    // A stale answer reads back as stale.
+    let mut stale = answer("r2", "c", None);
+    stale.stale = true;
+    store
+        .record_ledger(&[], &[stale])
+        .await
+        .expect("stale answer");
+    let l = store
+        .ledger("r2", t(101))
+        .await
+        .expect("ledger")
+        .expect("r2");
+    assert_eq!(l.count(NodeOutcome::Stale), 1);
     let all = store.ledgers(10, t(61)).await.expect("ledgers");
     let ids: Vec<&str> = all.iter().map(|l| l.request.id.as_str()).collect();
     assert_eq!(ids, ["r2", "r1"], "newest first");

@@ -877,6 +877,7 @@ impl Store for CouchStore {
                 "_id": format!("ledger:answer:{}:{}", a.request_id, a.node),
                 "doc_type": "LedgerAnswer", "request_id": a.request_id, "node": a.node,
                 "plugin": a.plugin, "error": a.error, "at": rfc3339(a.at),
+                "stale": a.stale,
             }));
         }
         if docs.is_empty() {
@@ -941,6 +942,7 @@ impl Store for CouchStore {
                     node: text("node").unwrap_or_default(),
                     plugin: text("plugin").unwrap_or_default(),
                     error: text("error"),
+                    stale: doc.get("stale").and_then(Value::as_bool).unwrap_or(false),
                     at: time_of(doc.get("at")).ok_or_else(|| {
                         backend(format!("ledger answer {prefix}… has no valid \"at\" time"))
                     })?,

@@ -50,6 +50,10 @@ pub struct LedgerAnswer {
     pub plugin: String,
     /// The error of an error result; `None` when the result was stored without error.
     pub error: Option<String>,
+    /// The result was older (`collected_at`) than the value already stored for its key,
+    /// so it changed nothing: the answer is reported as stale, not as stored.
+    #[serde(default)]
+    pub stale: bool,
     /// When the server committed it.
     pub at: DateTime<Utc>,
 }
@@ -60,6 +64,8 @@ pub struct LedgerAnswer {
 pub enum NodeOutcome {
     /// Its result was stored.
     Stored,
+    /// It answered, but with a result older than the value already stored, which was kept.
+    Stale,
     /// It answered with an error result.
     Error,
     /// Expected, no answer yet, ttl not over.
@@ -75,6 +81,7 @@ impl NodeOutcome {
     pub fn as_str(&self) -> &'static str {
         match self {
             NodeOutcome::Stored => "stored",
+            NodeOutcome::Stale => "stale",
             NodeOutcome::Error => "error",
             NodeOutcome::Pending => "pending",
             NodeOutcome::Missing => "missing",
@@ -151,6 +158,8 @@ impl Ledger {
                     node: n.to_string(),
                     outcome: if a.error.is_some() {
                         NodeOutcome::Error
+                    } else if a.stale {
+                        NodeOutcome::Stale
                     } else {
                         NodeOutcome::Stored
                     },
@@ -217,6 +226,7 @@ mod tests {
             node: node.into(),
             plugin: "p".into(),
             error: error.map(str::to_string),
+            stale: false,
             at: t(at),
         }
     }
@@ -276,5 +286,17 @@ mod tests {
         let l = Ledger::build(request(0), &all[..1], t(1_000_000));
         assert_eq!(l.state, RequestState::Pending);
         assert_eq!(l.count(NodeOutcome::Pending), 2);
+    }
+
+    #[test]
+    fn a_stale_answer_is_an_answer_but_not_stored() {
+        let mut old = answer("b", 1, None);
+        old.stale = true;
+        let all = [answer("a", 1, None), old, answer("c", 1, None)];
+        let l = Ledger::build(request(10), &all, t(2));
+        assert_eq!(l.state, RequestState::Complete);
+        assert_eq!(l.count(NodeOutcome::Stored), 2);
+        assert_eq!(l.count(NodeOutcome::Stale), 1);
+        assert_eq!(l.nodes[1].outcome.as_str(), "stale");
     }
 }

@@ -6,7 +6,7 @@
 //! per node and plugin key with its JSONB value and `collected_at`, so a query of
 //! one key (facter) never reads another's (ohai) and a write rewrites only its key;
 //! `history` holds one row per change; `requests` and `request_answers` are the
-//! request ledger (schema version 3).
+//! request ledger (schema version 4: answers record whether they were stale).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -26,7 +26,7 @@ use crate::{
 const BACKEND: &str = "postgres";
 
 /// Schema version this code writes; older schemas are migrated forward at start.
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 const MIGRATIONS: &[&str] = &[
     "
@@ -86,6 +86,9 @@ CREATE TABLE request_answers (
     at TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (request_id, node)
 );
+",
+    "
+ALTER TABLE request_answers ADD COLUMN stale BOOLEAN NOT NULL DEFAULT false;
 ",
 ];
 
@@ -744,11 +747,12 @@ impl Store for PostgresStore {
             let plugins: Vec<&str> = answers.iter().map(|a| a.plugin.as_str()).collect();
             let errors: Vec<Option<&str>> = answers.iter().map(|a| a.error.as_deref()).collect();
             let ats: Vec<DateTime<Utc>> = answers.iter().map(|a| a.at).collect();
+            let stale: Vec<bool> = answers.iter().map(|a| a.stale).collect();
             tx.execute(
-                "INSERT INTO request_answers (request_id, node, plugin, error, at)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+                "INSERT INTO request_answers (request_id, node, plugin, error, at, stale)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bool[])
                  ON CONFLICT (request_id, node) DO NOTHING",
-                &[&ids, &nodes, &plugins, &errors, &ats],
+                &[&ids, &nodes, &plugins, &errors, &ats, &stale],
             )
             .await
             .map_err(pg_err)?;
@@ -780,7 +784,7 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT request_id, node, plugin, error, at FROM request_answers
+                "SELECT request_id, node, plugin, error, at, stale FROM request_answers
                  WHERE request_id = ANY($1)",
                 &[&ids],
             )
@@ -794,6 +798,7 @@ impl Store for PostgresStore {
                 plugin: r.get(2),
                 error: r.get(3),
                 at: r.get(4),
+                stale: r.get(5),
             })
             .collect())
     }

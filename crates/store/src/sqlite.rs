@@ -153,9 +153,33 @@ CREATE TABLE IF NOT EXISTS request_answers (
     plugin TEXT NOT NULL,
     error TEXT,
     at TEXT NOT NULL,
+    stale INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (request_id, node)
 );
 ";
+
+/// Columns added after a table was first released: added to older files at open.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[(
+    "request_answers",
+    "stale",
+    "ALTER TABLE request_answers ADD COLUMN stale INTEGER NOT NULL DEFAULT 0",
+)];
+
+/// Adds the [`ADDED_COLUMNS`] a database file made by an earlier version lacks.
+fn add_columns(conn: &Connection) -> Result<(), StoreError> {
+    for (table, column, sql) in ADDED_COLUMNS {
+        let present: bool = conn
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+            ))
+            .and_then(|mut s| s.exists(params![column]))
+            .map_err(sql_err)?;
+        if !present {
+            conn.execute_batch(sql).map_err(sql_err)?;
+        }
+    }
+    Ok(())
+}
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and its schema.
@@ -170,6 +194,7 @@ impl SqliteStore {
         }
         let mut conn = connect(path)?;
         conn.execute_batch(SCHEMA).map_err(sql_err)?;
+        add_columns(&conn)?;
         // Checkpoints run on their own thread (`start_checkpointer`), not in commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(sql_err)?;
@@ -657,10 +682,12 @@ fn write_ledger(
     }
     for a in answers {
         tx.prepare_cached(
-            "INSERT INTO request_answers (request_id, node, plugin, error, at) VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO request_answers (request_id, node, plugin, error, at, stale) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (request_id, node) DO NOTHING",
         )
-        .and_then(|mut s| s.execute(params![a.request_id, a.node, a.plugin, a.error, rfc3339(a.at)]))
+        .and_then(|mut s| {
+            s.execute(params![a.request_id, a.node, a.plugin, a.error, rfc3339(a.at), a.stale])
+        })
         .map_err(sql_err)?;
     }
     tx.commit().map_err(sql_err)
@@ -709,7 +736,7 @@ fn read_requests(
 fn read_answers(conn: &Connection, ids: &[String]) -> Result<Vec<LedgerAnswer>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT request_id, node, plugin, error, at FROM request_answers WHERE request_id = ?1",
+            "SELECT request_id, node, plugin, error, at, stale FROM request_answers WHERE request_id = ?1",
         )
         .map_err(sql_err)?;
     let mut out = Vec::new();
@@ -722,16 +749,18 @@ fn read_answers(conn: &Connection, ids: &[String]) -> Result<Vec<LedgerAnswer>, 
                     r.get::<_, String>(2)?,
                     r.get::<_, Option<String>>(3)?,
                     r.get::<_, String>(4)?,
+                    r.get::<_, bool>(5)?,
                 ))
             })
             .map_err(sql_err)?;
         for row in rows {
-            let (request_id, node, plugin, error, at) = row.map_err(sql_err)?;
+            let (request_id, node, plugin, error, at, stale) = row.map_err(sql_err)?;
             out.push(LedgerAnswer {
                 request_id,
                 node,
                 plugin,
                 error,
+                stale,
                 at: parse_time(&at)?,
             });
         }
