@@ -227,6 +227,7 @@ pub fn server_options(s: &Settings) -> anyhow::Result<ServerOptions> {
         (s.history_days > 0).then(|| std::time::Duration::from_secs(s.history_days * 86_400));
     o.node_keys = node_keys(s)?;
     o.require_verified = s.require_verified;
+    o.query_timeout = s.query_timeout;
     if matches!(s.dbhost, StoreDsn::Sqlite { .. }) {
         tracing::info!("SQLite store: run one vogeler-server against it; use PostgreSQL or CouchDB for several servers side by side");
     }

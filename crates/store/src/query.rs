@@ -671,6 +671,7 @@ mod tests {
             .into_iter()
             .collect(),
             keys_collected: BTreeMap::new(),
+            unreadable: Vec::new(),
         };
         let h = vec![
             entry("facter", None, Some(json!({"k": 1})), 10),
