@@ -410,10 +410,7 @@ fn apply_one(
             if time_of(old.as_ref().and_then(|o| o.get("at"))).is_some_and(|t| obs.at < t) {
                 return Outcome::Stale;
             }
-            let mut e = json!({"plugin": plugin, "message": message, "at": at});
-            if let Some(raw) = raw {
-                e["raw"] = Value::String(raw.clone());
-            }
+            let e = crate::last_error_value(plugin, message, raw, obs.at);
             if old.as_ref() == Some(&e) {
                 false
             } else {
