@@ -256,13 +256,15 @@ pub async fn decoded_results_read_back_the_same(store: DynStore) {
         let values = store
             .values(&path)
             .await
-            .unwrap_or_else(|e| panic!("values {key}: {e}"));
+            .unwrap_or_else(|e| panic!("values {key}: {e}"))
+            .rows;
         assert_eq!(values.len(), 1, "{key}: {values:?}");
     }
     let k1 = store
         .values(&KeyPath::parse("k1").expect("path"))
         .await
-        .expect("values");
+        .expect("values")
+        .rows;
     assert!(
         first_difference(&k1[0].1, &want[1].1, "k1").is_none(),
         "{k1:?}"
