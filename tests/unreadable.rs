@@ -1,7 +1,8 @@
 //! Rows a store holds but cannot read back (written by earlier versions or by hand,
 //! issue 17): every view skips and counts them instead of failing, `vogeler-admin
 //! check` finds them and `--quarantine` moves them aside; a query over the time limit
-//! is a 503, not a stall, and ingest goes on. Each test runs on SQLite and PostgreSQL.
+//! is a 503, not a stall; discovery runs beside ingest; a panic decoding a message
+//! dead-letters it and the server goes on. Each test runs on SQLite and PostgreSQL.
 
 mod common;
 
@@ -336,4 +337,146 @@ fn time_limit_on_postgres() {
     let b = Backend::postgres();
     let d = b.deployment();
     queries_over_the_time_limit_are_503(b, d);
+}
+
+/// 2,000 stored nodes; discovery questions over all of them (more at once than the
+/// server answers together, and one with a regular expression too big to compile)
+/// while results keep arriving: each question is answered, and a result published
+/// meanwhile is stored within seconds.
+fn discovery_runs_beside_ingest(b: Backend, d: Deployment) {
+    let store = rt().block_on(vogeler_store::testing::open(&b.dsn));
+    let batch: Vec<vogeler_store::Observation> = (0..2000)
+        .map(|i| vogeler_store::Observation {
+            node: d.node(&format!("n{i:04}")),
+            at: chrono::Utc::now(),
+            change: vogeler_store::Change::Plugin {
+                name: "facter".into(),
+                value: serde_json::json!({"hostname": format!("host{i:04}-{}", "a".repeat(40))})
+                    .into(),
+            },
+        })
+        .collect();
+    rt().block_on(store.apply(batch.into()))
+        .expect("seed 2000 nodes");
+    drop(store);
+    let server = d.server(&[]);
+    let runners: Vec<_> = (0..8)
+        .map(|i| {
+            let filter = if i == 0 {
+                r"facter.hostname~\w{200}c".to_string()
+            } else {
+                format!(r"facter.hostname~^host{i}\w{{3}}-(a|b)+c$")
+            };
+            let conf = d.conf.clone();
+            std::thread::spawn(move || {
+                std::process::Command::new(common::bin("runner"))
+                    .arg("-c")
+                    .arg(&conf)
+                    .args(["-x", "hello", "-W", &filter, "--json"])
+                    .args(["--discovery-timeout", "30s"])
+                    .env_remove("VOGELER_QHOST")
+                    .env_remove("VOGELER_DBHOST")
+                    .env_remove("VOGELER_CONFIG")
+                    .output()
+                    .expect("runner")
+            })
+        })
+        .collect();
+    let node = d.node("later");
+    publish_raw(
+        &d.topology().master_exchange,
+        "",
+        &[result(
+            &node,
+            "facter",
+            r#"{"n":1}"#,
+            "2026-01-01T00:00:00Z",
+        )],
+    );
+    d.wait_document(&node, 20, |doc| doc["facter"]["n"] == 1);
+    let mut refused = 0;
+    let mut busy = 0;
+    for (i, r) in runners.into_iter().enumerate() {
+        let out = r.join().expect("runner thread");
+        let text = common::text(&out);
+        if text.contains("busy") {
+            busy += 1;
+        } else if i == 0 {
+            assert!(text.contains("bad regular expression"), "{text}");
+            refused += 1;
+        } else {
+            assert_eq!(out.status.code(), Some(0), "{text}\n{}", server.log_text());
+            assert!(
+                text.contains("\"discovered\": []") || text.contains("\"discovered\":[]"),
+                "{text}"
+            );
+        }
+    }
+    assert!(
+        refused + busy >= 1,
+        "the too-big regex was neither refused nor busy"
+    );
+    drop(server);
+    b.drop_database();
+}
+
+#[test]
+fn discovery_beside_ingest_on_sqlite() {
+    let d = Deployment::new(&[]);
+    let b = Backend::sqlite(&d);
+    discovery_runs_beside_ingest(b, d);
+}
+
+#[test]
+fn discovery_beside_ingest_on_postgres() {
+    let b = Backend::postgres();
+    let d = b.deployment();
+    discovery_runs_beside_ingest(b, d);
+}
+
+/// A message whose decoding panics (the test-only hook `VOGELER_TEST_PANIC_ON`) is
+/// dead-lettered with reason `panic`; the server keeps its session and stores the
+/// next result.
+fn a_panic_is_dead_lettered(b: Backend, d: Deployment) {
+    let server = d.server_env(&[], &[("VOGELER_TEST_PANIC_ON", "panic-me")]);
+    let t = d.topology();
+    let (bad, good) = (d.node("panic-me"), d.node("good"));
+    publish_raw(
+        &t.master_exchange,
+        "",
+        &[
+            result(&bad, "facter", "1", "2026-01-01T00:00:00Z"),
+            result(&good, "facter", "2", "2026-01-01T00:00:00Z"),
+        ],
+    );
+    d.wait_document(&good, 20, |doc| doc["facter"] == 2);
+    let mut dead = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while dead.is_empty() && std::time::Instant::now() < deadline {
+        dead.extend(common::drain_queue(
+            &t.dead_queue,
+            std::time::Duration::from_millis(500),
+        ));
+    }
+    assert_eq!(dead.len(), 1, "{}", server.log_text());
+    assert_eq!(dead[0].header("x-vogeler-reason"), Some("panic"));
+    assert!(d.document(&bad).is_none());
+    let log = server.log_text();
+    assert!(!log.contains("broker session lost"), "{log}");
+    drop(server);
+    b.drop_database();
+}
+
+#[test]
+fn panic_on_sqlite() {
+    let d = Deployment::new(&[]);
+    let b = Backend::sqlite(&d);
+    a_panic_is_dead_lettered(b, d);
+}
+
+#[test]
+fn panic_on_postgres() {
+    let b = Backend::postgres();
+    let d = b.deployment();
+    a_panic_is_dead_lettered(b, d);
 }
