@@ -363,7 +363,7 @@ pub async fn fleet_stats(state: &WebState, now: DateTime<Utc>) -> Result<Value, 
         groups
             .rows
             .iter()
-            .map(|(v, n)| json!({"value": crate::report::cell_text(&v), "count": n.len()}))
+            .map(|(v, n)| json!({"value": crate::report::cell_text(v), "count": n.len()}))
             .collect()
     };
     let all = Query::default();
