@@ -56,7 +56,8 @@ macro_rules! conformance_tests {
             record_at_a_past_time, timeline_of_a_package, changes_across_the_fleet,
             retention_prunes_old_history, import_replaces_a_node, text_data_is_the_same_value,
             ledger_records_requests_and_answers_in_any_order, a_node_many_times_in_one_batch,
-            decoded_results_read_back_the_same, last_error_is_bounded);
+            decoded_results_read_back_the_same, last_error_is_bounded,
+            reserved_paths_answer_as_the_document);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -67,6 +68,42 @@ macro_rules! conformance_tests {
             }
         )*
     };
+}
+
+/// Filters on document fields (`created_at`, `updated_at`, `system_name`) answer as
+/// the whole document would, from the node list (never reading whole records).
+pub async fn reserved_paths_answer_as_the_document(store: DynStore) {
+    apply(
+        &store,
+        vec![plugin("a", 0, "k", json!(1)), plugin("b", 0, "k", json!(2))],
+    )
+    .await;
+    for field in [
+        "created_at",
+        "updated_at",
+        "last_seen",
+        "system_name",
+        "doc_type",
+    ] {
+        let path = KeyPath::parse(field).expect("path");
+        let values = store.values(&path).await.expect("values").rows;
+        assert_eq!(values.len(), 2, "{field}: {values:?}");
+        for (node, v) in &values {
+            let doc = store
+                .node(node)
+                .await
+                .expect("node")
+                .expect("stored")
+                .document();
+            assert_eq!(Some(v), doc.get(field), "{field} of {node}");
+        }
+    }
+    let q = Query::parse(&["system_name=b".into(), "created_at?".into()], &[]).expect("query");
+    let found = store.select(&q).await.expect("select").rows;
+    assert_eq!(
+        found.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
 }
 
 /// A node's document appears with its first observation.
