@@ -188,6 +188,7 @@ async fn main() {
             stats: Arc::new(vogeler::server::Stats::default()),
             queues: None,
             token: None,
+            query_timeout: std::time::Duration::from_secs(10),
         };
         let web = tokio::spawn(vogeler::web::serve(listener, state, shutdown));
         let client = reqwest::Client::new();

@@ -23,7 +23,7 @@ pub async fn show_node(
     let record = match at {
         None => current,
         Some(t) => {
-            let history = store.history(name, None).await?;
+            let history = store.history(name, None).await?.rows;
             query::rewind(current, &history, t).ok_or_else(|| {
                 anyhow::anyhow!("node {name:?} did not exist yet at {}", rfc3339(t))
             })?
@@ -42,6 +42,36 @@ pub async fn show_node(
         })?,
     };
     Ok(format!("{}\n", serde_json::to_string_pretty(value)?))
+}
+
+/// `vogeler-admin check [--quarantine]`: every stored row that does not read back, one
+/// line each (node, key, why); with `quarantine` they are moved aside. The exit code
+/// is 1 while unreadable rows remain in place, so scripts and monitoring can tell.
+pub async fn check(store: &DynStore, quarantine: bool) -> anyhow::Result<(String, i32)> {
+    let found = store.check().await?;
+    let mut out = String::new();
+    for u in &found {
+        let _ = writeln!(out, "unreadable: {u}");
+    }
+    if found.is_empty() {
+        let _ = writeln!(out, "every stored row reads back");
+        return Ok((out, 0));
+    }
+    if !quarantine {
+        let _ = writeln!(
+            out,
+            "{} unreadable row(s); `vogeler-admin check --quarantine` moves them aside",
+            found.len()
+        );
+        return Ok((out, 1));
+    }
+    let moved = store.quarantine(&found).await?;
+    let left = store.check().await?.len();
+    let _ = writeln!(
+        out,
+        "{moved} row(s) moved to quarantine; {left} unreadable row(s) left"
+    );
+    Ok((out, i32::from(left > 0)))
 }
 
 /// Name of the RabbitMQ policy that bounds node queues.

@@ -21,6 +21,9 @@ pub struct Summary {
     pub skipped: usize,
     /// History entries in the source (all copied or already there).
     pub history: usize,
+    /// Stored rows of the source that did not read back, left behind (run
+    /// `vogeler-admin check` on the source to see them).
+    pub unreadable: usize,
 }
 
 /// Copies `from` into `to`; `progress` draws a bar on stderr.
@@ -65,6 +68,8 @@ pub async fn migrate(from: &DynStore, to: &DynStore, progress: bool) -> anyhow::
             .history(name, None)
             .await
             .with_context(|| format!("reading the history of {name}"))?;
+        summary.unreadable += record.unreadable.len() + history.skipped.len();
+        let history = history.rows;
         summary.history += history.len();
         read.push((name, history.len()));
         let there = to
@@ -79,7 +84,7 @@ pub async fn migrate(from: &DynStore, to: &DynStore, progress: bool) -> anyhow::
                         .all(|(k, v)| record.keys.get(k).is_some_and(|w| query::same_value(v, w)))
                     && t.updated_at == record.updated_at
                     && t.last_error == record.last_error
-                    && to.history(name, None).await?.len() == history.len()
+                    && to.history(name, None).await?.rows.len() == history.len()
             }
             None => false,
         };
@@ -116,7 +121,7 @@ async fn verify(to: &DynStore, read: &[(&String, usize)]) -> anyhow::Result<()> 
         );
     }
     for (name, a) in read {
-        let b = to.history(name, None).await?.len();
+        let b = to.history(name, None).await?.rows.len();
         if b < *a {
             anyhow::bail!("verification failed: {name} has {a} history entries in the source, {b} in the destination");
         }

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
-use vogeler_store::{query, rfc3339, DynStore, KeyPath, Query};
+use vogeler_store::{query, rfc3339, skipped_notice, DynStore, KeyPath, Query, Rows, Unreadable};
 
 /// How a report is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -33,6 +33,8 @@ pub struct Table {
     pub rows: Vec<Vec<Value>>,
     /// A closing line for the table form ("3 node(s)").
     pub footer: String,
+    /// Stored rows that did not read back and were left out (see [`Table::notice`]).
+    pub skipped: usize,
 }
 
 impl Table {
@@ -41,7 +43,15 @@ impl Table {
             columns: columns.to_vec(),
             rows: Vec::new(),
             footer: String::new(),
+            skipped: 0,
         }
+    }
+
+    /// "1 unreadable row skipped (run vogeler-admin check)" when rows were left out:
+    /// the table form prints it under the footer, the programs print it to stderr for
+    /// JSON and CSV (whose shape scripts rely on).
+    pub fn notice(&self) -> Option<String> {
+        skipped_notice(self.skipped)
     }
 
     /// Prints the table in `format`; `width` bounds the table form (None: no bound).
@@ -109,6 +119,9 @@ impl Table {
         }
         if !self.footer.is_empty() {
             let _ = writeln!(out, "{}", self.footer);
+        }
+        if let Some(notice) = self.notice() {
+            let _ = writeln!(out, "{notice}");
         }
         out
     }
@@ -186,7 +199,9 @@ pub fn parse_when(text: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc
 /// The node list, narrowed by a query: name, last seen, plugins, last error.
 pub async fn nodes(store: &DynStore, q: &Query) -> anyhow::Result<Table> {
     let mut t = Table::new(&["node", "last_seen", "plugins", "last_error"]);
-    for n in store.select(q).await? {
+    let selected = store.select(q).await?;
+    t.skipped = selected.skipped.len();
+    for n in selected.rows {
         t.rows.push(vec![
             json!(n.name),
             json!(rfc3339(n.last_seen)),
@@ -200,14 +215,17 @@ pub async fn nodes(store: &DynStore, q: &Query) -> anyhow::Result<Table> {
 
 /// The values at `path` across the selected nodes, each with its nodes, most
 /// common first: the data behind `report facts`, the API's stats and the web charts.
+/// Rows that did not read back are counted in `skipped`.
 pub async fn value_groups(
     store: &DynStore,
     path: &KeyPath,
     q: &Query,
-) -> anyhow::Result<Vec<(Value, Vec<String>)>> {
-    let selected = selected_names(store, q).await?;
+) -> anyhow::Result<Rows<(Value, Vec<String>)>> {
+    let mut out = Rows::default();
+    let selected = selected_names(store, q, &mut out.skipped).await?;
     let mut groups: BTreeMap<String, (Value, Vec<String>)> = BTreeMap::new();
-    for (node, v) in store.values(path).await? {
+    let values = store.values(path).await?;
+    for (node, v) in out.absorb(values) {
         if selected.as_ref().is_some_and(|s| !s.contains(&node)) {
             continue;
         }
@@ -223,7 +241,8 @@ pub async fn value_groups(
             .cmp(&a.1.len())
             .then(a.0.to_string().cmp(&b.0.to_string()))
     });
-    Ok(groups)
+    out.rows = groups;
+    Ok(out)
 }
 
 /// Nodes grouped by the value at `path`: each value with its count and members,
@@ -231,8 +250,9 @@ pub async fn value_groups(
 pub async fn facts(store: &DynStore, path: &KeyPath, q: &Query) -> anyhow::Result<Table> {
     let groups = value_groups(store, path, q).await?;
     let mut t = Table::new(&["value", "count", "nodes"]);
-    let total: usize = groups.iter().map(|g| g.1.len()).sum();
-    for (v, members) in groups {
+    t.skipped = groups.skipped.len();
+    let total: usize = groups.rows.iter().map(|g| g.1.len()).sum();
+    for (v, members) in groups.rows {
         t.rows.push(vec![v, json!(members.len()), json!(members)]);
     }
     t.footer = format!(
@@ -244,9 +264,12 @@ pub async fn facts(store: &DynStore, path: &KeyPath, q: &Query) -> anyhow::Resul
 
 /// Which nodes have a package, with the version and the plugin that reported it.
 pub async fn package(store: &DynStore, name: &str, q: &Query) -> anyhow::Result<Table> {
-    let selected = selected_names(store, q).await?;
+    let mut skipped = Vec::new();
+    let selected = selected_names(store, q, &mut skipped).await?;
     let mut t = Table::new(&["node", "version", "plugin"]);
-    for (node, plugin, version) in store.packages(name).await? {
+    let found = store.packages(name).await?;
+    t.skipped = skipped.len() + found.skipped.len();
+    for (node, plugin, version) in found.rows {
         if selected.as_ref().is_some_and(|s| !s.contains(&node)) {
             continue;
         }
@@ -265,9 +288,11 @@ pub async fn stale(
 ) -> anyhow::Result<Table> {
     let mut q = q.clone();
     q.not_seen_since = Some(since);
-    let mut nodes = store.select(&q).await?;
+    let selected = store.select(&q).await?;
+    let mut nodes = selected.rows;
     nodes.sort_by_key(|n| n.last_seen);
     let mut t = Table::new(&["node", "last_seen", "age"]);
+    t.skipped = selected.skipped.len();
     for n in nodes {
         let age = (now - n.last_seen).to_std().unwrap_or_default();
         let age = humantime::format_duration(std::time::Duration::from_secs(age.as_secs()));
@@ -283,10 +308,13 @@ pub async fn stale(
 
 /// Nodes whose last result was an error: the plugin, the message and when.
 pub async fn errors(store: &DynStore, q: &Query) -> anyhow::Result<Table> {
-    let selected = selected_names(store, q).await?;
+    let mut skipped = Vec::new();
+    let selected = selected_names(store, q, &mut skipped).await?;
     let path = KeyPath::parse("last_error")?;
     let mut t = Table::new(&["node", "plugin", "message", "at"]);
-    for (node, e) in store.values(&path).await? {
+    let found = store.values(&path).await?;
+    t.skipped = skipped.len() + found.skipped.len();
+    for (node, e) in found.rows {
         if selected.as_ref().is_some_and(|s| !s.contains(&node)) {
             continue;
         }
@@ -363,11 +391,13 @@ pub async fn changes(
     limit: usize,
     q: &Query,
 ) -> anyhow::Result<Table> {
-    let selected = selected_names(store, q).await?;
+    let mut skipped = Vec::new();
+    let selected = selected_names(store, q, &mut skipped).await?;
     let mut t = Table::new(&["at", "node", "key", "path", "old", "new"]);
     let entries = store.change_outlines(since, limit).await?;
-    let n = entries.len();
-    for h in entries {
+    t.skipped = skipped.len() + entries.skipped.len();
+    let n = entries.rows.len() + entries.skipped.len();
+    for h in entries.rows {
         if selected.as_ref().is_some_and(|s| !s.contains(&h.node)) {
             continue;
         }
@@ -406,7 +436,9 @@ pub async fn history(
     }
     if let Some(path) = path {
         let mut t = Table::new(&["value", "from", "until"]);
-        for s in store.timeline(node, path).await? {
+        let spans = store.timeline(node, path).await?;
+        t.skipped = spans.skipped.len();
+        for s in spans.rows {
             t.rows.push(vec![
                 s.value.unwrap_or(Value::Null),
                 s.from
@@ -420,6 +452,8 @@ pub async fn history(
     }
     let mut t = Table::new(&["at", "key", "path", "old", "new"]);
     let entries = store.history(node, None).await?;
+    t.skipped = entries.skipped.len();
+    let entries = entries.rows;
     for h in &entries {
         for d in query::report_diff(h.old.as_ref(), h.new.as_ref()) {
             t.rows.push(vec![
@@ -435,10 +469,12 @@ pub async fn history(
     Ok(t)
 }
 
-/// The names a query selects, or `None` when it selects every node (no filtering needed).
+/// The names a query selects, or `None` when it selects every node (no filtering
+/// needed); rows the selection could not read are added to `skipped`.
 async fn selected_names(
     store: &DynStore,
     q: &Query,
+    skipped: &mut Vec<Unreadable>,
 ) -> anyhow::Result<Option<std::collections::HashSet<String>>> {
     if q.conditions.is_empty()
         && q.names.is_empty()
@@ -447,9 +483,9 @@ async fn selected_names(
     {
         return Ok(None);
     }
-    Ok(Some(
-        store.select(q).await?.into_iter().map(|n| n.name).collect(),
-    ))
+    let selected = store.select(q).await?;
+    skipped.extend(selected.skipped);
+    Ok(Some(selected.rows.into_iter().map(|n| n.name).collect()))
 }
 
 /// Builds a query from `-W` filters and `-n` node globs (repeated or comma lists).
@@ -470,6 +506,7 @@ mod tests {
                 vec![json!("x"), Value::Null],
             ],
             footer: "3 node(s)".into(),
+            skipped: 0,
         }
     }
 

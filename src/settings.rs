@@ -231,6 +231,7 @@ pub fn server_options(s: &Settings) -> anyhow::Result<ServerOptions> {
     o.node_keys = node_keys(s)?;
     o.require_verified = s.require_verified;
     o.max_clock_skew = s.max_clock_skew;
+    o.query_timeout = s.query_timeout;
     if matches!(s.dbhost, StoreDsn::Sqlite { .. }) {
         tracing::info!("SQLite store: run one vogeler-server against it; use PostgreSQL or CouchDB for several servers side by side");
     }

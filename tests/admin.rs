@@ -250,7 +250,8 @@ async fn migrate_between_every_backend() {
         .store
         .history("fx-web01", None)
         .await
-        .expect("history");
+        .expect("history")
+        .rows;
     let mut from = source.dsn.clone();
     let mut keep = vec![source];
     for backend in ["postgres", "couch", "sqlite"] {
@@ -270,7 +271,12 @@ async fn migrate_between_every_backend() {
             want,
             "{backend}"
         );
-        let got = to.store.history("fx-web01", None).await.expect("history");
+        let got = to
+            .store
+            .history("fx-web01", None)
+            .await
+            .expect("history")
+            .rows;
         assert_eq!(got.len(), want_history.len(), "{backend}");
         for (g, w) in got.iter().zip(&want_history) {
             assert_eq!((&g.key, g.at), (&w.key, w.at), "{backend}");

@@ -234,7 +234,7 @@ fn assert_history_once_sqlite(d: &Deployment, nodes: &[String]) {
 async fn assert_history_once(store: &dyn Store, nodes: &[String]) {
     let mut bad = Vec::new();
     for node in nodes {
-        let h = store.history(node, None).await.expect("history");
+        let h = store.history(node, None).await.expect("history").rows;
         if h.len() != 1 {
             bad.push(format!("{node}: {} entries", h.len()));
         }
@@ -868,7 +868,7 @@ fn two_servers_on_postgres_lose_no_update() {
     rt().block_on(async {
         for i in 0..nodes {
             let node = format!("{}-s{i:03}", d.id);
-            let h = store.history(&node, None).await.expect("history");
+            let h = store.history(&node, None).await.expect("history").rows;
             let per_key: BTreeMap<String, usize> = h.iter().fold(BTreeMap::new(), |mut m, e| {
                 *m.entry(e.key.clone()).or_default() += 1;
                 m

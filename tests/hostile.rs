@@ -151,7 +151,8 @@ fn hostile_results_are_refused_and_ingest_goes_on(d: Deployment, dsn: &str) {
     let store = rt.block_on(vogeler_store::testing::open(dsn));
     let history = rt
         .block_on(store.history(&node, Some("last_error")))
-        .expect("history of last_error");
+        .expect("history of last_error")
+        .rows;
     let notes: Vec<String> = history
         .iter()
         .filter_map(|h| h.new.as_ref()?.get("message")?.as_str().map(str::to_string))

@@ -262,7 +262,7 @@ fn server_killed_mid_ingest_loses_nothing_and_stores_each_result_once() {
         use vogeler_store::Store;
         for i in (0..n).step_by(97) {
             let node = format!("{}-{i:05}", d.id);
-            let h = store.history(&node, None).await.expect("history");
+            let h = store.history(&node, None).await.expect("history").rows;
             assert_eq!(h.len(), 1, "{node}: {h:?}");
         }
     });

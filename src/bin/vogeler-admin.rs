@@ -100,6 +100,13 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: report::Format,
     },
+    /// Finds stored rows that do not read back (every backend) and lists them (node,
+    /// key, why); exits 1 while any remain unquarantined.
+    Check {
+        /// Move them aside (a quarantine table, kept for inspection) so views are clean.
+        #[arg(long)]
+        quarantine: bool,
+    },
     /// Deletes history recorded before a time (retention).
     Prune {
         /// Keep history from this time on (an age such as 90d, a date, or RFC 3339).
@@ -190,6 +197,27 @@ fn main() {
     vogeler::cli::run_main("vogeler-admin", false, run(cli))
 }
 
+/// A query under the configured time limit (`[server] query_timeout_ms`): past it the
+/// command ends with one line naming the limit.
+async fn within<T>(
+    s: &vogeler_config::Settings,
+    fut: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    vogeler_store::within(s.query_timeout, "the query", fut).await
+}
+
+/// Prints a report; JSON and CSV keep their shape for scripts, so the notice about
+/// skipped unreadable rows goes to stderr for them (the table form prints it itself).
+fn print_table(table: &report::Table, format: report::Format) -> anyhow::Result<()> {
+    print!("{}", table.render(format, report::terminal_width())?);
+    if format != report::Format::Table {
+        if let Some(notice) = table.notice() {
+            eprintln!("{notice}");
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Command::Keygen { out, name } = &cli.command {
         // Needs no configuration, broker or store.
@@ -204,15 +232,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Node { name, key, at } => {
             let store = settings::open_store(&s).await?;
-            let out = match name {
-                None => report::nodes(&store, &Query::default())
-                    .await?
-                    .render(report::Format::Table, report::terminal_width())?,
-                Some(n) => {
-                    let at = at.map(|w| report::parse_when(&w, Utc::now())).transpose()?;
-                    admin::show_node(&store, &n, key.as_deref(), at).await?
-                }
-            };
+            let out = within(&s, async {
+                Ok(match name {
+                    None => report::nodes(&store, &Query::default())
+                        .await?
+                        .render(report::Format::Table, report::terminal_width())?,
+                    Some(n) => {
+                        let at = at.map(|w| report::parse_when(&w, Utc::now())).transpose()?;
+                        admin::show_node(&store, &n, key.as_deref(), at).await?
+                    }
+                })
+            })
+            .await?;
             print!("{out}");
             Ok(0)
         }
@@ -225,37 +256,49 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let q = report::query(&filters, &nodes)?;
             let store = settings::open_store(&s).await?;
             let now = Utc::now();
-            let table = match which {
-                Report::Nodes => report::nodes(&store, &q).await?,
-                Report::Facts { path } => {
-                    report::facts(&store, &KeyPath::parse(&path)?, &q).await?
+            let table = within(&s, async {
+                match which {
+                    Report::Nodes => report::nodes(&store, &q).await,
+                    Report::Facts { path } => {
+                        report::facts(&store, &KeyPath::parse(&path)?, &q).await
+                    }
+                    Report::Package { name } => report::package(&store, &name, &q).await,
+                    Report::Stale { since } => {
+                        report::stale(&store, report::parse_when(&since, now)?, &q, now).await
+                    }
+                    Report::Errors => report::errors(&store, &q).await,
+                    Report::Changes { since, limit } => {
+                        report::changes(&store, report::parse_when(&since, now)?, limit, &q).await
+                    }
                 }
-                Report::Package { name } => report::package(&store, &name, &q).await?,
-                Report::Stale { since } => {
-                    report::stale(&store, report::parse_when(&since, now)?, &q, now).await?
-                }
-                Report::Errors => report::errors(&store, &q).await?,
-                Report::Changes { since, limit } => {
-                    report::changes(&store, report::parse_when(&since, now)?, limit, &q).await?
-                }
-            };
-            print!("{}", table.render(format, report::terminal_width())?);
+            })
+            .await?;
+            print_table(&table, format)?;
             Ok(0)
         }
         Command::History { node, path, format } => {
             let store = settings::open_store(&s).await?;
             let path = path.as_deref().map(KeyPath::parse).transpose()?;
-            let table = report::history(&store, &node, path.as_ref()).await?;
-            print!("{}", table.render(format, report::terminal_width())?);
+            let table = within(&s, report::history(&store, &node, path.as_ref())).await?;
+            print_table(&table, format)?;
             Ok(0)
+        }
+        Command::Check { quarantine } => {
+            let store = settings::open_store(&s).await?;
+            let (out, code) = admin::check(&store, quarantine).await?;
+            print!("{out}");
+            Ok(code)
         }
         Command::Requests { id, limit, format } => {
             let store = settings::open_store(&s).await?;
             let now = Utc::now();
-            let table = match id {
-                Some(id) => report::request(&store, &id, now).await?,
-                None => report::requests(&store, limit, now).await?,
-            };
+            let table = within(&s, async {
+                match id {
+                    Some(id) => report::request(&store, &id, now).await,
+                    None => report::requests(&store, limit, now).await,
+                }
+            })
+            .await?;
             print!("{}", table.render(format, report::terminal_width())?);
             Ok(0)
         }
@@ -282,6 +325,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 "migrated {} node(s) ({} copied, {} already there) and {} history entries; counts verified",
                 summary.nodes, summary.copied, summary.skipped, summary.history
             );
+            if let Some(notice) = vogeler_store::skipped_notice(summary.unreadable) {
+                println!("{notice}: not copied");
+            }
             Ok(0)
         }
         Command::Queue {

@@ -85,6 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     settings::topology(&s),
                 )),
                 token: s.http_token.as_ref().map(|t| t.expose().to_string()),
+                query_timeout: s.query_timeout,
             };
             // Bind before consuming so a taken port fails the start, not later.
             let listener = vogeler::web::bind(addr).await?;

@@ -55,6 +55,11 @@ pub struct ServerOptions {
     /// stored as collected at its arrival (and flagged), so a wrong client clock cannot
     /// freeze a key against every later real result.
     pub max_clock_skew: Duration,
+    /// Time limit of one discovery query (`[server] query_timeout_ms`); past it the
+    /// `discovered` reply carries the error.
+    pub query_timeout: Duration,
+    /// Discovery queries answered at once, beside ingest; more are answered "busy".
+    pub discovery_concurrency: usize,
 }
 
 /// The document key where the server records whether a node's results verify:
@@ -76,6 +81,8 @@ impl ServerOptions {
             node_keys: None,
             require_verified: false,
             max_clock_skew: Duration::from_secs(300),
+            query_timeout: Duration::from_secs(10),
+            discovery_concurrency: 4,
         }
     }
 }
@@ -128,6 +135,7 @@ pub async fn run(
     if let Some(keep) = opts.history_retention {
         tokio::spawn(prune_history(store.clone(), keep, shutdown.clone()));
     }
+    tokio::spawn(check_at_start(store.clone()));
     let mut backoff = Backoff::default();
     loop {
         let mut stop = Box::pin(shutdown.clone().wait_owned());
@@ -161,6 +169,22 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// At start, in the background (ingest never waits on it): finds stored rows that do
+/// not read back (`vogeler-admin check`) and logs them, so an operator learns of rows
+/// views are skipping.
+async fn check_at_start(store: DynStore) {
+    match store.check().await {
+        Ok(found) if found.is_empty() => tracing::debug!("every stored row reads back"),
+        Ok(found) => {
+            for u in found.iter().take(20) {
+                tracing::warn!(node = %u.node, key = %u.key, history = ?u.history, why = %u.why, "unreadable stored row");
+            }
+            tracing::warn!(rows = found.len(), "stored rows that do not read back are skipped by every view; run `vogeler-admin check --quarantine` to move them aside");
+        }
+        Err(e) => tracing::warn!(error = %e, "the start-up check of stored rows failed"),
     }
 }
 
@@ -214,7 +238,17 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
     let mut announce = Vec::new();
     let arrival = Utc::now();
     for (i, d) in batch.iter().enumerate() {
-        match convert(&d.body, opts.max_message_bytes, d.reply_to.as_deref()) {
+        // A panic decoding one message dead-letters that message (reason `panic`); it
+        // must never take the server's session down and loop on the redelivery.
+        let converted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            test_panic_hook(&d.body);
+            convert(&d.body, opts.max_message_bytes, d.reply_to.as_deref())
+        }))
+        .unwrap_or_else(|p| Converted::Dead {
+            reason: "panic",
+            detail: format!("decoding the message panicked: {}", panic_text(&*p)),
+        });
+        match converted {
             Converted::Store {
                 mut observation,
                 mut confirm,
@@ -291,6 +325,29 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
     }
 }
 
+/// Environment variable naming a text whose presence in a message body makes decoding
+/// panic: the integration tests' way to prove a panic is caught (unset in production).
+pub const TEST_PANIC_ENV: &str = "VOGELER_TEST_PANIC_ON";
+
+fn test_panic_hook(body: &[u8]) {
+    static TRIGGER: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    let trigger =
+        TRIGGER.get_or_init(|| std::env::var(TEST_PANIC_ENV).ok().map(String::into_bytes));
+    if let Some(t) = trigger.as_deref().filter(|t| !t.is_empty()) {
+        if body.windows(t.len()).any(|w| w == t) {
+            panic!("{TEST_PANIC_ENV} matched the message body");
+        }
+    }
+}
+
+/// The message of a caught panic.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 /// One session: a gather stage (consume and decode the next batch) runs while the
 /// commit stage stores the previous one, so decoding overlaps the store's work. Batches
 /// are committed and acked strictly in order.
@@ -310,6 +367,10 @@ async fn serve(
     backoff.reset();
     tracing::info!(queue = %opts.topology.master_queue, "waiting for results");
     let (to_commit, mut commits) = tokio::sync::mpsc::channel::<Prepared>(1);
+    // Discovery runs beside ingest in tasks of its own, at most this many at once.
+    let discovery = Arc::new(tokio::sync::Semaphore::new(
+        opts.discovery_concurrency.max(1),
+    ));
     let mut committer = {
         let (opts, session, store, stats, mut shutdown) = (
             opts.clone(),
@@ -320,7 +381,17 @@ async fn serve(
         );
         tokio::spawn(async move {
             while let Some(p) = commits.recv().await {
-                if !process(&opts, &session, &store, &stats, &mut shutdown, p).await? {
+                if !process(
+                    &opts,
+                    &session,
+                    &store,
+                    &stats,
+                    &mut shutdown,
+                    &discovery,
+                    p,
+                )
+                .await?
+                {
                     return Ok::<_, anyhow::Error>(End::Shutdown);
                 }
             }
@@ -383,10 +454,11 @@ async fn serve(
 /// interrupted a store retry (nothing acked; the broker redelivers).
 async fn process(
     opts: &ServerOptions,
-    session: &Session,
+    session: &Arc<Session>,
     store: &DynStore,
     stats: &Stats,
     shutdown: &mut Shutdown,
+    discovery: &Arc<tokio::sync::Semaphore>,
     prepared: Prepared,
 ) -> anyhow::Result<bool> {
     let Prepared {
@@ -431,6 +503,7 @@ async fn process(
             Ok(Outcome::Refused(reason)) => {
                 dead.push((*i, "refused".into(), format!("node {}: {reason}", obs.node)))
             }
+            Err(e @ StoreError::Panicked(_)) => dead.push((*i, "panic".into(), e.to_string())),
             Err(e) => dead.push((*i, "store-rejected".into(), e.to_string())),
             Ok(outcome) => {
                 stored += 1;
@@ -491,9 +564,34 @@ async fn process(
     for p in dead_pending {
         p.confirmed().await?;
     }
+    // Discovery is answered beside ingest (after this batch's commit, so a node whose
+    // first result shared the batch is already known); the batch does not wait for it.
     for q in discover {
-        if let Some(p) = answer_discovery(session, store, q).await? {
-            replies.push(p);
+        match discovery.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let (session, store, limit) = (session.clone(), store.clone(), opts.query_timeout);
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Err(e) = answer_discovery(&session, &store, q, limit).await {
+                        tracing::warn!(error = %e, "cannot send a discovery answer");
+                    }
+                });
+            }
+            Err(_) => {
+                if let Some(p) = reply_discovered(
+                    session,
+                    q,
+                    Vec::new(),
+                    Some(format!(
+                        "the server is busy answering {} discovery requests; try again",
+                        opts.discovery_concurrency
+                    )),
+                )
+                .await?
+                {
+                    replies.push(p);
+                }
+            }
         }
     }
     for p in replies {
@@ -666,39 +764,58 @@ async fn record_ledger(
     }
 }
 
-/// Answers a discovery question from the store (after this batch's commit, so a
-/// node whose first result shared the batch is already known). A bad filter or a store
-/// error is answered too, so the runner says why instead of waiting.
+/// Answers a discovery question from the store, in its own task beside ingest, within
+/// `limit`. A bad filter, a store error, a time-out or a panic is answered too, so the
+/// runner says why instead of waiting; rows that do not read back are logged.
 async fn answer_discovery(
     session: &Session,
     store: &DynStore,
     q: vogeler_protocol::Discover,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    use futures_util::FutureExt as _;
+    let answer = async {
+        let mut query = vogeler_store::Query::parse(&q.filters, &q.names)?;
+        query.seen_since = q.seen_within_secs.and_then(|s| {
+            Utc::now().checked_sub_signed(chrono::Duration::seconds(i64::try_from(s).ok()?))
+        });
+        vogeler_store::within(limit, "the discovery query", store.select(&query)).await
+    };
+    let answer = std::panic::AssertUnwindSafe(answer)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|p| Err(StoreError::Panicked(panic_text(&*p))));
+    let (nodes, error) = match answer {
+        Ok(found) => {
+            if let Some(notice) = found.notice() {
+                tracing::warn!(id = %q.id, "discovery: {notice}");
+            }
+            (found.rows.into_iter().map(|n| n.name).collect(), None)
+        }
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    tracing::debug!(id = %q.id, nodes = nodes.len(), error = ?error, "answered a discovery request");
+    if let Some(pending) = reply_discovered(session, q, nodes, error).await? {
+        // A vanished reply queue is the runner's business.
+        if let Err(e) = pending.confirmed().await {
+            tracing::debug!(error = %e, "discovery answer not confirmed");
+        }
+    }
+    Ok(())
+}
+
+/// Publishes a `discovered` reply.
+async fn reply_discovered(
+    session: &Session,
+    q: vogeler_protocol::Discover,
+    nodes: Vec<String>,
+    error: Option<String>,
 ) -> anyhow::Result<Option<Pending>> {
     if !crate::client::valid_reply_to(&q.reply_to) {
         // Publishing to it would fail the session, again on every redelivery.
         tracing::warn!(id = %q.id, "discovery request with an unusable reply_to; not answered");
         return Ok(None);
     }
-    let answer = async {
-        let mut query = vogeler_store::Query::parse(&q.filters, &q.names)?;
-        query.seen_since = q.seen_within_secs.and_then(|s| {
-            Utc::now().checked_sub_signed(chrono::Duration::seconds(i64::try_from(s).ok()?))
-        });
-        Ok::<_, StoreError>(
-            store
-                .select(&query)
-                .await?
-                .into_iter()
-                .map(|n| n.name)
-                .collect::<Vec<_>>(),
-        )
-    }
-    .await;
-    let (nodes, error) = match answer {
-        Ok(n) => (n, None),
-        Err(e) => (Vec::new(), Some(e.to_string())),
-    };
-    tracing::debug!(id = %q.id, nodes = nodes.len(), error = ?error, "answered a discovery request");
     let body = vogeler_protocol::encode(&Message::Discovered(vogeler_protocol::Discovered {
         discover_id: q.id,
         nodes,
@@ -746,8 +863,13 @@ async fn apply_retrying(
     shutdown: &mut Shutdown,
     batch: Batch,
 ) -> Option<Result<Vec<Outcome>, StoreError>> {
+    use futures_util::FutureExt as _;
+    // A panicking store call is an error for this batch (then for the one item that
+    // panics, dead-lettered with reason `panic`), not the end of the commit task.
     retry_unavailable(shutdown, "(results held unacked)", || {
-        store.apply(batch.clone())
+        std::panic::AssertUnwindSafe(store.apply(batch.clone()))
+            .catch_unwind()
+            .map(|r| r.unwrap_or_else(|p| Err(StoreError::Panicked(panic_text(&*p)))))
     })
     .await
 }

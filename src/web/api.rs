@@ -12,7 +12,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
-use vogeler_store::{query, rfc3339, KeyPath, NodeSummary, Query, StoreError};
+use vogeler_store::{query, rfc3339, KeyPath, NodeSummary, Query, Rows, StoreError};
 
 use super::{node_query, page_of, pairs, param, parse_condition, WebState, PAGE_SIZE};
 
@@ -31,7 +31,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         let status = match &e {
             StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
-            StoreError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Unavailable { .. } | StoreError::TimedOut { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
@@ -66,12 +68,16 @@ pub struct Page<T> {
     pub per_page: usize,
     /// This page's rows.
     pub items: Vec<T>,
+    /// Stored rows that did not read back and were left out (`vogeler-admin check`).
+    pub skipped: usize,
 }
 
 /// Cuts page `page` of `per_page` out of `all`.
-pub fn page<T>(all: Vec<T>, page: usize, per_page: usize) -> Page<T> {
-    let total = all.len();
+pub fn page<T>(all: Rows<T>, page: usize, per_page: usize) -> Page<T> {
+    let skipped = all.skipped.len();
+    let total = all.rows.len();
     let items = all
+        .rows
         .into_iter()
         .skip((page - 1).saturating_mul(per_page))
         .take(per_page)
@@ -81,6 +87,7 @@ pub fn page<T>(all: Vec<T>, page: usize, per_page: usize) -> Page<T> {
         page,
         per_page,
         items,
+        skipped,
     }
 }
 
@@ -128,7 +135,14 @@ pub async fn node(
         }
     };
     match record {
-        Some(r) => Ok(Json(r.document())),
+        Some(r) => {
+            let mut doc = r.document();
+            // `_` names are reserved, so this cannot clash with a plugin key.
+            if let (false, Value::Object(m)) = (r.unreadable.is_empty(), &mut doc) {
+                m.insert("_unreadable".into(), json!(r.unreadable));
+            }
+            Ok(Json(doc))
+        }
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("no node named {name:?} (at that time)"),
@@ -180,12 +194,14 @@ pub async fn history(
             let path = KeyPath::parse(path)?;
             let spans = state.store.timeline(&name, &path).await?;
             Ok(Json(
-                json!({"node": name, "path": path.to_string(), "timeline": spans}),
+                json!({"node": name, "path": path.to_string(), "timeline": spans.rows, "skipped": spans.skipped.len()}),
             ))
         }
         None => {
             let entries = state.store.history(&name, None).await?;
-            Ok(Json(json!({"node": name, "changes": changes_of(&entries)})))
+            Ok(Json(
+                json!({"node": name, "changes": changes_of(&entries.rows), "skipped": entries.skipped.len()}),
+            ))
         }
     }
 }
@@ -200,7 +216,8 @@ pub async fn values(State(state): State<WebState>, RawQuery(raw): RawQuery) -> A
     let groups = crate::report::value_groups(&state.store, &path, &q).await?;
     Ok(Json(json!({
         "path": path.to_string(),
-        "values": groups.into_iter().map(|(v, n)| json!({"value": v, "count": n.len(), "nodes": n})).collect::<Vec<_>>(),
+        "values": groups.rows.into_iter().map(|(v, n)| json!({"value": v, "count": n.len(), "nodes": n})).collect::<Vec<_>>(),
+        "skipped": groups.skipped.len(),
     })))
 }
 
@@ -239,8 +256,8 @@ pub enum Found {
     Packages {
         /// The package asked for.
         package: String,
-        /// One row per node and plugin that lists it.
-        rows: Vec<(String, String, Value)>,
+        /// One row per node and plugin that lists it, and the rows that did not read back.
+        rows: Rows<(String, String, Value)>,
     },
     /// One page of nodes, and what selected them: `("filter", text)` or `("name", text)`.
     Nodes {
@@ -256,14 +273,15 @@ impl Found {
     pub fn to_json(&self) -> Value {
         match self {
             Found::Packages { package, rows } => {
-                let rows: Vec<Value> = rows
+                let list: Vec<Value> = rows
+                    .rows
                     .iter()
                     .map(|(node, plugin, version)| json!({"node": node, "plugin": plugin, "version": version}))
                     .collect();
-                json!({"kind": "package", "package": package, "rows": rows})
+                json!({"kind": "package", "package": package, "rows": list, "skipped": rows.skipped.len()})
             }
             Found::Nodes { by, page } => {
-                json!({"kind": "nodes", by.0: by.1, "total": page.total, "page": page.page, "per_page": page.per_page, "nodes": page.items})
+                json!({"kind": "nodes", by.0: by.1, "total": page.total, "page": page.page, "per_page": page.per_page, "nodes": page.items, "skipped": page.skipped})
             }
         }
     }
@@ -325,7 +343,7 @@ pub async fn changes(State(state): State<WebState>, RawQuery(raw): RawQuery) -> 
     };
     let entries = state.store.change_outlines(since, limit).await?;
     Ok(Json(
-        json!({"since": rfc3339(since), "changes": changes_of(&entries)}),
+        json!({"since": rfc3339(since), "changes": changes_of(&entries.rows), "skipped": entries.skipped.len()}),
     ))
 }
 
@@ -341,10 +359,11 @@ pub const AGE_BUCKETS: &[(&str, i64)] = &[
 /// ages and ingest counters. The overview's charts draw exactly these numbers.
 pub async fn fleet_stats(state: &WebState, now: DateTime<Utc>) -> Result<Value, ApiError> {
     let nodes = state.store.nodes().await?;
-    let counts = |groups: Vec<(Value, Vec<String>)>| -> Vec<Value> {
+    let counts = |groups: &Rows<(Value, Vec<String>)>| -> Vec<Value> {
         groups
-            .into_iter()
-            .map(|(v, n)| json!({"value": crate::report::cell_text(&v), "count": n.len()}))
+            .rows
+            .iter()
+            .map(|(v, n)| json!({"value": crate::report::cell_text(v), "count": n.len()}))
             .collect()
     };
     let all = Query::default();
@@ -367,8 +386,9 @@ pub async fn fleet_stats(state: &WebState, now: DateTime<Utc>) -> Result<Value, 
     Ok(json!({
         "nodes": nodes.len(),
         "with_errors": nodes.iter().filter(|n| n.last_error.is_some()).count(),
-        "os_family": counts(family),
-        "kernel": counts(kernel),
+        "os_family": counts(&family),
+        "kernel": counts(&kernel),
+        "skipped": family.skipped.len() + kernel.skipped.len(),
         "last_seen": AGE_BUCKETS.iter().enumerate().map(|(i, (label, _))| json!({"value": label, "count": ages.get(&i).copied().unwrap_or(0)})).collect::<Vec<_>>(),
         "ingest": {
             "stored": state.stats.stored.load(Relaxed),
@@ -402,9 +422,11 @@ mod tests {
 
     #[test]
     fn pages_cut_lists() {
-        let p = page((0..250).collect::<Vec<_>>(), 3, 100);
+        let p = page((0..250).collect::<Vec<_>>().into(), 3, 100);
         assert_eq!((p.total, p.items.len(), p.items[0]), (250, 50, 200));
-        assert!(page((0..5).collect::<Vec<_>>(), 9, 100).items.is_empty());
+        assert!(page((0..5).collect::<Vec<_>>().into(), 9, 100)
+            .items
+            .is_empty());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use vogeler_store::{
     Batch, DynStore, HistoryEntry, KeyPath, LedgerAnswer, LedgerRequest, NodeRecord, NodeSummary,
-    Outcome, Store, StoreError,
+    Outcome, Rows, Store, StoreError, Unreadable,
 };
 
 use crate::server::Stats;
@@ -20,7 +20,7 @@ use crate::server::Stats;
 /// Paths kept at most; the cache is emptied when full (a burst of odd queries).
 const MAX_PATHS: usize = 64;
 
-type Values = Arc<Vec<(String, Value)>>;
+type Values = Arc<Rows<(String, Value)>>;
 
 /// A cached answer: the commit generation and time it was read at, and the answer.
 type Entry<T> = (u64, Instant, Arc<T>);
@@ -89,7 +89,7 @@ impl Store for CachedStore {
         &self,
         node: &str,
         key: Option<&str>,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
+    ) -> Result<Rows<HistoryEntry>, StoreError> {
         self.inner.history(node, key).await
     }
 
@@ -97,7 +97,7 @@ impl Store for CachedStore {
         self.inner.health().await
     }
 
-    async fn key_values(&self, path: &KeyPath) -> Result<Vec<(String, Value)>, StoreError> {
+    async fn key_values(&self, path: &KeyPath) -> Result<Rows<(String, Value)>, StoreError> {
         // Whole plugin values (all of dpkg, all of ohai) are too big to keep.
         if path.rest().is_empty() {
             return self.inner.key_values(path).await;
@@ -127,7 +127,7 @@ impl Store for CachedStore {
         &self,
         since: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
+    ) -> Result<Rows<HistoryEntry>, StoreError> {
         self.inner.changes(since, limit).await
     }
 
@@ -135,8 +135,12 @@ impl Store for CachedStore {
         &self,
         since: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
+    ) -> Result<Rows<HistoryEntry>, StoreError> {
         self.inner.change_outlines(since, limit).await
+    }
+
+    async fn quarantine(&self, rows: &[Unreadable]) -> Result<u64, StoreError> {
+        self.inner.quarantine(rows).await
     }
 
     async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -198,18 +202,27 @@ mod tests {
             .await
             .expect("apply");
         let path = KeyPath::parse("facter.os.family").expect("path");
-        assert_eq!(cached.key_values(&path).await.expect("values").len(), 1);
+        assert_eq!(
+            cached.key_values(&path).await.expect("values").rows.len(),
+            1
+        );
         assert_eq!(cached.nodes().await.expect("nodes").len(), 1);
         // Written behind the cache's back, without a commit counted: still cached.
         inner
             .apply(vec![obs("b", "RedHat")].into())
             .await
             .expect("apply");
-        assert_eq!(cached.key_values(&path).await.expect("values").len(), 1);
+        assert_eq!(
+            cached.key_values(&path).await.expect("values").rows.len(),
+            1
+        );
         assert_eq!(cached.nodes().await.expect("nodes").len(), 1);
         // The server commits: the next read sees it.
         stats.commits.fetch_add(1, Ordering::Relaxed);
-        assert_eq!(cached.key_values(&path).await.expect("values").len(), 2);
+        assert_eq!(
+            cached.key_values(&path).await.expect("values").rows.len(),
+            2
+        );
         assert_eq!(cached.nodes().await.expect("nodes").len(), 2);
     }
 }

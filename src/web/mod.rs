@@ -44,6 +44,9 @@ pub struct WebState {
     pub queues: Option<(vogeler_transport::Broker, vogeler_transport::Topology)>,
     /// Required bearer token or basic-auth password, when set.
     pub token: Option<String>,
+    /// Time limit of one request's queries (`[server] query_timeout_ms`): past it the
+    /// answer is a 503 naming the limit, and the async workers are free again.
+    pub query_timeout: std::time::Duration,
 }
 
 /// Where to listen: `8080` and `:8080` mean 127.0.0.1:8080 (loopback unless told
@@ -129,7 +132,17 @@ async fn guard(State(state): State<WebState>, req: Request, next: Next) -> Respo
             return secure(r);
         }
     }
-    secure(next.run(req).await)
+    let api = req.uri().path().starts_with("/api/");
+    let limit = state.query_timeout;
+    let answer = vogeler_store::within(limit, "this request's queries", async {
+        Ok::<_, vogeler_store::StoreError>(next.run(req).await)
+    })
+    .await;
+    secure(match answer {
+        Ok(r) => r,
+        Err(e) if api => api::ApiError::from(e).into_response(),
+        Err(e) => pages::error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    })
 }
 
 fn secure(mut r: Response) -> Response {

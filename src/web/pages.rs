@@ -156,6 +156,7 @@ pub async fn overview(State(state): State<WebState>) -> Response {
                 a href="/nodes?where=last_error%3F" { (stats["with_errors"]) " with an error" } ", "
                 (stats["ingest"]["stored"]) " results stored since this server started."
             }
+            (skipped(stats["skipped"].as_u64().unwrap_or(0) as usize))
             div.charts {
                 (bar_chart("chart-os-family", "Nodes per OS family (facter.os.family)", &chart_rows(&stats["os_family"])))
                 (bar_chart("chart-kernel", "Nodes per kernel (facter.kernelrelease)", &chart_rows(&stats["kernel"])))
@@ -163,6 +164,16 @@ pub async fn overview(State(state): State<WebState>) -> Response {
             }
         },
     )
+}
+
+/// The notice a page shows when its reads skipped unreadable stored rows (nothing
+/// when none were).
+fn skipped(count: usize) -> Markup {
+    html! {
+        @if let Some(text) = vogeler_store::skipped_notice(count) {
+            p.notice.skipped { (text) }
+        }
+    }
 }
 
 fn node_table(nodes: &[NodeSummary]) -> Markup {
@@ -228,6 +239,7 @@ pub async fn node_list(State(state): State<WebState>, RawQuery(raw): RawQuery) -
                 }
                 button type="submit" { "Filter" }
             }
+            (skipped(page.skipped))
             (node_table(&page.items))
             (pager(&p, &page))
         },
@@ -323,13 +335,15 @@ pub async fn node_page(State(state): State<WebState>, Path(name): Path<String>) 
         Ok(h) => h,
         Err(e) => return failed(e.into()),
     };
-    let changes = api::changes_of(&history);
+    let unreadable = record.unreadable.len() + history.skipped.len();
+    let changes = api::changes_of(&history.rows);
     let raw = serde_json::to_string_pretty(&record.document()).unwrap_or_default();
     respond(
         StatusCode::OK,
         &name,
         html! {
             h1 { (name) }
+            (skipped(unreadable))
             dl.meta {
                 dt { "First seen" } dd { (time(record.created_at)) }
                 dt { "Changed" } dd { (time(record.updated_at)) }
@@ -414,17 +428,18 @@ pub async fn search(State(state): State<WebState>, RawQuery(raw): RawQuery) -> R
                 table.results {
                     thead { tr { th { "Node" } th { "Version" } th { "Plugin" } } }
                     tbody {
-                        @for (node, plugin, version) in &rows {
+                        @for (node, plugin, version) in &rows.rows {
                             tr { td { a href=(format!("/nodes/{}", enc(node))) { (node) } } td { (scalar(version)) } td { (plugin) } }
                         }
                     }
                 }
-                p.muted { (rows.len()) " node(s)" }
+                p.muted { (rows.rows.len()) " node(s)" }
+                (skipped(rows.skipped.len()))
             },
         ),
         Ok(api::Found::Nodes { page, .. }) => (
             StatusCode::OK,
-            html! { (node_table(&page.items)) p.muted { (page.items.len()) " node(s)" } },
+            html! { (node_table(&page.items)) p.muted { (page.items.len()) " node(s)" } (skipped(page.skipped)) },
         ),
     };
     respond(

@@ -219,6 +219,10 @@ impl Deployment {
     }
 
     fn spawn(&self, program: &str, args: &[&str], tag: &str) -> Proc {
+        self.spawn_env(program, args, tag, &[])
+    }
+
+    fn spawn_env(&self, program: &str, args: &[&str], tag: &str, env: &[(&str, &str)]) -> Proc {
         let log = self.path(&format!("{tag}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
@@ -232,6 +236,7 @@ impl Deployment {
             // The client's replay memory stays inside the deployment.
             .env("VOGELER_STATE_DIR", self.path("state"))
             .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -246,7 +251,12 @@ impl Deployment {
 
     /// Starts a server and waits until it has declared its queue.
     pub fn server(&self, args: &[&str]) -> Proc {
-        let p = self.spawn("server", args, &format!("server-{}", rand_u32()));
+        self.server_env(args, &[])
+    }
+
+    /// [`Deployment::server`] with extra environment variables (test-only hooks).
+    pub fn server_env(&self, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let p = self.spawn_env("server", args, &format!("server-{}", rand_u32()), env);
         self.wait_for_queue(&format!("{}.master.in", self.id), &p);
         p
     }

@@ -406,6 +406,9 @@ pub struct Settings {
     pub prefetch: u16,
     /// Days of change history the server keeps (`[server] history_days`); 0 keeps all.
     pub history_days: u64,
+    /// Time limit of one web, admin or discovery query (`[server] query_timeout_ms`,
+    /// default 10 s): past it the query ends with a clear error, never a stall.
+    pub query_timeout: Duration,
     /// Private key to sign with (`[runner] signing_key` for requests, `[client]
     /// signing_key` for results); `None` sends unsigned.
     pub signing_key: Option<PathBuf>,
@@ -816,6 +819,8 @@ impl Settings {
         let prefetch =
             u16::try_from(number("server", "prefetch", 2000)?.clamp(1, 65535)).unwrap_or(u16::MAX);
         let history_days = number("server", "history_days", 0)?;
+        let query_timeout =
+            Duration::from_millis(number("server", "query_timeout_ms", 10_000)?.max(1));
         let interval = match o.interval {
             Some(n) => n,
             None => number("client", "interval", 0)?,
@@ -944,6 +949,7 @@ impl Settings {
             batch_size,
             prefetch,
             history_days,
+            query_timeout,
             signing_key,
             trusted_keys,
             require_signed,

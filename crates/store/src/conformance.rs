@@ -56,7 +56,8 @@ macro_rules! conformance_tests {
             record_at_a_past_time, timeline_of_a_package, changes_across_the_fleet,
             retention_prunes_old_history, import_replaces_a_node, text_data_is_the_same_value,
             ledger_records_requests_and_answers_in_any_order, a_node_many_times_in_one_batch,
-            decoded_results_read_back_the_same, last_error_is_bounded);
+            decoded_results_read_back_the_same, last_error_is_bounded,
+            reserved_paths_answer_as_the_document);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -67,6 +68,42 @@ macro_rules! conformance_tests {
             }
         )*
     };
+}
+
+/// Filters on document fields (`created_at`, `updated_at`, `system_name`) answer as
+/// the whole document would, from the node list (never reading whole records).
+pub async fn reserved_paths_answer_as_the_document(store: DynStore) {
+    apply(
+        &store,
+        vec![plugin("a", 0, "k", json!(1)), plugin("b", 0, "k", json!(2))],
+    )
+    .await;
+    for field in [
+        "created_at",
+        "updated_at",
+        "last_seen",
+        "system_name",
+        "doc_type",
+    ] {
+        let path = KeyPath::parse(field).expect("path");
+        let values = store.values(&path).await.expect("values").rows;
+        assert_eq!(values.len(), 2, "{field}: {values:?}");
+        for (node, v) in &values {
+            let doc = store
+                .node(node)
+                .await
+                .expect("node")
+                .expect("stored")
+                .document();
+            assert_eq!(Some(v), doc.get(field), "{field} of {node}");
+        }
+    }
+    let q = Query::parse(&["system_name=b".into(), "created_at?".into()], &[]).expect("query");
+    let found = store.select(&q).await.expect("select").rows;
+    assert_eq!(
+        found.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
 }
 
 /// A node's document appears with its first observation.
@@ -124,14 +161,14 @@ pub async fn redelivery_is_idempotent(store: DynStore) {
     ];
     store.apply(batch.clone().into()).await.expect("apply");
     let before = store.node("a").await.expect("node").expect("stored");
-    let history_before = store.history("a", None).await.expect("history").len();
+    let history_before = store.history("a", None).await.expect("history").rows.len();
     let again = store.apply(batch.into()).await.expect("apply again");
     assert_eq!(again, vec![Outcome::Unchanged; 3]);
     let after = store.node("a").await.expect("node").expect("stored");
     assert_eq!(before.keys, after.keys);
     assert_eq!(before.updated_at, after.updated_at);
     assert_eq!(
-        store.history("a", None).await.expect("history").len(),
+        store.history("a", None).await.expect("history").rows.len(),
         history_before
     );
 }
@@ -166,7 +203,11 @@ pub async fn text_data_is_the_same_value(store: DynStore) {
         .await
         .expect("apply changed");
     assert_eq!(changed, vec![Outcome::Updated]);
-    let history = store.history("a", Some("facter")).await.expect("history");
+    let history = store
+        .history("a", Some("facter"))
+        .await
+        .expect("history")
+        .rows;
     assert_eq!(history.len(), 2, "{history:?}");
     assert_eq!(history[1].old.as_ref(), Some(&value));
     assert_eq!(history[1].new.as_ref(), Some(&newer));
@@ -252,13 +293,15 @@ pub async fn decoded_results_read_back_the_same(store: DynStore) {
         let values = store
             .values(&path)
             .await
-            .unwrap_or_else(|e| panic!("values {key}: {e}"));
+            .unwrap_or_else(|e| panic!("values {key}: {e}"))
+            .rows;
         assert_eq!(values.len(), 1, "{key}: {values:?}");
     }
     let k1 = store
         .values(&KeyPath::parse("k1").expect("path"))
         .await
-        .expect("values");
+        .expect("values")
+        .rows;
     assert!(
         first_difference(&k1[0].1, &want[1].1, "k1").is_none(),
         "{k1:?}"
@@ -388,18 +431,26 @@ pub async fn history_records_changes_only(store: DynStore) {
         ],
     )
     .await;
-    let h = store.history("n", Some("kernel")).await.expect("history");
+    let h = store
+        .history("n", Some("kernel"))
+        .await
+        .expect("history")
+        .rows;
     assert_eq!(h.len(), 2, "{h:?}");
     assert_eq!(h[0].old, None);
     assert_eq!(h[0].new, Some(json!("6.1")));
     assert_eq!(h[1].old, Some(json!("6.1")));
     assert_eq!(h[1].new, Some(json!("6.18")));
     assert_eq!(h[1].at, t(3));
-    assert_eq!(store.history("n", None).await.expect("history").len(), 3);
+    assert_eq!(
+        store.history("n", None).await.expect("history").rows.len(),
+        3
+    );
     assert!(store
         .history("nobody", None)
         .await
         .expect("history")
+        .rows
         .is_empty());
 }
 
@@ -437,7 +488,7 @@ pub async fn a_node_many_times_in_one_batch(store: DynStore) {
     assert_eq!(rec.keys["k"], json!(1));
     assert_eq!(rec.keys["j"], json!(true));
     assert_eq!(rec.last_error.expect("last_error")["message"], "boom");
-    let h = store.history("n", Some("k")).await.expect("history");
+    let h = store.history("n", Some("k")).await.expect("history").rows;
     let news: Vec<_> = h.iter().map(|e| e.new.clone()).collect();
     assert_eq!(news, vec![Some(json!(1)), Some(json!(2)), Some(json!(1))]);
     let out = apply(
@@ -602,7 +653,8 @@ pub async fn key_values_across_nodes(store: DynStore) {
     let got = store
         .values(&path("facter.os.family"))
         .await
-        .expect("values");
+        .expect("values")
+        .rows;
     assert_eq!(
         got,
         vec![
@@ -614,35 +666,41 @@ pub async fn key_values_across_nodes(store: DynStore) {
     let got = store
         .values(&path("facter.ips.1"))
         .await
-        .expect("array step");
+        .expect("array step")
+        .rows;
     assert_eq!(got.len(), 3);
     assert_eq!(got[0].1, json!("10.0.0.2"));
     let got = store
         .values(&path("facter.\"dotted.key\""))
         .await
-        .expect("quoted");
+        .expect("quoted")
+        .rows;
     assert_eq!(got.len(), 3);
     let got = store
         .values(&path("facter.processorcount"))
         .await
-        .expect("numbers");
+        .expect("numbers")
+        .rows;
     assert_eq!(got[0].1.as_f64(), Some(16.0));
     assert!(store
         .values(&path("facter.nothing"))
         .await
         .expect("missing")
+        .rows
         .is_empty());
     assert!(store
         .values(&path("nosuchplugin"))
         .await
         .expect("missing")
+        .rows
         .is_empty());
-    let got = store.values(&path("dpkg")).await.expect("whole key");
+    let got = store.values(&path("dpkg")).await.expect("whole key").rows;
     assert_eq!(got.len(), 2);
     let got = store
         .values(&path("last_error.plugin"))
         .await
-        .expect("document field");
+        .expect("document field")
+        .rows;
     assert_eq!(got, vec![("db01".to_string(), json!("ohai"))]);
 }
 
@@ -656,6 +714,7 @@ pub async fn select_by_conditions_names_and_time(store: DynStore) {
                 .select(&q)
                 .await
                 .expect("select")
+                .rows
                 .into_iter()
                 .map(|n| n.name)
                 .collect::<Vec<_>>()
@@ -714,7 +773,7 @@ pub async fn select_by_conditions_names_and_time(store: DynStore) {
 /// Package lookups read every package plugin key.
 pub async fn packages_with_versions(store: DynStore) {
     fleet(&store).await;
-    let got = store.packages("openssl").await.expect("packages");
+    let got = store.packages("openssl").await.expect("packages").rows;
     assert_eq!(
         got,
         vec![
@@ -727,6 +786,7 @@ pub async fn packages_with_versions(store: DynStore) {
         .packages("nosuchpackage")
         .await
         .expect("none")
+        .rows
         .is_empty());
 }
 
@@ -779,7 +839,8 @@ pub async fn timeline_of_a_package(store: DynStore) {
     let spans = store
         .timeline("n", &path("dpkg.openssl"))
         .await
-        .expect("timeline");
+        .expect("timeline")
+        .rows;
     type Row = (Option<Value>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
     let seen: Vec<Row> = spans
         .into_iter()
@@ -800,7 +861,7 @@ pub async fn changes_across_the_fleet(store: DynStore) {
     for (node, at, v) in [("a", 10, 1), ("b", 20, 1), ("a", 30, 2), ("b", 40, 2)] {
         apply(&store, vec![plugin(node, at, "k", json!(v))]).await;
     }
-    let got = store.changes(t(20), 100).await.expect("changes");
+    let got = store.changes(t(20), 100).await.expect("changes").rows;
     let seen: Vec<(String, DateTime<Utc>)> = got.iter().map(|h| (h.node.clone(), h.at)).collect();
     assert_eq!(
         seen,
@@ -812,7 +873,7 @@ pub async fn changes_across_the_fleet(store: DynStore) {
     );
     assert_eq!(got[1].old, Some(json!(1)));
     assert_eq!(got[1].new, Some(json!(2)));
-    assert_eq!(store.changes(t(0), 2).await.expect("limit").len(), 2);
+    assert_eq!(store.changes(t(0), 2).await.expect("limit").rows.len(), 2);
     // Outlines: a first appearance says what arrived, an update keeps its values.
     apply(
         &store,
@@ -823,7 +884,11 @@ pub async fn changes_across_the_fleet(store: DynStore) {
         ],
     )
     .await;
-    let out = store.change_outlines(t(20), 100).await.expect("outlines");
+    let out = store
+        .change_outlines(t(20), 100)
+        .await
+        .expect("outlines")
+        .rows;
     let by = |node: &str, key: &str| {
         out.iter()
             .find(|h| h.node == node && h.key == key)
@@ -848,7 +913,7 @@ pub async fn retention_prunes_old_history(store: DynStore) {
         apply(&store, vec![plugin("n", at, "k", json!(v))]).await;
     }
     assert_eq!(store.prune_history(t(25)).await.expect("prune"), 2);
-    let left = store.history("n", None).await.expect("history");
+    let left = store.history("n", None).await.expect("history").rows;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].at, t(30));
     assert_eq!(
@@ -869,7 +934,7 @@ pub async fn import_replaces_a_node(store: DynStore) {
             .expect("apply");
     }
     let rec = source.node("n").await.expect("node").expect("stored");
-    let hist = source.history("n", None).await.expect("history");
+    let hist = source.history("n", None).await.expect("history").rows;
     assert_eq!(rec.keys_collected.get("k"), Some(&t(20)));
     // Import twice over an existing node: one copy, same content.
     store.import(&rec, &hist).await.expect("import");
@@ -878,7 +943,7 @@ pub async fn import_replaces_a_node(store: DynStore) {
     assert_eq!(got.keys, rec.keys);
     assert_eq!(got.created_at, rec.created_at);
     assert_eq!(got.keys_collected, rec.keys_collected);
-    assert_eq!(store.history("n", None).await.expect("history"), hist);
+    assert_eq!(store.history("n", None).await.expect("history").rows, hist);
     let out = apply(&store, vec![plugin("n", 15, "k", json!(9))]).await;
     assert_eq!(out, vec![Outcome::Stale]);
     let mut other = rec.clone();

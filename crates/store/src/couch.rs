@@ -44,7 +44,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     is_reserved_key, rfc3339, Change, HistoryEntry, KeyPath, LedgerAnswer, LedgerRequest,
-    NodeRecord, NodeSummary, Observation, Outcome, Store, StoreError, RESERVED_KEYS,
+    NodeRecord, NodeSummary, Observation, Outcome, Rows, Store, StoreError, RESERVED_KEYS,
 };
 
 const BACKEND: &str = "couch";
@@ -479,6 +479,7 @@ fn to_record(doc: &Map<String, Value>) -> Result<NodeRecord, StoreError> {
             .flatten()
             .filter_map(|(k, v)| Some((k.clone(), time_of(Some(v))?)))
             .collect(),
+        unreadable: Vec::new(),
     })
 }
 
@@ -522,8 +523,8 @@ impl CouchStore {
     async fn history_docs(
         &self,
         prefix: &str,
-    ) -> Result<Vec<(HistoryEntry, u64, Map<String, Value>)>, StoreError> {
-        let mut out = Vec::new();
+    ) -> Result<Rows<(HistoryEntry, u64, Map<String, Value>)>, StoreError> {
+        let mut out = Rows::default();
         for doc in self
             .range(prefix, Some(&format!("{prefix}\u{fff0}")))
             .await?
@@ -531,10 +532,16 @@ impl CouchStore {
             if doc.get("doc_type") != Some(&json!("History")) {
                 continue;
             }
-            let (e, seq) = to_history(&doc)?;
-            out.push((e, seq, doc));
+            match to_history(&doc) {
+                Ok((e, seq)) => out.rows.push((e, seq, doc)),
+                Err(e) => {
+                    let text = |k: &str| doc.get(k).and_then(Value::as_str).unwrap_or_default();
+                    let id = doc.get("_id").and_then(Value::as_str).map(str::to_string);
+                    out.skip(text("node"), text("key"), id, e);
+                }
+            }
         }
-        out.sort_by_key(|(e, seq, _)| (e.at, *seq));
+        out.rows.sort_by_key(|(e, seq, _)| (e.at, *seq));
         Ok(out)
     }
 
@@ -711,10 +718,20 @@ impl Store for CouchStore {
     async fn nodes(&self) -> Result<Vec<NodeSummary>, StoreError> {
         let mut out = Vec::new();
         for doc in self.node_docs().await? {
-            let rec = to_record(&doc)?;
+            // A document without valid times is left out of the list (and logged), not
+            // allowed to fail it.
+            let rec = match to_record(&doc) {
+                Ok(rec) => rec,
+                Err(e) => {
+                    tracing::warn!(id = ?doc.get("_id"), error = %e, "skipping an unreadable node document (run vogeler-admin check)");
+                    continue;
+                }
+            };
             out.push(NodeSummary {
                 name: rec.name,
                 last_seen: rec.last_seen,
+                created_at: rec.created_at,
+                updated_at: rec.updated_at,
                 plugins: rec.keys.keys().cloned().collect(),
                 last_error: rec
                     .last_error
@@ -732,19 +749,17 @@ impl Store for CouchStore {
         &self,
         node: &str,
         key: Option<&str>,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
+    ) -> Result<Rows<HistoryEntry>, StoreError> {
         let prefix = match key {
             Some(k) => format!("history:{node}:{k}:"),
             None => format!("history:{node}:"),
         };
-        Ok(self
-            .history_docs(&prefix)
-            .await?
-            .into_iter()
-            // Names may contain ':', so the id prefix can match other nodes or keys.
-            .filter(|(e, _, _)| e.node == node && key.is_none_or(|k| e.key == k))
-            .map(|(e, _, _)| e)
-            .collect())
+        let mut docs = self.history_docs(&prefix).await?;
+        // Names may contain ':', so the id prefix can match other nodes or keys.
+        docs.skipped.retain(|u| u.node == node);
+        docs.rows
+            .retain(|(e, _, _)| e.node == node && key.is_none_or(|k| e.key == k));
+        Ok(docs.map(|(e, _, _)| e))
     }
 
     async fn health(&self) -> Result<(), StoreError> {
@@ -758,7 +773,7 @@ impl Store for CouchStore {
         }
     }
 
-    async fn key_values(&self, path: &KeyPath) -> Result<Vec<(String, Value)>, StoreError> {
+    async fn key_values(&self, path: &KeyPath) -> Result<Rows<(String, Value)>, StoreError> {
         let mut out: Vec<(String, Value)> = self
             .node_docs()
             .await?
@@ -773,28 +788,25 @@ impl Store for CouchStore {
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        Ok(out.into())
     }
 
     async fn changes(
         &self,
         since: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
-        Ok(self
-            .history_docs("history:")
-            .await?
-            .into_iter()
-            .filter(|(e, _, _)| e.at >= since)
-            .take(limit)
-            .map(|(e, _, _)| e)
-            .collect())
+    ) -> Result<Rows<HistoryEntry>, StoreError> {
+        let mut docs = self.history_docs("history:").await?;
+        docs.rows.retain(|(e, _, _)| e.at >= since);
+        docs.rows.truncate(limit);
+        Ok(docs.map(|(e, _, _)| e))
     }
 
     async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let old: Vec<Map<String, Value>> = self
             .history_docs("history:")
             .await?
+            .rows
             .into_iter()
             .filter(|(e, _, _)| e.at < before)
             .map(|(_, _, d)| d)
@@ -815,6 +827,7 @@ impl Store for CouchStore {
         let old: Vec<Map<String, Value>> = self
             .history_docs(&format!("history:{node}:"))
             .await?
+            .rows
             .into_iter()
             .filter(|(e, _, _)| &e.node == node)
             .map(|(_, _, d)| d)

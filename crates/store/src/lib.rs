@@ -175,6 +175,10 @@ pub struct NodeRecord {
     /// migrated store keeps refusing results older than what it holds.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub keys_collected: BTreeMap<String, DateTime<Utc>>,
+    /// Keys (and history rows, for a record rewound in time) that are stored but do not
+    /// read back: left out of `keys`, listed here so views can say so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<Unreadable>,
 }
 
 impl NodeRecord {
@@ -239,6 +243,13 @@ pub struct NodeSummary {
     pub name: String,
     /// Last time any message from the node arrived.
     pub last_seen: DateTime<Utc>,
+    /// First time any message from the node was stored: carried so a filter on
+    /// `created_at` never reads whole records.
+    #[serde(default)]
+    pub created_at: DateTime<Utc>,
+    /// Last time the content changed (for `updated_at` filters, as `created_at`).
+    #[serde(default)]
+    pub updated_at: DateTime<Utc>,
     /// Plugin keys present in the document, sorted.
     pub plugins: Vec<String>,
     /// The last error message, if any.
@@ -260,6 +271,111 @@ pub struct HistoryEntry {
     pub at: DateTime<Utc>,
 }
 
+/// A stored row that does not read back: JSON text that no longer parses, a number
+/// outside what a reader accepts, nesting deeper than the parser's limit. Rows like these
+/// were written by earlier versions (before decode validated every value) or by hand;
+/// reads skip them and say so instead of failing a whole view, and `vogeler-admin check`
+/// lists and quarantines them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unreadable {
+    /// The node whose row it is.
+    pub node: String,
+    /// The plugin key, or `last_error`.
+    pub key: String,
+    /// For a history row: its id in the backend (SQL row id, CouchDB document id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<String>,
+    /// Why it does not read back, in the parser's words.
+    pub why: String,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.history {
+            Some(id) => write!(
+                f,
+                "node {} key {} (history row {id}): {}",
+                self.node, self.key, self.why
+            ),
+            None => write!(f, "node {} key {}: {}", self.node, self.key, self.why),
+        }
+    }
+}
+
+/// What a read returns: the rows that read back, and the ones it skipped.
+///
+/// One bad row never fails a fleet view: backends put what they cannot read into
+/// `skipped`, and every view (reports, web pages, the JSON API, migrate, discovery)
+/// passes the count on to its reader ([`skipped_notice`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rows<T> {
+    /// The rows that read back, in the order the call promises.
+    pub rows: Vec<T>,
+    /// The rows that did not.
+    pub skipped: Vec<Unreadable>,
+}
+
+impl<T> Default for Rows<T> {
+    fn default() -> Self {
+        Rows {
+            rows: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
+}
+
+impl<T> From<Vec<T>> for Rows<T> {
+    fn from(rows: Vec<T>) -> Self {
+        Rows {
+            rows,
+            skipped: Vec::new(),
+        }
+    }
+}
+
+impl<T> Rows<T> {
+    /// Records a row that did not read back.
+    pub fn skip(&mut self, node: &str, key: &str, history: Option<String>, why: impl ToString) {
+        self.skipped.push(Unreadable {
+            node: node.to_string(),
+            key: key.to_string(),
+            history,
+            why: why.to_string(),
+        });
+    }
+
+    /// Takes another read's rows, keeping its skipped rows with these.
+    pub fn absorb<U>(&mut self, other: Rows<U>) -> Vec<U> {
+        self.skipped.extend(other.skipped);
+        other.rows
+    }
+
+    /// The same skipped rows over rows made by `f`.
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Rows<U> {
+        Rows {
+            rows: self.rows.into_iter().map(f).collect(),
+            skipped: self.skipped,
+        }
+    }
+
+    /// What a view says about the skipped rows, if any (see [`skipped_notice`]).
+    pub fn notice(&self) -> Option<String> {
+        skipped_notice(self.skipped.len())
+    }
+}
+
+/// The one sentence every view prints when it skipped unreadable rows:
+/// `1 unreadable row skipped (run vogeler-admin check)`; `None` for none.
+pub fn skipped_notice(count: usize) -> Option<String> {
+    match count {
+        0 => None,
+        1 => Some("1 unreadable row skipped (run vogeler-admin check)".into()),
+        n => Some(format!(
+            "{n} unreadable rows skipped (run vogeler-admin check)"
+        )),
+    }
+}
+
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -277,6 +393,19 @@ pub enum StoreError {
     /// A request the store cannot serve (bad query, bad path).
     #[error("{0}")]
     Invalid(String),
+    /// A query ran past its time limit (web, admin and discovery queries have one, so
+    /// a heavy question ends in a clear error instead of a stall).
+    #[error("{what} took longer than its time limit of {limit:?} (narrow the question, or raise query_timeout)")]
+    TimedOut {
+        /// What was asked.
+        what: String,
+        /// The limit it ran past.
+        limit: std::time::Duration,
+    },
+    /// A store call panicked (a bug, or a value the code did not expect); the server
+    /// catches it and dead-letters the message with reason `panic`.
+    #[error("the store call panicked: {0}")]
+    Panicked(String),
     /// Anything else the backend reported.
     #[error("{backend} store error: {message}")]
     Backend {
@@ -305,6 +434,25 @@ impl StoreError {
     }
 }
 
+/// Runs a query under a time limit: past `limit` it ends with [`StoreError::TimedOut`]
+/// naming `what` (web, admin and discovery queries use it, so a heavy question is a
+/// clear error, never a stall). Generic over the caller's error type (`anyhow`, the
+/// web's API error) so every caller writes it once.
+pub async fn within<T, E: From<StoreError>>(
+    limit: std::time::Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::TimedOut {
+            what: what.to_string(),
+            limit,
+        }
+        .into()),
+    }
+}
+
 /// The contract every backend fulfils; the conformance suite checks it on each.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -324,8 +472,11 @@ pub trait Store: Send + Sync + 'static {
     async fn nodes(&self) -> Result<Vec<NodeSummary>, StoreError>;
 
     /// Recorded changes of a node, oldest first; only those of `key` when given.
-    async fn history(&self, node: &str, key: Option<&str>)
-        -> Result<Vec<HistoryEntry>, StoreError>;
+    async fn history(
+        &self,
+        node: &str,
+        key: Option<&str>,
+    ) -> Result<Rows<HistoryEntry>, StoreError>;
 
     /// Cheap round trip proving the store answers.
     async fn health(&self) -> Result<(), StoreError>;
@@ -333,14 +484,14 @@ pub trait Store: Send + Sync + 'static {
     /// Each node's value of plugin key `path.root()` (or of `last_error`) walked down
     /// `path.rest()`, sorted by node; nodes without it are left out. Backends push the
     /// walk down where they can.
-    async fn key_values(&self, path: &KeyPath) -> Result<Vec<(String, Value)>, StoreError>;
+    async fn key_values(&self, path: &KeyPath) -> Result<Rows<(String, Value)>, StoreError>;
 
     /// Changes across the fleet observed at or after `since`, oldest first, at most `limit`.
     async fn changes(
         &self,
         since: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<HistoryEntry>, StoreError>;
+    ) -> Result<Rows<HistoryEntry>, StoreError>;
 
     /// Deletes history observed before `before` (retention); returns how many entries went.
     async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
@@ -389,37 +540,37 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Each node's value at `path`, sorted by node. Plugin keys go to
-    /// [`Store::key_values`]; document fields (`last_error.plugin`, `last_seen`) are
-    /// read from the records.
-    async fn values(&self, path: &KeyPath) -> Result<Vec<(String, Value)>, StoreError> {
+    /// [`Store::key_values`]; document fields (`system_name`, `last_seen`, `created_at`,
+    /// `updated_at`, `doc_type`) are answered from the node list, never from whole records.
+    async fn values(&self, path: &KeyPath) -> Result<Rows<(String, Value)>, StoreError> {
         if !is_reserved_key(path.root()) || path.root() == "last_error" {
             return self.key_values(path).await;
         }
         let mut out = Vec::new();
         for n in self.nodes().await? {
-            // The node list answers for last_seen and for nodes without an error;
-            // only the rest needs the whole record.
-            let doc = match path.root() {
-                "system_name" => serde_json::json!({"system_name": n.name}),
-                "last_seen" => serde_json::json!({"last_seen": rfc3339(n.last_seen)}),
-                "last_error" if n.last_error.is_none() => continue,
-                _ => match self.node(&n.name).await? {
-                    Some(rec) => rec.document(),
-                    None => continue,
-                },
+            let field = match path.root() {
+                "system_name" | "_id" => Value::String(n.name.clone()),
+                "last_seen" => Value::String(rfc3339(n.last_seen)),
+                "created_at" => Value::String(rfc3339(n.created_at)),
+                "updated_at" => Value::String(rfc3339(n.updated_at)),
+                "doc_type" => Value::String("SystemRecord".into()),
+                _ => continue,
             };
-            if let Some(v) = path.find(&doc) {
+            if let Some(v) = path.lookup(&field) {
                 if !v.is_null() {
                     out.push((n.name, v.clone()));
                 }
             }
         }
-        Ok(out)
+        Ok(out.into())
     }
 
-    /// The nodes a [`Query`] selects, sorted by name.
-    async fn select(&self, query: &Query) -> Result<Vec<NodeSummary>, StoreError> {
+    /// The nodes a [`Query`] selects, sorted by name. Conditions are tested on a
+    /// blocking thread: a heavy regular expression over a large fleet must not hold an
+    /// async worker (and with it the tasks that share it).
+    async fn select(&self, query: &Query) -> Result<Rows<NodeSummary>, StoreError> {
         let names = query.name_matcher()?;
+        let mut out = Rows::default();
         let mut nodes: Vec<NodeSummary> = self
             .nodes()
             .await?
@@ -430,34 +581,41 @@ pub trait Store: Send + Sync + 'static {
             if nodes.is_empty() {
                 break;
             }
-            let passing: std::collections::HashSet<String> = self
-                .values(&c.path)
-                .await?
-                .into_iter()
-                .filter(|(_, v)| c.test(Some(v)))
-                .map(|(n, _)| n)
-                .collect();
+            let values = out.absorb(self.values(&c.path).await?);
+            let c = c.clone();
+            let passing: std::collections::HashSet<String> =
+                tokio::task::spawn_blocking(move || {
+                    values
+                        .into_iter()
+                        .filter(|(_, v)| c.test(Some(v)))
+                        .map(|(n, _)| n)
+                        .collect()
+                })
+                .await
+                .map_err(|e| StoreError::Invalid(format!("filter failed: {e}")))?;
             nodes.retain(|n| passing.contains(&n.name));
         }
-        Ok(nodes)
+        out.rows = nodes;
+        Ok(out)
     }
 
     /// Nodes that have package `name` installed, with its version, from every package
     /// plugin key (`dpkg`, `rpm`): `(node, plugin, version)` sorted by node.
-    async fn packages(&self, name: &str) -> Result<Vec<(String, String, Value)>, StoreError> {
-        let mut out = Vec::new();
+    async fn packages(&self, name: &str) -> Result<Rows<(String, String, Value)>, StoreError> {
+        let mut out = Rows::default();
         for plugin in PACKAGE_KEYS {
             let path = KeyPath::from_segments(vec![plugin.to_string(), name.to_string()])?;
-            for (node, version) in self.key_values(&path).await? {
-                out.push((node, plugin.to_string(), version));
+            for (node, version) in out.absorb(self.key_values(&path).await?) {
+                out.rows.push((node, plugin.to_string(), version));
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        out.rows.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
         Ok(out)
     }
 
     /// A node's record as it was at `at` (see [`query::rewind`]); `None` when the node
-    /// is unknown or did not exist yet.
+    /// is unknown or did not exist yet. History rows that do not read back are listed
+    /// in the record's `unreadable`.
     async fn record_at(
         &self,
         node: &str,
@@ -467,7 +625,10 @@ pub trait Store: Send + Sync + 'static {
             return Ok(None);
         };
         let history = self.history(node, None).await?;
-        Ok(query::rewind(current, &history, at))
+        Ok(query::rewind(current, &history.rows, at).map(|mut r| {
+            r.unreadable.extend(history.skipped);
+            r
+        }))
     }
 
     /// [`Store::changes`] for reports: a key's first appearance (no old value) carries
@@ -478,9 +639,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         since: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
+    ) -> Result<Rows<HistoryEntry>, StoreError> {
         let mut entries = self.changes(since, limit).await?;
-        for e in &mut entries {
+        for e in &mut entries.rows {
             if e.old.is_none() {
                 e.new = e.new.as_ref().map(|v| query::outline(v, "added"));
             }
@@ -489,9 +650,36 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// The values `path` took on `node` over time (see [`query::timeline`]).
-    async fn timeline(&self, node: &str, path: &KeyPath) -> Result<Vec<Span>, StoreError> {
+    async fn timeline(&self, node: &str, path: &KeyPath) -> Result<Rows<Span>, StoreError> {
         let history = self.history(node, Some(path.root())).await?;
-        Ok(query::timeline(path, &history))
+        Ok(Rows {
+            rows: query::timeline(path, &history.rows),
+            skipped: history.skipped,
+        })
+    }
+
+    /// Every stored row that does not read back, across the whole store (what
+    /// `vogeler-admin check` lists and the server logs at start). Built from the reads
+    /// themselves, so it finds exactly what views skip.
+    async fn check(&self) -> Result<Vec<Unreadable>, StoreError> {
+        let mut out = Vec::new();
+        for n in self.nodes().await? {
+            if let Some(rec) = self.node(&n.name).await? {
+                out.extend(rec.unreadable);
+            }
+            out.extend(self.history(&n.name, None).await?.skipped);
+        }
+        Ok(out)
+    }
+
+    /// Moves unreadable rows aside (kept for inspection, out of every view); returns how
+    /// many moved. Backends that cannot refuse with [`StoreError::Invalid`].
+    async fn quarantine(&self, rows: &[Unreadable]) -> Result<u64, StoreError> {
+        let _ = rows;
+        Err(StoreError::Invalid(format!(
+            "the {} store cannot quarantine rows; fix them by hand",
+            self.backend()
+        )))
     }
 }
 

@@ -20,7 +20,7 @@ use vogeler_config::PgSslMode;
 
 use crate::{
     is_reserved_key, last_error_value, Change, HistoryEntry, KeyPath, LedgerAnswer, LedgerRequest,
-    NodeRecord, NodeSummary, Outcome, Store, StoreError,
+    NodeRecord, NodeSummary, Outcome, Rows, Store, StoreError, Unreadable,
 };
 
 const BACKEND: &str = "postgres";
@@ -127,6 +127,22 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// Column `i` of a row, or an error naming it: `Row::get` panics on a value it
+/// cannot convert (JSONB holding a number outside f64, nesting deeper than serde_json
+/// reads), and nothing read from the database may panic.
+fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+    r: &'a tokio_postgres::Row,
+    i: usize,
+) -> Result<T, StoreError> {
+    r.try_get(i).map_err(|e| {
+        let name = r.columns().get(i).map(|c| c.name()).unwrap_or("?");
+        StoreError::backend(
+            BACKEND,
+            format!("column {name}: {}", crate::error_chain(&e)),
+        )
+    })
+}
+
 impl PostgresStore {
     /// Connects a pool and creates or migrates the schema. `sslmode` and `sslrootcert`
     /// in the DSN choose TLS as libpq does (see [`vogeler_config::PgSslMode`]); without
@@ -187,7 +203,7 @@ impl PostgresStore {
             .query_opt("SELECT max(version) FROM vogeler_schema", &[])
             .await
             .map_err(pg_err)?
-            .and_then(|r| r.get::<_, Option<i32>>(0))
+            .and_then(|r| r.try_get::<_, Option<i32>>(0).ok().flatten())
             .unwrap_or(0);
         for (i, sql) in MIGRATIONS.iter().enumerate() {
             let version = i as i32 + 1;
@@ -229,11 +245,11 @@ struct HistoryRows<'a> {
     ats: Vec<DateTime<Utc>>,
 }
 
-/// Whether JSON text `stored` holds the same value as `value`.
+/// Whether JSON text `stored` holds the same value as `value`. A stored value that
+/// does not read back (written before decode validated values) is never the same, so
+/// a new result replaces it instead of being refused.
 fn same_json(stored: &str, value: &Value) -> Result<bool, StoreError> {
-    let stored: Value = serde_json::from_str(stored)
-        .map_err(|e| StoreError::Invalid(format!("stored value is not JSON: {e}")))?;
-    Ok(stored == *value)
+    Ok(serde_json::from_str::<Value>(stored).is_ok_and(|stored| stored == *value))
 }
 
 impl<'a> HistoryRows<'a> {
@@ -286,10 +302,11 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(pg_err)?
-            .into_iter()
-            .map(|r| r.get(0))
-            .collect();
-        // Locking the node rows serialises writers of one node across servers.
+            .iter()
+            .map(|r| col(r, 0))
+            .collect::<Result<_, _>>()?;
+        // Locking the node rows serialises writers of one node across servers. A stored
+        // error that does not read back is replaced like any other.
         let mut errors: HashMap<String, (Option<Value>, Option<DateTime<Utc>>)> = tx
             .query(
                 "SELECT name, last_error, last_error_at FROM nodes WHERE name = ANY($1)
@@ -298,9 +315,9 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(pg_err)?
-            .into_iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2))))
-            .collect();
+            .iter()
+            .map(|r| Ok((col(r, 0)?, (col(r, 1).ok().flatten(), col(r, 2)?))))
+            .collect::<Result<_, StoreError>>()?;
         // Each key once, so a node answering twice in a batch is not read twice.
         let (key_nodes, key_names): (Vec<&str>, Vec<&str>) = batch
             .iter()
@@ -323,17 +340,17 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(pg_err)?
-            .into_iter()
+            .iter()
             .map(|r| {
                 let state = KeyState {
-                    text: Cow::Owned(r.get(2)),
-                    at: r.get(3),
+                    text: Cow::Owned(col(r, 2)?),
+                    at: col(r, 3)?,
                     value_changed: false,
                     time_changed: false,
                 };
-                ((r.get(0), r.get(1)), state)
+                Ok(((col(r, 0)?, col(r, 1)?), state))
             })
-            .collect();
+            .collect::<Result<_, StoreError>>()?;
 
         let mut history = HistoryRows::default();
         let mut errors_changed = std::collections::BTreeSet::new();
@@ -523,6 +540,15 @@ impl Store for PostgresStore {
         };
         let mut keys = BTreeMap::new();
         let mut keys_collected = BTreeMap::new();
+        let mut unreadable = Vec::new();
+        let mut skip = |key: &str, why: StoreError| {
+            unreadable.push(Unreadable {
+                node: name.to_string(),
+                key: key.to_string(),
+                history: None,
+                why: why.to_string(),
+            })
+        };
         for r in client
             .query(
                 "SELECT key, value, collected_at FROM node_keys WHERE node = $1",
@@ -531,18 +557,31 @@ impl Store for PostgresStore {
             .await
             .map_err(pg_err)?
         {
-            let key: String = r.get(0);
-            keys_collected.insert(key.clone(), r.get(2));
-            keys.insert(key, r.get(1));
+            let key: String = col(&r, 0)?;
+            match (col(&r, 1), col(&r, 2)) {
+                (Ok(value), Ok(at)) => {
+                    keys_collected.insert(key.clone(), at);
+                    keys.insert(key, value);
+                }
+                (Err(e), _) | (_, Err(e)) => skip(&key, e),
+            }
         }
+        let last_error = match col(&row, 3) {
+            Ok(e) => e,
+            Err(e) => {
+                skip("last_error", e);
+                None
+            }
+        };
         Ok(Some(NodeRecord {
             name: name.to_string(),
-            created_at: row.get(0),
-            updated_at: row.get(1),
-            last_seen: row.get(2),
-            last_error: row.get(3),
+            created_at: col(&row, 0)?,
+            updated_at: col(&row, 1)?,
+            last_seen: col(&row, 2)?,
+            last_error,
             keys,
             keys_collected,
+            unreadable,
         }))
     }
 
@@ -551,30 +590,34 @@ impl Store for PostgresStore {
         let rows = client
             .query(
                 "SELECT name, last_seen, last_error ->> 'message',
-                        ARRAY(SELECT key FROM node_keys k WHERE k.node = nodes.name ORDER BY key)
+                        ARRAY(SELECT key FROM node_keys k WHERE k.node = nodes.name ORDER BY key),
+                        created_at, updated_at
                  FROM nodes ORDER BY name",
                 &[],
             )
             .await
             .map_err(pg_err)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| NodeSummary {
-                name: r.get(0),
-                last_seen: r.get(1),
-                last_error: r.get(2),
-                plugins: r.get(3),
+        rows.iter()
+            .map(|r| {
+                Ok(NodeSummary {
+                    name: col(r, 0)?,
+                    last_seen: col(r, 1)?,
+                    last_error: col(r, 2)?,
+                    plugins: col(r, 3)?,
+                    created_at: col(r, 4)?,
+                    updated_at: col(r, 5)?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn history(
         &self,
         node: &str,
         key: Option<&str>,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
+    ) -> Result<Rows<HistoryEntry>, StoreError> {
         self.history_rows(
-            "SELECT node, key, old, new, at FROM history WHERE node = $1 AND ($2::text IS NULL OR key = $2)
+            "SELECT node, key, old, new, at, id FROM history WHERE node = $1 AND ($2::text IS NULL OR key = $2)
              ORDER BY at, id",
             &[&node, &key],
         )
@@ -587,7 +630,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn key_values(&self, path: &KeyPath) -> Result<Vec<(String, Value)>, StoreError> {
+    async fn key_values(&self, path: &KeyPath) -> Result<Rows<(String, Value)>, StoreError> {
         let steps: Vec<&str> = path.rest().iter().map(String::as_str).collect();
         let client = self.client().await?;
         let rows = client
@@ -601,20 +644,26 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(pg_err)?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| Some((r.get(0), r.get::<_, Option<Value>>(1)?)))
-            .collect())
+        let mut out = Rows::default();
+        for r in &rows {
+            let node: String = col(r, 0)?;
+            match col::<Option<Value>>(r, 1) {
+                Ok(Some(v)) => out.rows.push((node, v)),
+                Ok(None) => {}
+                Err(e) => out.skip(&node, path.root(), None, e),
+            }
+        }
+        Ok(out)
     }
 
     async fn changes(
         &self,
         since: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
+    ) -> Result<Rows<HistoryEntry>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.history_rows(
-            "SELECT node, key, old, new, at FROM history WHERE at >= $1 ORDER BY at, id LIMIT $2",
+            "SELECT node, key, old, new, at, id FROM history WHERE at >= $1 ORDER BY at, id LIMIT $2",
             &[&since, &limit],
         )
         .await
@@ -624,7 +673,7 @@ impl Store for PostgresStore {
         &self,
         since: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
+    ) -> Result<Rows<HistoryEntry>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         // The outline is made here so a first appearance's value never leaves PostgreSQL.
         self.history_rows(
@@ -633,7 +682,7 @@ impl Store for PostgresStore {
                          WHEN jsonb_typeof(new) = 'object' THEN to_jsonb('(added: ' || (SELECT count(*) FROM jsonb_object_keys(new)) || ' keys)')
                          WHEN jsonb_typeof(new) = 'array' THEN to_jsonb('(added: ' || jsonb_array_length(new) || ' items)')
                          ELSE new END,
-                    at
+                    at, id
              FROM history WHERE at >= $1 ORDER BY at, id LIMIT $2",
             &[&since, &limit],
         )
@@ -780,6 +829,10 @@ impl Store for PostgresStore {
             .pop())
     }
 
+    async fn quarantine(&self, rows: &[Unreadable]) -> Result<u64, StoreError> {
+        self.quarantine_rows(rows).await
+    }
+
     async fn ledger_answers(&self, ids: &[String]) -> Result<Vec<LedgerAnswer>, StoreError> {
         let client = self.client().await?;
         let rows = client
@@ -790,21 +843,87 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(pg_err)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| LedgerAnswer {
-                request_id: r.get(0),
-                node: r.get(1),
-                plugin: r.get(2),
-                error: r.get(3),
-                at: r.get(4),
-                stale: r.get(5),
+        rows.iter()
+            .map(|r| {
+                Ok(LedgerAnswer {
+                    request_id: col(r, 0)?,
+                    node: col(r, 1)?,
+                    plugin: col(r, 2)?,
+                    error: col(r, 3)?,
+                    at: col(r, 4)?,
+                    stale: col(r, 5)?,
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
 impl PostgresStore {
+    /// Moves unreadable rows into the `quarantine` table (created on first use) in one
+    /// transaction; the values are copied inside PostgreSQL, never read into Rust.
+    async fn quarantine_rows(&self, rows: &[Unreadable]) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS quarantine (
+                 id BIGSERIAL PRIMARY KEY, source TEXT NOT NULL, node TEXT NOT NULL,
+                 key TEXT NOT NULL, value JSONB, old JSONB, why TEXT NOT NULL,
+                 at TIMESTAMPTZ NOT NULL)",
+        )
+        .await
+        .map_err(pg_err)?;
+        let now = Utc::now();
+        let mut moved = 0;
+        for u in rows {
+            match (&u.history, u.key.as_str()) {
+                (Some(id), _) => {
+                    let id: i64 = id.parse().map_err(|_| {
+                        StoreError::Invalid(format!("history row id {id:?} is not a number"))
+                    })?;
+                    moved += tx
+                        .execute(
+                            "WITH gone AS (DELETE FROM history WHERE node = $1 AND id = $2 RETURNING node, key, new, old)
+                             INSERT INTO quarantine (source, node, key, value, old, why, at)
+                             SELECT 'history', node, key, new, old, $3, $4 FROM gone",
+                            &[&u.node, &id, &u.why, &now],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                }
+                (None, "last_error") => {
+                    moved += tx
+                        .execute(
+                            "INSERT INTO quarantine (source, node, key, value, why, at)
+                             SELECT 'nodes', name, 'last_error', last_error, $2, $3 FROM nodes
+                             WHERE name = $1 AND last_error IS NOT NULL",
+                            &[&u.node, &u.why, &now],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                    tx.execute(
+                        "UPDATE nodes SET last_error = NULL, last_error_at = NULL WHERE name = $1",
+                        &[&u.node],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                }
+                (None, key) => {
+                    moved += tx
+                        .execute(
+                            "WITH gone AS (DELETE FROM node_keys WHERE node = $1 AND key = $2 RETURNING node, key, value)
+                             INSERT INTO quarantine (source, node, key, value, why, at)
+                             SELECT 'node_keys', node, key, value, $3, $4 FROM gone",
+                            &[&u.node, &key, &u.why, &now],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                }
+            }
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(moved)
+    }
+
     async fn request_rows(
         &self,
         sql: &str,
@@ -812,36 +931,48 @@ impl PostgresStore {
     ) -> Result<Vec<LedgerRequest>, StoreError> {
         let client = self.client().await?;
         let rows = client.query(sql, params).await.map_err(pg_err)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| LedgerRequest {
-                id: r.get(0),
-                command: r.get(1),
-                sender: r.get(2),
-                sent_at: r.get(3),
-                ttl: u64::try_from(r.get::<_, i64>(4)).unwrap_or(0),
-                expected: r.get(5),
+        rows.iter()
+            .map(|r| {
+                Ok(LedgerRequest {
+                    id: col(r, 0)?,
+                    command: col(r, 1)?,
+                    sender: col(r, 2)?,
+                    sent_at: col(r, 3)?,
+                    ttl: u64::try_from(col::<i64>(r, 4)?).unwrap_or(0),
+                    expected: col(r, 5)?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn history_rows(
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
+    ) -> Result<Rows<HistoryEntry>, StoreError> {
         let client = self.client().await?;
         let rows = client.query(sql, params).await.map_err(pg_err)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| HistoryEntry {
-                node: r.get(0),
-                key: r.get(1),
-                old: r.get(2),
-                new: r.get(3),
-                at: r.get(4),
-            })
-            .collect())
+        let mut out = Rows::default();
+        for r in &rows {
+            let (node, key): (String, String) = (col(r, 0)?, col(r, 1)?);
+            let entry = (|| {
+                Ok::<_, StoreError>(HistoryEntry {
+                    node: node.clone(),
+                    key: key.clone(),
+                    old: col(r, 2)?,
+                    new: col(r, 3)?,
+                    at: col(r, 4)?,
+                })
+            })();
+            match entry {
+                Ok(e) => out.rows.push(e),
+                Err(e) => {
+                    let id = col::<i64>(r, 5).map(|i| i.to_string()).ok();
+                    out.skip(&node, &key, id, e)
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -164,6 +164,12 @@ pub fn same_value(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// Largest compiled size of a filter's regular expression (and of its lazy DFA's
+/// cache), bytes: a filter is anyone's input (a `discover` message, a web form), and
+/// `\w{200}c` compiles to megabytes that make every match slow. Typical filters
+/// (`^6\.`, `web[0-9]+`) need a few kilobytes.
+pub const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+
 /// How a [`Condition`] compares the value at its path.
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -238,7 +244,11 @@ impl Condition {
             "!=" => Op::Ne(arg),
             "*=" => Op::Contains(arg),
             "~" => Op::Matches(
-                regex::Regex::new(&arg).map_err(|e| bad(format!("bad regular expression: {e}")))?,
+                regex::RegexBuilder::new(&arg)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|e| bad(format!("bad regular expression: {e}")))?,
             ),
             "<" => Op::Cmp(Less, false, arg),
             "<=" => Op::Cmp(Less, true, arg),
@@ -574,6 +584,15 @@ mod tests {
     }
 
     #[test]
+    fn heavy_regular_expressions_are_refused_by_size() {
+        let e = Condition::parse(r"facter.x~\w{200}c")
+            .expect_err("too big")
+            .to_string();
+        assert!(e.contains("bad regular expression"), "{e}");
+        assert!(Condition::parse(r"facter.kernelrelease~^6\.[0-9]+-\w+$").is_ok());
+    }
+
+    #[test]
     fn bad_conditions_say_why() {
         for (bad, why) in [
             ("facter", "no operator"),
@@ -671,6 +690,7 @@ mod tests {
             .into_iter()
             .collect(),
             keys_collected: BTreeMap::new(),
+            unreadable: Vec::new(),
         };
         let h = vec![
             entry("facter", None, Some(json!({"k": 1})), 10),

@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use crate::{
     is_reserved_key, last_error_value, rfc3339, Change, HistoryEntry, KeyPath, LedgerAnswer,
-    LedgerRequest, NodeRecord, NodeSummary, Observation, Outcome, Store, StoreError,
+    LedgerRequest, NodeRecord, NodeSummary, Observation, Outcome, Rows, Store, StoreError,
+    Unreadable,
 };
 
 const BACKEND: &str = "sqlite";
@@ -155,6 +156,17 @@ CREATE TABLE IF NOT EXISTS request_answers (
     at TEXT NOT NULL,
     stale INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (request_id, node)
+);
+-- Rows that did not read back, moved aside by `vogeler-admin check --quarantine`.
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    node TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT,
+    old TEXT,
+    why TEXT NOT NULL,
+    at TEXT NOT NULL
 );
 ";
 
@@ -437,27 +449,51 @@ fn read_node(conn: &Connection, name: &str) -> Result<Option<NodeRecord>, StoreE
             ))
         })
         .map_err(sql_err)?;
+    let mut unreadable = Vec::new();
+    let mut skip = |key: &str, why: StoreError| {
+        unreadable.push(Unreadable {
+            node: name.to_string(),
+            key: key.to_string(),
+            history: None,
+            why: why.to_string(),
+        })
+    };
     for row in rows {
         let (k, v, at) = row.map_err(sql_err)?;
-        keys_collected.insert(k.clone(), parse_time(&at)?);
-        keys.insert(k, parse_json(&v)?);
+        match (parse_json(&v), parse_time(&at)) {
+            (Ok(v), Ok(at)) => {
+                keys_collected.insert(k.clone(), at);
+                keys.insert(k, v);
+            }
+            (Err(e), _) | (_, Err(e)) => skip(&k, e),
+        }
     }
+    let last_error = match last_error.as_deref().map(parse_json).transpose() {
+        Ok(e) => e,
+        Err(e) => {
+            skip("last_error", e);
+            None
+        }
+    };
     Ok(Some(NodeRecord {
         name: name.to_string(),
         created_at: parse_time(&created_at)?,
         updated_at: parse_time(&updated_at)?,
         last_seen: parse_time(&last_seen)?,
-        last_error: last_error.as_deref().map(parse_json).transpose()?,
+        last_error,
         keys,
         keys_collected,
+        unreadable,
     }))
 }
 
 fn read_nodes(conn: &Connection) -> Result<Vec<NodeSummary>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT n.name, n.last_seen, json_extract(n.last_error, '$.message'),
-                    (SELECT group_concat(key, char(31)) FROM (SELECT key FROM node_keys k WHERE k.node = n.name ORDER BY key))
+            "SELECT n.name, n.last_seen,
+                    CASE WHEN json_valid(n.last_error) THEN json_extract(n.last_error, '$.message') END,
+                    (SELECT group_concat(key, char(31)) FROM (SELECT key FROM node_keys k WHERE k.node = n.name ORDER BY key)),
+                    n.created_at, n.updated_at
              FROM nodes n ORDER BY n.name",
         )
         .map_err(sql_err)?;
@@ -468,15 +504,19 @@ fn read_nodes(conn: &Connection) -> Result<Vec<NodeSummary>, StoreError> {
                 r.get::<_, String>(1)?,
                 r.get::<_, Option<String>>(2)?,
                 r.get::<_, Option<String>>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
             ))
         })
         .map_err(sql_err)?;
     let mut out = Vec::new();
     for row in rows {
-        let (name, last_seen, last_error, keys) = row.map_err(sql_err)?;
+        let (name, last_seen, last_error, keys, created_at, updated_at) = row.map_err(sql_err)?;
         out.push(NodeSummary {
             name,
             last_seen: parse_time(&last_seen)?,
+            created_at: parse_time(&created_at)?,
+            updated_at: parse_time(&updated_at)?,
             plugins: keys
                 .map(|k| k.split('\u{1f}').map(str::to_string).collect())
                 .unwrap_or_default(),
@@ -490,11 +530,11 @@ fn read_history(
     conn: &Connection,
     node: &str,
     key: Option<&str>,
-) -> Result<Vec<HistoryEntry>, StoreError> {
+) -> Result<Rows<HistoryEntry>, StoreError> {
     history_rows(
         conn,
         &format!(
-            "SELECT h.node, h.key, h.old, {RESOLVED_NEW}, h.at FROM history h
+            "SELECT h.node, h.key, h.old, {RESOLVED_NEW}, h.at, h.id FROM history h
              WHERE h.node = ?1 AND (?2 IS NULL OR h.key = ?2) ORDER BY h.at, h.id"
         ),
         params![node, key],
@@ -515,7 +555,7 @@ fn history_rows(
     conn: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
-) -> Result<Vec<HistoryEntry>, StoreError> {
+) -> Result<Rows<HistoryEntry>, StoreError> {
     let mut stmt = conn.prepare_cached(sql).map_err(sql_err)?;
     let rows = stmt
         .query_map(params, |r| {
@@ -525,19 +565,26 @@ fn history_rows(
                 r.get::<_, Option<String>>(2)?,
                 r.get::<_, Option<String>>(3)?,
                 r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
             ))
         })
         .map_err(sql_err)?;
-    let mut out = Vec::new();
+    let mut out = Rows::default();
     for row in rows {
-        let (node, key, old, new, at) = row.map_err(sql_err)?;
-        out.push(HistoryEntry {
-            node,
-            key,
-            old: old.as_deref().map(parse_json).transpose()?,
-            new: new.as_deref().map(parse_json).transpose()?,
-            at: parse_time(&at)?,
-        });
+        let (node, key, old, new, at, id) = row.map_err(sql_err)?;
+        let read = || {
+            Ok::<_, StoreError>(HistoryEntry {
+                node: node.clone(),
+                key: key.clone(),
+                old: old.as_deref().map(parse_json).transpose()?,
+                new: new.as_deref().map(parse_json).transpose()?,
+                at: parse_time(&at)?,
+            })
+        };
+        match read() {
+            Ok(e) => out.rows.push(e),
+            Err(e) => out.skip(&node, &key, Some(id.to_string()), e),
+        }
     }
     Ok(out)
 }
@@ -568,7 +615,7 @@ impl Store for SqliteStore {
         &self,
         node: &str,
         key: Option<&str>,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
+    ) -> Result<Rows<HistoryEntry>, StoreError> {
         let node = node.to_string();
         let key = key.map(str::to_string);
         self.call(move |conn| read_history(conn, &node, key.as_deref()))
@@ -580,7 +627,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn key_values(&self, path: &KeyPath) -> Result<Vec<(String, Value)>, StoreError> {
+    async fn key_values(&self, path: &KeyPath) -> Result<Rows<(String, Value)>, StoreError> {
         let path = path.clone();
         self.call(move |conn| read_key_values(conn, &path)).await
     }
@@ -589,7 +636,7 @@ impl Store for SqliteStore {
         &self,
         since: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
+    ) -> Result<Rows<HistoryEntry>, StoreError> {
         self.changes_with("new", since, limit).await
     }
 
@@ -597,10 +644,11 @@ impl Store for SqliteStore {
         &self,
         since: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
-        // The outline is made here so a first appearance's value never leaves SQLite.
+    ) -> Result<Rows<HistoryEntry>, StoreError> {
+        // The outline is made here so a first appearance's value never leaves SQLite;
+        // text that is not JSON is passed on as it is, to be skipped and counted.
         self.changes_with(
-            "CASE WHEN old IS NOT NULL THEN new
+            "CASE WHEN old IS NOT NULL OR NOT json_valid(new) THEN new
                   WHEN json_type(new) = 'object' THEN json_quote('(added: ' || (SELECT count(*) FROM json_each(new)) || ' keys)')
                   WHEN json_type(new) = 'array' THEN json_quote('(added: ' || json_array_length(new) || ' items)')
                   ELSE new END",
@@ -659,6 +707,47 @@ impl Store for SqliteStore {
         let ids = ids.to_vec();
         self.call(move |conn| read_answers(conn, &ids)).await
     }
+
+    async fn quarantine(&self, rows: &[Unreadable]) -> Result<u64, StoreError> {
+        let rows = rows.to_vec();
+        self.call(move |conn| quarantine_rows(conn, &rows)).await
+    }
+}
+
+/// Moves unreadable rows into the `quarantine` table (source table, node, key, the
+/// text as stored, why) in one transaction; returns how many rows moved.
+fn quarantine_rows(conn: &mut Connection, rows: &[Unreadable]) -> Result<u64, StoreError> {
+    let tx = conn.transaction().map_err(sql_err)?;
+    let now = rfc3339(Utc::now());
+    let mut moved = 0u64;
+    for u in rows {
+        let (copy, delete, key): (&str, &str, &dyn rusqlite::ToSql) = match (&u.history, u.key.as_str()) {
+            (Some(id), _) => (
+                "INSERT INTO quarantine (source, node, key, value, old, why, at)
+                 SELECT 'history', node, key, new, old, ?3, ?4 FROM history WHERE node = ?1 AND id = ?2",
+                "DELETE FROM history WHERE node = ?1 AND id = ?2",
+                id,
+            ),
+            (None, "last_error") => (
+                "INSERT INTO quarantine (source, node, key, value, why, at)
+                 SELECT 'nodes', name, ?2, last_error, ?3, ?4 FROM nodes WHERE name = ?1 AND last_error IS NOT NULL",
+                "UPDATE nodes SET last_error = NULL, last_error_at = NULL WHERE name = ?1 AND ?2 = 'last_error'",
+                &u.key,
+            ),
+            (None, _) => (
+                "INSERT INTO quarantine (source, node, key, value, why, at)
+                 SELECT 'node_keys', node, key, value, ?3, ?4 FROM node_keys WHERE node = ?1 AND key = ?2",
+                "DELETE FROM node_keys WHERE node = ?1 AND key = ?2",
+                &u.key,
+            ),
+        };
+        moved += tx
+            .execute(copy, params![u.node, key, u.why, now])
+            .map_err(sql_err)? as u64;
+        tx.execute(delete, params![u.node, key]).map_err(sql_err)?;
+    }
+    tx.commit().map_err(sql_err)?;
+    Ok(moved)
 }
 
 /// Writes ledger records in one transaction; what is already there is kept.
@@ -775,14 +864,14 @@ impl SqliteStore {
         new: &'static str,
         since: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
+    ) -> Result<Rows<HistoryEntry>, StoreError> {
         let since = rfc3339(since);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.call(move |conn| {
             history_rows(
                 conn,
                 &format!(
-                    "SELECT node, key, old, {new}, at FROM (
+                    "SELECT node, key, old, {new}, at, id FROM (
                        SELECT h.id, h.node, h.key, h.old, {RESOLVED_NEW} AS new, h.at FROM history h
                        WHERE h.at >= ?1 ORDER BY h.at, h.id LIMIT ?2)
                      ORDER BY at, id"
@@ -796,7 +885,7 @@ impl SqliteStore {
 
 /// Each node's value at `path`: SQLite walks object members (`->`), Rust finishes
 /// array steps so both read the path the same way.
-fn read_key_values(conn: &Connection, path: &KeyPath) -> Result<Vec<(String, Value)>, StoreError> {
+fn read_key_values(conn: &Connection, path: &KeyPath) -> Result<Rows<(String, Value)>, StoreError> {
     // Object steps up to the first all-digit one go to SQLite; the rest is walked here.
     let split = path
         .rest()
@@ -812,25 +901,46 @@ fn read_key_values(conn: &Connection, path: &KeyPath) -> Result<Vec<(String, Val
     }
     let mut stmt = conn
         .prepare_cached(
-            // The path is walked once per row; missing ones are dropped below.
-            "SELECT node, value -> ?2 FROM node_keys WHERE key = ?1
+            // The path is walked once per row; missing ones are dropped below. Text
+            // SQLite cannot parse is not walked (`->` would fail the whole query) but
+            // flagged, to be skipped and counted.
+            "SELECT node, CASE WHEN json_valid(value) THEN value -> ?2 END, json_valid(value)
+             FROM node_keys WHERE key = ?1
              UNION ALL
-             SELECT name, last_error -> ?2 FROM nodes WHERE ?1 = 'last_error' AND last_error IS NOT NULL
+             SELECT name, CASE WHEN json_valid(last_error) THEN last_error -> ?2 END, json_valid(last_error)
+             FROM nodes WHERE ?1 = 'last_error' AND last_error IS NOT NULL
              ORDER BY 1",
         )
         .map_err(sql_err)?;
     let rows = stmt
         .query_map(params![path.root(), json_path], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, bool>(2)?,
+            ))
         })
         .map_err(sql_err)?;
-    let mut out = Vec::new();
+    let mut out = Rows::default();
     for row in rows {
-        let (node, text) = row.map_err(sql_err)?;
+        let (node, text, valid) = row.map_err(sql_err)?;
+        if !valid {
+            out.skip(
+                &node,
+                path.root(),
+                None,
+                "bad stored JSON: the text does not parse",
+            );
+            continue;
+        }
         let Some(text) = text else { continue };
-        let v = parse_json(&text)?;
-        if let Some(v) = crate::query::lookup(&v, rust_steps) {
-            out.push((node, v.clone()));
+        match parse_json(&text) {
+            Ok(v) => {
+                if let Some(v) = crate::query::lookup(&v, rust_steps) {
+                    out.rows.push((node, v.clone()));
+                }
+            }
+            Err(e) => out.skip(&node, path.root(), None, e),
         }
     }
     Ok(out)

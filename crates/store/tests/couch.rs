@@ -67,7 +67,11 @@ async fn two_servers_writing_the_same_nodes_lose_nothing() {
             rec.keys.keys()
         );
         // Each key changed once: one history entry each, none from a lost race.
-        let history = a.history(&format!("node{n}"), None).await.expect("history");
+        let history = a
+            .history(&format!("node{n}"), None)
+            .await
+            .expect("history")
+            .rows;
         assert_eq!(history.len(), 10, "node{n}: {history:?}");
     }
 }
@@ -87,7 +91,10 @@ async fn javascript_numbers_do_not_look_like_changes() {
     store.apply(vec![obs.clone()].into()).await.expect("apply");
     let again = store.apply(vec![obs].into()).await.expect("apply again");
     assert_eq!(again, vec![Outcome::Unchanged]);
-    assert_eq!(store.history("n", None).await.expect("history").len(), 1);
+    assert_eq!(
+        store.history("n", None).await.expect("history").rows.len(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
