@@ -191,6 +191,38 @@ impl SqliteStore {
         })
     }
 
+    /// Opens a database file that exists and holds Vogeler's tables; a missing file
+    /// or one without them is [`StoreError::NotSetUp`] and nothing is created (the
+    /// read-only commands: a mistyped path must not leave an empty store behind).
+    pub fn open_existing(path: &Path) -> Result<SqliteStore, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::NotSetUp(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(|e| StoreError::Unavailable {
+            backend: BACKEND,
+            message: format!("cannot open {}: {e}", path.display()),
+        })?;
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'nodes'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql_err)?;
+        drop(conn);
+        if tables == 0 {
+            return Err(StoreError::NotSetUp(format!(
+                "{} holds no Vogeler tables",
+                path.display()
+            )));
+        }
+        SqliteStore::open(path)
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
