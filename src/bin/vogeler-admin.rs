@@ -63,6 +63,10 @@ enum Command {
         /// The document as it was then (RFC 3339, a date, or an age such as 2h, 7d).
         #[arg(long, value_name = "WHEN", requires = "name")]
         at: Option<String>,
+        /// Clear the node's last error (it stays in history); a good result of the
+        /// failed plugin clears it too.
+        #[arg(long, requires = "name", conflicts_with_all = ["key", "at"])]
+        clear_error: bool,
     },
     /// Fleet reports: nodes by a fact, packages, stale nodes, errors, changes.
     Report {
@@ -203,7 +207,24 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let s = settings::load(Program::Admin, &cli.common, settings::Extra::default())?;
     settings::init_logging(&s)?;
     match cli.command {
-        Command::Node { name, key, at } => {
+        Command::Node {
+            name: Some(name),
+            clear_error: true,
+            ..
+        } => {
+            let store = settings::open_existing_store(&s).await?;
+            if store.clear_error(&name).await? {
+                outln!("cleared the last error of {name}")?;
+            } else if store.node(&name).await?.is_none() {
+                anyhow::bail!(
+                    "no node named {name:?} is stored (see `vogeler-admin node` for the list)"
+                );
+            } else {
+                outln!("{name} has no last error")?;
+            }
+            Ok(0)
+        }
+        Command::Node { name, key, at, .. } => {
             let at = at
                 .map(|w| report::parse_when(&w, Utc::now()).map_err(usage))
                 .transpose()?;

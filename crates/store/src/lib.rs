@@ -128,7 +128,8 @@ pub enum Change {
         /// The converted value.
         value: Data,
     },
-    /// An error result: becomes the document's `last_error`.
+    /// An error result: becomes the document's `last_error`, until a later good
+    /// result of the same plugin clears it (the error stays in history).
     Error {
         /// The plugin that failed, when known.
         plugin: Option<String>,
@@ -325,6 +326,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap round trip proving the store answers.
     async fn health(&self) -> Result<(), StoreError>;
+
+    /// Clears a node's `last_error` (`vogeler-admin node NAME --clear-error`), keeping
+    /// the error in history; `Ok(false)` when the node has none (or is unknown). A good
+    /// result of the failed plugin clears it in `apply` the same way.
+    async fn clear_error(&self, node: &str) -> Result<bool, StoreError>;
 
     /// Each node's value of plugin key `path.root()` (or of `last_error`) walked down
     /// `path.rest()`, sorted by node; nodes without it are left out. Backends push the

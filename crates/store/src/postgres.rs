@@ -507,6 +507,29 @@ impl Store for PostgresStore {
                 }
                 Change::Seen => Outcome::Unchanged,
             };
+            // A good result clears that plugin's error (the error stays in history).
+            let outcome = match &obs.change {
+                Change::Plugin { name, .. } if outcome != Outcome::Stale => {
+                    match errors.get_mut(&obs.node) {
+                        Some((error @ Some(_), error_at))
+                            if error
+                                .as_ref()
+                                .and_then(|e| e.get("plugin"))
+                                .and_then(Value::as_str)
+                                == Some(name.as_str())
+                                && error_at.is_none_or(|t| t <= obs.at) =>
+                        {
+                            let old = error.take().map(|v| Cow::Owned(v.to_string()));
+                            *error_at = Some(obs.at);
+                            history.push(&obs.node, "last_error", old, None, obs.at);
+                            errors_changed.insert(obs.node.as_str());
+                            Outcome::Updated
+                        }
+                        _ => outcome,
+                    }
+                }
+                _ => outcome,
+            };
             if outcome == Outcome::Updated {
                 nodes_changed.insert(obs.node.as_str());
             }
@@ -560,9 +583,9 @@ impl Store for PostgresStore {
         if !errors_changed.is_empty() {
             let (mut err_nodes, mut err_values, mut err_ats) = (Vec::new(), Vec::new(), Vec::new());
             for node in &errors_changed {
-                if let Some((Some(value), Some(at))) = errors.get(*node) {
+                if let Some((value, Some(at))) = errors.get(*node) {
                     err_nodes.push(*node);
-                    err_values.push(value);
+                    err_values.push(value.as_ref());
                     err_ats.push(*at);
                 }
             }
@@ -608,6 +631,37 @@ impl Store for PostgresStore {
         }
         tx.commit().await.map_err(pg_err)?;
         Ok(outcomes)
+    }
+
+    async fn clear_error(&self, node: &str) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let now = Utc::now();
+        let old: Option<Value> = tx
+            .query_opt(
+                "SELECT last_error FROM nodes WHERE name = $1 AND last_error IS NOT NULL FOR UPDATE",
+                &[&node],
+            )
+            .await
+            .map_err(pg_err)?
+            .map(|r| r.get(0));
+        let Some(old) = old else {
+            return Ok(false);
+        };
+        tx.execute(
+            "UPDATE nodes SET last_error = NULL, last_error_at = $2, updated_at = $2 WHERE name = $1",
+            &[&node, &now],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO history (node, key, old, new, at) VALUES ($1, 'last_error', $2, NULL, $3)",
+            &[&node, &old, &now],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(true)
     }
 
     async fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
