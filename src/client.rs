@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 use vogeler_plugins::{ExecLimits, Format, Plugin, PluginOutcome, Registry};
-use vogeler_protocol::{Decoded, Message, PluginResult, Pong, Request};
+use vogeler_protocol::{limits, Decoded, Message, PluginResult, Pong, Request};
 use vogeler_signing::{
     Keyring, Rejection, ReplayGuard, SecretKey, KEY_ID_HEADER, SIGNATURE_HEADER,
 };
@@ -63,6 +63,10 @@ pub struct ClientOptions {
     pub interval: Option<Duration>,
     /// Heartbeat period; `None` sends none.
     pub heartbeat: Option<Duration>,
+    /// The server's message limit (`[server] max_message_bytes`, the same setting the
+    /// server reads): a result whose encoding is larger is replaced by a short error
+    /// result, so the runner and the record hear about it instead of silence.
+    pub max_message_bytes: usize,
 }
 
 /// Most signed request ids remembered at once (each until its ttl passes).
@@ -562,8 +566,89 @@ pub(crate) fn finish(o: PluginOutcome) -> Answer {
     }
 }
 
-/// Encodes an answer in the configured wire shape.
+/// Encodes an answer in the configured wire shape, checked as the server will check
+/// it: a result larger than `max_message_bytes` or refused by the protocol's limits
+/// (`vogeler_protocol::limits`) is replaced by a short error result saying why, which
+/// the server stores as the plugin's `last_error`.
 pub fn encode_answer(opts: &ClientOptions, request: Option<&Request>, a: &Answer) -> Vec<u8> {
+    // An error answer to a command as asked (`rm -rf /`) keys it by a name the server
+    // accepts, keeping the message ("not authorized").
+    let renamed;
+    let a = if limits::check_plugin_name("plugin", &a.plugin).is_err() {
+        renamed = Answer {
+            plugin: safe_plugin_name(&a.plugin),
+            ..a.clone()
+        };
+        &renamed
+    } else {
+        a
+    };
+    let body = encode_unchecked(opts, request, a);
+    let Err(why) = check_outgoing(opts, &body) else {
+        return body;
+    };
+    tracing::warn!(plugin = %a.plugin, error = %why, "answering with a short error result instead");
+    let short = Answer {
+        plugin: a.plugin.clone(),
+        format: limits::bounded(&a.format, limits::MAX_NAME_BYTES).into_owned(),
+        outcome: Err(why),
+        raw: None,
+        exit_status: a.exit_status,
+        duration: a.duration,
+    };
+    encode_unchecked(opts, request, &short)
+}
+
+/// Why the server would refuse this encoded result, in a short sentence.
+fn check_outgoing(opts: &ClientOptions, body: &[u8]) -> Result<(), String> {
+    let max = opts.max_message_bytes.min(limits::MAX_MESSAGE_BYTES);
+    if body.len() > max {
+        return Err(format!(
+            "output of {} exceeds the {} limit ([server] max_message_bytes); nothing of it was sent",
+            megabytes(body.len()),
+            megabytes(max)
+        ));
+    }
+    let checked = match vogeler_protocol::decode_raw_result(body) {
+        Some(r) => r.map(drop),
+        None => vogeler_protocol::decode(body).map(drop),
+    };
+    checked.map_err(|e| {
+        let why = format!(
+            "result refused by the protocol limits ({}): {e}",
+            e.reason()
+        );
+        limits::bounded(&why, 512).into_owned()
+    })
+}
+
+/// `n` bytes as `20.0 MB` (MiB, one decimal).
+fn megabytes(n: usize) -> String {
+    format!("{:.1} MB", n as f64 / (1024.0 * 1024.0))
+}
+
+/// A plugin name the protocol accepts: characters outside `[A-Za-z0-9_.-]` become `_`
+/// (an unknown command as asked, `ls -l`, becomes `ls_-l`), cut to the name limit.
+fn safe_plugin_name(name: &str) -> String {
+    let mut safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    safe.truncate(limits::MAX_NAME_BYTES);
+    if safe.is_empty() {
+        safe.push_str("unknown");
+    }
+    safe
+}
+
+/// Encodes an answer in the configured wire shape, as it is.
+fn encode_unchecked(opts: &ClientOptions, request: Option<&Request>, a: &Answer) -> Vec<u8> {
     match opts.wire {
         Wire::Legacy => match &a.outcome {
             Ok(_) => vogeler_protocol::encode_legacy_result(

@@ -290,6 +290,7 @@ pub fn client_options(
         interval: (s.interval > 0).then(|| std::time::Duration::from_secs(s.interval)),
         heartbeat: (s.heartbeat_interval > 0)
             .then(|| std::time::Duration::from_secs(s.heartbeat_interval)),
+        max_message_bytes: s.max_message_bytes,
     })
 }
 

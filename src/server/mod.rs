@@ -66,7 +66,7 @@ impl ServerOptions {
             topology,
             batch_size: 500,
             prefetch: 2000,
-            max_message_bytes: 32 * 1024 * 1024,
+            max_message_bytes: vogeler_protocol::limits::MAX_MESSAGE_BYTES,
             linger: Duration::from_millis(5),
             history_retention: None,
             node_keys: None,
@@ -86,6 +86,26 @@ pub struct Stats {
     pub commits: AtomicU64,
     /// Total store commit time, microseconds.
     pub store_micros: AtomicU64,
+    /// Dead-lettered messages by reason code (`/metrics`): the codes are the fixed
+    /// ones of `vogeler_protocol::limits` and this module, so the map stays small.
+    pub dead_by_reason: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Stats {
+    /// Counts one dead-lettered message under its reason.
+    pub fn count_dead(&self, reason: &str) {
+        if let Ok(mut m) = self.dead_by_reason.lock() {
+            *m.entry(reason.to_string()).or_default() += 1;
+        }
+    }
+
+    /// The dead-letter counts by reason, sorted by reason.
+    pub fn dead_reasons(&self) -> Vec<(String, u64)> {
+        self.dead_by_reason
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
+    }
 }
 
 enum End {
@@ -169,8 +189,9 @@ struct Prepared {
     /// What each usable message observed, shared with the store without copying.
     observations: Batch,
     /// Delivery index, confirmation and request id of each observation, index for
-    /// index; a confirmation of `None` marks the server's own signature record beside a
-    /// result (not counted, never dead-lettered: its result is).
+    /// index; a confirmation of `None` marks the server's own record (a signature record
+    /// beside a result, or the note that a result was refused): not counted, never
+    /// dead-lettered (its result is).
     meta: Vec<(usize, Option<Option<Confirm>>, Option<String>)>,
     /// Delivery index, reason code and detail for each unusable message.
     dead: Vec<(usize, String, String)>,
@@ -227,7 +248,17 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
             }
             Converted::Discover(q) => discover.push(q),
             Converted::Announce(a) => announce.push(a),
-            Converted::Dead { reason, detail } => dead.push((i, reason.to_string(), detail)),
+            Converted::Dead { reason, detail } => {
+                // The node's record says a result was refused and why, unless results
+                // must be verified (then an unverified body cannot name the node).
+                if !opts.require_verified {
+                    if let Some(note) = convert::refusal_note(&d.body, reason, &detail) {
+                        observations.push(note);
+                        meta.push((i, None, None));
+                    }
+                }
+                dead.push((i, reason.to_string(), detail))
+            }
         }
     }
     Prepared {
@@ -370,9 +401,9 @@ async fn process(
     {
         let Some(confirm) = confirm else {
             if let Ok(Outcome::Refused(e)) = &outcome {
-                tracing::warn!(node = %obs.node, error = %e, "signature record not stored");
+                tracing::warn!(node = %obs.node, error = %e, "the server's own record (signature or refusal note) not stored");
             } else if let Err(e) = &outcome {
-                tracing::warn!(node = %obs.node, error = %e, "signature record not stored");
+                tracing::warn!(node = %obs.node, error = %e, "the server's own record (signature or refusal note) not stored");
             }
             continue;
         };
@@ -443,6 +474,9 @@ async fn process(
     stats
         .dead_lettered
         .fetch_add(dead.len() as u64, Ordering::Relaxed);
+    for (_, reason, _) in &dead {
+        stats.count_dead(reason);
+    }
     Ok(true)
 }
 

@@ -41,6 +41,17 @@ pub async fn metrics(State(state): State<WebState>) -> Response {
         "Messages republished to the dead-letter queue.",
         s.dead_lettered.load(Relaxed),
     );
+    let _ = writeln!(
+        out,
+        "# HELP vogeler_dead_lettered_by_reason_total Messages dead-lettered, by reason code (docs/PROTOCOL.md).\n# TYPE vogeler_dead_lettered_by_reason_total counter"
+    );
+    for (reason, n) in s.dead_reasons() {
+        let _ = writeln!(
+            out,
+            "vogeler_dead_lettered_by_reason_total{{reason=\"{}\"}} {n}",
+            label(&reason)
+        );
+    }
     counter(
         &mut out,
         "vogeler_store_commits_total",

@@ -745,10 +745,15 @@ impl Settings {
             .filter(|n| !n.trim().is_empty())
             .or_else(|| get("client", "node_name").map(str::to_string))
             .unwrap_or_else(host_name);
-        if node_name.contains(['*', '#']) || node_name.trim().is_empty() {
+        // The same rule the server applies to every message (vogeler_protocol::limits).
+        if let Err(r) = vogeler_protocol::limits::check_node_name("node name", &node_name) {
             return Err(ConfigError::Value {
                 place: "node name".into(),
-                message: format!("{node_name:?} cannot be a node name: it must be non-empty and contain no * or #"),
+                message: format!(
+                    "{:?} cannot be a node name: {} (e.g. web01.example.com)",
+                    vogeler_protocol::limits::bounded(&node_name, 80),
+                    r.message
+                ),
             });
         }
 
@@ -763,7 +768,20 @@ impl Settings {
         };
         let plugin_timeout = Duration::from_secs(number("client", "timeout", 60)?.max(1));
         let output_cap = number("client", "output_cap", 16 * 1024 * 1024)? as usize;
-        let max_message_bytes = number("server", "max_message_bytes", 32 * 1024 * 1024)? as usize;
+        let max_message_bytes = number(
+            "server",
+            "max_message_bytes",
+            vogeler_protocol::limits::MAX_MESSAGE_BYTES as u64,
+        )? as usize;
+        if max_message_bytes > vogeler_protocol::limits::MAX_MESSAGE_BYTES {
+            return Err(ConfigError::Value {
+                place: place("server", "max_message_bytes"),
+                message: format!(
+                    "{max_message_bytes} exceeds the protocol's limit of {} bytes (docs/PROTOCOL.md, \"Limits and reason codes\")",
+                    vogeler_protocol::limits::MAX_MESSAGE_BYTES
+                ),
+            });
+        }
         let concurrency = number("client", "concurrency", 4)?.max(1) as usize;
         let batch_size = number("server", "batch_size", 500)?.max(1) as usize;
         let prefetch =

@@ -5,7 +5,10 @@
 //! 2010 shapes reproduces Python's `json.dumps` byte for byte, so a 2010 server or
 //! client can still talk to these programs (`[amqp] wire = legacy`).
 
+pub mod limits;
+
 use chrono::{DateTime, NaiveDateTime, Utc};
+use limits::{check_each, check_len, check_node_name, check_plugin_name, Refusal};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -352,6 +355,16 @@ pub enum ProtocolError {
     /// Valid JSON of no known shape.
     #[error("unknown message shape: {0}")]
     UnknownShape(String),
+    /// A message that breaks one of the protocol's [`limits`] (depth, numbers, strings,
+    /// names, field lengths, size); the reason code names which.
+    #[error("message refused: {0}")]
+    Refused(Refusal),
+}
+
+impl From<Refusal> for ProtocolError {
+    fn from(r: Refusal) -> ProtocolError {
+        ProtocolError::Refused(r)
+    }
 }
 
 impl ProtocolError {
@@ -364,6 +377,7 @@ impl ProtocolError {
             ProtocolError::UnknownKind(_) => "unknown-kind",
             ProtocolError::BadField { .. } => "bad-field",
             ProtocolError::UnknownShape(_) => "unknown-shape",
+            ProtocolError::Refused(r) => r.limit.reason(),
         }
     }
 }
@@ -373,6 +387,15 @@ pub fn decode(body: &[u8]) -> Result<Decoded, ProtocolError> {
     let text = std::str::from_utf8(body).map_err(|e| ProtocolError::BadUtf8 {
         offset: e.valid_up_to(),
     })?;
+    let canonical = limits::scan(text)?;
+    let text = canonical.as_deref().unwrap_or(text);
+    let decoded = decode_text(text)?;
+    check_decoded(&decoded)?;
+    Ok(decoded)
+}
+
+/// [`decode`] of a text that passed [`limits::scan`], before the field checks.
+fn decode_text(text: &str) -> Result<Decoded, ProtocolError> {
     if let Some(decoded) = decode_v1_result(text) {
         return decoded;
     }
@@ -435,11 +458,28 @@ pub fn decode(body: &[u8]) -> Result<Decoded, ProtocolError> {
 /// into a tree): what the server stores.
 pub type RawResult = PluginResult<Box<serde_json::value::RawValue>>;
 
-/// The server's hot path: a v1 result with its data left as text. `None` when the
-/// body is anything else (not UTF-8, not a v1 result): [`decode`] then decodes it
-/// and words the error.
+/// The server's hot path: a v1 result with its data left as text (numbers
+/// canonicalised, see [`limits`]). `None` when the body is anything else (not UTF-8,
+/// not a v1 result): [`decode`] then decodes it and words the error. A body that
+/// breaks a structural limit is refused here whatever its kind, with the same
+/// [`ProtocolError::Refused`] that [`decode`] would give.
 pub fn decode_raw_result(body: &[u8]) -> Option<Result<RawResult, ProtocolError>> {
     let text = std::str::from_utf8(body).ok()?;
+    let canonical = match limits::scan(text) {
+        Ok(c) => c,
+        // Refused whatever it is; a non-result is worded the same way by `decode`.
+        Err(r) => return Some(Err(r.into())),
+    };
+    let text = canonical.as_deref().unwrap_or(text);
+    let decoded = decode_raw_text(text)?;
+    Some(decoded.and_then(|r| {
+        check_result(&r)?;
+        Ok(r)
+    }))
+}
+
+/// [`decode_raw_result`] of a text that passed [`limits::scan`], before the field checks.
+fn decode_raw_text(text: &str) -> Option<Result<RawResult, ProtocolError>> {
     // The data is most of a result: it is scanned once, by this parse; the envelope
     // check then reads the message with the data cut out.
     match serde_json::from_str::<PluginResult<&serde_json::value::RawValue>>(text) {
@@ -459,6 +499,93 @@ pub fn decode_raw_result(body: &[u8]) -> Option<Result<RawResult, ProtocolError>
             })
         }),
     }
+}
+
+/// The field checks of [`limits`] on a decoded message: names, ids and every other
+/// string field within its bound.
+fn check_decoded(d: &Decoded) -> Result<(), Refusal> {
+    use limits::{MAX_COMMAND_BYTES, MAX_FILTER_BYTES, MAX_NAME_BYTES, MAX_NODE_NAME_BYTES};
+    match d {
+        Decoded::LegacyRequest(command) => check_len("command", command, MAX_COMMAND_BYTES),
+        Decoded::LegacyResult(r) => {
+            check_node_name("syskey", &r.node)?;
+            if let Some(p) = &r.plugin {
+                check_plugin_name("plugin key", p)?;
+            }
+            check_len("format", &r.format, MAX_NAME_BYTES)
+        }
+        Decoded::Message(m) => match m {
+            Message::Request(r) => {
+                check_len("id", &r.id, MAX_NAME_BYTES)?;
+                check_len("command", &r.command, MAX_COMMAND_BYTES)?;
+                check_each("targets", &r.targets, MAX_FILTER_BYTES)?;
+                check_len("sender", &r.sender, MAX_NAME_BYTES)?;
+                check_len(
+                    "reply_to",
+                    r.reply_to.as_deref().unwrap_or(""),
+                    MAX_NAME_BYTES,
+                )
+            }
+            Message::Result(r) => check_result(r),
+            Message::Stored(s) => {
+                check_len(
+                    "request_id",
+                    s.request_id.as_deref().unwrap_or(""),
+                    MAX_NAME_BYTES,
+                )?;
+                check_node_name("node", &s.node)?;
+                check_len("plugin", &s.plugin, MAX_NAME_BYTES)
+            }
+            Message::Ping(p) => {
+                check_len("id", &p.id, MAX_NAME_BYTES)?;
+                check_len("sender", &p.sender, MAX_NAME_BYTES)?;
+                check_len("reply_to", &p.reply_to, MAX_NAME_BYTES)
+            }
+            Message::Pong(p) => {
+                check_len("ping_id", &p.ping_id, MAX_NAME_BYTES)?;
+                check_node_name("node", &p.node)
+            }
+            Message::Heartbeat(h) => check_node_name("node", &h.node),
+            Message::Discover(q) => {
+                check_len("id", &q.id, MAX_NAME_BYTES)?;
+                check_each("filters", &q.filters, MAX_FILTER_BYTES)?;
+                check_each("names", &q.names, MAX_FILTER_BYTES)?;
+                check_len("reply_to", &q.reply_to, MAX_NAME_BYTES)
+            }
+            Message::Discovered(a) => {
+                check_len("discover_id", &a.discover_id, MAX_NAME_BYTES)?;
+                check_each("nodes", &a.nodes, MAX_NODE_NAME_BYTES)
+            }
+            Message::Announce(a) => {
+                check_len("request_id", &a.request_id, MAX_NAME_BYTES)?;
+                check_len("command", &a.command, MAX_COMMAND_BYTES)?;
+                check_each(
+                    "expected",
+                    a.expected.as_deref().unwrap_or(&[]),
+                    MAX_NODE_NAME_BYTES,
+                )?;
+                check_len("sender", &a.sender, MAX_NAME_BYTES)
+            }
+        },
+    }
+}
+
+/// The field checks of a result, however its data is held.
+fn check_result<D>(r: &PluginResult<D>) -> Result<(), Refusal> {
+    use limits::MAX_NAME_BYTES;
+    check_len(
+        "request_id",
+        r.request_id.as_deref().unwrap_or(""),
+        MAX_NAME_BYTES,
+    )?;
+    check_node_name("node", &r.node)?;
+    check_plugin_name("plugin", &r.plugin)?;
+    check_len("format", &r.format, MAX_NAME_BYTES)?;
+    check_len(
+        "reply_to",
+        r.reply_to.as_deref().unwrap_or(""),
+        MAX_NAME_BYTES,
+    )
 }
 
 /// Where `part`, a slice borrowed from `text`, lies in it.

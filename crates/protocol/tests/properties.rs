@@ -9,13 +9,29 @@ use vogeler_protocol::{
     decode, encode, encode_legacy_request, encode_legacy_result, Decoded, Message,
 };
 
-/// Any text, including quotes, escapes, control characters and non-ASCII.
+/// Any text the limits let through: quotes, escapes, control characters and
+/// non-ASCII, but no NUL (refused everywhere, see `limits`) and at most 60 characters.
 fn text() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-z0-9._-]{0,16}",
-        any::<String>(),
+        "[^\\x00]{0,60}",
         "[\"\\\\{}\\[\\]:,\\n\\t ]{0,8}",
     ]
+}
+
+/// A node name: a host name (`limits::check_node_name`).
+fn node() -> impl Strategy<Value = String> {
+    "[a-z0-9][a-z0-9_-]{0,20}(\\.[a-z0-9][a-z0-9-]{0,20}){0,3}"
+}
+
+/// A plugin name: `[A-Za-z0-9_.-]`, not empty.
+fn plugin_name() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9_.-]{1,24}"
+}
+
+/// Any text at all (NUL included), for the refusal properties.
+fn any_text() -> impl Strategy<Value = String> {
+    prop_oneof![text(), any::<String>()]
 }
 
 /// A timestamp as the programs write it (RFC 3339 with nanoseconds, UTC).
@@ -27,12 +43,26 @@ fn time() -> impl Strategy<Value = String> {
     })
 }
 
+/// A float as the limits canonicalise it (`3.0` is the integer `3`).
+fn canonical(f: f64) -> Value {
+    let text = Value::from(f).to_string();
+    let text = vogeler_protocol::limits::scan(&text)
+        .ok()
+        .flatten()
+        .unwrap_or(text);
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
 /// Plugin output as JSON: nested arrays and objects of strings, integers and booleans.
 fn data() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        // Few significant digits: serde_json (without `float_roundtrip`) parses these exactly.
+        (-(1i64 << 40)..(1i64 << 40), 0u32..6)
+            .prop_map(|(m, e)| canonical(m as f64 / 10f64.powi(e as i32))),
         text().prop_map(Value::String),
     ];
     leaf.prop_recursive(3, 24, 6, |inner| {
@@ -63,7 +93,7 @@ fn message() -> impl Strategy<Value = Message> {
             m
         });
     let result = (
-        (opt(text()), text(), text(), text(), opt(data())),
+        (opt(text()), node(), plugin_name(), text(), opt(data())),
         (opt(text()), opt(text()), opt(any::<i32>()), any::<u32>(), time(), opt(text())),
     )
         .prop_map(|((request_id, node, plugin, format, data), (error, raw, exit_status, duration_ms, collected_at, reply_to))| {
@@ -80,7 +110,7 @@ fn message() -> impl Strategy<Value = Message> {
         });
     let stored = (
         opt(text()),
-        text(),
+        node(),
         text(),
         any::<bool>(),
         opt(text()),
@@ -97,10 +127,10 @@ fn message() -> impl Strategy<Value = Message> {
     let ping = (text(), text(), time(), text()).prop_map(|(id, sender, sent_at, reply_to)| {
         json!({"kind": "ping", "id": id, "sender": sender, "sent_at": sent_at, "reply_to": reply_to})
     });
-    let pong = (text(), text(), time()).prop_map(|(ping_id, node, sent_at)| {
+    let pong = (text(), node(), time()).prop_map(|(ping_id, node, sent_at)| {
         json!({"kind": "pong", "ping_id": ping_id, "node": node, "sent_at": sent_at})
     });
-    let heartbeat = (text(), time())
+    let heartbeat = (node(), time())
         .prop_map(|(node, sent_at)| json!({"kind": "heartbeat", "node": node, "sent_at": sent_at}));
     let discover = (
         text(),
@@ -135,7 +165,127 @@ fn message() -> impl Strategy<Value = Message> {
     )
 }
 
+/// A hostile JSON value as text: numbers of any size and form, lone surrogate and NUL
+/// escapes, backslashes, long keys, deep nesting.
+fn hostile_json() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        any::<f64>().prop_map(|f| Value::from(f).to_string()),
+        (any::<i32>(), -400i32..400).prop_map(|(m, e)| format!("{m}e{e}")),
+        (0u32..100, 0u32..100).prop_map(|(a, b)| format!("{a}.{b}0")),
+        Just("-0".to_string()),
+        Just("\"\\ud800\"".to_string()),
+        Just("\"\\udc00\\ud800\"".to_string()),
+        Just("\"\\ud83d\\ude00\"".to_string()),
+        Just("\"a\\u0000b\"".to_string()),
+        Just("\"a\\\\u0000b\"".to_string()),
+        any_text().prop_map(|t| Value::String(t).to_string()),
+    ];
+    let tree = leaf.prop_recursive(4, 32, 5, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(|v| format!("[{}]", v.join(","))),
+            prop::collection::vec((any_text(), inner), 0..5).prop_map(|kv| {
+                let fields: Vec<String> = kv
+                    .into_iter()
+                    .map(|(k, v)| format!("{}:{v}", Value::String(k)))
+                    .collect();
+                format!("{{{}}}", fields.join(","))
+            }),
+        ]
+    });
+    prop_oneof![
+        8 => tree,
+        1 => (1usize..200).prop_map(|d| format!("{}1{}", "[".repeat(d), "]".repeat(d))),
+        1 => (1usize..2000).prop_map(|n| format!("{{\"{}\":1}}", "k".repeat(n))),
+    ]
+}
+
+/// Every reason code a refusal may carry.
+const REASONS: &[&str] = &[
+    "bad-utf8",
+    "not-json",
+    "unknown-version",
+    "unknown-kind",
+    "bad-field",
+    "unknown-shape",
+    "too-large",
+    "too-deep",
+    "bad-number",
+    "lone-surrogate",
+    "nul-character",
+    "bad-node-name",
+    "bad-plugin-name",
+    "field-too-long",
+    "key-too-long",
+];
+
 proptest! {
+    /// One validation: the hot path and the general decode accept the same hostile
+    /// results and refuse them for the same reason; what they accept has canonical numbers (the
+    /// text the hot path keeps parses to the tree `decode` built, and needs no rewriting).
+    #[test]
+    fn hostile_results_are_refused_with_a_reason_or_accepted_canonical(
+        data in hostile_json(),
+        node in prop_oneof![node(), any_text()],
+        plugin in prop_oneof![plugin_name(), any_text()],
+        reply_to in opt(prop_oneof![text(), "[a-z]{250,260}"]),
+    ) {
+        let mut envelope = json!({"v": 1, "kind": "result", "node": node, "plugin": plugin,
+            "format": "json", "collected_at": "2026-01-01T00:00:00Z"});
+        if let Some(r) = reply_to {
+            envelope["reply_to"] = json!(r);
+        }
+        let text = envelope.to_string();
+        let body = format!("{},\"data\":{data}}}", &text[..text.len() - 1]);
+        let tree = decode(body.as_bytes());
+        let raw = vogeler_protocol::decode_raw_result(body.as_bytes());
+        match (&tree, raw) {
+            (Ok(Decoded::Message(Message::Result(t))), Some(Ok(r))) => {
+                let raw_data = r.data.as_ref().map(|d| d.get().to_string()).unwrap_or_default();
+                let parsed: Value = serde_json::from_str(&raw_data).expect("kept text is JSON");
+                prop_assert_eq!(Some(&parsed), t.data.as_ref());
+                prop_assert_eq!(vogeler_protocol::limits::scan(&raw_data), Ok(None));
+            }
+            (Err(e), Some(Err(r))) => {
+                prop_assert!(REASONS.contains(&e.reason()), "unknown reason {}", e.reason());
+                prop_assert_eq!(e.reason(), r.reason(), "{} vs {}", e, r);
+            }
+            (Err(e), None) => prop_assert!(REASONS.contains(&e.reason())),
+            (t, r) => prop_assert!(false, "decode and decode_raw_result disagree: {:?} vs {:?}", t, r),
+        }
+    }
+
+    /// Whatever a hostile peer puts in any field of any kind, decode answers: a message
+    /// or a refusal with a known reason code, never a panic.
+    #[test]
+    fn hostile_fields_of_every_kind_are_refused_with_a_known_reason(
+        kind in prop_oneof![Just("request"), Just("result"), Just("stored"), Just("ping"), Just("pong"),
+            Just("heartbeat"), Just("discover"), Just("discovered"), Just("announce")],
+        fields in prop::collection::btree_map(
+            prop_oneof![Just("id"), Just("node"), Just("plugin"), Just("format"), Just("command"),
+                Just("sender"), Just("reply_to"), Just("request_id"), Just("ping_id"), Just("discover_id")],
+            prop_oneof![any_text(), "[a-z.]{200,300}", "[a-z]{1000,5000}"], 0..6),
+        lists in prop::collection::btree_map(
+            prop_oneof![Just("targets"), Just("filters"), Just("names"), Just("nodes"), Just("expected")],
+            prop::collection::vec(prop_oneof![any_text(), "[a-z]{1000,1100}"], 0..3), 0..3),
+    ) {
+        let mut m = json!({"v": 1, "kind": kind, "id": "i", "ping_id": "p", "discover_id": "d",
+            "request_id": "r", "node": "web01", "plugin": "p", "format": "json", "command": "facter",
+            "ok": true, "ttl": 1, "data": 1, "reply_to": "q",
+            "sent_at": "2026-01-01T00:00:00Z", "stored_at": "2026-01-01T00:00:00Z",
+            "collected_at": "2026-01-01T00:00:00Z"});
+        for (k, v) in fields {
+            m[k] = json!(v);
+        }
+        for (k, v) in lists {
+            m[k] = json!(v);
+        }
+        if let Err(e) = decode(m.to_string().as_bytes()) {
+            prop_assert!(REASONS.contains(&e.reason()), "unknown reason {} ({})", e.reason(), e);
+        }
+    }
+
     #[test]
     fn decode_never_panics_on_bytes(body in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = decode(&body);
@@ -181,7 +331,7 @@ proptest! {
 
     #[test]
     fn legacy_results_round_trip(
-        node in text().prop_filter("an empty syskey is refused", |n| !n.trim().is_empty()),
+        node in node(),
         plugin in "[a-z][a-z0-9_]{0,11}".prop_filter("not a reserved key", |p| !["syskey", "format", "last_error", "v", "kind"].contains(&p.as_str())),
         raw in text(),
         format in "[a-z]{1,8}",

@@ -56,6 +56,7 @@ macro_rules! conformance_tests {
             record_at_a_past_time, timeline_of_a_package, changes_across_the_fleet,
             retention_prunes_old_history, import_replaces_a_node, text_data_is_the_same_value,
             ledger_records_requests_and_answers_in_any_order, a_node_many_times_in_one_batch,
+            decoded_results_read_back_the_same, last_error_is_bounded,
             a_good_result_clears_last_error);
     };
     (@cases $make:expr; $($case:ident),*) => {
@@ -170,6 +171,132 @@ pub async fn text_data_is_the_same_value(store: DynStore) {
     assert_eq!(history.len(), 2, "{history:?}");
     assert_eq!(history[1].old.as_ref(), Some(&value));
     assert_eq!(history[1].new.as_ref(), Some(&newer));
+}
+
+/// What the protocol's decode accepts reads back as the same JSON from every backend
+/// (canonical numbers, escapes, backslashes and quotes in keys, deep but bounded
+/// nesting); what it refuses (`1e400`, too deep, a lone surrogate, NUL) never reaches
+/// a store. Results go in the way the server's hot path hands them over: as text.
+pub async fn decoded_results_read_back_the_same(store: DynStore) {
+    let deep = format!("{}1{}", "[".repeat(60), "]".repeat(60));
+    let accepted = [
+        r#"{"a":1e2,"b":1.0,"c":-0,"d":0.10,"e":1.5e-7,"f":1.5e18,"g":1e300,"h":18446744073709551615,"i":-9223372036854775808}"#.to_string(),
+        r#"{"back\\slash":"\\u0000 is text","quo\"te":"\ud83d\ude00","\u00e9t\u00e9":"\t\n\u001f","":"empty key"}"#.to_string(),
+        format!(r#"{{"deep":{deep}}}"#),
+    ];
+    let refused = [
+        (r#"{"x":1e400}"#.to_string(), "bad-number"),
+        (
+            format!("{}1{}", "[".repeat(100), "]".repeat(100)),
+            "too-deep",
+        ),
+        (r#"{"x":"\ud800"}"#.to_string(), "lone-surrogate"),
+        (r#"{"x":"a\u0000b"}"#.to_string(), "nul-character"),
+        (r#"{"a\u0000":1}"#.to_string(), "nul-character"),
+        (
+            r#"{"x":123456789012345678901234567890}"#.to_string(),
+            "bad-number",
+        ),
+    ];
+    let body = |node: &str, plugin: &str, data: &str| {
+        format!(
+            r#"{{"v":1,"kind":"result","node":"{node}","plugin":"{plugin}","format":"json","data":{data},"collected_at":"2026-01-01T00:00:00Z"}}"#
+        )
+    };
+    for (i, (data, reason)) in refused.iter().enumerate() {
+        let b = body("h", &format!("r{i}"), data);
+        match vogeler_protocol::decode_raw_result(b.as_bytes()) {
+            Some(Err(e)) => assert_eq!(e.reason(), *reason, "{data}: {e}"),
+            other => panic!("{data} was not refused: {other:?}"),
+        }
+    }
+    let mut batch = Vec::new();
+    let mut want = Vec::new();
+    for (i, data) in accepted.iter().enumerate() {
+        let b = body("h", &format!("k{i}"), data);
+        let r = match vogeler_protocol::decode_raw_result(b.as_bytes()) {
+            Some(Ok(r)) => r,
+            other => panic!("{data} was refused: {other:?}"),
+        };
+        let text = r.data.expect("data");
+        let tree: Value = serde_json::from_str(text.get()).expect("decoded text is JSON");
+        want.push((format!("k{i}"), tree));
+        batch.push(Observation {
+            node: r.node,
+            at: t(1),
+            change: Change::Plugin {
+                name: r.plugin,
+                value: Data::Text(text),
+            },
+        });
+    }
+    let outcomes = apply(&store, batch).await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::Created | Outcome::Updated)),
+        "{outcomes:?}"
+    );
+    let rec = store.node("h").await.expect("node").expect("stored");
+    for (key, tree) in &want {
+        let got = rec.keys.get(key).unwrap_or_else(|| panic!("{key} missing"));
+        if let Some(path) = first_difference(got, tree, key) {
+            panic!("{key} read back differently at {path}: {got} vs {tree}");
+        }
+    }
+    assert_eq!(rec.keys["k0"]["a"], json!(100));
+    assert_eq!(rec.keys["k0"]["b"], json!(1));
+    assert_eq!(rec.keys["k1"]["back\\slash"], json!("\\u0000 is text"));
+    // The views over those keys answer too.
+    for key in ["k0.a", "k1", "k2.deep"] {
+        let path = KeyPath::parse(key).unwrap_or_else(|e| panic!("{key}: {e}"));
+        let values = store
+            .values(&path)
+            .await
+            .unwrap_or_else(|e| panic!("values {key}: {e}"));
+        assert_eq!(values.len(), 1, "{key}: {values:?}");
+    }
+    let k1 = store
+        .values(&KeyPath::parse("k1").expect("path"))
+        .await
+        .expect("values");
+    assert!(
+        first_difference(&k1[0].1, &want[1].1, "k1").is_none(),
+        "{k1:?}"
+    );
+    store.history("h", None).await.expect("history");
+    store.changes(t(0), 100).await.expect("changes");
+}
+
+/// `last_error` keeps a few kilobytes of a huge error message and raw output, cut at a
+/// character boundary and marked, on every backend.
+pub async fn last_error_is_bounded(store: DynStore) {
+    let max = vogeler_protocol::limits::MAX_LAST_ERROR_BYTES;
+    let obs = Observation {
+        node: "big".into(),
+        at: t(1),
+        change: Change::Error {
+            plugin: Some("p".into()),
+            message: "é".repeat(1 << 20),
+            raw: Some("x".repeat(3 << 20)),
+        },
+    };
+    apply(&store, vec![obs]).await;
+    let rec = store.node("big").await.expect("node").expect("stored");
+    let e = rec.last_error.expect("last_error");
+    for field in ["message", "raw"] {
+        let text = e[field].as_str().unwrap_or_default();
+        assert!(text.len() <= max, "{field} is {} bytes", text.len());
+        assert!(
+            text.ends_with(" bytes cut]"),
+            "{field} is not marked as cut"
+        );
+    }
+    let summary = store.nodes().await.expect("nodes");
+    assert!(summary[0]
+        .last_error
+        .as_deref()
+        .is_some_and(|m| m.len() <= max));
 }
 
 /// A plugin named like a document field is refused; the rest of the batch goes in.
@@ -469,7 +596,10 @@ pub fn first_difference(got: &Value, want: &Value, path: &str) -> Option<String>
                 .find_map(|(i, (g, w))| first_difference(g, w, &format!("{path}.{i}")))
         }
         (Value::Number(a), Value::Number(b)) if a != b => {
-            let big = |n: &serde_json::Number| n.as_u64().is_some_and(|v| v > (1 << 53));
+            let big = |n: &serde_json::Number| {
+                n.as_u64().is_some_and(|v| v > (1 << 53))
+                    || n.as_i64().is_some_and(|v| v.unsigned_abs() > (1 << 53))
+            };
             let same_double = a.as_f64() == b.as_f64();
             if (big(a) || big(b)) && same_double {
                 None

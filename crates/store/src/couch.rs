@@ -438,10 +438,7 @@ fn apply_one(
             {
                 return Outcome::Stale;
             }
-            let mut e = json!({"plugin": plugin, "message": message, "at": at});
-            if let Some(raw) = raw {
-                e["raw"] = Value::String(raw.clone());
-            }
+            let e = crate::last_error_value(plugin, message, raw, obs.at);
             if old.as_ref() == Some(&e) {
                 false
             } else {

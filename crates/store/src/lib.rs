@@ -200,7 +200,11 @@ impl NodeRecord {
 }
 
 /// The `last_error` value every backend stores for an error result:
-/// `{"plugin", "message", "at", "raw"?}`.
+/// `{"plugin", "message", "at", "raw"?}`. The message and the raw output are each cut
+/// to [`MAX_LAST_ERROR_BYTES`] (at a character boundary, marked), so a plugin printing
+/// megabytes of garbage leaves a few kilobytes in the record, on every backend.
+///
+/// [`MAX_LAST_ERROR_BYTES`]: vogeler_protocol::limits::MAX_LAST_ERROR_BYTES
 pub fn last_error_value(
     plugin: &Option<String>,
     message: &str,
@@ -212,10 +216,14 @@ pub fn last_error_value(
         "plugin".into(),
         plugin.clone().map(Value::String).unwrap_or(Value::Null),
     );
-    e.insert("message".into(), Value::String(message.to_string()));
+    let bounded = |s: &str| {
+        vogeler_protocol::limits::bounded(s, vogeler_protocol::limits::MAX_LAST_ERROR_BYTES)
+            .into_owned()
+    };
+    e.insert("message".into(), Value::String(bounded(message)));
     e.insert("at".into(), Value::String(rfc3339(at)));
     if let Some(raw) = raw {
-        e.insert("raw".into(), Value::String(raw.clone()));
+        e.insert("raw".into(), Value::String(bounded(raw)));
     }
     Value::Object(e)
 }
