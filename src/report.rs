@@ -313,7 +313,7 @@ pub async fn requests(store: &DynStore, limit: usize, now: DateTime<Utc>) -> any
             json!(l.request.id),
             json!(rfc3339(l.request.sent_at)),
             json!(l.request.command),
-            json!(l.request.expected.len()),
+            json!(l.expected),
             json!(l.count(NodeOutcome::Stored)),
             json!(l.count(NodeOutcome::Error)),
             json!(l.count(NodeOutcome::Missing)),

@@ -358,3 +358,44 @@ async fn a_closed_pipe_ends_quietly() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stderr(&out), "", "a closed pipe must end quietly");
 }
+
+/// A broadcast's ledger expects the registry's nodes even when their results reach
+/// the server in later batches than the announcement (a plugin that takes 2 s).
+#[test]
+fn a_broadcast_ledger_expects_nodes_answering_in_later_batches() {
+    use common::Deployment;
+    let d = Deployment::new(&[(
+        "slow.cfg",
+        common::plugin("slow", "sh -c 'sleep 2; echo slow'", "output").1,
+    )]);
+    let (a, b) = (d.node("a"), d.node("b"));
+    let _server = d.server(&[]);
+    let _clients = [d.client(&a, &[]), d.client(&b, &[])];
+    let out = d.runner(&["-x", "slow", "-n", "all"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = d.admin(&["requests", "--format", "json"]);
+        let rows: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if let Some(row) = rows.as_array().and_then(|r| r.first()) {
+            if row["stored"] == 2 {
+                assert_eq!(row["expected"], 2, "{row}");
+                assert_eq!(row["state"], "complete", "{row}");
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broadcast's answers never reached the ledger: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
