@@ -111,18 +111,109 @@ pub struct CommonArgs {
     pub wire: Option<String>,
 }
 
-/// Prints the whole error chain and exits with `code`: the one place programs fail.
+/// The exit codes every program keeps (the README's table): 0 ok, 1 failures, 2 usage
+/// (a bad flag, filter, path, time or number), 3 incomplete (an answer is missing).
+pub mod exit {
+    /// Everything asked for was done.
+    pub const OK: i32 = 0;
+    /// Something failed (a store, a broker, a node's error).
+    pub const FAILURE: i32 = 1;
+    /// The command line could not be understood; nothing was done.
+    pub const USAGE: i32 = 2;
+    /// Done, but not everything answered (a silent node, a missing match).
+    pub const INCOMPLETE: i32 = 3;
+}
+
+/// A command-line mistake (a filter, path, time or number that does not parse, an
+/// ambiguous id): `run_main` exits 2 for it, as clap does for a bad flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Marks an error as the user's command-line mistake (exit 2); its text is kept.
+pub fn usage(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(UsageError(e.to_string()))
+}
+
+/// Standard output was closed by its reader (`vogeler-admin node | head`): the program
+/// stops quietly with status 0 instead of panicking in `print!`.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output closed")]
+pub struct StdoutClosed;
+
+/// Writes to standard output and flushes; a closed pipe becomes [`StdoutClosed`],
+/// which `run_main` ends quietly on. Every program prints through [`out!`](crate::out).
+pub fn write_stdout(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
+    }
+}
+
+/// `print!` that returns an error instead of panicking when standard output is a
+/// closed pipe (use with `?`; see [`write_stdout`]).
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!` through [`out!`](crate::out).
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// An error and its causes in one line, `outer: inner`, each text once: a cause whose
+/// text its outer message already holds (`cannot read X: No such file: No such file`)
+/// is not repeated.
+pub fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    vogeler_config::mask_secrets(&line)
+}
+
+/// The exit status an error ends a program with: 2 for a [`UsageError`], else 1.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    if err.chain().any(|c| c.is::<UsageError>()) {
+        exit::USAGE
+    } else {
+        exit::FAILURE
+    }
+}
+
+/// Prints the error once (its chain in one line, passwords masked) and exits with
+/// `code`: the one place programs fail. A closed standard output ends quietly with 0.
 pub fn fail(program: &str, err: &anyhow::Error, code: i32) -> ! {
-    eprintln!(
-        "{program}: error: {}",
-        vogeler_config::mask_secrets(&format!("{err:#}"))
-    );
+    if err.chain().any(|c| c.is::<StdoutClosed>()) {
+        std::process::exit(exit::OK)
+    }
+    eprintln!("{program}: error: {}", error_line(err));
     std::process::exit(code)
 }
 
 /// Runs a program's async `main` to completion and exits with its status; an error
-/// prints its whole chain (passwords masked) and exits 1. The server uses a
-/// multi-threaded runtime; the others one thread, which keeps an agent small.
+/// prints its whole chain once (passwords masked) and exits 1, or 2 for a
+/// [`UsageError`]. The server uses a multi-threaded runtime; the others one thread,
+/// which keeps an agent small.
 pub fn run_main(
     program: &str,
     multi_thread: bool,
@@ -137,10 +228,34 @@ pub fn run_main(
     };
     let runtime = match runtime {
         Ok(r) => r,
-        Err(e) => fail(program, &e.into(), 1),
+        Err(e) => fail(program, &e.into(), exit::FAILURE),
     };
     match runtime.block_on(main) {
         Ok(code) => std::process::exit(code),
-        Err(e) => fail(program, &e, 1),
+        Err(e) => {
+            let code = exit_code(&e);
+            fail(program, &e, code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_chain_prints_each_text_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(inner).context("cannot read /x.conf: No such file");
+        assert_eq!(error_line(&e), "cannot read /x.conf: No such file");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_line(&e), "outer: inner");
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        assert_eq!(exit_code(&usage("bad filter")), 2);
+        assert_eq!(exit_code(&usage("bad").context("while parsing")), 2);
+        assert_eq!(exit_code(&anyhow::anyhow!("store down")), 1);
     }
 }

@@ -637,6 +637,24 @@ pub async fn answer_request(
         };
         return finish(vogeler_plugins::run_plugin(&adhoc, &opts.limits).await);
     }
+    // A plugin name this host does not know is a different mistake from a command
+    // line it will not run: say which.
+    if limits::check_plugin_name("command", &r.command).is_ok() {
+        let mut names: Vec<&str> = registry.plugins().map(|p| p.name.as_str()).collect();
+        names.sort_unstable();
+        let known = if names.is_empty() {
+            "it has no plugins".to_string()
+        } else {
+            format!("its plugins: {}", names.join(", "))
+        };
+        return error_answer(
+            &r.command,
+            format!(
+                "unknown plugin {:?}: this host has no plugin or alias of that name ({known})",
+                r.command
+            ),
+        );
+    }
     error_answer(
         &r.command,
         format!(

@@ -342,7 +342,7 @@ pub async fn requests(store: &DynStore, limit: usize, now: DateTime<Utc>) -> any
             json!(l.request.id),
             json!(rfc3339(l.request.sent_at)),
             json!(l.request.command),
-            json!(l.request.expected.len()),
+            json!(l.expected),
             json!(l.count(NodeOutcome::Stored)),
             json!(l.count(NodeOutcome::Stale)),
             json!(l.count(NodeOutcome::Error)),
@@ -357,7 +357,8 @@ pub async fn requests(store: &DynStore, limit: usize, now: DateTime<Utc>) -> any
 /// One request's ledger: each expected or answering node and what became of it
 /// (stored, error with its message, pending, missing, unexpected).
 pub async fn request(store: &DynStore, id: &str, now: DateTime<Utc>) -> anyhow::Result<Table> {
-    let Some(l) = store.ledger(id, now).await? else {
+    let id = resolve_request_id(store, id).await?;
+    let Some(l) = store.ledger(&id, now).await? else {
         anyhow::bail!(
             "no request with id {id:?} is recorded (see `vogeler-admin requests` for the list)"
         );
@@ -384,6 +385,36 @@ pub async fn request(store: &DynStore, id: &str, now: DateTime<Utc>) -> anyhow::
     Ok(t)
 }
 
+/// Most recent requests searched for an id prefix.
+const PREFIX_SEARCH: usize = 100_000;
+
+/// The request id `id` names: itself when recorded, else the one recorded id it is a
+/// prefix of (`5f0c`, as people copy it). Several matches are a usage error listing
+/// them; none is an error naming the id.
+pub async fn resolve_request_id(store: &DynStore, id: &str) -> anyhow::Result<String> {
+    if id.is_empty() || store.ledger_request(id).await?.is_some() {
+        return Ok(id.to_string());
+    }
+    let matches: Vec<String> = store
+        .ledger_requests(PREFIX_SEARCH)
+        .await?
+        .into_iter()
+        .map(|r| r.id)
+        .filter(|r| r.starts_with(id))
+        .collect();
+    match matches.as_slice() {
+        [] => anyhow::bail!(
+            "no request with id {id:?} is recorded (see `vogeler-admin requests` for the list)"
+        ),
+        [one] => Ok(one.clone()),
+        many => Err(crate::cli::usage(format!(
+            "request id prefix {id:?} is ambiguous; it starts {} requests: {}",
+            many.len(),
+            many.join(", ")
+        ))),
+    }
+}
+
 /// What changed across the fleet since `since`: one row per changed leaf value.
 pub async fn changes(
     store: &DynStore,
@@ -396,11 +427,14 @@ pub async fn changes(
     let mut t = Table::new(&["at", "node", "key", "path", "old", "new"]);
     let entries = store.change_outlines(since, limit).await?;
     t.skipped = skipped.len() + entries.skipped.len();
-    let n = entries.rows.len() + entries.skipped.len();
+    // The limit is on changed keys read; the footer counts what is shown.
+    let limit_reached = entries.rows.len() + entries.skipped.len() == limit;
+    let mut keys = 0;
     for h in entries.rows {
         if selected.as_ref().is_some_and(|s| !s.contains(&h.node)) {
             continue;
         }
+        keys += 1;
         for d in query::report_diff(h.old.as_ref(), h.new.as_ref()) {
             t.rows.push(vec![
                 json!(rfc3339(h.at)),
@@ -413,9 +447,10 @@ pub async fn changes(
         }
     }
     t.footer = format!(
-        "{n} change(s) since {}{}",
+        "{} changed value(s) in {keys} changed key(s) since {}{}",
+        t.rows.len(),
         rfc3339(since),
-        if n == limit {
+        if limit_reached {
             " (limit reached: raise --limit)"
         } else {
             ""

@@ -158,6 +158,24 @@ pub async fn open_store(s: &Settings) -> anyhow::Result<DynStore> {
         .with_context(|| format!("opening the store {}", store_label(s)))
 }
 
+/// Opens the configured store for a command that only reads (or prunes): a store that
+/// does not exist is a one-line error naming the DSN (password masked) and
+/// `vogeler-admin setup --persistence`; nothing is created or migrated.
+pub async fn open_existing_store(s: &Settings) -> anyhow::Result<DynStore> {
+    vogeler_store::open_existing(&s.dbhost)
+        .await
+        .with_context(|| format!("opening the store {}", store_label(s)))
+}
+
+/// `setup --persistence`: creates the PostgreSQL database when it does not exist and
+/// the role may, then opens the store, creating or migrating its tables.
+pub async fn create_store(s: &Settings) -> anyhow::Result<(DynStore, bool)> {
+    let created = vogeler_store::create(&s.dbhost)
+        .await
+        .with_context(|| format!("creating the store {}", store_label(s)))?;
+    Ok((open_store(s).await?, created))
+}
+
 /// Opens a store named on the command line (migration); relative SQLite paths are
 /// taken from the working directory; the error names the DSN (password masked).
 pub async fn open_dsn(dsn: &str) -> anyhow::Result<DynStore> {
@@ -288,7 +306,7 @@ pub async fn setup_messaging(s: &Settings, apply: bool, max_length: u64) -> anyh
     for dsn in &s.qhost {
         for line in crate::admin::rabbitmqctl_lines(&dsn.vhost, &dsn.user, &topology(s), max_length)
         {
-            println!("rabbitmqctl {}", shell_quote(&line));
+            crate::outln!("rabbitmqctl {}", shell_quote(&line))?;
             if apply {
                 let status = std::process::Command::new("rabbitmqctl")
                     .args(&line)
@@ -300,11 +318,10 @@ pub async fn setup_messaging(s: &Settings, apply: bool, max_length: u64) -> anyh
             }
         }
     }
-    print!(
+    crate::out!(
         "{}",
         crate::admin::declare_topology(&broker(s, "vogeler-admin"), &topology(s)).await?
-    );
-    Ok(())
+    )
 }
 
 fn shell_quote(words: &[String]) -> String {

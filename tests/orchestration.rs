@@ -156,7 +156,7 @@ fn the_ledger_shows_stored_error_and_missing_nodes() {
     assert!(
         error_row["error"]
             .as_str()
-            .is_some_and(|e| e.contains("not authorized")),
+            .is_some_and(|e| e.contains("unknown plugin \"hello\"") && e.contains("no plugins")),
         "{error_row}"
     );
     let table = text(&d.admin(&["requests", &id]));

@@ -105,6 +105,11 @@ async fn the_api_answers_and_refuses_bad_queries_with_400() {
             "regular expression",
         ),
         (
+            "/api/nodes?where=facter.processorcount%20%3E%3D%204%20cores",
+            StatusCode::BAD_REQUEST,
+            "neither a number nor a version",
+        ),
+        (
             "/api/nodes?per_page=100000",
             StatusCode::BAD_REQUEST,
             "per_page",

@@ -2,9 +2,10 @@
 
 use chrono::Utc;
 use clap::{Parser, Subcommand};
-use vogeler::cli::CommonArgs;
+use vogeler::cli::{usage, CommonArgs};
 use vogeler::settings::{self, Program};
 use vogeler::{admin, report};
+use vogeler::{out, outln};
 use vogeler_store::{KeyPath, Query};
 
 /// Set up broker and store, query stored nodes, check queues.
@@ -62,6 +63,10 @@ enum Command {
         /// The document as it was then (RFC 3339, a date, or an age such as 2h, 7d).
         #[arg(long, value_name = "WHEN", requires = "name")]
         at: Option<String>,
+        /// Clear the node's last error (it stays in history); a good result of the
+        /// failed plugin clears it too.
+        #[arg(long, requires = "name", conflicts_with_all = ["key", "at"])]
+        clear_error: bool,
     },
     /// Fleet reports: nodes by a fact, packages, stale nodes, errors, changes.
     Report {
@@ -209,7 +214,7 @@ async fn within<T>(
 /// Prints a report; JSON and CSV keep their shape for scripts, so the notice about
 /// skipped unreadable rows goes to stderr for them (the table form prints it itself).
 fn print_table(table: &report::Table, format: report::Format) -> anyhow::Result<()> {
-    print!("{}", table.render(format, report::terminal_width())?);
+    out!("{}", table.render(format, report::terminal_width())?)?;
     if format != report::Format::Table {
         if let Some(notice) = table.notice() {
             eprintln!("{notice}");
@@ -222,29 +227,49 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Command::Keygen { out, name } = &cli.command {
         // Needs no configuration, broker or store.
         let (secret, public, key) = vogeler_signing::keygen(out, name)?;
-        println!("private key: {} (keep it secret)", secret.display());
-        println!("public key:  {}", public.display());
-        println!("key id:      {}", key.id());
+        outln!("private key: {} (keep it secret)", secret.display())?;
+        outln!("public key:  {}", public.display())?;
+        outln!("key id:      {}", key.id())?;
         return Ok(0);
     }
     let s = settings::load(Program::Admin, &cli.common, settings::Extra::default())?;
     settings::init_logging(&s)?;
     match cli.command {
-        Command::Node { name, key, at } => {
-            let store = settings::open_store(&s).await?;
+        Command::Node {
+            name: Some(name),
+            clear_error: true,
+            ..
+        } => {
+            let store = settings::open_existing_store(&s).await?;
+            if store.clear_error(&name).await? {
+                outln!("cleared the last error of {name}")?;
+            } else if store.node(&name).await?.is_none() {
+                anyhow::bail!(
+                    "no node named {name:?} is stored (see `vogeler-admin node` for the list)"
+                );
+            } else {
+                outln!("{name} has no last error")?;
+            }
+            Ok(0)
+        }
+        Command::Node { name, key, at, .. } => {
+            let at = at
+                .map(|w| report::parse_when(&w, Utc::now()).map_err(usage))
+                .transpose()?;
+            if let Some(k) = &key {
+                KeyPath::parse(k).map_err(usage)?;
+            }
+            let store = settings::open_existing_store(&s).await?;
             let out = within(&s, async {
                 Ok(match name {
                     None => report::nodes(&store, &Query::default())
                         .await?
                         .render(report::Format::Table, report::terminal_width())?,
-                    Some(n) => {
-                        let at = at.map(|w| report::parse_when(&w, Utc::now())).transpose()?;
-                        admin::show_node(&store, &n, key.as_deref(), at).await?
-                    }
+                    Some(n) => admin::show_node(&store, &n, key.as_deref(), at).await?,
                 })
             })
             .await?;
-            print!("{out}");
+            out!("{out}")?;
             Ok(0)
         }
         Command::Report {
@@ -253,44 +278,57 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             filters,
             nodes,
         } => {
-            let q = report::query(&filters, &nodes)?;
-            let store = settings::open_store(&s).await?;
+            let q = report::query(&filters, &nodes).map_err(usage)?;
             let now = Utc::now();
+            let when = |w: &str| report::parse_when(w, now).map_err(usage);
+            // Every argument is checked before the store is opened (exit 2, not 1).
+            let path = match &which {
+                Report::Facts { path } => Some(KeyPath::parse(path).map_err(usage)?),
+                _ => None,
+            };
+            let since = match &which {
+                Report::Stale { since } | Report::Changes { since, .. } => Some(when(since)?),
+                _ => None,
+            };
+            let store = settings::open_existing_store(&s).await?;
             let table = within(&s, async {
-                match which {
-                    Report::Nodes => report::nodes(&store, &q).await,
-                    Report::Facts { path } => {
-                        report::facts(&store, &KeyPath::parse(&path)?, &q).await
-                    }
-                    Report::Package { name } => report::package(&store, &name, &q).await,
-                    Report::Stale { since } => {
-                        report::stale(&store, report::parse_when(&since, now)?, &q, now).await
-                    }
-                    Report::Errors => report::errors(&store, &q).await,
-                    Report::Changes { since, limit } => {
-                        report::changes(&store, report::parse_when(&since, now)?, limit, &q).await
-                    }
+                Ok(match (which, path, since) {
+                (Report::Nodes, ..) => report::nodes(&store, &q).await?,
+                (Report::Facts { .. }, Some(path), _) => report::facts(&store, &path, &q).await?,
+                (Report::Package { name }, ..) => report::package(&store, &name, &q).await?,
+                (Report::Stale { .. }, _, Some(since)) => {
+                    report::stale(&store, since, &q, now).await?
                 }
+                (Report::Errors, ..) => report::errors(&store, &q).await?,
+                (Report::Changes { limit, .. }, _, Some(since)) => {
+                    report::changes(&store, since, limit, &q).await?
+                }
+                _ => anyhow::bail!("internal: report arguments not checked"),
+                })
             })
             .await?;
             print_table(&table, format)?;
             Ok(0)
         }
         Command::History { node, path, format } => {
-            let store = settings::open_store(&s).await?;
-            let path = path.as_deref().map(KeyPath::parse).transpose()?;
+            let path = path
+                .as_deref()
+                .map(KeyPath::parse)
+                .transpose()
+                .map_err(usage)?;
+            let store = settings::open_existing_store(&s).await?;
             let table = within(&s, report::history(&store, &node, path.as_ref())).await?;
             print_table(&table, format)?;
             Ok(0)
         }
         Command::Check { quarantine } => {
-            let store = settings::open_store(&s).await?;
+            let store = settings::open_existing_store(&s).await?;
             let (out, code) = admin::check(&store, quarantine).await?;
-            print!("{out}");
+            out!("{out}")?;
             Ok(code)
         }
         Command::Requests { id, limit, format } => {
-            let store = settings::open_store(&s).await?;
+            let store = settings::open_existing_store(&s).await?;
             let now = Utc::now();
             let table = within(&s, async {
                 match id {
@@ -299,34 +337,34 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             })
             .await?;
-            print!("{}", table.render(format, report::terminal_width())?);
+            print_table(&table, format)?;
             Ok(0)
         }
         Command::Prune { before } => {
-            let before = report::parse_when(&before, Utc::now())?;
-            let store = settings::open_store(&s).await?;
+            let before = report::parse_when(&before, Utc::now()).map_err(usage)?;
+            let store = settings::open_existing_store(&s).await?;
             let n = store.prune_history(before).await?;
-            println!(
+            outln!(
                 "deleted {n} history entr{} recorded before {}",
                 if n == 1 { "y" } else { "ies" },
                 vogeler_store::rfc3339(before)
-            );
+            )?;
             Ok(0)
         }
         Command::Migrate { from, to } => {
             let from_store = match from {
                 Some(dsn) => settings::open_dsn(&dsn).await?,
-                None => settings::open_store(&s).await?,
+                None => settings::open_existing_store(&s).await?,
             };
             let to_store = settings::open_dsn(&to).await?;
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let summary = vogeler::migrate::migrate(&from_store, &to_store, progress).await?;
-            println!(
+            outln!(
                 "migrated {} node(s) ({} copied, {} already there) and {} history entries; counts verified",
                 summary.nodes, summary.copied, summary.skipped, summary.history
-            );
+            )?;
             if let Some(notice) = vogeler_store::skipped_notice(summary.unreadable) {
-                println!("{notice}: not copied");
+                outln!("{notice}: not copied")?;
             }
             Ok(0)
         }
@@ -342,15 +380,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(q) = exists {
                 let found = session.queue_status(&q).await?.is_some();
                 session.close().await;
-                println!("{q}: {}", if found { "exists" } else { "missing" });
+                outln!("{q}: {}", if found { "exists" } else { "missing" })?;
                 return Ok(if found { 0 } else { 1 });
             }
             if !status {
-                anyhow::bail!(
-                    "say what to show: `vogeler-admin queue --status` or `--exists QUEUE`"
-                );
+                return Err(usage(
+                    "say what to show: `vogeler-admin queue --status` or `--exists QUEUE`",
+                ));
             }
-            let nodes: Vec<String> = match settings::open_store(&s).await {
+            let nodes: Vec<String> = match settings::open_existing_store(&s).await {
                 Ok(store) => store.nodes().await?.into_iter().map(|n| n.name).collect(),
                 Err(e) => {
                     tracing::warn!(error = %e, "store unavailable; node queues not listed");
@@ -373,9 +411,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             session.close().await;
             if json {
                 let out = serde_json::json!({ "source": source, "queues": rows });
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                outln!("{}", serde_json::to_string_pretty(&out)?)?;
             } else {
-                print!("{}", admin::render_queue_rows(&rows, &source));
+                out!("{}", admin::render_queue_rows(&rows, &source))?;
             }
             Ok(0)
         }
@@ -384,9 +422,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let rows = admin::dead_letters(&session, &settings::topology(&s), requeue).await?;
             session.close().await;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?)?;
             } else {
-                print!("{}", admin::render_dead_letters(&rows, requeue));
+                out!("{}", admin::render_dead_letters(&rows, requeue))?;
             }
             Ok(0)
         }
@@ -398,19 +436,22 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             persistence,
         } => {
             if !messaging && !persistence {
-                anyhow::bail!("say what to set up: --messaging, --persistence, or both");
+                return Err(usage(
+                    "say what to set up: --messaging, --persistence, or both",
+                ));
             }
             if messaging {
                 settings::setup_messaging(&s, apply, node_queue_max_length).await?;
             }
             if persistence {
-                let store = settings::open_store(&s).await?;
+                let (store, created) = settings::create_store(&s).await?;
                 store.health().await?;
-                println!(
-                    "store {} ready ({})",
+                outln!(
+                    "store {} ready ({}){}",
                     store.backend(),
-                    settings::store_label(&s)
-                );
+                    settings::store_label(&s),
+                    if created { ", database created" } else { "" }
+                )?;
             }
             Ok(0)
         }

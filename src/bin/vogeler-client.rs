@@ -108,7 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::List => {
             let opts = settings::client_options(&s, false, false)?;
             let registry = vogeler::client::load_registry(&opts)?;
-            print!("{}", vogeler::client::render_plugins(&registry));
+            vogeler::out!("{}", vogeler::client::render_plugins(&registry))?;
             Ok(0)
         }
         Command::Run {

@@ -141,9 +141,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     };
     let summary = vogeler::runner::run(&opts).await?;
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        vogeler::outln!("{}", serde_json::to_string_pretty(&summary)?)?;
     } else if cli.wait || !summary.unroutable.is_empty() {
-        print!("{}", summary.render());
+        vogeler::out!("{}", summary.render())?;
     }
     Ok(summary.exit_code())
 }

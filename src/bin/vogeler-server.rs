@@ -60,11 +60,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     settings::init_logging(&s)?;
     if let Some(dir) = cli.load {
         let loaded = settings::load_design_docs(&s, &dir).await?;
-        println!("Loading design docs from {}", dir.display());
+        vogeler::outln!("Loading design docs from {}", dir.display())?;
         for line in loaded {
-            println!("  {line}");
+            vogeler::outln!("  {line}")?;
         }
-        println!("Design docs loaded");
+        vogeler::outln!("Design docs loaded")?;
         return Ok(0);
     }
     let store = settings::open_store(&s)

@@ -724,7 +724,10 @@ async fn ledger_requests(
                         }
                     });
                 }
-                registry.clone().unwrap_or_default()
+                // Whoever answers a broadcast was asked, known to the registry yet or not.
+                let mut nodes = registry.clone().unwrap_or_default();
+                nodes.push(vogeler_store::ledger::BROADCAST.to_string());
+                nodes
             }
         };
         expected.sort();

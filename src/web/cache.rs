@@ -97,6 +97,10 @@ impl Store for CachedStore {
         self.inner.health().await
     }
 
+    async fn clear_error(&self, node: &str) -> Result<bool, StoreError> {
+        self.inner.clear_error(node).await
+    }
+
     async fn key_values(&self, path: &KeyPath) -> Result<Rows<(String, Value)>, StoreError> {
         // Whole plugin values (all of dpkg, all of ohai) are too big to keep.
         if path.rest().is_empty() {

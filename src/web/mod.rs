@@ -256,28 +256,9 @@ pub fn node_query(pairs: &[(String, String)], now: DateTime<Utc>) -> Result<Quer
 }
 
 /// A condition as people type it in a form: spaces around the operator allowed
-/// (`facter.os.family = Debian`).
+/// (`facter.os.family = Debian`); the same parser as the CLI's `-W`.
 pub fn parse_condition(text: &str) -> Result<Condition, vogeler_store::StoreError> {
-    let t = text.trim();
-    let compact = match t.find(|c: char| "=!*~<>?".contains(c)) {
-        Some(i) => {
-            let (path, rest) = t.split_at(i);
-            let op_len = rest
-                .char_indices()
-                .take_while(|(_, c)| "=!*~<>?".contains(*c))
-                .last()
-                .map(|(i, c)| i + c.len_utf8())
-                .unwrap_or(0);
-            format!(
-                "{}{}{}",
-                path.trim(),
-                &rest[..op_len],
-                rest[op_len..].trim_start()
-            )
-        }
-        None => t.to_string(),
-    };
-    Condition::parse(&compact)
+    Condition::parse(text)
 }
 
 /// The page number (1-based) from `page`; junk reads as 1.

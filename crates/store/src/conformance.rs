@@ -57,7 +57,8 @@ macro_rules! conformance_tests {
             retention_prunes_old_history, import_replaces_a_node, text_data_is_the_same_value,
             ledger_records_requests_and_answers_in_any_order, a_node_many_times_in_one_batch,
             decoded_results_read_back_the_same, last_error_is_bounded,
-            reserved_paths_answer_as_the_document);
+            reserved_paths_answer_as_the_document,
+            a_good_result_clears_last_error);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -380,6 +381,67 @@ pub async fn errors_become_last_error(store: DynStore) {
     assert_eq!(e["raw"], "not json");
     let summary = store.nodes().await.expect("nodes");
     assert_eq!(summary[0].last_error.as_deref(), Some("boom"));
+}
+
+/// A good result of the failed plugin clears `last_error` (another plugin's does not,
+/// nor does an older one); the error stays in history; `clear_error` clears by hand.
+pub async fn a_good_result_clears_last_error(store: DynStore) {
+    let err = |node: &str, at, plugin: &str| Observation {
+        node: node.into(),
+        at: t(at),
+        change: Change::Error {
+            plugin: Some(plugin.into()),
+            message: format!("{plugin} failed"),
+            raw: None,
+        },
+    };
+    apply(&store, vec![plugin("n", 1, "facter", json!({"a": 1}))]).await;
+    apply(&store, vec![err("n", 10, "facter")]).await;
+    // Another plugin's result, and an older facter result, leave the error.
+    apply(
+        &store,
+        vec![
+            plugin("n", 11, "ps", json!("p")),
+            plugin("n", 5, "facter", json!({"a": 0})),
+        ],
+    )
+    .await;
+    let rec = store.node("n").await.expect("node").expect("stored");
+    assert!(rec.last_error.is_some(), "cleared too early: {rec:?}");
+    // The same value as stored still proves the plugin works again.
+    let out = apply(&store, vec![plugin("n", 12, "facter", json!({"a": 1}))]).await;
+    assert_eq!(out, vec![Outcome::Updated]);
+    let rec = store.node("n").await.expect("node").expect("stored");
+    assert_eq!(rec.last_error, None);
+    let summary = store.nodes().await.expect("nodes");
+    assert_eq!(summary[0].last_error, None);
+    let errors: Vec<_> = store
+        .history("n", Some("last_error"))
+        .await
+        .expect("history");
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(
+        errors[0].new.as_ref().map(|e| e["message"].clone()),
+        Some(json!("facter failed"))
+    );
+    assert_eq!(errors[1].new, None);
+    // An error older than the good result that cleared it does not come back.
+    assert_eq!(
+        apply(&store, vec![err("n", 11, "facter")]).await,
+        vec![Outcome::Stale]
+    );
+    // By hand: clear_error clears any plugin's error, once.
+    apply(&store, vec![err("n", 20, "ohai")]).await;
+    assert!(store.clear_error("n").await.expect("clear"));
+    assert!(!store.clear_error("n").await.expect("clear again"));
+    assert!(!store.clear_error("nobody").await.expect("unknown node"));
+    let rec = store.node("n").await.expect("node").expect("stored");
+    assert_eq!(rec.last_error, None);
+    let errors = store
+        .history("n", Some("last_error"))
+        .await
+        .expect("history");
+    assert_eq!(errors.len(), 4, "{errors:?}");
 }
 
 /// A heartbeat creates the document if needed and moves only `last_seen`.

@@ -348,6 +348,21 @@ impl HistorySink<'_> {
     }
 }
 
+/// Sets `last_error` to null, recording the old error in history and the time in the
+/// document's meta (an error result older than that is stale).
+fn clear_last_error(
+    doc: &mut Map<String, Value>,
+    node: &str,
+    at: &str,
+    history: &mut HistorySink<'_>,
+) {
+    let old = doc.insert("last_error".into(), Value::Null);
+    if let Some(meta) = doc.get_mut(META).and_then(Value::as_object_mut) {
+        meta.insert("error_cleared_at".into(), Value::String(at.to_string()));
+    }
+    history.record(node, "last_error", at, old, Value::Null);
+}
+
 /// Applies one observation to a node document in memory (empty map: no document yet).
 fn apply_one(
     doc: &mut Map<String, Value>,
@@ -390,7 +405,7 @@ fn apply_one(
                 None => meta["key_times"] = json!({ name.clone(): at.clone() }),
             }
             let old = doc.get(name.as_str()).cloned();
-            if old
+            let value_changed = if old
                 .as_ref()
                 .is_some_and(|o| crate::query::same_value(o, value))
             {
@@ -399,7 +414,16 @@ fn apply_one(
                 doc.insert(name.clone(), value.clone());
                 history.record(&obs.node, name, &at, old, value.clone());
                 true
+            };
+            // A good result clears that plugin's error (the error stays in history).
+            let clears = doc.get("last_error").is_some_and(|e| {
+                e.get("plugin").and_then(Value::as_str) == Some(name.as_str())
+                    && time_of(e.get("at")).is_none_or(|t| t <= obs.at)
+            });
+            if clears {
+                clear_last_error(doc, &obs.node, &at, history);
             }
+            value_changed || clears
         }
         Change::Error {
             plugin,
@@ -407,7 +431,11 @@ fn apply_one(
             raw,
         } => {
             let old = doc.get("last_error").cloned().filter(|v| !v.is_null());
-            if time_of(old.as_ref().and_then(|o| o.get("at"))).is_some_and(|t| obs.at < t) {
+            let cleared_at = time_of(doc.get(META).and_then(|m| m.get("error_cleared_at")));
+            if time_of(old.as_ref().and_then(|o| o.get("at")))
+                .or(cleared_at)
+                .is_some_and(|t| obs.at < t)
+            {
                 return Outcome::Stale;
             }
             let e = crate::last_error_value(plugin, message, raw, obs.at);
@@ -760,6 +788,53 @@ impl Store for CouchStore {
         docs.rows
             .retain(|(e, _, _)| e.node == node && key.is_none_or(|k| e.key == k));
         Ok(docs.map(|(e, _, _)| e))
+    }
+
+    async fn clear_error(&self, node: &str) -> Result<bool, StoreError> {
+        for attempt in 1..=MAX_ATTEMPTS {
+            let mut docs = self.fetch(&[node.to_string()]).await?;
+            let Some(mut doc) = docs.remove(node) else {
+                return Ok(false);
+            };
+            if doc.get("last_error").is_none_or(Value::is_null) {
+                return Ok(false);
+            }
+            let now = rfc3339(Utc::now());
+            let token = write_token();
+            let seq = doc
+                .get(META)
+                .and_then(|m| m.get("history_seq"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            let mut history = HistorySink {
+                docs: Vec::new(),
+                token: &token,
+                seq,
+            };
+            clear_last_error(&mut doc, node, &now, &mut history);
+            doc.insert("updated_at".into(), json!(now));
+            if let Some(meta) = doc.get_mut(META).and_then(Value::as_object_mut) {
+                meta.insert("history_seq".into(), json!(history.seq));
+            }
+            let rows = self.bulk_docs(vec![Value::Object(doc)]).await?;
+            match rows.first().and_then(|r| r["error"].as_str()) {
+                None => {
+                    self.bulk_docs(history.docs).await?;
+                    return Ok(true);
+                }
+                Some("conflict") => {
+                    tokio::time::sleep(Duration::from_millis(10u64 << attempt.min(6))).await;
+                }
+                Some(e) => {
+                    return Err(backend(format!(
+                        "_bulk_docs refused document {node:?}: {e}"
+                    )))
+                }
+            }
+        }
+        Err(unavailable(format!(
+            "revision conflicts on {node:?} did not settle after {MAX_ATTEMPTS} attempts"
+        )))
     }
 
     async fn health(&self) -> Result<(), StoreError> {

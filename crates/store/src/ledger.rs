@@ -24,9 +24,16 @@ pub struct LedgerRequest {
     pub sent_at: DateTime<Utc>,
     /// Seconds after `sent_at` when clients stop running it (0: never).
     pub ttl: u64,
-    /// The nodes expected to answer, sorted.
+    /// The nodes expected to answer, sorted. A broadcast's list (the registry when it
+    /// was announced) also holds [`BROADCAST`]: every node that answers it was asked.
     pub expected: Vec<String>,
 }
+
+/// The marker in a broadcast's `expected` list (never a node name: node names are
+/// host names). Nodes the registry did not know when the broadcast was announced (new
+/// clients, or results that reach the server in a later batch than the announcement)
+/// then count as expected when they answer, not as unexpected.
+pub const BROADCAST: &str = "*";
 
 impl LedgerRequest {
     /// When the request stops being runnable; `None` for a ttl of 0 (never).
@@ -135,20 +142,36 @@ pub struct Ledger {
     pub nodes: Vec<LedgerNode>,
     /// Where it stands.
     pub state: RequestState,
+    /// Sent to every node (`-n all`): whoever answers was expected.
+    #[serde(default)]
+    pub broadcast: bool,
+    /// How many nodes were expected: the announced list, and for a broadcast also
+    /// every node that answered it.
+    #[serde(default)]
+    pub expected: usize,
 }
 
 impl Ledger {
     /// The meaning of a request's records at `now`: answers of the same node after
     /// the first are ignored (a redelivery), expected nodes without an answer are
     /// pending until the deadline and missing after it.
-    pub fn build(request: LedgerRequest, answers: &[LedgerAnswer], now: DateTime<Utc>) -> Ledger {
-        let expected: BTreeSet<&str> = request.expected.iter().map(String::as_str).collect();
+    pub fn build(
+        mut request: LedgerRequest,
+        answers: &[LedgerAnswer],
+        now: DateTime<Utc>,
+    ) -> Ledger {
+        let broadcast = request.expected.iter().any(|n| n == BROADCAST);
+        request.expected.retain(|n| n != BROADCAST);
+        let mut expected: BTreeSet<&str> = request.expected.iter().map(String::as_str).collect();
         let mut first: BTreeMap<&str, &LedgerAnswer> = BTreeMap::new();
         for a in answers.iter().filter(|a| a.request_id == request.id) {
             let keep = first.get(a.node.as_str()).is_none_or(|b| a.at < b.at);
             if keep {
                 first.insert(a.node.as_str(), a);
             }
+        }
+        if broadcast {
+            expected.extend(first.keys().copied());
         }
         let over = request.deadline().is_some_and(|d| now > d);
         let mut nodes: Vec<LedgerNode> = Vec::new();
@@ -199,10 +222,13 @@ impl Ledger {
         } else {
             RequestState::Pending
         };
+        let expected_count = expected.len();
         Ledger {
             request,
             nodes,
             state,
+            broadcast,
+            expected: expected_count,
         }
     }
 
@@ -270,6 +296,23 @@ mod tests {
         assert_eq!(l.state, RequestState::Expired);
         assert_eq!(l.count(NodeOutcome::Missing), 1);
         assert_eq!(l.nodes[1].error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn a_broadcast_expects_whoever_answers() {
+        let mut r = request(10);
+        r.expected = vec![BROADCAST.into(), "a".into()];
+        let answers = [answer("a", 1, None), answer("new", 2, Some("boom"))];
+        let l = Ledger::build(r, &answers, t(5));
+        assert!(l.broadcast);
+        assert_eq!(l.expected, 2);
+        assert_eq!(l.request.expected, ["a"]);
+        assert_eq!(l.count(NodeOutcome::Unexpected), 0);
+        assert_eq!(l.count(NodeOutcome::Error), 1);
+        assert_eq!(l.state, RequestState::Complete);
+        let l = Ledger::build(request(10), &answers, t(5));
+        assert_eq!((l.broadcast, l.expected), (false, 3));
+        assert_eq!(l.count(NodeOutcome::Unexpected), 1);
     }
 
     #[test]

@@ -128,7 +128,8 @@ pub enum Change {
         /// The converted value.
         value: Data,
     },
-    /// An error result: becomes the document's `last_error`.
+    /// An error result: becomes the document's `last_error`, until a later good
+    /// result of the same plugin clears it (the error stays in history).
     Error {
         /// The plugin that failed, when known.
         plugin: Option<String>,
@@ -406,6 +407,10 @@ pub enum StoreError {
     /// catches it and dead-letters the message with reason `panic`.
     #[error("the store call panicked: {0}")]
     Panicked(String),
+    /// The store does not exist yet (no SQLite file, no PostgreSQL database or tables,
+    /// an older schema): read-only commands never create or migrate one.
+    #[error("{0}; create it with `vogeler-admin setup --persistence`")]
+    NotSetUp(String),
     /// Anything else the backend reported.
     #[error("{backend} store error: {message}")]
     Backend {
@@ -480,6 +485,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap round trip proving the store answers.
     async fn health(&self) -> Result<(), StoreError>;
+
+    /// Clears a node's `last_error` (`vogeler-admin node NAME --clear-error`), keeping
+    /// the error in history; `Ok(false)` when the node has none (or is unknown). A good
+    /// result of the failed plugin clears it in `apply` the same way.
+    async fn clear_error(&self, node: &str) -> Result<bool, StoreError>;
 
     /// Each node's value of plugin key `path.root()` (or of `last_error`) walked down
     /// `path.rest()`, sorted by node; nodes without it are left out. Backends push the
@@ -725,6 +735,37 @@ pub async fn open(dsn: &vogeler_config::StoreDsn) -> Result<DynStore, StoreError
         StoreDsn::Couch { .. } => Ok(Arc::new(connect_couch(dsn).await?)),
         #[allow(unreachable_patterns)]
         other => Err(StoreError::NotCompiled(other.scheme())),
+    }
+}
+
+/// Opens a store that already exists, for commands that only read (or prune): a
+/// missing SQLite file or PostgreSQL database, or one without Vogeler's tables, is
+/// [`StoreError::NotSetUp`], and nothing is created or migrated. CouchDB opens as
+/// [`open`] does.
+pub async fn open_existing(dsn: &vogeler_config::StoreDsn) -> Result<DynStore, StoreError> {
+    #[allow(unused_imports)]
+    use vogeler_config::StoreDsn;
+    match dsn {
+        #[cfg(feature = "sqlite")]
+        StoreDsn::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open_existing(path)?)),
+        #[cfg(feature = "postgres")]
+        StoreDsn::Postgres { url } => Ok(Arc::new(
+            postgres::PostgresStore::connect_existing(url).await?,
+        )),
+        _ => open(dsn).await,
+    }
+}
+
+/// Prepares a new store for `setup --persistence`: creates the PostgreSQL database
+/// when it does not exist (see [`postgres::PostgresStore::create_database`]);
+/// `Ok(true)` when it made one. Other backends create theirs in [`open`].
+pub async fn create(dsn: &vogeler_config::StoreDsn) -> Result<bool, StoreError> {
+    match dsn {
+        #[cfg(feature = "postgres")]
+        vogeler_config::StoreDsn::Postgres { url } => {
+            postgres::PostgresStore::create_database(url).await
+        }
+        _ => Ok(false),
     }
 }
 

@@ -143,43 +143,147 @@ fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
     })
 }
 
+/// A pool for the DSN (its database, or `dbname` instead): TLS as `sslmode` says.
+fn pool(url: &str, dbname: Option<&str>) -> Result<Pool, StoreError> {
+    let (url, tls) =
+        vogeler_config::postgres_tls(url).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+        StoreError::Invalid(format!(
+            "bad PostgreSQL DSN: {e} (example: postgres://vogeler:secret@127.0.0.1:5432/vogeler?sslmode=verify-full&sslrootcert=/etc/vogeler/pg-ca.pem)"
+        ))
+    })?;
+    if let Some(db) = dbname {
+        config.dbname(db);
+    }
+    let manager_config = || ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match tls.mode {
+        PgSslMode::Disable => {
+            config.ssl_mode(SslMode::Disable);
+            Manager::from_config(config, NoTls, manager_config())
+        }
+        mode => {
+            config.ssl_mode(if mode == PgSslMode::Prefer {
+                SslMode::Prefer
+            } else {
+                SslMode::Require
+            });
+            Manager::from_config(config, tls::connector(&tls)?, manager_config())
+        }
+    };
+    Pool::builder(manager)
+        .max_size(8)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(unavailable)
+}
+
+/// A failed first connection: a database that does not exist is
+/// [`StoreError::NotSetUp`]; anything else is unavailable, as `client()` says.
+fn missing_database(url: &str, e: deadpool_postgres::PoolError) -> StoreError {
+    if let deadpool_postgres::PoolError::Backend(pg) = &e {
+        if pg.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) {
+            let name = vogeler_config::postgres_tls(url)
+                .ok()
+                .and_then(|(plain, _)| plain.parse::<tokio_postgres::Config>().ok())
+                .and_then(|c| c.get_dbname().map(str::to_string))
+                .unwrap_or_default();
+            return StoreError::NotSetUp(format!("database {name:?} does not exist"));
+        }
+    }
+    unavailable(crate::error_chain(&e))
+}
+
 impl PostgresStore {
     /// Connects a pool and creates or migrates the schema. `sslmode` and `sslrootcert`
     /// in the DSN choose TLS as libpq does (see [`vogeler_config::PgSslMode`]); without
     /// `sslmode` the connection is plain.
     pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
-        let (url, tls) =
-            vogeler_config::postgres_tls(url).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
-            StoreError::Invalid(format!(
-                "bad PostgreSQL DSN: {e} (example: postgres://vogeler:secret@127.0.0.1:5432/vogeler?sslmode=verify-full&sslrootcert=/etc/vogeler/pg-ca.pem)"
-            ))
-        })?;
-        let manager_config = || ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+        let store = PostgresStore {
+            pool: pool(url, None)?,
         };
-        let manager = match tls.mode {
-            PgSslMode::Disable => {
-                config.ssl_mode(SslMode::Disable);
-                Manager::from_config(config, NoTls, manager_config())
-            }
-            mode => {
-                config.ssl_mode(if mode == PgSslMode::Prefer {
-                    SslMode::Prefer
-                } else {
-                    SslMode::Require
-                });
-                Manager::from_config(config, tls::connector(&tls)?, manager_config())
-            }
-        };
-        let pool = Pool::builder(manager)
-            .max_size(8)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(unavailable)?;
-        let store = PostgresStore { pool };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Connects to a store that `setup --persistence` (or a server) made: a missing
+    /// database, missing tables or an older schema are [`StoreError::NotSetUp`], and
+    /// nothing is created or migrated (read-only commands use this).
+    pub async fn connect_existing(url: &str) -> Result<PostgresStore, StoreError> {
+        let store = PostgresStore {
+            pool: pool(url, None)?,
+        };
+        let client = store
+            .pool
+            .get()
+            .await
+            .map_err(|e| missing_database(url, e))?;
+        let version: Option<i32> = match client
+            .query_one("SELECT max(version) FROM vogeler_schema", &[])
+            .await
+        {
+            Ok(row) => row.get(0),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => None,
+            Err(e) => return Err(pg_err(e)),
+        };
+        match version {
+            None => Err(StoreError::NotSetUp(
+                "the database has no Vogeler tables".into(),
+            )),
+            Some(v) if v < SCHEMA_VERSION => Err(StoreError::NotSetUp(format!(
+                "the database's schema version {v} is older than {SCHEMA_VERSION} (setup migrates it)"
+            ))),
+            Some(_) => {
+                drop(client);
+                Ok(store)
+            }
+        }
+    }
+
+    /// Creates the database a DSN names when it does not exist, connecting to the
+    /// server's `postgres` database as the DSN's role; `Ok(true)` when it was created.
+    /// A role that may not create databases gets an error naming `createdb`.
+    pub async fn create_database(url: &str) -> Result<bool, StoreError> {
+        let probe = pool(url, None)?;
+        match probe.get().await {
+            Ok(_) => return Ok(false),
+            Err(e) => {
+                if !matches!(missing_database(url, e), StoreError::NotSetUp(_)) {
+                    // Not a missing database: let connect() report it as it does.
+                    return Ok(false);
+                }
+            }
+        }
+        let (name, user) = {
+            let (plain, _) = vogeler_config::postgres_tls(url)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let config: tokio_postgres::Config = plain
+                .parse()
+                .map_err(|e| StoreError::Invalid(format!("bad PostgreSQL DSN: {e}")))?;
+            (
+                config.get_dbname().unwrap_or("postgres").to_string(),
+                config.get_user().unwrap_or("").to_string(),
+            )
+        };
+        let admin = pool(url, Some("postgres"))?;
+        let client = admin
+            .get()
+            .await
+            .map_err(|e| unavailable(crate::error_chain(&e)))?;
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match client.batch_execute(&sql).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {
+                Ok(false)
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+                Err(StoreError::NotSetUp(format!(
+                    "database {name:?} does not exist and role {user:?} may not create it; as a PostgreSQL superuser run `createdb -O {user} {name}`"
+                )))
+            }
+            Err(e) => Err(pg_err(e)),
+        }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -423,6 +527,29 @@ impl Store for PostgresStore {
                 }
                 Change::Seen => Outcome::Unchanged,
             };
+            // A good result clears that plugin's error (the error stays in history).
+            let outcome = match &obs.change {
+                Change::Plugin { name, .. } if outcome != Outcome::Stale => {
+                    match errors.get_mut(&obs.node) {
+                        Some((error @ Some(_), error_at))
+                            if error
+                                .as_ref()
+                                .and_then(|e| e.get("plugin"))
+                                .and_then(Value::as_str)
+                                == Some(name.as_str())
+                                && error_at.is_none_or(|t| t <= obs.at) =>
+                        {
+                            let old = error.take().map(|v| Cow::Owned(v.to_string()));
+                            *error_at = Some(obs.at);
+                            history.push(&obs.node, "last_error", old, None, obs.at);
+                            errors_changed.insert(obs.node.as_str());
+                            Outcome::Updated
+                        }
+                        _ => outcome,
+                    }
+                }
+                _ => outcome,
+            };
             if outcome == Outcome::Updated {
                 nodes_changed.insert(obs.node.as_str());
             }
@@ -476,9 +603,9 @@ impl Store for PostgresStore {
         if !errors_changed.is_empty() {
             let (mut err_nodes, mut err_values, mut err_ats) = (Vec::new(), Vec::new(), Vec::new());
             for node in &errors_changed {
-                if let Some((Some(value), Some(at))) = errors.get(*node) {
+                if let Some((value, Some(at))) = errors.get(*node) {
                     err_nodes.push(*node);
-                    err_values.push(value);
+                    err_values.push(value.as_ref());
                     err_ats.push(*at);
                 }
             }
@@ -524,6 +651,37 @@ impl Store for PostgresStore {
         }
         tx.commit().await.map_err(pg_err)?;
         Ok(outcomes)
+    }
+
+    async fn clear_error(&self, node: &str) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let now = Utc::now();
+        let old: Option<Value> = tx
+            .query_opt(
+                "SELECT last_error FROM nodes WHERE name = $1 AND last_error IS NOT NULL FOR UPDATE",
+                &[&node],
+            )
+            .await
+            .map_err(pg_err)?
+            .map(|r| r.get(0));
+        let Some(old) = old else {
+            return Ok(false);
+        };
+        tx.execute(
+            "UPDATE nodes SET last_error = NULL, last_error_at = $2, updated_at = $2 WHERE name = $1",
+            &[&node, &now],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO history (node, key, old, new, at) VALUES ($1, 'last_error', $2, NULL, $3)",
+            &[&node, &old, &now],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(true)
     }
 
     async fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {

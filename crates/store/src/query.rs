@@ -183,9 +183,129 @@ pub enum Op {
     Contains(String),
     /// `path~regex`: the scalar (or an element of the array) matches the regular expression.
     Matches(regex::Regex),
-    /// `path<x`, `path<=x`, `path>x`, `path>=x`: numeric when both sides are numbers,
-    /// otherwise text order.
+    /// `path<x`, `path<=x`, `path>x`, `path>=x`, in the order [`compare`] defines:
+    /// numbers numerically, package versions in Debian order, otherwise text.
     Cmp(std::cmp::Ordering, bool, String),
+}
+
+/// The one order of filter values (the CLI's `-W`, the web UI and discovery): numbers
+/// numerically when both sides are numbers; Debian version order (epochs, `~`, as
+/// `dpkg --compare-versions`) when both look like package versions (see
+/// [`looks_like_version`]), so `3.0.7 < 3.0.20`; otherwise text (byte) order.
+pub fn compare(a: &str, b: &str) -> std::cmp::Ordering {
+    if let (Some(x), Some(y)) = (number(a), number(b)) {
+        if let Some(o) = x.partial_cmp(&y) {
+            return o;
+        }
+    }
+    if looks_like_version(a) && looks_like_version(b) {
+        return compare_versions(a, b);
+    }
+    a.cmp(b)
+}
+
+/// A finite number as filters read one (`4`, `-2.5`, `1e3`); `None` otherwise.
+fn number(s: &str) -> Option<f64> {
+    s.parse::<f64>().ok().filter(|f| f.is_finite())
+}
+
+/// Whether `s` has a Debian version's shape: an optional numeric epoch and `:`, an
+/// upstream part that starts with a digit, an optional `-revision`; only letters,
+/// digits and `. + ~ -` (`:` only after the epoch). `3.0.7`, `1:2.38-4`, `1.0~rc1`.
+pub fn looks_like_version(s: &str) -> bool {
+    let rest = match s.split_once(':') {
+        Some((epoch, rest)) => {
+            if epoch.is_empty() || !epoch.bytes().all(|c| c.is_ascii_digit()) {
+                return false;
+            }
+            rest
+        }
+        None => s,
+    };
+    rest.as_bytes().first().is_some_and(u8::is_ascii_digit)
+        && !rest.ends_with('-')
+        && rest
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b".+~-".contains(&c))
+}
+
+/// Debian version order, dpkg's algorithm: epochs numerically, then upstream and
+/// revision by `verrevcmp` (non-digit runs with letters before other characters and
+/// `~` before everything, even the end; digit runs numerically).
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    let (ea, ua, ra) = split_version(a);
+    let (eb, ub, rb) = split_version(b);
+    // Compare epochs as digit strings of any length (no overflow): by numeric value.
+    let ea = ea.trim_start_matches('0');
+    let eb = eb.trim_start_matches('0');
+    ea.len()
+        .cmp(&eb.len())
+        .then_with(|| ea.cmp(eb))
+        .then_with(|| verrevcmp(ua, ub))
+        .then_with(|| verrevcmp(ra, rb))
+}
+
+/// `(epoch, upstream, revision)`: the epoch before the first `:`, the revision after
+/// the last `-` (empty when none, which dpkg orders as `0`).
+fn split_version(v: &str) -> (&str, &str, &str) {
+    let (epoch, rest) = match v.split_once(':') {
+        Some((e, r)) if !e.is_empty() && e.bytes().all(|c| c.is_ascii_digit()) => (e, r),
+        _ => ("0", v),
+    };
+    match rest.rsplit_once('-') {
+        Some((u, r)) => (epoch, u, r),
+        None => (epoch, rest, ""),
+    }
+}
+
+/// dpkg's `verrevcmp`.
+fn verrevcmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn order(c: u8) -> i32 {
+        match c {
+            0 => 0,
+            c if c.is_ascii_digit() => 0,
+            c if c.is_ascii_alphabetic() => i32::from(c),
+            b'~' => -1,
+            c => i32::from(c) + 256,
+        }
+    }
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let at = |s: &[u8], i: usize| s.get(i).copied().unwrap_or(0);
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        while (i < a.len() && !a[i].is_ascii_digit()) || (j < b.len() && !b[j].is_ascii_digit()) {
+            let (ac, bc) = (order(at(a, i)), order(at(b, j)));
+            if ac != bc {
+                return ac.cmp(&bc);
+            }
+            i += 1;
+            j += 1;
+        }
+        while at(a, i) == b'0' {
+            i += 1;
+        }
+        while at(b, j) == b'0' {
+            j += 1;
+        }
+        let mut first_diff = std::cmp::Ordering::Equal;
+        while at(a, i).is_ascii_digit() && at(b, j).is_ascii_digit() {
+            if first_diff.is_eq() {
+                first_diff = a[i].cmp(&b[j]);
+            }
+            i += 1;
+            j += 1;
+        }
+        if at(a, i).is_ascii_digit() {
+            return std::cmp::Ordering::Greater;
+        }
+        if at(b, j).is_ascii_digit() {
+            return std::cmp::Ordering::Less;
+        }
+        if !first_diff.is_eq() {
+            return first_diff;
+        }
+    }
+    std::cmp::Ordering::Equal
 }
 
 /// One filter on a node document: `facter.os.family=Debian`, `facter.kernelrelease~^6\.`.
@@ -205,18 +325,22 @@ impl fmt::Display for Condition {
 }
 
 impl Condition {
-    /// Parses `PATH=VALUE`, `PATH!=VALUE`, `PATH*=VALUE`, `PATH~REGEX`, `PATH<VALUE`,
-    /// `PATH<=VALUE`, `PATH>VALUE`, `PATH>=VALUE` or `PATH?`.
+    /// Parses `PATH=VALUE` (or `==`), `PATH!=VALUE`, `PATH*=VALUE`, `PATH~REGEX`,
+    /// `PATH<VALUE`, `PATH<=VALUE`, `PATH>VALUE`, `PATH>=VALUE` or `PATH?`; spaces around
+    /// the operator are allowed (`facter.os.family = Debian`, as the web form takes it).
+    /// A comparison needs a value, and one that starts like a number must be a number
+    /// or a version (`>=4 GB` is refused, not compared as text).
     pub fn parse(text: &str) -> Result<Condition, StoreError> {
         let bad = |why: String| {
             StoreError::Invalid(format!(
-                "bad filter {text:?}: {why} (examples: facter.os.family=Debian, facter.kernelrelease~^6\\., dpkg.openssl?)"
+                "bad filter {text:?}: {why} (examples: facter.os.family=Debian, facter.kernelrelease~^6\\., facter.processorcount>=4, dpkg.openssl<3.0.20, dpkg.openssl?)"
             ))
         };
+        let trimmed = text.trim();
         // The path ends at the first operator character outside quotes.
         let mut in_quote = false;
         let mut split = None;
-        for (i, c) in text.char_indices() {
+        for (i, c) in trimmed.char_indices() {
             match c {
                 '"' => in_quote = !in_quote,
                 '=' | '!' | '*' | '~' | '<' | '>' | '?' if !in_quote => {
@@ -229,20 +353,34 @@ impl Condition {
         let Some(at) = split else {
             return Err(bad("no operator".into()));
         };
-        let path = KeyPath::parse(&text[..at]).map_err(|e| bad(e.to_string()))?;
-        let rest = &text[at..];
-        let (op, arg) = ["!=", "*=", "<=", ">=", "=", "~", "<", ">", "?"]
+        let path_text = trimmed[..at].trim_end();
+        let path = KeyPath::parse(path_text).map_err(|e| bad(e.to_string()))?;
+        let rest = &trimmed[at..];
+        let (op, arg) = ["==", "!=", "*=", "<=", ">=", "=", "~", "<", ">", "?"]
             .iter()
             .find_map(|op| rest.strip_prefix(op).map(|arg| (*op, arg)))
             .ok_or_else(|| bad(format!("unknown operator at {rest:?}")))?;
-        let arg = arg.to_string();
+        let arg = arg.trim_start().to_string();
+        let op_text = if op == "==" { "=" } else { op };
+        let compared = |arg: String| {
+            if arg.is_empty() {
+                return Err(bad(format!("nothing to compare with after `{op}`")));
+            }
+            let numeric_start = arg
+                .trim_start_matches(['-', '+'])
+                .starts_with(|c: char| c.is_ascii_digit() || c == '.');
+            if numeric_start && number(&arg).is_none() && !looks_like_version(&arg) {
+                return Err(bad(format!("{arg:?} is neither a number nor a version")));
+            }
+            Ok(arg)
+        };
         use std::cmp::Ordering::*;
         let op = match op {
             "?" if arg.is_empty() => Op::Exists,
             "?" => return Err(bad("nothing may follow `?`".into())),
-            "=" => Op::Eq(arg),
-            "!=" => Op::Ne(arg),
-            "*=" => Op::Contains(arg),
+            "=" | "==" => Op::Eq(arg.clone()),
+            "!=" => Op::Ne(arg.clone()),
+            "*=" => Op::Contains(arg.clone()),
             "~" => Op::Matches(
                 regex::RegexBuilder::new(&arg)
                     .size_limit(REGEX_SIZE_LIMIT)
@@ -250,16 +388,16 @@ impl Condition {
                     .build()
                     .map_err(|e| bad(format!("bad regular expression: {e}")))?,
             ),
-            "<" => Op::Cmp(Less, false, arg),
-            "<=" => Op::Cmp(Less, true, arg),
-            ">" => Op::Cmp(Greater, false, arg),
-            ">=" => Op::Cmp(Greater, true, arg),
+            "<" => Op::Cmp(Less, false, compared(arg.clone())?),
+            "<=" => Op::Cmp(Less, true, compared(arg.clone())?),
+            ">" => Op::Cmp(Greater, false, compared(arg.clone())?),
+            ">=" => Op::Cmp(Greater, true, compared(arg.clone())?),
             _ => return Err(bad(format!("unknown operator {op:?}"))),
         };
         Ok(Condition {
             path,
             op,
-            text: text.to_string(),
+            text: format!("{path_text}{op_text}{arg}"),
         })
     }
 
@@ -285,11 +423,8 @@ impl Condition {
             },
             Op::Matches(re) => any(&|t| re.is_match(t)),
             Op::Cmp(want, or_equal, x) => any(&|t| {
-                let ord = match (t.parse::<f64>(), x.parse::<f64>()) {
-                    (Ok(a), Ok(b)) => a.partial_cmp(&b),
-                    _ => Some(t.cmp(x.as_str())),
-                };
-                ord.is_some_and(|o| o == *want || (*or_equal && o.is_eq()))
+                let o = compare(t, x);
+                o == *want || (*or_equal && o.is_eq())
             }),
         }
     }
@@ -590,6 +725,44 @@ mod tests {
             .to_string();
         assert!(e.contains("bad regular expression"), "{e}");
         assert!(Condition::parse(r"facter.kernelrelease~^6\.[0-9]+-\w+$").is_ok());
+    }
+
+    #[test]
+    fn one_comparison_rule_versions_numbers_text() {
+        use std::cmp::Ordering::*;
+        assert_eq!(compare("3.0.7", "3.0.20"), Less);
+        assert_eq!(compare("1:1.0", "2.0"), Greater);
+        assert_eq!(compare("1.0~rc1", "1.0"), Less);
+        assert_eq!(compare("1.0-1", "1.0"), Greater);
+        assert_eq!(compare("1.0-0", "1.0"), Equal);
+        assert_eq!(compare("10", "9"), Greater);
+        assert_eq!(compare("2.5", "10"), Less);
+        assert_eq!(compare("Debian", "Alpine"), Greater);
+        assert!(holds("dpkg.openssl<3.0.20", json!("3.0.7")));
+        assert!(holds("dpkg.openssl>=3.0.11-1~deb12u2", json!("3.0.11-1")));
+        assert!(!holds("dpkg.openssl>3.0.20", json!("3.0.7")));
+        assert!(holds("f.x>=4", json!(16)));
+    }
+
+    #[test]
+    fn spaces_and_double_equals_mean_the_same() {
+        for text in ["a = b", "a==b", " a == b ", "a=b"] {
+            let c = Condition::parse(text).expect(text);
+            assert_eq!(c.to_string(), "a=b", "{text}");
+            assert!(c.test(Some(&json!("b"))), "{text}");
+        }
+        let c = Condition::parse("facter.processorcount >= 4").expect("c");
+        assert_eq!(c.to_string(), "facter.processorcount>=4");
+        assert!(c.test(Some(&json!(8))));
+    }
+
+    #[test]
+    fn a_comparison_with_a_bad_number_is_an_error() {
+        for bad in ["f.x>=4 GB", "f.x<1,5", "f.x>", "f.x <= "] {
+            let e = Condition::parse(bad).expect_err(bad).to_string();
+            assert!(e.contains("bad filter"), "{bad}: {e}");
+        }
+        assert!(Condition::parse("f.x>abc").is_ok());
     }
 
     #[test]

@@ -228,6 +228,38 @@ impl SqliteStore {
         })
     }
 
+    /// Opens a database file that exists and holds Vogeler's tables; a missing file
+    /// or one without them is [`StoreError::NotSetUp`] and nothing is created (the
+    /// read-only commands: a mistyped path must not leave an empty store behind).
+    pub fn open_existing(path: &Path) -> Result<SqliteStore, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::NotSetUp(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(|e| StoreError::Unavailable {
+            backend: BACKEND,
+            message: format!("cannot open {}: {e}", path.display()),
+        })?;
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'nodes'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql_err)?;
+        drop(conn);
+        if tables == 0 {
+            return Err(StoreError::NotSetUp(format!(
+                "{} holds no Vogeler tables",
+                path.display()
+            )));
+        }
+        SqliteStore::open(path)
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -373,6 +405,13 @@ fn apply_batch(conn: &mut Connection, batch: &[Observation]) -> Result<Vec<Outco
                 }
             }
         };
+        // A good result clears that plugin's error (the error stays in history).
+        let changed = match &obs.change {
+            Change::Plugin { name, .. } if !created => {
+                clear_error(&tx, &obs.node, Some(name), &at)? || changed
+            }
+            _ => changed,
+        };
         // A node created just now already has `last_seen` and `updated_at` = now.
         if !created {
             touch(&tx, &obs.node, &now, changed)?;
@@ -387,6 +426,35 @@ fn apply_batch(conn: &mut Connection, batch: &[Observation]) -> Result<Vec<Outco
     }
     tx.commit().map_err(sql_err)?;
     Ok(outcomes)
+}
+
+/// Clears a node's `last_error` when it is `plugin`'s (any plugin's when `None`) and
+/// not newer than `at`, recording the change in history; whether it cleared one.
+fn clear_error(
+    tx: &rusqlite::Transaction<'_>,
+    node: &str,
+    plugin: Option<&str>,
+    at: &str,
+) -> Result<bool, StoreError> {
+    let old: Option<String> = tx
+        .prepare_cached(
+            "SELECT last_error FROM nodes WHERE name = ?1 AND last_error IS NOT NULL
+             AND (?2 IS NULL OR (json_extract(last_error, '$.plugin') = ?2
+                                 AND (last_error_at IS NULL OR last_error_at <= ?3)))",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![node, plugin, at], |r| r.get(0))
+                .optional()
+        })
+        .map_err(sql_err)?;
+    let Some(old) = old else {
+        return Ok(false);
+    };
+    tx.prepare_cached("UPDATE nodes SET last_error = NULL, last_error_at = ?2 WHERE name = ?1")
+        .and_then(|mut s| s.execute(params![node, at]))
+        .map_err(sql_err)?;
+    record_history(tx, node, "last_error", Some(old), None, at)?;
+    Ok(true)
 }
 
 fn touch(
@@ -625,6 +693,25 @@ impl Store for SqliteStore {
     async fn health(&self) -> Result<(), StoreError> {
         self.call(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(sql_err))
             .await
+    }
+
+    async fn clear_error(&self, node: &str) -> Result<bool, StoreError> {
+        let node = node.to_string();
+        self.call(move |conn| {
+            let tx = conn.transaction().map_err(sql_err)?;
+            let now = rfc3339(Utc::now());
+            let cleared = clear_error(&tx, &node, None, &now)?;
+            if cleared {
+                tx.execute(
+                    "UPDATE nodes SET updated_at = ?2 WHERE name = ?1",
+                    params![node, now],
+                )
+                .map_err(sql_err)?;
+            }
+            tx.commit().map_err(sql_err)?;
+            Ok(cleared)
+        })
+        .await
     }
 
     async fn key_values(&self, path: &KeyPath) -> Result<Rows<(String, Value)>, StoreError> {
