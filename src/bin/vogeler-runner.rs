@@ -142,8 +142,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let summary = vogeler::runner::run(&opts).await?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else if cli.wait || !summary.unroutable.is_empty() {
+    } else if cli.wait {
         print!("{}", summary.render());
+    } else {
+        print!("{}", summary.render_sent());
     }
     Ok(summary.exit_code())
 }
