@@ -9,7 +9,7 @@ use vogeler::settings::{self, Program};
 /// Send a plugin command to every node or to named nodes; optionally wait for the stored results.
 ///
 /// Exit status: 0 all stored without error, 1 some error results, 2 usage,
-/// 3 some nodes did not answer or were unroutable.
+/// 3 some nodes did not answer or were unroutable, or no node matched.
 #[derive(Debug, Parser)]
 #[command(name = "vogeler-runner", version, about)]
 struct Cli {
