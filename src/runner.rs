@@ -82,14 +82,17 @@ pub struct Summary {
     pub answered: Vec<String>,
     /// Nodes that answered with an error result, and the message.
     pub errors: BTreeMap<String, String>,
-    /// Nodes whose result was older than the value already stored (kept instead).
-    pub stale: Vec<String>,
     /// Targeted nodes with no stored answer before the timeout.
     pub no_answer: Vec<String>,
     /// Nodes whose queue does not exist (never started).
     pub unroutable: Vec<String>,
-    /// Answers from nodes that were not targeted.
+    /// Answers from nodes that were not targeted (counted as success).
     pub unexpected: Vec<String>,
+    /// Nodes whose result was older than the value already stored, so it was not
+    /// applied (`Stored.stale`): reported apart so an old answer is not taken for news.
+    pub stale: Vec<String>,
+    /// A glob or filter matched no node, so nothing was sent: exit 3, not a silent 0.
+    pub no_match: bool,
     /// Whether the runner waited for answers.
     pub waited: bool,
     /// Milliseconds spent publishing (and discovering).
@@ -99,14 +102,18 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// 0 all stored without error, 1 some error results, 3 some nodes did not answer
-    /// or were unroutable.
+    /// 0 all stored without error, 1 some error results, 3 some nodes did not answer,
+    /// were unroutable, or no node matched.
     pub fn exit_code(&self) -> i32 {
         let nobody_answered = self.waited
             && self.answered.is_empty()
-            && self.stale.is_empty()
-            && self.errors.is_empty();
-        if !self.unroutable.is_empty() || !self.no_answer.is_empty() || nobody_answered {
+            && self.errors.is_empty()
+            && self.stale.is_empty();
+        if self.no_match
+            || !self.unroutable.is_empty()
+            || !self.no_answer.is_empty()
+            || nobody_answered
+        {
             3
         } else if !self.errors.is_empty() {
             1
@@ -118,13 +125,20 @@ impl Summary {
     /// The human-readable report.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        if self.no_match {
+            out.push_str(&format!(
+                "no node matches the given names or filters: {} not sent\n",
+                self.command
+            ));
+            return out;
+        }
         out.push_str(&format!("request {} ({})\n", self.request_id, self.command));
         for n in &self.answered {
             out.push_str(&format!("  stored      {n}\n"));
         }
         for n in &self.stale {
             out.push_str(&format!(
-                "  stale       {n} (older than the value already stored, which was kept)\n"
+                "  stale       {n} (older than the stored value, not applied)\n"
             ));
         }
         for (n, e) in &self.errors {
@@ -154,6 +168,30 @@ impl Summary {
         out.push_str(&format!(
             "discovery time: {} ms  total time: {} ms\n",
             self.discovery_ms, self.total_ms
+        ));
+        out
+    }
+
+    /// The report without `--wait`: where the request went and how to follow it, since
+    /// nothing was collected.
+    pub fn render_sent(&self) -> String {
+        if self.no_match {
+            return self.render();
+        }
+        let to = if self.discovered.is_empty() && self.unroutable.is_empty() {
+            "broadcast to every node".to_string()
+        } else {
+            format!("sent to {} node(s)", self.discovered.len())
+        };
+        let mut out = format!("request {} ({}) {to}\n", self.request_id, self.command);
+        for n in &self.unroutable {
+            out.push_str(&format!(
+                "  unroutable  {n} (no queue reachable: its client never started, or the cluster member holding its queue is down)\n"
+            ));
+        }
+        out.push_str(&format!(
+            "follow with: vogeler-admin requests {}\n",
+            self.request_id
         ));
         out
     }
@@ -210,6 +248,7 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
             return Ok(Summary {
                 command: opts.command.clone(),
                 waited: opts.wait,
+                no_match: true,
                 discovery_ms: started.elapsed().as_millis() as u64,
                 total_ms: started.elapsed().as_millis() as u64,
                 ..Default::default()
@@ -538,4 +577,58 @@ fn progress_bar(expected: Option<u64>) -> indicatif::ProgressBar {
     }
     bar.enable_steady_tick(std::time::Duration::from_millis(100));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_match_is_incomplete_and_says_so() {
+        let s = Summary {
+            command: "uname".into(),
+            no_match: true,
+            ..Default::default()
+        };
+        assert_eq!(s.exit_code(), 3);
+        assert!(s.render().contains("no node matches"));
+        assert!(s.render_sent().contains("no node matches"));
+    }
+
+    #[test]
+    fn stale_answers_are_reported_apart_and_complete() {
+        let s = Summary {
+            request_id: "r1".into(),
+            command: "uname".into(),
+            discovered: vec!["a".into(), "b".into()],
+            answered: vec!["a".into()],
+            stale: vec!["b".into()],
+            waited: true,
+            ..Default::default()
+        };
+        assert_eq!(s.exit_code(), 0);
+        let out = s.render();
+        assert!(out.contains("stale       b"), "{out}");
+        assert!(out.contains("stale: 1"), "{out}");
+    }
+
+    #[test]
+    fn without_wait_the_report_names_the_request_and_how_to_follow_it() {
+        let broadcast = Summary {
+            request_id: "r2".into(),
+            command: "uname".into(),
+            ..Default::default()
+        };
+        let out = broadcast.render_sent();
+        assert!(out.contains("r2") && out.contains("broadcast"), "{out}");
+        assert!(
+            out.contains("follow with: vogeler-admin requests r2"),
+            "{out}"
+        );
+        let named = Summary {
+            discovered: vec!["a".into(), "b".into()],
+            ..broadcast
+        };
+        assert!(named.render_sent().contains("sent to 2 node(s)"));
+    }
 }

@@ -112,10 +112,24 @@ async fn filters_and_globs_select_the_nodes_asked() {
     ]);
     assert_eq!(summary(&out)["answered"], json!([db1.clone()]));
 
-    // Nothing matches: nothing sent, said so.
+    // Nothing matches: nothing sent, said so, exit 3 (incomplete), with and without --json.
     let out = d.runner(&["-x", "hello", "-W", "facter.os.family=Suse", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert_eq!(summary(&out)["discovered"], json!([]));
+    assert_eq!(summary(&out)["no_match"], json!(true));
+    let out = d.runner(&["-x", "hello", "-n", &format!("{}-nobody-*", d.id)]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("no node matches"), "{}", text(&out));
+
+    // Without --wait the runner says where the request went and how to follow it.
+    let out = d.runner(&["-x", "hello", "-n", &format!("{}-*", d.id)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("sent to 3 node(s)"), "{}", text(&out));
+    assert!(
+        text(&out).contains("follow with: vogeler-admin requests "),
+        "{}",
+        text(&out)
+    );
 
     // A bad filter is refused with the reason.
     let out = d.runner(&["-x", "hello", "-W", "facter.os.family"]);

@@ -73,6 +73,16 @@ fn unroutable_node_exits_3_and_errors_exit_1() {
     let out = d.runner(&["-x", "facter", "-n", &d.node("never-started")]);
     assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
     assert!(stdout(&out).contains("unroutable"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("sent to 0 node(s)"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("follow with: vogeler-admin requests "),
+        "{}",
+        stdout(&out)
+    );
 
     // A failing plugin and an unauthorized command are error results, not silence.
     let out = d.runner(&["-x", "failing", "-n", &n, "--wait", "--timeout", "20s"]);

@@ -9,7 +9,7 @@ use vogeler::settings::{self, Program};
 /// Send a plugin command to every node or to named nodes; optionally wait for the stored results.
 ///
 /// Exit status: 0 all stored without error, 1 some error results, 2 usage,
-/// 3 some nodes did not answer or were unroutable.
+/// 3 some nodes did not answer or were unroutable, or no node matched.
 #[derive(Debug, Parser)]
 #[command(name = "vogeler-runner", version, about)]
 struct Cli {
@@ -142,8 +142,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let summary = vogeler::runner::run(&opts).await?;
     if cli.json {
         vogeler::outln!("{}", serde_json::to_string_pretty(&summary)?)?;
-    } else if cli.wait || !summary.unroutable.is_empty() {
+    } else if cli.wait {
         vogeler::out!("{}", summary.render())?;
+    } else {
+        vogeler::out!("{}", summary.render_sent())?;
     }
     Ok(summary.exit_code())
 }
