@@ -293,17 +293,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let store = settings::open_existing_store(&s).await?;
             let table = within(&s, async {
                 Ok(match (which, path, since) {
-                (Report::Nodes, ..) => report::nodes(&store, &q).await?,
-                (Report::Facts { .. }, Some(path), _) => report::facts(&store, &path, &q).await?,
-                (Report::Package { name }, ..) => report::package(&store, &name, &q).await?,
-                (Report::Stale { .. }, _, Some(since)) => {
-                    report::stale(&store, since, &q, now).await?
-                }
-                (Report::Errors, ..) => report::errors(&store, &q).await?,
-                (Report::Changes { limit, .. }, _, Some(since)) => {
-                    report::changes(&store, since, limit, &q).await?
-                }
-                _ => anyhow::bail!("internal: report arguments not checked"),
+                    (Report::Nodes, ..) => report::nodes(&store, &q).await?,
+                    (Report::Facts { .. }, Some(path), _) => {
+                        report::facts(&store, &path, &q).await?
+                    }
+                    (Report::Package { name }, ..) => report::package(&store, &name, &q).await?,
+                    (Report::Stale { .. }, _, Some(since)) => {
+                        report::stale(&store, since, &q, now).await?
+                    }
+                    (Report::Errors, ..) => report::errors(&store, &q).await?,
+                    (Report::Changes { limit, .. }, _, Some(since)) => {
+                        report::changes(&store, since, limit, &q).await?
+                    }
+                    _ => anyhow::bail!("internal: report arguments not checked"),
                 })
             })
             .await?;

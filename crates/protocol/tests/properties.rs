@@ -402,7 +402,7 @@ fn accepted_results_read_back_identically_from_every_store() {
                     .await
                     .map_err(|e| e.to_string())?;
                 store.history(&node, None).await.map_err(|e| e.to_string())?;
-                let value = values.into_iter().find(|(n, _)| *n == node).map(|(_, v)| v);
+                let value = values.rows.into_iter().find(|(n, _)| *n == node).map(|(_, v)| v);
                 Ok::<_, String>((rec.and_then(|r| r.keys.get("p").cloned()), value))
             });
             let (record, value) = got.map_err(|e| TestCaseError::fail(format!("{backend}: {e} for {data}")))?;

@@ -418,7 +418,8 @@ pub async fn a_good_result_clears_last_error(store: DynStore) {
     let errors: Vec<_> = store
         .history("n", Some("last_error"))
         .await
-        .expect("history");
+        .expect("history")
+        .rows;
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert_eq!(
         errors[0].new.as_ref().map(|e| e["message"].clone()),
@@ -440,7 +441,8 @@ pub async fn a_good_result_clears_last_error(store: DynStore) {
     let errors = store
         .history("n", Some("last_error"))
         .await
-        .expect("history");
+        .expect("history")
+        .rows;
     assert_eq!(errors.len(), 4, "{errors:?}");
 }
 
