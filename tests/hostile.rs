@@ -79,13 +79,7 @@ fn hostile(node: &str) -> Vec<(Vec<u8>, &'static str, bool)> {
     ]
 }
 
-async fn get(url: &str) -> (reqwest::StatusCode, String) {
-    let r = reqwest::get(url)
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = r.status();
-    (status, r.text().await.unwrap_or_default())
-}
+use common::web::get_text as get;
 
 /// The whole check on a deployment whose store is `dsn` (as the test opens it).
 fn hostile_results_are_refused_and_ingest_goes_on(d: Deployment, dsn: &str) {

@@ -48,19 +48,6 @@ fn runs(file: &std::path::Path) -> usize {
         .count()
 }
 
-fn refusal(d: &Deployment, node: &str, id: &str, want: &str) {
-    let doc = d.wait_document(node, 20, |doc| {
-        doc["last_error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains(id))
-    });
-    let message = doc["last_error"]["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("refused") && message.contains(want),
-        "request {id}: expected {want:?}, got {message:?}"
-    );
-}
-
 #[test]
 fn a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart_too() {
     let d = Deployment::new(&[]);
@@ -79,7 +66,7 @@ fn a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart
     let body = vogeler_protocol::encode(&Message::Request(r.clone()));
     let headers = key.headers(&body);
     publish_with_headers(&t.broadcast_exchange, &b, body.clone(), headers.clone());
-    refusal(&d, &b, &r.id, "not a target");
+    d.wait_refusal(&b, &r.id, "not a target");
     assert_eq!(runs(&counter), 0);
 
     // On a it runs once.
@@ -91,7 +78,7 @@ fn a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart
     client_a.stop();
     let _client_a = d.client(&a, &[]);
     publish_with_headers(&t.broadcast_exchange, &a, body, headers);
-    refusal(&d, &a, &r.id, "replayed");
+    d.wait_refusal(&a, &r.id, "replayed");
     assert_eq!(runs(&counter), 1, "the replay must not run");
     assert!(d
         .path("state")

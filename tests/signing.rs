@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::*;
-use serde_json::Value;
 use vogeler_protocol::{Message, Request};
 use vogeler_signing::SecretKey;
 
@@ -37,21 +36,6 @@ fn request(command: &str, node: &str, sent_ago_secs: i64, ttl: u64) -> Request {
 
 fn body(r: &Request) -> Vec<u8> {
     vogeler_protocol::encode(&Message::Request(r.clone()))
-}
-
-/// Waits until the node's `last_error` names request `id` and contains `want`.
-fn wait_refusal(d: &Deployment, node: &str, id: &str, want: &str) -> Value {
-    let doc = d.wait_document(node, 20, |doc| {
-        doc["last_error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains(id))
-    });
-    let message = doc["last_error"]["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("refused") && message.contains(want),
-        "request {id}: expected a refusal with {want:?}, got {message:?}"
-    );
-    doc
 }
 
 #[test]
@@ -95,7 +79,7 @@ fn signed_requests_run_and_forged_altered_unknown_expired_replayed_are_refused()
         ("x-vogeler-key-id".into(), runner.id().to_string()),
     ];
     publish_with_headers(&t.broadcast_exchange, &n, b, forged);
-    wait_refusal(&d, &n, &r.id, "bad signature");
+    d.wait_refusal(&n, &r.id, "bad signature");
 
     // Altered: a validly signed body changed after signing.
     let r = request("hello", &n, 0, 300);
@@ -104,19 +88,19 @@ fn signed_requests_run_and_forged_altered_unknown_expired_replayed_are_refused()
     let mut altered = r.clone();
     altered.command = "count".into();
     publish_with_headers(&t.broadcast_exchange, &n, body(&altered), headers);
-    wait_refusal(&d, &n, &r.id, "bad signature");
+    d.wait_refusal(&n, &r.id, "bad signature");
 
     // Signed by a key the client does not trust.
     let r = request("hello", &n, 0, 300);
     let b = body(&r);
     publish_with_headers(&t.broadcast_exchange, &n, b.clone(), mallory.headers(&b));
-    wait_refusal(&d, &n, &r.id, "unknown key");
+    d.wait_refusal(&n, &r.id, "unknown key");
 
     // Validly signed but past its ttl.
     let r = request("hello", &n, 3600, 60);
     let b = body(&r);
     publish_with_headers(&t.broadcast_exchange, &n, b.clone(), runner.headers(&b));
-    wait_refusal(&d, &n, &r.id, "expired");
+    d.wait_refusal(&n, &r.id, "expired");
 
     // Replayed: the same signed message published twice runs once.
     let r = request("count", &n, 0, 300);
@@ -125,7 +109,7 @@ fn signed_requests_run_and_forged_altered_unknown_expired_replayed_are_refused()
     publish_with_headers(&t.broadcast_exchange, &n, b.clone(), headers.clone());
     d.wait_document(&n, 20, |doc| doc["count"][0] == "ok");
     publish_with_headers(&t.broadcast_exchange, &n, b, headers);
-    wait_refusal(&d, &n, &r.id, "replayed");
+    d.wait_refusal(&n, &r.id, "replayed");
     let runs = std::fs::read_to_string(&counter).expect("counter file");
     assert_eq!(runs.lines().count(), 1, "the replay must not run: {runs:?}");
 

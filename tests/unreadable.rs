@@ -15,13 +15,7 @@ fn result(node: &str, plugin: &str, data: &str, at: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn get(url: &str) -> (reqwest::StatusCode, String) {
-    let r = reqwest::get(url)
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = r.status();
-    (status, r.text().await.unwrap_or_default())
-}
+use common::web::get_text as get;
 
 fn json_of(url: &str) -> serde_json::Value {
     let (status, body) = rt().block_on(get(url));

@@ -313,6 +313,23 @@ impl Deployment {
         serde_json::from_slice(&out.stdout).ok()
     }
 
+    /// Waits until the node's `last_error` names request `id` and says it was refused
+    /// for `want` (the client answers every refused request with such an error).
+    #[allow(dead_code)]
+    pub fn wait_refusal(&self, node: &str, id: &str, want: &str) -> Value {
+        let doc = self.wait_document(node, 20, |doc| {
+            doc["last_error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(id))
+        });
+        let message = doc["last_error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("refused") && message.contains(want),
+            "request {id}: expected a refusal with {want:?}, got {message:?}"
+        );
+        doc
+    }
+
     /// Polls `check` on the node's document until it holds or `secs` pass.
     pub fn wait_document(&self, node: &str, secs: u64, check: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(secs);

@@ -51,3 +51,13 @@ pub async fn start(args: &[&str], extra: Vec<vogeler_store::Observation>) -> Web
         base: format!("http://127.0.0.1:{port}"),
     }
 }
+
+/// GETs `url`: its status and body (an unreachable server fails the test, naming the URL).
+#[allow(dead_code)]
+pub async fn get_text(url: &str) -> (reqwest::StatusCode, String) {
+    let r = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status();
+    (status, r.text().await.unwrap_or_default())
+}
