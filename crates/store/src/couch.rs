@@ -337,7 +337,21 @@ struct HistorySink<'a> {
     seq: u64,
 }
 
-impl HistorySink<'_> {
+impl<'a> HistorySink<'a> {
+    /// A sink continuing `doc`'s history sequence (`vogeler_meta.history_seq`).
+    fn continuing(doc: &serde_json::Map<String, Value>, token: &'a str) -> HistorySink<'a> {
+        let seq = doc
+            .get(META)
+            .and_then(|m| m.get("history_seq"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        HistorySink {
+            docs: Vec::new(),
+            token,
+            seq,
+        }
+    }
+
     fn record(&mut self, node: &str, key: &str, at: &str, old: Option<Value>, new: Value) {
         self.docs.push(json!({
             "_id": format!("history:{node}:{key}:{at}:{}.{}", self.token, self.docs.len()),
@@ -636,16 +650,7 @@ impl Store for CouchStore {
             let mut history_node: HashMap<String, String> = HashMap::new();
             for (node, idxs) in &pending {
                 let mut doc = docs.remove(node).unwrap_or_default();
-                let seq = doc
-                    .get(META)
-                    .and_then(|m| m.get("history_seq"))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                let mut history = HistorySink {
-                    docs: Vec::new(),
-                    token: &token,
-                    seq,
-                };
+                let mut history = HistorySink::continuing(&doc, &token);
                 let mut outs = Vec::new();
                 for &i in idxs {
                     outs.push((i, apply_one(&mut doc, &batch[i], &now, &mut history)));
@@ -801,16 +806,7 @@ impl Store for CouchStore {
             }
             let now = rfc3339(Utc::now());
             let token = write_token();
-            let seq = doc
-                .get(META)
-                .and_then(|m| m.get("history_seq"))
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
-            let mut history = HistorySink {
-                docs: Vec::new(),
-                token: &token,
-                seq,
-            };
+            let mut history = HistorySink::continuing(&doc, &token);
             clear_last_error(&mut doc, node, &now, &mut history);
             doc.insert("updated_at".into(), json!(now));
             if let Some(meta) = doc.get_mut(META).and_then(Value::as_object_mut) {

@@ -290,6 +290,18 @@ pub struct Unreadable {
     pub why: String,
 }
 
+impl Unreadable {
+    /// A current value (not a history row) of `node`'s `key` that did not read back.
+    pub fn current(node: &str, key: &str, why: impl std::fmt::Display) -> Unreadable {
+        Unreadable {
+            node: node.to_string(),
+            key: key.to_string(),
+            history: None,
+            why: why.to_string(),
+        }
+    }
+}
+
 impl std::fmt::Display for Unreadable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.history {

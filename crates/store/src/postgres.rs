@@ -699,14 +699,8 @@ impl Store for PostgresStore {
         let mut keys = BTreeMap::new();
         let mut keys_collected = BTreeMap::new();
         let mut unreadable = Vec::new();
-        let mut skip = |key: &str, why: StoreError| {
-            unreadable.push(Unreadable {
-                node: name.to_string(),
-                key: key.to_string(),
-                history: None,
-                why: why.to_string(),
-            })
-        };
+        let mut skip =
+            |key: &str, why: StoreError| unreadable.push(Unreadable::current(name, key, why));
         for r in client
             .query(
                 "SELECT key, value, collected_at FROM node_keys WHERE node = $1",

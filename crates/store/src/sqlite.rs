@@ -518,14 +518,8 @@ fn read_node(conn: &Connection, name: &str) -> Result<Option<NodeRecord>, StoreE
         })
         .map_err(sql_err)?;
     let mut unreadable = Vec::new();
-    let mut skip = |key: &str, why: StoreError| {
-        unreadable.push(Unreadable {
-            node: name.to_string(),
-            key: key.to_string(),
-            history: None,
-            why: why.to_string(),
-        })
-    };
+    let mut skip =
+        |key: &str, why: StoreError| unreadable.push(Unreadable::current(name, key, why));
     for row in rows {
         let (k, v, at) = row.map_err(sql_err)?;
         match (parse_json(&v), parse_time(&at)) {
