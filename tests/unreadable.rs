@@ -264,21 +264,7 @@ fn unreadable_rows_on_postgres() {
 /// 2,000 nodes and a query time limit of 1 ms: a filtered web query answers 503 with
 /// the limit in its message (not a stall), and ingest goes on meanwhile.
 fn queries_over_the_time_limit_are_503(b: Backend, d: Deployment) {
-    let store = rt().block_on(vogeler_store::testing::open(&b.dsn));
-    let batch: Vec<vogeler_store::Observation> = (0..2000)
-        .map(|i| vogeler_store::Observation {
-            node: d.node(&format!("n{i:04}")),
-            at: chrono::Utc::now(),
-            change: vogeler_store::Change::Plugin {
-                name: "facter".into(),
-                value: serde_json::json!({"hostname": format!("host{i:04}-aaaaaaaaaaaaaaaaaaaa")})
-                    .into(),
-            },
-        })
-        .collect();
-    rt().block_on(store.apply(batch.into()))
-        .expect("seed 2000 nodes");
-    drop(store);
+    seed_hostnames(&b, &d, 20);
     d.write_conf("[server]\nquery_timeout_ms = 1\n");
     let port = common::web::free_port();
     let server = d.server(&["--http", &port.to_string()]);
@@ -302,19 +288,7 @@ fn queries_over_the_time_limit_are_503(b: Backend, d: Deployment) {
         !out.status.success() && text.contains("time limit"),
         "{text}"
     );
-    // Ingest goes on: a result published now is stored within seconds.
-    let node = d.node("later");
-    publish_raw(
-        &d.topology().master_exchange,
-        "",
-        &[result(
-            &node,
-            "facter",
-            r#"{"n":1}"#,
-            "2026-01-01T00:00:00Z",
-        )],
-    );
-    d.wait_document(&node, 20, |doc| doc["facter"]["n"] == 1);
+    ingest_goes_on(&d);
     drop(server);
     b.drop_database();
 }
@@ -338,21 +312,7 @@ fn time_limit_on_postgres() {
 /// while results keep arriving: each question is answered, and a result published
 /// meanwhile is stored within seconds.
 fn discovery_runs_beside_ingest(b: Backend, d: Deployment) {
-    let store = rt().block_on(vogeler_store::testing::open(&b.dsn));
-    let batch: Vec<vogeler_store::Observation> = (0..2000)
-        .map(|i| vogeler_store::Observation {
-            node: d.node(&format!("n{i:04}")),
-            at: chrono::Utc::now(),
-            change: vogeler_store::Change::Plugin {
-                name: "facter".into(),
-                value: serde_json::json!({"hostname": format!("host{i:04}-{}", "a".repeat(40))})
-                    .into(),
-            },
-        })
-        .collect();
-    rt().block_on(store.apply(batch.into()))
-        .expect("seed 2000 nodes");
-    drop(store);
+    seed_hostnames(&b, &d, 40);
     let server = d.server(&[]);
     let runners: Vec<_> = (0..8)
         .map(|i| {
@@ -376,18 +336,7 @@ fn discovery_runs_beside_ingest(b: Backend, d: Deployment) {
             })
         })
         .collect();
-    let node = d.node("later");
-    publish_raw(
-        &d.topology().master_exchange,
-        "",
-        &[result(
-            &node,
-            "facter",
-            r#"{"n":1}"#,
-            "2026-01-01T00:00:00Z",
-        )],
-    );
-    d.wait_document(&node, 20, |doc| doc["facter"]["n"] == 1);
+    ingest_goes_on(&d);
     let mut refused = 0;
     let mut busy = 0;
     for (i, r) in runners.into_iter().enumerate() {
@@ -474,4 +423,40 @@ fn panic_on_postgres() {
     let b = Backend::postgres();
     let d = b.deployment();
     a_panic_is_dead_lettered(b, d);
+}
+
+/// Stores 2,000 nodes `n0000`… straight into the store, each with a facter hostname
+/// of `pad` trailing `a`s: enough rows that a slow query shows.
+fn seed_hostnames(b: &Backend, d: &Deployment, pad: usize) {
+    let store = rt().block_on(vogeler_store::testing::open(&b.dsn));
+    let batch: Vec<vogeler_store::Observation> = (0..2000)
+        .map(|i| vogeler_store::Observation {
+            node: d.node(&format!("n{i:04}")),
+            at: chrono::Utc::now(),
+            change: vogeler_store::Change::Plugin {
+                name: "facter".into(),
+                value: serde_json::json!({"hostname": format!("host{i:04}-{}", "a".repeat(pad))})
+                    .into(),
+            },
+        })
+        .collect();
+    rt().block_on(store.apply(batch.into()))
+        .expect("seed 2000 nodes");
+}
+
+/// A result published now is stored within seconds: whatever the test loaded the
+/// server with, ingest was not stalled by it.
+fn ingest_goes_on(d: &Deployment) {
+    let node = d.node("later");
+    publish_raw(
+        &d.topology().master_exchange,
+        "",
+        &[result(
+            &node,
+            "facter",
+            r#"{"n":1}"#,
+            "2026-01-01T00:00:00Z",
+        )],
+    );
+    d.wait_document(&node, 20, |doc| doc["facter"]["n"] == 1);
 }
