@@ -40,12 +40,11 @@ pub struct RunnerOptions {
     pub unsafe_command: bool,
     /// Message shape to emit.
     pub wire: Wire,
-    /// How long to keep waiting after the last answer when the expected nodes are unknown.
-    pub quiet: Duration,
     /// Filters on stored facts (`-W`); with them (or a glob in `targets`) the runner
     /// asks the servers which nodes match and sends to those only.
     pub filters: Vec<String>,
-    /// Discovery counts only nodes seen within this window.
+    /// Discovery counts only nodes seen within this window; `None` means every stored
+    /// node for `-W` and globs, and [`DEFAULT_SEEN_WITHIN_ALL`] for `-n all --wait`.
     pub seen_within: Option<Duration>,
     /// How long to wait for a server to answer the discovery request (and, with
     /// `ping`, the most time spent collecting pongs).
@@ -60,12 +59,26 @@ pub struct RunnerOptions {
     pub ping_quiet: Duration,
 }
 
+/// Whom `-n all --wait` expects by default: nodes seen within the last hour, so a
+/// client that heartbeats (every 60 s by default) is expected and one long gone is not.
+pub const DEFAULT_SEEN_WITHIN_ALL: Duration = Duration::from_secs(3600);
+
 impl RunnerOptions {
     /// Whether the servers must be asked for the targets (filters, or node-name globs).
     pub fn discovers(&self) -> bool {
         !self.ping
             && (!self.filters.is_empty()
                 || self.targets.iter().any(|t| t.contains(['*', '?', '['])))
+    }
+
+    /// Whether this is a broadcast to every node whose expected set the runner learns
+    /// from the registry (or, with no server, from a ping) so it can name the silent.
+    fn expects_broadcast(&self) -> bool {
+        self.wait
+            && self.wire == Wire::V1
+            && !self.ping
+            && self.filters.is_empty()
+            && is_broadcast(&self.targets)
     }
 }
 
@@ -82,11 +95,13 @@ pub struct Summary {
     pub answered: Vec<String>,
     /// Nodes that answered with an error result, and the message.
     pub errors: BTreeMap<String, String>,
-    /// Targeted nodes with no stored answer before the timeout.
+    /// Expected (targeted, or in the registry for `-n all`) nodes with no stored
+    /// answer before the timeout: the silent ones, exit 3.
     pub no_answer: Vec<String>,
     /// Nodes whose queue does not exist (never started).
     pub unroutable: Vec<String>,
-    /// Answers from nodes that were not targeted (counted as success).
+    /// Answers from nodes that were not expected, such as new nodes not yet in the
+    /// registry (counted as success).
     pub unexpected: Vec<String>,
     /// Nodes whose result was older than the value already stored, so it was not
     /// applied (`Stored.stale`): reported apart so an old answer is not taken for news.
@@ -145,7 +160,7 @@ impl Summary {
             out.push_str(&format!("  error       {n}: {e}\n"));
         }
         for n in &self.no_answer {
-            out.push_str(&format!("  no answer   {n}\n"));
+            out.push_str(&format!("  silent      {n} (expected, never answered)\n"));
         }
         for n in &self.unroutable {
             out.push_str(&format!(
@@ -156,7 +171,7 @@ impl Summary {
             out.push_str(&format!("  unexpected  {n}\n"));
         }
         out.push_str(&format!(
-            "discovered: {}  answered: {}  stale: {}  errors: {}  no answer: {}  unroutable: {}  unexpected: {}\n",
+            "discovered: {}  answered: {}  stale: {}  errors: {}  silent: {}  unroutable: {}  unexpected: {}\n",
             self.discovered.len(),
             self.answered.len(),
             self.stale.len(),
@@ -223,6 +238,7 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
     };
     session.declare_exchanges(&opts.topology).await?;
     let discovering = opts.discovers() || opts.ping;
+    let expects_broadcast = opts.expects_broadcast();
     let reply_queue = if (opts.wait && opts.wire == Wire::V1) || discovering {
         Some(session.declare_reply_queue().await?)
     } else {
@@ -233,16 +249,45 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
         None => None,
     };
     let mut targets = opts.targets.clone();
-    if discovering {
+    // For `-n all --wait`: the nodes the registry (or a ping) says should answer.
+    let mut registry: Option<BTreeSet<String>> = None;
+    if discovering || expects_broadcast {
         let (Some(queue), Some(consumer)) = (&reply_queue, replies.as_mut()) else {
             anyhow::bail!("discovery needs a reply queue");
         };
-        targets = if opts.ping {
+        let found = if opts.ping {
             ping(opts, &session, queue, consumer).await?
         } else {
-            discover(opts, &session, queue, consumer).await?
+            match discover(opts, &session, queue, consumer).await? {
+                Some(nodes) => nodes,
+                // Filters need the store; names and `all` can be learnt from the clients.
+                None if opts.filters.is_empty() => {
+                    eprintln!(
+                        "no vogeler-server answered discovery within {} s (is one consuming {}?); discovering by --ping instead",
+                        opts.discovery_timeout.as_secs(),
+                        opts.topology.master_queue
+                    );
+                    ping(opts, &session, queue, consumer).await?
+                }
+                None => anyhow::bail!(
+                    "no vogeler-server answered the discovery request within {} s (is a server consuming {}?); -W filters need one",
+                    opts.discovery_timeout.as_secs(),
+                    opts.topology.master_queue
+                ),
+            }
         };
-        if targets.is_empty() {
+        if expects_broadcast {
+            if found.is_empty() {
+                eprintln!(
+                    "no node is known (none seen within {} s): broadcasting anyway; every answer is unexpected",
+                    opts.seen_within.unwrap_or(DEFAULT_SEEN_WITHIN_ALL).as_secs()
+                );
+            }
+            registry = Some(found.into_iter().collect());
+        } else {
+            targets = found;
+        }
+        if !expects_broadcast && targets.is_empty() {
             tracing::warn!("no node matches: nothing sent");
             session.close().await;
             return Ok(Summary {
@@ -259,6 +304,7 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
         replies = None;
     }
     let broadcast = !discovering && is_broadcast(&targets);
+    debug_assert!(!expects_broadcast || broadcast);
     let request = Request {
         id: uuid::Uuid::new_v4().to_string(),
         command: opts.command.clone(),
@@ -339,22 +385,17 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
     summary.discovery_ms = started.elapsed().as_millis() as u64;
 
     if let Some(consumer) = replies.as_mut() {
-        let expected: BTreeSet<String> = summary.discovered.iter().cloned().collect();
+        let expected: BTreeSet<String> = match &registry {
+            Some(known) => known.clone(),
+            None => summary.discovered.iter().cloned().collect(),
+        };
         let deadline = tokio::time::Instant::now() + opts.timeout;
         let mut seen: BTreeSet<String> = BTreeSet::new();
-        let can_finish = !broadcast;
-        let progress = progress_bar(if broadcast {
-            None
-        } else {
-            Some(expected.len() as u64)
-        });
+        // An empty registry gives nothing to finish on: collect until the timeout.
+        let can_finish = !expected.is_empty();
+        let progress = progress_bar(can_finish.then_some(expected.len() as u64));
         while !(can_finish && expected.iter().all(|n| seen.contains(n))) {
-            let limit = if broadcast && !seen.is_empty() {
-                deadline.min(tokio::time::Instant::now() + opts.quiet)
-            } else {
-                deadline
-            };
-            let next = tokio::time::timeout_at(limit, consumer.next()).await;
+            let next = tokio::time::timeout_at(deadline, consumer.next()).await;
             let d = match next {
                 Err(_) => break,
                 Ok(None) => anyhow::bail!("the broker closed the reply queue"),
@@ -369,7 +410,7 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
             {
                 continue;
             }
-            if !broadcast && !expected.contains(&s.node) {
+            if !expected.contains(&s.node) {
                 summary.unexpected.push(s.node.clone());
             }
             match s.error {
@@ -382,9 +423,13 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
             progress.set_position(seen.len() as u64);
         }
         progress.finish_and_clear();
-        if broadcast {
-            summary.discovered = seen.iter().cloned().collect();
-        }
+        summary.discovered = if registry.as_ref().is_some_and(|r| !r.is_empty()) {
+            expected.iter().cloned().collect()
+        } else if broadcast {
+            seen.iter().cloned().collect()
+        } else {
+            std::mem::take(&mut summary.discovered)
+        };
         summary.no_answer = expected.difference(&seen).cloned().collect();
     }
     summary.answered.sort();
@@ -489,13 +534,14 @@ async fn ping(
 }
 
 /// Asks the servers (over `master.in`) which nodes match the filters and globs, and
-/// waits for the answer; an error answer or silence is an error naming the cause.
+/// waits for the answer; an error answer is an error naming the cause, silence is
+/// `None` (no server within `discovery_timeout`) so the caller can fall back to a ping.
 async fn discover(
     opts: &RunnerOptions,
     session: &vogeler_transport::Session,
     reply_queue: &str,
     consumer: &mut vogeler_transport::Consumer,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<Option<Vec<String>>> {
     // A bad filter is refused here, before anything is sent.
     vogeler_store::Query::parse(&opts.filters, &[])?;
     let names = name_globs(opts);
@@ -503,7 +549,10 @@ async fn discover(
         id: uuid::Uuid::new_v4().to_string(),
         filters: opts.filters.clone(),
         names,
-        seen_within_secs: opts.seen_within.map(|d| d.as_secs()),
+        seen_within_secs: opts
+            .seen_within
+            .or(opts.expects_broadcast().then_some(DEFAULT_SEEN_WITHIN_ALL))
+            .map(|d| d.as_secs()),
         sent_at: Utc::now(),
         reply_to: reply_queue.to_string(),
     };
@@ -522,11 +571,7 @@ async fn discover(
     let deadline = tokio::time::Instant::now() + opts.discovery_timeout;
     loop {
         let Some(reply) = next_reply(session, consumer, deadline).await? else {
-            anyhow::bail!(
-                    "no vogeler-server answered the discovery request within {} s (is a server consuming {}?)",
-                    opts.discovery_timeout.as_secs(),
-                    opts.topology.master_queue
-                );
+            return Ok(None);
         };
         if let Ok(Decoded::Message(Message::Discovered(a))) = reply {
             if a.discover_id != q.id {
@@ -536,7 +581,7 @@ async fn discover(
                 anyhow::bail!("discovery failed: {e}");
             }
             tracing::info!(nodes = a.nodes.len(), "discovered");
-            return Ok(a.nodes);
+            return Ok(Some(a.nodes));
         }
     }
 }

@@ -259,3 +259,117 @@ fn setup_prints_the_node_queue_policy() {
     );
     assert!(t.contains(&want), "{t}\nwanted: {want}");
 }
+
+/// Client arguments for a node the registry learns of within a second (a heartbeat).
+const BEATING: &[&str] = &["--heartbeat-interval", "1"];
+
+/// Waits until the registry has seen `node` (its first heartbeat), so `-n all` expects it.
+fn wait_seen(d: &Deployment, node: &str) {
+    d.wait_document(node, 20, |doc| doc["last_seen"].is_string());
+}
+
+/// Issue 18: `-n all --wait` expects the registry: a stopped node is named silent
+/// (exit 3), a node the registry does not know is unexpected but a success.
+#[test]
+fn a_broadcast_names_the_silent_and_the_unexpected() {
+    // The runner ends once the expected nodes answered: theirs is the slow plugin, so
+    // the unexpected node's quick answer comes first.
+    let (name, slow) = plugin("hello", "sh -c 'sleep 2; echo hello'", "output");
+    let d = Deployment::new(&[(name.as_str(), slow)]);
+    let fast = d.path("fast");
+    std::fs::create_dir_all(&fast).expect("plugin dir");
+    std::fs::write(fast.join(&name), plugin("hello", "echo hello", "output").1)
+        .expect("plugin file");
+    let (a, b, gone, new) = (d.node("a"), d.node("b"), d.node("gone"), d.node("new"));
+    let _server = d.server(&[]);
+    let _clients = [d.client(&a, BEATING), d.client(&b, BEATING)];
+    // No heartbeat: the registry does not know it until it answers.
+    let fast = fast.to_str().expect("utf-8 path");
+    let _new = d.client(&new, &["--heartbeat-interval", "0", "-p", fast]);
+    wait_seen(&d, &a);
+    wait_seen(&d, &b);
+
+    let out = d.runner(&[
+        "-x",
+        "hello",
+        "-n",
+        "all",
+        "--wait",
+        "--timeout",
+        "15s",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = json_out(&out);
+    assert_eq!(s["discovered"], json!([a.clone(), b.clone()]), "{s}");
+    let mut answered = vec![a.clone(), b.clone(), new.clone()];
+    answered.sort();
+    assert_eq!(s["answered"], json!(answered), "{s}");
+    assert_eq!(s["unexpected"], json!([new.clone()]), "{s}");
+    assert_eq!(s["no_answer"], json!([]), "{s}");
+
+    // Known to the registry, then stopped: its queue keeps the request, nobody answers.
+    let mut g = d.client(&gone, BEATING);
+    wait_seen(&d, &gone);
+    g.stop();
+    let out = d.runner(&["-x", "hello", "-n", "all", "--wait", "--timeout", "5s"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains(&format!("silent      {gone}")), "{t}");
+    assert!(t.contains(&format!("stored      {a}")), "{t}");
+    assert!(t.contains(&format!("stored      {b}")), "{t}");
+    assert!(t.contains("silent: 1"), "{t}");
+}
+
+/// Issue 18: with the expected set known there is no quiet window, so a plugin that
+/// takes 3 s is waited for within `--timeout`, not dropped.
+#[test]
+fn a_broadcast_waits_for_a_slow_plugin() {
+    let d = Deployment::new(&[(
+        "slow.cfg",
+        plugin("slow", "sh -c 'sleep 3; echo slow'", "output").1,
+    )]);
+    let (a, b) = (d.node("a"), d.node("b"));
+    let _server = d.server(&[]);
+    let _clients = [d.client(&a, BEATING), d.client(&b, BEATING)];
+    wait_seen(&d, &a);
+    wait_seen(&d, &b);
+    let out = d.runner(&["-x", "slow", "--wait", "--timeout", "15s", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = json_out(&out);
+    assert_eq!(s["answered"], json!([a.clone(), b.clone()]), "{s}");
+    assert_eq!(s["no_answer"], json!([]), "{s}");
+}
+
+/// Issue 18: with no server to answer discovery the runner says so in one line and
+/// discovers by ping; with no server nothing is stored, so the pinged nodes are silent.
+#[test]
+fn without_a_server_a_broadcast_falls_back_to_ping() {
+    let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);
+    let (a, b) = (d.node("a"), d.node("b"));
+    let _clients = [d.client(&a, BEATING), d.client(&b, BEATING)];
+    let out = d.runner(&[
+        "-x",
+        "hello",
+        "--wait",
+        "--discovery-timeout",
+        "2s",
+        "--timeout",
+        "3s",
+        "--json",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let fallback: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("discovering by --ping instead"))
+        .collect();
+    assert_eq!(fallback.len(), 1, "{}", text(&out));
+    assert!(
+        fallback[0].contains(&format!("{}.master.in", d.id)),
+        "{err}"
+    );
+    let s = json_out(&out);
+    assert_eq!(s["discovered"], json!([a.clone(), b.clone()]), "{s}");
+    assert_eq!(s["no_answer"], json!([a.clone(), b.clone()]), "{s}");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+}

@@ -8,8 +8,14 @@ use vogeler::settings::{self, Program};
 
 /// Send a plugin command to every node or to named nodes; optionally wait for the stored results.
 ///
+/// With --wait the runner knows whom to expect: `-n all` asks the servers' registry
+/// (nodes seen within --seen-within, default 1h), globs and -W ask for the matching
+/// nodes; without a server it falls back to --ping. It waits until every expected node
+/// answered, or --timeout, and names the silent ones; answers from nodes not expected
+/// (new ones) are listed as unexpected and count as success.
+///
 /// Exit status: 0 all stored without error, 1 some error results, 2 usage,
-/// 3 some nodes did not answer or were unroutable, or no node matched.
+/// 3 some expected nodes were silent or unroutable, no node matched, or nobody answered.
 #[derive(Debug, Parser)]
 #[command(name = "vogeler-runner", version, about)]
 struct Cli {
@@ -31,11 +37,13 @@ struct Cli {
     )]
     nodes: Vec<String>,
 
-    /// Wait until the server stored each node's result, then print a summary.
+    /// Wait until the server stored each expected node's result (or --timeout), then
+    /// print a summary: stored, stale, errors, silent, unroutable, unexpected.
     #[arg(long)]
     wait: bool,
 
-    /// How long to wait with --wait (10s, 2m, 500ms).
+    /// How long to wait with --wait (10s, 2m, 500ms); the wait ends early once every
+    /// expected node answered.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
 
@@ -56,7 +64,8 @@ struct Cli {
     #[arg(short = 'W', long = "where", value_name = "FILTER")]
     filters: Vec<String>,
 
-    /// With -W or globs: only nodes seen within this long (10m, 1h).
+    /// Only nodes seen within this long are expected (10m, 1h). Default: every stored
+    /// node with -W or globs; 1h for `-n all --wait` (clients heartbeat every 60 s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     seen_within: Option<Duration>,
 
@@ -69,7 +78,7 @@ struct Cli {
     signing_key: Option<std::path::PathBuf>,
 
     /// How long to wait for a server to answer discovery (with --ping: the most time
-    /// spent collecting pongs).
+    /// spent collecting pongs); no answer in time: one line, then --ping discovery.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     discovery_timeout: Duration,
 
@@ -131,7 +140,6 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         ttl: cli.ttl,
         unsafe_command: cli.unsafe_command,
         wire: settings::wire(&s),
-        quiet: Duration::from_secs(2),
         filters: cli.filters,
         seen_within: cli.seen_within,
         discovery_timeout: cli.discovery_timeout,
