@@ -251,6 +251,16 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
                 mut confirm,
                 request_id,
             } => {
+                if matches!(&observation.change, Change::Plugin { name, .. } if name == CLOCK_SKEW_KEY)
+                {
+                    let detail = format!(
+                        "node {}: plugin name {CLOCK_SKEW_KEY:?} is reserved for the server's clock-skew note",
+                        observation.node
+                    );
+                    dead.push((i, "refused".into(), detail));
+                    continue;
+                }
+                let mut clamp_note = None;
                 if let Some(claimed) = clamp_future(&mut observation, arrival, opts.max_clock_skew)
                 {
                     if !matches!(observation.change, Change::Seen) {
@@ -263,6 +273,7 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
                         if let Some(c) = confirm.as_mut() {
                             c.clamped_from = Some(claimed);
                         }
+                        clamp_note = Some(clamp_record(&observation, claimed));
                     }
                 }
                 let record = match &opts.node_keys {
@@ -292,7 +303,7 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
                 };
                 observations.push(observation);
                 meta.push((i, Some(confirm), request_id));
-                for record in record.into_iter().flatten() {
+                for record in record.into_iter().flatten().chain(clamp_note) {
                     observations.push(record);
                     meta.push((i, None, None));
                 }
@@ -674,6 +685,32 @@ fn signature_record(
     }
     records.push(record(SIGNATURE_KEY.into(), value));
     Ok((verdict, records))
+}
+
+/// The document key where the server notes the latest clamped `collected_at`:
+/// `{"key": …, "claimed": …, "clamped_to": …}` (one entry, so it stays bounded).
+pub const CLOCK_SKEW_KEY: &str = "clock_skew";
+
+/// The server's note that `obs` (already moved to its arrival) claimed `claimed`.
+fn clamp_record(obs: &Observation, claimed: chrono::DateTime<Utc>) -> Observation {
+    let key = match &obs.change {
+        Change::Plugin { name, .. } => Some(name.as_str()),
+        Change::Error { plugin, .. } => plugin.as_deref(),
+        Change::Seen => None,
+    };
+    Observation {
+        node: obs.node.clone(),
+        at: obs.at,
+        change: Change::Plugin {
+            name: CLOCK_SKEW_KEY.into(),
+            value: serde_json::json!({
+                "key": key,
+                "claimed": vogeler_store::rfc3339(claimed),
+                "clamped_to": vogeler_store::rfc3339(obs.at),
+            })
+            .into(),
+        },
+    }
 }
 
 /// Moves an observation claiming a time further than `skew` ahead of `now` back to
