@@ -146,7 +146,16 @@ fn clock_cases(backend: &str) {
     );
     assert!(reply["clamped_from"].is_string(), "{reply}");
     assert_eq!(reply["ok"], true, "{reply}");
-    d.wait_document(&n, 20, |doc| doc["hello"][0] == "future");
+    let doc = d.wait_document(&n, 20, |doc| doc["hello"][0] == "future");
+    // The record notes it: which key, what it claimed, what it was clamped to.
+    assert_eq!(doc["clock_skew"]["key"], "hello", "{doc}");
+    let day = |v: &serde_json::Value| v.as_str().map(|t| t[..10].to_string());
+    assert_eq!(
+        day(&doc["clock_skew"]["claimed"]),
+        day(&reply["clamped_from"]),
+        "{doc}"
+    );
+    assert!(doc["clock_skew"]["clamped_to"].is_string(), "{doc}");
     assert!(
         server.log_text().contains("max_clock_skew"),
         "{}",

@@ -267,6 +267,17 @@ fn signed_results_are_verified_and_impostors_marked_or_dead_lettered() {
     let doc = d.wait_document(&n, 20, |doc| doc["signature"]["verified"] == false);
     assert_eq!(doc["signature"]["reason"], "unsigned");
     assert_eq!(doc["signature"]["plugin"], "fake");
+    // Each key keeps its own verdict: the unsigned one does not hide the signed one's.
+    assert_eq!(doc["signature.hello"]["verified"], true, "{doc}");
+    assert_eq!(
+        doc["signature.hello"]["key_id"].as_str().map(str::len),
+        Some(16),
+        "{doc}"
+    );
+    assert_eq!(doc["signature.fake"]["verified"], false, "{doc}");
+    assert_eq!(doc["signature.fake"]["reason"], "unsigned", "{doc}");
+    let out = d.admin(&["node", &n]);
+    assert!(text(&out).contains("signature.hello"), "{}", text(&out));
     // Signed by another key: also unverified.
     let other = load_key(&d.keygen("elsewhere", "other"));
     let b = impostor("fake2", "forged");

@@ -62,10 +62,7 @@ pub struct ServerOptions {
     pub discovery_concurrency: usize,
 }
 
-/// The document key where the server records whether a node's results verify:
-/// `{"verified": true, "key_id": …}` or `{"verified": false, "reason": …, "plugin": …}`.
-/// Written by the server only; a result claiming this plugin name is refused.
-pub const SIGNATURE_KEY: &str = "signature";
+pub use vogeler_store::SIGNATURE_KEY;
 
 impl ServerOptions {
     /// Defaults tuned on this project's benchmark (see BENCHMARKS.md).
@@ -254,6 +251,16 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
                 mut confirm,
                 request_id,
             } => {
+                if matches!(&observation.change, Change::Plugin { name, .. } if name == CLOCK_SKEW_KEY)
+                {
+                    let detail = format!(
+                        "node {}: plugin name {CLOCK_SKEW_KEY:?} is reserved for the server's clock-skew note",
+                        observation.node
+                    );
+                    dead.push((i, "refused".into(), detail));
+                    continue;
+                }
+                let mut clamp_note = None;
                 if let Some(claimed) = clamp_future(&mut observation, arrival, opts.max_clock_skew)
                 {
                     if !matches!(observation.change, Change::Seen) {
@@ -266,6 +273,7 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
                         if let Some(c) = confirm.as_mut() {
                             c.clamped_from = Some(claimed);
                         }
+                        clamp_note = Some(clamp_record(&observation, claimed));
                     }
                 }
                 let record = match &opts.node_keys {
@@ -295,7 +303,7 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
                 };
                 observations.push(observation);
                 meta.push((i, Some(confirm), request_id));
-                if let Some(record) = record {
+                for record in record.into_iter().flatten().chain(clamp_note) {
                     observations.push(record);
                     meta.push((i, None, None));
                 }
@@ -615,23 +623,26 @@ async fn process(
 type Verdict = Result<String, Rejection>;
 
 /// Checks a result against its node's key. `Err((reason, detail))`: dead-letter it
-/// (a result under the reserved [`SIGNATURE_KEY`] name); otherwise the verdict and the
-/// observation recording it beside the result.
+/// (a result under a reserved signature key name); otherwise the verdict and the
+/// observations recording it: under [`SIGNATURE_KEY`] and beside the result's own key.
 fn signature_record(
     keys: &HashMap<String, PublicKey>,
     d: &Inbound,
     result: &Observation,
-) -> Result<(Verdict, Observation), (&'static str, String)> {
+) -> Result<(Verdict, Vec<Observation>), (&'static str, String)> {
     let plugin = match &result.change {
         Change::Plugin { name, .. } => Some(name.clone()),
         Change::Error { plugin, .. } => plugin.clone(),
         Change::Seen => None,
     };
-    if plugin.as_deref() == Some(SIGNATURE_KEY) {
+    if plugin
+        .as_deref()
+        .is_some_and(vogeler_store::is_signature_key)
+    {
         return Err((
             "refused",
             format!(
-                "node {}: plugin name {SIGNATURE_KEY:?} is reserved for the server's signature record",
+                "node {}: plugin names {SIGNATURE_KEY:?} and \"{SIGNATURE_KEY}.*\" are reserved for the server's signature records",
                 result.node
             ),
         ));
@@ -654,15 +665,52 @@ fn signature_record(
             "plugin": plugin,
         }),
     };
-    let record = Observation {
+    let record = |name: String, value: serde_json::Value| Observation {
         node: result.node.clone(),
         at: result.at,
         change: Change::Plugin {
-            name: SIGNATURE_KEY.into(),
+            name,
             value: value.into(),
         },
     };
-    Ok((verdict, record))
+    // The latest verdict under `signature` (as before), and the plugin's own verdict
+    // beside its key, so a signed key keeps its verdict when another key's is not.
+    let mut records = Vec::with_capacity(2);
+    if let Some(p) = plugin.as_deref() {
+        let mut own = value.clone();
+        if let Some(o) = own.as_object_mut() {
+            o.remove("plugin");
+        }
+        records.push(record(vogeler_store::signature_key(p), own));
+    }
+    records.push(record(SIGNATURE_KEY.into(), value));
+    Ok((verdict, records))
+}
+
+/// The document key where the server notes the latest clamped `collected_at`:
+/// `{"key": …, "claimed": …, "clamped_to": …}` (one entry, so it stays bounded).
+pub const CLOCK_SKEW_KEY: &str = "clock_skew";
+
+/// The server's note that `obs` (already moved to its arrival) claimed `claimed`.
+fn clamp_record(obs: &Observation, claimed: chrono::DateTime<Utc>) -> Observation {
+    let key = match &obs.change {
+        Change::Plugin { name, .. } => Some(name.as_str()),
+        Change::Error { plugin, .. } => plugin.as_deref(),
+        Change::Seen => None,
+    };
+    Observation {
+        node: obs.node.clone(),
+        at: obs.at,
+        change: Change::Plugin {
+            name: CLOCK_SKEW_KEY.into(),
+            value: serde_json::json!({
+                "key": key,
+                "claimed": vogeler_store::rfc3339(claimed),
+                "clamped_to": vogeler_store::rfc3339(obs.at),
+            })
+            .into(),
+        },
+    }
 }
 
 /// Moves an observation claiming a time further than `skew` ahead of `now` back to
@@ -983,12 +1031,19 @@ mod tests {
             [("web01".to_string(), web01.public("web01"))].into();
         let body = b"{\"v\":1}";
         let verdict = |d: &Inbound, node: &str| {
-            let (v, record) = signature_record(&keys, d, &result(node, "facter")).expect("record");
-            let Change::Plugin { name, value } = record.change else {
-                panic!("a plugin key");
-            };
+            let (v, records) = signature_record(&keys, d, &result(node, "facter")).expect("record");
+            let mut values = records.into_iter().map(|r| {
+                let Change::Plugin { name, value } = r.change else {
+                    panic!("a plugin key");
+                };
+                (name, value.tree().expect("JSON").into_owned())
+            });
+            let (own_name, own) = values.next().expect("the key's own verdict");
+            assert_eq!(own_name, "signature.facter");
+            assert!(own.get("plugin").is_none(), "{own}");
+            let (name, value) = values.next().expect("the latest verdict");
             assert_eq!(name, SIGNATURE_KEY);
-            let value = value.tree().expect("JSON").into_owned();
+            assert_eq!(own["verified"], value["verified"]);
             (v.map_err(|r| r.reason()), value)
         };
         let (v, value) = verdict(&delivery(body, web01.headers(body)), "web01");
@@ -1014,6 +1069,12 @@ mod tests {
             &keys,
             &delivery(body, web01.headers(body)),
             &result("web01", SIGNATURE_KEY),
+        );
+        assert!(matches!(reserved, Err(("refused", _))));
+        let reserved = signature_record(
+            &keys,
+            &delivery(body, web01.headers(body)),
+            &result("web01", "signature.facter"),
         );
         assert!(matches!(reserved, Err(("refused", _))));
     }

@@ -58,7 +58,7 @@ macro_rules! conformance_tests {
             ledger_records_requests_and_answers_in_any_order, a_node_many_times_in_one_batch,
             decoded_results_read_back_the_same, last_error_is_bounded,
             reserved_paths_answer_as_the_document,
-            a_good_result_clears_last_error);
+            a_good_result_clears_last_error, signature_verdicts_per_key);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -358,6 +358,50 @@ pub async fn reserved_keys_are_refused(store: DynStore) {
     assert_eq!(out[2], Outcome::Created);
     let rec = store.node("n").await.expect("node").expect("stored");
     assert_eq!(rec.keys.len(), 1);
+}
+
+/// The server's per-key signature verdicts (`signature.facter` beside `facter`) are keys
+/// like any other: a signed key and an unsigned one keep two different verdicts, both read
+/// back and both found by a quoted path.
+pub async fn signature_verdicts_per_key(store: DynStore) {
+    let facter = crate::signature_key("facter");
+    let dpkg = crate::signature_key("dpkg");
+    let signed = json!({"verified": true, "key_id": "3f1c0a9e5b7d2264"});
+    let unsigned = json!({"verified": false, "reason": "unsigned"});
+    apply(
+        &store,
+        vec![
+            plugin("n", 1, "facter", json!({"os": "Debian"})),
+            plugin("n", 1, &facter, signed.clone()),
+            plugin("n", 2, "dpkg", json!({"bash": "5.2"})),
+            plugin("n", 2, &dpkg, unsigned.clone()),
+            plugin(
+                "n",
+                2,
+                crate::SIGNATURE_KEY,
+                json!({"verified": false, "reason": "unsigned", "plugin": "dpkg"}),
+            ),
+        ],
+    )
+    .await;
+    let rec = store.node("n").await.expect("node").expect("stored");
+    let doc = rec.document();
+    assert_eq!(doc[&facter], signed, "{doc}");
+    assert_eq!(doc[&dpkg], unsigned, "{doc}");
+    assert_eq!(doc[crate::SIGNATURE_KEY]["plugin"], "dpkg", "{doc}");
+    let found = store
+        .select(&Query {
+            conditions: vec![
+                Condition::parse("\"signature.dpkg\".reason=unsigned").expect("condition")
+            ],
+            ..Query::default()
+        })
+        .await
+        .expect("select")
+        .rows;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(crate::is_signature_key(&facter) && crate::is_signature_key(crate::SIGNATURE_KEY));
+    assert!(!crate::is_signature_key("signatures"));
 }
 
 /// Error results set `last_error` (with raw output kept); an older error does not replace it.

@@ -27,6 +27,27 @@ use serde_json::Value;
 pub use ledger::{Ledger, LedgerAnswer, LedgerRequest, NodeOutcome, RequestState};
 pub use query::{Condition, KeyPath, Query, Span};
 
+/// The document key where the server records the signature verdict on a node's latest
+/// result: `{"verified": true, "key_id": …}` or `{"verified": false, "reason": …, "plugin": …}`.
+/// Written by the server only; a result claiming this name (or [`signature_key`]'s) is refused.
+pub const SIGNATURE_KEY: &str = "signature";
+
+/// The key beside plugin `plugin` holding the verdict on its own latest result
+/// (`signature.facter`), so one key's provenance never hides another's. A plain key
+/// (quoted in paths: `"signature.facter".verified`), so every backend and the 2010
+/// document read it as any other.
+pub fn signature_key(plugin: &str) -> String {
+    format!("{SIGNATURE_KEY}.{plugin}")
+}
+
+/// Whether `name` is one of the server's signature keys, which no plugin may use.
+pub fn is_signature_key(name: &str) -> bool {
+    name == SIGNATURE_KEY
+        || name
+            .strip_prefix(SIGNATURE_KEY)
+            .is_some_and(|rest| rest.starts_with('.'))
+}
+
 /// Fields every node document carries; a plugin may not use one of these names.
 pub const RESERVED_KEYS: &[&str] = &[
     "_id",
