@@ -135,7 +135,7 @@ fn regex_escape(s: &str) -> String {
 
 /// Declares the server's topology over AMQP (exchanges, master queue, dead-letter queue).
 pub async fn declare_topology(broker: &Broker, topology: &Topology) -> anyhow::Result<String> {
-    let session = broker.connect().await?;
+    let session = broker.connect_interactive().await?;
     session.declare_server(topology).await?;
     session.close().await;
     Ok(format!(

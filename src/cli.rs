@@ -106,9 +106,42 @@ pub struct CommonArgs {
     #[arg(long, global = true, env = "VOGELER_DEAD_QUEUE", value_name = "NAME")]
     pub dead_queue: Option<String>,
 
+    /// How long an interactive command tries to reach the broker before giving up with
+    /// one line (`10s`, `500ms`; default `[global] connect_timeout` or 10 s). A refused
+    /// login is never retried; the server and `client run` retry for ever.
+    #[arg(
+        long,
+        global = true,
+        env = "VOGELER_CONNECT_TIMEOUT",
+        value_name = "TIME",
+        value_parser = parse_duration
+    )]
+    pub connect_timeout: Option<std::time::Duration>,
+
     /// Emit the 2010 message shapes (`v1` or `legacy`) to talk to 2010 programs.
     #[arg(long, global = true, env = "VOGELER_WIRE", value_name = "WIRE")]
     pub wire: Option<String>,
+}
+
+/// `10s`, `2m`, `500ms`, or bare seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (examples: 10s, 2m, 500ms)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{s:?} is not a duration (examples: 10s, 2m, 500ms)"))
 }
 
 /// The exit codes every program keeps (the README's table): 0 ok, 1 failures, 2 usage

@@ -13,9 +13,7 @@ use chrono::Utc;
 use serde::Serialize;
 use vogeler_protocol::{Decoded, Message, Request};
 use vogeler_signing::SecretKey;
-use vogeler_transport::{
-    Backoff, Broker, Consumer, Delivered, Outgoing, Session, Topology, BROADCAST_KEY,
-};
+use vogeler_transport::{Broker, Consumer, Delivered, Outgoing, Session, Topology, BROADCAST_KEY};
 
 use crate::client::Wire;
 
@@ -220,22 +218,7 @@ fn is_broadcast(targets: &[String]) -> bool {
 /// Sends the request and, with `wait`, collects the answers.
 pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    let session = {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
-        let mut attempts = 0;
-        loop {
-            match opts.broker.connect().await {
-                Ok(s) => break s,
-                Err(e) if attempts < 5 => {
-                    attempts += 1;
-                    let wait = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "broker unavailable; retrying");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
+    let session = opts.broker.connect_interactive().await?;
     session.declare_exchanges(&opts.topology).await?;
     let discovering = opts.discovers() || opts.ping;
     let expects_broadcast = opts.expects_broadcast();

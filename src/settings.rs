@@ -79,6 +79,7 @@ pub fn load(program: Program, common: &CommonArgs, extra: Extra) -> anyhow::Resu
         wire: common.wire.clone(),
         interval: extra.interval,
         heartbeat_interval: extra.heartbeat_interval,
+        connect_timeout: common.connect_timeout,
         password_on_command_line,
         signing_key: extra.signing_key,
         state_dir: extra.state_dir,
@@ -112,6 +113,7 @@ pub fn broker(s: &Settings, connection_name: &str) -> Broker {
             .clone()
             .zip(s.amqp_tls.key_file.clone()),
     })
+    .with_connect_timeout(s.connect_timeout)
 }
 
 /// The RabbitMQ management API next to the first broker: `explicit` (flag or env), else

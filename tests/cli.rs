@@ -155,7 +155,7 @@ fn file_log_handler_writes_where_the_config_says() {
     let conf = tmp.path().join("vogeler.conf");
     std::fs::write(
         &conf,
-        "[global]\nlog_handler = file_handler\nlog_level = INFO\n\n[file_handler]\nfilename = 'runner.log'\n",
+        "[global]\nlog_handler = file_handler\nlog_level = DEBUG\n\n[file_handler]\nfilename = 'runner.log'\n",
     )
     .expect("write");
     let (code, _, err) = run(
@@ -165,6 +165,8 @@ fn file_log_handler_writes_where_the_config_says() {
             conf.to_str().expect("utf-8"),
             "--qhost",
             "127.0.0.1:1",
+            "--connect-timeout",
+            "2s",
             "-x",
             "facter",
         ],
@@ -175,6 +177,7 @@ fn file_log_handler_writes_where_the_config_says() {
         "the final error still reaches stderr: {err}"
     );
     let log = std::fs::read_to_string(tmp.path().join("runner.log")).expect("log file written");
+    // Retries are logged at DEBUG only: an interactive command reports one line.
     assert!(log.contains("broker unavailable"), "{log}");
 }
 

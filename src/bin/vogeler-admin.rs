@@ -378,7 +378,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             json,
         } => {
             let broker = settings::broker(&s, "vogeler-admin");
-            let session = broker.connect().await?;
+            let session = broker.connect_interactive().await?;
             if let Some(q) = exists {
                 let found = session.queue_status(&q).await?.is_some();
                 session.close().await;
@@ -420,7 +420,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Dead { requeue, json } => {
-            let session = settings::broker(&s, "vogeler-admin").connect().await?;
+            let session = settings::broker(&s, "vogeler-admin")
+                .connect_interactive()
+                .await?;
             let rows = admin::dead_letters(&session, &settings::topology(&s), requeue).await?;
             session.close().await;
             if json {

@@ -342,6 +342,8 @@ pub struct Overrides {
     pub interval: Option<u64>,
     /// Client `--heartbeat-interval` / `VOGELER_HEARTBEAT_INTERVAL`: seconds between heartbeats.
     pub heartbeat_interval: Option<u64>,
+    /// `--connect-timeout`: how long an interactive command tries to reach the broker.
+    pub connect_timeout: Option<Duration>,
     /// A password was seen in a DSN given as a command-line flag.
     pub password_on_command_line: bool,
     /// `--signing-key` / `VOGELER_SIGNING_KEY`: the private key the runner signs
@@ -426,6 +428,10 @@ pub struct Settings {
     pub interval: u64,
     /// Seconds between a client's heartbeats (`[client] heartbeat_interval`); 0 sends none.
     pub heartbeat_interval: u64,
+    /// How long an interactive command (runner, admin, `client list`) keeps trying to
+    /// reach the broker before it gives up with one line (`[global] connect_timeout`,
+    /// seconds, default 10); daemons retry for ever.
+    pub connect_timeout: Duration,
     /// Where the client keeps the signed request ids it has seen, so a restart does not
     /// run a replay (`[client] state_dir`, default [`default_state_dir`]).
     pub state_dir: PathBuf,
@@ -830,6 +836,10 @@ impl Settings {
             None => number("client", "heartbeat_interval", 60)?,
         };
         let max_clock_skew = Duration::from_secs(number("server", "max_clock_skew", 300)?);
+        let connect_timeout = match o.connect_timeout {
+            Some(d) => d,
+            None => Duration::from_secs(number("global", "connect_timeout", 10)?.max(1)),
+        };
         let state_dir = o
             .state_dir
             .clone()
@@ -957,6 +967,7 @@ impl Settings {
             require_verified,
             interval,
             heartbeat_interval,
+            connect_timeout,
             state_dir,
             max_clock_skew,
             warnings,

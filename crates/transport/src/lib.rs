@@ -32,7 +32,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The broker could not be reached at any of its addresses.
-    #[error("cannot reach the broker at {addr}: {message}")]
+    #[error("cannot connect to the broker at {addr}: {message}")]
     Connect {
         /// The address tried last (password masked).
         addr: String,
@@ -59,6 +59,12 @@ pub enum TransportError {
 }
 
 impl TransportError {
+    /// The broker refused the login (wrong user or password): retrying cannot help an
+    /// interactive command, so it gives up at once.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, TransportError::Connect { message, .. } if message.starts_with("ACCESS_REFUSED"))
+    }
+
     fn session(e: lapin::Error) -> Self {
         match &e {
             lapin::Error::ProtocolError(p) => TransportError::Refused {
@@ -220,6 +226,8 @@ pub struct Broker {
     connection_name: String,
     /// Certificates for `amqps://` addresses.
     tls: BrokerTls,
+    /// How long [`Broker::connect_interactive`] keeps trying.
+    connect_timeout: Duration,
 }
 
 impl Broker {
@@ -230,7 +238,19 @@ impl Broker {
             labels,
             connection_name: connection_name.to_string(),
             tls: BrokerTls::default(),
+            connect_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// How long an interactive command keeps trying ([`Broker::connect_interactive`]).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// [`Broker::connect_within`] the configured `--connect-timeout`.
+    pub async fn connect_interactive(&self) -> Result<Session, TransportError> {
+        self.connect_within(self.connect_timeout).await
     }
 
     /// Uses these certificates for the `amqps://` addresses (plain ones ignore them).
@@ -294,7 +314,7 @@ impl Broker {
                     let hint = if tls { self.tls.hint() } else { String::new() };
                     last = TransportError::Connect {
                         addr: label,
-                        message: format!("{e}{hint}"),
+                        message: format!("{}{hint}", reason(&e)),
                     }
                 }
                 Err(_) => {
@@ -306,6 +326,38 @@ impl Broker {
             }
         }
         Err(last)
+    }
+
+    /// Connects for an interactive command: retries with a short backoff until `timeout`
+    /// has passed, then returns the last error (one line, no log per attempt). A refused
+    /// login is returned at once: retrying a wrong password only fills the broker's log.
+    pub async fn connect_within(&self, timeout: Duration) -> Result<Session, TransportError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+        loop {
+            let err = match tokio::time::timeout_at(deadline, self.connect()).await {
+                Ok(Ok(s)) => return Ok(s),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    return Err(TransportError::Connect {
+                        addr: self.describe(),
+                        message: format!(
+                            "no answer within {} s (--connect-timeout)",
+                            timeout.as_secs_f64()
+                        ),
+                    })
+                }
+            };
+            if err.is_refused() {
+                return Err(err);
+            }
+            let wait = backoff.next_delay();
+            if tokio::time::Instant::now() + wait >= deadline {
+                return Err(err);
+            }
+            tracing::debug!(error = %err, retry_in_ms = wait.as_millis() as u64, "broker unavailable; retrying");
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Connects, retrying with `backoff` until it works or `shutdown` resolves (then `None`).
@@ -332,6 +384,19 @@ impl Broker {
                 }
             }
         }
+    }
+}
+
+/// A connection failure in a few words an operator can act on: a refused login says
+/// `ACCESS_REFUSED` and what to check, without lapin's wording around it.
+fn reason(e: &lapin::Error) -> String {
+    let text = e.to_string();
+    if text.contains("ACCESS_REFUSED") || text.contains("ACCESS-REFUSED") {
+        "ACCESS_REFUSED: login refused (check the user name, password and vhost permissions)".into()
+    } else if let Some(rest) = text.strip_prefix("IO error: ") {
+        rest.into()
+    } else {
+        text
     }
 }
 
