@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use vogeler::cli::CommonArgs;
+use vogeler::cli::{parse_duration, CommonArgs};
 use vogeler::settings::{self, Program};
 
 /// Send a plugin command to every node or to named nodes; optionally wait for the stored results.
@@ -90,26 +90,6 @@ struct Cli {
     /// With --ping: stop collecting answers once none came for this long.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     ping_quiet: Duration,
-}
-
-/// `10s`, `2m`, `500ms`, or bare seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (examples: 10s, 2m, 500ms)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn main() {
