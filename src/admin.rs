@@ -18,14 +18,14 @@ pub async fn show_node(
     at: Option<DateTime<Utc>>,
 ) -> anyhow::Result<String> {
     let Some(current) = store.node(name).await? else {
-        anyhow::bail!("no node named {name:?} is stored (see `vogeler-admin node` for the list)");
+        return Err(crate::cli::no_such_node(name));
     };
     let record = match at {
         None => current,
         Some(t) => {
             let history = store.history(name, None).await?.rows;
             query::rewind(current, &history, t).ok_or_else(|| {
-                anyhow::anyhow!("node {name:?} did not exist yet at {}", rfc3339(t))
+                crate::cli::not_found(format!("node {name:?} did not exist yet at {}", rfc3339(t)))
             })?
         }
     };
@@ -33,12 +33,12 @@ pub async fn show_node(
     let value = match key {
         None => &doc,
         Some(k) => KeyPath::parse(k)?.find(&doc).ok_or_else(|| {
-            anyhow::anyhow!(
+            crate::cli::not_found(format!(
                 "node {name:?} has no key {k:?} (its top-level keys: {})",
                 doc.as_object()
                     .map(|m| m.keys().cloned().collect::<Vec<_>>().join(", "))
                     .unwrap_or_default()
-            )
+            ))
         })?,
     };
     Ok(format!("{}\n", serde_json::to_string_pretty(value)?))

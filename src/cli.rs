@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use clap::Args;
 
 /// Flags every program accepts (the 2010 programs' `-c`, `--qhost`, `--dbhost`, `--loglevel`).
+/// `--help` lists them after the program's own, under "Connection".
 #[derive(Debug, Clone, Args, Default)]
+#[command(next_help_heading = "Connection")]
 pub struct CommonArgs {
     /// Configuration file [default: /etc/vogeler/vogeler.conf when present].
     #[arg(
@@ -123,6 +125,28 @@ pub struct CommonArgs {
     pub wire: Option<String>,
 }
 
+/// Parses a program's command line. `unused` names the shared flags this program
+/// accepts (the 2010 command lines and config files keep working) but never reads,
+/// such as the client's `--dbhost`: `--help` does not offer them.
+pub fn parse_args<T: clap::Parser>(unused: &[&str]) -> T {
+    let mut cmd = T::command();
+    for id in unused {
+        cmd = cmd.mut_arg(*id, |a| a.hide(true));
+    }
+    let matches = cmd.get_matches();
+    T::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The shared flags the runner accepts but does not use: it has no store.
+pub const RUNNER_UNUSED: &[&str] = &["dbhost", "dbhost_file"];
+
+/// The shared flags the client accepts but does not use: no store, and `run` retries
+/// the broker for ever instead of giving up after `--connect-timeout`.
+pub const CLIENT_UNUSED: &[&str] = &["dbhost", "dbhost_file", "connect_timeout"];
+
+/// The shared flag the server accepts but does not use: it retries the broker for ever.
+pub const SERVER_UNUSED: &[&str] = &["connect_timeout"];
+
 /// `10s`, `2m`, `500ms`, or bare seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
@@ -166,6 +190,24 @@ pub struct UsageError(pub String);
 /// Marks an error as the user's command-line mistake (exit 2); its text is kept.
 pub fn usage(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::Error::new(UsageError(e.to_string()))
+}
+
+/// What was asked for is not there (an unknown node or request id, a missing queue):
+/// `run_main` exits 3, as the runner does for a filter that matches no node.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotFound(pub String);
+
+/// Marks an error as "not there" (exit 3); its text is kept.
+pub fn not_found(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(NotFound(e.to_string()))
+}
+
+/// The error for a node name the store does not hold, the same in every command.
+pub fn no_such_node(name: &str) -> anyhow::Error {
+    not_found(format!(
+        "no node named {name:?} is stored (see `vogeler-admin node` for the list)"
+    ))
 }
 
 /// Standard output was closed by its reader (`vogeler-admin node | head`): the program
@@ -224,10 +266,13 @@ pub fn error_line(err: &anyhow::Error) -> String {
     vogeler_config::mask_secrets(&line)
 }
 
-/// The exit status an error ends a program with: 2 for a [`UsageError`], else 1.
+/// The exit status an error ends a program with: 2 for a [`UsageError`], 3 for
+/// [`NotFound`], else 1.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     if err.chain().any(|c| c.is::<UsageError>()) {
         exit::USAGE
+    } else if err.chain().any(|c| c.is::<NotFound>()) {
+        exit::INCOMPLETE
     } else {
         exit::FAILURE
     }

@@ -359,9 +359,9 @@ pub async fn requests(store: &DynStore, limit: usize, now: DateTime<Utc>) -> any
 pub async fn request(store: &DynStore, id: &str, now: DateTime<Utc>) -> anyhow::Result<Table> {
     let id = resolve_request_id(store, id).await?;
     let Some(l) = store.ledger(&id, now).await? else {
-        anyhow::bail!(
+        return Err(crate::cli::not_found(format!(
             "no request with id {id:?} is recorded (see `vogeler-admin requests` for the list)"
-        );
+        )));
     };
     let mut t = Table::new(&["node", "outcome", "error", "at"]);
     for n in &l.nodes {
@@ -403,9 +403,9 @@ pub async fn resolve_request_id(store: &DynStore, id: &str) -> anyhow::Result<St
         .filter(|r| r.starts_with(id))
         .collect();
     match matches.as_slice() {
-        [] => anyhow::bail!(
+        [] => Err(crate::cli::not_found(format!(
             "no request with id {id:?} is recorded (see `vogeler-admin requests` for the list)"
-        ),
+        ))),
         [one] => Ok(one.clone()),
         many => Err(crate::cli::usage(format!(
             "request id prefix {id:?} is ambiguous; it starts {} requests: {}",
@@ -467,7 +467,7 @@ pub async fn history(
     path: Option<&KeyPath>,
 ) -> anyhow::Result<Table> {
     if store.node(node).await?.is_none() {
-        anyhow::bail!("no node named {node:?} is stored (see `vogeler-admin node` for the list)");
+        return Err(crate::cli::no_such_node(node));
     }
     if let Some(path) = path {
         let mut t = Table::new(&["value", "from", "until"]);

@@ -51,8 +51,10 @@ fn has_password(dsn: &str) -> bool {
 }
 
 /// Flags (and the environment, through clap) over the config file over defaults.
+/// A config file that does not read or parse, or a value that does not, is a usage
+/// error (exit 2): nothing was done, and the message names the file and line or field.
 pub fn load(program: Program, common: &CommonArgs, extra: Extra) -> anyhow::Result<Settings> {
-    let file = ConfigFile::discover(common.config.as_deref())?;
+    let file = ConfigFile::discover(common.config.as_deref()).map_err(crate::cli::usage)?;
     let on_command_line =
         |flag: &str| std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
     let password_on_command_line = (on_command_line("--qhost")
@@ -84,7 +86,7 @@ pub fn load(program: Program, common: &CommonArgs, extra: Extra) -> anyhow::Resu
         signing_key: extra.signing_key,
         state_dir: extra.state_dir,
     };
-    Ok(Settings::resolve(program, overrides, file)?)
+    Settings::resolve(program, overrides, file).map_err(crate::cli::usage)
 }
 
 /// Sets up logging per the settings (see [`crate::logging`]).

@@ -264,13 +264,13 @@ fn secrets_come_from_files_named_by_flags_or_the_environment() {
         "runner",
         &["--qhost-file", "/nonexistent/qhost", "-x", "facter"],
     );
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("--qhost-file") && err.contains("/nonexistent/qhost"),
         "{err}"
     );
     let (code, _, err) = run("server", &["--http-token-file", "/nonexistent/token"]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("--http-token-file") && err.contains("/nonexistent/token"),
         "{err}"
@@ -299,7 +299,7 @@ fn secrets_come_from_files_named_by_flags_or_the_environment() {
             "x",
         ],
     );
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("--qhost-file") && err.contains("use one"),
         "{err}"
@@ -323,4 +323,106 @@ fn secrets_come_from_files_named_by_flags_or_the_environment() {
         err.contains("127.0.0.1:1") && !err.contains("s3cret"),
         "{err}"
     );
+}
+
+/// The long flags a help text lists under its own "Options:" (not the shared
+/// "Connection" group), without `--help` and `--version`.
+fn own_flags(help: &str) -> Vec<String> {
+    let mut flags = Vec::new();
+    let mut in_options = false;
+    for line in help.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            in_options = line == "Options:";
+            continue;
+        }
+        if !in_options {
+            continue;
+        }
+        let item = line.trim_start();
+        let item = item.split_once(", ").map_or(item, |(_, rest)| rest);
+        if let Some(flag) = item.strip_prefix("--") {
+            let name: String = flag
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            if !name.is_empty() && name != "help" && name != "version" {
+                flags.push(format!("--{name}"));
+            }
+        }
+    }
+    flags
+}
+
+/// The subcommand names a help text lists under "Commands:", without `help`.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        // A wrapped description is indented further than the names.
+        .filter(|l| !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every help text of a program: its own and each subcommand's, recursively.
+fn helps(program: &str, path: &[String]) -> Vec<String> {
+    let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+    args.push("--help");
+    let (code, help, err) = run(program, &args);
+    assert_eq!(code, 0, "{program} {args:?}: {err}");
+    let mut all = vec![help.clone()];
+    for sub in subcommands(&help) {
+        let mut deeper = path.to_vec();
+        deeper.push(sub);
+        all.extend(helps(program, &deeper));
+    }
+    all
+}
+
+#[test]
+fn the_readme_programs_table_matches_every_programs_help() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let table: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| *l != "## The programs")
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .collect();
+    let mut seen = Vec::new();
+    for row in table {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        let program = cells[0].trim_start_matches("| `").trim_end_matches('`');
+        let short = program.trim_start_matches("vogeler-");
+        assert!(
+            !seen.contains(&short),
+            "{program} is listed twice in the README"
+        );
+        seen.push(short);
+        let documented = cells.last().expect("flags cell");
+        let texts = helps(short, &[]);
+        for flag in texts.iter().flat_map(|h| own_flags(h)) {
+            assert!(
+                documented.contains(&format!("`{flag}"))
+                    || documented.contains(&format!(" {flag}"))
+                    || documented.contains(&format!("/{flag}"))
+                    || documented.contains(&format!("[{flag}")),
+                "{program}'s {flag} is missing from the README's programs table"
+            );
+        }
+        let all_help = texts.join("\n");
+        for word in documented.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')) {
+            if word.starts_with("--") {
+                assert!(
+                    all_help.contains(&format!("{word} "))
+                        || all_help.contains(&format!("{word}\n")),
+                    "the README lists {word} for {program}, which its --help does not know"
+                );
+            }
+        }
+    }
+    assert_eq!(seen, ["server", "client", "runner", "admin"]);
 }

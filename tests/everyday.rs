@@ -141,7 +141,7 @@ async fn last_error_is_cleared(backend: &str) {
     let out = ok(dsn, &["node", "fx-web05", "--clear-error"]);
     assert!(out.contains("no last error"), "{out}");
     let out = admin(dsn, &["node", "fx-nobody", "--clear-error"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(one_line_error(&out).contains("fx-nobody"));
 }
 
@@ -264,7 +264,7 @@ async fn changes_footer_and_request_prefixes(backend: &str) {
         "{line}"
     );
     let out = admin(dsn, &["requests", "0000"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
 
 #[tokio::test]

@@ -99,3 +99,131 @@ fn a_connect_timeout_that_does_not_parse_is_usage_exit_2() {
         text(&out)
     );
 }
+
+/// A program run with no config, broker or store from the environment.
+fn bare(program: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin(program))
+        .args(args)
+        .env_remove("VOGELER_CONFIG")
+        .env_remove("VOGELER_QHOST")
+        .env_remove("VOGELER_DBHOST")
+        .output()
+        .expect("run binary")
+}
+
+/// What each program needs after the flags under test to be a complete command line.
+fn command_of(program: &str) -> &'static [&'static str] {
+    match program {
+        "client" => &["list"],
+        "runner" => &["-x", "facter", "-n", "nobody"],
+        "admin" => &["node"],
+        _ => &[],
+    }
+}
+
+#[test]
+fn usage_is_exit_2_for_every_program_and_a_bad_config_names_its_file_and_line() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let conf = tmp.path().join("vogeler.conf");
+    std::fs::write(&conf, "[global]\nloglevel = INFO\nthis is not a setting\n").expect("conf");
+    let conf = conf.to_str().expect("utf-8");
+    for program in ["server", "client", "runner", "admin"] {
+        let out = bare(
+            program,
+            &[&["--no-such-flag"], command_of(program)].concat(),
+        );
+        assert_eq!(out.status.code(), Some(2), "{program}: {}", text(&out));
+
+        let out = bare(program, &[&["-c", conf], command_of(program)].concat());
+        assert_eq!(out.status.code(), Some(2), "{program}: {}", text(&out));
+        let lines = error_lines(&out);
+        assert_eq!(lines.len(), 1, "{program}: {}", text(&out));
+        assert!(
+            lines[0].contains(&format!("{conf}:3")),
+            "{program}: file and line missing from {}",
+            lines[0]
+        );
+
+        let out = bare(
+            program,
+            &[&["-c", "/nonexistent/vogeler.conf"], command_of(program)].concat(),
+        );
+        assert_eq!(out.status.code(), Some(2), "{program}: {}", text(&out));
+        assert!(
+            text(&out).contains("/nonexistent/vogeler.conf"),
+            "{}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn a_store_that_cannot_be_reached_is_one_line_naming_it_and_exit_1() {
+    // Port 1 on loopback refuses at once; the DSN's user and host are named, the
+    // password masked, deadpool's and reqwest's wrappers left out where they can be.
+    for dsn in [
+        "postgres://vogeler:pg-secret@127.0.0.1:1/vogeler",
+        "couch://bob:couch-secret@127.0.0.1:1/vogeler",
+    ] {
+        for (program, args) in [("server", &[][..]), ("admin", &["node"][..])] {
+            let out = bare(program, &[&["--dbhost", dsn], args].concat());
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{program} {dsn}: {}",
+                text(&out)
+            );
+            let lines = error_lines(&out);
+            assert_eq!(lines.len(), 1, "{program} {dsn}: {}", text(&out));
+            let line = &lines[0];
+            for want in ["127.0.0.1:1", "refused"] {
+                assert!(line.contains(want), "{program}: {want} missing from {line}");
+            }
+            assert!(
+                line.contains("vogeler:****@") || line.contains("bob:****@"),
+                "{line}"
+            );
+            assert!(
+                !line.contains("secret"),
+                "{program}: password shown: {line}"
+            );
+            assert!(!line.contains("creating a new object"), "{line}");
+        }
+    }
+}
+
+#[test]
+fn a_missing_plugin_directory_is_exit_1_naming_it() {
+    let out = bare("client", &["-p", "/nonexistent/plugins", "list"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("/nonexistent/plugins"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn admin_exits_3_for_a_node_request_or_queue_that_is_not_there() {
+    let d = Deployment::new(&[]);
+    let out = d.admin(&["setup", "--persistence"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let missing = d.node("never-stored");
+    for args in [
+        vec!["node", missing.as_str()],
+        vec!["node", missing.as_str(), "--clear-error"],
+        vec!["history", missing.as_str()],
+        vec!["requests", "0123abcd"],
+        vec!["queue", "--exists", missing.as_str()],
+    ] {
+        let out = d.admin(&args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", text(&out));
+    }
+    // A store that does not exist is a failure (1), not "not there": nothing could be asked.
+    let out = d.run(
+        "admin",
+        &["--dbhost", "sqlite:///nonexistent/dir/v.db", "node", "x"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("setup --persistence"), "{}", text(&out));
+}

@@ -41,11 +41,11 @@ fn admin_lists_nodes_shows_documents_and_keys() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"Debian\"");
 
     let out = d.admin(&["node", "no-such-node"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(text(&out).contains("no-such-node"), "{}", text(&out));
 
     let out = d.admin(&["node", &n, "facter.nope"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(text(&out).contains("facter.nope"), "{}", text(&out));
 
     let out = d.admin(&["queue", "--status"]);

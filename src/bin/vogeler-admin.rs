@@ -2,7 +2,7 @@
 
 use chrono::Utc;
 use clap::{Parser, Subcommand};
-use vogeler::cli::{usage, CommonArgs};
+use vogeler::cli::{exit, usage, CommonArgs};
 use vogeler::settings::{self, Program};
 use vogeler::{admin, report};
 use vogeler::{out, outln};
@@ -244,9 +244,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if store.clear_error(&name).await? {
                 outln!("cleared the last error of {name}")?;
             } else if store.node(&name).await?.is_none() {
-                anyhow::bail!(
-                    "no node named {name:?} is stored (see `vogeler-admin node` for the list)"
-                );
+                return Err(vogeler::cli::no_such_node(&name));
             } else {
                 outln!("{name} has no last error")?;
             }
@@ -383,7 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 let found = session.queue_status(&q).await?.is_some();
                 session.close().await;
                 outln!("{q}: {}", if found { "exists" } else { "missing" })?;
-                return Ok(if found { 0 } else { 1 });
+                return Ok(if found { exit::OK } else { exit::INCOMPLETE });
             }
             if !status {
                 return Err(usage(

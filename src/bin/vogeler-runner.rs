@@ -19,9 +19,6 @@ use vogeler::settings::{self, Program};
 #[derive(Debug, Parser)]
 #[command(name = "vogeler-runner", version, about)]
 struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
-
     /// Plugin name or alias to run (for example facter or get_facts).
     #[arg(short = 'x', long = "execute", value_name = "COMMAND")]
     command: String,
@@ -90,10 +87,13 @@ struct Cli {
     /// With --ping: stop collecting answers once none came for this long.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     ping_quiet: Duration,
+
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli: Cli = vogeler::cli::parse_args(vogeler::cli::RUNNER_UNUSED);
     vogeler::cli::run_main("vogeler-runner", false, run(cli))
 }
 

@@ -13,9 +13,6 @@ use vogeler::shutdown::Shutdown;
 #[derive(Debug, Parser)]
 #[command(name = "vogeler-server", version, about)]
 struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
-
     #[arg(
         short = 'l',
         long = "load-design-docs",
@@ -43,10 +40,13 @@ struct Cli {
     /// process list and the environment).
     #[arg(long, value_name = "FILE", env = "VOGELER_HTTP_TOKEN_FILE")]
     http_token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli: Cli = vogeler::cli::parse_args(vogeler::cli::SERVER_UNUSED);
     vogeler::cli::run_main("vogeler-server", true, run(cli))
 }
 
@@ -67,9 +67,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         vogeler::outln!("Design docs loaded")?;
         return Ok(0);
     }
-    let store = settings::open_store(&s)
-        .await
-        .context("cannot open the store")?;
+    let store = settings::open_store(&s).await?;
     let opts = settings::server_options(&s)?;
     let stats = Arc::new(vogeler::server::Stats::default());
     let shutdown = Shutdown::on_signals();

@@ -306,11 +306,16 @@ impl Deployment {
 
     /// The stored document of `node`, via `vogeler-admin node NAME`.
     pub fn document(&self, node: &str) -> Option<Value> {
+        self.read_document(node).ok()
+    }
+
+    /// The node's document, or why `vogeler-admin node` could not show it.
+    pub fn read_document(&self, node: &str) -> Result<Value, String> {
         let out = self.admin(&["node", node]);
         if !out.status.success() {
-            return None;
+            return Err(text(&out));
         }
-        serde_json::from_slice(&out.stdout).ok()
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON: {e}"))
     }
 
     /// Waits until the node's `last_error` names request `id` and says it was refused
@@ -334,15 +339,15 @@ impl Deployment {
     pub fn wait_document(&self, node: &str, secs: u64, check: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
-            if let Some(doc) = self.document(node) {
-                if check(&doc) {
-                    return doc;
+            let last = self.read_document(node);
+            if let Ok(doc) = &last {
+                if check(doc) {
+                    return last.unwrap_or_default();
                 }
             }
             if Instant::now() > deadline {
                 panic!(
-                    "document of {node} did not reach the expected state within {secs} s; last: {:?}",
-                    self.document(node)
+                    "document of {node} did not reach the expected state within {secs} s; last: {last:?}"
                 );
             }
             std::thread::sleep(Duration::from_millis(200));

@@ -192,7 +192,16 @@ fn missing_database(url: &str, e: deadpool_postgres::PoolError) -> StoreError {
             return StoreError::NotSetUp(format!("database {name:?} does not exist"));
         }
     }
-    unavailable(crate::error_chain(&e))
+    pool_error(&e)
+}
+
+/// A pool failure in the server's own words: deadpool's wrapper ("Error occurred
+/// while creating a new object") says nothing an operator can act on.
+fn pool_error(e: &deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(pg) => unavailable(crate::error_chain(pg)),
+        other => unavailable(crate::error_chain(other)),
+    }
 }
 
 impl PostgresStore {
@@ -267,10 +276,7 @@ impl PostgresStore {
             )
         };
         let admin = pool(url, Some("postgres"))?;
-        let client = admin
-            .get()
-            .await
-            .map_err(|e| unavailable(crate::error_chain(&e)))?;
+        let client = admin.get().await.map_err(|e| pool_error(&e))?;
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
         match client.batch_execute(&sql).await {
             Ok(()) => Ok(true),
@@ -287,10 +293,7 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| unavailable(crate::error_chain(&e)))
+        self.pool.get().await.map_err(|e| pool_error(&e))
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {

@@ -65,6 +65,26 @@ impl TransportError {
         matches!(self, TransportError::Connect { message, .. } if message.starts_with("ACCESS_REFUSED"))
     }
 
+    /// True when trying again cannot help: a refused login, or a TLS failure (an unknown
+    /// CA, a missing client certificate, a file that does not load) that is the same on
+    /// every attempt. A refused or reset TCP connection is not: the broker may be starting.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            TransportError::Connect { message, .. } => {
+                // The TLS hint that follows every amqps failure is not the reason.
+                let reason = message.split(" (TLS: ").next().unwrap_or_default();
+                let m = reason.to_ascii_lowercase();
+                self.is_refused()
+                    || m.contains("certificate")
+                    || m.contains("alert")
+                    || m.contains("handshake")
+                    || m.contains("cannot read")
+                    || m.contains("not pem")
+            }
+            _ => false,
+        }
+    }
+
     fn session(e: lapin::Error) -> Self {
         match &e {
             lapin::Error::ProtocolError(p) => TransportError::Refused {
@@ -334,21 +354,24 @@ impl Broker {
     pub async fn connect_within(&self, timeout: Duration) -> Result<Session, TransportError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+        let mut last: Option<TransportError> = None;
         loop {
             let err = match tokio::time::timeout_at(deadline, self.connect()).await {
                 Ok(Ok(s)) => return Ok(s),
                 Ok(Err(e)) => e,
+                // An attempt cut off by the deadline says less than the one before it:
+                // a certificate error must not turn into "no answer" on a loaded machine.
                 Err(_) => {
-                    return Err(TransportError::Connect {
+                    return Err(last.unwrap_or_else(|| TransportError::Connect {
                         addr: self.describe(),
                         message: format!(
                             "no answer within {} s (--connect-timeout)",
                             timeout.as_secs_f64()
                         ),
-                    })
+                    }))
                 }
             };
-            if err.is_refused() {
+            if err.is_permanent() {
                 return Err(err);
             }
             let wait = backoff.next_delay();
@@ -356,6 +379,7 @@ impl Broker {
                 return Err(err);
             }
             tracing::debug!(error = %err, retry_in_ms = wait.as_millis() as u64, "broker unavailable; retrying");
+            last = Some(err);
             tokio::time::sleep(wait).await;
         }
     }
@@ -854,5 +878,29 @@ fn refused(what: &str, e: lapin::Error) -> TransportError {
             message: p.to_string(),
         },
         other => TransportError::Session(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TransportError;
+
+    fn connect(message: &str) -> TransportError {
+        TransportError::Connect {
+            addr: "amqps://guest:****@127.0.0.1:5671/%2F".into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn tls_and_login_failures_are_not_retried_but_a_refused_port_is() {
+        let hint = " (TLS: the broker's certificate is checked against the system roots only)";
+        assert!(connect("invalid peer certificate: UnknownIssuer").is_permanent());
+        assert!(connect("received fatal alert: CertificateRequired").is_permanent());
+        assert!(connect("cannot read CA file /nonexistent/ca.pem: No such file").is_permanent());
+        assert!(connect("ACCESS_REFUSED: login refused").is_permanent());
+        // The hint after every amqps failure mentions certificates; it is not the reason.
+        assert!(!connect(&format!("Connection refused (os error 111){hint}")).is_permanent());
+        assert!(!connect("timed out after 10 s").is_permanent());
     }
 }
