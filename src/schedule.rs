@@ -90,7 +90,9 @@ async fn heartbeat_loop(
     every: Duration,
     failed: tokio::sync::mpsc::Sender<anyhow::Error>,
 ) {
-    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+    // The first beat goes out at once: a client that just started (or reconnected) is
+    // in the registry before anyone broadcasts, so `-n all --wait` expects it.
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
