@@ -2,7 +2,8 @@
 //! issue 17): every view skips and counts them instead of failing, `vogeler-admin
 //! check` finds them and `--quarantine` moves them aside; a query over the time limit
 //! is a 503, not a stall; discovery runs beside ingest; a panic decoding a message
-//! dead-letters it and the server goes on. Each test runs on SQLite and PostgreSQL.
+//! dead-letters it and the server goes on, and so does a panic after a commit. Each
+//! test runs on SQLite and PostgreSQL (the one after the commit on SQLite only).
 
 mod common;
 
@@ -426,6 +427,43 @@ fn panic_on_postgres() {
     let b = Backend::postgres();
     let d = b.deployment();
     a_panic_is_dead_lettered(b, d);
+}
+
+/// A panic after the commit (the test hook panics recording a request's ledger) loses
+/// that ledger record only: the result is stored and confirmed, the runner exits 0, the
+/// server keeps its session and stores the next result.
+#[test]
+fn a_panic_after_the_commit_keeps_the_session() {
+    let (file, text) = common::plugin("ledgerboom", "echo boom", "output");
+    let d = Deployment::new(&[(file.as_str(), text)]);
+    let server = d.server_env(&[], &[("VOGELER_TEST_PANIC_ON", "ledger:ledgerboom")]);
+    let node = d.node("boom");
+    let client = d.client(&node, &[]);
+    d.wait_for_queue(&node, &client);
+    let out = d.runner(&[
+        "-x",
+        "ledgerboom",
+        "-n",
+        &node,
+        "--wait",
+        "--timeout",
+        "20s",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        common::text(&out),
+        server.log_text()
+    );
+    d.wait_document(&node, 20, |doc| doc["ledgerboom"][0] == "boom");
+    ingest_goes_on(&d);
+    let log = server.log_text();
+    assert!(
+        log.contains("recording the request ledger panicked"),
+        "{log}"
+    );
+    assert!(!log.contains("broker session lost"), "{log}");
 }
 
 /// Stores 2,000 nodes `n0000`… straight into the store, each with a facter hostname

@@ -238,7 +238,7 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
         // A panic decoding one message dead-letters that message (reason `panic`); it
         // must never take the server's session down and loop on the redelivery.
         let converted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            test_panic_hook(&d.body);
+            test_panic_hook(PanicPlace::Decode, &d.body);
             convert(&d.body, opts.max_message_bytes, d.reply_to.as_deref())
         }))
         .unwrap_or_else(|p| Converted::Dead {
@@ -335,15 +335,31 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
 
 /// Environment variable naming a text whose presence in a message body makes decoding
 /// panic: the integration tests' way to prove a panic is caught (unset in production).
+/// `ledger:TEXT` panics instead while recording the ledger of a request whose command
+/// holds TEXT, after its batch is committed.
 pub const TEST_PANIC_ENV: &str = "VOGELER_TEST_PANIC_ON";
 
-fn test_panic_hook(body: &[u8]) {
-    static TRIGGER: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
-    let trigger =
-        TRIGGER.get_or_init(|| std::env::var(TEST_PANIC_ENV).ok().map(String::into_bytes));
-    if let Some(t) = trigger.as_deref().filter(|t| !t.is_empty()) {
-        if body.windows(t.len()).any(|w| w == t) {
-            panic!("{TEST_PANIC_ENV} matched the message body");
+/// Where the test hook panics: decoding a message, or recording the ledger.
+#[derive(PartialEq)]
+enum PanicPlace {
+    Decode,
+    Ledger,
+}
+
+fn test_panic_hook(place: PanicPlace, bytes: &[u8]) {
+    static TRIGGER: std::sync::OnceLock<Option<(PanicPlace, Vec<u8>)>> = std::sync::OnceLock::new();
+    let trigger = TRIGGER.get_or_init(|| {
+        let v = std::env::var(TEST_PANIC_ENV)
+            .ok()
+            .filter(|v| !v.is_empty())?;
+        Some(match v.strip_prefix("ledger:") {
+            Some(text) => (PanicPlace::Ledger, text.as_bytes().to_vec()),
+            None => (PanicPlace::Decode, v.into_bytes()),
+        })
+    });
+    if let Some((at, t)) = trigger {
+        if *at == place && !t.is_empty() && bytes.windows(t.len()).any(|w| w == t.as_slice()) {
+            panic!("{TEST_PANIC_ENV} matched");
         }
     }
 }
@@ -534,11 +550,21 @@ async fn process(
             }
         }
     }
-    // The ledger first, so a runner told "stored" finds the answer recorded.
+    // The ledger first, so a runner told "stored" finds the answer recorded. The batch
+    // is committed by now: a panic here loses ledger records (logged), never the batch's
+    // acks, so one odd request cannot make every redelivery of its batch panic again.
     if !(answers.is_empty() && announce.is_empty()) {
-        let requests = ledger_requests(store, announce).await;
-        if !record_ledger(store, shutdown, &requests, &answers).await {
-            return Ok(false);
+        use futures_util::FutureExt as _;
+        let ledger = async {
+            let requests = ledger_requests(store, announce).await;
+            record_ledger(store, shutdown, &requests, &answers).await
+        };
+        match std::panic::AssertUnwindSafe(ledger).catch_unwind().await {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            Err(p) => {
+                tracing::error!(panic = %panic_text(&*p), answers = answers.len(), "recording the request ledger panicked; these ledger records are dropped, the results stay stored")
+            }
         }
     }
     for c in &confirms {
@@ -760,6 +786,7 @@ async fn ledger_requests(
     let mut registry: Option<Vec<String>> = None;
     let mut out = Vec::with_capacity(announce.len());
     for a in announce {
+        test_panic_hook(PanicPlace::Ledger, a.command.as_bytes());
         let mut expected = match a.expected {
             Some(nodes) => nodes,
             None => {
