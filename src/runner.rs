@@ -301,6 +301,7 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
         ttl: opts.ttl,
         reply_to: reply_queue.clone(),
         unsafe_command: opts.unsafe_command,
+        want_value: false,
     };
     if opts.wire == Wire::V1 {
         announce(opts, &session, &request, broadcast).await?;
