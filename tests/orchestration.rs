@@ -537,3 +537,65 @@ fn output_prints_each_nodes_value_or_a_path_in_it() {
     let out = d.runner(&["-x", "facts", "-n", &both, "--output", "a..b"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+/// Issue 18: a value over the protocol's bound (64 KiB of JSON) is not sent back; the
+/// line says so and where to read it, and the node still counts as stored.
+#[test]
+fn output_says_when_a_value_is_too_large_to_send_back() {
+    let d = Deployment::new(&[]);
+    let big = d.path("big.json");
+    let value = json!({"blob": "x".repeat(70 * 1024), "small": "yes"});
+    std::fs::write(&big, value.to_string()).expect("big file");
+    let (name, cfg) = plugin("big", &format!("cat {}", big.display()), "json");
+    std::fs::write(d.plugins.join(name), cfg).expect("plugin file");
+    let node = d.node("a");
+    let _server = d.server(&[]);
+    let _client = d.client(&node, &[]);
+
+    let out = d.runner(&[
+        "-x",
+        "big",
+        "-n",
+        &node,
+        "--timeout",
+        "20s",
+        "--output",
+        "small",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        lines_of(&stdout, &node),
+        [format!(
+            "(value over 64 KiB, not sent back: vogeler-admin node {node} big.small)"
+        )],
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("stored      {node}")), "{stdout}");
+    // It was stored all the same, and the line's hint reads it.
+    let doc = d.document(&node).expect("the document");
+    assert_eq!(doc["big"]["small"], "yes", "{doc}");
+    let hint = d.admin(&["node", &node, "big.small"]);
+    assert!(hint.status.success(), "{}", text(&hint));
+    assert!(
+        String::from_utf8_lossy(&hint.stdout).contains("yes"),
+        "{}",
+        text(&hint)
+    );
+
+    let out = d.runner(&[
+        "-x",
+        "big",
+        "-n",
+        &node,
+        "--timeout",
+        "20s",
+        "--output",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = json_out(&out);
+    assert_eq!(s["output"]["truncated"], json!([node.clone()]), "{s}");
+    assert_eq!(s["output"]["values"], json!({}), "{s}");
+    assert_eq!(s["output"]["path"], Value::Null, "{s}");
+}
