@@ -292,6 +292,7 @@ async fn broadcast(t: &Topology, fleet: &Fleet, n: u64, round: u64) -> Timing {
         ttl: 600,
         reply_to: Some(reply.clone()),
         unsafe_command: false,
+        want_value: false,
     };
     let body = vogeler_protocol::encode(&Message::Request(request));
     let started = Instant::now();

@@ -230,6 +230,7 @@ async fn client_figures(id: &str, requests: u64) -> ClientFigures {
             ttl: 600,
             reply_to: None,
             unsafe_command: false,
+            want_value: false,
         };
         let body = vogeler_protocol::encode(&Message::Request(request));
         session

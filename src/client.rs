@@ -811,6 +811,8 @@ fn encode_unchecked(opts: &ClientOptions, request: Option<&Request>, a: &Answer)
                 duration_ms: a.duration.as_millis() as u64,
                 collected_at: Utc::now(),
                 reply_to: request.and_then(|r| r.reply_to.clone()),
+                // Copied like reply_to: the server sends the stored value back.
+                want_value: request.is_some_and(|r| r.want_value && r.reply_to.is_some()),
             }))
         }
     }
@@ -897,6 +899,7 @@ mod tests {
             ttl,
             reply_to: None,
             unsafe_command: false,
+            want_value: false,
         }
     }
 

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use serde::Serialize;
-use vogeler_protocol::{Decoded, Message, Request};
+use serde_json::Value;
+use vogeler_protocol::{Decoded, Message, Request, Stored};
 use vogeler_signing::SecretKey;
 use vogeler_transport::{Broker, Consumer, Delivered, Outgoing, Session, Topology, BROADCAST_KEY};
 
@@ -55,6 +56,168 @@ pub struct RunnerOptions {
     pub ping: bool,
     /// With `ping`: stop collecting once no pong came for this long.
     pub ping_quiet: Duration,
+    /// `--output`: ask for each node's stored value back (`want_value`) and show it, or
+    /// the value at this path in it. Needs `wait` and the v1 wire.
+    pub output: Option<OutputPath>,
+}
+
+/// Where `--output` looks in each node's value: a dotted path (`os.family`,
+/// `disks.0.size`: a number indexes an array), or the whole value. Keys that contain a
+/// dot cannot be named; print the whole value instead.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutputPath {
+    parts: Vec<String>,
+}
+
+impl OutputPath {
+    /// The whole value.
+    pub fn whole() -> OutputPath {
+        OutputPath::default()
+    }
+
+    /// Parses `--output`'s argument: empty or `.` is the whole value; otherwise dotted
+    /// parts, none empty (`a..b` and `a.` are mistakes, refused before anything is sent).
+    pub fn parse(s: &str) -> Result<OutputPath, String> {
+        let s = s.trim();
+        if s.is_empty() || s == "." {
+            return Ok(OutputPath::whole());
+        }
+        let parts: Vec<String> = s.split('.').map(str::to_string).collect();
+        if parts.iter().any(String::is_empty) {
+            return Err(format!(
+                "{s:?} has an empty part: use dotted keys such as os.family or disks.0"
+            ));
+        }
+        Ok(OutputPath { parts })
+    }
+
+    /// Whether this is the whole value (no path).
+    pub fn is_whole(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// The value at this path in `value`: a key of an object, an index of an array.
+    pub fn lookup<'a>(&self, value: &'a Value) -> Option<&'a Value> {
+        self.parts.iter().try_fold(value, |v, part| match v {
+            Value::Object(map) => map.get(part),
+            Value::Array(items) => part.parse::<usize>().ok().and_then(|i| items.get(i)),
+            _ => None,
+        })
+    }
+}
+
+impl std::fmt::Display for OutputPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.parts.join("."))
+    }
+}
+
+/// One node's answer as `--output` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shown {
+    /// The value (at the path).
+    Value(Value),
+    /// The value has nothing at the path.
+    Missing,
+    /// The value was larger than the protocol sends back (`value_truncated`); the
+    /// plugin names where it is stored.
+    Truncated {
+        /// The plugin's key in the node's document.
+        plugin: String,
+    },
+    /// The confirmation carries no value: the node's client or the server predates
+    /// `--output` (did not copy or honour `want_value`).
+    NoValue,
+    /// The node answered with an error result.
+    Error(String),
+    /// The result was older than the stored value and not applied.
+    Stale,
+}
+
+impl Shown {
+    /// What a `stored` confirmation shows at `path`.
+    pub fn of(s: &Stored, path: &OutputPath) -> Shown {
+        if !s.ok {
+            return Shown::Error(s.error.clone().unwrap_or_else(|| "(no message)".into()));
+        }
+        if s.stale {
+            return Shown::Stale;
+        }
+        match &s.value {
+            Some(v) => match path.lookup(v) {
+                Some(found) => Shown::Value(found.clone()),
+                None => Shown::Missing,
+            },
+            None if s.value_truncated => Shown::Truncated {
+                plugin: s.plugin.clone(),
+            },
+            None => Shown::NoValue,
+        }
+    }
+
+    /// The `NODE: VALUE` line: a string bare, any other value as compact JSON.
+    pub fn line(&self, node: &str, path: &OutputPath) -> String {
+        let what = match self {
+            Shown::Value(Value::String(s)) => s.clone(),
+            Shown::Value(v) => v.to_string(),
+            Shown::Missing => format!("(no {path} in the value)"),
+            Shown::Truncated { plugin } => {
+                let key = if path.is_whole() {
+                    plugin.clone()
+                } else {
+                    format!("{plugin}.{path}")
+                };
+                format!(
+                    "(value over {} KiB, not sent back: vogeler-admin node {node} {key})",
+                    vogeler_protocol::limits::MAX_STORED_VALUE_BYTES / 1024
+                )
+            }
+            Shown::NoValue => {
+                "(no value in the answer: its client or server predates --output)".into()
+            }
+            Shown::Error(e) => format!("error: {e}"),
+            Shown::Stale => "(stale: older than the stored value, not applied)".into(),
+        };
+        format!("{node}: {what}")
+    }
+}
+
+/// `--output` in the JSON summary: each node's value at the path, and the nodes
+/// without one (error and stale answers are in the summary's own lists).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct OutputReport {
+    /// The path asked for; `None` for the whole value.
+    pub path: Option<String>,
+    /// Each node's value (at the path).
+    pub values: BTreeMap<String, Value>,
+    /// Nodes whose value has nothing at the path.
+    pub missing: Vec<String>,
+    /// Nodes whose value was too large to send back (read it with `vogeler-admin node`).
+    pub truncated: Vec<String>,
+    /// Nodes whose confirmation carried no value (a client or server older than
+    /// `--output`).
+    pub without_value: Vec<String>,
+}
+
+impl OutputReport {
+    fn new(path: &OutputPath) -> OutputReport {
+        OutputReport {
+            path: (!path.is_whole()).then(|| path.to_string()),
+            ..Default::default()
+        }
+    }
+
+    fn add(&mut self, node: &str, shown: &Shown) {
+        match shown {
+            Shown::Value(v) => {
+                self.values.insert(node.to_string(), v.clone());
+            }
+            Shown::Missing => self.missing.push(node.to_string()),
+            Shown::Truncated { .. } => self.truncated.push(node.to_string()),
+            Shown::NoValue => self.without_value.push(node.to_string()),
+            Shown::Error(_) | Shown::Stale => {}
+        }
+    }
 }
 
 /// Whom `-n all --wait` expects by default: nodes seen within the last hour, so a
@@ -112,6 +275,9 @@ pub struct Summary {
     pub discovery_ms: u64,
     /// Milliseconds in all.
     pub total_ms: u64,
+    /// With `--output`: each node's value (at the path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputReport>,
 }
 
 impl Summary {
@@ -217,6 +383,15 @@ fn is_broadcast(targets: &[String]) -> bool {
 
 /// Sends the request and, with `wait`, collects the answers.
 pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
+    run_with(opts, |_, _| Ok(())).await
+}
+
+/// [`run`], calling `on_answer` with each node's answer as it arrives when
+/// `opts.output` is set (`--output` prints it), as well as adding it to the summary.
+pub async fn run_with(
+    opts: &RunnerOptions,
+    mut on_answer: impl FnMut(&str, &Shown) -> anyhow::Result<()>,
+) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let session = opts.broker.connect_interactive().await?;
     session.declare_exchanges(&opts.topology).await?;
@@ -301,6 +476,7 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
         ttl: opts.ttl,
         reply_to: reply_queue.clone(),
         unsafe_command: opts.unsafe_command,
+        want_value: opts.output.is_some() && replies.is_some(),
     };
     if opts.wire == Wire::V1 {
         announce(opts, &session, &request, broadcast).await?;
@@ -332,6 +508,11 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
         request_id: request.id.clone(),
         command: opts.command.clone(),
         waited: opts.wait,
+        output: opts
+            .output
+            .as_ref()
+            .filter(|_| replies.is_some())
+            .map(OutputReport::new),
         ..Default::default()
     };
     let routes: Vec<String> = if broadcast {
@@ -396,6 +577,11 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
             if !expected.contains(&s.node) {
                 summary.unexpected.push(s.node.clone());
             }
+            if let (Some(path), Some(report)) = (&opts.output, summary.output.as_mut()) {
+                let shown = Shown::of(&s, path);
+                report.add(&s.node, &shown);
+                progress.suspend(|| on_answer(&s.node, &shown))?;
+            }
             match s.error {
                 Some(e) if !s.ok => {
                     summary.errors.insert(s.node.clone(), e);
@@ -417,6 +603,11 @@ pub async fn run(opts: &RunnerOptions) -> anyhow::Result<Summary> {
     }
     summary.answered.sort();
     summary.stale.sort();
+    if let Some(report) = summary.output.as_mut() {
+        report.missing.sort();
+        report.truncated.sort();
+        report.without_value.sort();
+    }
     summary.total_ms = started.elapsed().as_millis() as u64;
     session.close().await;
     Ok(summary)
@@ -638,6 +829,95 @@ mod tests {
         let out = s.render();
         assert!(out.contains("stale       b"), "{out}");
         assert!(out.contains("stale: 1"), "{out}");
+    }
+
+    #[test]
+    fn output_paths_name_keys_and_indices() {
+        let v = serde_json::json!({
+            "operatingsystem": "Debian",
+            "processorcount": 4,
+            "a": {"b": [10, {"c": null}]},
+            "0": "zero"
+        });
+        let at = |p: &str| OutputPath::parse(p).expect("a path").lookup(&v).cloned();
+        assert_eq!(at(""), Some(v.clone()));
+        assert_eq!(at("."), Some(v.clone()));
+        assert_eq!(at("operatingsystem"), Some(serde_json::json!("Debian")));
+        assert_eq!(at("processorcount"), Some(serde_json::json!(4)));
+        assert_eq!(at("a.b.0"), Some(serde_json::json!(10)));
+        assert_eq!(at("a.b.1.c"), Some(Value::Null));
+        assert_eq!(at("0"), Some(serde_json::json!("zero")));
+        assert_eq!(at("a.b.2"), None);
+        assert_eq!(at("a.b.x"), None);
+        assert_eq!(at("operatingsystem.x"), None);
+        assert_eq!(at("nope"), None);
+        for bad in ["a..b", "a.", ".a"] {
+            assert!(OutputPath::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            OutputPath::parse("a.b.0").expect("path").to_string(),
+            "a.b.0"
+        );
+    }
+
+    #[test]
+    fn output_lines_show_strings_bare_and_say_what_is_missing() {
+        let stored = |value: Option<Value>| Stored {
+            request_id: Some("r1".into()),
+            node: "web01".into(),
+            plugin: "facter".into(),
+            ok: true,
+            error: None,
+            stale: false,
+            clamped_from: None,
+            stored_at: Utc::now(),
+            value,
+            value_truncated: false,
+        };
+        let v = serde_json::json!({"os": "Debian", "n": 4, "l": [1, "x"]});
+        let line = |s: &Stored, p: &str| {
+            let path = OutputPath::parse(p).expect("path");
+            Shown::of(s, &path).line(&s.node, &path)
+        };
+        let s = stored(Some(v));
+        assert_eq!(line(&s, "os"), "web01: Debian");
+        assert_eq!(line(&s, "n"), "web01: 4");
+        assert_eq!(line(&s, "l"), r#"web01: [1,"x"]"#);
+        assert_eq!(line(&s, ""), r#"web01: {"l":[1,"x"],"n":4,"os":"Debian"}"#);
+        assert_eq!(line(&s, "os.x"), "web01: (no os.x in the value)");
+        let truncated = Stored {
+            value_truncated: true,
+            ..stored(None)
+        };
+        assert_eq!(
+            line(&truncated, "os"),
+            "web01: (value over 64 KiB, not sent back: vogeler-admin node web01 facter.os)"
+        );
+        assert!(line(&stored(None), "").contains("no value in the answer"));
+        let error = Stored {
+            ok: false,
+            error: Some("plugin facter exited with status 1".into()),
+            ..stored(None)
+        };
+        assert_eq!(
+            line(&error, "os"),
+            "web01: error: plugin facter exited with status 1"
+        );
+        let stale = Stored {
+            stale: true,
+            ..stored(None)
+        };
+        assert!(line(&stale, "").starts_with("web01: (stale"));
+
+        let mut report = OutputReport::new(&OutputPath::parse("os").expect("path"));
+        report.add("a", &Shown::Value(serde_json::json!("Debian")));
+        report.add("b", &Shown::Missing);
+        report.add("c", &Shown::Error("x".into()));
+        assert_eq!(
+            serde_json::to_value(&report).expect("json"),
+            serde_json::json!({"path": "os", "values": {"a": "Debian"}, "missing": ["b"],
+                "truncated": [], "without_value": []})
+        );
     }
 
     #[test]

@@ -373,3 +373,229 @@ fn without_a_server_a_broadcast_falls_back_to_ping() {
     assert_eq!(s["no_answer"], json!([a.clone(), b.clone()]), "{s}");
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
 }
+
+/// The runner's stdout lines that start with `node: `.
+fn lines_of<'a>(stdout: &'a str, node: &str) -> Vec<&'a str> {
+    let prefix = format!("{node}: ");
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .collect()
+}
+
+/// Issue 18: `--output [PATH]` prints each node's stored value (or the value at a
+/// dotted path in it) as `NODE: VALUE` before the summary, a string bare and anything
+/// else as compact JSON; a missing path and an error result say so; `--json` puts the
+/// values in the summary instead.
+#[test]
+fn output_prints_each_nodes_value_or_a_path_in_it() {
+    let d = Deployment::new(&[]);
+    let (a, b, bad) = (d.node("a"), d.node("b"), d.node("bad"));
+    let facts = [
+        (
+            a.clone(),
+            json!({"operatingsystem": "Debian", "processorcount": 2,
+                   "disks": [{"size": 10}], "tags": ["web", "eu"]}),
+        ),
+        (
+            b.clone(),
+            json!({"operatingsystem": "Alpine", "processorcount": 8,
+                   "disks": [{"size": 20}, {"size": 30}], "tags": []}),
+        ),
+    ];
+    let _server = d.server(&[]);
+    let mut clients = Vec::new();
+    for (node, value) in &facts {
+        let dir = d.path(&format!("plugins-{node}"));
+        std::fs::create_dir_all(&dir).expect("plugin dir");
+        let file = dir.join("facts.json");
+        std::fs::write(&file, value.to_string()).expect("facts file");
+        let (name, cfg) = plugin("facts", &format!("cat {}", file.display()), "json");
+        std::fs::write(dir.join(name), cfg).expect("plugin file");
+        clients.push(d.client(node, &["-p", dir.to_str().expect("utf-8 path")]));
+    }
+    // No plugins at all: its answer is an error result.
+    let empty = d.path("no-plugins");
+    std::fs::create_dir_all(&empty).expect("empty plugin dir");
+    clients.push(d.client(&bad, &["-p", empty.to_str().expect("utf-8 path")]));
+    let both = format!("{a},{b}");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["-x", "facts", "-n", &both, "--timeout", "20s"];
+        args.extend_from_slice(extra);
+        let out = d.runner(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // A path to a string prints it bare, one line per node, before the summary
+    // (--output implies --wait: the summary is the --wait one).
+    let out = run(&["--output", "operatingsystem"]);
+    assert_eq!(lines_of(&out, &a), ["Debian"], "{out}");
+    assert_eq!(lines_of(&out, &b), ["Alpine"], "{out}");
+    let summary_at = out.find("request ").expect("the summary");
+    for node in [&a, &b] {
+        let line = out.find(&format!("{node}: ")).expect("a line");
+        assert!(line < summary_at, "{out}");
+        assert!(out.contains(&format!("stored      {node}")), "{out}");
+    }
+    assert!(out.contains("answered: 2"), "{out}");
+
+    // Numbers, array indices and non-string values print as compact JSON.
+    let out = run(&["--output", "processorcount"]);
+    assert_eq!(lines_of(&out, &a), ["2"], "{out}");
+    assert_eq!(lines_of(&out, &b), ["8"], "{out}");
+    let out = run(&["--output", "disks.1.size"]);
+    assert_eq!(
+        lines_of(&out, &a),
+        ["(no disks.1.size in the value)"],
+        "{out}"
+    );
+    assert_eq!(lines_of(&out, &b), ["30"], "{out}");
+    let out = run(&["--output", "tags"]);
+    assert_eq!(lines_of(&out, &a), [r#"["web","eu"]"#], "{out}");
+    assert_eq!(lines_of(&out, &b), ["[]"], "{out}");
+
+    // Without a PATH: the whole value (a following flag is not taken for a path).
+    let out = run(&["--output", "--wait"]);
+    for (node, value) in &facts {
+        let lines = lines_of(&out, node);
+        assert_eq!(lines.len(), 1, "{out}");
+        let printed: Value = serde_json::from_str(lines[0]).expect("compact JSON");
+        assert_eq!(&printed, value, "{out}");
+        assert!(!lines[0].contains(": "), "compact: {out}");
+    }
+
+    // A path that is not there: said per node, and not a failure.
+    let out = run(&["--output", "kernel.release"]);
+    for node in [&a, &b] {
+        assert_eq!(
+            lines_of(&out, node),
+            ["(no kernel.release in the value)"],
+            "{out}"
+        );
+    }
+
+    // --json: no lines, the values in the summary.
+    let out = d.runner(&[
+        "-x",
+        "facts",
+        "-n",
+        &both,
+        "--timeout",
+        "20s",
+        "--output",
+        "operatingsystem",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = json_out(&out);
+    assert_eq!(s["answered"], json!([a.clone(), b.clone()]), "{s}");
+    assert_eq!(s["output"]["path"], "operatingsystem", "{s}");
+    assert_eq!(
+        s["output"]["values"],
+        json!({a.clone(): "Debian", b.clone(): "Alpine"}),
+        "{s}"
+    );
+    assert_eq!(s["output"]["missing"], json!([]), "{s}");
+    let out = d.runner(&[
+        "-x",
+        "facts",
+        "-n",
+        &both,
+        "--timeout",
+        "20s",
+        "--output",
+        "nope",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = json_out(&out);
+    assert_eq!(s["output"]["values"], json!({}), "{s}");
+    assert_eq!(s["output"]["missing"], json!([a.clone(), b.clone()]), "{s}");
+
+    // An error result: `NODE: error: MESSAGE`, and the --wait exit status (1).
+    let targets = format!("{a},{bad}");
+    let out = d.runner(&[
+        "-x",
+        "facts",
+        "-n",
+        &targets,
+        "--timeout",
+        "20s",
+        "--output",
+        "operatingsystem",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(lines_of(&stdout, &a), ["Debian"], "{stdout}");
+    let errors = lines_of(&stdout, &bad);
+    assert_eq!(errors.len(), 1, "{stdout}");
+    assert!(errors[0].starts_with("error: "), "{stdout}");
+    assert!(errors[0].contains("facts"), "{stdout}");
+
+    // A malformed path is a usage error, before anything is sent.
+    let out = d.runner(&["-x", "facts", "-n", &both, "--output", "a..b"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+/// Issue 18: a value over the protocol's bound (64 KiB of JSON) is not sent back; the
+/// line says so and where to read it, and the node still counts as stored.
+#[test]
+fn output_says_when_a_value_is_too_large_to_send_back() {
+    let d = Deployment::new(&[]);
+    let big = d.path("big.json");
+    let value = json!({"blob": "x".repeat(70 * 1024), "small": "yes"});
+    std::fs::write(&big, value.to_string()).expect("big file");
+    let (name, cfg) = plugin("big", &format!("cat {}", big.display()), "json");
+    std::fs::write(d.plugins.join(name), cfg).expect("plugin file");
+    let node = d.node("a");
+    let _server = d.server(&[]);
+    let _client = d.client(&node, &[]);
+
+    let out = d.runner(&[
+        "-x",
+        "big",
+        "-n",
+        &node,
+        "--timeout",
+        "20s",
+        "--output",
+        "small",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        lines_of(&stdout, &node),
+        [format!(
+            "(value over 64 KiB, not sent back: vogeler-admin node {node} big.small)"
+        )],
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("stored      {node}")), "{stdout}");
+    // It was stored all the same, and the line's hint reads it.
+    let doc = d.document(&node).expect("the document");
+    assert_eq!(doc["big"]["small"], "yes", "{doc}");
+    let hint = d.admin(&["node", &node, "big.small"]);
+    assert!(hint.status.success(), "{}", text(&hint));
+    assert!(
+        String::from_utf8_lossy(&hint.stdout).contains("yes"),
+        "{}",
+        text(&hint)
+    );
+
+    let out = d.runner(&[
+        "-x",
+        "big",
+        "-n",
+        &node,
+        "--timeout",
+        "20s",
+        "--output",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = json_out(&out);
+    assert_eq!(s["output"]["truncated"], json!([node.clone()]), "{s}");
+    assert_eq!(s["output"]["values"], json!({}), "{s}");
+    assert_eq!(s["output"]["path"], Value::Null, "{s}");
+}

@@ -26,6 +26,7 @@ fn signed_request(command: &str, targets: &[&str]) -> Request {
         ttl: 300,
         reply_to: None,
         unsafe_command: false,
+        want_value: false,
     }
 }
 

@@ -31,6 +31,7 @@ fn request(command: &str, node: &str, sent_ago_secs: i64, ttl: u64) -> Request {
         ttl,
         reply_to: None,
         unsafe_command: false,
+        want_value: false,
     }
 }
 

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use vogeler::cli::{parse_duration, CommonArgs};
+use vogeler::runner::{OutputPath, Shown};
 use vogeler::settings::{self, Program};
 
 /// Send a plugin command to every node or to named nodes; optionally wait for the stored results.
@@ -13,6 +14,10 @@ use vogeler::settings::{self, Program};
 /// nodes; without a server it falls back to --ping. It waits until every expected node
 /// answered, or --timeout, and names the silent ones; answers from nodes not expected
 /// (new ones) are listed as unexpected and count as success.
+///
+/// With --output (which implies --wait) each node's stored value, or the value at a
+/// dotted path in it, is printed as `NODE: VALUE` as the answers arrive, before the
+/// summary: `-x facter --output operatingsystem`.
 ///
 /// Exit status: 0 all stored without error, 1 some error results, 2 usage,
 /// 3 some expected nodes were silent or unroutable, no node matched, or nobody answered.
@@ -35,7 +40,8 @@ struct Cli {
     nodes: Vec<String>,
 
     /// Wait until the server stored each expected node's result (or --timeout), then
-    /// print a summary: stored, stale, errors, silent, unroutable, unexpected.
+    /// print a summary: stored, stale, errors, silent, unroutable, unexpected. Implied
+    /// by --output.
     #[arg(long)]
     wait: bool,
 
@@ -48,9 +54,25 @@ struct Cli {
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     ttl: u64,
 
-    /// Print the summary as JSON.
+    /// Print the summary as JSON (with --output: each node's value under "output").
     #[arg(long)]
     json: bool,
+
+    /// Print each node's stored value as `NODE: VALUE` as the answers arrive (like
+    /// `mco rpc`), then the summary. PATH is a dotted path in the plugin's value
+    /// (operatingsystem, os.family, disks.0: a number indexes an array); without PATH,
+    /// the whole value. A string prints bare, anything else as compact JSON; a missing
+    /// path prints `(no PATH in the value)`, an error result `error: MESSAGE`. Values
+    /// over 64 KiB are not sent back (the line says so). Implies --wait; the exit status
+    /// is that of --wait (a missing path is not a failure).
+    #[arg(
+        long,
+        value_name = "PATH",
+        num_args = 0..=1,
+        default_missing_value = "",
+        value_parser = parse_output_path
+    )]
+    output: Option<OutputPath>,
 
     /// COMMAND is a command line, not a plugin (clients must run with --allow-unsafe).
     #[arg(long = "unsafe")]
@@ -92,6 +114,11 @@ struct Cli {
     common: CommonArgs,
 }
 
+/// `--output`'s PATH (empty: the whole value), refused as a usage error when malformed.
+fn parse_output_path(s: &str) -> Result<OutputPath, String> {
+    OutputPath::parse(s)
+}
+
 fn main() {
     let cli: Cli = vogeler::cli::parse_args(vogeler::cli::RUNNER_UNUSED);
     vogeler::cli::run_main("vogeler-runner", false, run(cli))
@@ -110,27 +137,44 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         .map(|n| n.trim().to_string())
         .filter(|n| !n.is_empty())
         .collect();
+    let wire = settings::wire(&s);
+    if cli.output.is_some() && wire != vogeler::client::Wire::V1 {
+        return Err(vogeler::cli::usage(
+            "--output needs the v1 wire: a 2010-format request gets no stored confirmation to carry the value ([amqp] wire = legacy)",
+        ));
+    }
+    // --output implies --wait: the values come back in the stored confirmations.
+    let wait = cli.wait || cli.output.is_some();
     let opts = vogeler::runner::RunnerOptions {
         broker: settings::broker(&s, "vogeler-runner"),
         topology: settings::topology(&s),
         command: cli.command,
         targets: nodes,
-        wait: cli.wait,
+        wait,
         timeout: cli.timeout,
         ttl: cli.ttl,
         unsafe_command: cli.unsafe_command,
-        wire: settings::wire(&s),
+        wire,
         filters: cli.filters,
         seen_within: cli.seen_within,
         discovery_timeout: cli.discovery_timeout,
         signing_key: settings::signing_key(&s)?,
         ping: cli.ping,
         ping_quiet: cli.ping_quiet,
+        output: cli.output.clone(),
     };
-    let summary = vogeler::runner::run(&opts).await?;
+    let lines = !cli.json;
+    let path = cli.output.clone().unwrap_or_default();
+    let summary = vogeler::runner::run_with(&opts, |node: &str, shown: &Shown| {
+        if lines {
+            vogeler::outln!("{}", shown.line(node, &path))?;
+        }
+        Ok(())
+    })
+    .await?;
     if cli.json {
         vogeler::outln!("{}", serde_json::to_string_pretty(&summary)?)?;
-    } else if cli.wait {
+    } else if wait {
         vogeler::out!("{}", summary.render())?;
     } else {
         vogeler::out!("{}", summary.render_sent())?;

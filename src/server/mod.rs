@@ -545,6 +545,13 @@ async fn process(
                 if let Some(c) = confirm {
                     let mut c = c.clone();
                     c.stale = stale;
+                    // Only a value that was stored goes back: not an error's, not a
+                    // stale result's (the stored value is another one).
+                    if c.want_value && !stale {
+                        if let Change::Plugin { value, .. } = &obs.change {
+                            (c.value, c.value_truncated) = convert::stored_value(value);
+                        }
+                    }
                     confirms.push(c);
                 }
             }
@@ -995,6 +1002,8 @@ async fn send_stored(session: &Session, c: &Confirm) -> anyhow::Result<Option<Pe
         stale: c.stale,
         clamped_from: c.clamped_from,
         stored_at: Utc::now(),
+        value: c.value.clone(),
+        value_truncated: c.value_truncated,
     });
     let body = vogeler_protocol::encode(&msg);
     Ok(Some(

@@ -50,10 +50,20 @@ pub struct Request {
     /// `command` is a command line, not a plugin (needs `--allow-unsafe` on the client).
     #[serde(default, skip_serializing_if = "is_false")]
     pub unsafe_command: bool,
+    /// The runner wants the stored value back in its `stored` confirmation
+    /// (`vogeler-runner --output`); needs `reply_to`. Absent (false) from older runners.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub want_value: bool,
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// A field that is present is `Some`, even when it is JSON `null` (a plugin whose value
+/// is `null` still has a value); an absent one is `None` through `serde(default)`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 impl Request {
@@ -68,6 +78,7 @@ impl Request {
             ttl: 0,
             reply_to: None,
             unsafe_command: false,
+            want_value: false,
         }
     }
 
@@ -117,6 +128,9 @@ pub struct PluginResult<D = Value> {
     /// Copied from the request so the server can confirm to the runner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// Copied from the request: the server puts the stored value in its confirmation.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub want_value: bool,
 }
 
 /// The server's confirmation that a result was committed (server → runner).
@@ -145,6 +159,33 @@ pub struct Stored {
     pub clamped_from: Option<DateTime<Utc>>,
     /// When the store committed it.
     pub stored_at: DateTime<Utc>,
+    /// The value stored, when the result asked for it (`want_value`), was stored `ok`
+    /// and not stale, and its JSON fits [`limits::MAX_STORED_VALUE_BYTES`]: what
+    /// `vogeler-runner --output` prints.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub value: Option<Value>,
+    /// The value was asked for but is larger than [`limits::MAX_STORED_VALUE_BYTES`], so
+    /// it was left out (read it from the store instead).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub value_truncated: bool,
+}
+
+impl Stored {
+    /// Puts `value` in the confirmation when its compact JSON fits
+    /// [`limits::MAX_STORED_VALUE_BYTES`]; otherwise marks it `value_truncated`.
+    pub fn attach_value(&mut self, value: Value) {
+        if limits::json_len(&value) <= limits::MAX_STORED_VALUE_BYTES {
+            self.value = Some(value);
+            self.value_truncated = false;
+        } else {
+            self.value = None;
+            self.value_truncated = true;
+        }
+    }
 }
 
 /// Liveness probe (runner → clients).
@@ -507,17 +548,23 @@ fn decode_raw_text(text: &str) -> Option<Result<RawResult, ProtocolError>> {
 }
 
 /// The field checks of [`limits`] on a decoded message: names, ids and every other
-/// string field within its bound.
-fn check_decoded(d: &Decoded) -> Result<(), Refusal> {
+/// string field within its bound, and fields that contradict each other.
+fn check_decoded(d: &Decoded) -> Result<(), ProtocolError> {
     use limits::{MAX_COMMAND_BYTES, MAX_FILTER_BYTES, MAX_NAME_BYTES, MAX_NODE_NAME_BYTES};
+    let bad = |kind: &str, message: &str| {
+        Err(ProtocolError::BadField {
+            kind: kind.into(),
+            message: message.into(),
+        })
+    };
     match d {
-        Decoded::LegacyRequest(command) => check_len("command", command, MAX_COMMAND_BYTES),
+        Decoded::LegacyRequest(command) => Ok(check_len("command", command, MAX_COMMAND_BYTES)?),
         Decoded::LegacyResult(r) => {
             check_node_name("syskey", &r.node)?;
             if let Some(p) = &r.plugin {
                 check_plugin_name("plugin key", p)?;
             }
-            check_len("format", &r.format, MAX_NAME_BYTES)
+            Ok(check_len("format", &r.format, MAX_NAME_BYTES)?)
         }
         Decoded::Message(m) => match m {
             Message::Request(r) => {
@@ -529,9 +576,16 @@ fn check_decoded(d: &Decoded) -> Result<(), Refusal> {
                     "reply_to",
                     r.reply_to.as_deref().unwrap_or(""),
                     MAX_NAME_BYTES,
-                )
+                )?;
+                if r.want_value && r.reply_to.is_none() {
+                    return bad(
+                        "request",
+                        "`want_value` needs `reply_to`: the value comes back to the reply queue",
+                    );
+                }
+                Ok(())
             }
-            Message::Result(r) => check_result(r),
+            Message::Result(r) => Ok(check_result(r)?),
             Message::Stored(s) => {
                 check_len(
                     "request_id",
@@ -539,27 +593,51 @@ fn check_decoded(d: &Decoded) -> Result<(), Refusal> {
                     MAX_NAME_BYTES,
                 )?;
                 check_node_name("node", &s.node)?;
-                check_len("plugin", &s.plugin, MAX_NAME_BYTES)
+                check_len("plugin", &s.plugin, MAX_NAME_BYTES)?;
+                if let Some(v) = &s.value {
+                    let len = limits::json_len(v);
+                    if len > limits::MAX_STORED_VALUE_BYTES {
+                        return Err(Refusal {
+                            limit: limits::Limit::FieldTooLong,
+                            field: "value".into(),
+                            message: format!(
+                                "{len} bytes of JSON exceed the limit of {}",
+                                limits::MAX_STORED_VALUE_BYTES
+                            ),
+                        }
+                        .into());
+                    }
+                    if s.value_truncated {
+                        return bad("stored", "`value` and `value_truncated` together");
+                    }
+                    if !s.ok || s.stale {
+                        return bad(
+                            "stored",
+                            "`value` on an error or stale confirmation (nothing was stored)",
+                        );
+                    }
+                }
+                Ok(())
             }
             Message::Ping(p) => {
                 check_len("id", &p.id, MAX_NAME_BYTES)?;
                 check_len("sender", &p.sender, MAX_NAME_BYTES)?;
-                check_len("reply_to", &p.reply_to, MAX_NAME_BYTES)
+                Ok(check_len("reply_to", &p.reply_to, MAX_NAME_BYTES)?)
             }
             Message::Pong(p) => {
                 check_len("ping_id", &p.ping_id, MAX_NAME_BYTES)?;
-                check_node_name("node", &p.node)
+                Ok(check_node_name("node", &p.node)?)
             }
-            Message::Heartbeat(h) => check_node_name("node", &h.node),
+            Message::Heartbeat(h) => Ok(check_node_name("node", &h.node)?),
             Message::Discover(q) => {
                 check_len("id", &q.id, MAX_NAME_BYTES)?;
                 check_each("filters", &q.filters, MAX_FILTER_BYTES)?;
                 check_each("names", &q.names, MAX_FILTER_BYTES)?;
-                check_len("reply_to", &q.reply_to, MAX_NAME_BYTES)
+                Ok(check_len("reply_to", &q.reply_to, MAX_NAME_BYTES)?)
             }
             Message::Discovered(a) => {
                 check_len("discover_id", &a.discover_id, MAX_NAME_BYTES)?;
-                check_each("nodes", &a.nodes, MAX_NODE_NAME_BYTES)
+                Ok(check_each("nodes", &a.nodes, MAX_NODE_NAME_BYTES)?)
             }
             Message::Announce(a) => {
                 check_len("request_id", &a.request_id, MAX_NAME_BYTES)?;
@@ -569,7 +647,7 @@ fn check_decoded(d: &Decoded) -> Result<(), Refusal> {
                     a.expected.as_deref().unwrap_or(&[]),
                     MAX_NODE_NAME_BYTES,
                 )?;
-                check_len("sender", &a.sender, MAX_NAME_BYTES)
+                Ok(check_len("sender", &a.sender, MAX_NAME_BYTES)?)
             }
         },
     }
@@ -615,6 +693,7 @@ impl<D> PluginResult<D> {
             duration_ms: self.duration_ms,
             collected_at: self.collected_at,
             reply_to: self.reply_to,
+            want_value: self.want_value,
         }
     }
 }

@@ -50,6 +50,11 @@ pub const MAX_FILTER_BYTES: usize = 1024;
 /// Longest error message or raw output a record's `last_error` keeps; longer ones are
 /// cut at a character boundary and marked (see [`bounded`]).
 pub const MAX_LAST_ERROR_BYTES: usize = 4096;
+/// Largest stored value (compact JSON text) a `stored` confirmation carries back to a
+/// runner that asked for it (`want_value`): enough for a plugin's facts or a path in
+/// them, small enough that a fleet's confirmations stay light. A larger value is left
+/// out and the confirmation says `value_truncated`.
+pub const MAX_STORED_VALUE_BYTES: usize = 64 * 1024;
 
 /// Which limit a message broke; each has a stable dead-letter reason code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -205,6 +210,25 @@ pub fn check_each(field: &str, values: &[String], max: usize) -> Result<(), Refu
         check_len(&format!("{field}[{i}]"), v, max)?;
     }
     Ok(())
+}
+
+/// The length of `value` written as compact JSON, counted without building the text:
+/// how [`MAX_STORED_VALUE_BYTES`] is measured.
+pub fn json_len(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// `s` cut to at most `max` bytes at a character boundary, with a marker saying how

@@ -30,6 +30,7 @@ fn every_kind_round_trips() {
             ttl: 60,
             reply_to: Some("amq.gen-1".into()),
             unsafe_command: false,
+            want_value: false,
         }),
         Message::Result(PluginResult {
             request_id: Some("r1".into()),
@@ -43,6 +44,7 @@ fn every_kind_round_trips() {
             duration_ms: 12,
             collected_at: t(),
             reply_to: None,
+            want_value: false,
         }),
         Message::Result(PluginResult {
             request_id: None,
@@ -56,6 +58,7 @@ fn every_kind_round_trips() {
             duration_ms: 3,
             collected_at: t(),
             reply_to: None,
+            want_value: false,
         }),
         Message::Stored(Stored {
             request_id: Some("r1".into()),
@@ -66,6 +69,8 @@ fn every_kind_round_trips() {
             stale: false,
             clamped_from: None,
             stored_at: t(),
+            value: None,
+            value_truncated: false,
         }),
         Message::Ping(Ping {
             id: "p1".into(),
@@ -111,6 +116,206 @@ fn every_kind_round_trips() {
             m.kind()
         );
     }
+}
+
+/// Issue 18 (`vogeler-runner --output`): the request asks for the value, the result
+/// carries the ask, the confirmation carries the value (or says it was too large).
+#[test]
+fn wanted_values_round_trip() {
+    let request = Message::Request(Request {
+        id: "r1".into(),
+        command: "facter".into(),
+        targets: vec!["all".into()],
+        sender: "runner@h".into(),
+        sent_at: t(),
+        ttl: 60,
+        reply_to: Some("amq.gen-1".into()),
+        unsafe_command: false,
+        want_value: true,
+    });
+    let result = Message::Result(PluginResult {
+        request_id: Some("r1".into()),
+        node: "web01".into(),
+        plugin: "facter".into(),
+        format: "json".into(),
+        data: Some(json!({"os": {"family": "Debian"}, "processorcount": 4})),
+        error: None,
+        raw: None,
+        exit_status: Some(0),
+        duration_ms: 12,
+        collected_at: t(),
+        reply_to: Some("amq.gen-1".into()),
+        want_value: true,
+    });
+    let stored = |value: Option<serde_json::Value>, truncated: bool| Stored {
+        request_id: Some("r1".into()),
+        node: "web01".into(),
+        plugin: "facter".into(),
+        ok: true,
+        error: None,
+        stale: false,
+        clamped_from: None,
+        stored_at: t(),
+        value,
+        value_truncated: truncated,
+    };
+    let with_value = Message::Stored(stored(
+        Some(json!({"os": {"family": "Debian"}, "processorcount": 4})),
+        false,
+    ));
+    let too_large = Message::Stored(stored(None, true));
+    let null = Message::Stored(stored(Some(serde_json::Value::Null), false));
+    for m in [request, result, with_value, too_large, null] {
+        let bytes = encode(&m);
+        assert_eq!(decode(&bytes), Ok(Decoded::Message(m.clone())), "{m:?}");
+    }
+    // On the hot path too.
+    let body = encode(&Message::Result(PluginResult {
+        request_id: None,
+        node: "web01".into(),
+        plugin: "p".into(),
+        format: "json".into(),
+        data: Some(json!(1)),
+        error: None,
+        raw: None,
+        exit_status: None,
+        duration_ms: 0,
+        collected_at: t(),
+        reply_to: Some("q".into()),
+        want_value: true,
+    }));
+    assert!(
+        decode_raw_result(&body)
+            .expect("a v1 result")
+            .expect("valid")
+            .want_value
+    );
+    // Unset, the fields are not written at all: an older peer sees the old shape.
+    let plain = encode(&Message::Stored(stored(None, false)));
+    let text = String::from_utf8(plain).expect("utf-8");
+    assert!(
+        !text.contains("value") && !text.contains("want_value"),
+        "{text}"
+    );
+    let plain = String::from_utf8(encode(&Message::Request(Request::legacy(
+        "facter".into(),
+        "n",
+    ))))
+    .expect("utf-8");
+    assert!(!plain.contains("want_value"), "{plain}");
+}
+
+#[test]
+fn messages_without_the_value_fields_still_decode() {
+    let old_request = br#"{"v":1,"kind":"request","id":"r1","command":"facter","targets":["all"],"sender":"s","sent_at":"2026-11-24T12:00:00Z","ttl":60,"reply_to":"q"}"#;
+    let Ok(Decoded::Message(Message::Request(r))) = decode(old_request) else {
+        panic!("an old request decodes");
+    };
+    assert!(!r.want_value);
+    let old_result = br#"{"v":1,"kind":"result","request_id":"r1","node":"web01","plugin":"facter","format":"json","data":{"a":1},"collected_at":"2026-11-24T12:00:00Z","reply_to":"q"}"#;
+    let Ok(Decoded::Message(Message::Result(r))) = decode(old_result) else {
+        panic!("an old result decodes");
+    };
+    assert!(!r.want_value);
+    let raw = decode_raw_result(old_result)
+        .expect("a v1 result")
+        .expect("valid");
+    assert!(!raw.want_value);
+    let old_stored = br#"{"v":1,"kind":"stored","request_id":"r1","node":"web01","plugin":"facter","ok":true,"stored_at":"2026-11-24T12:00:01Z"}"#;
+    let Ok(Decoded::Message(Message::Stored(s))) = decode(old_stored) else {
+        panic!("an old confirmation decodes");
+    };
+    assert_eq!((s.value, s.value_truncated), (None, false));
+    // A value of JSON null is a value, not an absent one.
+    let null = br#"{"v":1,"kind":"stored","node":"web01","plugin":"p","ok":true,"stored_at":"2026-11-24T12:00:01Z","value":null}"#;
+    let Ok(Decoded::Message(Message::Stored(s))) = decode(null) else {
+        panic!("decodes");
+    };
+    assert_eq!(s.value, Some(serde_json::Value::Null));
+}
+
+#[test]
+fn stored_values_are_bounded_and_consistent() {
+    let mut s = Stored {
+        request_id: Some("r1".into()),
+        node: "web01".into(),
+        plugin: "p".into(),
+        ok: true,
+        error: None,
+        stale: false,
+        clamped_from: None,
+        stored_at: t(),
+        value: None,
+        value_truncated: false,
+    };
+    // Exactly at the limit fits: a string of N bytes is N + 2 of JSON.
+    let at_limit = json!("x".repeat(limits::MAX_STORED_VALUE_BYTES - 2));
+    assert_eq!(limits::json_len(&at_limit), limits::MAX_STORED_VALUE_BYTES);
+    s.attach_value(at_limit.clone());
+    assert_eq!(
+        (s.value.as_ref(), s.value_truncated),
+        (Some(&at_limit), false)
+    );
+    assert!(decode(&encode(&Message::Stored(s.clone()))).is_ok());
+    // One byte more is left out and marked.
+    let over = json!("x".repeat(limits::MAX_STORED_VALUE_BYTES - 1));
+    s.attach_value(over.clone());
+    assert_eq!((s.value.as_ref(), s.value_truncated), (None, true));
+    assert!(decode(&encode(&Message::Stored(s.clone()))).is_ok());
+    assert_eq!(
+        limits::json_len(&json!({"a": [1, "b", null]})),
+        r#"{"a":[1,"b",null]}"#.len()
+    );
+
+    // A peer that sends more than the limit is refused, naming the field.
+    let mut big = s.clone();
+    big.value = Some(over);
+    big.value_truncated = false;
+    let err = decode(&encode(&Message::Stored(big))).expect_err("over the limit");
+    assert_eq!(err.reason(), "field-too-long");
+    assert!(err.to_string().contains("value"), "{err}");
+    // Contradictions are refused.
+    let mut both = s.clone();
+    both.value = Some(json!(1));
+    both.value_truncated = true;
+    assert_eq!(
+        decode(&encode(&Message::Stored(both.clone())))
+            .expect_err("both")
+            .reason(),
+        "bad-field"
+    );
+    let error = Stored {
+        ok: false,
+        error: Some("boom".into()),
+        value_truncated: false,
+        ..both.clone()
+    };
+    assert_eq!(
+        decode(&encode(&Message::Stored(error)))
+            .expect_err("value on an error")
+            .reason(),
+        "bad-field"
+    );
+    let stale = Stored {
+        stale: true,
+        value_truncated: false,
+        ..both
+    };
+    assert_eq!(
+        decode(&encode(&Message::Stored(stale)))
+            .expect_err("value on a stale answer")
+            .reason(),
+        "bad-field"
+    );
+    // Asking for the value without a reply queue to send it to.
+    let mut r = Request::legacy("facter".into(), "n");
+    r.id = "r1".into();
+    r.want_value = true;
+    let err = decode(&encode(&Message::Request(r.clone()))).expect_err("no reply_to");
+    assert_eq!(err.reason(), "bad-field");
+    assert!(err.to_string().contains("want_value"), "{err}");
+    r.reply_to = Some("q".into());
+    assert!(decode(&encode(&Message::Request(r))).is_ok());
 }
 
 #[test]
