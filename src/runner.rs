@@ -281,6 +281,16 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The summary for `--json`: its fields, plus `silent`, the same list as
+    /// `no_answer` under the name the text summary uses.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = v.as_object_mut() {
+            map.insert("silent".into(), serde_json::json!(self.no_answer));
+        }
+        v
+    }
+
     /// 0 all stored without error, 1 some error results, 3 some nodes did not answer,
     /// were unroutable, or no node matched.
     pub fn exit_code(&self) -> i32 {

@@ -104,6 +104,7 @@ fn the_ledger_shows_stored_error_and_missing_nodes() {
     let id = s["request_id"].as_str().expect("request id").to_string();
     assert_eq!(s["answered"], json!([ok.clone()]));
     assert_eq!(s["no_answer"], json!([gone.clone()]));
+    assert_eq!(s["silent"], s["no_answer"], "{s}");
 
     // The list: once the ttl passed, the node that never answered is missing.
     let row = eventually(20, "the request expiring in the ledger", || {

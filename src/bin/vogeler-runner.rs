@@ -173,7 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     })
     .await?;
     if cli.json {
-        vogeler::outln!("{}", serde_json::to_string_pretty(&summary)?)?;
+        vogeler::outln!("{}", serde_json::to_string_pretty(&summary.to_json())?)?;
     } else if wait {
         vogeler::out!("{}", summary.render())?;
     } else {
