@@ -162,6 +162,37 @@ pub async fn open_store(s: &Settings) -> anyhow::Result<DynStore> {
         .with_context(|| format!("opening the store {}", store_label(s)))
 }
 
+/// Opens the configured store for a daemon: while the store is unavailable (down, not
+/// answering) it retries with jittered backoff, one log line per attempt, until it
+/// opens or `shutdown` fires (`None`); a store that cannot work (a bad DSN, a missing
+/// database, a refused schema) is an error at once.
+pub async fn open_store_retrying(
+    s: &Settings,
+    shutdown: &mut crate::shutdown::Shutdown,
+) -> anyhow::Result<Option<DynStore>> {
+    let mut backoff = vogeler_transport::Backoff::new(
+        std::time::Duration::from_millis(500),
+        std::time::Duration::from_secs(30),
+    );
+    loop {
+        match vogeler_store::open(&s.dbhost).await {
+            Ok(store) => return Ok(Some(store)),
+            Err(e @ vogeler_store::StoreError::Unavailable { .. }) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(store = %store_label(s), error = %e, retry_in_ms = wait.as_millis() as u64, "store unavailable; retrying (results wait in the broker)");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait() => return Ok(None),
+                }
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e))
+                    .with_context(|| format!("opening the store {}", store_label(s)))
+            }
+        }
+    }
+}
+
 /// Opens the configured store for a command that only reads (or prunes): a store that
 /// does not exist is a one-line error naming the DSN (password masked) and
 /// `vogeler-admin setup --persistence`; nothing is created or migrated.

@@ -165,31 +165,61 @@ fn a_store_that_cannot_be_reached_is_one_line_naming_it_and_exit_1() {
         "postgres://vogeler:pg-secret@127.0.0.1:1/vogeler",
         "couch://bob:couch-secret@127.0.0.1:1/vogeler",
     ] {
-        for (program, args) in [("server", &[][..]), ("admin", &["node"][..])] {
-            let out = bare(program, &[&["--dbhost", dsn], args].concat());
-            assert_eq!(
-                out.status.code(),
-                Some(1),
-                "{program} {dsn}: {}",
-                text(&out)
-            );
-            let lines = error_lines(&out);
-            assert_eq!(lines.len(), 1, "{program} {dsn}: {}", text(&out));
-            let line = &lines[0];
-            for want in ["127.0.0.1:1", "refused"] {
-                assert!(line.contains(want), "{program}: {want} missing from {line}");
-            }
-            assert!(
-                line.contains("vogeler:****@") || line.contains("bob:****@"),
-                "{line}"
-            );
-            assert!(
-                !line.contains("secret"),
-                "{program}: password shown: {line}"
-            );
-            assert!(!line.contains("creating a new object"), "{line}");
+        let out = bare("admin", &["--dbhost", dsn, "node"]);
+        assert_eq!(out.status.code(), Some(1), "{dsn}: {}", text(&out));
+        let lines = error_lines(&out);
+        assert_eq!(lines.len(), 1, "{dsn}: {}", text(&out));
+        let line = &lines[0];
+        for want in ["127.0.0.1:1", "refused"] {
+            assert!(line.contains(want), "{want} missing from {line}");
         }
+        assert!(
+            line.contains("vogeler:****@") || line.contains("bob:****@"),
+            "{line}"
+        );
+        assert!(!line.contains("secret"), "password shown: {line}");
+        assert!(!line.contains("creating a new object"), "{line}");
     }
+}
+
+#[test]
+fn the_server_waits_for_a_store_that_is_down_and_a_signal_ends_it_with_0() {
+    // A daemon does not give up on a store that is down: one line per attempt, with
+    // backoff, while results wait in the broker; SIGTERM meanwhile is a clean exit.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log_path = tmp.path().join("server.log");
+    let log_file = std::fs::File::create(&log_path).expect("log file");
+    let mut server = std::process::Command::new(bin("server"))
+        .env_remove("VOGELER_CONFIG")
+        .env_remove("VOGELER_QHOST")
+        .env(
+            "VOGELER_DBHOST",
+            "postgres://vogeler:pg-secret@127.0.0.1:1/vogeler",
+        )
+        .stdout(log_file.try_clone().expect("log file"))
+        .stderr(log_file)
+        .spawn()
+        .expect("start the server");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while log().matches("store unavailable; retrying").count() < 2 {
+        if std::time::Instant::now() > deadline {
+            let _ = server.kill();
+            panic!("no retries logged:\n{}", log());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid = server.id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    let status = server.wait().expect("wait for the server");
+    let log = log();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("127.0.0.1:1") && !log.contains("pg-secret"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -220,10 +250,9 @@ fn admin_exits_3_for_a_node_request_or_queue_that_is_not_there() {
         assert_eq!(out.status.code(), Some(3), "{args:?}: {}", text(&out));
     }
     // A store that does not exist is a failure (1), not "not there": nothing could be asked.
-    let out = d.run(
-        "admin",
-        &["--dbhost", "sqlite:///nonexistent/dir/v.db", "node", "x"],
-    );
+    let gone = tempfile::tempdir().expect("tempdir");
+    let dsn = format!("sqlite://{}/v.db", gone.path().display());
+    let out = d.run("admin", &["--dbhost", &dsn, "node", "x"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("setup --persistence"), "{}", text(&out));
 }

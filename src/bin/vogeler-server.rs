@@ -67,10 +67,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         vogeler::outln!("Design docs loaded")?;
         return Ok(0);
     }
-    let store = settings::open_store(&s).await?;
     let opts = settings::server_options(&s)?;
+    let mut shutdown = Shutdown::on_signals();
+    let Some(store) = settings::open_store_retrying(&s, &mut shutdown).await? else {
+        return Ok(0);
+    };
     let stats = Arc::new(vogeler::server::Stats::default());
-    let shutdown = Shutdown::on_signals();
     let web = match cli.http {
         None => None,
         Some(addr) => {
