@@ -25,6 +25,9 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// A store in one SQLite file.
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
+    /// Queries run on their own connection and thread, so a heavy report or discovery
+    /// never holds up the writer (WAL lets a reader and the writer run side by side).
+    reader: Reader,
     /// Tells the checkpointer thread that a batch was committed.
     checkpoints: mpsc::SyncSender<()>,
     path: PathBuf,
@@ -193,6 +196,116 @@ fn add_columns(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The query thread: one read-only connection, and a way to stop the query it runs
+/// when its caller gave up (a time limit passed), so the next query does not wait
+/// behind one nobody reads.
+struct Reader {
+    jobs: mpsc::Sender<(u64, Job)>,
+    /// The id of the call the thread is running, `None` between calls; interrupts
+    /// are made under this lock so they only ever reach the call they were meant for.
+    running: std::sync::Arc<std::sync::Mutex<Option<u64>>>,
+    interrupt: std::sync::Arc<rusqlite::InterruptHandle>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Reader {
+    fn start(path: &Path) -> Result<Reader, StoreError> {
+        let conn = connect(path)?;
+        conn.pragma_update(None, "query_only", true)
+            .map_err(sql_err)?;
+        let interrupt = std::sync::Arc::new(conn.get_interrupt_handle());
+        let running = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let (tx, rx) = mpsc::channel::<(u64, Job)>();
+        let on_thread = running.clone();
+        std::thread::Builder::new()
+            .name("vogeler-sqlite-read".into())
+            .spawn(move || {
+                let mut conn = conn;
+                while let Ok((id, job)) = rx.recv() {
+                    set_running(&on_thread, Some(id));
+                    job(&mut conn);
+                    set_running(&on_thread, None);
+                }
+            })
+            .map_err(err)?;
+        Ok(Reader {
+            jobs: tx,
+            running,
+            interrupt,
+            next_id: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send((
+                id,
+                Box::new(move |conn| {
+                    // A caller that gave up while this waited in line wants nothing.
+                    if !tx.is_closed() {
+                        let _ = tx.send(f(conn));
+                    }
+                }),
+            ))
+            .map_err(|_| StoreError::Unavailable {
+                backend: BACKEND,
+                message: "the SQLite query thread has stopped".into(),
+            })?;
+        let mut guard = StopOnDrop {
+            id,
+            reader: self,
+            done: false,
+        };
+        let answer = rx.await;
+        guard.done = true;
+        answer.map_err(|_| StoreError::Unavailable {
+            backend: BACKEND,
+            message: "the SQLite query thread dropped a call".into(),
+        })?
+    }
+}
+
+fn set_running(running: &std::sync::Mutex<Option<u64>>, id: Option<u64>) {
+    match running.lock() {
+        Ok(mut r) => *r = id,
+        Err(poisoned) => *poisoned.into_inner() = id,
+    }
+}
+
+/// Interrupts the query of call `id` when its future is dropped before the answer
+/// came (the caller's time limit passed): SQLite stops it at its next step.
+struct StopOnDrop<'a> {
+    id: u64,
+    reader: &'a Reader,
+    done: bool,
+}
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let running = match self.reader.running.lock() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if *running == Some(self.id) {
+            self.reader.interrupt.interrupt();
+            tracing::debug!(
+                call = self.id,
+                "SQLite query interrupted: its caller gave up"
+            );
+        }
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file and its schema.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
@@ -212,6 +325,7 @@ impl SqliteStore {
             .map_err(sql_err)?;
         conn.set_prepared_statement_cache_capacity(64);
         let checkpoints = start_checkpointer(path)?;
+        let reader = Reader::start(path)?;
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("vogeler-sqlite".into())
@@ -223,6 +337,7 @@ impl SqliteStore {
             .map_err(err)?;
         Ok(SqliteStore {
             jobs: tx,
+            reader,
             checkpoints,
             path: path.to_path_buf(),
         })
@@ -666,11 +781,11 @@ impl Store for SqliteStore {
 
     async fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
         let name = name.to_string();
-        self.call(move |conn| read_node(conn, &name)).await
+        self.reader.call(move |conn| read_node(conn, &name)).await
     }
 
     async fn nodes(&self) -> Result<Vec<NodeSummary>, StoreError> {
-        self.call(|conn| read_nodes(conn)).await
+        self.reader.call(|conn| read_nodes(conn)).await
     }
 
     async fn history(
@@ -680,7 +795,8 @@ impl Store for SqliteStore {
     ) -> Result<Rows<HistoryEntry>, StoreError> {
         let node = node.to_string();
         let key = key.map(str::to_string);
-        self.call(move |conn| read_history(conn, &node, key.as_deref()))
+        self.reader
+            .call(move |conn| read_history(conn, &node, key.as_deref()))
             .await
     }
 
@@ -710,7 +826,9 @@ impl Store for SqliteStore {
 
     async fn key_values(&self, path: &KeyPath) -> Result<Rows<(String, Value)>, StoreError> {
         let path = path.clone();
-        self.call(move |conn| read_key_values(conn, &path)).await
+        self.reader
+            .call(move |conn| read_key_values(conn, &path))
+            .await
     }
 
     async fn changes(
@@ -774,19 +892,21 @@ impl Store for SqliteStore {
     }
 
     async fn ledger_requests(&self, limit: usize) -> Result<Vec<LedgerRequest>, StoreError> {
-        self.call(move |conn| read_requests(conn, None, limit))
+        self.reader
+            .call(move |conn| read_requests(conn, None, limit))
             .await
     }
 
     async fn ledger_request(&self, id: &str) -> Result<Option<LedgerRequest>, StoreError> {
         let id = id.to_string();
-        self.call(move |conn| Ok(read_requests(conn, Some(&id), 1)?.pop()))
+        self.reader
+            .call(move |conn| Ok(read_requests(conn, Some(&id), 1)?.pop()))
             .await
     }
 
     async fn ledger_answers(&self, ids: &[String]) -> Result<Vec<LedgerAnswer>, StoreError> {
         let ids = ids.to_vec();
-        self.call(move |conn| read_answers(conn, &ids)).await
+        self.reader.call(move |conn| read_answers(conn, &ids)).await
     }
 
     async fn quarantine(&self, rows: &[Unreadable]) -> Result<u64, StoreError> {
@@ -948,19 +1068,20 @@ impl SqliteStore {
     ) -> Result<Rows<HistoryEntry>, StoreError> {
         let since = rfc3339(since);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.call(move |conn| {
-            history_rows(
-                conn,
-                &format!(
-                    "SELECT node, key, old, {new}, at, id FROM (
+        self.reader
+            .call(move |conn| {
+                history_rows(
+                    conn,
+                    &format!(
+                        "SELECT node, key, old, {new}, at, id FROM (
                        SELECT h.id, h.node, h.key, h.old, {RESOLVED_NEW} AS new, h.at FROM history h
                        WHERE h.at >= ?1 ORDER BY h.at, h.id LIMIT ?2)
                      ORDER BY at, id"
-                ),
-                params![since, limit],
-            )
-        })
-        .await
+                    ),
+                    params![since, limit],
+                )
+            })
+            .await
     }
 }
 
@@ -1079,4 +1200,51 @@ fn import_node(
         )?;
     }
     tx.commit().map_err(sql_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query that counts to ten billion: minutes of work unless it is stopped.
+    const ENDLESS: &str = "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 10000000000) SELECT count(*) FROM c";
+
+    #[tokio::test]
+    async fn a_query_past_its_time_limit_is_stopped_and_writes_never_wait_for_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("v.db")).expect("open");
+        let slow = store.reader.call(|conn| {
+            conn.query_row(ENDLESS, [], |r| r.get::<_, i64>(0))
+                .map_err(sql_err)
+        });
+        let limit = std::time::Duration::from_millis(200);
+        let answer = crate::within(limit, "the endless query", slow).await;
+        assert!(
+            matches!(answer, Err(StoreError::TimedOut { .. })),
+            "{answer:?}"
+        );
+
+        // The query thread is free again: the next question is answered (were the
+        // endless query still running, this would wait for minutes, not a second).
+        let margin = std::time::Duration::from_secs(20);
+        let nodes = crate::within(margin, "the next query", store.nodes()).await;
+        assert!(matches!(nodes, Ok(ref n) if n.is_empty()), "{nodes:?}");
+
+        // A write while a long query runs goes through on the writer's own thread.
+        let running = store.reader.call(|conn| {
+            conn.query_row(ENDLESS, [], |r| r.get::<_, i64>(0))
+                .map_err(sql_err)
+        });
+        let batch: crate::Batch = vec![Observation {
+            node: "web01".into(),
+            at: Utc::now(),
+            change: Change::Seen,
+        }]
+        .into();
+        let written = tokio::select! {
+            w = crate::within(margin, "a write beside a long query", store.apply(batch)) => w,
+            _ = running => panic!("the endless query ended"),
+        };
+        assert!(written.is_ok(), "{written:?}");
+    }
 }
