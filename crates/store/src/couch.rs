@@ -44,7 +44,8 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     is_reserved_key, rfc3339, Change, HistoryEntry, KeyPath, LedgerAnswer, LedgerRequest,
-    NodeRecord, NodeSummary, Observation, Outcome, Rows, Store, StoreError, RESERVED_KEYS,
+    NodeRecord, NodeSummary, Observation, Outcome, Rows, Store, StoreError, Unreadable,
+    RESERVED_KEYS,
 };
 
 const BACKEND: &str = "couch";
@@ -137,13 +138,53 @@ impl CouchStore {
     }
 
     async fn json(&self, r: reqwest::RequestBuilder) -> Result<(u16, Value), StoreError> {
-        let resp = r.send().await.map_err(unavailable)?;
-        let status = resp.status().as_u16();
-        let body: Value = resp.json().await.map_err(unavailable)?;
+        let (status, bytes) = self.raw(r).await?;
+        let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            if status >= 500 {
+                unavailable(format!("HTTP {status}"))
+            } else {
+                // The same answer comes back on a retry: not an outage.
+                backend(format!(
+                    "HTTP {status}: the answer does not read back as JSON: {e}"
+                ))
+            }
+        })?;
         if status >= 500 {
             return Err(unavailable(format!("HTTP {status}: {body}")));
         }
         Ok((status, body))
+    }
+
+    /// The status and body of a call, unparsed (5xx is an outage).
+    async fn raw(&self, r: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>), StoreError> {
+        let resp = r.send().await.map_err(unavailable)?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(unavailable)?.to_vec();
+        if status >= 500 {
+            return Err(unavailable(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
+            )));
+        }
+        Ok((status, bytes))
+    }
+
+    /// An `_all_docs` answer parsed row by row, so one document that does not read back
+    /// (nested deeper than the parser goes, a number outside f64: written by hand or by
+    /// an earlier version) is set aside with its reason instead of failing the call.
+    async fn all_docs(
+        &self,
+        r: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<Docs, StoreError> {
+        let (status, bytes) = self.raw(r).await?;
+        if status != 200 {
+            return Err(backend(format!(
+                "{what}: HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
+            )));
+        }
+        parse_all_docs(&bytes).map_err(|e| backend(format!("{what}: {e}")))
     }
 
     /// Current documents for `ids` (missing ones absent), by `_all_docs` with keys.
@@ -151,34 +192,59 @@ impl CouchStore {
         &self,
         ids: &[String],
     ) -> Result<HashMap<String, Map<String, Value>>, StoreError> {
-        let (status, body) = self
-            .json(
+        let (docs, bad) = self.fetch_checked(ids).await?;
+        if let Some(b) = bad.first() {
+            return Err(backend(format!(
+                "document {:?} does not read back: {} (run vogeler-admin check)",
+                b.id, b.why
+            )));
+        }
+        Ok(docs)
+    }
+
+    /// [`CouchStore::fetch`], with the documents that do not read back apart.
+    async fn fetch_checked(
+        &self,
+        ids: &[String],
+    ) -> Result<(HashMap<String, Map<String, Value>>, Vec<BadDoc>), StoreError> {
+        let (docs, bad) = self
+            .all_docs(
                 self.req(
                     reqwest::Method::POST,
                     &format!("{}/_all_docs?include_docs=true", self.db_url),
                 )
                 .json(&json!({ "keys": ids })),
+                "_all_docs",
             )
             .await?;
-        if status != 200 {
-            return Err(backend(format!("_all_docs: HTTP {status}: {body}")));
-        }
-        let mut out = HashMap::new();
-        for row in body["rows"].as_array().into_iter().flatten() {
-            if let (Some(id), Some(Value::Object(doc))) = (row["id"].as_str(), row.get("doc")) {
-                out.insert(id.to_string(), doc.clone());
-            }
-        }
-        Ok(out)
+        let docs = docs
+            .into_iter()
+            .filter_map(|doc| Some((doc.get("_id")?.as_str()?.to_string(), doc)))
+            .collect();
+        Ok((docs, bad))
     }
 
     /// Documents with ids in `[start, end)` (no end: to the last), by `_all_docs`,
-    /// where ids collate as raw strings.
+    /// where ids collate as raw strings. Documents that do not read back are logged and
+    /// left out; [`CouchStore::range_checked`] returns them.
     async fn range(
         &self,
         start: &str,
         end: Option<&str>,
     ) -> Result<Vec<Map<String, Value>>, StoreError> {
+        let (docs, bad) = self.range_checked(start, end).await?;
+        for b in bad {
+            tracing::warn!(id = %b.id, why = %b.why, "skipping a CouchDB document that does not read back (run vogeler-admin check)");
+        }
+        Ok(docs)
+    }
+
+    /// [`CouchStore::range`], with the documents that do not read back apart.
+    async fn range_checked(
+        &self,
+        start: &str,
+        end: Option<&str>,
+    ) -> Result<Docs, StoreError> {
         let mut url = format!(
             "{}/_all_docs?include_docs=true&inclusive_end=false&startkey={}",
             self.db_url,
@@ -188,21 +254,11 @@ impl CouchStore {
             url.push_str("&endkey=");
             url.push_str(&encode(&Value::String(end.to_string()).to_string()));
         }
-        let (status, body) = self.json(self.req(reqwest::Method::GET, &url)).await?;
-        if status != 200 {
-            return Err(backend(format!(
-                "_all_docs {start:?}..{end:?}: HTTP {status}: {body}"
-            )));
-        }
-        Ok(body["rows"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|row| match row.get("doc") {
-                Some(Value::Object(doc)) => Some(doc.clone()),
-                _ => None,
-            })
-            .collect())
+        self.all_docs(
+            self.req(reqwest::Method::GET, &url),
+            &format!("_all_docs {start:?}..{end:?}"),
+        )
+        .await
     }
 
     /// Writes documents with one `_bulk_docs`; returns its per-document rows.
@@ -551,6 +607,107 @@ fn to_history(doc: &Map<String, Value>) -> Result<(HistoryEntry, u64), StoreErro
     ))
 }
 
+/// Documents that parsed, and those that did not.
+type Docs = (Vec<Map<String, Value>>, Vec<BadDoc>);
+
+/// A document `_all_docs` returned that does not parse: its id and why.
+#[derive(Debug, Clone)]
+struct BadDoc {
+    id: String,
+    why: String,
+}
+
+/// Splits an `_all_docs` body into its documents, each parsed on its own. The rows are
+/// taken as raw text first (skipping a value needs no recursion), so a document nested
+/// past serde_json's limit, or holding a number it cannot read, fails alone.
+fn parse_all_docs(bytes: &[u8]) -> Result<Docs, String> {
+    use serde_json::value::RawValue;
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        rows: Vec<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Row<'a> {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default, borrow)]
+        doc: Option<&'a RawValue>,
+    }
+    let envelope: Envelope =
+        serde_json::from_slice(bytes).map_err(|e| format!("not an _all_docs answer: {e}"))?;
+    let (mut docs, mut bad) = (Vec::new(), Vec::new());
+    for raw in envelope.rows {
+        let row: Row = match serde_json::from_str(raw.get()) {
+            Ok(r) => r,
+            Err(e) => {
+                bad.push(BadDoc {
+                    id: String::new(),
+                    why: e.to_string(),
+                });
+                continue;
+            }
+        };
+        // Keys that are missing or deleted come back without a document.
+        let Some(doc) = row.doc.filter(|d| d.get() != "null") else {
+            continue;
+        };
+        match serde_json::from_str::<Map<String, Value>>(doc.get()) {
+            Ok(doc) => docs.push(doc),
+            Err(e) => bad.push(BadDoc {
+                id: row.id.unwrap_or_default(),
+                why: e.to_string(),
+            }),
+        }
+    }
+    Ok((docs, bad))
+}
+
+/// The key an unreadable CouchDB document is listed under: the whole document.
+const WHOLE_DOCUMENT: &str = "(document)";
+
+impl CouchStore {
+    /// Moves document `id`, as text, into a `quarantine:` document (kept for
+    /// inspection, out of every view) and deletes it; the node's next result starts a
+    /// new document. False when it is already gone.
+    async fn quarantine_doc(&self, id: &str, why: &str) -> Result<bool, StoreError> {
+        let url = format!("{}/{}", self.db_url, encode(id));
+        let (status, text) = self.raw(self.req(reqwest::Method::GET, &url)).await?;
+        if status == 404 {
+            return Ok(false);
+        }
+        if status != 200 {
+            return Err(backend(format!("GET {id}: HTTP {status}")));
+        }
+        let text = String::from_utf8_lossy(&text).into_owned();
+        // The revision is read from the text itself: the document does not parse.
+        let rev = text
+            .split("\"_rev\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .ok_or_else(|| backend(format!("document {id:?} has no _rev to delete it by")))?
+            .to_string();
+        let now = rfc3339(Utc::now());
+        let rows = self
+            .bulk_docs(vec![
+                json!({
+                    "_id": format!("quarantine:{id}:{}", write_token()),
+                    "doc_type": "Quarantine",
+                    "source": id,
+                    "text": text,
+                    "why": why,
+                    "at": now,
+                }),
+                json!({"_id": id, "_rev": rev, "_deleted": true}),
+            ])
+            .await?;
+        if let Some(e) = rows.iter().find_map(|r| r["error"].as_str()) {
+            return Err(backend(format!("quarantining {id:?}: {e}")));
+        }
+        Ok(true)
+    }
+}
+
 impl CouchStore {
     /// Every node document (both sides of the `history:` id range).
     async fn node_docs(&self) -> Result<Vec<Map<String, Value>>, StoreError> {
@@ -641,7 +798,22 @@ impl Store for CouchStore {
                 )));
             }
             let ids: Vec<String> = pending.keys().cloned().collect();
-            let mut docs = self.fetch(&ids).await?;
+            let (mut docs, bad) = self.fetch_checked(&ids).await?;
+            // A node whose document does not read back cannot be updated without losing
+            // it: its results are refused (dead-lettered with the reason), not retried.
+            for b in bad {
+                if let Some(idxs) = pending.remove(&b.id) {
+                    for i in idxs {
+                        outcomes[i] = Some(Outcome::Refused(format!(
+                            "the stored document of {:?} does not read back ({}); run vogeler-admin check",
+                            b.id, b.why
+                        )));
+                    }
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
             let now = rfc3339(Utc::now());
             let token = write_token();
             let mut bulk = Vec::new();
@@ -731,13 +903,61 @@ impl Store for CouchStore {
             .collect())
     }
 
+    async fn check(&self) -> Result<Vec<Unreadable>, StoreError> {
+        let mut out = Vec::new();
+        // Documents no read can parse: each is one unreadable row, the whole document.
+        for (start, end) in [
+            ("", Some("history:")),
+            ("history:", Some("history;")),
+            ("history;", Some("ledger:")),
+            ("ledger;", None),
+        ] {
+            let (_, bad) = self.range_checked(start, end).await?;
+            out.extend(
+                bad.into_iter()
+                    .map(|b| match b.id.strip_prefix("history:") {
+                        Some(rest) => Unreadable {
+                            node: rest.split(':').next().unwrap_or_default().to_string(),
+                            key: WHOLE_DOCUMENT.into(),
+                            history: Some(b.id.clone()),
+                            why: b.why,
+                        },
+                        None => Unreadable::current(&b.id, WHOLE_DOCUMENT, b.why),
+                    }),
+            );
+        }
+        out.extend(crate::check_nodes(self).await?);
+        Ok(out)
+    }
+
+    async fn quarantine(&self, rows: &[Unreadable]) -> Result<u64, StoreError> {
+        let mut moved = 0;
+        for row in rows {
+            let id = row.history.clone().unwrap_or_else(|| row.node.clone());
+            if row.key != WHOLE_DOCUMENT && row.history.is_none() {
+                // Parsed documents keep nothing unreadable inside them on this backend.
+                continue;
+            }
+            if self.quarantine_doc(&id, &row.why).await? {
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
     async fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
         let (status, body) = self
             .json(self.req(
                 reqwest::Method::GET,
                 &format!("{}/{}", self.db_url, encode(name)),
             ))
-            .await?;
+            .await
+            .map_err(|e| match e {
+                StoreError::Backend { message, .. } => backend(format!(
+                    "the document of {name:?} does not read back: {message} (run vogeler-admin check)"
+                )),
+                e => e,
+            })?;
         match (status, body) {
             (404, _) => Ok(None),
             (200, Value::Object(doc)) if doc.get("doc_type") == Some(&json!("SystemRecord")) => {

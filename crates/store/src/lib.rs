@@ -705,14 +705,7 @@ pub trait Store: Send + Sync + 'static {
     /// `vogeler-admin check` lists and the server logs at start). Built from the reads
     /// themselves, so it finds exactly what views skip.
     async fn check(&self) -> Result<Vec<Unreadable>, StoreError> {
-        let mut out = Vec::new();
-        for n in self.nodes().await? {
-            if let Some(rec) = self.node(&n.name).await? {
-                out.extend(rec.unreadable);
-            }
-            out.extend(self.history(&n.name, None).await?.skipped);
-        }
-        Ok(out)
+        check_nodes(self).await
     }
 
     /// Moves unreadable rows aside (kept for inspection, out of every view); returns how
@@ -724,6 +717,20 @@ pub trait Store: Send + Sync + 'static {
             self.backend()
         )))
     }
+}
+
+/// What [`Store::check`] finds through the reads themselves: each listed node's
+/// unreadable current values and history rows. Backends that can also hold rows no
+/// read reaches (a CouchDB document that does not parse) add those to it.
+pub async fn check_nodes<S: Store + ?Sized>(store: &S) -> Result<Vec<Unreadable>, StoreError> {
+    let mut out = Vec::new();
+    for n in store.nodes().await? {
+        if let Some(rec) = store.node(&n.name).await? {
+            out.extend(rec.unreadable);
+        }
+        out.extend(store.history(&n.name, None).await?.skipped);
+    }
+    Ok(out)
 }
 
 /// Plugin keys whose value maps package names to versions.

@@ -154,3 +154,69 @@ async fn design_docs_load_once_and_the_2010_views_answer() {
         .expect("json");
     assert_eq!(body["rows"][0]["key"], "web01", "{body}");
 }
+
+/// A node document written by hand (or by an earlier version) that serde_json cannot
+/// read, nested past its depth limit: the fleet view skips it, `check` lists it, a
+/// result for that node is refused rather than retried for ever, and `quarantine`
+/// moves it aside so the node's next result starts a new document.
+#[tokio::test]
+async fn a_document_that_does_not_read_back_is_skipped_refused_and_quarantined() {
+    let db = unique("vt_");
+    let store = couch(&db).await;
+    let t0 = chrono::Utc::now();
+    let result = |node: &str, n: i64| Observation {
+        node: node.into(),
+        at: t0,
+        change: Change::Plugin {
+            name: "facter".into(),
+            value: json!({ "n": n }).into(),
+        },
+    };
+    store
+        .apply(vec![result("good", 1)].into())
+        .await
+        .expect("good node stored");
+    let depth = 300;
+    let deep = format!(
+        r#"{{"doc_type":"SystemRecord","system_name":"deep","created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z","facter":{}1{}}}"#,
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    let put = reqwest::Client::new()
+        .put(format!("{}/{db}/deep", pouchdb()))
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .expect("PUT the deep document");
+    assert!(put.status().is_success(), "{}", put.status());
+
+    let nodes = store.nodes().await.expect("the node list still answers");
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["good"]);
+
+    let found = store.check().await.expect("check");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].node, "deep");
+    assert!(found[0].why.contains("recursion"), "{found:?}");
+
+    let outcomes = store
+        .apply(vec![result("deep", 2), result("good", 2)].into())
+        .await
+        .expect("a batch with the unreadable node is applied, not failed");
+    assert!(
+        matches!(&outcomes[0], Outcome::Refused(why) if why.contains("does not read back")),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[1], Outcome::Updated);
+
+    assert_eq!(store.quarantine(&found).await.expect("quarantine"), 1);
+    assert!(store.check().await.expect("check").is_empty());
+    let outcomes = store
+        .apply(vec![result("deep", 3)].into())
+        .await
+        .expect("the node starts a new document");
+    assert_eq!(outcomes[0], Outcome::Created);
+    let rec = store.node("deep").await.expect("read").expect("stored");
+    assert_eq!(rec.keys["facter"], json!({ "n": 3 }));
+}
