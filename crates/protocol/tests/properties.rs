@@ -402,6 +402,12 @@ fn accepted_results_read_back_identically_from_every_store() {
                     .await
                     .map_err(|e| e.to_string())?;
                 store.history(&node, None).await.map_err(|e| e.to_string())?;
+                // The fleet views read every node: none may fail on an accepted value.
+                store.nodes().await.map_err(|e| e.to_string())?;
+                store
+                    .changes(chrono::Utc::now() - chrono::Duration::hours(1), 1000)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let value = values.rows.into_iter().find(|(n, _)| *n == node).map(|(_, v)| v);
                 Ok::<_, String>((rec.and_then(|r| r.keys.get("p").cloned()), value))
             });
@@ -419,5 +425,13 @@ fn accepted_results_read_back_identically_from_every_store() {
     });
     if let Err(e) = outcome {
         panic!("{e}");
+    }
+    // Nothing accepted is unreadable afterwards, on any backend.
+    for (backend, store) in &stores {
+        let found = rt.block_on(store.check()).expect("check");
+        assert!(
+            found.is_empty(),
+            "{backend}: unreadable after acceptance: {found:?}"
+        );
     }
 }

@@ -172,11 +172,7 @@ impl CouchStore {
     /// An `_all_docs` answer parsed row by row, so one document that does not read back
     /// (nested deeper than the parser goes, a number outside f64: written by hand or by
     /// an earlier version) is set aside with its reason instead of failing the call.
-    async fn all_docs(
-        &self,
-        r: reqwest::RequestBuilder,
-        what: &str,
-    ) -> Result<Docs, StoreError> {
+    async fn all_docs(&self, r: reqwest::RequestBuilder, what: &str) -> Result<Docs, StoreError> {
         let (status, bytes) = self.raw(r).await?;
         if status != 200 {
             return Err(backend(format!(
@@ -240,11 +236,7 @@ impl CouchStore {
     }
 
     /// [`CouchStore::range`], with the documents that do not read back apart.
-    async fn range_checked(
-        &self,
-        start: &str,
-        end: Option<&str>,
-    ) -> Result<Docs, StoreError> {
+    async fn range_checked(&self, start: &str, end: Option<&str>) -> Result<Docs, StoreError> {
         let mut url = format!(
             "{}/_all_docs?include_docs=true&inclusive_end=false&startkey={}",
             self.db_url,
