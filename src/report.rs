@@ -5,7 +5,7 @@
 //! scripts and the web UI get the same answers. JSON is an array of objects keyed by
 //! the column names and CSV has them as its header: both are stable for scripts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
@@ -28,7 +28,7 @@ pub enum Format {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Table {
     /// Column names (also the JSON keys and the CSV header).
-    pub columns: Vec<&'static str>,
+    pub columns: Vec<String>,
     /// One cell per column.
     pub rows: Vec<Vec<Value>>,
     /// A closing line for the table form ("3 node(s)").
@@ -38,9 +38,9 @@ pub struct Table {
 }
 
 impl Table {
-    fn new(columns: &[&'static str]) -> Table {
+    fn new(columns: &[&str]) -> Table {
         Table {
-            columns: columns.to_vec(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
             rows: Vec::new(),
             footer: String::new(),
             skipped: 0,
@@ -210,6 +210,101 @@ pub async fn nodes(store: &DynStore, q: &Query) -> anyhow::Result<Table> {
         ]);
     }
     t.footer = format!("{} node(s)", t.rows.len());
+    Ok(t)
+}
+
+/// One row per selected node, one column per path (`report inventory --columns`):
+/// the table people build by hand from several `report facts`. A node without a value
+/// at a path has an empty cell; rows that did not read back are counted.
+pub async fn inventory(store: &DynStore, columns: &[KeyPath], q: &Query) -> anyhow::Result<Table> {
+    let mut header = vec!["node".to_string()];
+    header.extend(columns.iter().map(|c| c.to_string()));
+    let mut t = Table {
+        columns: header,
+        rows: Vec::new(),
+        footer: String::new(),
+        skipped: 0,
+    };
+    let selected = store.select(q).await?;
+    let mut skipped = selected.skipped.len();
+    let mut by_column = Vec::with_capacity(columns.len());
+    for path in columns {
+        let values = store.values(path).await?;
+        skipped += values.skipped.len();
+        by_column.push(values.rows.into_iter().collect::<HashMap<String, Value>>());
+    }
+    for n in selected.rows {
+        let mut row = vec![json!(n.name)];
+        row.extend(
+            by_column
+                .iter_mut()
+                .map(|values| values.remove(&n.name).unwrap_or(Value::Null)),
+        );
+        t.rows.push(row);
+    }
+    t.skipped = skipped;
+    t.footer = format!("{} node(s), {} column(s)", t.rows.len(), columns.len());
+    Ok(t)
+}
+
+/// What differs between two nodes' documents (`vogeler-admin diff A B [PATH]`): each
+/// leaf path with A's and B's value, `added` (only B has it), `removed` (only A) or
+/// `changed`. Plugin keys only: times and `last_error` differ between any two nodes.
+pub async fn diff_nodes(
+    store: &DynStore,
+    a: &str,
+    b: &str,
+    path: Option<&KeyPath>,
+) -> anyhow::Result<Table> {
+    let read = |name: &str| {
+        let name = name.to_string();
+        async move {
+            store
+                .node(&name)
+                .await?
+                .ok_or_else(|| crate::cli::no_such_node(&name))
+        }
+    };
+    let (ra, rb) = (read(a).await?, read(b).await?);
+    let keys = |r: &vogeler_store::NodeRecord| {
+        Value::Object(r.keys.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    };
+    let (da, db) = (keys(&ra), keys(&rb));
+    let (va, vb) = match path {
+        None => (Some(&da), Some(&db)),
+        Some(p) => (p.find(&da), p.find(&db)),
+    };
+    if path.is_some() && va.is_none() && vb.is_none() {
+        return Err(crate::cli::not_found(format!(
+            "neither {a} nor {b} has {}",
+            path.map(|p| p.to_string()).unwrap_or_default()
+        )));
+    }
+    let mut t = Table::new(&["path", "change", a, b]);
+    let prefix = path.map(|p| p.to_string());
+    for d in query::diff(va, vb) {
+        let full = match (&prefix, d.path.is_empty()) {
+            (Some(p), true) => p.clone(),
+            (Some(p), false) => format!("{p}.{}", d.path),
+            (None, _) => d.path.clone(),
+        };
+        let change = match (&d.old, &d.new) {
+            (None, _) => "added",
+            (_, None) => "removed",
+            _ => "changed",
+        };
+        t.rows.push(vec![
+            json!(full),
+            json!(change),
+            d.old.unwrap_or(Value::Null),
+            d.new.unwrap_or(Value::Null),
+        ]);
+    }
+    t.footer = if t.rows.is_empty() {
+        format!("{a} and {b} have the same values")
+    } else {
+        format!("{} difference(s) between {a} and {b}", t.rows.len())
+    };
     Ok(t)
 }
 
@@ -534,7 +629,7 @@ mod tests {
 
     fn table() -> Table {
         Table {
-            columns: vec!["node", "value"],
+            columns: vec!["node".into(), "value".into()],
             rows: vec![
                 vec![json!("web01"), json!("Debian, \"stable\"")],
                 vec![json!("db01"), json!(["a", "b"])],

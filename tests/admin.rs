@@ -171,6 +171,93 @@ async fn reports(backend: &str) {
     let list = ok(dsn, &["node"]);
     assert!(list.contains("6 node(s)"), "{list}");
 
+    // The inventory: one row per node, one column per path; -W narrows the rows.
+    let inv = json_of(
+        dsn,
+        &[
+            "report",
+            "inventory",
+            "--columns",
+            "facter.os.family,dpkg.openssl",
+        ],
+    );
+    let rows = inv.as_array().expect("rows");
+    assert_eq!(rows.len(), 6, "{inv}");
+    assert_eq!(rows[0]["node"], "fx-web01");
+    assert_eq!(rows[0]["facter.os.family"], "Debian");
+    assert_eq!(rows[0]["dpkg.openssl"], "3.0.99-1");
+    assert_eq!(rows[5]["facter.os.family"], "RedHat");
+    assert!(rows[5]["dpkg.openssl"].is_null(), "{inv}");
+    let debian = json_of(
+        dsn,
+        &[
+            "report",
+            "inventory",
+            "--columns",
+            "facter.kernelrelease",
+            "-W",
+            "facter.os.family=Debian",
+        ],
+    );
+    assert_eq!(debian.as_array().expect("rows").len(), 4, "{debian}");
+    let csv = ok(
+        dsn,
+        &[
+            "report",
+            "inventory",
+            "--columns",
+            "facter.os.family",
+            "--format",
+            "csv",
+        ],
+    );
+    assert!(
+        csv.starts_with("node,facter.os.family\nfx-web01,Debian\n"),
+        "{csv}"
+    );
+
+    // Names only, one a line.
+    let names = ok(dsn, &["node", "--names"]);
+    assert_eq!(
+        names.lines().collect::<Vec<_>>(),
+        ["fx-web01", "fx-web02", "fx-web03", "fx-web04", "fx-web05", "fx-web06"]
+    );
+
+    // Two nodes compared: what differs, with both values; the same node differs in nothing.
+    let diff = json_of(dsn, &["diff", "fx-web01", "fx-web05", "facter"]);
+    let family = diff
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["path"] == "facter.os.family")
+        .unwrap_or_else(|| panic!("{backend}: no os.family row: {diff}"));
+    assert_eq!(family["change"], "changed");
+    assert_eq!(family["fx-web01"], "Debian");
+    assert_eq!(family["fx-web05"], "RedHat");
+    let packages = json_of(dsn, &["diff", "fx-web01", "fx-web05", "dpkg"]);
+    assert_eq!(packages[0]["path"], "dpkg", "{packages}");
+    assert_eq!(packages[0]["change"], "removed", "{packages}");
+    assert_eq!(
+        json_of(dsn, &["diff", "fx-web02", "fx-web04", "dpkg"]),
+        json!([])
+    );
+    let same = ok(dsn, &["diff", "fx-web03", "fx-web03"]);
+    assert!(same.contains("have the same values"), "{same}");
+    let out = admin(dsn, &["diff", "fx-web01", "fx-nobody"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = admin(dsn, &["report", "inventory", "--columns", "facter..os"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Bad input: clear messages, non-zero exits.
     fails(dsn, &["node", "fx-nobody"], "no node named \"fx-nobody\"");
     fails(

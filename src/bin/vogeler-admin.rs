@@ -41,6 +41,12 @@ enum Report {
     },
     /// Nodes whose last result was an error.
     Errors,
+    /// One row per node, one column per path: --columns facter.os.family,dpkg.openssl.
+    Inventory {
+        /// Dotted paths, comma-separated or repeated: each is a column.
+        #[arg(long, value_name = "PATH", value_delimiter = ',', required = true)]
+        columns: Vec<String>,
+    },
     /// What changed across the fleet since a time, one row per changed value.
     Changes {
         /// An age (2h, 7d), a date or RFC 3339.
@@ -67,6 +73,22 @@ enum Command {
         /// failed plugin clears it too.
         #[arg(long, requires = "name", conflicts_with_all = ["key", "at"])]
         clear_error: bool,
+        /// Only the node names, one a line (for scripts and shell loops).
+        #[arg(long, conflicts_with_all = ["name", "key", "at"])]
+        names: bool,
+    },
+    /// What differs between two nodes: each path added, removed or changed, with both
+    /// values (plugin keys only; a PATH narrows it: facter.os, dpkg).
+    Diff {
+        /// The first node (its values are the "before" side).
+        a: String,
+        /// The second node.
+        b: String,
+        /// A dotted path to compare below.
+        path: Option<String>,
+        /// Output: an aligned table, or JSON / CSV for scripts.
+        #[arg(long, value_enum, default_value = "table")]
+        format: report::Format,
     },
     /// Fleet reports: nodes by a fact, packages, stale nodes, errors, changes.
     Report {
@@ -142,7 +164,7 @@ enum Command {
         /// Depth and consumers of master.in, the dead-letter queue and every known node queue.
         #[arg(long)]
         status: bool,
-        /// Exit 0 if this queue exists, 1 if not (scripts wait on a client with it).
+        /// Exit 0 if this queue exists, 3 if not (scripts wait on a client with it).
         #[arg(long, value_name = "QUEUE", conflicts_with = "status")]
         exists: Option<String>,
         /// RabbitMQ management API base URL for --status (one call for every queue, with
@@ -250,6 +272,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Node { names: true, .. } => {
+            let store = settings::open_existing_store(&s).await?;
+            let nodes = within(&s, async { Ok(store.nodes().await?) }).await?;
+            for n in nodes {
+                outln!("{}", n.name)?;
+            }
+            Ok(0)
+        }
+        Command::Diff { a, b, path, format } => {
+            let path = path
+                .map(|p| KeyPath::parse(&p).map_err(usage))
+                .transpose()?;
+            let store = settings::open_existing_store(&s).await?;
+            let table = within(&s, report::diff_nodes(&store, &a, &b, path.as_ref())).await?;
+            print_table(&table, format)?;
+            Ok(0)
+        }
         Command::Node { name, key, at, .. } => {
             let at = at
                 .map(|w| report::parse_when(&w, Utc::now()).map_err(usage))
@@ -288,6 +327,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 Report::Stale { since } | Report::Changes { since, .. } => Some(when(since)?),
                 _ => None,
             };
+            let columns = match &which {
+                Report::Inventory { columns } => columns
+                    .iter()
+                    .map(|c| KeyPath::parse(c.trim()).map_err(usage))
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+                _ => Vec::new(),
+            };
             let store = settings::open_existing_store(&s).await?;
             let table = within(&s, async {
                 Ok(match (which, path, since) {
@@ -300,6 +346,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         report::stale(&store, since, &q, now).await?
                     }
                     (Report::Errors, ..) => report::errors(&store, &q).await?,
+                    (Report::Inventory { .. }, ..) => {
+                        report::inventory(&store, &columns, &q).await?
+                    }
                     (Report::Changes { limit, .. }, _, Some(since)) => {
                         report::changes(&store, since, limit, &q).await?
                     }
