@@ -1,7 +1,8 @@
 //! Hostile results published straight to the master exchange (issue 17): each is
 //! dead-lettered with its reason code, counted per reason in `/metrics`, noted in the
 //! node's record when its node name is valid, and none of them stops ingest or breaks a
-//! fleet view. The same test runs on SQLite and on PostgreSQL.
+//! fleet view. The same test runs on SQLite, on PostgreSQL and on CouchDB
+//! (pouchdb-server).
 
 mod common;
 
@@ -230,6 +231,16 @@ fn hostile_results_on_postgres() {
                 .await;
         }
     });
+}
+
+#[test]
+fn hostile_results_on_couch() {
+    let dsn = rt().block_on(vogeler_store::testing::fresh_dsn(
+        "couch",
+        std::path::Path::new("/"),
+    ));
+    let d = Deployment::new(&[]).with_store("couch", &dsn);
+    hostile_results_are_refused_and_ingest_goes_on(d, &dsn);
 }
 
 /// A plugin whose output, escaped in JSON, exceeds the server's limit: the client sends a
