@@ -2,7 +2,9 @@
 //! dead-lettered with its reason code, counted per reason in `/metrics`, noted in the
 //! node's record when its node name is valid, and none of them stops ingest or breaks a
 //! fleet view. The same test runs on SQLite, on PostgreSQL and on CouchDB
-//! (pouchdb-server).
+//! (pouchdb-server). Beside it: one bad message of every kind sent to the server and to
+//! a client, refused and acked with no session lost, and results under the plugin names
+//! the server and the store keep for themselves, refused with the record untouched.
 
 mod common;
 
@@ -662,4 +664,85 @@ fn every_message_kind_malformed_then_a_good_result() {
     assert_log_clean(&server);
     assert_log_clean(&client);
     assert_views_answer(&d, &node, "hello");
+}
+
+/// Plugin names the server or the store keeps for itself: a result under one is
+/// dead-lettered with its reason and changes nothing in the node's record; ingest goes
+/// on. Without `[server] node_keys` too, so no node can forge a signature verdict.
+#[test]
+fn reserved_plugin_names_on_sqlite() {
+    reserved_plugin_names_are_refused_and_the_record_is_untouched(Deployment::new(&[]));
+}
+
+#[test]
+fn reserved_plugin_names_on_couch() {
+    let dsn = rt().block_on(vogeler_store::testing::fresh_dsn(
+        "couch",
+        std::path::Path::new("/"),
+    ));
+    let d = Deployment::new(&[]).with_store("couch", &dsn);
+    reserved_plugin_names_are_refused_and_the_record_is_untouched(d);
+}
+
+/// [`reserved_plugin_names_on_sqlite`] on any deployment.
+fn reserved_plugin_names_are_refused_and_the_record_is_untouched(d: Deployment) {
+    let server = d.server(&[]);
+    let t = d.topology();
+    let node = d.node("reserved");
+    publish_raw(
+        &t.master_exchange,
+        "",
+        &[result(&node, "before", r#"{"os":"debian"}"#, "")],
+    );
+    let before = d.wait_document(&node, 20, |doc| doc.get("before").is_some());
+
+    let forged = r#"{"verified":true,"key_id":"0000000000000000"}"#;
+    let names = [
+        "signature",
+        "signature.x",
+        "clock_skew",
+        "last_error",
+        "created_at",
+        "system_name",
+    ];
+    let bodies: Vec<Vec<u8>> = names
+        .iter()
+        .map(|name| result(&node, name, forged, ""))
+        .collect();
+    publish_raw(&t.master_exchange, "", &bodies);
+    publish_raw(
+        &t.master_exchange,
+        "",
+        &[result(&node, "later", r#"{"n":1}"#, "")],
+    );
+    let after = d.wait_document(&node, 20, |doc| doc.get("later").is_some());
+
+    // Each is dead-lettered, reason `refused`, the detail naming the plugin.
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dead.len() < names.len() && Instant::now() < deadline {
+        dead.extend(drain_queue(&t.dead_queue, Duration::from_millis(500)));
+    }
+    assert_eq!(dead.len(), names.len(), "log:\n{}", server.log_text());
+    for (name, body) in names.iter().zip(&bodies) {
+        let m = dead
+            .iter()
+            .find(|m| &m.body == body)
+            .unwrap_or_else(|| panic!("{name} not dead-lettered"));
+        assert_eq!(m.header("x-vogeler-reason"), Some("refused"), "{name}");
+        let detail = m.header("x-vogeler-detail").unwrap_or_default();
+        assert!(detail.contains(&format!("{name:?}")), "{name}: {detail}");
+    }
+
+    // The record is as it was, plus `later`.
+    let mut expected = before.as_object().cloned().unwrap_or_default();
+    let mut got = after.as_object().cloned().unwrap_or_default();
+    assert_eq!(got.remove("later"), Some(serde_json::json!({"n": 1})));
+    for moving in ["updated_at", "last_seen"] {
+        expected.remove(moving);
+        got.remove(moving);
+    }
+    assert_eq!(got, expected);
+    assert_log_clean(&server);
+    assert_views_answer(&d, &node, "before.os");
 }

@@ -251,12 +251,8 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
                 mut confirm,
                 request_id,
             } => {
-                if matches!(&observation.change, Change::Plugin { name, .. } if name == CLOCK_SKEW_KEY)
-                {
-                    let detail = format!(
-                        "node {}: plugin name {CLOCK_SKEW_KEY:?} is reserved for the server's clock-skew note",
-                        observation.node
-                    );
+                if let Some(why) = server_key(&observation.change) {
+                    let detail = format!("node {}: {why}", observation.node);
                     dead.push((i, "refused".into(), detail));
                     continue;
                 }
@@ -720,6 +716,24 @@ fn signature_record(
     Ok((verdict, records))
 }
 
+/// Why a result's key is one the server writes itself, whatever the configuration: its
+/// signature verdicts ([`SIGNATURE_KEY`], `signature.*`, written only with `[server]
+/// node_keys`, so a node without a key could otherwise forge one) and its clock-skew note.
+/// `None` for any other key (the store refuses its own fields itself).
+fn server_key(change: &Change) -> Option<String> {
+    let Change::Plugin { name, .. } = change else {
+        return None;
+    };
+    if vogeler_store::is_signature_key(name) {
+        return Some(format!(
+            "plugin name {name:?} is reserved: {SIGNATURE_KEY:?} and \"{SIGNATURE_KEY}.*\" hold the server's signature records"
+        ));
+    }
+    (name == CLOCK_SKEW_KEY).then(|| {
+        format!("plugin name {CLOCK_SKEW_KEY:?} is reserved for the server's clock-skew note")
+    })
+}
+
 /// The document key where the server notes the latest clamped `collected_at`:
 /// `{"key": …, "claimed": …, "clamped_to": …}` (one entry, so it stays bounded).
 pub const CLOCK_SKEW_KEY: &str = "clock_skew";
@@ -1039,6 +1053,27 @@ mod tests {
                 value: serde_json::json!(1).into(),
             },
         }
+    }
+
+    #[test]
+    fn the_servers_own_keys_are_refused_whatever_the_configuration() {
+        for name in [SIGNATURE_KEY, "signature.facter", CLOCK_SKEW_KEY] {
+            let why = server_key(&result("web01", name).change).expect(name);
+            assert!(why.contains(&format!("{name:?}")), "{why}");
+        }
+        for name in ["signatures", "facter", "clock"] {
+            assert_eq!(server_key(&result("web01", name).change), None, "{name}");
+        }
+        let error = Change::Error {
+            plugin: Some(SIGNATURE_KEY.into()),
+            message: "x".into(),
+            raw: None,
+        };
+        assert_eq!(
+            server_key(&error),
+            None,
+            "an error result writes last_error only"
+        );
     }
 
     #[test]
