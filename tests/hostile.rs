@@ -425,6 +425,11 @@ fn every_message_kind_malformed_then_a_good_result() {
             Some("unknown-kind"),
         ),
         (
+            "unknown kind of 300 KB",
+            v1(&"k".repeat(300 * 1024), &format!(r#""node":"{node}""#)),
+            Some("unknown-kind"),
+        ),
+        (
             "wrong v",
             format!(r#"{{"v":2,"kind":"heartbeat","node":"{node}",{at}}}"#).into_bytes(),
             Some("unknown-version"),
@@ -470,6 +475,15 @@ fn every_message_kind_malformed_then_a_good_result() {
     ];
     let bodies: Vec<Vec<u8>> = to_server.iter().map(|(_, b, _)| b.clone()).collect();
     publish_raw(&t.master_exchange, "", &bodies);
+    // Headers nearly as large as a frame (131 072 bytes), and a body whose refusal is
+    // worded at length: the dead letter's headers must not outgrow the frame.
+    let signed_junk = v1(&"j".repeat(4096), r#""node":"x""#);
+    common::publish_with_headers(
+        &t.master_exchange,
+        "",
+        signed_junk.clone(),
+        vec![("x-vogeler-signature".into(), "s".repeat(130_000))],
+    );
 
     // To the client's node queue, through the broadcast exchange as the runner sends:
     // what it answers with an error result (the part of its `last_error` that says so),
@@ -549,6 +563,11 @@ fn every_message_kind_malformed_then_a_good_result() {
             None,
         ),
         (
+            "unknown kind of 300 KB",
+            v1(&"k".repeat(300 * 1024), r#""id":"k1""#),
+            Some("could not decode request: unknown message kind \"kkkk"),
+        ),
+        (
             "non-JSON",
             b"run hello, please".to_vec(),
             Some("could not decode request: message is not JSON: expected value"),
@@ -603,8 +622,21 @@ fn every_message_kind_malformed_then_a_good_result() {
         let want: Vec<&str> = reason.iter().copied().collect();
         assert_eq!(found, want, "{what}; log:\n{}", server.log_text());
     }
-    let refused = to_server.iter().filter(|c| c.2.is_some()).count();
+    let junk: Vec<&vogeler_transport::Inbound> =
+        dead.iter().filter(|m| m.body == signed_junk).collect();
+    assert_eq!(junk.len(), 1, "the message with the 130 KB header");
+    assert_eq!(junk[0].header("x-vogeler-reason"), Some("unknown-kind"));
+    assert_eq!(
+        junk[0].header("x-vogeler-signature"),
+        None,
+        "too long to be one"
+    );
+    let refused = to_server.iter().filter(|c| c.2.is_some()).count() + 1;
     assert_eq!(dead.len(), refused, "only the bad messages are dead");
+    for m in &dead {
+        let detail = m.header("x-vogeler-detail").unwrap_or_default();
+        assert!(!detail.is_empty() && detail.len() <= 1024, "{detail}");
+    }
 
     // The client answered each undecodable or refused request with an error result,
     // which the node's record keeps in its history of `last_error`.

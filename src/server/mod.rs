@@ -29,6 +29,12 @@ pub const REASON_HEADER: &str = "x-vogeler-reason";
 /// Header carrying the human-readable detail of a dead-lettered message.
 pub const DETAIL_HEADER: &str = "x-vogeler-detail";
 
+/// Longest detail a dead letter's header (and its log line) carries. Details quote what
+/// they refuse (an unknown kind, a value of the wrong type), and a header larger than
+/// the broker's frame size closes the connection: the batch would be redelivered, and
+/// refused again, for ever.
+pub const MAX_DETAIL_BYTES: usize = 1024;
+
 /// How the server talks to the broker and batches its writes.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -578,16 +584,19 @@ async fn process(
     let mut dead_pending = Vec::with_capacity(dead.len());
     for (i, reason, detail) in &dead {
         let d = &batch[*i];
+        let detail = vogeler_protocol::limits::bounded(detail, MAX_DETAIL_BYTES);
         tracing::warn!(reason = %reason, detail = %detail, bytes = d.body.len(), "dead-lettering a message the server cannot use");
         let mut headers = vec![
             (REASON_HEADER.into(), reason.clone()),
-            (DETAIL_HEADER.into(), detail.clone()),
+            (DETAIL_HEADER.into(), detail.into_owned()),
             ("x-original-exchange".into(), d.exchange.clone()),
             ("x-original-routing-key".into(), d.routing_key.clone()),
         ];
-        // Kept so `vogeler-admin dead --requeue` republishes a signed message still signed.
+        // Kept so `vogeler-admin dead --requeue` republishes a signed message still signed;
+        // one too long to be a signature is left off (with the others it could overflow
+        // the frame).
         for name in [SIGNATURE_HEADER, KEY_ID_HEADER] {
-            if let Some(v) = d.header(name) {
+            if let Some(v) = d.header(name).filter(|v| v.len() <= MAX_DETAIL_BYTES) {
                 headers.push((name.to_string(), v.to_string()));
             }
         }
