@@ -736,6 +736,8 @@ fn reserved_plugin_names_are_refused_and_the_record_is_untouched(d: Deployment) 
         "last_error",
         "created_at",
         "system_name",
+        // The CouchDB backend's bookkeeping field, refused on every backend alike.
+        "vogeler_meta",
     ];
     let bodies: Vec<Vec<u8>> = names
         .iter()
