@@ -465,6 +465,31 @@ fn every_message_kind_malformed_then_a_good_result() {
             result(&node, "p_rr", "1", r#","reply_to":"amq.rabbitmq.reply-to""#),
             None,
         ),
+        (
+            "2010 result in an unknown format",
+            format!(r#"{{"syskey": "{node}", "p_fmt": "x", "format": "xml"}}"#).into_bytes(),
+            Some("unknown-format"),
+        ),
+        (
+            "2010 result with two plugin keys",
+            format!(r#"{{"syskey": "{node}", "p_a": "x", "p_b": "y"}}"#).into_bytes(),
+            Some("bad-field"),
+        ),
+        (
+            "2010 result whose pylist nests 100 deep",
+            format!(
+                r#"{{"syskey": "{node}", "p_py": "{}1{}", "format": "pylist"}}"#,
+                "[".repeat(100),
+                "]".repeat(100)
+            )
+            .into_bytes(),
+            Some("too-deep"),
+        ),
+        (
+            "2010 request sent to the server",
+            br#""hello""#.to_vec(),
+            Some("unexpected-kind"),
+        ),
         ("non-JSON", b"this is { not JSON".to_vec(), Some("not-json")),
         (
             "invalid UTF-8",
@@ -563,6 +588,11 @@ fn every_message_kind_malformed_then_a_good_result() {
             None,
         ),
         (
+            "2010 request of blanks",
+            br#""   ""#.to_vec(),
+            Some("could not decode request: unknown message shape: an empty request"),
+        ),
+        (
             "unknown kind of 300 KB",
             v1(&"k".repeat(300 * 1024), r#""id":"k1""#),
             Some("could not decode request: unknown message kind \"kkkk"),
@@ -593,7 +623,9 @@ fn every_message_kind_malformed_then_a_good_result() {
     );
     let doc = d.wait_document(&node, 20, |doc| doc["hello"][0] == "hello");
     assert!(
-        doc.get("p_bad").is_none() && doc.get("p_client").is_none(),
+        ["p_bad", "p_client", "p_fmt", "p_a", "p_b", "p_py"]
+            .iter()
+            .all(|k| doc.get(*k).is_none()),
         "{doc}"
     );
     // Well-formed results whose reply_to names direct reply-to are stored; the
