@@ -221,11 +221,21 @@ fn describe_targets(targets: &[String]) -> String {
     text.join(", ")
 }
 
-/// Whether a reply queue name can be published to: AMQP routing keys are short
-/// strings (at most 255 bytes); anything else would make the publish fail, and with it
-/// the session, again on every redelivery.
+/// RabbitMQ's direct reply-to pseudo-queue. Set as the `reply_to` property of a publish
+/// from a channel that does not consume it, the broker closes the channel
+/// (`PRECONDITION_FAILED - fast reply consumer does not exist`); a reply to it is never
+/// what a runner meant (runners declare a reply queue of their own).
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Whether a reply queue name can be published to and carried as a `reply_to`: AMQP
+/// routing keys are short strings (at most 255 bytes), and [`DIRECT_REPLY_TO`] closes
+/// the channel; anything else would make the publish fail, and with it the session,
+/// again on every redelivery.
 pub fn valid_reply_to(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 255 && !name.chars().any(char::is_control)
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.chars().any(char::is_control)
+        && name != DIRECT_REPLY_TO
 }
 
 /// What one request produced, before encoding.
@@ -911,6 +921,15 @@ mod tests {
 
     fn reason(v: Result<bool, Rejection>) -> &'static str {
         v.expect_err("refused").reason()
+    }
+
+    #[test]
+    fn reply_queues_that_would_close_the_channel_are_unusable() {
+        assert!(valid_reply_to("amq.gen-JzTY20BRgKO-HjmUJj0wLg"));
+        assert!(valid_reply_to("amq.rabbitmq.reply-to.g1h2AA"));
+        for bad in ["", "a\u{7}b", DIRECT_REPLY_TO, &"q".repeat(256)] {
+            assert!(!valid_reply_to(bad), "{bad:?}");
+        }
     }
 
     #[test]

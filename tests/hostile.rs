@@ -1,7 +1,10 @@
 //! Hostile results published straight to the master exchange (issue 17): each is
 //! dead-lettered with its reason code, counted per reason in `/metrics`, noted in the
 //! node's record when its node name is valid, and none of them stops ingest or breaks a
-//! fleet view. The same test runs on SQLite and on PostgreSQL.
+//! fleet view. The same test runs on SQLite, on PostgreSQL and on CouchDB
+//! (pouchdb-server). Beside it: one bad message of every kind sent to the server and to
+//! a client, refused and acked with no session lost, and results under the plugin names
+//! the server and the store keep for themselves, refused with the record untouched.
 
 mod common;
 
@@ -232,6 +235,16 @@ fn hostile_results_on_postgres() {
     });
 }
 
+#[test]
+fn hostile_results_on_couch() {
+    let dsn = rt().block_on(vogeler_store::testing::fresh_dsn(
+        "couch",
+        std::path::Path::new("/"),
+    ));
+    let d = Deployment::new(&[]).with_store("couch", &dsn);
+    hostile_results_are_refused_and_ingest_goes_on(d, &dsn);
+}
+
 /// A plugin whose output, escaped in JSON, exceeds the server's limit: the client sends a
 /// short error result instead, which the record keeps as `last_error` (not silence).
 #[test]
@@ -267,4 +280,535 @@ fn output_over_the_limit_becomes_an_error_result() {
         "the runner hears why: {}",
         common::text(&out)
     );
+}
+
+/// A v1 message of `kind` with the given fields (JSON object members, no braces).
+fn v1(kind: &str, fields: &str) -> Vec<u8> {
+    format!(r#"{{"v":1,"kind":"{kind}",{fields}}}"#).into_bytes()
+}
+
+/// The messages of the node's `last_error` history once it holds at least `n` (20 s).
+fn wait_errors(store: &vogeler_store::DynStore, node: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let notes: Vec<String> = rt()
+            .block_on(store.history(node, Some("last_error")))
+            .expect("history of last_error")
+            .rows
+            .iter()
+            .filter_map(|h| h.new.as_ref()?.get("message")?.as_str().map(str::to_string))
+            .collect();
+        if notes.len() >= n || Instant::now() > deadline {
+            return notes;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The fleet views answer: the node list, the node, a report on `key`, its history.
+fn assert_views_answer(d: &Deployment, node: &str, key: &str) {
+    for args in [
+        vec!["node"],
+        vec!["node", node],
+        vec!["report", "facts", key],
+        vec!["report", "changes", "--since", "1d"],
+        vec!["history", node],
+    ] {
+        let out = d.admin(&args);
+        assert!(
+            out.status.success(),
+            "vogeler-admin {args:?}: {}",
+            common::text(&out)
+        );
+    }
+}
+
+/// Whether a program's log shows a lost session or a panic.
+fn assert_log_clean(p: &common::Proc) {
+    let log = p.log_text();
+    assert!(
+        !log.contains("broker session lost"),
+        "{} lost its broker session:\n{log}",
+        p.name
+    );
+    assert!(!log.contains("panicked"), "{} panicked:\n{log}", p.name);
+}
+
+/// Issue 17's rule end to end: one malformed or hostile message of every kind the
+/// server consumes, and of every kind the client consumes, is refused and acked; neither
+/// program loses its session or loops on a redelivery, and a good request afterwards is
+/// run, stored and confirmed.
+#[test]
+fn every_message_kind_malformed_then_a_good_result() {
+    let d = Deployment::new(&[(
+        "hello.cfg",
+        common::plugin("hello", "echo hello", "output").1,
+    )]);
+    let server = d.server(&[]);
+    let node = d.node("every");
+    let client = d.client(&node, &[]);
+    let t = d.topology();
+    // The client's first heartbeat puts it in the registry.
+    d.wait_document(&node, 20, |doc| doc.is_object());
+    let at = r#""sent_at":"2026-01-01T00:00:00Z""#;
+    let long = "q".repeat(300);
+
+    // To the server: each with the reason it is dead-lettered with, or `None` for a
+    // well-formed message with a reply queue nobody can answer on: used, not answered,
+    // and said so in the log.
+    let to_server: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        (
+            "result without collected_at",
+            v1(
+                "result",
+                &format!(r#""node":"{node}","plugin":"p_bad","format":"json","data":1"#),
+            ),
+            Some("bad-field"),
+        ),
+        (
+            "heartbeat with a bad node name",
+            v1("heartbeat", &format!(r#""node":"no such/node",{at}"#)),
+            Some("bad-node-name"),
+        ),
+        (
+            "discover with an overlong reply_to",
+            v1(
+                "discover",
+                &format!(r#""id":"q1",{at},"reply_to":"{long}""#),
+            ),
+            Some("field-too-long"),
+        ),
+        (
+            "announce with an empty request_id",
+            v1(
+                "announce",
+                &format!(r#""request_id":" ","command":"hello",{at},"ttl":60"#),
+            ),
+            Some("bad-field"),
+        ),
+        (
+            "stored confirmation sent to the server",
+            v1(
+                "stored",
+                &format!(
+                    r#""request_id":"r1","node":"{node}","plugin":"hello","ok":true,"stored_at":"2026-01-01T00:00:00Z""#
+                ),
+            ),
+            Some("unexpected-kind"),
+        ),
+        (
+            "pong without sent_at",
+            v1("pong", &format!(r#""ping_id":"p1","node":"{node}""#)),
+            Some("bad-field"),
+        ),
+        (
+            "request sent to the server",
+            v1(
+                "request",
+                &format!(r#""id":"r2","command":"hello","targets":["all"],{at},"ttl":60"#),
+            ),
+            Some("unexpected-kind"),
+        ),
+        (
+            "discovered answer sent to the server",
+            v1("discovered", r#""discover_id":"q9","nodes":["a"]"#),
+            Some("unexpected-kind"),
+        ),
+        (
+            "ping sent to the server",
+            v1("ping", &format!(r#""id":"g9",{at},"reply_to":"amq.gen-x""#)),
+            Some("unexpected-kind"),
+        ),
+        (
+            "unknown kind",
+            v1("gossip", &format!(r#""node":"{node}""#)),
+            Some("unknown-kind"),
+        ),
+        (
+            "unknown kind of 300 KB",
+            v1(&"k".repeat(300 * 1024), &format!(r#""node":"{node}""#)),
+            Some("unknown-kind"),
+        ),
+        (
+            "wrong v",
+            format!(r#"{{"v":2,"kind":"heartbeat","node":"{node}",{at}}}"#).into_bytes(),
+            Some("unknown-version"),
+        ),
+        (
+            "discover whose reply_to is the direct reply-to pseudo-queue",
+            v1(
+                "discover",
+                &format!(r#""id":"q2",{at},"reply_to":"amq.rabbitmq.reply-to""#),
+            ),
+            None,
+        ),
+        (
+            "discover whose reply_to is a made-up direct reply-to name",
+            v1(
+                "discover",
+                &format!(r#""id":"q3",{at},"reply_to":"amq.rabbitmq.reply-to.bogus""#),
+            ),
+            None,
+        ),
+        (
+            "result whose reply_to is a made-up direct reply-to name",
+            result(
+                &node,
+                "p_rr2",
+                "2",
+                r#","reply_to":"amq.rabbitmq.reply-to.bogus""#,
+            ),
+            None,
+        ),
+        (
+            "result whose reply_to is the direct reply-to pseudo-queue",
+            result(&node, "p_rr", "1", r#","reply_to":"amq.rabbitmq.reply-to""#),
+            None,
+        ),
+        (
+            "2010 result in an unknown format",
+            format!(r#"{{"syskey": "{node}", "p_fmt": "x", "format": "xml"}}"#).into_bytes(),
+            Some("unknown-format"),
+        ),
+        (
+            "2010 result with two plugin keys",
+            format!(r#"{{"syskey": "{node}", "p_a": "x", "p_b": "y"}}"#).into_bytes(),
+            Some("bad-field"),
+        ),
+        (
+            "2010 result whose pylist nests 100 deep",
+            format!(
+                r#"{{"syskey": "{node}", "p_py": "{}1{}", "format": "pylist"}}"#,
+                "[".repeat(100),
+                "]".repeat(100)
+            )
+            .into_bytes(),
+            Some("too-deep"),
+        ),
+        (
+            "2010 request sent to the server",
+            br#""hello""#.to_vec(),
+            Some("unexpected-kind"),
+        ),
+        ("non-JSON", b"this is { not JSON".to_vec(), Some("not-json")),
+        (
+            "invalid UTF-8",
+            b"{\"v\":1,\xff\xfe}".to_vec(),
+            Some("bad-utf8"),
+        ),
+        ("empty body", Vec::new(), Some("not-json")),
+    ];
+    let bodies: Vec<Vec<u8>> = to_server.iter().map(|(_, b, _)| b.clone()).collect();
+    publish_raw(&t.master_exchange, "", &bodies);
+    // Headers nearly as large as a frame (131 072 bytes), and a body whose refusal is
+    // worded at length: the dead letter's headers must not outgrow the frame.
+    let signed_junk = v1(&"j".repeat(4096), r#""node":"x""#);
+    common::publish_with_headers(
+        &t.master_exchange,
+        "",
+        signed_junk.clone(),
+        vec![("x-vogeler-signature".into(), "s".repeat(130_000))],
+    );
+
+    // To the client's node queue, through the broadcast exchange as the runner sends:
+    // what it answers with an error result (the part of its `last_error` that says so),
+    // or `None` for what it acks with a log line and does not answer.
+    let other = d.node("other");
+    let request = |fields: &str| {
+        v1(
+            "request",
+            &format!(
+                r#""sender":"hostile","sent_at":"{}",{fields}"#,
+                chrono::Utc::now().to_rfc3339()
+            ),
+        )
+    };
+    let to_client: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        (
+            "request with an overlong command",
+            request(&format!(
+                r#""id":"c-long","command":"{}","targets":["all"],"ttl":60"#,
+                "x".repeat(5000)
+            )),
+            Some("could not decode request: message refused: command: 5000 bytes"),
+        ),
+        (
+            "request with a bad ttl",
+            request(r#""id":"c-ttl","command":"hello","targets":["all"],"ttl":"soon""#),
+            Some("could not decode request: bad request message"),
+        ),
+        (
+            "request for another node",
+            request(&format!(
+                r#""id":"c-other","command":"hello","targets":["{other}"],"ttl":60"#
+            )),
+            Some("request c-other refused"),
+        ),
+        (
+            "ping with a control character in reply_to",
+            v1(
+                "ping",
+                &format!(r#""id":"g1",{at},"reply_to":"bad\u0007queue""#),
+            ),
+            None,
+        ),
+        (
+            "request whose reply_to is the direct reply-to pseudo-queue",
+            request(&format!(
+                r#""id":"c-rr","command":"nosuch","targets":["{node}"],"ttl":60,"reply_to":"amq.rabbitmq.reply-to""#
+            )),
+            Some("unknown plugin \"nosuch\""),
+        ),
+        (
+            "request whose reply_to is a made-up direct reply-to name",
+            request(&format!(
+                r#""id":"c-rr2","command":"nosuch2","targets":["{node}"],"ttl":60,"reply_to":"amq.rabbitmq.reply-to.bogus""#
+            )),
+            Some("unknown plugin \"nosuch2\""),
+        ),
+        (
+            "ping whose reply_to is a made-up direct reply-to name",
+            v1(
+                "ping",
+                &format!(r#""id":"g3",{at},"reply_to":"amq.rabbitmq.reply-to.bogus""#),
+            ),
+            None,
+        ),
+        (
+            "ping whose reply_to is the direct reply-to pseudo-queue",
+            v1(
+                "ping",
+                &format!(r#""id":"g2",{at},"reply_to":"amq.rabbitmq.reply-to""#),
+            ),
+            None,
+        ),
+        (
+            "result sent to the client",
+            result(&node, "p_client", "1", ""),
+            None,
+        ),
+        (
+            "2010 request of blanks",
+            br#""   ""#.to_vec(),
+            Some("could not decode request: unknown message shape: an empty request"),
+        ),
+        (
+            "unknown kind of 300 KB",
+            v1(&"k".repeat(300 * 1024), r#""id":"k1""#),
+            Some("could not decode request: unknown message kind \"kkkk"),
+        ),
+        (
+            "non-JSON",
+            b"run hello, please".to_vec(),
+            Some("could not decode request: message is not JSON: expected value"),
+        ),
+        (
+            "empty body",
+            Vec::new(),
+            Some("could not decode request: message is not JSON: EOF"),
+        ),
+    ];
+    let bodies: Vec<Vec<u8>> = to_client.iter().map(|(_, b, _)| b.clone()).collect();
+    publish_raw(&t.broadcast_exchange, &node, &bodies);
+
+    // A good request afterwards is run, stored and confirmed.
+    let out = d.runner(&["-x", "hello", "-n", &node, "--wait", "--timeout", "20s"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\nserver:\n{}\nclient:\n{}",
+        common::text(&out),
+        server.log_text(),
+        client.log_text()
+    );
+    let doc = d.wait_document(&node, 20, |doc| doc["hello"][0] == "hello");
+    assert!(
+        ["p_bad", "p_client", "p_fmt", "p_a", "p_b", "p_py"]
+            .iter()
+            .all(|k| doc.get(*k).is_none()),
+        "{doc}"
+    );
+    // Well-formed results whose reply_to names direct reply-to are stored; the
+    // pseudo-queue itself is not confirmed to (it would close the channel), a made-up
+    // name under it is (the broker drops it), and the session goes on.
+    assert_eq!(
+        (&doc["p_rr"], &doc["p_rr2"]),
+        (&1.into(), &2.into()),
+        "{doc}"
+    );
+
+    // Every bad server-side message is dead-lettered, with its reason.
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dead.len() < to_server.iter().filter(|c| c.2.is_some()).count()
+        && Instant::now() < deadline
+    {
+        dead.extend(drain_queue(&t.dead_queue, Duration::from_millis(500)));
+    }
+    for (what, body, reason) in &to_server {
+        let found: Vec<&str> = dead
+            .iter()
+            .filter(|m| &m.body == body)
+            .map(|m| m.header("x-vogeler-reason").unwrap_or("(none)"))
+            .collect();
+        let want: Vec<&str> = reason.iter().copied().collect();
+        assert_eq!(found, want, "{what}; log:\n{}", server.log_text());
+    }
+    let junk: Vec<&vogeler_transport::Inbound> =
+        dead.iter().filter(|m| m.body == signed_junk).collect();
+    assert_eq!(junk.len(), 1, "the message with the 130 KB header");
+    assert_eq!(junk[0].header("x-vogeler-reason"), Some("unknown-kind"));
+    assert_eq!(
+        junk[0].header("x-vogeler-signature"),
+        None,
+        "too long to be one"
+    );
+    let refused = to_server.iter().filter(|c| c.2.is_some()).count() + 1;
+    assert_eq!(dead.len(), refused, "only the bad messages are dead");
+    for m in &dead {
+        let detail = m.header("x-vogeler-detail").unwrap_or_default();
+        assert!(!detail.is_empty() && detail.len() <= 1024, "{detail}");
+    }
+
+    // The client answered each undecodable or refused request with an error result,
+    // which the node's record keeps in its history of `last_error`.
+    let rt = rt();
+    let store = rt.block_on(d.open_store());
+    let answered = to_client.iter().filter(|c| c.2.is_some()).count();
+    let notes = wait_errors(&store, &node, answered);
+    for (what, _, answer) in &to_client {
+        if let Some(want) = answer {
+            assert_eq!(
+                notes.iter().filter(|m| m.contains(want)).count(),
+                1,
+                "{what}: {want:?} in {notes:#?}"
+            );
+        }
+    }
+    let log = client.log_text();
+    // The two pings (a control character, the direct reply-to pseudo-queue) are
+    // ignored; the request naming the pseudo-queue is answered without it.
+    assert_eq!(
+        log.matches("ping ignored: its reply_to is not a usable queue name")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(
+        log.contains("the request's reply_to is not a usable queue name"),
+        "{log}"
+    );
+    let slog = server.log_text();
+    assert!(
+        slog.contains("result with an unusable reply_to; stored, not confirmed"),
+        "{slog}"
+    );
+    assert!(
+        slog.contains("discovery request with an unusable reply_to; not answered"),
+        "{slog}"
+    );
+    assert!(
+        log.contains("ignoring a message that is not a request"),
+        "{log}"
+    );
+    // Only the good request ran the plugin (not the one for another node).
+    assert_eq!(log.matches("plugin ran").count(), 1, "{log}");
+
+    // Nothing is left in the client's queue, and both programs kept their session.
+    let status = rt
+        .block_on(async {
+            let session = d.broker().connect().await.expect("connect");
+            let s = session.queue_status(&node).await;
+            session.close().await;
+            s
+        })
+        .expect("queue status")
+        .expect("the node queue exists");
+    assert_eq!((status.messages, status.consumers), (0, 1), "{status:?}");
+    assert_log_clean(&server);
+    assert_log_clean(&client);
+    assert_views_answer(&d, &node, "hello");
+}
+
+/// Plugin names the server or the store keeps for itself: a result under one is
+/// dead-lettered with its reason and changes nothing in the node's record; ingest goes
+/// on. Without `[server] node_keys` too, so no node can forge a signature verdict.
+#[test]
+fn reserved_plugin_names_on_sqlite() {
+    reserved_plugin_names_are_refused_and_the_record_is_untouched(Deployment::new(&[]));
+}
+
+#[test]
+fn reserved_plugin_names_on_couch() {
+    let dsn = rt().block_on(vogeler_store::testing::fresh_dsn(
+        "couch",
+        std::path::Path::new("/"),
+    ));
+    let d = Deployment::new(&[]).with_store("couch", &dsn);
+    reserved_plugin_names_are_refused_and_the_record_is_untouched(d);
+}
+
+/// [`reserved_plugin_names_on_sqlite`] on any deployment.
+fn reserved_plugin_names_are_refused_and_the_record_is_untouched(d: Deployment) {
+    let server = d.server(&[]);
+    let t = d.topology();
+    let node = d.node("reserved");
+    publish_raw(
+        &t.master_exchange,
+        "",
+        &[result(&node, "before", r#"{"os":"debian"}"#, "")],
+    );
+    let before = d.wait_document(&node, 20, |doc| doc.get("before").is_some());
+
+    let forged = r#"{"verified":true,"key_id":"0000000000000000"}"#;
+    let names = [
+        "signature",
+        "signature.x",
+        "clock_skew",
+        "last_error",
+        "created_at",
+        "system_name",
+        // The CouchDB backend's bookkeeping field, refused on every backend alike.
+        "vogeler_meta",
+    ];
+    let bodies: Vec<Vec<u8>> = names
+        .iter()
+        .map(|name| result(&node, name, forged, ""))
+        .collect();
+    publish_raw(&t.master_exchange, "", &bodies);
+    publish_raw(
+        &t.master_exchange,
+        "",
+        &[result(&node, "later", r#"{"n":1}"#, "")],
+    );
+    let after = d.wait_document(&node, 20, |doc| doc.get("later").is_some());
+
+    // Each is dead-lettered, reason `refused`, the detail naming the plugin.
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dead.len() < names.len() && Instant::now() < deadline {
+        dead.extend(drain_queue(&t.dead_queue, Duration::from_millis(500)));
+    }
+    assert_eq!(dead.len(), names.len(), "log:\n{}", server.log_text());
+    for (name, body) in names.iter().zip(&bodies) {
+        let m = dead
+            .iter()
+            .find(|m| &m.body == body)
+            .unwrap_or_else(|| panic!("{name} not dead-lettered"));
+        assert_eq!(m.header("x-vogeler-reason"), Some("refused"), "{name}");
+        let detail = m.header("x-vogeler-detail").unwrap_or_default();
+        assert!(detail.contains(&format!("{name:?}")), "{name}: {detail}");
+    }
+
+    // The record is as it was, plus `later`.
+    let mut expected = before.as_object().cloned().unwrap_or_default();
+    let mut got = after.as_object().cloned().unwrap_or_default();
+    assert_eq!(got.remove("later"), Some(serde_json::json!({"n": 1})));
+    for moving in ["updated_at", "last_seen"] {
+        expected.remove(moving);
+        got.remove(moving);
+    }
+    assert_eq!(got, expected);
+    assert_log_clean(&server);
+    assert_views_answer(&d, &node, "before.os");
 }

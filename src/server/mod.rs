@@ -29,6 +29,12 @@ pub const REASON_HEADER: &str = "x-vogeler-reason";
 /// Header carrying the human-readable detail of a dead-lettered message.
 pub const DETAIL_HEADER: &str = "x-vogeler-detail";
 
+/// Longest detail a dead letter's header (and its log line) carries. Details quote what
+/// they refuse (an unknown kind, a value of the wrong type), and a header larger than
+/// the broker's frame size closes the connection: the batch would be redelivered, and
+/// refused again, for ever.
+pub const MAX_DETAIL_BYTES: usize = 1024;
+
 /// How the server talks to the broker and batches its writes.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -251,12 +257,8 @@ fn prepare(opts: &ServerOptions, batch: Vec<Inbound>) -> Prepared {
                 mut confirm,
                 request_id,
             } => {
-                if matches!(&observation.change, Change::Plugin { name, .. } if name == CLOCK_SKEW_KEY)
-                {
-                    let detail = format!(
-                        "node {}: plugin name {CLOCK_SKEW_KEY:?} is reserved for the server's clock-skew note",
-                        observation.node
-                    );
+                if let Some(why) = server_key(&observation.change) {
+                    let detail = format!("node {}: {why}", observation.node);
                     dead.push((i, "refused".into(), detail));
                     continue;
                 }
@@ -582,16 +584,19 @@ async fn process(
     let mut dead_pending = Vec::with_capacity(dead.len());
     for (i, reason, detail) in &dead {
         let d = &batch[*i];
+        let detail = vogeler_protocol::limits::bounded(detail, MAX_DETAIL_BYTES);
         tracing::warn!(reason = %reason, detail = %detail, bytes = d.body.len(), "dead-lettering a message the server cannot use");
         let mut headers = vec![
             (REASON_HEADER.into(), reason.clone()),
-            (DETAIL_HEADER.into(), detail.clone()),
+            (DETAIL_HEADER.into(), detail.into_owned()),
             ("x-original-exchange".into(), d.exchange.clone()),
             ("x-original-routing-key".into(), d.routing_key.clone()),
         ];
-        // Kept so `vogeler-admin dead --requeue` republishes a signed message still signed.
+        // Kept so `vogeler-admin dead --requeue` republishes a signed message still signed;
+        // one too long to be a signature is left off (with the others it could overflow
+        // the frame).
         for name in [SIGNATURE_HEADER, KEY_ID_HEADER] {
-            if let Some(v) = d.header(name) {
+            if let Some(v) = d.header(name).filter(|v| v.len() <= MAX_DETAIL_BYTES) {
                 headers.push((name.to_string(), v.to_string()));
             }
         }
@@ -718,6 +723,24 @@ fn signature_record(
     }
     records.push(record(SIGNATURE_KEY.into(), value));
     Ok((verdict, records))
+}
+
+/// Why a result's key is one the server writes itself, whatever the configuration: its
+/// signature verdicts ([`SIGNATURE_KEY`], `signature.*`, written only with `[server]
+/// node_keys`, so a node without a key could otherwise forge one) and its clock-skew note.
+/// `None` for any other key (the store refuses its own fields itself).
+fn server_key(change: &Change) -> Option<String> {
+    let Change::Plugin { name, .. } = change else {
+        return None;
+    };
+    if vogeler_store::is_signature_key(name) {
+        return Some(format!(
+            "plugin name {name:?} is reserved: {SIGNATURE_KEY:?} and \"{SIGNATURE_KEY}.*\" hold the server's signature records"
+        ));
+    }
+    (name == CLOCK_SKEW_KEY).then(|| {
+        format!("plugin name {CLOCK_SKEW_KEY:?} is reserved for the server's clock-skew note")
+    })
 }
 
 /// The document key where the server notes the latest clamped `collected_at`:
@@ -1039,6 +1062,27 @@ mod tests {
                 value: serde_json::json!(1).into(),
             },
         }
+    }
+
+    #[test]
+    fn the_servers_own_keys_are_refused_whatever_the_configuration() {
+        for name in [SIGNATURE_KEY, "signature.facter", CLOCK_SKEW_KEY] {
+            let why = server_key(&result("web01", name).change).expect(name);
+            assert!(why.contains(&format!("{name:?}")), "{why}");
+        }
+        for name in ["signatures", "facter", "clock"] {
+            assert_eq!(server_key(&result("web01", name).change), None, "{name}");
+        }
+        let error = Change::Error {
+            plugin: Some(SIGNATURE_KEY.into()),
+            message: "x".into(),
+            raw: None,
+        };
+        assert_eq!(
+            server_key(&error),
+            None,
+            "an error result writes last_error only"
+        );
     }
 
     #[test]

@@ -49,7 +49,7 @@ use crate::{
 };
 
 const BACKEND: &str = "couch";
-const META: &str = "vogeler_meta";
+const META: &str = crate::STORE_META_KEY;
 /// Read-modify-write rounds before a node that keeps conflicting is given up on.
 const MAX_ATTEMPTS: u32 = 30;
 
@@ -770,7 +770,7 @@ impl Store for CouchStore {
                 continue;
             }
             if let Change::Plugin { name, .. } = &obs.change {
-                if is_reserved_key(name) || name == META {
+                if is_reserved_key(name) {
                     outcomes[i] = Some(Outcome::Refused(format!(
                         "plugin name {name:?} clashes with a document field"
                     )));

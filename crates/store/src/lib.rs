@@ -60,9 +60,15 @@ pub const RESERVED_KEYS: &[&str] = &[
     "last_error",
 ];
 
-/// Whether `name` may be used as a plugin key in a node document.
+/// The field where the CouchDB backend keeps its own bookkeeping in each document (when
+/// each key was collected). Refused as a plugin name on every backend, not only CouchDB,
+/// so the same results are stored everywhere and records migrate between backends.
+pub const STORE_META_KEY: &str = "vogeler_meta";
+
+/// Whether `name` may not be used as a plugin key in a node document: a document field,
+/// a name starting with `_` (CouchDB's own), or [`STORE_META_KEY`].
 pub fn is_reserved_key(name: &str) -> bool {
-    name.starts_with('_') || RESERVED_KEYS.contains(&name)
+    name.starts_with('_') || RESERVED_KEYS.contains(&name) || name == STORE_META_KEY
 }
 
 /// One thing the server learned about a node, in the order it learned it.
