@@ -17,18 +17,7 @@ pub async fn show_node(
     key: Option<&str>,
     at: Option<DateTime<Utc>>,
 ) -> anyhow::Result<String> {
-    let Some(current) = store.node(name).await? else {
-        return Err(crate::cli::no_such_node(name));
-    };
-    let record = match at {
-        None => current,
-        Some(t) => {
-            let history = store.history(name, None).await?.rows;
-            query::rewind(current, &history, t).ok_or_else(|| {
-                crate::cli::not_found(format!("node {name:?} did not exist yet at {}", rfc3339(t)))
-            })?
-        }
-    };
+    let record = record_at(store, name, at).await?;
     let doc = record.document();
     let value = match key {
         None => &doc,
@@ -42,6 +31,164 @@ pub async fn show_node(
         })?,
     };
     Ok(format!("{}\n", serde_json::to_string_pretty(value)?))
+}
+
+/// A node's record now, or as it was at `at`; a missing node (or one that did not
+/// exist yet) is "not there" (exit 3).
+async fn record_at(
+    store: &DynStore,
+    name: &str,
+    at: Option<DateTime<Utc>>,
+) -> anyhow::Result<vogeler_store::NodeRecord> {
+    let Some(current) = store.node(name).await? else {
+        return Err(crate::cli::no_such_node(name));
+    };
+    match at {
+        None => Ok(current),
+        Some(t) => {
+            let history = store.history(name, None).await?.rows;
+            query::rewind(current, &history, t).ok_or_else(|| {
+                crate::cli::not_found(format!("node {name:?} did not exist yet at {}", rfc3339(t)))
+            })
+        }
+    }
+}
+
+/// Where each summary line looks, first found wins: facter 4's structured facts, then
+/// facter's legacy names, ohai, and the os_release plugin, so a node with any of them
+/// gets a summary.
+const SUMMARY: &[(&str, &[&str])] = &[
+    (
+        "os",
+        &[
+            "facter.os.distro.description",
+            "facter.operatingsystem",
+            "ohai.platform",
+            "os_release.PRETTY_NAME",
+        ],
+    ),
+    (
+        "release",
+        &[
+            "facter.os.release.full",
+            "facter.operatingsystemrelease",
+            "ohai.platform_version",
+            "os_release.VERSION_ID",
+        ],
+    ),
+    ("kernel", &["facter.kernelrelease", "ohai.kernel.release"]),
+    (
+        "architecture",
+        &["facter.os.architecture", "ohai.kernel.machine"],
+    ),
+    (
+        "ip",
+        &["facter.networking.ip", "facter.ipaddress", "ohai.ipaddress"],
+    ),
+    (
+        "ip6",
+        &[
+            "facter.networking.ip6",
+            "facter.ipaddress6",
+            "ohai.ip6address",
+        ],
+    ),
+    (
+        "fqdn",
+        &["facter.networking.fqdn", "facter.fqdn", "ohai.fqdn"],
+    ),
+    (
+        "cpus",
+        &[
+            "facter.processors.count",
+            "facter.processorcount",
+            "ohai.cpu.total",
+        ],
+    ),
+    (
+        "cpu model",
+        &["facter.processors.models.0", "ohai.cpu.0.model_name"],
+    ),
+    (
+        "memory",
+        &[
+            "facter.memory.system.total",
+            "facter.memorysize",
+            "ohai.memory.total",
+        ],
+    ),
+    (
+        "uptime",
+        &[
+            "facter.system_uptime.uptime",
+            "facter.uptime",
+            "ohai.uptime",
+        ],
+    ),
+    ("virtual", &["facter.virtual", "ohai.virtualization.system"]),
+];
+
+/// `vogeler-admin node NAME --summary`: the lines an operator reads first (OS, kernel,
+/// addresses, CPU, memory, uptime, last seen, packages, errors), each from whichever
+/// plugin has it; the whole document is one `node NAME` away.
+pub fn summary_lines(record: &vogeler_store::NodeRecord) -> Vec<(String, String)> {
+    let doc = record.document();
+    let mut out = vec![("node".to_string(), record.name.clone())];
+    for (label, paths) in SUMMARY {
+        let found = paths.iter().find_map(|p| {
+            let v = KeyPath::parse(p).ok()?.find(&doc)?.clone();
+            (!v.is_null()).then_some(v)
+        });
+        if let Some(v) = found {
+            out.push((label.to_string(), crate::report::cell_text(&v)));
+        }
+    }
+    out.push(("last seen".into(), rfc3339(record.last_seen)));
+    out.push(("first seen".into(), rfc3339(record.created_at)));
+    for key in vogeler_store::PACKAGE_KEYS {
+        if let Some(n) = record
+            .keys
+            .get(*key)
+            .and_then(|v| v.as_object())
+            .map(|m| m.len())
+        {
+            out.push((format!("packages ({key})"), n.to_string()));
+        }
+    }
+    out.push((
+        "plugins".into(),
+        record.keys.keys().cloned().collect::<Vec<_>>().join(", "),
+    ));
+    let error = record
+        .last_error
+        .as_ref()
+        .map(|e| {
+            let plugin = e.get("plugin").and_then(|p| p.as_str()).unwrap_or("-");
+            let message = e
+                .get("message")
+                .and_then(|m| m.as_str())
+                .unwrap_or_default();
+            format!("{plugin}: {message}")
+        })
+        .unwrap_or_else(|| "none".into());
+    out.push(("last error".into(), error));
+    out
+}
+
+/// [`summary_lines`] of a node (as it was at `at`), aligned.
+pub async fn show_summary(
+    store: &DynStore,
+    name: &str,
+    at: Option<DateTime<Utc>>,
+) -> anyhow::Result<String> {
+    let record = record_at(store, name, at).await?;
+    let lines = summary_lines(&record);
+    let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (label, value) in lines {
+        let _ = writeln!(out, "{label:<width$}  {value}");
+    }
+    Ok(out)
 }
 
 /// `vogeler-admin check [--quarantine]`: every stored row that does not read back, one

@@ -216,6 +216,32 @@ async fn reports(backend: &str) {
         "{csv}"
     );
 
+    // One screen per node, from whichever plugin has each line.
+    let summary = ok(dsn, &["node", "fx-web01", "--summary"]);
+    for want in [
+        "Debian GNU/Linux 12 (bookworm)",
+        "5.10.0-26-amd64",
+        "192.0.2.2",
+        "packages (dpkg)",
+        "plugins",
+    ] {
+        assert!(
+            summary.contains(want),
+            "{backend}: {want} missing from:\n{summary}"
+        );
+    }
+    assert!(
+        summary
+            .lines()
+            .any(|l| l.starts_with("last error") && l.ends_with(" none")),
+        "{summary}"
+    );
+    let summary = ok(dsn, &["node", "fx-web06", "--summary"]);
+    assert!(summary.contains("facter: exit status 1"), "{summary}");
+    assert!(!summary.contains("packages"), "{summary}");
+    let out = admin(dsn, &["node", "fx-nobody", "--summary"]);
+    assert_eq!(out.status.code(), Some(3));
+
     // Names only, one a line.
     let names = ok(dsn, &["node", "--names"]);
     assert_eq!(

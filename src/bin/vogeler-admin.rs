@@ -73,6 +73,10 @@ enum Command {
         /// failed plugin clears it too.
         #[arg(long, requires = "name", conflicts_with_all = ["key", "at"])]
         clear_error: bool,
+        /// One screen about the node: OS, kernel, addresses, CPU, memory, uptime, last
+        /// seen, packages, the last error.
+        #[arg(long, requires = "name", conflicts_with_all = ["key", "clear_error"])]
+        summary: bool,
         /// Only the node names, one a line (for scripts and shell loops).
         #[arg(long, conflicts_with_all = ["name", "key", "at"])]
         names: bool,
@@ -278,6 +282,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             for n in nodes {
                 outln!("{}", n.name)?;
             }
+            Ok(0)
+        }
+        Command::Node {
+            name: Some(name),
+            summary: true,
+            at,
+            ..
+        } => {
+            let at = at
+                .map(|w| report::parse_when(&w, Utc::now()).map_err(usage))
+                .transpose()?;
+            let store = settings::open_existing_store(&s).await?;
+            let out = within(&s, admin::show_summary(&store, &name, at)).await?;
+            out!("{out}")?;
             Ok(0)
         }
         Command::Diff { a, b, path, format } => {
