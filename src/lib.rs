@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod cli;
 pub mod client;
+pub mod export;
 pub mod logging;
 pub mod migrate;
 pub mod report;

@@ -242,6 +242,50 @@ async fn reports(backend: &str) {
     let out = admin(dsn, &["node", "fx-nobody", "--summary"]);
     assert_eq!(out.status.code(), Some(3));
 
+    // Exports: an Ansible inventory (groups from a fact, host variables) and the
+    // Prometheus service discovery targets, over the same selection.
+    let inventory: Value = serde_json::from_str(&ok(
+        dsn,
+        &[
+            "export",
+            "ansible",
+            "--group-by",
+            "facter.os.family",
+            "--hostvars",
+            "facter.kernelrelease",
+        ],
+    ))
+    .expect("ansible JSON");
+    assert_eq!(
+        inventory["facter_os_family_Debian"]["hosts"],
+        json!(["fx-web01", "fx-web02", "fx-web03", "fx-web04"])
+    );
+    assert_eq!(
+        inventory["facter_os_family_RedHat"]["hosts"],
+        json!(["fx-web05", "fx-web06"])
+    );
+    assert_eq!(inventory["all"]["hosts"].as_array().map(Vec::len), Some(6));
+    let web02 = &inventory["_meta"]["hostvars"]["fx-web02"];
+    assert_eq!(web02["facter_kernelrelease"], "6.1.0-13-amd64");
+    assert_eq!(web02["ansible_host"], "192.0.2.2");
+    let sd: Value = serde_json::from_str(&ok(
+        dsn,
+        &[
+            "export",
+            "prometheus",
+            "-n",
+            "fx-web0[12]",
+            "--label",
+            "facter.os.family",
+        ],
+    ))
+    .expect("SD JSON");
+    assert_eq!(sd.as_array().map(Vec::len), Some(2), "{sd}");
+    assert_eq!(sd[1]["targets"], json!(["192.0.2.2:9100"]));
+    assert_eq!(sd[1]["labels"]["__meta_vogeler_node"], "fx-web02");
+    let out = admin(dsn, &["export", "ansible", "--group-by", "a..b"]);
+    assert_eq!(out.status.code(), Some(2));
+
     // Names only, one a line.
     let names = ok(dsn, &["node", "--names"]);
     assert_eq!(

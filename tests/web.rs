@@ -396,3 +396,50 @@ async fn a_token_read_from_a_file_guards_the_ui() {
     assert_eq!(r.status(), StatusCode::OK);
     drop(w);
 }
+
+/// Prometheus HTTP service discovery: one target group per selected node, the node's
+/// address with the port, labels named as Prometheus requires; a bad port is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_service_discovery_lists_the_selected_nodes() {
+    let w = start(&[], vec![]).await;
+    let sd = json(
+        &format!(
+            "{}/api/v1/sd/prometheus?where=facter.os.family%3DDebian&port=9187&label=facter.os.family,facter.kernelrelease",
+            w.base
+        ),
+        StatusCode::OK,
+    )
+    .await;
+    let groups = sd.as_array().expect("an array of target groups");
+    assert_eq!(groups.len(), 4, "{sd}");
+    let label_name = |k: &str| {
+        k.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    for g in groups {
+        let targets = g["targets"].as_array().expect("targets");
+        assert_eq!(targets.len(), 1, "{g}");
+        assert!(
+            targets[0].as_str().expect("a string").ends_with(":9187"),
+            "{g}"
+        );
+        for (k, v) in g["labels"].as_object().expect("labels") {
+            assert!(label_name(k), "{k} is not a Prometheus label name");
+            assert!(v.is_string(), "{k}: label values are strings: {g}");
+        }
+        assert_eq!(g["labels"]["__meta_vogeler_facter_os_family"], "Debian");
+    }
+    assert_eq!(groups[0]["labels"]["__meta_vogeler_node"], "fx-web01");
+    assert_eq!(groups[0]["targets"][0], "192.0.2.2:9187");
+    assert_eq!(
+        groups[1]["labels"]["__meta_vogeler_facter_kernelrelease"],
+        "6.1.0-13-amd64"
+    );
+    json(
+        &format!("{}/api/v1/sd/prometheus?port=99999", w.base),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+}

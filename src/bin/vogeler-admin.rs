@@ -59,6 +59,30 @@ enum Report {
 }
 
 #[derive(Debug, Subcommand)]
+enum Export {
+    /// An Ansible dynamic inventory (the JSON a `--list` script prints): groups from
+    /// fact values, host variables from paths, `ansible_host` from the node's address.
+    Ansible {
+        /// Group hosts by the value at these paths (facter.os.family → facter_os_family_Debian).
+        #[arg(long, value_name = "PATH", value_delimiter = ',')]
+        group_by: Vec<String>,
+        /// Host variables: the value at these paths (facter.kernelrelease → facter_kernelrelease).
+        #[arg(long, value_name = "PATH", value_delimiter = ',')]
+        hostvars: Vec<String>,
+    },
+    /// Prometheus HTTP service discovery targets (`ADDRESS:PORT` per node, as
+    /// `GET /api/v1/sd/prometheus` serves them).
+    Prometheus {
+        /// The exporter's port on every node.
+        #[arg(long, default_value_t = 9100)]
+        port: u16,
+        /// Label each target with the value at these paths (`__meta_vogeler_<path>`).
+        #[arg(long = "label", value_name = "PATH", value_delimiter = ',')]
+        labels: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// All nodes; one node's document; or one key of it (a dotted path: facter.os.family).
     Node {
@@ -80,6 +104,17 @@ enum Command {
         /// Only the node names, one a line (for scripts and shell loops).
         #[arg(long, conflicts_with_all = ["name", "key", "at"])]
         names: bool,
+    },
+    /// Export the selected nodes to Ansible or Prometheus (JSON on standard output).
+    Export {
+        #[command(subcommand)]
+        to: Export,
+        /// Only nodes where this holds (repeatable, AND), as for `report`.
+        #[arg(short = 'W', long = "where", value_name = "FILTER", global = true)]
+        filters: Vec<String>,
+        /// Only nodes whose name matches (globs, repeatable or comma-separated).
+        #[arg(short = 'n', long = "nodes", value_name = "GLOB", global = true)]
+        nodes: Vec<String>,
     },
     /// What differs between two nodes: each path added, removed or changed, with both
     /// values (plugin keys only; a PATH narrows it: facter.os, dpkg).
@@ -296,6 +331,30 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let store = settings::open_existing_store(&s).await?;
             let out = within(&s, admin::show_summary(&store, &name, at)).await?;
             out!("{out}")?;
+            Ok(0)
+        }
+        Command::Export { to, filters, nodes } => {
+            let q = report::query(&filters, &nodes).map_err(usage)?;
+            let paths = |list: &[String]| {
+                list.iter()
+                    .map(|p| KeyPath::parse(p.trim()).map_err(usage))
+                    .collect::<anyhow::Result<Vec<_>>>()
+            };
+            // Every path is checked before the store is opened (exit 2, not 1).
+            let (first, second) = match &to {
+                Export::Ansible { group_by, hostvars } => (paths(group_by)?, paths(hostvars)?),
+                Export::Prometheus { labels, .. } => (paths(labels)?, Vec::new()),
+            };
+            let store = settings::open_existing_store(&s).await?;
+            let doc = match to {
+                Export::Ansible { .. } => {
+                    within(&s, vogeler::export::ansible(&store, &q, &first, &second)).await?
+                }
+                Export::Prometheus { port, .. } => {
+                    within(&s, vogeler::export::prometheus(&store, &q, port, &first)).await?
+                }
+            };
+            outln!("{}", serde_json::to_string_pretty(&doc)?)?;
             Ok(0)
         }
         Command::Diff { a, b, path, format } => {

@@ -416,6 +416,33 @@ pub async fn not_found(uri: Uri) -> Response {
     }
 }
 
+/// `GET /api/v1/sd/prometheus?where=&name=&port=9100&label=PATH`: Prometheus HTTP
+/// service discovery over the same selection as `/api/nodes` (point
+/// `http_sd_configs` here; `label` is repeatable or comma-separated).
+pub async fn prometheus_sd(State(state): State<WebState>, RawQuery(raw): RawQuery) -> ApiResult {
+    let p = pairs(raw.as_deref());
+    let q = node_query(&p, Utc::now()).map_err(ApiError::bad)?;
+    let port = match param(&p, "port") {
+        None => 9100,
+        Some(n) => n
+            .parse::<u16>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| ApiError::bad(format!("port must be 1 to 65535, not {n:?}")))?,
+    };
+    let labels = p
+        .iter()
+        .filter(|(k, _)| k == "label")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| KeyPath::parse(l).map_err(|e| ApiError::bad(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(
+        crate::export::prometheus(&state.store, &q, port, &labels).await?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,6 +86,7 @@ pub fn router(mut state: WebState) -> Router {
         .route("/api/search", get(api::search))
         .route("/api/changes", get(api::changes))
         .route("/api/stats", get(api::stats))
+        .route("/api/v1/sd/prometheus", get(api::prometheus_sd))
         .route("/metrics", get(metrics::metrics))
         .fallback(api::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
