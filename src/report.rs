@@ -554,6 +554,82 @@ pub async fn changes(
     Ok(t)
 }
 
+/// What `report changes --follow` has shown: the newest change's time, and the rows
+/// at that time (the next question starts there, so they come back and are skipped).
+pub struct Follow {
+    since: DateTime<Utc>,
+    at_since: std::collections::HashSet<Vec<Value>>,
+}
+
+impl Follow {
+    /// Starts at `since`: every row from then on is new once.
+    pub fn new(since: DateTime<Utc>) -> Follow {
+        Follow {
+            since,
+            at_since: Default::default(),
+        }
+    }
+
+    /// Where the next question starts.
+    pub fn since(&self) -> DateTime<Utc> {
+        self.since
+    }
+
+    fn absorb(&mut self, t: &Table) -> Vec<Vec<Value>> {
+        let mut fresh = Vec::new();
+        for row in &t.rows {
+            let Some(at) = row
+                .first()
+                .and_then(Value::as_str)
+                .and_then(|a| DateTime::parse_from_rfc3339(a).ok())
+                .map(|a| a.with_timezone(&Utc))
+            else {
+                continue;
+            };
+            if at < self.since || (at == self.since && self.at_since.contains(row)) {
+                continue;
+            }
+            if at > self.since {
+                self.since = at;
+                self.at_since.clear();
+            }
+            self.at_since.insert(row.clone());
+            fresh.push(row.clone());
+        }
+        fresh
+    }
+
+    /// The rows of `t` not shown yet, one line each in `format` (table: cells
+    /// separated by two spaces; JSON: one object a line; CSV: one record).
+    pub fn new_lines(&mut self, t: &Table, format: Format) -> anyhow::Result<Vec<String>> {
+        let fresh = self.absorb(t);
+        let mut out = Vec::with_capacity(fresh.len());
+        for row in fresh {
+            out.push(match format {
+                Format::Json => Value::Object(
+                    t.columns
+                        .iter()
+                        .cloned()
+                        .zip(row.iter().cloned())
+                        .collect::<Map<String, Value>>(),
+                )
+                .to_string(),
+                Format::Csv => {
+                    let mut w = csv::Writer::from_writer(Vec::new());
+                    w.write_record(row.iter().map(cell_text))?;
+                    String::from_utf8(w.into_inner()?)?.trim_end().to_string()
+                }
+                Format::Table => row
+                    .iter()
+                    .map(|v| one_line(&cell_text(v)))
+                    .collect::<Vec<_>>()
+                    .join("  "),
+            });
+        }
+        Ok(out)
+    }
+}
+
 /// One node's history: every change with its leaf differences, or with a path, the
 /// values it took and when each appeared and went away.
 pub async fn history(

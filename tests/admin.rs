@@ -576,3 +576,74 @@ fn queue_status_reads_the_management_api() {
         .expect("node row");
     assert_eq!(client["consumers"], 1, "{client}");
 }
+
+/// `report changes --follow`: the changes so far, then each change once as it is
+/// stored (one JSON object a line), until SIGTERM ends it with 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_follow_prints_new_changes_as_they_are_stored() {
+    use std::io::BufRead as _;
+    let target = target("sqlite").await;
+    fill(&target.store).await;
+    let mut child = std::process::Command::new(common::bin("admin"))
+        .args(["-c", "/dev/null", "--dbhost", &target.dsn])
+        .args([
+            "report", "changes", "--since", "5d", "--follow", "--format", "json",
+        ])
+        .args(["-n", "fx-web0[12]"])
+        .env_remove("VOGELER_DBHOST")
+        .env_remove("VOGELER_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start vogeler-admin");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("a line within 20 s");
+        serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    };
+    // The one change in the window so far: fx-web01's openssl upgrade.
+    let first = next();
+    assert_eq!(first["node"], "fx-web01", "{first}");
+    assert_eq!(first["new"], "3.0.99-1", "{first}");
+
+    let mut newer = common::fleet::fixtures().2;
+    newer["openssl"] = json!("3.1.0-1");
+    target
+        .store
+        .apply(
+            vec![
+                plugin("fx-web02", Utc::now(), "dpkg", newer.clone()),
+                // Not selected by -n: never printed.
+                plugin("fx-web05", Utc::now(), "dpkg", newer),
+            ]
+            .into(),
+        )
+        .await
+        .expect("a later change");
+    let later = next();
+    assert_eq!(later["node"], "fx-web02", "{later}");
+    assert_eq!(later["path"], "openssl", "{later}");
+    assert_eq!(later["new"], "3.1.0-1", "{later}");
+    assert!(later["old"].is_string(), "{later}");
+    // Shown once: nothing else arrives while the same rows are asked for again.
+    assert!(rx.recv_timeout(std::time::Duration::from_secs(3)).is_err());
+
+    let pid = child.id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+}

@@ -55,6 +55,10 @@ enum Report {
         /// At most this many changed keys.
         #[arg(long, default_value_t = 10_000)]
         limit: usize,
+        /// Keep printing changes as they are stored, like `tail -f` (Ctrl-C ends it):
+        /// one line a change (JSON: one object a line; CSV: rows without a header).
+        #[arg(long)]
+        follow: bool,
     },
 }
 
@@ -274,6 +278,37 @@ async fn within<T>(
 
 /// Prints a report; JSON and CSV keep their shape for scripts, so the notice about
 /// skipped unreadable rows goes to stderr for them (the table form prints it itself).
+/// `report changes --follow`: prints the changes so far one line each, then asks for
+/// changes since the newest one shown every second and prints each new row once,
+/// until Ctrl-C or SIGTERM (exit 0).
+async fn follow_changes(
+    s: &vogeler_config::Settings,
+    store: &vogeler_store::DynStore,
+    q: &Query,
+    format: report::Format,
+    since: chrono::DateTime<Utc>,
+    shown: &report::Table,
+) -> anyhow::Result<()> {
+    let mut follow = report::Follow::new(since);
+    if format == report::Format::Table {
+        outln!("{}", shown.columns.join("  ").to_uppercase())?;
+    }
+    for line in follow.new_lines(shown, format)? {
+        outln!("{line}")?;
+    }
+    let mut shutdown = vogeler::shutdown::Shutdown::on_signals();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = shutdown.wait() => return Ok(()),
+        }
+        let table = within(s, report::changes(store, follow.since(), 10_000, q)).await?;
+        for line in follow.new_lines(&table, format)? {
+            outln!("{line}")?;
+        }
+    }
+}
+
 fn print_table(table: &report::Table, format: report::Format) -> anyhow::Result<()> {
     out!("{}", table.render(format, report::terminal_width())?)?;
     if format != report::Format::Table {
@@ -392,6 +427,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             filters,
             nodes,
         } => {
+            let follow = matches!(which, Report::Changes { follow: true, .. });
             let q = report::query(&filters, &nodes).map_err(usage)?;
             let now = Utc::now();
             let when = |w: &str| report::parse_when(w, now).map_err(usage);
@@ -433,7 +469,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 })
             })
             .await?;
-            print_table(&table, format)?;
+            match (since, follow) {
+                (Some(since), true) => {
+                    follow_changes(&s, &store, &q, format, since, &table).await?
+                }
+                _ => print_table(&table, format)?,
+            }
             Ok(0)
         }
         Command::History { node, path, format } => {
