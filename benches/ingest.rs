@@ -112,6 +112,9 @@ async fn cleanup(t: &Topology) {
     let s = broker().connect().await.expect("connect");
     let _ = s.delete_queue(&t.master_queue).await;
     let _ = s.delete_queue(&t.dead_queue).await;
+    // The exchanges too: a run leaves nothing behind on the shared broker.
+    let _ = s.delete_exchange(&t.master_exchange).await;
+    let _ = s.delete_exchange(&t.broadcast_exchange).await;
     s.close().await;
 }
 

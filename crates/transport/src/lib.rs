@@ -758,6 +758,15 @@ impl Session {
         Ok(())
     }
 
+    /// Deletes an exchange (benchmarks and tests clean up the names they made).
+    pub async fn delete_exchange(&self, exchange: &str) -> Result<(), TransportError> {
+        self.channel
+            .exchange_delete(exchange, lapin::options::ExchangeDeleteOptions::default())
+            .await
+            .map_err(TransportError::session)?;
+        Ok(())
+    }
+
     /// Starts a publish and returns at once; await the [`Pending`] for the confirm.
     /// Messages are persistent (delivery mode 2) JSON unless [`Outgoing::transient`].
     pub async fn publish(
