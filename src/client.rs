@@ -679,7 +679,12 @@ fn unsafe_key(program: &str) -> String {
     format!("unsafe_{base}")
 }
 
+/// The most of an error message a client sends (and logs): a refusal that quotes a
+/// hostile request's field must not grow the answer with it.
+const MAX_ERROR_BYTES: usize = 2048;
+
 fn error_answer(plugin: &str, message: String) -> Answer {
+    let message = vogeler_protocol::limits::bounded(&message, MAX_ERROR_BYTES).into_owned();
     Answer {
         plugin: plugin.to_string(),
         format: "raw".into(),
