@@ -379,6 +379,21 @@ async fn reports(backend: &str) {
         .expect("rows")
         .iter()
         .all(|r| r["key"] == "dpkg" || r["key"] == "last_error"));
+
+    // A host that is gone: deleted with its history, after --yes.
+    let out = admin(dsn, &["node", "fx-web06", "--delete"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ok(dsn, &["node", "fx-web06", "--delete", "--yes"]).contains("deleted fx-web06"));
+    assert_eq!(admin(dsn, &["node", "fx-web06"]).status.code(), Some(3));
+    assert_eq!(admin(dsn, &["history", "fx-web06"]).status.code(), Some(3));
+    assert_eq!(ok(dsn, &["node", "--names"]).lines().count(), 5);
+    let out = admin(dsn, &["node", "fx-web06", "--delete", "--yes"]);
+    assert_eq!(out.status.code(), Some(3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

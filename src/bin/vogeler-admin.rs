@@ -105,6 +105,13 @@ enum Command {
         /// seen, packages, the last error.
         #[arg(long, requires = "name", conflicts_with_all = ["key", "clear_error"])]
         summary: bool,
+        /// Delete the node's record and its history for good (a host that is gone; its
+        /// next result starts a new record). Needs --yes.
+        #[arg(long, requires = "name", conflicts_with_all = ["key", "at", "clear_error", "summary"])]
+        delete: bool,
+        /// Confirms --delete.
+        #[arg(long, requires = "delete")]
+        yes: bool,
         /// Only the node names, one a line (for scripts and shell loops).
         #[arg(long, conflicts_with_all = ["name", "key", "at"])]
         names: bool,
@@ -344,6 +351,24 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 outln!("{name} has no last error")?;
             }
+            Ok(0)
+        }
+        Command::Node {
+            name: Some(name),
+            delete: true,
+            yes,
+            ..
+        } => {
+            if !yes {
+                return Err(usage(format!(
+                    "--delete removes {name}'s record and all its history for good; run it again with --yes"
+                )));
+            }
+            let store = settings::open_existing_store(&s).await?;
+            if !store.delete_node(&name).await? {
+                return Err(vogeler::cli::no_such_node(&name));
+            }
+            outln!("deleted {name} and its history")?;
             Ok(0)
         }
         Command::Node { names: true, .. } => {

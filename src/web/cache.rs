@@ -151,6 +151,10 @@ impl Store for CachedStore {
         self.inner.prune_history(before).await
     }
 
+    async fn delete_node(&self, name: &str) -> Result<bool, StoreError> {
+        self.inner.delete_node(name).await
+    }
+
     async fn import(
         &self,
         record: &NodeRecord,

@@ -58,7 +58,8 @@ macro_rules! conformance_tests {
             ledger_records_requests_and_answers_in_any_order, a_node_many_times_in_one_batch,
             decoded_results_read_back_the_same, last_error_is_bounded,
             reserved_paths_answer_as_the_document,
-            a_good_result_clears_last_error, signature_verdicts_per_key);
+            a_good_result_clears_last_error, signature_verdicts_per_key,
+            a_deleted_node_is_gone_with_its_history);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -1032,6 +1033,55 @@ pub async fn retention_prunes_old_history(store: DynStore) {
         3
     );
     assert_eq!(store.prune_history(t(25)).await.expect("prune again"), 0);
+}
+
+/// A deleted node is gone from every read, with its history; other nodes keep theirs;
+/// a second delete says so; the node's next result starts a new record.
+pub async fn a_deleted_node_is_gone_with_its_history(store: DynStore) {
+    for (at, v) in [(10, 1), (20, 2)] {
+        apply(
+            &store,
+            vec![
+                plugin("gone", at, "k", json!(v)),
+                plugin("kept", at, "k", json!(v)),
+            ],
+        )
+        .await;
+    }
+    assert!(store.delete_node("gone").await.expect("delete"));
+    assert!(store.node("gone").await.expect("node").is_none());
+    let names: Vec<String> = store
+        .nodes()
+        .await
+        .expect("nodes")
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["kept"]);
+    assert!(store
+        .history("gone", None)
+        .await
+        .expect("history")
+        .rows
+        .is_empty());
+    assert_eq!(
+        store
+            .history("kept", None)
+            .await
+            .expect("history")
+            .rows
+            .len(),
+        2
+    );
+    let values = store
+        .values(&KeyPath::parse("k").expect("path"))
+        .await
+        .expect("values")
+        .rows;
+    assert_eq!(values, vec![("kept".to_string(), json!(2))]);
+    assert!(!store.delete_node("gone").await.expect("delete again"));
+    let out = apply(&store, vec![plugin("gone", 30, "k", json!(3))]).await;
+    assert_eq!(out, vec![Outcome::Created]);
 }
 
 /// An imported record replaces what was there, keeps its times and history, and

@@ -1085,6 +1085,36 @@ impl Store for CouchStore {
         Ok(docs.map(|(e, _, _)| e))
     }
 
+    async fn delete_node(&self, name: &str) -> Result<bool, StoreError> {
+        let (mut docs, bad) = self.fetch_checked(&[name.to_string()]).await?;
+        if let Some(b) = bad.first() {
+            return Err(StoreError::Invalid(format!(
+                "the document of {:?} does not read back ({}); `vogeler-admin check --quarantine` moves it aside",
+                b.id, b.why
+            )));
+        }
+        let history: Vec<Map<String, Value>> = self
+            .history_docs(&format!("history:{name}:"))
+            .await?
+            .rows
+            .into_iter()
+            .filter(|(e, _, _)| e.node == name)
+            .map(|(_, _, d)| d)
+            .collect();
+        let node = docs
+            .remove(name)
+            .filter(|d| d.get("doc_type") == Some(&json!("SystemRecord")));
+        // History first: a node document left behind by a failure can be deleted again.
+        self.delete_docs(&history).await?;
+        match node {
+            Some(doc) => {
+                self.delete_docs(std::slice::from_ref(&doc)).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let old: Vec<Map<String, Value>> = self
             .history_docs("history:")

@@ -545,6 +545,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes history observed before `before` (retention); returns how many entries went.
     async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 
+    /// Deletes a node's record and its history for good (`vogeler-admin node NAME
+    /// --delete`: a host that is gone); the request ledger keeps what it answered.
+    /// False when no such node is stored. Its next result starts a new record.
+    async fn delete_node(&self, name: &str) -> Result<bool, StoreError>;
+
     /// Replaces a node's record and history with the given ones (migration between
     /// stores); a second import of the same node leaves one copy.
     async fn import(&self, record: &NodeRecord, history: &[HistoryEntry])

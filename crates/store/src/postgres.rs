@@ -844,6 +844,22 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn delete_node(&self, name: &str) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        // node_keys go with the node row (ON DELETE CASCADE); the row lock waits for a
+        // server committing a result of this node meanwhile.
+        let gone = tx
+            .execute("DELETE FROM nodes WHERE name = $1", &[&name])
+            .await
+            .map_err(pg_err)?;
+        tx.execute("DELETE FROM history WHERE node = $1", &[&name])
+            .await
+            .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(gone > 0)
+    }
+
     async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let client = self.client().await?;
         client

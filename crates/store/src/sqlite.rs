@@ -857,6 +857,23 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn delete_node(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.call(move |conn| {
+            let tx = conn.transaction().map_err(sql_err)?;
+            tx.execute("DELETE FROM node_keys WHERE node = ?1", params![name])
+                .map_err(sql_err)?;
+            tx.execute("DELETE FROM history WHERE node = ?1", params![name])
+                .map_err(sql_err)?;
+            let gone = tx
+                .execute("DELETE FROM nodes WHERE name = ?1", params![name])
+                .map_err(sql_err)?;
+            tx.commit().map_err(sql_err)?;
+            Ok(gone > 0)
+        })
+        .await
+    }
+
     async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let before = rfc3339(before);
         self.call(move |conn| {
