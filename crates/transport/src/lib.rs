@@ -9,14 +9,19 @@
 //! attempts with full jitter so a fleet never reconnects in one herd.
 //!
 //! [`seam`] puts the same operations behind one broker-neutral [`Transport`] trait,
-//! implemented over a session ([`AmqpTransport`]). The programs do not use it yet.
+//! implemented over a session ([`AmqpTransport`]) and over NATS JetStream
+//! ([`nats::NatsTransport`], feature `nats`). The programs do not use it yet.
 
 mod backoff;
 pub mod management;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod seam;
 
 pub use backoff::Backoff;
 pub use management::{Management, ManagementError, QueueInfo};
+#[cfg(feature = "nats")]
+pub use nats::{NatsOptions, NatsTransport};
 pub use seam::{
     AckHandle, AmqpTransport, Audience, BadResume, Message, QueueKind, Resume, Subscription,
     Transport, REASON_HEADER,
@@ -66,7 +71,7 @@ pub enum TransportError {
         addr: String,
         /// Body and headers, in bytes.
         size: usize,
-        /// The broker's limit (RabbitMQ's `max_message_size`).
+        /// The broker's limit (NATS `max_payload`).
         limit: usize,
     },
     /// The broker negatively acknowledged a publish.

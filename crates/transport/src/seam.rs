@@ -1,7 +1,7 @@
 //! The transport seam: what Vogeler's programs need from a broker, in broker-neutral
-//! words, behind one [`Transport`] trait, implemented for RabbitMQ ([`AmqpTransport`]);
-//! NATS JetStream is to be the second backend (issue #19). One conformance suite
-//! (`tests/conformance.rs`) runs unchanged over every backend, like the store crate's.
+//! words, behind one [`Transport`] trait that RabbitMQ ([`AmqpTransport`]) and NATS
+//! JetStream ([`crate::nats::NatsTransport`]) both implement. One conformance suite
+//! (`tests/conformance.rs`) runs unchanged over both, like the store crate's.
 //!
 //! The programs do not use this seam yet: they still hold an AMQP [`Session`]. It is the
 //! first step of issue #19; switching them over is the next.
@@ -51,6 +51,12 @@ pub struct AckHandle(pub(crate) AckInner);
 pub(crate) enum AckInner {
     /// An AMQP delivery tag (on the session's one channel).
     Amqp(u64),
+    /// A JetStream message, acked by its own reply subject.
+    #[cfg(feature = "nats")]
+    Nats(Box<crate::nats::NatsAck>),
+    /// A core NATS message (a reply): nothing to ack.
+    #[cfg(feature = "nats")]
+    None,
 }
 
 /// A received message: body, string headers, and the handle to ack it with.
@@ -80,8 +86,8 @@ impl Message {
 }
 
 /// Where a client's request subscription resumes after a restart, on brokers where the
-/// client, not the broker, keeps its place (NATS JetStream, with ephemeral consumers).
-/// The client stores [`Subscription::resume`]'s text after each ack and hands it back to
+/// client, not the broker, keeps its place (NATS: see [`crate::nats`]). The client
+/// stores [`Subscription::resume`]'s text after each ack and hands it back to
 /// [`Transport::consume_node`]; RabbitMQ keeps a durable queue per node and ignores it.
 ///
 /// Text form `B:N`: the last stream sequence handled of broadcasts and of node requests.
@@ -261,6 +267,12 @@ fn too_large(addr: &str, e: TransportError) -> TransportError {
 fn amqp_tag(handle: &AckHandle) -> Result<Option<u64>, TransportError> {
     match handle.0 {
         AckInner::Amqp(tag) => Ok(Some(tag)),
+        #[cfg(feature = "nats")]
+        AckInner::None => Ok(None),
+        #[cfg(feature = "nats")]
+        AckInner::Nats(_) => Err(TransportError::Session(
+            "a NATS message cannot be acked on an AMQP session".into(),
+        )),
     }
 }
 

@@ -1,10 +1,10 @@
 //! The one transport conformance suite, run unchanged over every backend on a real
 //! broker: RabbitMQ (guest/guest on 127.0.0.1:5672, vhost `VOGELER_TEST_VHOST`, default
-//! `vogeler-test`); NATS with JetStream joins it with its backend.
+//! `vogeler-test`) and NATS with JetStream (127.0.0.1:4222, `VOGELER_TEST_NATS`).
 //!
 //! A broker that does not answer fails every case, naming it: the suite never skips
-//! (`scripts/services.sh ensure` starts the broker). Each case makes its own names (exchanges
-//! and queues) so cases run in parallel beside other
+//! (`scripts/services.sh ensure` starts both). Each case makes its own names (exchanges
+//! and queues, or a subject prefix and its streams) so cases run in parallel beside other
 //! people's tests on the same brokers, and removes what it made when it passes.
 
 use std::collections::BTreeSet;
@@ -13,8 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::{timeout, Instant};
 use vogeler_transport::{
-    AmqpTransport, Audience, Broker, Message, Outgoing, QueueKind, Resume, Subscription, Topology,
-    Transport, TransportError, REASON_HEADER,
+    AmqpTransport, Audience, Broker, Message, NatsOptions, NatsTransport, Outgoing, QueueKind,
+    Resume, Subscription, Topology, Transport, TransportError, REASON_HEADER,
 };
 
 /// How long a message may take to arrive (a margin of seconds, never a measurement).
@@ -110,6 +110,61 @@ impl Backend for Amqp {
                 .expect("delete a queue this case made");
         }
         s.close().await;
+    }
+}
+
+struct Nats {
+    id: String,
+    opts: NatsOptions,
+}
+
+impl Nats {
+    fn new() -> Self {
+        let id = unique();
+        let opts = NatsOptions {
+            prefix: format!("conformance.t{id}"),
+            connection_name: "transport-conformance".into(),
+            ack_wait: NATS_ACK_WAIT,
+            request_max_age: Duration::from_secs(3600),
+            dead_max_age: Duration::from_secs(3600),
+            client_inactive: Duration::from_secs(60),
+            ..Default::default()
+        };
+        Nats { id, opts }
+    }
+
+    async fn transport(&self) -> NatsTransport {
+        let url =
+            std::env::var("VOGELER_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        match NatsTransport::connect(&url, self.opts.clone()).await {
+            Ok(t) => t,
+            Err(e) => panic!(
+                "NATS with JetStream is needed for the conformance suite (scripts/services.sh ensure): {e}"
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for Nats {
+    async fn connect(&self) -> Box<dyn Transport> {
+        Box::new(self.transport().await)
+    }
+    fn node(&self, name: &str) -> String {
+        format!("{name}.{}.example.com", self.id)
+    }
+    fn default_limit(&self) -> usize {
+        1024 * 1024
+    }
+    fn redelivery(&self) -> Duration {
+        NATS_ACK_WAIT + ARRIVE
+    }
+    async fn cleanup(&self, _nodes: &[String]) {
+        let t = self.transport().await;
+        t.delete_streams()
+            .await
+            .expect("delete the streams this case made");
+        Box::new(t).close().await;
     }
 }
 
@@ -337,6 +392,42 @@ async fn requests_sent_while_a_client_is_down_reach_it(b: &dyn Backend) {
     b.cleanup(&[node]).await;
 }
 
+async fn an_expired_request_is_not_delivered(b: &dyn Backend) {
+    let node = b.node("late");
+    let runner = b.connect().await;
+    runner.declare().await.expect("declare");
+    let first = b.connect().await;
+    let s = first.consume_node(&node, None, 8).await.expect("consume");
+    let place = s.resume();
+    drop(s);
+    first.close().await;
+
+    let mut stale = msg("expires in one second");
+    stale.expiration_ms = Some(1_000);
+    runner
+        .publish_request(Audience::Node(&node), stale)
+        .await
+        .expect("request");
+    let mut fresh = msg("expires in ten minutes");
+    fresh.expiration_ms = Some(600_000);
+    runner
+        .publish_request(Audience::Node(&node), fresh)
+        .await
+        .expect("request");
+    // The client comes back well after the first one's expiration.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let back = b.connect().await;
+    let mut s = back.consume_node(&node, place, 8).await.expect("consume");
+    assert_eq!(
+        take(back.as_ref(), &mut s, 1).await,
+        set(&["expires in ten minutes"])
+    );
+    drop(s);
+    back.close().await;
+    runner.close().await;
+    b.cleanup(&[node]).await;
+}
+
 async fn a_reply_reaches_the_runners_inbox(b: &dyn Backend) {
     let node = b.node("answering");
     let (runner, client) = (b.connect().await, b.connect().await);
@@ -500,6 +591,7 @@ macro_rules! suite {
             acked_result_is_not_redelivered,
             broadcasts_reach_every_node_and_node_requests_one,
             requests_sent_while_a_client_is_down_reach_it,
+            an_expired_request_is_not_delivered,
             a_reply_reaches_the_runners_inbox,
             a_dead_letter_keeps_its_reason,
             headers_round_trip,
@@ -509,3 +601,4 @@ macro_rules! suite {
 }
 
 suite!(amqp, super::Amqp::new());
+suite!(nats, super::Nats::new());
