@@ -5,6 +5,7 @@
 #   scripts/services.sh ensure            everything below
 #   scripts/services.sh ensure-rabbitmq   RabbitMQ on 127.0.0.1:5672 (guest/guest), tests' vhost
 #   scripts/services.sh reset-test-vhost  the tests' vhost deleted and made again, empty
+#   scripts/services.sh ensure-nats       NATS with JetStream on 127.0.0.1:4222 (crates/transport)
 #   scripts/services.sh ensure-postgres   PostgreSQL on 127.0.0.1:5432, role vogeler/vogeler
 #   scripts/services.sh ensure-pouchdb    pouchdb-server (CouchDB API), cached outside the clone
 #   scripts/services.sh ensure-plugins    facter and ohai for the shipped plugins
@@ -21,6 +22,10 @@ MUSL_TARGET=x86_64-unknown-linux-musl
 CACHE=${VOGELER_CACHE:-$HOME/.cache/vogeler}
 POUCHDB_DIR=$CACHE/pouchdb-server-$POUCHDB_VERSION
 POUCHDB_BIN=$POUCHDB_DIR/node_modules/.bin/pouchdb-server
+# JetStream's store for a NATS server started here (the Debian package's own service, where
+# one runs, keeps /var/lib/nats-server).
+NATS_STORE=${VOGELER_NATS_STORE:-$CACHE/nats-jetstream}
+NATS_LOG=$CACHE/nats-server.log
 
 log() { printf 'services: %s\n' "$*" >&2; }
 die() { printf 'services: FAILED: %s\n' "$*" >&2; exit 1; }
@@ -83,6 +88,26 @@ ensure_test_vhost() {
       || die "rabbitmqctl set_permissions -p $TEST_VHOST guest"
     log "RabbitMQ vhost $TEST_VHOST ready for the tests"
   fi
+}
+
+# The transport's NATS backend and its conformance suite (crates/transport/tests): a
+# nats-server with JetStream on 127.0.0.1:4222. One that already answers there is used as
+# it is; the suite names it if it runs without JetStream.
+nats_server_bin() {
+  command -v nats-server 2>/dev/null || { [ -x /usr/sbin/nats-server ] && echo /usr/sbin/nats-server; } || true
+}
+ensure_nats() {
+  [ -n "$(nats_server_bin)" ] || apt_install nats-server
+  local bin
+  bin=$(nats_server_bin)
+  [ -n "$bin" ] || die "nats-server not found after installing the Debian package nats-server"
+  if port_open 4222; then log "NATS answers on 127.0.0.1:4222"; return; fi
+  mkdir -p "$NATS_STORE" "$(dirname "$NATS_LOG")"
+  log "starting $bin with JetStream (store $NATS_STORE, log $NATS_LOG)"
+  # Detached in a session of its own, so it outlives this script like rabbitmq-server -detached.
+  setsid "$bin" -a 127.0.0.1 -p 4222 -js -sd "$NATS_STORE" -l "$NATS_LOG" </dev/null >/dev/null 2>&1 &
+  wait_port 4222 30 nats-server
+  log "NATS started"
 }
 
 ensure_postgres() {
@@ -178,12 +203,15 @@ print_env() {
   echo "export VOGELER_CHROMEDRIVER='$(command -v chromedriver || echo /usr/bin/chromedriver)'"
   echo "export VOGELER_TEST_VHOST='$TEST_VHOST'"
   echo "export VOGELER_TEST_POSTGRES='${VOGELER_TEST_POSTGRES:-postgres://vogeler:vogeler@127.0.0.1:5432/postgres}'"
+  echo "export VOGELER_TEST_NATS='${VOGELER_TEST_NATS:-nats://127.0.0.1:4222}'"
+  echo "export VOGELER_NATS_SERVER='$(nats_server_bin || true)'"
 }
 
 case "${1:-ensure}" in
-  ensure) ensure_rabbitmq; ensure_test_vhost; ensure_postgres; ensure_pouchdb; ensure_plugins; ensure_tls_tools; ensure_chromium; ensure_packaging ;;
+  ensure) ensure_rabbitmq; ensure_test_vhost; ensure_nats; ensure_postgres; ensure_pouchdb; ensure_plugins; ensure_tls_tools; ensure_chromium; ensure_packaging ;;
   ensure-tls-tools) ensure_tls_tools ;;
   ensure-rabbitmq) ensure_rabbitmq; ensure_test_vhost ;;
+  ensure-nats) ensure_nats ;;
   reset-test-vhost) ensure_rabbitmq; ensure_test_vhost reset ;;
   ensure-postgres) ensure_postgres ;;
   ensure-pouchdb) ensure_pouchdb ;;
@@ -192,5 +220,5 @@ case "${1:-ensure}" in
   ensure-cargo-deb) ensure_cargo_deb ;;
   ensure-packaging) ensure_packaging ;;
   env) print_env ;;
-  *) die "unknown command ${1}: use ensure, ensure-rabbitmq, reset-test-vhost, ensure-postgres, ensure-pouchdb, ensure-plugins, ensure-chromium, ensure-cargo-deb, ensure-packaging or env" ;;
+  *) die "unknown command ${1}: use ensure, ensure-rabbitmq, ensure-nats, reset-test-vhost, ensure-postgres, ensure-pouchdb, ensure-plugins, ensure-chromium, ensure-cargo-deb, ensure-packaging or env" ;;
 esac

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
-step "services (RabbitMQ, PostgreSQL, pouchdb-server, plugins, packaging tools)"
+step "services (RabbitMQ, NATS with JetStream, PostgreSQL, pouchdb-server, plugins, packaging tools)"
 scripts/services.sh ensure
 # The tests' vhost starts empty: queues an earlier run left behind go with it.
 scripts/services.sh reset-test-vhost

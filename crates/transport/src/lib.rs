@@ -7,12 +7,25 @@
 //! consumes with manual acks ([`Session::consume`]). When a session fails the
 //! program drops it and asks the broker for a new one; [`Backoff`] spaces the
 //! attempts with full jitter so a fleet never reconnects in one herd.
+//!
+//! [`seam`] puts the same operations behind one broker-neutral [`Transport`] trait,
+//! implemented over a session ([`AmqpTransport`]) and over NATS JetStream
+//! ([`nats::NatsTransport`], feature `nats`). The programs do not use it yet.
 
 mod backoff;
 pub mod management;
+#[cfg(feature = "nats")]
+pub mod nats;
+pub mod seam;
 
 pub use backoff::Backoff;
 pub use management::{Management, ManagementError, QueueInfo};
+#[cfg(feature = "nats")]
+pub use nats::{NatsOptions, NatsTransport};
+pub use seam::{
+    AckHandle, AmqpTransport, Audience, BadResume, Message, QueueKind, Resume, Subscription,
+    Transport, REASON_HEADER,
+};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,7 +41,8 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 /// Why a transport call failed. Every variant means "drop the session and reconnect"
-/// except [`TransportError::Refused`], which names a permanent broker refusal.
+/// except [`TransportError::Refused`], which names a permanent broker refusal, and
+/// [`TransportError::TooLarge`], a message no broker session will take.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The broker could not be reached at any of its addresses.
@@ -49,6 +63,16 @@ pub enum TransportError {
         what: String,
         /// What the broker said.
         message: String,
+    },
+    /// The message is larger than the broker accepts: sending it again cannot help.
+    #[error("message of {size} bytes is over the limit of {limit} bytes of the broker at {addr}")]
+    TooLarge {
+        /// The broker (password masked).
+        addr: String,
+        /// Body and headers, in bytes.
+        size: usize,
+        /// The broker's limit (NATS `max_payload`).
+        limit: usize,
     },
     /// The broker negatively acknowledged a publish.
     #[error("broker nacked the message to exchange {exchange:?}")]

@@ -1,0 +1,865 @@
+//! The NATS JetStream backend of the [`Transport`] seam (feature `nats`), for fleets of
+//! tens of thousands of nodes per broker. Not used by the programs yet.
+//!
+//! The mapping, for a subject prefix `P` (default `vogeler`; stream names are `P` with
+//! dots as `_`, then `_RESULTS`, `_REQUESTS`, `_DEAD`):
+//!
+//! | AMQP                          | NATS                                                   |
+//! |-------------------------------|--------------------------------------------------------|
+//! | master exchange + queue       | stream `P_RESULTS` on `P.results` (work-queue retention), one durable pull consumer `servers` shared by every server |
+//! | broadcast exchange, node queue| stream `P_REQUESTS` on `P.req.>`: `P.req.all` and `P.req.node.<node>`; per client two ephemeral consumers |
+//! | exclusive reply queue         | a core NATS `_INBOX.…` subscription                    |
+//! | dead-letter queue             | stream `P_DEAD` on `P.dead` (work-queue retention), durable consumer `admin` |
+//!
+//! **Results.** Servers share the durable pull consumer `servers`: each message goes to
+//! one server, is acked explicitly after the commit (a double ack, so the ack is known to
+//! have landed), and is redelivered to another server after [`NatsOptions::ack_wait`]
+//! when a server crashed holding it. `max_ack_pending` ([`NatsOptions::max_ack_pending`])
+//! caps what all servers hold unacked; each server pulls `prefetch` at a time.
+//!
+//! **Requests: why no durable consumer per node.** JetStream keeps every durable
+//! consumer's state on disk and, clustered, in a Raft group of its own per consumer;
+//! NATS maintainers answer reports of load with many consumers on a stream
+//! (nats-io/nats-server#5451, "the default R3 consumers at high scale put undue stress
+//! on the system") with a redesign, not a setting. 50,000 durables on one stream is that
+//! case. So each client makes *ephemeral* consumers: R1, memory storage, deleted by the
+//! server after [`NatsOptions::client_inactive`] without a pull (nothing to clean up
+//! after a node is retired), as cheap as the ordered consumers the client libraries
+//! recreate at will. The client keeps its own place: [`Subscription::resume`] gives the
+//! last handled stream sequences ([`Resume`]), the client stores that text after each
+//! ack, and passes it back on restart, when the consumers start just after it. A request
+//! sent while the client was down is still delivered, as long as the stream keeps it.
+//!
+//! Two consumers, not one filtered on both subjects: several filter subjects on one
+//! consumer need nats-server 2.10, and Debian 12 ships 2.9, whose servers ignore the field
+//! and would deliver every node's requests. Hence a [`Resume`] holds two sequences.
+//!
+//! **Request expiry.** The requests stream keeps messages at most
+//! [`NatsOptions::request_max_age`] (`max_age`). A request with
+//! [`Outgoing::expiration_ms`] carries it in the `x-vogeler-expiration-ms` header; the
+//! client drops (acks) a request older than that by the stream's publish time, so a node
+//! back after a long outage does not run stale requests. Per-message TTLs (`Nats-TTL`)
+//! need nats-server 2.11.
+//!
+//! **Node names as subject tokens.** A token cannot hold `.`, `*`, `>` or whitespace, and
+//! node names are dotted hostnames. [`encode_node`] percent-encodes every byte outside
+//! `A-Z a-z 0-9 - _` as `%XX` (upper-case hex), `%` included, so `web1.example.com`
+//! becomes `web1%2Eexample%2Ecom`; [`decode_node`] reverses it. Names stay case-sensitive,
+//! as RabbitMQ queue names are.
+//!
+//! **Replies** go to core NATS inboxes (`_INBOX.<nuid>`): nothing is stored; a reply whose
+//! runner has gone is simply dropped, as with an exclusive AMQP reply queue. A
+//! JetStream message's own reply subject is its ack address, so a request carries its
+//! reply address in the `x-vogeler-reply-to` header.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, consumer, stream, AckKind};
+use async_nats::HeaderMap;
+use async_trait::async_trait;
+use futures_util::{Stream, StreamExt};
+
+use crate::seam::{AckHandle, AckInner, Audience, Message, QueueKind, Resume, Subscription};
+use crate::{Delivered, Outgoing, QueueStatus, Transport, TransportError, REASON_HEADER};
+
+/// The header carrying a request's expiration (milliseconds after its publish time).
+pub const EXPIRATION_HEADER: &str = "x-vogeler-expiration-ms";
+/// The header carrying a request's reply address (a JetStream reply subject is its ack).
+pub const REPLY_TO_HEADER: &str = "x-vogeler-reply-to";
+/// The durable consumer every server of a deployment shares.
+pub const SERVERS_CONSUMER: &str = "servers";
+/// The durable consumer the admin reads dead letters with.
+pub const DEAD_CONSUMER: &str = "admin";
+
+/// How a deployment uses its NATS server: names and timings.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// Subject prefix (dot-separated tokens of `A-Z a-z 0-9 - _`); tests use their own.
+    pub prefix: String,
+    /// Shown in the server's connection list.
+    pub connection_name: String,
+    /// How long a server may hold a result unacked before it goes to another server.
+    pub ack_wait: Duration,
+    /// Results all servers together may hold unacked (the consumer's `max_ack_pending`).
+    pub max_ack_pending: i64,
+    /// How long the requests stream keeps a request (`max_age`).
+    pub request_max_age: Duration,
+    /// How long the dead-letter stream keeps a message.
+    pub dead_max_age: Duration,
+    /// How long a client's ephemeral consumers outlive their last pull.
+    pub client_inactive: Duration,
+    /// How long [`NatsTransport::connect`] waits for the server.
+    pub connect_timeout: Duration,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        NatsOptions {
+            prefix: "vogeler".into(),
+            connection_name: "vogeler".into(),
+            ack_wait: Duration::from_secs(60),
+            max_ack_pending: 10_000,
+            request_max_age: Duration::from_secs(24 * 3600),
+            dead_max_age: Duration::from_secs(30 * 24 * 3600),
+            client_inactive: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Encodes a node name as one subject token: `%XX` for every byte outside
+/// `A-Z a-z 0-9 - _` (so `.`, `*`, `>`, whitespace and `%` itself never appear raw).
+pub fn encode_node(node: &str) -> String {
+    let mut out = String::with_capacity(node.len());
+    for b in node.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Reverses [`encode_node`]; `None` for a token it could not have made.
+pub fn decode_node(token: &str) -> Option<String> {
+    let bytes = token.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = token.get(i + 1..i + 3)?;
+            let v = u8::from_str_radix(hex, 16).ok()?;
+            if v.is_ascii_alphanumeric() || v == b'-' || v == b'_' || hex != format!("{v:02X}") {
+                return None;
+            }
+            out.push(v);
+            i += 3;
+        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(b);
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A `nats://` URL with its password (or token) masked, for logs and errors.
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rfind('@') {
+        Some(at) => {
+            let user = &rest[..at];
+            let masked = match user.split_once(':') {
+                Some((u, _)) => format!("{u}:****"),
+                None => "****".to_string(),
+            };
+            format!("{scheme}://{masked}{}", &rest[at..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Credentials in a `nats://` URL, taken out of it: async-nats ignores them in the URL.
+/// `user:password@` is a login, `token@` a token; both percent-decoded.
+fn split_credentials(url: &str) -> (String, Option<(String, Option<String>)>) {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let creds = match userinfo.split_once(':') {
+                Some((u, p)) => (decode(u), Some(decode(p))),
+                None => (decode(userinfo), None),
+            };
+            (format!("{scheme}://{}", &rest[at + 1..]), Some(creds))
+        }
+        None => (url.to_string(), None),
+    }
+}
+
+/// A connection to a NATS server with JetStream, as a [`Transport`].
+pub struct NatsTransport {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    opts: NatsOptions,
+    addr: String,
+}
+
+impl std::fmt::Debug for NatsAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsAck")
+            .field("stream_sequence", &self.seq)
+            .finish()
+    }
+}
+
+/// Which of a client's two request consumers a message came from.
+#[derive(Debug, Clone, Copy)]
+enum Feed {
+    Broadcast,
+    Node,
+    Other,
+}
+
+/// A JetStream message's ack address, and the client's place to move on ack.
+pub(crate) struct NatsAck {
+    acker: jetstream::message::Acker,
+    seq: u64,
+    feed: Feed,
+    place: Option<Arc<Mutex<Resume>>>,
+}
+
+impl NatsAck {
+    fn advance(&self) {
+        let Some(place) = &self.place else { return };
+        let Ok(mut r) = place.lock() else { return };
+        match self.feed {
+            Feed::Broadcast => r.broadcast = r.broadcast.max(self.seq),
+            Feed::Node => r.node = r.node.max(self.seq),
+            Feed::Other => {}
+        }
+    }
+}
+
+fn now_ms() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i128)
+        .unwrap_or_default()
+}
+
+impl NatsTransport {
+    /// Connects to `url` (`nats://[user:password@]host:4222`). One attempt: the error is
+    /// one line naming the server (password masked); a refused login says
+    /// `ACCESS_REFUSED` ([`TransportError::is_refused`]) and is never retried.
+    pub async fn connect(url: &str, opts: NatsOptions) -> Result<Self, TransportError> {
+        let addr = mask_url(url);
+        check_prefix(&opts.prefix).map_err(|message| TransportError::Connect {
+            addr: addr.clone(),
+            message,
+        })?;
+        let (bare, creds) = split_credentials(url);
+        let mut options = async_nats::ConnectOptions::new()
+            .name(&opts.connection_name)
+            .connection_timeout(opts.connect_timeout);
+        match creds {
+            Some((user, Some(pass))) => options = options.user_and_password(user, pass),
+            Some((token, None)) => options = options.token(token),
+            None => {}
+        }
+        let attempt = tokio::time::timeout(
+            opts.connect_timeout + Duration::from_secs(1),
+            options.connect(bare.as_str()),
+        )
+        .await;
+        let client = match attempt {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                use async_nats::ConnectErrorKind as K;
+                let message = match e.kind() {
+                    K::AuthorizationViolation | K::Authentication => {
+                        "ACCESS_REFUSED: login refused (check the user name and password)".into()
+                    }
+                    _ => e.to_string().replace('\n', " "),
+                };
+                return Err(TransportError::Connect { addr, message });
+            }
+            Err(_) => {
+                return Err(TransportError::Connect {
+                    addr,
+                    message: format!("timed out after {} s", opts.connect_timeout.as_secs()),
+                })
+            }
+        };
+        if !client.server_info().jetstream {
+            return Err(TransportError::Connect {
+                addr,
+                message: "the server runs without JetStream (start nats-server with -js)".into(),
+            });
+        }
+        let js = jetstream::new(client.clone());
+        tracing::info!(broker = %addr, "connected to NATS");
+        Ok(NatsTransport {
+            client,
+            js,
+            opts,
+            addr,
+        })
+    }
+
+    /// Deletes this prefix's three streams and their consumers (tests and admin
+    /// clean-up): every result, request and dead letter of the deployment is gone.
+    pub async fn delete_streams(&self) -> Result<(), TransportError> {
+        for what in ["RESULTS", "REQUESTS", "DEAD"] {
+            let name = self.stream_name(what);
+            if let Err(e) = self.js.delete_stream(&name).await {
+                let gone = matches!(
+                    e.kind(),
+                    jetstream::context::DeleteStreamErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                );
+                if !gone {
+                    return Err(self.err(&format!("delete stream {name}"), e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn stream_name(&self, what: &str) -> String {
+        format!("{}_{what}", self.opts.prefix.replace('.', "_"))
+    }
+
+    fn subject(&self, tail: &str) -> String {
+        format!("{}.{tail}", self.opts.prefix)
+    }
+
+    fn node_subject(&self, node: &str) -> String {
+        self.subject(&format!("req.node.{}", encode_node(node)))
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> TransportError {
+        TransportError::Session(format!("{what} on {}: {e}", self.addr))
+    }
+
+    fn refused(&self, what: &str, e: impl std::fmt::Display) -> TransportError {
+        TransportError::Refused {
+            what: format!("{what} on {}", self.addr),
+            message: e.to_string(),
+        }
+    }
+
+    /// The size limit, checked here: the client library would refuse it too, but a
+    /// [`TransportError::TooLarge`] says which limit and which server.
+    fn check_size(&self, msg: &Outgoing) -> Result<(), TransportError> {
+        let limit = self.client.server_info().max_payload;
+        let headers: usize = msg.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        let size = msg.body.len() + headers;
+        if size > limit {
+            return Err(TransportError::TooLarge {
+                addr: self.addr.clone(),
+                size,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    async fn stream(&self, what: &str) -> Result<stream::Stream, TransportError> {
+        let (subjects, retention, max_age) = match what {
+            "RESULTS" => (
+                vec![self.subject("results")],
+                stream::RetentionPolicy::WorkQueue,
+                Duration::ZERO,
+            ),
+            "REQUESTS" => (
+                vec![self.subject("req.>")],
+                stream::RetentionPolicy::Limits,
+                self.opts.request_max_age,
+            ),
+            _ => (
+                vec![self.subject("dead")],
+                stream::RetentionPolicy::WorkQueue,
+                self.opts.dead_max_age,
+            ),
+        };
+        let name = self.stream_name(what);
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: name.clone(),
+                subjects,
+                retention,
+                max_age,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.refused(&format!("stream {name}"), e))
+    }
+
+    async fn durable(
+        &self,
+        what: &str,
+        name: &str,
+    ) -> Result<consumer::Consumer<consumer::pull::Config>, TransportError> {
+        let stream = self.stream(what).await?;
+        stream
+            .get_or_create_consumer(
+                name,
+                consumer::pull::Config {
+                    durable_name: Some(name.to_string()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: self.opts.ack_wait,
+                    max_ack_pending: self.opts.max_ack_pending,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| self.refused(&format!("consumer {name} on {}", self.stream_name(what)), e))
+    }
+
+    async fn publish_js(
+        &self,
+        subject: String,
+        msg: Outgoing,
+        extra: Vec<(&str, String)>,
+    ) -> Result<(), TransportError> {
+        self.check_size(&msg)?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in msg.headers {
+            headers.insert(k.as_str(), v.as_str());
+        }
+        for (k, v) in extra {
+            headers.insert(k, v.as_str());
+        }
+        let ack = self
+            .js
+            .publish_with_headers(subject.clone(), headers, msg.body.into())
+            .await
+            .map_err(|e| self.err(&format!("publish to {subject}"), e))?;
+        ack.await
+            .map_err(|e| self.err(&format!("confirm of publish to {subject}"), e))?;
+        Ok(())
+    }
+
+    async fn pull(
+        &self,
+        c: consumer::Consumer<consumer::pull::Config>,
+        prefetch: u16,
+        feed: Feed,
+    ) -> Result<Feeds, TransportError> {
+        let s = c
+            .stream()
+            .max_messages_per_batch(usize::from(prefetch.max(1)))
+            .messages()
+            .await
+            .map_err(|e| self.err("pull", e))?;
+        Ok(Box::pin(
+            s.map(move |m| (feed, m.map_err(|e| e.to_string()))),
+        ))
+    }
+}
+
+fn check_prefix(prefix: &str) -> Result<(), String> {
+    let ok = !prefix.is_empty()
+        && prefix.split('.').all(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "bad subject prefix {prefix:?}: use dot-separated tokens of A-Z a-z 0-9 - _"
+        ))
+    }
+}
+
+type Feeds =
+    Pin<Box<dyn Stream<Item = (Feed, Result<jetstream::Message, String>)> + Send + 'static>>;
+
+/// JetStream consumers as one [`Subscription`]; a client's keeps its place.
+struct NatsSubscription {
+    feeds: Feeds,
+    place: Option<Arc<Mutex<Resume>>>,
+    addr: String,
+}
+
+#[async_trait]
+impl Subscription for NatsSubscription {
+    async fn next(&mut self) -> Option<Result<Message, TransportError>> {
+        loop {
+            let (feed, item) = self.feeds.next().await?;
+            let m = match item {
+                Ok(m) => m,
+                Err(e) => {
+                    return Some(Err(TransportError::Session(format!(
+                        "consume on {}: {e}",
+                        self.addr
+                    ))))
+                }
+            };
+            let (seq, delivered, published_ms) = match m.info() {
+                Ok(i) => (
+                    i.stream_sequence,
+                    i.delivered,
+                    i.published.unix_timestamp_nanos() / 1_000_000,
+                ),
+                Err(e) => {
+                    return Some(Err(TransportError::Session(format!(
+                        "message metadata on {}: {e}",
+                        self.addr
+                    ))))
+                }
+            };
+            let (core, acker) = m.split();
+            let mut headers = Vec::new();
+            let mut reply_to = None;
+            let mut expiration: Option<i128> = None;
+            if let Some(h) = &core.headers {
+                for (k, values) in h.iter() {
+                    for v in values {
+                        match k.as_ref() {
+                            REPLY_TO_HEADER => reply_to = Some(v.as_str().to_string()),
+                            EXPIRATION_HEADER => expiration = v.as_str().parse().ok(),
+                            name => headers.push((name.to_string(), v.as_str().to_string())),
+                        }
+                    }
+                }
+            }
+            let ack = NatsAck {
+                acker,
+                seq,
+                feed,
+                place: self.place.clone(),
+            };
+            if let Some(ms) = expiration {
+                if published_ms + ms < now_ms() {
+                    tracing::debug!(stream_sequence = seq, "dropping an expired request");
+                    if ack.acker.ack().await.is_ok() {
+                        ack.advance();
+                    }
+                    continue;
+                }
+            }
+            return Some(Ok(Message {
+                body: core.payload.to_vec(),
+                headers,
+                reply_to,
+                redelivered: delivered > 1,
+                ack: AckHandle(AckInner::Nats(Box::new(ack))),
+            }));
+        }
+    }
+
+    fn resume(&self) -> Option<Resume> {
+        self.place.as_ref().and_then(|p| p.lock().ok().map(|r| *r))
+    }
+}
+
+/// A core NATS subscription (the reply inbox) as a [`Subscription`].
+struct InboxSubscription(async_nats::Subscriber);
+
+#[async_trait]
+impl Subscription for InboxSubscription {
+    async fn next(&mut self) -> Option<Result<Message, TransportError>> {
+        let m = self.0.next().await?;
+        let mut headers = Vec::new();
+        if let Some(h) = &m.headers {
+            for (k, values) in h.iter() {
+                for v in values {
+                    headers.push((k.to_string(), v.as_str().to_string()));
+                }
+            }
+        }
+        Some(Ok(Message {
+            body: m.payload.to_vec(),
+            headers,
+            reply_to: m.reply.map(|r| r.to_string()),
+            redelivered: false,
+            ack: AckHandle(AckInner::None),
+        }))
+    }
+}
+
+#[async_trait]
+impl Transport for NatsTransport {
+    fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn max_message_bytes(&self) -> Option<usize> {
+        Some(self.client.server_info().max_payload)
+    }
+
+    async fn declare(&self) -> Result<(), TransportError> {
+        self.durable("RESULTS", SERVERS_CONSUMER).await?;
+        self.stream("REQUESTS").await?;
+        self.durable("DEAD", DEAD_CONSUMER).await?;
+        Ok(())
+    }
+
+    async fn publish_result(&self, msg: Outgoing) -> Result<(), TransportError> {
+        self.publish_js(self.subject("results"), msg, Vec::new())
+            .await
+    }
+
+    async fn publish_request(
+        &self,
+        to: Audience<'_>,
+        mut msg: Outgoing,
+    ) -> Result<Delivered, TransportError> {
+        let subject = match to {
+            Audience::Everyone => self.subject("req.all"),
+            Audience::Node(node) => self.node_subject(node),
+        };
+        let mut extra = Vec::new();
+        if let Some(ms) = msg.expiration_ms {
+            extra.push((EXPIRATION_HEADER, ms.to_string()));
+        }
+        if let Some(r) = msg.reply_to.take() {
+            extra.push((REPLY_TO_HEADER, r));
+        }
+        self.publish_js(subject, msg, extra).await?;
+        Ok(Delivered::Routed)
+    }
+
+    async fn publish_reply(&self, to: &str, msg: Outgoing) -> Result<(), TransportError> {
+        self.check_size(&msg)?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in &msg.headers {
+            headers.insert(k.as_str(), v.as_str());
+        }
+        self.client
+            .publish_with_headers(to.to_string(), headers, msg.body.into())
+            .await
+            .map_err(|e| self.err(&format!("reply to {to}"), e))?;
+        self.client
+            .flush()
+            .await
+            .map_err(|e| self.err(&format!("reply to {to}"), e))
+    }
+
+    async fn dead_letter(&self, mut msg: Outgoing, reason: &str) -> Result<(), TransportError> {
+        msg.headers.retain(|(k, _)| k != REASON_HEADER);
+        msg.headers
+            .insert(0, (REASON_HEADER.to_string(), reason.to_string()));
+        self.stream("DEAD").await?;
+        self.publish_js(self.subject("dead"), msg, Vec::new()).await
+    }
+
+    async fn consume_results(
+        &self,
+        prefetch: u16,
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        let c = self.durable("RESULTS", SERVERS_CONSUMER).await?;
+        Ok(Box::new(NatsSubscription {
+            feeds: self.pull(c, prefetch, Feed::Other).await?,
+            place: None,
+            addr: self.addr.clone(),
+        }))
+    }
+
+    async fn consume_node(
+        &self,
+        node: &str,
+        resume: Option<Resume>,
+        prefetch: u16,
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        let mut stream = self.stream("REQUESTS").await?;
+        let start = match resume {
+            Some(r) => r,
+            None => {
+                let last = stream
+                    .info()
+                    .await
+                    .map_err(|e| self.err("stream info", e))?
+                    .state
+                    .last_sequence;
+                Resume {
+                    broadcast: last,
+                    node: last,
+                }
+            }
+        };
+        let mut feeds = Vec::new();
+        for (feed, subject, after) in [
+            (Feed::Broadcast, self.subject("req.all"), start.broadcast),
+            (Feed::Node, self.node_subject(node), start.node),
+        ] {
+            let c = stream
+                .create_consumer(consumer::pull::Config {
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: self.opts.ack_wait,
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: after + 1,
+                    },
+                    filter_subject: subject.clone(),
+                    max_ack_pending: i64::from(prefetch.max(1)),
+                    inactive_threshold: self.opts.client_inactive,
+                    memory_storage: true,
+                    num_replicas: 1,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| self.refused(&format!("consumer on {subject}"), e))?;
+            feeds.push(self.pull(c, prefetch, feed).await?);
+        }
+        let node_feed = feeds.pop();
+        let broadcast_feed = feeds.pop();
+        let (Some(b), Some(n)) = (broadcast_feed, node_feed) else {
+            return Err(self.err("consume", "no consumer made"));
+        };
+        Ok(Box::new(NatsSubscription {
+            feeds: Box::pin(futures_util::stream::select(b, n)),
+            place: Some(Arc::new(Mutex::new(start))),
+            addr: self.addr.clone(),
+        }))
+    }
+
+    async fn consume_dead(&self, prefetch: u16) -> Result<Box<dyn Subscription>, TransportError> {
+        let c = self.durable("DEAD", DEAD_CONSUMER).await?;
+        Ok(Box::new(NatsSubscription {
+            feeds: self.pull(c, prefetch, Feed::Other).await?,
+            place: None,
+            addr: self.addr.clone(),
+        }))
+    }
+
+    async fn reply_inbox(&self) -> Result<(String, Box<dyn Subscription>), TransportError> {
+        let inbox = self.client.new_inbox();
+        let sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| self.err("reply inbox", e))?;
+        // The subscription is on the server before anyone is told its address.
+        self.client
+            .flush()
+            .await
+            .map_err(|e| self.err("reply inbox", e))?;
+        Ok((inbox, Box::new(InboxSubscription(sub))))
+    }
+
+    async fn ack(&self, handle: &AckHandle) -> Result<(), TransportError> {
+        match &handle.0 {
+            AckInner::Nats(a) => {
+                a.acker.double_ack().await.map_err(|e| self.err("ack", e))?;
+                a.advance();
+                Ok(())
+            }
+            AckInner::None => Ok(()),
+            AckInner::Amqp(_) => Err(self.err("ack", "an AMQP delivery cannot be acked on NATS")),
+        }
+    }
+
+    async fn requeue(&self, handle: &AckHandle) -> Result<(), TransportError> {
+        match &handle.0 {
+            AckInner::Nats(a) => a
+                .acker
+                .ack_with(AckKind::Nak(None))
+                .await
+                .map_err(|e| self.err("requeue", e)),
+            AckInner::None => Ok(()),
+            AckInner::Amqp(_) => {
+                Err(self.err("requeue", "an AMQP delivery cannot be requeued on NATS"))
+            }
+        }
+    }
+
+    async fn queue_status(&self, queue: QueueKind) -> Result<Option<QueueStatus>, TransportError> {
+        let (what, name) = match queue {
+            QueueKind::Results => ("RESULTS", SERVERS_CONSUMER),
+            QueueKind::Dead => ("DEAD", DEAD_CONSUMER),
+        };
+        use jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
+        use jetstream::ErrorCode;
+        let stream = match self.js.get_stream(self.stream_name(what)).await {
+            Ok(s) => s,
+            Err(e) => match e.kind() {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    return Ok(None)
+                }
+                _ => return Err(self.err("stream info", e)),
+            },
+        };
+        let info = match stream.consumer_info(name).await {
+            Ok(i) => i,
+            Err(e) => match e.kind() {
+                ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound => {
+                    return Ok(None)
+                }
+                ConsumerInfoErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND =>
+                {
+                    return Ok(None)
+                }
+                _ => return Err(self.err("consumer info", e)),
+            },
+        };
+        Ok(Some(QueueStatus {
+            messages: u32::try_from(info.num_pending).unwrap_or(u32::MAX),
+            consumers: u32::try_from(info.num_waiting).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn close(self: Box<Self>) {
+        let _ = self.client.drain().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{decode_node, encode_node, mask_url, split_credentials};
+
+    #[test]
+    fn credentials_come_out_of_the_url() {
+        assert_eq!(
+            split_credentials("nats://u:p%40ss@h:4222"),
+            (
+                "nats://h:4222".to_string(),
+                Some(("u".to_string(), Some("p@ss".to_string())))
+            )
+        );
+        assert_eq!(
+            split_credentials("nats://tok@h"),
+            ("nats://h".to_string(), Some(("tok".to_string(), None)))
+        );
+        assert_eq!(
+            split_credentials("nats://h:4222"),
+            ("nats://h:4222".to_string(), None)
+        );
+    }
+
+    #[test]
+    fn node_names_become_safe_tokens_and_back() {
+        for node in [
+            "web1.example.com",
+            "db-2_a",
+            "odd name*>.%",
+            "UPPER.lower",
+            "",
+        ] {
+            let t = encode_node(node);
+            assert!(
+                !t.contains(['.', '*', '>', ' ', '\t']),
+                "{node:?} gave {t:?}"
+            );
+            assert_eq!(decode_node(&t).as_deref(), Some(node));
+        }
+        assert_eq!(encode_node("web1.example.com"), "web1%2Eexample%2Ecom");
+        // Distinct names never share a token.
+        assert_ne!(encode_node("a.b"), encode_node("a%2Eb"));
+        assert_eq!(decode_node("a%2eb"), None);
+        assert_eq!(decode_node("a%41"), None);
+        assert_eq!(decode_node("a.b"), None);
+    }
+
+    #[test]
+    fn passwords_and_tokens_are_masked() {
+        assert_eq!(
+            mask_url("nats://u:secret@127.0.0.1:4222"),
+            "nats://u:****@127.0.0.1:4222"
+        );
+        assert_eq!(mask_url("nats://tok@h:4222"), "nats://****@h:4222");
+        assert_eq!(mask_url("nats://h:4222"), "nats://h:4222");
+    }
+}
