@@ -682,7 +682,7 @@ async fn selected_names(
     q: &Query,
     skipped: &mut Vec<Unreadable>,
 ) -> anyhow::Result<Option<std::collections::HashSet<String>>> {
-    if q.conditions.is_empty()
+    if !q.has_filters()
         && q.names.is_empty()
         && q.seen_since.is_none()
         && q.not_seen_since.is_none()

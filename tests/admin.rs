@@ -286,6 +286,34 @@ async fn reports(backend: &str) {
     let out = admin(dsn, &["export", "ansible", "--group-by", "a..b"]);
     assert_eq!(out.status.code(), Some(2));
 
+    // Filter expressions: and, or, not, parentheses, exists; an error names its column.
+    let picked = json_of(
+        dsn,
+        &[
+            "report",
+            "nodes",
+            "-W",
+            "(facter.os.family = RedHat or facter.kernelrelease ~ ^6\\.) and not exists dpkg",
+        ],
+    );
+    let picked: Vec<&str> = picked
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["node"].as_str())
+        .collect();
+    assert_eq!(picked, ["fx-web05", "fx-web06"], "{backend}");
+    fails(
+        dsn,
+        &[
+            "report",
+            "nodes",
+            "-W",
+            "facter.os.family = Debian and (exists dpkg",
+        ],
+        "`(` at column 31 is not closed",
+    );
+
     // Names only, one a line.
     let names = ok(dsn, &["node", "--names"]);
     assert_eq!(

@@ -243,9 +243,7 @@ pub fn node_query(pairs: &[(String, String)], now: DateTime<Utc>) -> Result<Quer
                         }),
                 )
             }
-            "where" => q
-                .conditions
-                .push(parse_condition(v).map_err(|e| e.to_string())?),
+            "where" => q.add_filter(v).map_err(|e| e.to_string())?,
             "stale" => {
                 q.not_seen_since =
                     Some(crate::report::parse_when(v, now).map_err(|e| e.to_string())?)

@@ -908,17 +908,22 @@ impl Settings {
             );
         }
         if let Some(f) = f {
-            let has_secret = qhost
-                .iter()
-                .any(|q| !q.password.is_empty() && q.password != "guest")
-                || matches!(
-                    &dbhost,
-                    StoreDsn::Couch {
-                        password: Some(_),
-                        ..
-                    }
-                )
-                || matches!(&dbhost, StoreDsn::Postgres { url } if url.contains('@') && url.split('@').next().is_some_and(|a| a.matches(':').count() > 1))
+            // Only what the file itself gave counts: a password from a flag or the
+            // environment is not the file's to protect.
+            let qhost_from_file = o.qhost.is_none() && o.qhost_file.is_none();
+            let dbhost_from_file = o.dbhost.is_none() && o.dbhost_file.is_none();
+            let has_secret = (qhost_from_file
+                && qhost
+                    .iter()
+                    .any(|q| !q.password.is_empty() && q.password != "guest"))
+                || (dbhost_from_file
+                    && (matches!(
+                        &dbhost,
+                        StoreDsn::Couch {
+                            password: Some(_),
+                            ..
+                        }
+                    ) || matches!(&dbhost, StoreDsn::Postgres { url } if url.contains('@') && url.split('@').next().is_some_and(|a| a.matches(':').count() > 1))))
                 || get("server", "http_token").is_some();
             if has_secret && readable_by_others(f.path()) {
                 warnings.push(format!(
@@ -1525,5 +1530,39 @@ mod example_tests {
         };
         let s = Settings::resolve(Program::Client, o, Some(f)).expect("resolve");
         assert_eq!((s.interval, s.heartbeat_interval), (3600, 5));
+    }
+
+    #[test]
+    fn a_readable_config_file_is_warned_about_only_for_its_own_passwords() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("vogeler.conf");
+        let write = |text: &str| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::write(&conf, text).expect("write");
+            std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        };
+        write("[global]\nlog_level = INFO\n");
+        let f = ConfigFile::load(&conf).expect("load");
+        // The password is on the command line (warned about as such), not in the file.
+        let o = Overrides {
+            dbhost: Some("postgres://u:secret@h/db".into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(Program::Admin, o, Some(f.clone())).expect("resolve");
+        assert!(
+            !s.warnings().iter().any(|w| w.contains("config file")),
+            "{:?}",
+            s.warnings()
+        );
+        write("[persistence]\nbackend = postgres\n[postgres]\ndsn = postgres://u:secret@h/db\n");
+        let f = ConfigFile::load(&conf).expect("load");
+        let s = Settings::resolve(Program::Admin, Overrides::default(), Some(f)).expect("resolve");
+        assert!(
+            s.warnings()
+                .iter()
+                .any(|w| w.contains("config file") && w.contains("chmod 600")),
+            "{:?}",
+            s.warnings()
+        );
     }
 }

@@ -59,7 +59,7 @@ macro_rules! conformance_tests {
             decoded_results_read_back_the_same, last_error_is_bounded,
             reserved_paths_answer_as_the_document,
             a_good_result_clears_last_error, signature_verdicts_per_key,
-            a_deleted_node_is_gone_with_its_history);
+            a_deleted_node_is_gone_with_its_history, select_by_expressions);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -814,6 +814,47 @@ pub async fn key_values_across_nodes(store: DynStore) {
         .expect("document field")
         .rows;
     assert_eq!(got, vec![("db01".to_string(), json!("ohai"))]);
+}
+
+/// Filter expressions (`and`, `or`, `not`, parentheses, `exists`) select the same
+/// nodes on every backend; `not` holds for a node that lacks the path; expressions
+/// and plain conditions combine with AND.
+pub async fn select_by_expressions(store: DynStore) {
+    fleet(&store).await;
+    let names = |filters: &[&str]| {
+        let store = store.clone();
+        let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+        async move {
+            let q = Query::parse(&filters, &[]).expect("filters");
+            store
+                .select(&q)
+                .await
+                .expect("select")
+                .rows
+                .into_iter()
+                .map(|n| n.name)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        names(&["facter.os.family = RedHat or facter.processorcount >= 4"]).await,
+        ["db01", "web02"]
+    );
+    assert_eq!(
+        names(&["(facter.os.family = Debian and facter.kernelrelease ~ ^6\\.) or exists rpm"])
+            .await,
+        ["db01", "web01"]
+    );
+    assert_eq!(names(&["not exists dpkg"]).await, ["db01"]);
+    assert_eq!(
+        names(&["not dpkg.openssl < 3.0.12"]).await,
+        ["db01", "web02"]
+    );
+    assert_eq!(
+        names(&["facter.os.family=Debian", "not facter.processorcount > 2"]).await,
+        ["web01"]
+    );
+    assert_eq!(names(&["facter.os.family !~ ^Deb"]).await, ["db01"]);
 }
 
 /// Conditions AND together; name globs and last-seen bounds narrow further.

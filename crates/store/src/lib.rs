@@ -17,7 +17,7 @@ pub mod sqlite;
 #[cfg(feature = "conformance")]
 pub mod testing;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use ledger::{Ledger, LedgerAnswer, LedgerRequest, NodeOutcome, RequestState};
-pub use query::{Condition, KeyPath, Query, Span};
+pub use query::{Condition, Expr, KeyPath, Query, Span};
 
 /// The document key where the server records the signature verdict on a node's latest
 /// result: `{"verified": true, "key_id": …}` or `{"verified": false, "reason": …, "plugin": …}`.
@@ -643,6 +643,41 @@ pub trait Store: Send + Sync + 'static {
                         .into_iter()
                         .filter(|(_, v)| c.test(Some(v)))
                         .map(|(n, _)| n)
+                        .collect()
+                })
+                .await
+                .map_err(|e| StoreError::Invalid(format!("filter failed: {e}")))?;
+            nodes.retain(|n| passing.contains(&n.name));
+        }
+        if !query.expressions.is_empty() && !nodes.is_empty() {
+            // Each path any expression reads, asked once; then each node is judged on a
+            // blocking thread, with `None` for a path it lacks (so `not` can hold).
+            let mut by_path: HashMap<String, HashMap<String, Value>> = HashMap::new();
+            for e in &query.expressions {
+                for path in e.paths() {
+                    if let std::collections::hash_map::Entry::Vacant(slot) =
+                        by_path.entry(path.to_string())
+                    {
+                        let values = out.absorb(self.values(path).await?);
+                        slot.insert(values.into_iter().collect());
+                    }
+                }
+            }
+            let exprs = query.expressions.clone();
+            let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+            let passing: std::collections::HashSet<String> =
+                tokio::task::spawn_blocking(move || {
+                    names
+                        .into_iter()
+                        .filter(|node| {
+                            let value_at = |p: &KeyPath| {
+                                by_path
+                                    .get(&p.to_string())
+                                    .and_then(|m| m.get(node))
+                                    .cloned()
+                            };
+                            exprs.iter().all(|e| e.eval(&value_at))
+                        })
                         .collect()
                 })
                 .await

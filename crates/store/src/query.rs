@@ -183,6 +183,8 @@ pub enum Op {
     Contains(String),
     /// `path~regex`: the scalar (or an element of the array) matches the regular expression.
     Matches(regex::Regex),
+    /// `path!~regex`: the path exists and [`Op::Matches`] does not hold.
+    NotMatches(regex::Regex),
     /// `path<x`, `path<=x`, `path>x`, `path>=x`, in the order [`compare`] defines:
     /// numbers numerically, package versions in Debian order, otherwise text.
     Cmp(std::cmp::Ordering, bool, String),
@@ -325,7 +327,7 @@ impl fmt::Display for Condition {
 }
 
 impl Condition {
-    /// Parses `PATH=VALUE` (or `==`), `PATH!=VALUE`, `PATH*=VALUE`, `PATH~REGEX`,
+    /// Parses `PATH=VALUE` (or `==`), `PATH!=VALUE`, `PATH*=VALUE`, `PATH~REGEX`, `PATH!~REGEX`,
     /// `PATH<VALUE`, `PATH<=VALUE`, `PATH>VALUE`, `PATH>=VALUE` or `PATH?`; spaces around
     /// the operator are allowed (`facter.os.family = Debian`, as the web form takes it).
     /// A comparison needs a value, and one that starts like a number must be a number
@@ -356,7 +358,7 @@ impl Condition {
         let path_text = trimmed[..at].trim_end();
         let path = KeyPath::parse(path_text).map_err(|e| bad(e.to_string()))?;
         let rest = &trimmed[at..];
-        let (op, arg) = ["==", "!=", "*=", "<=", ">=", "=", "~", "<", ">", "?"]
+        let (op, arg) = ["==", "!=", "!~", "*=", "<=", ">=", "=", "~", "<", ">", "?"]
             .iter()
             .find_map(|op| rest.strip_prefix(op).map(|arg| (*op, arg)))
             .ok_or_else(|| bad(format!("unknown operator at {rest:?}")))?;
@@ -381,13 +383,18 @@ impl Condition {
             "=" | "==" => Op::Eq(arg.clone()),
             "!=" => Op::Ne(arg.clone()),
             "*=" => Op::Contains(arg.clone()),
-            "~" => Op::Matches(
-                regex::RegexBuilder::new(&arg)
+            "~" | "!~" => {
+                let re = regex::RegexBuilder::new(&arg)
                     .size_limit(REGEX_SIZE_LIMIT)
                     .dfa_size_limit(REGEX_SIZE_LIMIT)
                     .build()
-                    .map_err(|e| bad(format!("bad regular expression: {e}")))?,
-            ),
+                    .map_err(|e| bad(format!("bad regular expression: {e}")))?;
+                if op == "~" {
+                    Op::Matches(re)
+                } else {
+                    Op::NotMatches(re)
+                }
+            }
             "<" => Op::Cmp(Less, false, compared(arg.clone())?),
             "<=" => Op::Cmp(Less, true, compared(arg.clone())?),
             ">" => Op::Cmp(Greater, false, compared(arg.clone())?),
@@ -422,11 +429,301 @@ impl Condition {
                 other => scalar_text(other).is_some_and(|t| t.contains(x.as_str())),
             },
             Op::Matches(re) => any(&|t| re.is_match(t)),
+            Op::NotMatches(re) => !any(&|t| re.is_match(t)),
             Op::Cmp(want, or_equal, x) => any(&|t| {
                 let o = compare(t, x);
                 o == *want || (*or_equal && o.is_eq())
             }),
         }
+    }
+}
+
+/// A filter with `and`, `or`, `not`, parentheses and `exists PATH` over conditions
+/// (`(facter.os.family = Debian or facter.os.family = Ubuntu) and not dpkg.openssl < 3.0.20`):
+/// `not` binds tightest, then `and`, then `or`. A value with spaces or parentheses is
+/// quoted (`facter.os.distro.description = "Debian GNU/Linux 12 (bookworm)"`).
+#[derive(Debug, Clone)]
+pub enum Expr {
+    /// One condition; a missing path satisfies none (so `not` of it holds).
+    Cond(Condition),
+    /// The inner filter does not hold.
+    Not(Box<Expr>),
+    /// Every one holds.
+    All(Vec<Expr>),
+    /// At least one holds.
+    Any(Vec<Expr>),
+}
+
+/// A token of a filter expression and the column (1-based, in characters) it starts at.
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Open(usize),
+    Close(usize),
+    /// A word; `quoted` when it was written in double quotes (the quotes are gone).
+    Word(String, bool, usize),
+}
+
+impl Token {
+    fn column(&self) -> usize {
+        match self {
+            Token::Open(c) | Token::Close(c) | Token::Word(_, _, c) => *c,
+        }
+    }
+
+    fn keyword(&self) -> Option<String> {
+        match self {
+            Token::Word(w, false, _) => {
+                let k = w.to_ascii_lowercase();
+                matches!(k.as_str(), "and" | "or" | "not" | "exists").then_some(k)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn tokens(text: &str) -> Result<Vec<Token>, String> {
+    let mut out = Vec::new();
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let col = i + 1;
+        match c {
+            c if c.is_whitespace() => i += 1,
+            '(' => {
+                out.push(Token::Open(col));
+                i += 1;
+            }
+            ')' => {
+                out.push(Token::Close(col));
+                i += 1;
+            }
+            '"' => {
+                let mut word = String::new();
+                i += 1;
+                loop {
+                    match chars.get(i) {
+                        None => {
+                            return Err(format!("a quote opened at column {col} is not closed"))
+                        }
+                        Some('\\') if chars.get(i + 1).is_some() => {
+                            word.push(chars[i + 1]);
+                            i += 2;
+                        }
+                        Some('"') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(&ch) => {
+                            word.push(ch);
+                            i += 1;
+                        }
+                    }
+                }
+                out.push(Token::Word(word, true, col));
+            }
+            _ => {
+                // A bare word ends at a space outside quotes (a path may hold a quoted
+                // segment: dpkg."libc6.1"), or at a `)` that closes nothing opened in it:
+                // a regular expression's own parentheses stay in the word (`~^(5|6)\.`).
+                let mut word = String::new();
+                let mut in_quote = false;
+                let mut depth = 0usize;
+                while let Some(&ch) = chars.get(i) {
+                    if !in_quote {
+                        if ch.is_whitespace() || (ch == ')' && depth == 0) {
+                            break;
+                        }
+                        if ch == '(' {
+                            depth += 1;
+                        } else if ch == ')' {
+                            depth -= 1;
+                        }
+                    }
+                    if ch == '"' {
+                        in_quote = !in_quote;
+                    }
+                    word.push(ch);
+                    i += 1;
+                }
+                out.push(Token::Word(word, false, col));
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Expr {
+    /// Whether `text` is written in the expression syntax (a bare `and`, `or`, `not` or
+    /// `exists`, or an opening parenthesis first) rather than as one condition, so a
+    /// condition written before expressions existed (`facter.x~^(5|6)`) means the same.
+    pub fn is_expression(text: &str) -> bool {
+        text.trim_start().starts_with('(')
+            || tokens(text).is_ok_and(|t| t.iter().any(|t| t.keyword().is_some()))
+    }
+
+    /// Parses an expression; an error names the column it is at.
+    pub fn parse(text: &str) -> Result<Expr, StoreError> {
+        let bad = |why: String| {
+            StoreError::Invalid(format!(
+                "bad filter {text:?}: {why} (example: (facter.os.family = Debian or facter.os.family = Ubuntu) and not exists facter.virtual)"
+            ))
+        };
+        let toks = tokens(text).map_err(bad)?;
+        let mut p = Parser {
+            toks,
+            at: 0,
+            end: text.chars().count() + 1,
+        };
+        let e = p.any().map_err(&bad)?;
+        if let Some(t) = p.toks.get(p.at) {
+            return Err(bad(format!(
+                "unexpected {} at column {}",
+                describe(t),
+                t.column()
+            )));
+        }
+        Ok(e)
+    }
+
+    /// Every path the expression reads.
+    pub fn paths(&self) -> Vec<&KeyPath> {
+        match self {
+            Expr::Cond(c) => vec![&c.path],
+            Expr::Not(e) => e.paths(),
+            Expr::All(v) | Expr::Any(v) => v.iter().flat_map(|e| e.paths()).collect(),
+        }
+    }
+
+    /// Whether it holds, given the value found at each path (`None`: missing).
+    pub fn eval(&self, value_at: &dyn Fn(&KeyPath) -> Option<Value>) -> bool {
+        match self {
+            Expr::Cond(c) => c.test(value_at(&c.path).as_ref()),
+            Expr::Not(e) => !e.eval(value_at),
+            Expr::All(v) => v.iter().all(|e| e.eval(value_at)),
+            Expr::Any(v) => v.iter().any(|e| e.eval(value_at)),
+        }
+    }
+}
+
+fn describe(t: &Token) -> String {
+    match t {
+        Token::Open(_) => "`(`".into(),
+        Token::Close(_) => "`)`".into(),
+        Token::Word(w, _, _) => format!("{w:?}"),
+    }
+}
+
+struct Parser {
+    toks: Vec<Token>,
+    at: usize,
+    /// The column just past the text, where a missing part is reported.
+    end: usize,
+}
+
+impl Parser {
+    fn peek_keyword(&self) -> Option<String> {
+        self.toks.get(self.at).and_then(Token::keyword)
+    }
+
+    fn end_column(&self) -> usize {
+        self.end
+    }
+
+    fn any(&mut self) -> Result<Expr, String> {
+        let mut parts = vec![self.all()?];
+        while self.peek_keyword().as_deref() == Some("or") {
+            self.at += 1;
+            parts.push(self.all()?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Expr::Any(parts)
+        })
+    }
+
+    fn all(&mut self) -> Result<Expr, String> {
+        let mut parts = vec![self.unary()?];
+        while self.peek_keyword().as_deref() == Some("and") {
+            self.at += 1;
+            parts.push(self.unary()?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Expr::All(parts)
+        })
+    }
+
+    fn unary(&mut self) -> Result<Expr, String> {
+        let Some(t) = self.toks.get(self.at).cloned() else {
+            return Err(format!(
+                "a filter is missing at column {}",
+                self.end_column()
+            ));
+        };
+        match (t.keyword().as_deref(), &t) {
+            (Some("not"), _) => {
+                self.at += 1;
+                Ok(Expr::Not(Box::new(self.unary()?)))
+            }
+            (Some("exists"), _) => {
+                self.at += 1;
+                match self.toks.get(self.at).cloned() {
+                    Some(Token::Word(path, false, col))
+                        if Token::Word(path.clone(), false, col).keyword().is_none() =>
+                    {
+                        self.at += 1;
+                        Condition::parse(&format!("{path}?"))
+                            .map(Expr::Cond)
+                            .map_err(|e| format!("at column {col}: {e}"))
+                    }
+                    _ => Err(format!(
+                        "`exists` at column {} needs a path after it",
+                        t.column()
+                    )),
+                }
+            }
+            (Some(k), _) => Err(format!(
+                "`{k}` at column {} needs a filter before it",
+                t.column()
+            )),
+            (None, Token::Open(col)) => {
+                self.at += 1;
+                let e = self.any()?;
+                match self.toks.get(self.at) {
+                    Some(Token::Close(_)) => {
+                        self.at += 1;
+                        Ok(e)
+                    }
+                    _ => Err(format!("the `(` at column {col} is not closed")),
+                }
+            }
+            (None, Token::Close(col)) => Err(format!("unexpected `)` at column {col}")),
+            (None, Token::Word(..)) => self.condition(),
+        }
+    }
+
+    /// Words up to the next keyword or parenthesis, as one condition.
+    fn condition(&mut self) -> Result<Expr, String> {
+        let col = self.toks[self.at].column();
+        let mut text = String::new();
+        while let Some(Token::Word(w, quoted, _)) = self.toks.get(self.at) {
+            if self.toks[self.at].keyword().is_some() {
+                break;
+            }
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            // A quoted value is taken as written, spaces and parentheses included.
+            let _ = quoted;
+            text.push_str(w);
+            self.at += 1;
+        }
+        Condition::parse(&text)
+            .map(Expr::Cond)
+            .map_err(|e| format!("at column {col}: {e}"))
     }
 }
 
@@ -436,6 +733,9 @@ impl Condition {
 pub struct Query {
     /// Filters on the document, all of which must hold.
     pub conditions: Vec<Condition>,
+    /// Filters written with `and`, `or`, `not`, parentheses or `exists` (see
+    /// [`Expr`]); each must hold, as the conditions do.
+    pub expressions: Vec<Expr>,
     /// Node-name globs (`web*`, `db0?`); a node matching any of them is in.
     pub names: Vec<String>,
     /// Only nodes seen at or after this time.
@@ -449,11 +749,7 @@ impl Query {
     /// and node-name globs (repeated or comma-separated), as typed on command lines and
     /// sent in discovery requests; the first bad filter is the error.
     pub fn parse(filters: &[String], names: &[String]) -> Result<Query, StoreError> {
-        Ok(Query {
-            conditions: filters
-                .iter()
-                .map(|f| Condition::parse(f))
-                .collect::<Result<_, _>>()?,
+        let mut q = Query {
             names: names
                 .iter()
                 .flat_map(|n| n.split(','))
@@ -462,7 +758,27 @@ impl Query {
                 .map(str::to_string)
                 .collect(),
             ..Query::default()
-        })
+        };
+        for f in filters {
+            q.add_filter(f)?;
+        }
+        Ok(q)
+    }
+
+    /// Adds one filter text: an expression ([`Expr`]) when it uses `and`, `or`, `not`,
+    /// `exists` or parentheses, otherwise one condition ([`Condition::parse`]).
+    pub fn add_filter(&mut self, text: &str) -> Result<(), StoreError> {
+        if Expr::is_expression(text) {
+            self.expressions.push(Expr::parse(text)?);
+        } else {
+            self.conditions.push(Condition::parse(text)?);
+        }
+        Ok(())
+    }
+
+    /// Whether any filter (condition or expression) narrows the nodes.
+    pub fn has_filters(&self) -> bool {
+        !(self.conditions.is_empty() && self.expressions.is_empty())
     }
 
     /// Compiles the name globs; a bad glob names itself.
@@ -669,6 +985,72 @@ pub fn rewind(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Evaluates `text` against one document.
+    fn expr_holds(text: &str, doc: &Value) -> bool {
+        let e = Expr::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        e.eval(&|p: &KeyPath| p.find(doc).cloned())
+    }
+
+    #[test]
+    fn expressions_combine_conditions_with_and_or_not_and_parentheses() {
+        let debian = json!({"facter": {"os": {"family": "Debian", "distro": {"description": "Debian GNU/Linux 12 (bookworm)"}}, "processorcount": 4}, "dpkg": {"openssl": "3.0.7-1"}});
+        let redhat = json!({"facter": {"os": {"family": "RedHat"}, "processorcount": 16}});
+        let e =
+            "(facter.os.family = Debian or facter.os.family = Ubuntu) and dpkg.openssl < 3.0.20";
+        assert!(expr_holds(e, &debian));
+        assert!(!expr_holds(e, &redhat));
+        // `not` of a missing path holds; `and` binds tighter than `or`.
+        assert!(expr_holds("not exists dpkg", &redhat));
+        assert!(!expr_holds("not exists dpkg", &debian));
+        assert!(expr_holds(
+            "facter.os.family = RedHat or facter.os.family = Debian and facter.processorcount > 8",
+            &redhat
+        ));
+        assert!(!expr_holds(
+            "facter.os.family = Debian and facter.processorcount > 8 or facter.os.family = Suse",
+            &debian
+        ));
+        assert!(expr_holds("NOT facter.os.family ~ ^Red", &debian));
+        assert!(expr_holds("facter.os.family !~ ^Red", &debian));
+        assert!(!expr_holds("facter.os.family !~ ^Red", &redhat));
+        // A quoted value keeps its spaces and parentheses.
+        assert!(expr_holds(
+            r#"facter.os.distro.description = "Debian GNU/Linux 12 (bookworm)" and exists dpkg"#,
+            &debian
+        ));
+        // A condition alone is not an expression: a value may hold spaces as before.
+        assert!(!Expr::is_expression(
+            "facter.os.distro.description = Debian GNU/Linux 12"
+        ));
+        assert!(Expr::is_expression("not a=b"));
+        assert!(!Expr::is_expression("facter.kernelrelease~^(5|6)\\."));
+        // A regular expression's parentheses inside a condition stay its own.
+        assert!(expr_holds(
+            "(facter.os.family~^(Deb|Ubu) and exists dpkg)",
+            &debian
+        ));
+        assert!(!expr_holds(
+            "(facter.os.family~^(Red|Ubu)) or not exists dpkg",
+            &debian
+        ));
+    }
+
+    #[test]
+    fn a_bad_expression_names_the_column() {
+        for (text, want) in [
+            ("(a=b or c=d", "column 1 is not closed"),
+            ("a=b and", "missing at column 8"),
+            ("a=b or or c=d", "`or` at column 8"),
+            ("a=b ) or c=d", "unexpected `)` at column 5"),
+            ("a=b and exists", "`exists` at column 9 needs a path"),
+            ("a=b and c", "at column 9"),
+            ("a=b and \"open", "column 9 is not closed"),
+        ] {
+            let err = Expr::parse(text).expect_err(text).to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
 
     #[test]
     fn paths_parse_with_quotes_and_name_their_errors() {
