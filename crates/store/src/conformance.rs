@@ -816,6 +816,18 @@ pub async fn key_values_across_nodes(store: DynStore) {
     assert_eq!(got, vec![("db01".to_string(), json!("ohai"))]);
 }
 
+/// The names of the nodes `q` selects, in order.
+async fn selected(store: &DynStore, q: &Query) -> Vec<String> {
+    store
+        .select(q)
+        .await
+        .expect("select")
+        .rows
+        .into_iter()
+        .map(|n| n.name)
+        .collect()
+}
+
 /// Filter expressions (`and`, `or`, `not`, parentheses, `exists`) select the same
 /// nodes on every backend; `not` holds for a node that lacks the path; expressions
 /// and plain conditions combine with AND.
@@ -824,17 +836,7 @@ pub async fn select_by_expressions(store: DynStore) {
     let names = |filters: &[&str]| {
         let store = store.clone();
         let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
-        async move {
-            let q = Query::parse(&filters, &[]).expect("filters");
-            store
-                .select(&q)
-                .await
-                .expect("select")
-                .rows
-                .into_iter()
-                .map(|n| n.name)
-                .collect::<Vec<_>>()
-        }
+        async move { selected(&store, &Query::parse(&filters, &[]).expect("filters")).await }
     };
     assert_eq!(
         names(&["facter.os.family = RedHat or facter.processorcount >= 4"]).await,
@@ -862,16 +864,7 @@ pub async fn select_by_conditions_names_and_time(store: DynStore) {
     fleet(&store).await;
     let names = |q: Query| {
         let store = store.clone();
-        async move {
-            store
-                .select(&q)
-                .await
-                .expect("select")
-                .rows
-                .into_iter()
-                .map(|n| n.name)
-                .collect::<Vec<_>>()
-        }
+        async move { selected(&store, &q).await }
     };
     let cond = |c: &str| Condition::parse(c).expect("condition");
     let q = |cs: &[&str]| Query {
