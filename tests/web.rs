@@ -191,6 +191,20 @@ async fn pages_escape_hostile_plugin_output_and_send_strict_headers() {
         page.contains("<details class=\"plugin\" id=\"plugin-facter\""),
         "no facter tree"
     );
+    // The summary card comes first: OS, kernel, address, packages, before the plugins.
+    let card = page.find("id=\"summary\"").expect("a summary card");
+    for want in [
+        "Debian GNU/Linux 12 (bookworm)",
+        "5.10.0-26-amd64",
+        "192.0.2.2",
+        "packages (dpkg)",
+    ] {
+        let at = page[card..].find(want).map(|i| i + card);
+        assert!(
+            at.is_some_and(|i| i < page.find("id=\"plugins\"").unwrap_or(0)),
+            "{want} not in the summary card"
+        );
+    }
     let (status, _, page) = get(&format!("{b}/nodes/fx-nobody")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(page.contains("no node named"));
@@ -442,4 +456,60 @@ async fn prometheus_service_discovery_lists_the_selected_nodes() {
         StatusCode::BAD_REQUEST,
     )
     .await;
+}
+
+/// The node list sorts the whole selection, shows chosen columns and downloads as CSV
+/// with the same query; a bad sort is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_list_sorts_shows_columns_and_downloads_csv() {
+    let w = start(&[], vec![]).await;
+    let b = &w.base;
+    let names = |page: &str| -> Vec<String> {
+        page.split("<a href=\"/nodes/")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .map(|href| href.replace("%2D", "-"))
+            .collect()
+    };
+    let (status, _, page) = get(&format!("{b}/nodes?sort=name&order=desc")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        names(&page),
+        ["fx-web06", "fx-web05", "fx-web04", "fx-web03", "fx-web02", "fx-web01"]
+    );
+    let (_, _, page) = get(&format!("{b}/nodes?sort=errors")).await;
+    assert_eq!(names(&page)[0], "fx-web06", "the node with an error first");
+    let (_, _, page) = get(&format!("{b}/nodes?columns=facter.os.family,dpkg.openssl")).await;
+    assert!(page.contains("<th>facter.os.family</th>"), "{page}");
+    assert!(
+        page.contains("<td>RedHat</td>") && page.contains("<td>3.0.99-1</td>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("href=\"/nodes.csv?columns="),
+        "a CSV link with the view's query"
+    );
+
+    let (status, headers, csv) = get(&format!(
+        "{b}/nodes.csv?where=facter.os.family%3DDebian&columns=facter.kernelrelease&sort=name&order=desc"
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap_or_default()
+        .starts_with("text/csv"));
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "node,last_seen,plugins,last_error,facter.kernelrelease"
+    );
+    assert_eq!(lines.len(), 5, "{csv}");
+    assert!(
+        lines[1].starts_with("fx-web04,") && lines[1].ends_with(",6.1.0-13-amd64"),
+        "{csv}"
+    );
+
+    let (status, _, _) = get(&format!("{b}/nodes?sort=size")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }

@@ -107,8 +107,53 @@ pub async fn node_page(
                 ApiError::bad(format!("per_page must be 1 to {PAGE_SIZE}, not {n:?}"))
             })?,
     };
-    let all = state.store.select(&q).await?;
+    let mut all = state.store.select(&q).await?;
+    sort_nodes(&mut all.rows, p)?;
     Ok((q, page(all, page_of(p), per_page)))
+}
+
+/// Orders a node list as `sort` (`name`, the default; `last_seen`; `errors`: nodes
+/// with a last error first) and `order` (`asc`, the default, or `desc`) say, before it
+/// is paged, so a sorted view pages through the whole selection.
+pub fn sort_nodes(nodes: &mut [NodeSummary], p: &[(String, String)]) -> Result<(), ApiError> {
+    match param(p, "sort").unwrap_or("name") {
+        "name" => nodes.sort_by(|a, b| a.name.cmp(&b.name)),
+        "last_seen" => {
+            nodes.sort_by(|a, b| a.last_seen.cmp(&b.last_seen).then(a.name.cmp(&b.name)))
+        }
+        "errors" => nodes.sort_by(|a, b| {
+            b.last_error
+                .is_some()
+                .cmp(&a.last_error.is_some())
+                .then(a.name.cmp(&b.name))
+        }),
+        other => {
+            return Err(ApiError::bad(format!(
+                "sort must be name, last_seen or errors, not {other:?}"
+            )))
+        }
+    }
+    match param(p, "order").unwrap_or("asc") {
+        "asc" => {}
+        "desc" => nodes.reverse(),
+        other => {
+            return Err(ApiError::bad(format!(
+                "order must be asc or desc, not {other:?}"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// The `columns=` paths of a node list (comma-separated or repeated), parsed.
+pub fn columns_of(p: &[(String, String)]) -> Result<Vec<KeyPath>, ApiError> {
+    p.iter()
+        .filter(|(k, _)| k == "columns")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| KeyPath::parse(c).map_err(|e| ApiError::bad(e.to_string())))
+        .collect()
 }
 
 /// `GET /api/nodes?name=&where=&stale=&page=&per_page=`.

@@ -75,6 +75,7 @@ pub fn router(mut state: WebState) -> Router {
     Router::new()
         .route("/", get(pages::overview))
         .route("/nodes", get(pages::node_list))
+        .route("/nodes.csv", get(pages::node_csv))
         .route("/nodes/{name}", get(pages::node_page))
         .route("/search", get(pages::search))
         .route("/static/style.css", get(pages::style))

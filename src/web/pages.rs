@@ -177,9 +177,52 @@ fn skipped(count: usize) -> Markup {
 }
 
 fn node_table(nodes: &[NodeSummary]) -> Markup {
+    node_table_with(nodes, None, &[], &[])
+}
+
+/// The node list, with sortable headers when `view` is the list page's query (kept in
+/// each header link), and one extra column per chosen path, valued from `extra`.
+fn node_table_with(
+    nodes: &[NodeSummary],
+    view: Option<&[(String, String)]>,
+    columns: &[vogeler_store::KeyPath],
+    extra: &[std::collections::HashMap<String, Value>],
+) -> Markup {
+    let p = view.unwrap_or_default();
+    let sorted = param(p, "sort").unwrap_or("name");
+    let desc = param(p, "order") == Some("desc");
+    let head = |label: &str, key: &str| {
+        if view.is_none() {
+            return html! { th { (label) } };
+        }
+        let order = if sorted == key && !desc {
+            "desc"
+        } else {
+            "asc"
+        };
+        let mut q: Vec<(String, String)> = p
+            .iter()
+            .filter(|(k, _)| k != "sort" && k != "order" && k != "page")
+            .cloned()
+            .collect();
+        q.push(("sort".into(), key.into()));
+        q.push(("order".into(), order.into()));
+        let qs = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(q)
+            .finish();
+        let mark = match (sorted == key, desc) {
+            (true, false) => " ▲",
+            (true, true) => " ▼",
+            _ => "",
+        };
+        html! { th { a.sort href=(format!("/nodes?{qs}")) { (label) (mark) } } }
+    };
     html! {
         table.nodes {
-            thead { tr { th { "Node" } th { "Last seen" } th { "Plugins" } th { "Last error" } } }
+            thead { tr {
+                (head("Node", "name")) (head("Last seen", "last_seen")) th { "Plugins" } (head("Last error", "errors"))
+                @for c in columns { th { (c.to_string()) } }
+            } }
             tbody {
                 @for n in nodes {
                     tr {
@@ -187,10 +230,84 @@ fn node_table(nodes: &[NodeSummary]) -> Markup {
                         td { (time(n.last_seen)) }
                         td { (n.plugins.join(", ")) }
                         td.error { (n.last_error.as_deref().unwrap_or("")) }
+                        @for values in extra {
+                            td { (values.get(&n.name).map(scalar).unwrap_or_default()) }
+                        }
                     }
                 }
             }
         }
+    }
+}
+
+/// The values at each chosen path for the nodes shown (one map per column).
+async fn column_values(
+    state: &WebState,
+    columns: &[vogeler_store::KeyPath],
+) -> Result<Vec<std::collections::HashMap<String, Value>>, api::ApiError> {
+    let mut out = Vec::with_capacity(columns.len());
+    for c in columns {
+        out.push(state.store.values(c).await?.rows.into_iter().collect());
+    }
+    Ok(out)
+}
+
+/// `GET /nodes.csv?name=&where=&stale=&sort=&order=&columns=`: the node list view as
+/// CSV, every selected node (not one page), with the chosen columns.
+pub async fn node_csv(State(state): State<WebState>, RawQuery(raw): RawQuery) -> Response {
+    let p = pairs(raw.as_deref());
+    let answer = async {
+        let columns = api::columns_of(&p)?;
+        let q = super::node_query(&p, chrono::Utc::now()).map_err(api::ApiError::bad)?;
+        let mut all = state.store.select(&q).await?;
+        api::sort_nodes(&mut all.rows, &p)?;
+        let extra = column_values(&state, &columns).await?;
+        let mut header = vec!["node", "last_seen", "plugins", "last_error"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        header.extend(columns.iter().map(|c| c.to_string()));
+        let table = crate::report::Table {
+            columns: header,
+            rows: all
+                .rows
+                .iter()
+                .map(|n| {
+                    let mut row = vec![
+                        serde_json::json!(n.name),
+                        serde_json::json!(vogeler_store::rfc3339(n.last_seen)),
+                        serde_json::json!(n.plugins),
+                        serde_json::json!(n.last_error),
+                    ];
+                    row.extend(
+                        extra
+                            .iter()
+                            .map(|v| v.get(&n.name).cloned().unwrap_or(Value::Null)),
+                    );
+                    row
+                })
+                .collect(),
+            footer: String::new(),
+            skipped: all.skipped.len(),
+        };
+        table
+            .render(crate::report::Format::Csv, None)
+            .map_err(api::ApiError::from)
+    };
+    match answer.await {
+        Ok(csv) => (
+            StatusCode::OK,
+            [
+                (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (
+                    axum::http::header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"nodes.csv\"",
+                ),
+            ],
+            csv,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -220,6 +337,20 @@ pub async fn node_list(State(state): State<WebState>, RawQuery(raw): RawQuery) -
         Ok(r) => r,
         Err(e) => return failed(e),
     };
+    let columns = match api::columns_of(&p) {
+        Ok(c) => c,
+        Err(e) => return failed(e),
+    };
+    let extra = match column_values(&state, &columns).await {
+        Ok(v) => v,
+        Err(e) => return failed(e),
+    };
+    let csv_link = format!(
+        "/nodes.csv?{}",
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(p.iter().filter(|(k, _)| k != "page"))
+            .finish()
+    );
     let value = |k: &str| param(&p, k).unwrap_or_default().to_string();
     let stale = value("stale");
     respond(
@@ -230,6 +361,7 @@ pub async fn node_list(State(state): State<WebState>, RawQuery(raw): RawQuery) -
             form #filter method="get" action="/nodes" {
                 label { "Name " input type="text" name="name" value=(value("name")) placeholder="web*"; }
                 label { "Where " input type="text" name="where" value=(value("where")) placeholder="facter.os.family = Debian"; }
+                label { "Columns " input type="text" name="columns" value=(value("columns")) placeholder="facter.os.family,facter.networking.ip"; }
                 label { "Not seen for "
                     select name="stale" {
                         @for (v, label) in [("", "any time"), ("1h", "1 hour"), ("1d", "1 day"), ("7d", "1 week")] {
@@ -240,8 +372,9 @@ pub async fn node_list(State(state): State<WebState>, RawQuery(raw): RawQuery) -
                 button type="submit" { "Filter" }
             }
             (skipped(page.skipped))
-            (node_table(&page.items))
+            (node_table_with(&page.items, Some(&p), &columns, &extra))
             (pager(&p, &page))
+            p.tools { a href=(csv_link) { "Download CSV" } }
         },
     )
 }
@@ -344,16 +477,18 @@ pub async fn node_page(State(state): State<WebState>, Path(name): Path<String>) 
         html! {
             h1 { (name) }
             (skipped(unreadable))
-            dl.meta {
-                dt { "First seen" } dd { (time(record.created_at)) }
-                dt { "Changed" } dd { (time(record.updated_at)) }
-                dt { "Last seen" } dd { (time(record.last_seen)) }
-                @if let Some(e) = &record.last_error {
-                    dt { "Last error" }
-                    dd.error {
-                        (e.get("plugin").map(scalar).unwrap_or_default()) ": "
-                        (e.get("message").map(scalar).unwrap_or_default())
+            // The summary card first: what `vogeler-admin node NAME --summary` prints.
+            section #summary {
+                dl.meta {
+                    @for (label, value) in crate::admin::summary_lines(&record).into_iter().skip(1) {
+                        dt { (label) }
+                        @if label == "last error" && record.last_error.is_some() {
+                            dd.error { (value) }
+                        } @else {
+                            dd { (value) }
+                        }
                     }
+                    dt { "changed" } dd { (time(record.updated_at)) }
                 }
             }
             p.tools { a href=(format!("/api/nodes/{}", enc(&name))) { "JSON" } }
