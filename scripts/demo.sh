@@ -63,3 +63,5 @@ done
 
 echo "==> the stored record of $node" >&2
 "$bin/vogeler-admin" -c "$work/vogeler.conf" node "$node"
+echo "==> its summary (vogeler-admin node $node --summary)" >&2
+"$bin/vogeler-admin" -c "$work/vogeler.conf" node "$node" --summary
