@@ -513,3 +513,30 @@ async fn the_node_list_sorts_shows_columns_and_downloads_csv() {
     let (status, _, _) = get(&format!("{b}/nodes?sort=size")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+/// A fact page charts a fact's values; each bar and each value links to the node list
+/// of the nodes with it, and that list holds exactly them. The overview's bars link too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fact_pages_chart_values_that_lead_to_their_nodes() {
+    let w = start(&[], vec![]).await;
+    let b = &w.base;
+    let (status, _, page) = get(&format!("{b}/facts/facter.os.family")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains(r#"data-label="Debian" data-count="4""#),
+        "{page}"
+    );
+    let link = "/nodes?where=facter%2Eos%2Efamily%3DRedHat";
+    assert!(page.contains(&format!("<a href=\"{link}\">")), "{page}");
+    let (status, _, list) = get(&format!("{b}{link}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        list.contains("fx-web05") && list.contains("fx-web06"),
+        "{list}"
+    );
+    assert!(!list.contains("fx-web01"), "{list}");
+    let (_, _, overview) = get(&format!("{b}/")).await;
+    assert!(overview.contains(link), "overview bars link to their nodes");
+    let (status, _, _) = get(&format!("{b}/facts/facter..os")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

@@ -78,6 +78,7 @@ pub fn router(mut state: WebState) -> Router {
         .route("/nodes.csv", get(pages::node_csv))
         .route("/nodes/{name}", get(pages::node_page))
         .route("/search", get(pages::search))
+        .route("/facts/{path}", get(pages::fact_page))
         .route("/static/style.css", get(pages::style))
         .route("/static/app.js", get(pages::script))
         .route("/api/nodes", get(api::nodes))

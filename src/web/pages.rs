@@ -88,9 +88,20 @@ fn time(t: chrono::DateTime<Utc>) -> Markup {
     html! { time datetime=(rfc3339(t)) { (t.format("%Y-%m-%d %H:%M:%S UTC")) } }
 }
 
+/// The node list of the nodes whose value at `path` is `value`: where a chart's bar
+/// or a fact page's value leads.
+fn nodes_with(path: &str, value: &str) -> String {
+    format!("/nodes?where={}", enc(&format!("{path}={value}")))
+}
+
 /// A horizontal bar chart; each bar carries `data-label` and `data-count` so tests
-/// (and scripts) read the exact numbers drawn.
+/// (and scripts) read the exact numbers drawn. With `path`, each bar links to the
+/// nodes that have its value there.
 fn bar_chart(id: &str, title: &str, rows: &[(String, u64)]) -> Markup {
+    bar_chart_of(id, title, rows, None)
+}
+
+fn bar_chart_of(id: &str, title: &str, rows: &[(String, u64)], path: Option<&str>) -> Markup {
     let max = rows.iter().map(|r| r.1).max().unwrap_or(0).max(1);
     let row_h = 24u64;
     let height = row_h * rows.len().max(1) as u64 + 8;
@@ -104,11 +115,18 @@ fn bar_chart(id: &str, title: &str, rows: &[(String, u64)]) -> Markup {
                     @for (i, (label, count)) in rows.iter().enumerate() {
                         @let y = 4 + row_h * i as u64;
                         @let w = (380 * count / max).max(1);
-                        g.bar data-label=(label) data-count=(count) {
-                            title { (label) ": " (count) }
-                            text x="0" y=(y + 16) { (truncate(label, 28)) }
-                            rect x="200" y=(y + 3) width=(w) height="18" {}
-                            text x=(205 + w) y=(y + 16) { (count) }
+                        @let bar = html! {
+                            g.bar data-label=(label) data-count=(count) {
+                                title { (label) ": " (count) }
+                                text x="0" y=(y + 16) { (truncate(label, 28)) }
+                                rect x="200" y=(y + 3) width=(w) height="18" {}
+                                text x=(205 + w) y=(y + 16) { (count) }
+                            }
+                        };
+                        @if let Some(path) = path {
+                            a href=(nodes_with(path, label)) { (bar) }
+                        } @else {
+                            (bar)
                         }
                     }
                 }
@@ -158,9 +176,62 @@ pub async fn overview(State(state): State<WebState>) -> Response {
             }
             (skipped(stats["skipped"].as_u64().unwrap_or(0) as usize))
             div.charts {
-                (bar_chart("chart-os-family", "Nodes per OS family (facter.os.family)", &chart_rows(&stats["os_family"])))
-                (bar_chart("chart-kernel", "Nodes per kernel (facter.kernelrelease)", &chart_rows(&stats["kernel"])))
+                (bar_chart_of("chart-os-family", "Nodes per OS family (facter.os.family)", &chart_rows(&stats["os_family"]), Some("facter.os.family")))
+                (bar_chart_of("chart-kernel", "Nodes per kernel (facter.kernelrelease)", &chart_rows(&stats["kernel"]), Some("facter.kernelrelease")))
                 (bar_chart("chart-last-seen", "Last seen", &chart_rows(&stats["last_seen"])))
+            }
+        },
+    )
+}
+
+/// `GET /facts/PATH[?where=&name=]`: the distribution of a fact's values as a chart
+/// and a table, each value linking to the nodes that have it.
+pub async fn fact_page(
+    State(state): State<WebState>,
+    Path(path): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let p = pairs(raw.as_deref());
+    let answer = async {
+        let key =
+            vogeler_store::KeyPath::parse(&path).map_err(|e| api::ApiError::bad(e.to_string()))?;
+        let q = super::node_query(&p, Utc::now()).map_err(api::ApiError::bad)?;
+        Ok::<_, api::ApiError>(crate::report::value_groups(&state.store, &key, &q).await?)
+    };
+    let groups = match answer.await {
+        Ok(g) => g,
+        Err(e) => return failed(e),
+    };
+    let rows: Vec<(String, u64)> = groups
+        .rows
+        .iter()
+        .map(|(v, nodes)| (scalar(v), nodes.len() as u64))
+        .collect();
+    let total: usize = groups.rows.iter().map(|g| g.1.len()).sum();
+    respond(
+        StatusCode::OK,
+        &path,
+        html! {
+            h1 { (path) }
+            p.summary { (total) " node(s) have it; " (groups.rows.len()) " distinct value(s)." }
+            (skipped(groups.skipped.len()))
+            (bar_chart_of("chart-fact", &format!("Nodes per {path}"), &rows, Some(&path)))
+            table.facts {
+                thead { tr { th { "Value" } th { "Nodes" } th { "Some of them" } } }
+                tbody {
+                    @for (v, nodes) in &groups.rows {
+                        tr {
+                            td { a href=(nodes_with(&path, &scalar(v))) { (scalar(v)) } }
+                            td { (nodes.len()) }
+                            td {
+                                @for n in nodes.iter().take(10) {
+                                    a href=(format!("/nodes/{}", enc(n))) { (n) } " "
+                                }
+                                @if nodes.len() > 10 { span.muted { "… " (nodes.len() - 10) " more" } }
+                            }
+                        }
+                    }
+                }
             }
         },
     )
