@@ -540,3 +540,27 @@ async fn fact_pages_chart_values_that_lead_to_their_nodes() {
     let (status, _, _) = get(&format!("{b}/facts/facter..os")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+/// The changes page lists what changed across the fleet, filterable by name and
+/// filter; the requests page lists the ledger; an unknown request is a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_and_requests_pages() {
+    let w = start(&[], vec![]).await;
+    let b = &w.base;
+    let (status, _, page) = get(&format!("{b}/changes?since=5d")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("3.0.99-1") && page.contains("openssl"),
+        "{page}"
+    );
+    assert!(page.contains("href=\"/nodes/fx%2Dweb01\""), "{page}");
+    let (_, _, page) = get(&format!("{b}/changes?since=5d&name=fx-web02")).await;
+    assert!(!page.contains("3.0.99-1"), "{page}");
+    let (status, _, _) = get(&format!("{b}/changes?since=last%20tuesday")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, page) = get(&format!("{b}/requests")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<th>expected</th>"), "{page}");
+    let (status, _, _) = get(&format!("{b}/requests/0123abcd")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

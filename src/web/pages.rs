@@ -52,6 +52,8 @@ fn layout(title: &str, body: Markup) -> Markup {
                         a.brand href="/" { "Vogeler" }
                         a href="/" { "Overview" }
                         a href="/nodes" { "Nodes" }
+                        a href="/changes" { "Changes" }
+                        a href="/requests" { "Requests" }
                         a href="/search" { "Search" }
                         form.quick method="get" action="/search" {
                             input type="search" name="q" placeholder="facter.os.family = Debian" aria-label="Search";
@@ -235,6 +237,97 @@ pub async fn fact_page(
             }
         },
     )
+}
+
+/// A report's table as HTML: the same rows the CLI prints; a `node` column links to
+/// the node's page and an `id` column to the request's page.
+fn report_table(t: &crate::report::Table) -> Markup {
+    html! {
+        table.report {
+            thead { tr { @for c in &t.columns { th { (c) } } } }
+            tbody {
+                @for row in &t.rows {
+                    tr {
+                        @for (c, v) in t.columns.iter().zip(row) {
+                            @let text = crate::report::cell_text(v);
+                            @if c == "node" && !text.is_empty() && text != "*" {
+                                td { a href=(format!("/nodes/{}", enc(&text))) { (text) } }
+                            } @else if c == "id" {
+                                td { a href=(format!("/requests/{}", enc(&text))) { (text) } }
+                            } @else {
+                                td { (truncate(&text, 200)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        p.muted { (t.footer) }
+    }
+}
+
+/// `GET /changes?since=1d&where=&name=`: recent changes across the fleet, as
+/// `vogeler-admin report changes` lists them, filterable like the node list.
+pub async fn changes_page(State(state): State<WebState>, RawQuery(raw): RawQuery) -> Response {
+    let p = pairs(raw.as_deref());
+    let now = Utc::now();
+    let since_text = param(&p, "since").unwrap_or("1d").to_string();
+    let answer = async {
+        let since = crate::report::parse_when(&since_text, now)
+            .map_err(|e| api::ApiError::bad(e.to_string()))?;
+        let q = super::node_query(&p, now).map_err(api::ApiError::bad)?;
+        Ok::<_, api::ApiError>(crate::report::changes(&state.store, since, 2000, &q).await?)
+    };
+    let table = match answer.await {
+        Ok(t) => t,
+        Err(e) => return failed(e),
+    };
+    let value = |k: &str| param(&p, k).unwrap_or_default().to_string();
+    respond(
+        StatusCode::OK,
+        "Changes",
+        html! {
+            h1 { "Changes" }
+            form #filter method="get" action="/changes" {
+                label { "Since " input type="text" name="since" value=(since_text) placeholder="1d"; }
+                label { "Name " input type="text" name="name" value=(value("name")) placeholder="web*"; }
+                label { "Where " input type="text" name="where" value=(value("where")) placeholder="facter.os.family = Debian"; }
+                button type="submit" { "Filter" }
+            }
+            (skipped(table.skipped))
+            (report_table(&table))
+        },
+    )
+}
+
+/// `GET /requests`: the request ledger, newest first (expected, stored, errors, silent).
+pub async fn requests_page(State(state): State<WebState>) -> Response {
+    match crate::report::requests(&state.store, 100, Utc::now()).await {
+        Ok(t) => respond(
+            StatusCode::OK,
+            "Requests",
+            html! { h1 { "Requests" } (report_table(&t)) },
+        ),
+        Err(e) => failed(e.into()),
+    }
+}
+
+/// `GET /requests/ID`: one request's nodes and what became of each.
+pub async fn request_page(State(state): State<WebState>, Path(id): Path<String>) -> Response {
+    match crate::report::request(&state.store, &id, Utc::now()).await {
+        Ok(t) => respond(
+            StatusCode::OK,
+            &format!("Request {id}"),
+            html! { h1 { "Request " (id) } (report_table(&t)) },
+        ),
+        Err(e) if e.chain().any(|c| c.is::<crate::cli::NotFound>()) => {
+            error_page(StatusCode::NOT_FOUND, &e.to_string())
+        }
+        Err(e) if e.chain().any(|c| c.is::<crate::cli::UsageError>()) => {
+            error_page(StatusCode::BAD_REQUEST, &e.to_string())
+        }
+        Err(e) => failed(e.into()),
+    }
 }
 
 /// The notice a page shows when its reads skipped unreadable stored rows (nothing
