@@ -10,6 +10,7 @@
 #   scripts/services.sh ensure-pouchdb    pouchdb-server (CouchDB API), cached outside the clone
 #   scripts/services.sh ensure-plugins    facter and ohai for the shipped plugins
 #   scripts/services.sh ensure-tls-tools  openssl and socat (tests/tls.rs: test certificates, couchs://)
+#   scripts/services.sh ensure-ansible    Debian's ansible-core (tests/admin.rs reads the Ansible export with it)
 #   scripts/services.sh ensure-chromium   Debian's chromium and chromedriver (web UI tests)
 #   scripts/services.sh ensure-cargo-deb  cargo-deb, pinned below (cargo install, ~3 min cold)
 #   scripts/services.sh ensure-packaging  cargo-deb, the musl target and C compiler, systemd-analyze
@@ -165,6 +166,12 @@ ensure_tls_tools() {
   log "TLS test tools ready: $(openssl version 2>/dev/null), $(socat -V 2>/dev/null | grep -m1 'socat version' || echo socat)"
 }
 
+ensure_ansible() {
+  # tests/admin.rs feeds `vogeler-admin export ansible` to Debian's ansible-inventory.
+  command -v ansible-inventory >/dev/null 2>&1 || apt_install ansible-core
+  log "ansible ready: $(ansible-inventory --version 2>/dev/null | head -1)"
+}
+
 ensure_chromium() {
   if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
     apt_install chromium chromium-driver
@@ -208,7 +215,7 @@ print_env() {
 }
 
 case "${1:-ensure}" in
-  ensure) ensure_rabbitmq; ensure_test_vhost; ensure_nats; ensure_postgres; ensure_pouchdb; ensure_plugins; ensure_tls_tools; ensure_chromium; ensure_packaging ;;
+  ensure) ensure_rabbitmq; ensure_test_vhost; ensure_nats; ensure_postgres; ensure_pouchdb; ensure_plugins; ensure_tls_tools; ensure_ansible; ensure_chromium; ensure_packaging ;;
   ensure-tls-tools) ensure_tls_tools ;;
   ensure-rabbitmq) ensure_rabbitmq; ensure_test_vhost ;;
   ensure-nats) ensure_nats ;;
@@ -216,6 +223,7 @@ case "${1:-ensure}" in
   ensure-postgres) ensure_postgres ;;
   ensure-pouchdb) ensure_pouchdb ;;
   ensure-plugins) ensure_plugins ;;
+  ensure-ansible) ensure_ansible ;;
   ensure-chromium) ensure_chromium ;;
   ensure-cargo-deb) ensure_cargo_deb ;;
   ensure-packaging) ensure_packaging ;;

@@ -690,3 +690,54 @@ async fn changes_follow_prints_new_changes_as_they_are_stored() {
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(0));
 }
+
+/// `export ansible` is what Ansible takes: Debian's `ansible-inventory` reads it as a
+/// script inventory and lists the same groups, hosts and host variables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ansible_inventory_reads_the_export() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let target = target("sqlite").await;
+    fill(&target.store).await;
+    let export = ok(
+        &target.dsn,
+        &[
+            "export",
+            "ansible",
+            "--group-by",
+            "facter.os.family",
+            "--hostvars",
+            "facter.kernelrelease",
+        ],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("inventory.json");
+    std::fs::write(&json, &export).expect("inventory file");
+    // A script inventory: Ansible runs it with --list (and reads _meta, so no --host).
+    let script = dir.path().join("vogeler-inventory");
+    std::fs::write(&script, format!("#!/bin/sh\nexec cat {}\n", json.display())).expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = std::process::Command::new("ansible-inventory")
+        .args(["-i", script.to_str().expect("utf-8"), "--list"])
+        .env("ANSIBLE_LOCAL_TEMP", dir.path().join("tmp"))
+        .env("HOME", dir.path())
+        .output()
+        .expect("ansible-inventory (Debian package ansible-core; scripts/services.sh ensure installs it)");
+    assert!(
+        out.status.success(),
+        "ansible-inventory refused the export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("ansible-inventory JSON");
+    assert_eq!(
+        listed["facter_os_family_Debian"]["hosts"],
+        json!(["fx-web01", "fx-web02", "fx-web03", "fx-web04"]),
+        "{listed}"
+    );
+    assert_eq!(
+        listed["facter_os_family_RedHat"]["hosts"],
+        json!(["fx-web05", "fx-web06"])
+    );
+    let vars = &listed["_meta"]["hostvars"]["fx-web02"];
+    assert_eq!(vars["facter_kernelrelease"], "6.1.0-13-amd64", "{listed}");
+    assert_eq!(vars["ansible_host"], "192.0.2.2", "{listed}");
+}
