@@ -563,4 +563,18 @@ async fn changes_and_requests_pages() {
     assert!(page.contains("<th>expected</th>"), "{page}");
     let (status, _, _) = get(&format!("{b}/requests/0123abcd")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Two nodes compared, from the node page's form.
+    let (_, _, node) = get(&format!("{b}/nodes/fx-web01")).await;
+    assert!(node.contains("action=\"/diff\""), "a compare form");
+    let (status, _, page) = get(&format!("{b}/diff?a=fx-web01&b=fx-web05&path=facter.os")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("facter.os.family") && page.contains("changed") && page.contains("RedHat"),
+        "{page}"
+    );
+    let (status, _, _) = get(&format!("{b}/diff?a=fx-web01&b=fx-nobody")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = get(&format!("{b}/diff?a=fx-web01")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }

@@ -80,6 +80,7 @@ pub fn router(mut state: WebState) -> Router {
         .route("/search", get(pages::search))
         .route("/facts/{path}", get(pages::fact_page))
         .route("/changes", get(pages::changes_page))
+        .route("/diff", get(pages::diff_page))
         .route("/requests", get(pages::requests_page))
         .route("/requests/{id}", get(pages::request_page))
         .route("/static/style.css", get(pages::style))

@@ -300,6 +300,51 @@ pub async fn changes_page(State(state): State<WebState>, RawQuery(raw): RawQuery
     )
 }
 
+/// `GET /diff?a=NODE&b=NODE[&path=PATH]`: what differs between two nodes, as
+/// `vogeler-admin diff` lists it (added, removed, changed, with both values).
+pub async fn diff_page(State(state): State<WebState>, RawQuery(raw): RawQuery) -> Response {
+    let p = pairs(raw.as_deref());
+    let (a, b) = (
+        param(&p, "a").unwrap_or_default().to_string(),
+        param(&p, "b").unwrap_or_default().to_string(),
+    );
+    let path_text = param(&p, "path").unwrap_or_default().to_string();
+    if a.is_empty() || b.is_empty() {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "name two nodes: /diff?a=NODE&b=NODE (and path=PATH to narrow it)",
+        );
+    }
+    let path = if path_text.is_empty() {
+        None
+    } else {
+        match vogeler_store::KeyPath::parse(&path_text) {
+            Ok(k) => Some(k),
+            Err(e) => return error_page(StatusCode::BAD_REQUEST, &e.to_string()),
+        }
+    };
+    match crate::report::diff_nodes(&state.store, &a, &b, path.as_ref()).await {
+        Ok(t) => respond(
+            StatusCode::OK,
+            &format!("{a} and {b}"),
+            html! {
+                h1 { a href=(format!("/nodes/{}", enc(&a))) { (a) } " and " a href=(format!("/nodes/{}", enc(&b))) { (b) } }
+                form #filter method="get" action="/diff" {
+                    input type="hidden" name="a" value=(a);
+                    input type="hidden" name="b" value=(b);
+                    label { "Below " input type="text" name="path" value=(path_text) placeholder="dpkg"; }
+                    button type="submit" { "Compare" }
+                }
+                (report_table(&t))
+            },
+        ),
+        Err(e) if e.chain().any(|c| c.is::<crate::cli::NotFound>()) => {
+            error_page(StatusCode::NOT_FOUND, &e.to_string())
+        }
+        Err(e) => failed(e.into()),
+    }
+}
+
 /// `GET /requests`: the request ledger, newest first (expected, stored, errors, silent).
 pub async fn requests_page(State(state): State<WebState>) -> Response {
     match crate::report::requests(&state.store, 100, Utc::now()).await {
@@ -656,6 +701,11 @@ pub async fn node_page(State(state): State<WebState>, Path(name): Path<String>) 
                 }
             }
             p.tools { a href=(format!("/api/nodes/{}", enc(&name))) { "JSON" } }
+            form #compare method="get" action="/diff" {
+                input type="hidden" name="a" value=(name);
+                label { "Compare with " input type="text" name="b" placeholder="another node"; }
+                button type="submit" { "Compare" }
+            }
             section #plugins {
                 h2 { "Plugins" }
                 @for (key, value) in &record.keys {
