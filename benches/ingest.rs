@@ -135,7 +135,11 @@ async fn ingest_with(stores: Vec<DynStore>, bodies: &[Vec<u8>], id: &str) -> (Du
         .into_iter()
         .zip(&stats)
         .map(|(store, st)| {
-            let opts = ServerOptions::new(broker(), t.clone());
+            let connector = vogeler_transport::Connector::Amqp {
+                broker: broker(),
+                topology: t.clone(),
+            };
+            let opts = ServerOptions::new(connector, t.clone());
             tokio::spawn(server::run(opts, store, st.clone(), shutdown.clone()))
         })
         .collect();

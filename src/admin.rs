@@ -6,8 +6,10 @@
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
+use std::sync::Arc;
 use vogeler_store::{query, rfc3339, DynStore, KeyPath};
-use vogeler_transport::{Broker, Management, Session, Topology};
+
+use vogeler_transport::{Connector, Management, QueueKind, Session, Topology, Transport};
 
 /// `vogeler-admin node NAME [KEY] [--at T]`: one document (as it was at `at`, when
 /// given), or one dotted key of it, as JSON.
@@ -280,19 +282,68 @@ fn regex_escape(s: &str) -> String {
     out
 }
 
-/// Declares the server's topology over AMQP (exchanges, master queue, dead-letter queue).
-pub async fn declare_topology(broker: &Broker, topology: &Topology) -> anyhow::Result<String> {
+/// Declares what the servers share: on RabbitMQ the exchanges, master queue and
+/// dead-letter queue; on NATS the results, requests and dead-letter streams and the
+/// servers' and admin's durable consumers.
+pub async fn declare_topology(broker: &Connector, topology: &Topology) -> anyhow::Result<String> {
     let session = broker.connect_interactive().await?;
-    session.declare_server(topology).await?;
+    session.declare().await?;
     session.close().await;
-    Ok(format!(
-        "declared exchanges {} (direct) and {} (topic), queues {} and {} on {}\n",
-        topology.master_exchange,
-        topology.broadcast_exchange,
-        topology.master_queue,
-        topology.dead_queue,
-        broker.describe()
-    ))
+    Ok(if broker.is_nats() {
+        format!(
+            "declared JetStream streams (results, requests, dead letters) and the durable consumers of the servers and the admin on {}\n",
+            broker.describe()
+        )
+    } else {
+        format!(
+            "declared exchanges {} (direct) and {} (topic), queues {} and {} on {}\n",
+            topology.master_exchange,
+            topology.broadcast_exchange,
+            topology.master_queue,
+            topology.dead_queue,
+            broker.describe()
+        )
+    })
+}
+
+/// `queue --status` on a broker without per-node queues (NATS): the results and dead
+/// letters a JetStream consumer has not taken yet, and who pulls them.
+pub async fn stream_status(
+    session: &Arc<dyn Transport>,
+) -> anyhow::Result<(Vec<QueueRow>, FigureSource)> {
+    let mut rows = Vec::new();
+    for (queue, role, kind) in [
+        ("results", "results", QueueKind::Results),
+        ("dead", "dead letters", QueueKind::Dead),
+    ] {
+        let figures = session.queue_status(kind).await?.map(|s| Figures {
+            ready: u64::from(s.messages),
+            consumers: u64::from(s.consumers),
+            ..Figures::default()
+        });
+        rows.push(queue_row(queue.to_string(), role.to_string(), figures));
+    }
+    Ok((rows, FigureSource::JetStream))
+}
+
+/// One `queue --status` row, flagged the same way whichever broker gave the figures.
+fn queue_row(queue: String, role: String, figures: Option<Figures>) -> QueueRow {
+    let flag = match (&figures, role.as_str()) {
+        (None, _) => "MISSING".to_string(),
+        (Some(f), "dead letters") if f.ready > 0 => "has dead letters".into(),
+        (Some(f), _) if f.ready > 100 => "BACKING UP".into(),
+        (Some(f), "results" | "node") if f.consumers == 0 => "no consumer".into(),
+        _ => String::new(),
+    };
+    QueueRow {
+        queue,
+        role,
+        messages: figures.map(|f| f.ready),
+        unacked: figures.and_then(|f| f.unacked),
+        consumers: figures.map(|f| f.consumers),
+        memory: figures.and_then(|f| f.memory),
+        flag,
+    }
 }
 
 /// One row of `queue --status`.
@@ -324,6 +375,8 @@ pub enum FigureSource {
     ManagementApi,
     /// One passive declare per queue over AMQP (ready messages and consumers only).
     PassiveDeclare,
+    /// JetStream consumer info (pending messages and waiting pulls).
+    JetStream,
 }
 
 /// The figures of one queue, from either source.
@@ -391,22 +444,7 @@ pub async fn queue_status(
                 ..Figures::default()
             }),
         };
-        let flag = match (&figures, role.as_str()) {
-            (None, _) => "MISSING".to_string(),
-            (Some(f), "dead letters") if f.ready > 0 => "has dead letters".into(),
-            (Some(f), _) if f.ready > 100 => "BACKING UP".into(),
-            (Some(f), "results" | "node") if f.consumers == 0 => "no consumer".into(),
-            _ => String::new(),
-        };
-        rows.push(QueueRow {
-            queue,
-            role,
-            messages: figures.map(|f| f.ready),
-            unacked: figures.and_then(|f| f.unacked),
-            consumers: figures.map(|f| f.consumers),
-            memory: figures.and_then(|f| f.memory),
-            flag,
-        });
+        rows.push(queue_row(queue, role, figures));
     }
     Ok((rows, source))
 }
@@ -450,6 +488,9 @@ pub fn render_queue_rows(rows: &[QueueRow], source: &FigureSource) -> String {
     out.push_str(match source {
         FigureSource::ManagementApi => "(figures from the management API)\n",
         FigureSource::PassiveDeclare => "(figures from passive declares over AMQP)\n",
+        FigureSource::JetStream => {
+            "(figures from the JetStream consumers: pending messages, waiting pulls)\n"
+        }
     });
     out
 }
@@ -516,25 +557,24 @@ pub struct DeadLetter {
     pub preview: String,
 }
 
-/// Lists the dead-letter queue, leaving it as it was; with `requeue`, republishes each
-/// message (confirmed) to where it was first sent, then removes it from the queue.
+/// Lists the dead letters, leaving them as they were; with `requeue`, republishes each
+/// (confirmed) to the servers' results, then removes it from the dead letters.
 pub async fn dead_letters(
-    session: &Session,
-    topology: &Topology,
+    session: &Arc<dyn Transport>,
     requeue: bool,
 ) -> anyhow::Result<Vec<DeadLetter>> {
-    // Only what is there now: a requeued message that fails again comes back to this
-    // queue and must not be taken around a second time.
-    let depth = match session.queue_status(&topology.dead_queue).await? {
+    // Only what is there now: a requeued message that fails again comes back to the
+    // dead letters and must not be taken around a second time.
+    let depth = match session.queue_status(QueueKind::Dead).await? {
         Some(status) => status.messages as usize,
         None => return Ok(Vec::new()),
     };
     if depth == 0 {
         return Ok(Vec::new());
     }
-    let mut consumer = session.consume(&topology.dead_queue, 1000, "").await?;
+    let mut consumer = session.consume_dead(1000).await?;
     let mut out = Vec::new();
-    let mut last_tag = None;
+    let mut kept = Vec::new();
     while out.len() < depth {
         let Ok(Some(delivery)) =
             tokio::time::timeout(std::time::Duration::from_secs(2), consumer.next()).await
@@ -559,12 +599,8 @@ pub async fn dead_letters(
                     msg.headers.push((name.to_string(), v.to_string()));
                 }
             }
-            session
-                .publish_confirmed(&exchange, &routing_key, msg)
-                .await?;
-            session.ack(d.tag, false).await?;
-        } else {
-            last_tag = Some(d.tag);
+            session.publish_result(msg).await?;
+            session.ack(&d.ack).await?;
         }
         let text = String::from_utf8_lossy(&d.body);
         out.push(DeadLetter {
@@ -575,9 +611,13 @@ pub async fn dead_letters(
             bytes: d.body.len(),
             preview: text.chars().take(120).collect(),
         });
+        if !requeue {
+            kept.push(d.ack);
+        }
     }
-    if let Some(tag) = last_tag {
-        session.requeue(tag, true).await?;
+    // Listed, not taken: every one goes back, in its place.
+    for handle in kept.iter().rev() {
+        session.requeue(handle).await?;
     }
     Ok(out)
 }

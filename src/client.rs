@@ -16,7 +16,9 @@ use vogeler_protocol::{limits, Decoded, Message, PluginResult, Pong, Request};
 use vogeler_signing::{
     Keyring, Rejection, ReplayGuard, SecretKey, KEY_ID_HEADER, SIGNATURE_HEADER,
 };
-use vogeler_transport::{Backoff, Broker, Inbound, Outgoing, Session, Topology};
+use vogeler_transport::{
+    Backoff, Connector, Message as Delivery, Outgoing, Resume, Topology, Transport,
+};
 
 use crate::shutdown::Shutdown;
 
@@ -33,8 +35,8 @@ pub enum Wire {
 /// Everything the client needs to run.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// Broker addresses.
-    pub broker: Broker,
+    /// The broker (RabbitMQ or NATS) and its addresses.
+    pub broker: Connector,
     /// Exchange names.
     pub topology: Topology,
     /// This node's name: its queue name, routing key and document id.
@@ -150,7 +152,7 @@ impl RequestPolicy {
     /// client lost its channel before acking) is not counted as a replay.
     pub fn judge(
         &self,
-        d: &Inbound,
+        d: &Delivery,
         r: &Request,
         legacy: bool,
         node: &str,
@@ -304,7 +306,6 @@ pub async fn run(opts: ClientOptions, mut shutdown: Shutdown) -> anyhow::Result<
         let Some(session) = opts.broker.connect_retrying(&mut backoff, &mut stop).await else {
             break Ok(());
         };
-        let session = Arc::new(session);
         match serve(
             &opts,
             session.clone(),
@@ -316,9 +317,7 @@ pub async fn run(opts: ClientOptions, mut shutdown: Shutdown) -> anyhow::Result<
         .await
         {
             Ok(()) => {
-                if let Ok(s) = Arc::try_unwrap(session) {
-                    s.close().await;
-                }
+                session.close().await;
                 break Ok(());
             }
             Err(e) => {
@@ -346,16 +345,21 @@ pub(crate) fn current(registry: &SharedRegistry) -> Arc<Registry> {
 
 async fn serve(
     opts: &ClientOptions,
-    session: Arc<Session>,
+    session: Arc<dyn Transport>,
     registry: &SharedRegistry,
     schedule: &Arc<crate::schedule::ScheduleState>,
     shutdown: &mut Shutdown,
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
-    session.declare_client(&opts.topology, &opts.node).await?;
     let concurrency = opts.concurrency.max(1);
     let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
-    let mut consumer = session.consume(&opts.node, prefetch, "").await?;
+    let place = ResumeFile::new(&opts.state_dir, &opts.node);
+    let mut consumer = session
+        .consume_node(&opts.node, place.load(), prefetch)
+        .await?;
+    let mut saved = consumer.resume();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Only a session that got this far counts as reconnected: a member that refuses the
     // node queue (its home member is down) is retried with growing delays.
     backoff.reset();
@@ -370,10 +374,19 @@ async fn serve(
     loop {
         let delivery = tokio::select! {
             d = consumer.next() => d,
-            e = failed_rx.recv() => return Err(e.unwrap_or_else(|| anyhow::anyhow!("worker failed"))),
+            e = failed_rx.recv() => {
+                place.save(&mut saved, consumer.resume());
+                return Err(e.unwrap_or_else(|| anyhow::anyhow!("worker failed")));
+            }
+            _ = tick.tick() => {
+                // Where a restart resumes (NATS only; RabbitMQ keeps the node queue).
+                place.save(&mut saved, consumer.resume());
+                continue;
+            }
             _ = shutdown.wait() => {
                 // Let running plugins finish and their results be confirmed.
                 let _ = slots.acquire_many(concurrency as u32).await;
+                place.save(&mut saved, consumer.resume());
                 return Ok(());
             }
         };
@@ -397,6 +410,7 @@ async fn serve(
         };
         if opts.oneshot {
             task.await;
+            place.save(&mut saved, consumer.resume());
             tracing::info!("--oneshot: answered one request; exiting");
             return Ok(());
         }
@@ -407,9 +421,9 @@ async fn serve(
 /// Handles one delivery: answer it, publish the answer (confirmed), then ack.
 async fn handle(
     opts: &ClientOptions,
-    session: &Session,
+    session: &Arc<dyn Transport>,
     registry: &Registry,
-    delivery: Inbound,
+    delivery: Delivery,
 ) -> anyhow::Result<()> {
     tracing::info!(bytes = delivery.body.len(), "message received");
     let mut rejected = false;
@@ -443,7 +457,7 @@ async fn handle(
             if let Err(why) = judge_ping(opts, &delivery, &p, Utc::now()) {
                 // Acked and dropped: answering would let anyone enumerate the fleet.
                 tracing::info!(ping = %p.id, sender = %p.sender, "ping ignored: {why}");
-                session.ack(delivery.tag, false).await?;
+                session.ack(&delivery.ack).await?;
                 return Ok(());
             }
             let pong = Message::Pong(Pong {
@@ -452,18 +466,14 @@ async fn handle(
                 sent_at: Utc::now(),
             });
             session
-                .publish_confirmed(
-                    "",
-                    &p.reply_to,
-                    Outgoing::new(vogeler_protocol::encode(&pong)),
-                )
+                .publish_reply(&p.reply_to, Outgoing::new(vogeler_protocol::encode(&pong)))
                 .await?;
-            session.ack(delivery.tag, false).await?;
+            session.ack(&delivery.ack).await?;
             return Ok(());
         }
         Ok(_) => {
             tracing::warn!("ignoring a message that is not a request");
-            session.ack(delivery.tag, false).await?;
+            session.ack(&delivery.ack).await?;
             return Ok(());
         }
         Err(e) => (
@@ -498,11 +508,78 @@ async fn handle(
         reply_to,
         ..Default::default()
     };
-    session
-        .publish_confirmed(&opts.topology.master_exchange, "", msg)
-        .await?;
-    session.ack(delivery.tag, false).await?;
+    session.publish_result(msg).await?;
+    session.ack(&delivery.ack).await?;
     Ok(())
+}
+
+/// The file a client keeps its place in the request stream in (NATS: see
+/// [`vogeler_transport::Resume`]), so requests sent while it was down run when it is
+/// back; RabbitMQ's durable node queue needs none, and none is written.
+struct ResumeFile {
+    path: PathBuf,
+}
+
+impl ResumeFile {
+    fn new(state_dir: &std::path::Path, node: &str) -> Self {
+        ResumeFile {
+            path: state_dir.join(format!("resume-{}", sanitize_file_name(node))),
+        }
+    }
+
+    /// The place saved by the last run; a missing or unreadable file starts from now
+    /// (logged: requests sent meanwhile are not run).
+    fn load(&self) -> Option<Resume> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(file = %self.path.display(), error = %e, "cannot read the saved request-stream place; starting from new requests");
+                return None;
+            }
+        };
+        match text.parse() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(file = %self.path.display(), error = %e, "the saved request-stream place is unreadable; starting from new requests");
+                None
+            }
+        }
+    }
+
+    /// Writes `now` when it moved past `saved` (write to a temporary file, then rename,
+    /// so a crash never leaves half a number).
+    fn save(&self, saved: &mut Option<Resume>, now: Option<Resume>) {
+        let Some(now) = now else { return };
+        if *saved == Some(now) {
+            return;
+        }
+        let tmp = self.path.with_extension("tmp");
+        let written =
+            std::fs::create_dir_all(self.path.parent().unwrap_or(std::path::Path::new(".")))
+                .and_then(|()| std::fs::write(&tmp, now.to_string()))
+                .and_then(|()| std::fs::rename(&tmp, &self.path));
+        match written {
+            Ok(()) => *saved = Some(now),
+            Err(e) => {
+                tracing::warn!(file = %self.path.display(), error = %e, "cannot save the request-stream place")
+            }
+        }
+    }
+}
+
+/// A node name as one safe file-name component: `%XX` for every byte outside
+/// `A-Z a-z 0-9 - _`, so two names never share a file.
+fn sanitize_file_name(node: &str) -> String {
+    node.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// Applies the signature policy; a refusal is logged (one WARN line with the reason)
@@ -511,7 +588,7 @@ async fn handle(
 fn judge(
     opts: &ClientOptions,
     registry: &Registry,
-    d: &Inbound,
+    d: &Delivery,
     r: &Request,
     legacy: bool,
 ) -> Result<bool, Box<Answer>> {
@@ -552,7 +629,7 @@ const PING_MAX_AGE: Duration = Duration::from_secs(300);
 /// it must be signed by a trusted key and recent; `Err` says why not.
 fn judge_ping(
     opts: &ClientOptions,
-    d: &Inbound,
+    d: &Delivery,
     p: &vogeler_protocol::Ping,
     now: DateTime<Utc>,
 ) -> Result<(), String> {
@@ -892,15 +969,15 @@ fn dir_fingerprint(dir: &std::path::Path) -> Vec<(String, u64, Option<std::time:
 mod tests {
     use super::*;
 
-    fn delivery(body: Vec<u8>, headers: Vec<(String, String)>) -> Inbound {
-        Inbound {
+    fn delivery(body: Vec<u8>, headers: Vec<(String, String)>) -> Delivery {
+        Delivery {
             body,
-            tag: 1,
             redelivered: false,
-            routing_key: "n".into(),
-            exchange: "x".into(),
+            key: "n".into(),
+            source: "x".into(),
             reply_to: None,
             headers,
+            ack: vogeler_transport::AckHandle::detached(),
         }
     }
 
@@ -918,7 +995,7 @@ mod tests {
         }
     }
 
-    fn signed(key: &SecretKey, r: &Request) -> Inbound {
+    fn signed(key: &SecretKey, r: &Request) -> Delivery {
         let body = vogeler_protocol::encode(&Message::Request(r.clone()));
         let headers = key.headers(&body);
         delivery(body, headers)

@@ -14,15 +14,17 @@ use serde::Serialize;
 use serde_json::Value;
 use vogeler_protocol::{Decoded, Message, Request, Stored};
 use vogeler_signing::SecretKey;
-use vogeler_transport::{Broker, Consumer, Delivered, Outgoing, Session, Topology, BROADCAST_KEY};
+use vogeler_transport::{
+    Audience, Connector, Delivered, Outgoing, Subscription, Topology, Transport,
+};
 
 use crate::client::Wire;
 
 /// What to send, where, and whether to wait.
 #[derive(Debug, Clone)]
 pub struct RunnerOptions {
-    /// Broker addresses.
-    pub broker: Broker,
+    /// The broker (RabbitMQ or NATS) and its addresses.
+    pub broker: Connector,
     /// Exchange names.
     pub topology: Topology,
     /// Plugin name or alias (or a command line with `unsafe_command`).
@@ -404,17 +406,14 @@ pub async fn run_with(
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let session = opts.broker.connect_interactive().await?;
-    session.declare_exchanges(&opts.topology).await?;
+    session.declare_sender().await?;
     let discovering = opts.discovers() || opts.ping;
     let expects_broadcast = opts.expects_broadcast();
-    let reply_queue = if (opts.wait && opts.wire == Wire::V1) || discovering {
-        Some(session.declare_reply_queue().await?)
+    let (reply_queue, mut replies) = if (opts.wait && opts.wire == Wire::V1) || discovering {
+        let (address, inbox) = session.reply_inbox().await?;
+        (Some(address), Some(inbox))
     } else {
-        None
-    };
-    let mut replies = match &reply_queue {
-        Some(q) => Some(session.consume(q, 1000, "").await?),
-        None => None,
+        (None, None)
     };
     let mut targets = opts.targets.clone();
     // For `-n all --wait`: the nodes the registry (or a ping) says should answer.
@@ -489,7 +488,7 @@ pub async fn run_with(
         want_value: opts.output.is_some() && replies.is_some(),
     };
     if opts.wire == Wire::V1 {
-        announce(opts, &session, &request, broadcast).await?;
+        announce(&session, &request, broadcast).await?;
     }
     let body = match opts.wire {
         Wire::V1 => vogeler_protocol::encode(&Message::Request(request.clone())),
@@ -525,22 +524,24 @@ pub async fn run_with(
             .map(OutputReport::new),
         ..Default::default()
     };
-    let routes: Vec<String> = if broadcast {
-        vec![BROADCAST_KEY.to_string()]
+    let routes: Vec<Audience<'_>> = if broadcast {
+        vec![Audience::Everyone]
     } else {
-        targets.clone()
+        targets.iter().map(|t| Audience::Node(t)).collect()
     };
-    let mut pending = Vec::with_capacity(routes.len());
-    for key in &routes {
-        pending.push((
-            key.clone(),
-            session
-                .publish(&opts.topology.broadcast_exchange, key, msg(true))
-                .await?,
-        ));
-    }
-    for (key, p) in pending {
-        match p.confirmed().await? {
+    // Published together, confirmed together (the order of `routes` is kept).
+    let sent = futures_util::future::join_all(
+        routes
+            .iter()
+            .map(|to| session.publish_request(*to, msg(true))),
+    )
+    .await;
+    for (to, delivered) in routes.iter().zip(sent) {
+        let key = match to {
+            Audience::Everyone => "all".to_string(),
+            Audience::Node(n) => n.to_string(),
+        };
+        match delivered? {
             Delivered::Routed => {
                 tracing::info!(command = %opts.command, to = %key, "request sent");
                 if !broadcast {
@@ -576,7 +577,7 @@ pub async fn run_with(
                 Ok(Some(Err(e))) => return Err(e.into()),
                 Ok(Some(Ok(d))) => d,
             };
-            session.ack(d.tag, false).await?;
+            session.ack(&d.ack).await?;
             let Ok(Decoded::Message(Message::Stored(s))) = vogeler_protocol::decode(&d.body) else {
                 continue;
             };
@@ -626,8 +627,7 @@ pub async fn run_with(
 /// Tells the servers (over `master.in`) which request goes to which nodes, before
 /// the request itself, so they can keep its ledger; confirmed, never expiring.
 async fn announce(
-    opts: &RunnerOptions,
-    session: &vogeler_transport::Session,
+    session: &Arc<dyn Transport>,
     request: &Request,
     broadcast: bool,
 ) -> anyhow::Result<()> {
@@ -640,11 +640,9 @@ async fn announce(
         ttl: request.ttl,
     };
     session
-        .publish_confirmed(
-            &opts.topology.master_exchange,
-            "",
-            Outgoing::new(vogeler_protocol::encode(&Message::Announce(a))),
-        )
+        .publish_result(Outgoing::new(vogeler_protocol::encode(&Message::Announce(
+            a,
+        ))))
         .await?;
     Ok(())
 }
@@ -663,9 +661,9 @@ fn name_globs(opts: &RunnerOptions) -> Vec<String> {
 /// sorted. A client that is not running does not answer, so it is not targeted.
 async fn ping(
     opts: &RunnerOptions,
-    session: &vogeler_transport::Session,
+    session: &Arc<dyn Transport>,
     reply_queue: &str,
-    consumer: &mut vogeler_transport::Consumer,
+    consumer: &mut Box<dyn Subscription>,
 ) -> anyhow::Result<Vec<String>> {
     let names = name_globs(opts);
     let matcher = vogeler_store::Query::parse(&[], &names)?.name_matcher()?;
@@ -683,9 +681,8 @@ async fn ping(
         .map(|k| k.headers(&body))
         .unwrap_or_default();
     session
-        .publish_confirmed(
-            &opts.topology.broadcast_exchange,
-            BROADCAST_KEY,
+        .publish_request(
+            Audience::Everyone,
             Outgoing {
                 body,
                 headers,
@@ -722,9 +719,9 @@ async fn ping(
 /// `None` (no server within `discovery_timeout`) so the caller can fall back to a ping.
 async fn discover(
     opts: &RunnerOptions,
-    session: &vogeler_transport::Session,
+    session: &Arc<dyn Transport>,
     reply_queue: &str,
-    consumer: &mut vogeler_transport::Consumer,
+    consumer: &mut Box<dyn Subscription>,
 ) -> anyhow::Result<Option<Vec<String>>> {
     // A bad filter is refused here, before anything is sent.
     vogeler_store::Query::parse(&opts.filters, &[])?;
@@ -742,15 +739,11 @@ async fn discover(
     };
     let body = vogeler_protocol::encode(&Message::Discover(q.clone()));
     session
-        .publish_confirmed(
-            &opts.topology.master_exchange,
-            "",
-            Outgoing {
-                body,
-                expiration_ms: Some(opts.discovery_timeout.as_millis() as u64),
-                ..Default::default()
-            },
-        )
+        .publish_result(Outgoing {
+            body,
+            expiration_ms: Some(opts.discovery_timeout.as_millis() as u64),
+            ..Default::default()
+        })
         .await?;
     let deadline = tokio::time::Instant::now() + opts.discovery_timeout;
     loop {
@@ -772,8 +765,8 @@ async fn discover(
 
 /// The next message on the reply queue, acked and decoded; `None` once `until` passed.
 async fn next_reply(
-    session: &Session,
-    consumer: &mut Consumer,
+    session: &Arc<dyn Transport>,
+    consumer: &mut Box<dyn Subscription>,
     until: tokio::time::Instant,
 ) -> anyhow::Result<Option<Result<Decoded, vogeler_protocol::ProtocolError>>> {
     let d = match tokio::time::timeout_at(until, consumer.next()).await {
@@ -782,7 +775,7 @@ async fn next_reply(
         Ok(Some(Err(e))) => return Err(e.into()),
         Ok(Some(Ok(d))) => d,
     };
-    session.ack(d.tag, false).await?;
+    session.ack(&d.ack).await?;
     Ok(Some(vogeler_protocol::decode(&d.body)))
 }
 

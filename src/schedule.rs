@@ -18,7 +18,7 @@ use chrono::Utc;
 use rand::Rng;
 use tokio::time::Instant;
 use vogeler_protocol::{Heartbeat, Message};
-use vogeler_transport::{Outgoing, Session};
+use vogeler_transport::{Outgoing, Transport};
 
 use crate::client::{ClientOptions, SharedRegistry, Wire};
 
@@ -53,7 +53,7 @@ impl Drop for TaskGuard {
 /// sent to `failed` (the session is then replaced). Nothing starts when neither is set.
 pub fn start(
     opts: &ClientOptions,
-    session: &Arc<Session>,
+    session: &Arc<dyn Transport>,
     registry: &SharedRegistry,
     state: &Arc<ScheduleState>,
     failed: &tokio::sync::mpsc::Sender<anyhow::Error>,
@@ -86,7 +86,7 @@ pub fn start(
 
 async fn heartbeat_loop(
     opts: ClientOptions,
-    session: Arc<Session>,
+    session: Arc<dyn Transport>,
     every: Duration,
     failed: tokio::sync::mpsc::Sender<anyhow::Error>,
 ) {
@@ -100,10 +100,7 @@ async fn heartbeat_loop(
             node: opts.node.clone(),
             sent_at: Utc::now(),
         }));
-        match session
-            .publish_confirmed(&opts.topology.master_exchange, "", Outgoing::new(body))
-            .await
-        {
+        match session.publish_result(Outgoing::new(body)).await {
             Ok(_) => tracing::debug!("heartbeat sent"),
             Err(e) => {
                 let _ = failed.try_send(anyhow::Error::from(e).context("sending a heartbeat"));
@@ -115,7 +112,7 @@ async fn heartbeat_loop(
 
 async fn schedule_loop(
     opts: ClientOptions,
-    session: Arc<Session>,
+    session: Arc<dyn Transport>,
     registry: SharedRegistry,
     state: Arc<ScheduleState>,
     failed: tokio::sync::mpsc::Sender<anyhow::Error>,
@@ -169,9 +166,7 @@ async fn schedule_loop(
                 let answer =
                     crate::client::finish(vogeler_plugins::run_plugin(&p, &opts.limits).await);
                 let body = crate::client::encode_answer(&opts, None, &answer);
-                let sent = session
-                    .publish_confirmed(&opts.topology.master_exchange, "", Outgoing::new(body))
-                    .await;
+                let sent = session.publish_result(Outgoing::new(body)).await;
                 if let Ok(mut r) = state.running.lock() {
                     r.remove(&p.name);
                 }

@@ -11,7 +11,7 @@ use anyhow::Context;
 use vogeler_config::{ConfigFile, Overrides, Settings, StoreDsn};
 use vogeler_signing::{Keyring, PublicKey, SecretKey};
 use vogeler_store::DynStore;
-use vogeler_transport::{Broker, Management, Topology};
+use vogeler_transport::{Broker, Connector, Management, Topology};
 
 use crate::cli::CommonArgs;
 use crate::client::{ClientOptions, RequestPolicy, Wire};
@@ -107,15 +107,75 @@ pub fn broker(s: &Settings, connection_name: &str) -> Broker {
         s.qhost.iter().map(|d| d.to_string()).collect(),
         connection_name,
     )
-    .with_tls(vogeler_transport::BrokerTls {
+    .with_tls(broker_tls(s))
+    .with_connect_timeout(s.connect_timeout)
+}
+
+/// The configured broker, by the `--qhost` scheme: RabbitMQ (`amqp://`, a bare host) or
+/// NATS with JetStream (`nats://`, `tls://`). `connection_name` names the connection on
+/// the broker; `agent` asks for small AMQP frames (an idle client stays small).
+pub fn connector(s: &Settings, connection_name: &str, agent: bool) -> Connector {
+    match &s.nats {
+        Some(n) => Connector::Nats {
+            url: nats_url(n),
+            label: n.to_string(),
+            opts: vogeler_transport::NatsOptions {
+                prefix: n.prefix.clone(),
+                connection_name: connection_name.to_string(),
+                connect_timeout: s.connect_timeout,
+                tls: broker_tls(s),
+                credentials: match (&s.nats_creds, &s.nats_nkey) {
+                    (Some(p), _) => vogeler_transport::NatsCredentials::CredsFile(p.clone()),
+                    (None, Some(p)) => vogeler_transport::NatsCredentials::NkeyFile(p.clone()),
+                    (None, None) => vogeler_transport::NatsCredentials::None,
+                },
+                ..Default::default()
+            },
+        },
+        None => {
+            let b = broker(s, connection_name);
+            Connector::Amqp {
+                // Small frames keep an idle agent small (see `Broker::with_frame_max`).
+                broker: if agent {
+                    b.with_frame_max(16 * 1024)
+                } else {
+                    b
+                },
+                topology: topology(s),
+            }
+        }
+    }
+}
+
+/// The NATS server list with the URL's login in the first address (the client reads it
+/// from there; the password never reaches a log: see `NatsDsn`'s `Display`).
+fn nats_url(n: &vogeler_config::NatsDsn) -> String {
+    let enc = |v: &str| {
+        percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let login = match (&n.user, &n.password) {
+        (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(p)),
+        (Some(u), None) => format!("{}@", enc(u)),
+        (None, Some(t)) => format!("{}@", enc(t)),
+        (None, None) => String::new(),
+    };
+    let list = n.server_list();
+    match list.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{login}{rest}"),
+        None => list,
+    }
+}
+
+/// The broker TLS files (`[amqp] ca_file`, `cert_file`, `key_file`), for either broker.
+fn broker_tls(s: &Settings) -> vogeler_transport::BrokerTls {
+    vogeler_transport::BrokerTls {
         ca_file: s.amqp_tls.ca_file.clone(),
         client_cert: s
             .amqp_tls
             .cert_file
             .clone()
             .zip(s.amqp_tls.key_file.clone()),
-    })
-    .with_connect_timeout(s.connect_timeout)
+    }
 }
 
 /// The RabbitMQ management API next to the first broker: `explicit` (flag or env), else
@@ -275,7 +335,7 @@ fn request_policy(s: &Settings) -> anyhow::Result<RequestPolicy> {
 
 /// Server options from the settings.
 pub fn server_options(s: &Settings) -> anyhow::Result<ServerOptions> {
-    let mut o = ServerOptions::new(broker(s, "vogeler-server"), topology(s));
+    let mut o = ServerOptions::new(connector(s, "vogeler-server", false), topology(s));
     o.batch_size = s.batch_size.max(1);
     o.prefetch = s.prefetch.max(1);
     o.max_message_bytes = s.max_message_bytes;
@@ -303,8 +363,7 @@ pub fn client_options(
         std::process::id()
     ));
     Ok(ClientOptions {
-        // Small frames keep an idle agent small (see `Broker::with_frame_max`).
-        broker: broker(s, "vogeler-client").with_frame_max(16 * 1024),
+        broker: connector(s, "vogeler-client", true),
         topology: topology(s),
         node: s.node_name.clone(),
         plugin_dir: s.plugin_path.clone(),
@@ -338,6 +397,7 @@ pub fn client_options(
 /// `vogeler-admin setup --messaging`: prints (and with `apply`, runs) the rabbitmqctl
 /// lines (vhost, permissions, the node-queue length policy), then declares the topology.
 pub async fn setup_messaging(s: &Settings, apply: bool, max_length: u64) -> anyhow::Result<()> {
+    // NATS has no vhost or policy to set: the streams and consumers below are all.
     for dsn in &s.qhost {
         for line in crate::admin::rabbitmqctl_lines(&dsn.vhost, &dsn.user, &topology(s), max_length)
         {
@@ -355,7 +415,7 @@ pub async fn setup_messaging(s: &Settings, apply: bool, max_length: u64) -> anyh
     }
     crate::out!(
         "{}",
-        crate::admin::declare_topology(&broker(s, "vogeler-admin"), &topology(s)).await?
+        crate::admin::declare_topology(&connector(s, "vogeler-admin", false), &topology(s)).await?
     )
 }
 

@@ -567,7 +567,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             no_management,
             json,
         } => {
-            let broker = settings::broker(&s, "vogeler-admin");
+            let connector = settings::connector(&s, "vogeler-admin", false);
+            let Some((broker, _)) = connector.amqp() else {
+                if exists.is_some() {
+                    return Err(usage(
+                        "queue --exists names a RabbitMQ queue; a NATS deployment has streams (see `queue --status`)",
+                    ));
+                }
+                if !status {
+                    return Err(usage("say what to show: `vogeler-admin queue --status`"));
+                }
+                let session = connector.connect_interactive().await?;
+                let (rows, source) = admin::stream_status(&session).await?;
+                session.close().await;
+                return print_queue_rows(&rows, &source, json);
+            };
             let session = broker.connect_interactive().await?;
             if let Some(q) = exists {
                 let found = session.queue_status(&q).await?.is_some();
@@ -601,19 +615,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             )
             .await?;
             session.close().await;
-            if json {
-                let out = serde_json::json!({ "source": source, "queues": rows });
-                outln!("{}", serde_json::to_string_pretty(&out)?)?;
-            } else {
-                out!("{}", admin::render_queue_rows(&rows, &source))?;
-            }
-            Ok(0)
+            print_queue_rows(&rows, &source, json)
         }
         Command::Dead { requeue, json } => {
-            let session = settings::broker(&s, "vogeler-admin")
+            let session = settings::connector(&s, "vogeler-admin", false)
                 .connect_interactive()
                 .await?;
-            let rows = admin::dead_letters(&session, &settings::topology(&s), requeue).await?;
+            let rows = admin::dead_letters(&session, requeue).await?;
             session.close().await;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&rows)?)?;
@@ -650,4 +658,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// Prints `queue --status` rows as a table or JSON.
+fn print_queue_rows(
+    rows: &[admin::QueueRow],
+    source: &admin::FigureSource,
+    json: bool,
+) -> anyhow::Result<i32> {
+    if json {
+        let out = serde_json::json!({ "source": source, "queues": rows });
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
+    } else {
+        out!("{}", admin::render_queue_rows(rows, source))?;
+    }
+    Ok(0)
 }

@@ -146,7 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     // --output implies --wait: the values come back in the stored confirmations.
     let wait = cli.wait || cli.output.is_some();
     let opts = vogeler::runner::RunnerOptions {
-        broker: settings::broker(&s, "vogeler-runner"),
+        broker: settings::connector(&s, "vogeler-runner", false),
         topology: settings::topology(&s),
         command: cli.command,
         targets: nodes,

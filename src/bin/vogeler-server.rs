@@ -81,7 +81,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 store: store.clone(),
                 stats: stats.clone(),
                 queues: Some((
-                    settings::broker(&s, "vogeler-server-web"),
+                    settings::connector(&s, "vogeler-server-web", false),
                     settings::topology(&s),
                 )),
                 token: s.http_token.as_ref().map(|t| t.expose().to_string()),

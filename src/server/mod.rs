@@ -19,7 +19,7 @@ use chrono::Utc;
 use vogeler_protocol::{Message, Stored};
 use vogeler_signing::{PublicKey, Rejection, KEY_ID_HEADER, SIGNATURE_HEADER};
 use vogeler_store::{Batch, Change, DynStore, Observation, Outcome, StoreError};
-use vogeler_transport::{Backoff, Broker, Inbound, Outgoing, Pending, Session, Topology};
+use vogeler_transport::{Backoff, Connector, Message as Inbound, Outgoing, Topology, Transport};
 
 use crate::shutdown::Shutdown;
 use convert::{convert, Confirm, Converted};
@@ -38,8 +38,8 @@ pub const MAX_DETAIL_BYTES: usize = 1024;
 /// How the server talks to the broker and batches its writes.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// Broker addresses.
-    pub broker: Broker,
+    /// The broker (RabbitMQ or NATS) and its addresses.
+    pub broker: Connector,
     /// Exchange and queue names.
     pub topology: Topology,
     /// Most results committed in one store transaction.
@@ -72,7 +72,7 @@ pub use vogeler_store::SIGNATURE_KEY;
 
 impl ServerOptions {
     /// Defaults tuned on this project's benchmark (see BENCHMARKS.md).
-    pub fn new(broker: Broker, topology: Topology) -> Self {
+    pub fn new(broker: Connector, topology: Topology) -> Self {
         ServerOptions {
             broker,
             topology,
@@ -145,7 +145,6 @@ pub async fn run(
         let Some(session) = opts.broker.connect_retrying(&mut backoff, &mut stop).await else {
             return Ok(());
         };
-        let session = Arc::new(session);
         match serve(
             &opts,
             session.clone(),
@@ -157,9 +156,7 @@ pub async fn run(
         .await
         {
             Ok(End::Shutdown) => {
-                if let Ok(s) = Arc::try_unwrap(session) {
-                    s.close().await;
-                }
+                session.close().await;
                 tracing::info!("vogeler-server stopped");
                 return Ok(());
             }
@@ -379,16 +376,14 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 /// are committed and acked strictly in order.
 async fn serve(
     opts: &ServerOptions,
-    session: Arc<Session>,
+    session: Arc<dyn Transport>,
     store: &DynStore,
     stats: &Arc<Stats>,
     shutdown: &mut Shutdown,
     backoff: &mut Backoff,
 ) -> anyhow::Result<End> {
-    session.declare_server(&opts.topology).await?;
-    let mut consumer = session
-        .consume(&opts.topology.master_queue, opts.prefetch, "")
-        .await?;
+    session.declare().await?;
+    let mut consumer = session.consume_results(opts.prefetch).await?;
     // Only a session that got this far counts as reconnected (see `connect_retrying`).
     backoff.reset();
     tracing::info!(queue = %opts.topology.master_queue, "waiting for results");
@@ -480,7 +475,7 @@ async fn serve(
 /// interrupted a store retry (nothing acked; the broker redelivers).
 async fn process(
     opts: &ServerOptions,
-    session: &Arc<Session>,
+    session: &Arc<dyn Transport>,
     store: &DynStore,
     stats: &Stats,
     shutdown: &mut Shutdown,
@@ -495,9 +490,9 @@ async fn process(
         discover,
         announce,
     } = prepared;
-    let Some(last) = batch.last() else {
+    if batch.is_empty() {
         return Ok(true);
-    };
+    }
 
     let started = std::time::Instant::now();
     let outcomes = match commit(store, shutdown, &observations).await {
@@ -509,7 +504,6 @@ async fn process(
         .store_micros
         .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
 
-    let mut replies: Vec<Pending> = Vec::new();
     let mut stored = 0u64;
     let mut answers = Vec::new();
     let mut confirms = Vec::new();
@@ -576,12 +570,9 @@ async fn process(
             }
         }
     }
-    for c in &confirms {
-        if let Some(p) = send_stored(session, c).await? {
-            replies.push(p);
-        }
-    }
-    let mut dead_pending = Vec::with_capacity(dead.len());
+    // Confirmations go out together (pipelined), as do dead letters below.
+    let replies = futures_util::future::join_all(confirms.iter().map(|c| send_stored(session, c)));
+    let mut dead_letters = Vec::with_capacity(dead.len());
     for (i, reason, detail) in &dead {
         let d = &batch[*i];
         let detail = vogeler_protocol::limits::bounded(detail, MAX_DETAIL_BYTES);
@@ -589,8 +580,8 @@ async fn process(
         let mut headers = vec![
             (REASON_HEADER.into(), reason.clone()),
             (DETAIL_HEADER.into(), detail.into_owned()),
-            ("x-original-exchange".into(), d.exchange.clone()),
-            ("x-original-routing-key".into(), d.routing_key.clone()),
+            ("x-original-exchange".into(), d.source.clone()),
+            ("x-original-routing-key".into(), d.key.clone()),
         ];
         // Kept so `vogeler-admin dead --requeue` republishes a signed message still signed;
         // one too long to be a signature is left off (with the others it could overflow
@@ -605,10 +596,11 @@ async fn process(
             headers,
             ..Default::default()
         };
-        dead_pending.push(session.publish("", &opts.topology.dead_queue, msg).await?);
+        dead_letters.push(session.dead_letter(msg, reason));
     }
-    for p in dead_pending {
-        p.confirmed().await?;
+    replies.await;
+    for sent in futures_util::future::join_all(dead_letters).await {
+        sent?;
     }
     // Discovery is answered beside ingest (after this batch's commit, so a node whose
     // first result shared the batch is already known); the batch does not wait for it.
@@ -624,7 +616,7 @@ async fn process(
                 });
             }
             Err(_) => {
-                if let Some(p) = reply_discovered(
+                reply_discovered(
                     session,
                     q,
                     Vec::new(),
@@ -633,20 +625,12 @@ async fn process(
                         opts.discovery_concurrency
                     )),
                 )
-                .await?
-                {
-                    replies.push(p);
-                }
+                .await
             }
         }
     }
-    for p in replies {
-        // A vanished reply queue is the runner's business, not a reason to redeliver.
-        if let Err(e) = p.confirmed().await {
-            tracing::debug!(error = %e, "stored confirmation not confirmed");
-        }
-    }
-    session.ack(last.tag, true).await?;
+    let acks: Vec<_> = batch.iter().map(|d| &d.ack).collect();
+    session.ack_batch(&acks).await?;
     stats.stored.fetch_add(stored, Ordering::Relaxed);
     stats
         .dead_lettered
@@ -876,7 +860,7 @@ async fn record_ledger(
 /// `limit`. A bad filter, a store error, a time-out or a panic is answered too, so the
 /// runner says why instead of waiting; rows that do not read back are logged.
 async fn answer_discovery(
-    session: &Session,
+    session: &Arc<dyn Transport>,
     store: &DynStore,
     q: vogeler_protocol::Discover,
     limit: Duration,
@@ -903,37 +887,34 @@ async fn answer_discovery(
         Err(e) => (Vec::new(), Some(e.to_string())),
     };
     tracing::debug!(id = %q.id, nodes = nodes.len(), error = ?error, "answered a discovery request");
-    if let Some(pending) = reply_discovered(session, q, nodes, error).await? {
-        // A vanished reply queue is the runner's business.
-        if let Err(e) = pending.confirmed().await {
-            tracing::debug!(error = %e, "discovery answer not confirmed");
-        }
-    }
+    reply_discovered(session, q, nodes, error).await;
     Ok(())
 }
 
-/// Publishes a `discovered` reply.
+/// Publishes a `discovered` reply; a reply address that is gone is the runner's
+/// business, logged, never a reason to redeliver the batch.
 async fn reply_discovered(
-    session: &Session,
+    session: &Arc<dyn Transport>,
     q: vogeler_protocol::Discover,
     nodes: Vec<String>,
     error: Option<String>,
-) -> anyhow::Result<Option<Pending>> {
+) {
     if !crate::client::valid_reply_to(&q.reply_to) {
         // Publishing to it would fail the session, again on every redelivery.
         tracing::warn!(id = %q.id, "discovery request with an unusable reply_to; not answered");
-        return Ok(None);
+        return;
     }
     let body = vogeler_protocol::encode(&Message::Discovered(vogeler_protocol::Discovered {
         discover_id: q.id,
         nodes,
         error,
     }));
-    Ok(Some(
-        session
-            .publish("", &q.reply_to, Outgoing::new(body))
-            .await?,
-    ))
+    if let Err(e) = session
+        .publish_reply(&q.reply_to, Outgoing::new(body))
+        .await
+    {
+        tracing::debug!(error = %e, "discovery answer not confirmed");
+    }
 }
 
 /// Applies the batch, retrying while the store is unavailable. A batch the store
@@ -1009,12 +990,13 @@ where
     }
 }
 
-/// Publishes the `stored` confirmation; `None` when its reply queue name is unusable
-/// (publishing to it would fail the session, again on every redelivery).
-async fn send_stored(session: &Session, c: &Confirm) -> anyhow::Result<Option<Pending>> {
+/// Publishes the `stored` confirmation. An unusable reply address is not published to
+/// (it would fail the session, again on every redelivery), and a vanished one is the
+/// runner's business: both are logged, neither redelivers the batch.
+async fn send_stored(session: &Arc<dyn Transport>, c: &Confirm) {
     if !crate::client::valid_reply_to(&c.reply_to) {
         tracing::warn!(node = %c.node, "result with an unusable reply_to; stored, not confirmed");
-        return Ok(None);
+        return;
     }
     let msg = Message::Stored(Stored {
         request_id: c.request_id.clone(),
@@ -1029,11 +1011,12 @@ async fn send_stored(session: &Session, c: &Confirm) -> anyhow::Result<Option<Pe
         value_truncated: c.value_truncated,
     });
     let body = vogeler_protocol::encode(&msg);
-    Ok(Some(
-        session
-            .publish("", &c.reply_to, Outgoing::new(body))
-            .await?,
-    ))
+    if let Err(e) = session
+        .publish_reply(&c.reply_to, Outgoing::new(body))
+        .await
+    {
+        tracing::debug!(error = %e, "stored confirmation not confirmed");
+    }
 }
 
 #[cfg(test)]
@@ -1044,12 +1027,12 @@ mod tests {
     fn delivery(body: &[u8], headers: Vec<(String, String)>) -> Inbound {
         Inbound {
             body: body.to_vec(),
-            tag: 1,
             redelivered: false,
-            routing_key: String::new(),
-            exchange: "m".into(),
+            key: String::new(),
+            source: "m".into(),
             reply_to: None,
             headers,
+            ack: vogeler_transport::AckHandle::detached(),
         }
     }
 

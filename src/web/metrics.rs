@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 
 use super::WebState;
+use vogeler_transport::QueueKind;
 
 /// Upper bounds (seconds) of the last-seen age histogram.
 const AGE_BOUNDS: &[f64] = &[300.0, 3600.0, 21_600.0, 86_400.0, 604_800.0];
@@ -68,11 +69,11 @@ pub async fn metrics(State(state): State<WebState>) -> Response {
         let depths = tokio::time::timeout(Duration::from_secs(2), async {
             let session = broker.connect().await?;
             let mut rows = Vec::new();
-            for (role, q) in [
-                ("master", &topology.master_queue),
-                ("dead", &topology.dead_queue),
+            for (role, q, kind) in [
+                ("master", &topology.master_queue, QueueKind::Results),
+                ("dead", &topology.dead_queue, QueueKind::Dead),
             ] {
-                if let Some(st) = session.queue_status(q).await? {
+                if let Some(st) = session.queue_status(kind).await? {
                     rows.push((role, q.clone(), st.messages, st.consumers));
                 }
             }

@@ -41,7 +41,7 @@ pub struct WebState {
     /// The server's ingest counters (for `/metrics` and `/api/stats`).
     pub stats: Arc<Stats>,
     /// Broker and queue names, for queue depths in `/metrics` (None: not reported).
-    pub queues: Option<(vogeler_transport::Broker, vogeler_transport::Topology)>,
+    pub queues: Option<(vogeler_transport::Connector, vogeler_transport::Topology)>,
     /// Required bearer token or basic-auth password, when set.
     pub token: Option<String>,
     /// Time limit of one request's queries (`[server] query_timeout_ms`): past it the

@@ -18,6 +18,14 @@ pub enum DsnError {
         /// What is wrong.
         why: String,
     },
+    /// A NATS URL that does not parse.
+    #[error("bad NATS URL {given:?}: {why} (example: nats://vogeler:PASSWORD@127.0.0.1:4222,10.0.0.2:4222/vogeler)")]
+    Nats {
+        /// The URL, password masked.
+        given: String,
+        /// What is wrong.
+        why: String,
+    },
     /// A store DSN whose scheme is unknown or whose parts do not parse.
     #[error("bad store DSN {given:?}: {why}; examples: sqlite:///var/lib/vogeler/vogeler.db, sqlite:relative.db, postgres://vogeler:secret@127.0.0.1:5432/vogeler, couch://127.0.0.1:5984/system_records (couchs:// for TLS)")]
     Store {
@@ -184,6 +192,158 @@ impl fmt::Display for AmqpDsn {
 impl fmt::Debug for AmqpDsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "AmqpDsn({self})")
+    }
+}
+
+/// A NATS server (or cluster) address: `nats://[user:password@|token@]host[:port][,host2[:port]…][/PREFIX]`,
+/// or `tls://…` for TLS. The prefix namespaces every subject and stream, the way the
+/// vhost does on RabbitMQ.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NatsDsn {
+    /// `tls://`.
+    pub tls: bool,
+    /// `host:port` of every seed server (port 4222 unless given).
+    pub servers: Vec<(String, u16)>,
+    /// User name, for a user/password login.
+    pub user: Option<String>,
+    /// Password, or the token when there is no user (never shown: see `Display`).
+    pub password: Option<String>,
+    /// Subject and stream prefix (`vogeler` unless given).
+    pub prefix: String,
+}
+
+/// The prefix NATS subjects and streams get unless the URL names one.
+pub const DEFAULT_NATS_PREFIX: &str = "vogeler";
+
+impl NatsDsn {
+    /// Whether `s` names a NATS server (its scheme is `nats://` or `tls://`).
+    pub fn is_nats(s: &str) -> bool {
+        let s = s.trim_start();
+        s.starts_with("nats://") || s.starts_with("tls://")
+    }
+
+    /// Parses `nats://[user:pass@]host[:port][,host[:port]…][/PREFIX]`.
+    pub fn parse(s: &str) -> Result<NatsDsn, DsnError> {
+        let s = s.trim();
+        let err = |why: String| DsnError::Nats {
+            given: mask_secrets(s),
+            why,
+        };
+        let (tls, rest) = if let Some(r) = s.strip_prefix("tls://") {
+            (true, r)
+        } else if let Some(r) = s.strip_prefix("nats://") {
+            (false, r)
+        } else {
+            return Err(err("the scheme must be nats:// or tls://".into()));
+        };
+        let (authority, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, ""),
+        };
+        let prefix = if prefix.is_empty() {
+            DEFAULT_NATS_PREFIX.to_string()
+        } else {
+            prefix.to_string()
+        };
+        let prefix_ok = prefix.split('.').all(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+        if !prefix_ok {
+            return Err(err(format!(
+                "prefix {prefix:?}: use dot-separated tokens of A-Z a-z 0-9 - _"
+            )));
+        }
+        let (userinfo, hosts) = match authority.rfind('@') {
+            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+            None => (None, authority),
+        };
+        let decode = |part: &str, what: &str| {
+            percent_decode_str(part)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| err(format!("{what} is not valid percent-encoded UTF-8")))
+        };
+        let (user, password) = match userinfo {
+            Some(u) => match u.split_once(':') {
+                Some((user, pass)) => {
+                    (Some(decode(user, "user")?), Some(decode(pass, "password")?))
+                }
+                None => (None, Some(decode(u, "token")?)),
+            },
+            None => (None, None),
+        };
+        let mut servers = Vec::new();
+        for part in hosts.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let part = part
+                .strip_prefix("nats://")
+                .or_else(|| part.strip_prefix("tls://"))
+                .unwrap_or(part);
+            let (host, port) = match part.rsplit_once(':') {
+                Some((h, p)) if !h.ends_with(':') => (
+                    h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                    p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                        err(format!("port {p:?} is not a number from 1 to 65535"))
+                    })?,
+                ),
+                _ => (part.to_string(), 4222),
+            };
+            if host.is_empty() {
+                return Err(err("a server without a host".into()));
+            }
+            servers.push((host, port));
+        }
+        if servers.is_empty() {
+            return Err(err("no server address".into()));
+        }
+        Ok(NatsDsn {
+            tls,
+            servers,
+            user,
+            password,
+            prefix,
+        })
+    }
+
+    /// The servers as the NATS client takes them (`nats://h:p,nats://h2:p`), no credentials.
+    pub fn server_list(&self) -> String {
+        let scheme = if self.tls { "tls" } else { "nats" };
+        self.servers
+            .iter()
+            .map(|(h, p)| {
+                if h.contains(':') {
+                    format!("{scheme}://[{h}]:{p}")
+                } else {
+                    format!("{scheme}://{h}:{p}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl fmt::Display for NatsDsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "tls" } else { "nats" };
+        let hosts = self
+            .servers
+            .iter()
+            .map(|(h, p)| format!("{h}:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let login = match (&self.user, &self.password) {
+            (Some(u), _) => format!("{}:****@", utf8_percent_encode(u, COMPONENT)),
+            (None, Some(_)) => "****@".to_string(),
+            (None, None) => String::new(),
+        };
+        write!(f, "{scheme}://{login}{hosts}/{}", self.prefix)
+    }
+}
+
+impl fmt::Debug for NatsDsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NatsDsn({self})")
     }
 }
 
@@ -490,6 +650,61 @@ pub fn mask_secrets(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nats_urls_parse_with_servers_credentials_and_prefix() {
+        let d =
+            NatsDsn::parse("nats://u:p%40ss@a.example:4223,b.example/site.one").expect("parses");
+        assert!(!d.tls);
+        assert_eq!(
+            d.servers,
+            vec![
+                ("a.example".to_string(), 4223),
+                ("b.example".to_string(), 4222)
+            ]
+        );
+        assert_eq!(
+            (d.user.as_deref(), d.password.as_deref()),
+            (Some("u"), Some("p@ss"))
+        );
+        assert_eq!(d.prefix, "site.one");
+        assert_eq!(
+            d.server_list(),
+            "nats://a.example:4223,nats://b.example:4222"
+        );
+        assert_eq!(
+            d.to_string(),
+            "nats://u:****@a.example:4223,b.example:4222/site.one"
+        );
+        let t = NatsDsn::parse("tls://tok@h").expect("parses");
+        assert!(t.tls);
+        assert_eq!(
+            (t.user.as_deref(), t.password.as_deref()),
+            (None, Some("tok"))
+        );
+        assert_eq!(t.prefix, DEFAULT_NATS_PREFIX);
+        assert_eq!(t.to_string(), "tls://****@h:4222/vogeler");
+        assert!(NatsDsn::is_nats(" nats://h") && !NatsDsn::is_nats("amqp://h"));
+        for bad in [
+            "nats://",
+            "nats://h:0",
+            "nats://h:x",
+            "nats://h/bad prefix",
+            "nats://h/a..b",
+            "amqp://h",
+        ] {
+            let e = NatsDsn::parse(bad).expect_err("refused").to_string();
+            assert!(e.contains("bad NATS URL"), "{bad}: {e}");
+        }
+        assert!(
+            !format!("{:?}", NatsDsn::parse("nats://u:secret@h").expect("parses"))
+                .contains("secret")
+        );
+        let e = NatsDsn::parse("nats://u:secret@h:x")
+            .expect_err("refused")
+            .to_string();
+        assert!(!e.contains("secret"), "{e}");
+    }
 
     #[test]
     fn amqp_forms() {

@@ -11,7 +11,7 @@ pub mod ini;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use dsn::{mask_secrets, postgres_tls, AmqpDsn, DsnError, PgSslMode, PgTls, StoreDsn};
+pub use dsn::{mask_secrets, postgres_tls, AmqpDsn, DsnError, NatsDsn, PgSslMode, PgTls, StoreDsn};
 
 /// Where `vogeler.conf` is looked for when `-c` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vogeler/vogeler.conf";
@@ -360,8 +360,14 @@ pub struct Settings {
     pub program: Program,
     /// The config file read, if any.
     pub config_path: Option<PathBuf>,
-    /// Broker(s).
+    /// RabbitMQ broker(s); empty when [`Settings::nats`] is set.
     pub qhost: Vec<AmqpDsn>,
+    /// The NATS server(s), when `--qhost` is a `nats://` or `tls://` URL.
+    pub nats: Option<NatsDsn>,
+    /// `[nats] creds_file` / `VOGELER_NATS_CREDS`: a `.creds` file for NATS.
+    pub nats_creds: Option<PathBuf>,
+    /// `[nats] nkey_file` / `VOGELER_NATS_NKEY`: a file holding an nkey seed for NATS.
+    pub nats_nkey: Option<PathBuf>,
     /// Certificates for `amqps://` brokers.
     pub amqp_tls: TlsFiles,
     /// The web UI's token (server), if one is required.
@@ -509,10 +515,19 @@ impl Settings {
             &mut warnings,
         )?
         .unwrap_or_else(|| (DEFAULT_QHOST.to_string(), "default broker".to_string()));
-        let qhost = AmqpDsn::parse_list(&qhost_text).map_err(|source| ConfigError::Dsn {
-            place: qhost_place,
-            source,
-        })?;
+        let (qhost, nats) = if NatsDsn::is_nats(&qhost_text) {
+            let nats = NatsDsn::parse(&qhost_text).map_err(|source| ConfigError::Dsn {
+                place: qhost_place,
+                source,
+            })?;
+            (Vec::new(), Some(nats))
+        } else {
+            let qhost = AmqpDsn::parse_list(&qhost_text).map_err(|source| ConfigError::Dsn {
+                place: qhost_place,
+                source,
+            })?;
+            (qhost, None)
+        };
 
         // Store: the flag, else `[persistence] backend` picks its section's dsn.
         let dbhost_flag = if o.dbhost.is_some() && o.dbhost_file.is_some() {
@@ -660,7 +675,7 @@ impl Settings {
                 ));
             }
         }
-        if amqp_tls.is_set() && !qhost.iter().any(|q| q.tls) {
+        if amqp_tls.is_set() && !qhost.iter().any(|q| q.tls) && nats.is_none() {
             warnings.push(
                 "AMQP TLS files are set but no broker URI is amqps://: they are not used".into(),
             );
@@ -913,9 +928,10 @@ impl Settings {
             let qhost_from_file = o.qhost.is_none() && o.qhost_file.is_none();
             let dbhost_from_file = o.dbhost.is_none() && o.dbhost_file.is_none();
             let has_secret = (qhost_from_file
-                && qhost
+                && (qhost
                     .iter()
-                    .any(|q| !q.password.is_empty() && q.password != "guest"))
+                    .any(|q| !q.password.is_empty() && q.password != "guest")
+                    || nats.as_ref().is_some_and(|n| n.password.is_some())))
                 || (dbhost_from_file
                     && (matches!(
                         &dbhost,
@@ -937,6 +953,13 @@ impl Settings {
             program,
             config_path: f.map(|f| f.path().to_path_buf()),
             qhost,
+            nats_creds: std::env::var_os("VOGELER_NATS_CREDS")
+                .map(PathBuf::from)
+                .or_else(|| path_of("nats", "creds_file")),
+            nats_nkey: std::env::var_os("VOGELER_NATS_NKEY")
+                .map(PathBuf::from)
+                .or_else(|| path_of("nats", "nkey_file")),
+            nats,
             amqp_tls,
             http_token,
             plugin_user,

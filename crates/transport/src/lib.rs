@@ -10,18 +10,21 @@
 //!
 //! [`seam`] puts the same operations behind one broker-neutral [`Transport`] trait,
 //! implemented over a session ([`AmqpTransport`]) and over NATS JetStream
-//! ([`nats::NatsTransport`], feature `nats`). The programs do not use it yet.
+//! ([`nats::NatsTransport`], feature `nats`); a [`Connector`] picks one from the
+//! configured address, and the programs hold only the trait.
 
 mod backoff;
+mod connector;
 pub mod management;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod seam;
 
 pub use backoff::Backoff;
+pub use connector::Connector;
 pub use management::{Management, ManagementError, QueueInfo};
 #[cfg(feature = "nats")]
-pub use nats::{NatsOptions, NatsTransport};
+pub use nats::{NatsCredentials, NatsOptions, NatsTransport};
 pub use seam::{
     AckHandle, AmqpTransport, Audience, BadResume, Message, QueueKind, Resume, Subscription,
     Transport, REASON_HEADER,
@@ -376,36 +379,7 @@ impl Broker {
     /// has passed, then returns the last error (one line, no log per attempt). A refused
     /// login is returned at once: retrying a wrong password only fills the broker's log.
     pub async fn connect_within(&self, timeout: Duration) -> Result<Session, TransportError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
-        let mut last: Option<TransportError> = None;
-        loop {
-            let err = match tokio::time::timeout_at(deadline, self.connect()).await {
-                Ok(Ok(s)) => return Ok(s),
-                Ok(Err(e)) => e,
-                // An attempt cut off by the deadline says less than the one before it:
-                // a certificate error must not turn into "no answer" on a loaded machine.
-                Err(_) => {
-                    return Err(last.unwrap_or_else(|| TransportError::Connect {
-                        addr: self.describe(),
-                        message: format!(
-                            "no answer within {} s (--connect-timeout)",
-                            timeout.as_secs_f64()
-                        ),
-                    }))
-                }
-            };
-            if err.is_permanent() {
-                return Err(err);
-            }
-            let wait = backoff.next_delay();
-            if tokio::time::Instant::now() + wait >= deadline {
-                return Err(err);
-            }
-            tracing::debug!(error = %err, retry_in_ms = wait.as_millis() as u64, "broker unavailable; retrying");
-            last = Some(err);
-            tokio::time::sleep(wait).await;
-        }
+        connector::within(timeout, || self.describe(), || self.connect()).await
     }
 
     /// Connects, retrying with `backoff` until it works or `shutdown` resolves (then `None`).
@@ -419,19 +393,7 @@ impl Broker {
         backoff: &mut Backoff,
         shutdown: &mut (impl std::future::Future<Output = ()> + Unpin),
     ) -> Option<Session> {
-        loop {
-            match self.connect().await {
-                Ok(s) => return Some(s),
-                Err(e) => {
-                    let wait = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "broker unavailable; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = &mut *shutdown => return None,
-                    }
-                }
-            }
-        }
+        connector::retrying(backoff, shutdown, || self.connect()).await
     }
 }
 
@@ -898,7 +860,7 @@ impl Session {
     }
 
     /// Closes channel and connection politely.
-    pub async fn close(self) {
+    pub async fn close(&self) {
         let _ = self.channel.close(200, "bye").await;
         let _ = self.conn.close(200, "bye").await;
     }

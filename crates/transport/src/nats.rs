@@ -92,6 +92,22 @@ pub struct NatsOptions {
     pub client_inactive: Duration,
     /// How long [`NatsTransport::connect`] waits for the server.
     pub connect_timeout: Duration,
+    /// A private CA and a client certificate, for `tls://` servers.
+    pub tls: crate::BrokerTls,
+    /// A `.creds` file (JWT and nkey seed) or an nkey seed file, read at connect.
+    pub credentials: NatsCredentials,
+}
+
+/// How a client proves who it is beyond what the URL carries (user:password@, token@).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NatsCredentials {
+    /// Nothing more than the URL.
+    #[default]
+    None,
+    /// A decentralized-auth `.creds` file (`nsc` writes them).
+    CredsFile(std::path::PathBuf),
+    /// A file holding one nkey seed (`SU…`).
+    NkeyFile(std::path::PathBuf),
 }
 
 impl Default for NatsOptions {
@@ -105,6 +121,8 @@ impl Default for NatsOptions {
             dead_max_age: Duration::from_secs(30 * 24 * 3600),
             client_inactive: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
+            tls: crate::BrokerTls::default(),
+            credentials: NatsCredentials::None,
         }
     }
 }
@@ -221,17 +239,71 @@ pub(crate) struct NatsAck {
     acker: jetstream::message::Acker,
     seq: u64,
     feed: Feed,
-    place: Option<Arc<Mutex<Resume>>>,
+    place: Option<Arc<Mutex<Place>>>,
 }
 
 impl NatsAck {
     fn advance(&self) {
         let Some(place) = &self.place else { return };
-        let Ok(mut r) = place.lock() else { return };
-        match self.feed {
-            Feed::Broadcast => r.broadcast = r.broadcast.max(self.seq),
-            Feed::Node => r.node = r.node.max(self.seq),
-            Feed::Other => {}
+        let Ok(mut p) = place.lock() else { return };
+        p.done(self.feed, self.seq);
+    }
+}
+
+/// A client's place in each request feed. Requests run concurrently, so they are acked
+/// out of order: the resume point never passes a request still running, and a restart
+/// runs that one again rather than skipping it (at least once, never lost).
+#[derive(Debug, Default)]
+pub(crate) struct Place {
+    /// Highest sequence acked, per feed.
+    acked: Resume,
+    /// Delivered and not yet acked, per feed.
+    running: [std::collections::BTreeSet<u64>; 2],
+}
+
+impl Place {
+    fn starting_at(r: Resume) -> Self {
+        Place {
+            acked: r,
+            running: Default::default(),
+        }
+    }
+
+    fn slot(feed: Feed) -> Option<usize> {
+        match feed {
+            Feed::Broadcast => Some(0),
+            Feed::Node => Some(1),
+            Feed::Other => None,
+        }
+    }
+
+    fn started(&mut self, feed: Feed, seq: u64) {
+        if let Some(i) = Self::slot(feed) {
+            self.running[i].insert(seq);
+        }
+    }
+
+    fn done(&mut self, feed: Feed, seq: u64) {
+        let Some(i) = Self::slot(feed) else { return };
+        self.running[i].remove(&seq);
+        let acked = if i == 0 {
+            &mut self.acked.broadcast
+        } else {
+            &mut self.acked.node
+        };
+        *acked = (*acked).max(seq);
+    }
+
+    /// Where to resume: just before the oldest request still running, else after the
+    /// highest acked.
+    fn resume(&self) -> Resume {
+        let at = |i: usize, acked: u64| match self.running[i].first() {
+            Some(oldest) => acked.min(oldest.saturating_sub(1)),
+            None => acked,
+        };
+        Resume {
+            broadcast: at(0, self.acked.broadcast),
+            node: at(1, self.acked.node),
         }
     }
 }
@@ -261,6 +333,33 @@ impl NatsTransport {
             Some((user, Some(pass))) => options = options.user_and_password(user, pass),
             Some((token, None)) => options = options.token(token),
             None => {}
+        }
+        let refused = |message: String| TransportError::Connect {
+            addr: addr.clone(),
+            message,
+        };
+        match &opts.credentials {
+            NatsCredentials::None => {}
+            NatsCredentials::CredsFile(p) => {
+                options = options
+                    .credentials_file(p)
+                    .await
+                    .map_err(|e| refused(format!("credentials file {}: {e}", p.display())))?
+            }
+            NatsCredentials::NkeyFile(p) => {
+                let seed = std::fs::read_to_string(p)
+                    .map_err(|e| refused(format!("nkey seed file {}: {e}", p.display())))?;
+                options = options.nkey(seed.trim().to_string());
+            }
+        }
+        if bare.starts_with("tls://") || opts.tls.ca_file.is_some() {
+            options = options.require_tls(true);
+            if let Some(ca) = &opts.tls.ca_file {
+                options = options.add_root_certificates(ca.clone());
+            }
+            if let Some((cert, key)) = &opts.tls.client_cert {
+                options = options.add_client_certificate(cert.clone(), key.clone());
+            }
         }
         let attempt = tokio::time::timeout(
             opts.connect_timeout + Duration::from_secs(1),
@@ -455,6 +554,21 @@ impl NatsTransport {
     }
 }
 
+/// Whether `to` is a subject a reply may go to: printable tokens without wildcards, at
+/// most 255 bytes, and not under `prefix` (the results, requests and dead streams).
+fn reply_subject_ok(to: &str, prefix: &str) -> bool {
+    let plain = !to.is_empty()
+        && to.len() <= 255
+        && to.split('.').all(|t| {
+            !t.is_empty()
+                && t != "*"
+                && t != ">"
+                && !t.chars().any(|c| c.is_whitespace() || c.is_control())
+        });
+    let own = to == prefix || to.starts_with(&format!("{prefix}."));
+    plain && !own && !to.starts_with("$JS.") && !to.starts_with("$SYS.")
+}
+
 fn check_prefix(prefix: &str) -> Result<(), String> {
     let ok = !prefix.is_empty()
         && prefix.split('.').all(|t| {
@@ -477,7 +591,7 @@ type Feeds =
 /// JetStream consumers as one [`Subscription`]; a client's keeps its place.
 struct NatsSubscription {
     feeds: Feeds,
-    place: Option<Arc<Mutex<Resume>>>,
+    place: Option<Arc<Mutex<Place>>>,
     addr: String,
 }
 
@@ -509,6 +623,7 @@ impl Subscription for NatsSubscription {
                 }
             };
             let (core, acker) = m.split();
+            let subject = core.subject.to_string();
             let mut headers = Vec::new();
             let mut reply_to = None;
             let mut expiration: Option<i128> = None;
@@ -529,6 +644,11 @@ impl Subscription for NatsSubscription {
                 feed,
                 place: self.place.clone(),
             };
+            if let Some(p) = &self.place {
+                if let Ok(mut p) = p.lock() {
+                    p.started(feed, seq);
+                }
+            }
             if let Some(ms) = expiration {
                 if published_ms + ms < now_ms() {
                     tracing::debug!(stream_sequence = seq, "dropping an expired request");
@@ -543,13 +663,17 @@ impl Subscription for NatsSubscription {
                 headers,
                 reply_to,
                 redelivered: delivered > 1,
+                source: self.addr.clone(),
+                key: subject,
                 ack: AckHandle(AckInner::Nats(Box::new(ack))),
             }));
         }
     }
 
     fn resume(&self) -> Option<Resume> {
-        self.place.as_ref().and_then(|p| p.lock().ok().map(|r| *r))
+        self.place
+            .as_ref()
+            .and_then(|p| p.lock().ok().map(|p| p.resume()))
     }
 }
 
@@ -573,6 +697,8 @@ impl Subscription for InboxSubscription {
             headers,
             reply_to: m.reply.map(|r| r.to_string()),
             redelivered: false,
+            source: String::new(),
+            key: m.subject.to_string(),
             ack: AckHandle(AckInner::None),
         }))
     }
@@ -595,9 +721,15 @@ impl Transport for NatsTransport {
         Ok(())
     }
 
-    async fn publish_result(&self, msg: Outgoing) -> Result<(), TransportError> {
-        self.publish_js(self.subject("results"), msg, Vec::new())
-            .await
+    async fn publish_result(&self, mut msg: Outgoing) -> Result<(), TransportError> {
+        // A JetStream message's own reply subject is its ack: the runner's inbox rides
+        // in a header, as on requests.
+        let extra = msg
+            .reply_to
+            .take()
+            .map(|r| vec![(REPLY_TO_HEADER, r)])
+            .unwrap_or_default();
+        self.publish_js(self.subject("results"), msg, extra).await
     }
 
     async fn publish_request(
@@ -621,6 +753,13 @@ impl Transport for NatsTransport {
     }
 
     async fn publish_reply(&self, to: &str, msg: Outgoing) -> Result<(), TransportError> {
+        // A reply address comes from whoever sent the request: one that is no subject,
+        // or that points into this deployment's own streams, is not published to (an
+        // error here would fail the session, and again on every redelivery).
+        if !reply_subject_ok(to, &self.opts.prefix) {
+            tracing::warn!(reply_to = %to, "a reply address that is not a plain subject outside the deployment's streams; not answered");
+            return Ok(());
+        }
         self.check_size(&msg)?;
         let mut headers = HeaderMap::new();
         for (k, v) in &msg.headers {
@@ -708,7 +847,7 @@ impl Transport for NatsTransport {
         };
         Ok(Box::new(NatsSubscription {
             feeds: Box::pin(futures_util::stream::select(b, n)),
-            place: Some(Arc::new(Mutex::new(start))),
+            place: Some(Arc::new(Mutex::new(Place::starting_at(start)))),
             addr: self.addr.clone(),
         }))
     }
@@ -747,6 +886,21 @@ impl Transport for NatsTransport {
             AckInner::None => Ok(()),
             AckInner::Amqp(_) => Err(self.err("ack", "an AMQP delivery cannot be acked on NATS")),
         }
+    }
+
+    async fn ack_batch(&self, handles: &[&AckHandle]) -> Result<(), TransportError> {
+        // Plain acks go out in order on one connection; the last one is confirmed, so
+        // when this returns the server has every ack of the batch.
+        let Some((last, rest)) = handles.split_last() else {
+            return Ok(());
+        };
+        for h in rest {
+            if let AckInner::Nats(a) = &h.0 {
+                a.acker.ack().await.map_err(|e| self.err("ack", e))?;
+                a.advance();
+            }
+        }
+        self.ack(last).await
     }
 
     async fn requeue(&self, handle: &AckHandle) -> Result<(), TransportError> {
@@ -801,7 +955,7 @@ impl Transport for NatsTransport {
         }))
     }
 
-    async fn close(self: Box<Self>) {
+    async fn close(&self) {
         let _ = self.client.drain().await;
     }
 }
@@ -851,6 +1005,75 @@ mod tests {
         assert_eq!(decode_node("a%2eb"), None);
         assert_eq!(decode_node("a%41"), None);
         assert_eq!(decode_node("a.b"), None);
+    }
+
+    #[test]
+    fn the_resume_point_never_passes_a_request_still_running() {
+        use super::{Feed, Place};
+        use crate::Resume;
+        let mut p = Place::starting_at(Resume {
+            broadcast: 10,
+            node: 3,
+        });
+        for seq in [11, 12, 13] {
+            p.started(Feed::Broadcast, seq);
+        }
+        // 12 and 13 finish first: 11 still runs, so a restart begins at 11.
+        p.done(Feed::Broadcast, 13);
+        p.done(Feed::Broadcast, 12);
+        assert_eq!(
+            p.resume(),
+            Resume {
+                broadcast: 10,
+                node: 3
+            }
+        );
+        p.done(Feed::Broadcast, 11);
+        assert_eq!(
+            p.resume(),
+            Resume {
+                broadcast: 13,
+                node: 3
+            }
+        );
+        p.started(Feed::Node, 4);
+        p.started(Feed::Node, 5);
+        p.done(Feed::Node, 5);
+        assert_eq!(
+            p.resume(),
+            Resume {
+                broadcast: 13,
+                node: 3
+            }
+        );
+        p.done(Feed::Node, 4);
+        assert_eq!(
+            p.resume(),
+            Resume {
+                broadcast: 13,
+                node: 5
+            }
+        );
+    }
+
+    #[test]
+    fn replies_go_only_to_plain_subjects_outside_the_deployment() {
+        use super::reply_subject_ok;
+        assert!(reply_subject_ok("_INBOX.abc.def", "vogeler"));
+        for bad in [
+            "",
+            "a b",
+            "a.*",
+            "a.>",
+            "a..b",
+            "vogeler.results",
+            "vogeler",
+            "$JS.API.STREAM.DELETE.x",
+            "a\nb",
+        ] {
+            assert!(!reply_subject_ok(bad, "vogeler"), "{bad:?}");
+        }
+        assert!(reply_subject_ok("vogelerx.results", "vogeler"));
     }
 
     #[test]

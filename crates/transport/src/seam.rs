@@ -3,8 +3,8 @@
 //! JetStream ([`crate::nats::NatsTransport`]) both implement. One conformance suite
 //! (`tests/conformance.rs`) runs unchanged over both, like the store crate's.
 //!
-//! The programs do not use this seam yet: they still hold an AMQP [`Session`]. It is the
-//! first step of issue #19; switching them over is the next.
+//! The programs hold an `Arc<dyn Transport>` from a [`crate::Connector`] (which broker
+//! the `--qhost` scheme names) and know neither client library.
 //!
 //! The model, whichever the broker:
 //! - **results** go to one work queue shared by every server of a deployment: each
@@ -54,9 +54,15 @@ pub(crate) enum AckInner {
     /// A JetStream message, acked by its own reply subject.
     #[cfg(feature = "nats")]
     Nats(Box<crate::nats::NatsAck>),
-    /// A core NATS message (a reply): nothing to ack.
-    #[cfg(feature = "nats")]
+    /// Nothing to ack: a core NATS message (a reply), or one made by a test.
     None,
+}
+
+impl AckHandle {
+    /// A handle that acks nothing, for messages made outside a broker (unit tests).
+    pub fn detached() -> Self {
+        AckHandle(AckInner::None)
+    }
 }
 
 /// A received message: body, string headers, and the handle to ack it with.
@@ -70,6 +76,10 @@ pub struct Message {
     pub reply_to: Option<String>,
     /// Whether the broker delivered it before (a consumer died holding it).
     pub redelivered: bool,
+    /// Where it was sent: the exchange on AMQP, the stream on NATS (kept on dead letters).
+    pub source: String,
+    /// Its routing key on AMQP, its subject on NATS.
+    pub key: String,
     /// Pass to [`Transport::ack`] once the message is committed, or to
     /// [`Transport::requeue`] to give it back.
     pub ack: AckHandle,
@@ -149,6 +159,13 @@ pub trait Transport: Send + Sync {
     /// exchange or stream); idempotent, so every program may call it after connecting.
     async fn declare(&self) -> Result<(), TransportError>;
 
+    /// Declares only what a sender publishes to (the exchanges on AMQP), so a runner does
+    /// not create the servers' queues with its own arguments; [`Transport::declare`]
+    /// where the broker makes no difference.
+    async fn declare_sender(&self) -> Result<(), TransportError> {
+        self.declare().await
+    }
+
     /// Publishes a result to the servers' shared queue and waits for the broker's confirm.
     async fn publish_result(&self, msg: Outgoing) -> Result<(), TransportError>;
 
@@ -190,6 +207,15 @@ pub trait Transport: Send + Sync {
     /// Acks one message, after its effects are committed.
     async fn ack(&self, handle: &AckHandle) -> Result<(), TransportError>;
 
+    /// Acks a batch received in this order on one subscription, after its commit: one
+    /// multiple-ack on AMQP, one ack each on NATS (the last one confirmed).
+    async fn ack_batch(&self, handles: &[&AckHandle]) -> Result<(), TransportError> {
+        for h in handles {
+            self.ack(h).await?;
+        }
+        Ok(())
+    }
+
     /// Gives one message back so it is delivered again (to this consumer or another).
     async fn requeue(&self, handle: &AckHandle) -> Result<(), TransportError>;
 
@@ -197,7 +223,7 @@ pub trait Transport: Send + Sync {
     async fn queue_status(&self, queue: QueueKind) -> Result<Option<QueueStatus>, TransportError>;
 
     /// Closes the connection politely; unacked messages go back to the broker.
-    async fn close(self: Box<Self>);
+    async fn close(&self);
 }
 
 /// The AMQP backend of the seam: a [`Session`] and the deployment's [`Topology`], every
@@ -234,6 +260,8 @@ impl Subscription for AmqpSubscription {
             headers: d.headers,
             reply_to: d.reply_to,
             redelivered: d.redelivered,
+            source: d.exchange,
+            key: d.routing_key,
             ack: AckHandle(AckInner::Amqp(d.tag)),
         }))
     }
@@ -267,7 +295,6 @@ fn too_large(addr: &str, e: TransportError) -> TransportError {
 fn amqp_tag(handle: &AckHandle) -> Result<Option<u64>, TransportError> {
     match handle.0 {
         AckInner::Amqp(tag) => Ok(Some(tag)),
-        #[cfg(feature = "nats")]
         AckInner::None => Ok(None),
         #[cfg(feature = "nats")]
         AckInner::Nats(_) => Err(TransportError::Session(
@@ -288,6 +315,10 @@ impl Transport for AmqpTransport {
 
     async fn declare(&self) -> Result<(), TransportError> {
         self.session.declare_server(&self.topology).await
+    }
+
+    async fn declare_sender(&self) -> Result<(), TransportError> {
+        self.session.declare_exchanges(&self.topology).await
     }
 
     async fn publish_result(&self, msg: Outgoing) -> Result<(), TransportError> {
@@ -383,6 +414,20 @@ impl Transport for AmqpTransport {
         }
     }
 
+    async fn ack_batch(&self, handles: &[&AckHandle]) -> Result<(), TransportError> {
+        // Tags grow along one channel: acking the highest with `multiple` acks the batch.
+        let mut last = None;
+        for h in handles {
+            if let Some(tag) = amqp_tag(h)? {
+                last = Some(last.map_or(tag, |l: u64| l.max(tag)));
+            }
+        }
+        match last {
+            Some(tag) => self.session.ack(tag, true).await,
+            None => Ok(()),
+        }
+    }
+
     async fn requeue(&self, handle: &AckHandle) -> Result<(), TransportError> {
         match amqp_tag(handle)? {
             Some(tag) => self.session.requeue(tag, false).await,
@@ -398,7 +443,7 @@ impl Transport for AmqpTransport {
         self.session.queue_status(name).await
     }
 
-    async fn close(self: Box<Self>) {
+    async fn close(&self) {
         self.session.close().await
     }
 }

@@ -164,7 +164,7 @@ impl Backend for Nats {
         t.delete_streams()
             .await
             .expect("delete the streams this case made");
-        Box::new(t).close().await;
+        t.close().await;
     }
 }
 
