@@ -572,9 +572,16 @@ pub async fn dead_letters(
     if depth == 0 {
         return Ok(Vec::new());
     }
+    if !requeue {
+        return Ok(session
+            .list_dead(depth)
+            .await?
+            .iter()
+            .map(dead_letter_row)
+            .collect());
+    }
     let mut consumer = session.consume_dead(1000).await?;
     let mut out = Vec::new();
-    let mut kept = Vec::new();
     while out.len() < depth {
         let Ok(Some(delivery)) =
             tokio::time::timeout(std::time::Duration::from_secs(2), consumer.next()).await
@@ -582,44 +589,36 @@ pub async fn dead_letters(
             break;
         };
         let d = delivery?;
-        let header = |k: &str| d.header(k).unwrap_or_default().to_string();
-        let (exchange, routing_key) = (
-            header("x-original-exchange"),
-            header("x-original-routing-key"),
-        );
-        if requeue {
-            let mut msg = vogeler_transport::Outgoing::new(d.body.clone());
-            // A signed message keeps its signature, so a result dead-lettered as
-            // `unverified` verifies once its node's key is installed.
-            for name in [
-                vogeler_signing::SIGNATURE_HEADER,
-                vogeler_signing::KEY_ID_HEADER,
-            ] {
-                if let Some(v) = d.header(name) {
-                    msg.headers.push((name.to_string(), v.to_string()));
-                }
+        let mut msg = vogeler_transport::Outgoing::new(d.body.clone());
+        // A signed message keeps its signature, so a result dead-lettered as
+        // `unverified` verifies once its node's key is installed.
+        for name in [
+            vogeler_signing::SIGNATURE_HEADER,
+            vogeler_signing::KEY_ID_HEADER,
+        ] {
+            if let Some(v) = d.header(name) {
+                msg.headers.push((name.to_string(), v.to_string()));
             }
-            session.publish_result(msg).await?;
-            session.ack(&d.ack).await?;
         }
-        let text = String::from_utf8_lossy(&d.body);
-        out.push(DeadLetter {
-            reason: header(crate::server::REASON_HEADER),
-            detail: header(crate::server::DETAIL_HEADER),
-            exchange,
-            routing_key,
-            bytes: d.body.len(),
-            preview: text.chars().take(120).collect(),
-        });
-        if !requeue {
-            kept.push(d.ack);
-        }
-    }
-    // Listed, not taken: every one goes back, in its place.
-    for handle in kept.iter().rev() {
-        session.requeue(handle).await?;
+        session.publish_result(msg).await?;
+        session.ack(&d.ack).await?;
+        out.push(dead_letter_row(&d));
     }
     Ok(out)
+}
+
+/// What `dead` shows of one dead letter.
+fn dead_letter_row(d: &vogeler_transport::Message) -> DeadLetter {
+    let header = |k: &str| d.header(k).unwrap_or_default().to_string();
+    let text = String::from_utf8_lossy(&d.body);
+    DeadLetter {
+        reason: header(crate::server::REASON_HEADER),
+        detail: header(crate::server::DETAIL_HEADER),
+        exchange: header("x-original-exchange"),
+        routing_key: header("x-original-routing-key"),
+        bytes: d.body.len(),
+        preview: text.chars().take(120).collect(),
+    }
 }
 
 /// Renders dead letters as a table.

@@ -358,6 +358,7 @@ async fn serve(
         .consume_node(&opts.node, place.load(), prefetch)
         .await?;
     let mut saved = consumer.resume();
+    tracing::info!(node = %opts.node, broker = %session.addr(), "waiting for requests");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Only a session that got this far counts as reconnected: a member that refuses the

@@ -123,6 +123,7 @@ pub fn connector(s: &Settings, connection_name: &str, agent: bool) -> Connector 
                 prefix: n.prefix.clone(),
                 connection_name: connection_name.to_string(),
                 connect_timeout: s.connect_timeout,
+                ack_wait: s.nats_ack_wait,
                 tls: broker_tls(s),
                 credentials: match (&s.nats_creds, &s.nats_nkey) {
                     (Some(p), _) => vogeler_transport::NatsCredentials::CredsFile(p.clone()),

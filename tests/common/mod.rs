@@ -257,7 +257,11 @@ impl Deployment {
     /// [`Deployment::server`] with extra environment variables (test-only hooks).
     pub fn server_env(&self, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let p = self.spawn_env("server", args, &format!("server-{}", rand_u32()), env);
-        self.wait_for_queue(&format!("{}.master.in", self.id), &p);
+        if self.is_nats() {
+            self.wait_for_log("waiting for results", &p);
+        } else {
+            self.wait_for_queue(&format!("{}.master.in", self.id), &p);
+        }
         p
     }
 
@@ -266,7 +270,11 @@ impl Deployment {
         let mut all = vec!["run", "--node-name", node];
         all.extend_from_slice(args);
         let p = self.spawn("client", &all, &format!("client-{node}"));
-        self.wait_for_queue(node, &p);
+        if self.is_nats() {
+            self.wait_for_log("waiting for requests", &p);
+        } else {
+            self.wait_for_queue(node, &p);
+        }
         p
     }
 
@@ -505,4 +513,107 @@ pub fn plugin(name: &str, command: &str, format: &str) -> (String, String) {
             "[{name}]\nname = {name}\ndescription = test plugin\ncommand = {command}\nresult_format = {format}\n"
         ),
     )
+}
+
+/// The broker a deployment's programs talk to: tests that cross it take one as a
+/// parameter and run once per broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bus {
+    /// The shared RabbitMQ (the test vhost).
+    Rabbit,
+    /// The shared NATS with JetStream (`VOGELER_TEST_NATS`), under this deployment's prefix.
+    Nats,
+}
+
+/// The shared NATS server the tests use (`VOGELER_TEST_NATS`, default 127.0.0.1:4222).
+pub fn nats_base() -> String {
+    std::env::var("VOGELER_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+impl Deployment {
+    /// A fresh deployment whose programs use `bus`.
+    pub fn on(bus: Bus, plugins: &[(&str, String)]) -> Deployment {
+        let d = Deployment::new(plugins);
+        match bus {
+            Bus::Rabbit => d,
+            Bus::Nats => {
+                let url = format!("{}/{}", nats_base(), d.id);
+                let d = d.with_broker(&url);
+                // A killed server's results go to another within seconds, not 30.
+                d.write_conf("[nats]\nack_wait = 3\n");
+                d
+            }
+        }
+    }
+
+    /// Whether this deployment runs on NATS.
+    pub fn is_nats(&self) -> bool {
+        self.amqp.starts_with("nats://") || self.amqp.starts_with("tls://")
+    }
+
+    /// This deployment's broker as the programs see it (the transport seam).
+    pub fn connector(&self) -> vogeler_transport::Connector {
+        if self.is_nats() {
+            vogeler_transport::Connector::Nats {
+                url: nats_base(),
+                label: self.amqp.clone(),
+                opts: vogeler_transport::NatsOptions {
+                    prefix: self.id.clone(),
+                    ..Default::default()
+                },
+            }
+        } else {
+            vogeler_transport::Connector::Amqp {
+                broker: self.broker(),
+                topology: self.topology(),
+            }
+        }
+    }
+
+    /// Publishes messages to the servers' results (confirmed), as a client would.
+    pub fn publish_results(&self, msgs: Vec<vogeler_transport::Outgoing>) {
+        let c = self.connector();
+        rt().block_on(async {
+            let t = c.connect().await.expect("connect to the test broker");
+            t.declare().await.expect("declare");
+            for m in msgs {
+                t.publish_result(m).await.expect("publish a result");
+            }
+            t.close().await;
+        });
+    }
+
+    /// Waits until `p` logged `line` (a NATS program is ready: it has no queue to see).
+    fn wait_for_log(&self, line: &str, p: &Proc) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if p.log_text().contains(line) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{} never logged {line:?}; log:\n{}", p.name, p.log_text());
+    }
+}
+
+impl Drop for Deployment {
+    /// A NATS deployment's streams go with it (a vhost is reset once per run instead).
+    fn drop(&mut self) {
+        if !self.is_nats() {
+            return;
+        }
+        let prefix = self.id.clone();
+        let _ = std::thread::spawn(move || {
+            rt().block_on(async {
+                let opts = vogeler_transport::NatsOptions {
+                    prefix,
+                    ..Default::default()
+                };
+                if let Ok(t) = vogeler_transport::NatsTransport::connect(&nats_base(), opts).await {
+                    let _ = t.delete_streams().await;
+                }
+            })
+        })
+        .join();
+    }
 }

@@ -368,6 +368,9 @@ pub struct Settings {
     pub nats_creds: Option<PathBuf>,
     /// `[nats] nkey_file` / `VOGELER_NATS_NKEY`: a file holding an nkey seed for NATS.
     pub nats_nkey: Option<PathBuf>,
+    /// `[nats] ack_wait` (seconds, default 30): how long a server may hold a result
+    /// unacked before JetStream gives it to another server (the crash take-over time).
+    pub nats_ack_wait: Duration,
     /// Certificates for `amqps://` brokers.
     pub amqp_tls: TlsFiles,
     /// The web UI's token (server), if one is required.
@@ -851,6 +854,7 @@ impl Settings {
             None => number("client", "heartbeat_interval", 60)?,
         };
         let max_clock_skew = Duration::from_secs(number("server", "max_clock_skew", 300)?);
+        let nats_ack_wait = Duration::from_secs(number("nats", "ack_wait", 30)?.max(1));
         let connect_timeout = match o.connect_timeout {
             Some(d) => d,
             None => Duration::from_secs(number("global", "connect_timeout", 10)?.max(1)),
@@ -960,6 +964,7 @@ impl Settings {
                 .map(PathBuf::from)
                 .or_else(|| path_of("nats", "nkey_file")),
             nats,
+            nats_ack_wait,
             amqp_tls,
             http_token,
             plugin_user,

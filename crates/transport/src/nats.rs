@@ -70,6 +70,8 @@ pub const EXPIRATION_HEADER: &str = "x-vogeler-expiration-ms";
 pub const REPLY_TO_HEADER: &str = "x-vogeler-reply-to";
 /// The durable consumer every server of a deployment shares.
 pub const SERVERS_CONSUMER: &str = "servers";
+/// How long a message given back ([`Transport::requeue`]) waits before redelivery.
+const REQUEUE_DELAY: Duration = Duration::from_secs(2);
 /// The durable consumer the admin reads dead letters with.
 pub const DEAD_CONSUMER: &str = "admin";
 
@@ -861,6 +863,45 @@ impl Transport for NatsTransport {
         }))
     }
 
+    async fn list_dead(&self, limit: usize) -> Result<Vec<Message>, TransportError> {
+        // Read by sequence, not consumed: listing twice shows the same letters, and the
+        // admin's durable consumer is left as it was.
+        let mut stream = self.stream("DEAD").await?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| self.err("stream info", e))?
+            .state
+            .clone();
+        let mut out = Vec::new();
+        let mut seq = state.first_sequence.max(1);
+        while out.len() < limit && seq <= state.last_sequence && state.messages > 0 {
+            match stream.get_raw_message(seq).await {
+                Ok(m) => {
+                    let mut headers = Vec::new();
+                    for (k, values) in m.headers.iter() {
+                        for v in values {
+                            headers.push((k.to_string(), v.as_str().to_string()));
+                        }
+                    }
+                    out.push(Message {
+                        body: m.payload.to_vec(),
+                        headers,
+                        reply_to: None,
+                        redelivered: false,
+                        source: self.stream_name("DEAD"),
+                        key: m.subject.to_string(),
+                        ack: AckHandle(AckInner::None),
+                    });
+                }
+                // A sequence acked away (a requeued letter) leaves a gap.
+                Err(e) => tracing::debug!(stream_sequence = seq, error = %e, "no dead letter here"),
+            }
+            seq += 1;
+        }
+        Ok(out)
+    }
+
     async fn reply_inbox(&self) -> Result<(String, Box<dyn Subscription>), TransportError> {
         let inbox = self.client.new_inbox();
         let sub = self
@@ -905,9 +946,12 @@ impl Transport for NatsTransport {
 
     async fn requeue(&self, handle: &AckHandle) -> Result<(), TransportError> {
         match &handle.0 {
+            // Redelivered after a pause, not at once: a pull still open on this
+            // connection would take it straight back (the admin lists, gives every
+            // message back, then closes).
             AckInner::Nats(a) => a
                 .acker
-                .ack_with(AckKind::Nak(None))
+                .ack_with(AckKind::Nak(Some(REQUEUE_DELAY)))
                 .await
                 .map_err(|e| self.err("requeue", e)),
             AckInner::None => Ok(()),
@@ -949,8 +993,14 @@ impl Transport for NatsTransport {
                 _ => return Err(self.err("consumer info", e)),
             },
         };
+        // Dead letters the admin listed and gave back wait for redelivery, counted as
+        // ack-pending: they are still there. Results held by a server are not "ready".
+        let held = match queue {
+            QueueKind::Dead => info.num_ack_pending as u64,
+            QueueKind::Results => 0,
+        };
         Ok(Some(QueueStatus {
-            messages: u32::try_from(info.num_pending).unwrap_or(u32::MAX),
+            messages: u32::try_from(info.num_pending + held).unwrap_or(u32::MAX),
             consumers: u32::try_from(info.num_waiting).unwrap_or(u32::MAX),
         }))
     }

@@ -197,8 +197,31 @@ pub trait Transport: Send + Sync {
         prefetch: u16,
     ) -> Result<Box<dyn Subscription>, TransportError>;
 
-    /// Consumes the dead-letter queue (the admin's `dead` command).
+    /// Consumes the dead-letter queue (the admin's `dead --requeue`): ack what it took.
     async fn consume_dead(&self, prefetch: u16) -> Result<Box<dyn Subscription>, TransportError>;
+
+    /// Up to `limit` dead letters, oldest first, left where they are (the admin's `dead`).
+    /// The default takes them and gives every one back; a broker that can read a stream
+    /// without consuming it does that instead. The handles of what it returns ack nothing.
+    async fn list_dead(&self, limit: usize) -> Result<Vec<Message>, TransportError> {
+        let mut sub = self.consume_dead(1000).await?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Ok(Some(next)) =
+                tokio::time::timeout(std::time::Duration::from_secs(2), sub.next()).await
+            else {
+                break;
+            };
+            out.push(next?);
+        }
+        for m in out.iter().rev() {
+            self.requeue(&m.ack).await?;
+        }
+        for m in &mut out {
+            m.ack = AckHandle::detached();
+        }
+        Ok(out)
+    }
 
     /// A private inbox that lives as long as this transport: its address, for
     /// [`Outgoing::reply_to`], and the subscription the answers arrive on.
