@@ -639,7 +639,6 @@ async fn sort_filter_page_and_chart_clicks_land_on_the_matching_nodes() {
             .is_empty(),
         "dpkg has no such key"
     );
-    save(&c, "node-keys.png").await;
     reopens_the_same(&c, &url, &shown(&c).await).await;
     // A key's history, from its link.
     c.find(Locator::LinkText("kernelrelease"))
@@ -655,6 +654,14 @@ async fn sort_filter_page_and_chart_clicks_land_on_the_matching_nodes() {
         .await
         .expect("goto");
     save(&c, "history.png").await;
+    c.goto(&format!("{b}/nodes/fx-web01?key=kernel"))
+        .await
+        .expect("goto");
+    save(&c, "node-keys.png").await;
+    c.goto(&format!("{b}/nodes/fx-web01#plugin-ps"))
+        .await
+        .expect("goto");
+    save(&c, "node-ps.png").await;
 
     // Diff, changes, requests: each reopens the same from its URL (a fixed `since`:
     // a relative one moves with the clock).

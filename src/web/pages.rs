@@ -118,7 +118,7 @@ fn bar_chart_of(id: &str, title: &str, rows: &[(String, u64)], path: Option<&str
                 svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label=(title) viewBox=(format!("0 0 600 {height}")) width="600" height=(height) {
                     @for (i, (label, count)) in rows.iter().enumerate() {
                         @let y = 4 + row_h * i as u64;
-                        @let w = (380 * count / max).max(1);
+                        @let w = (340 * count / max).max(1);
                         @let bar = html! {
                             g.bar data-label=(label) data-count=(count) {
                                 title { (label) ": " (count) }
