@@ -159,6 +159,10 @@ async fn pages_escape_hostile_plugin_output_and_send_strict_headers() {
         "/",
         "/nodes",
         "/nodes/fx-evil",
+        "/nodes/fx-evil?key=img",
+        "/nodes/fx-evil/history",
+        "/nodes/fx-evil/history?path=motd.motd",
+        "/nodes?columns=motd.motd&sort=motd.motd",
         "/search?q=evil",
         "/search?q=motd.motd%3D%3Cscript%3E",
     ] {
@@ -480,7 +484,10 @@ async fn the_node_list_sorts_shows_columns_and_downloads_csv() {
     let (_, _, page) = get(&format!("{b}/nodes?sort=errors")).await;
     assert_eq!(names(&page)[0], "fx-web06", "the node with an error first");
     let (_, _, page) = get(&format!("{b}/nodes?columns=facter.os.family,dpkg.openssl")).await;
-    assert!(page.contains("<th>facter.os.family</th>"), "{page}");
+    assert!(
+        page.contains("sort=facter.os.family&amp;order=asc\">facter.os.family</a>"),
+        "a chosen column's header sorts by it: {page}"
+    );
     assert!(
         page.contains("<td>RedHat</td>") && page.contains("<td>3.0.99-1</td>"),
         "{page}"
@@ -512,6 +519,110 @@ async fn the_node_list_sorts_shows_columns_and_downloads_csv() {
 
     let (status, _, _) = get(&format!("{b}/nodes?sort=size")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Without `columns`, the list shows the OS family and address, sortable; a sort by a
+    // column puts its values in order (ties by name) and honours `order`.
+    let (_, _, page) = get(&format!("{b}/nodes")).await;
+    assert!(page.contains("sort=facter.networking.ip"), "{page}");
+    let (_, _, page) = get(&format!("{b}/nodes?sort=facter.os.family&order=desc")).await;
+    assert_eq!(
+        names(&page),
+        ["fx-web05", "fx-web06", "fx-web01", "fx-web02", "fx-web03", "fx-web04"]
+    );
+    let (status, _, page) = get(&format!(
+        "{b}/nodes?columns=facter.kernelrelease&sort=facter.os.family"
+    ))
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "only a shown column sorts: {page}"
+    );
+    // A page size from the query; the pager keeps the rest of the view.
+    let (_, _, page) = get(&format!("{b}/nodes?sort=name&order=desc&per_page=4&page=2")).await;
+    assert_eq!(names(&page), ["fx-web02", "fx-web01"]);
+    assert!(page.contains("page 2 of 2"), "{page}");
+    assert!(
+        page.contains("href=\"/nodes?sort=name&amp;order=desc&amp;per_page=4&amp;page=1\""),
+        "{page}"
+    );
+}
+
+/// The node page: the summary card before the plugins; long sections collapsed; a key
+/// filter (a plain GET form) that keeps the matching keys; each leaf linking to its
+/// history, whose page lists the values it took and links to the record as it was;
+/// `ps` output as a table of its own columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_page_filters_keys_links_history_and_tables_ps() {
+    let w = start(&[], vec![common::fleet::ps("fx-web01")]).await;
+    let b = &w.base;
+    let (status, _, page) = get(&format!("{b}/nodes/fx-web01")).await;
+    assert_eq!(status, StatusCode::OK);
+    let summary = page.find("id=\"summary\"").expect("a summary card");
+    let plugins = page.find("id=\"plugins\"").expect("plugins");
+    assert!(summary < plugins, "the summary card comes first");
+    assert!(
+        page.contains("<details class=\"plugin\" id=\"plugin-ohai\">"),
+        "ohai (2,800 values) starts collapsed"
+    );
+    assert!(
+        page.contains("<details class=\"plugin\" id=\"plugin-facter\" open>"),
+        "facter is short and open"
+    );
+    assert!(
+        page.contains("<th>PPID</th>") && page.contains("<td>/usr/sbin/cron -f</td>"),
+        "ps is a table of its columns"
+    );
+    assert!(page.contains("<form id=\"keys\" method=\"get\" action=\"/nodes/fx%2Dweb01\">"));
+    let history = "/nodes/fx%2Dweb01/history?path=dpkg%2Eopenssl";
+    assert!(
+        page.contains(&format!("href=\"{history}\"")),
+        "a leaf links to its history"
+    );
+
+    let (status, _, page) = get(&format!("{b}/nodes/fx-web01?key=KERNELRELEASE")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("value=\"KERNELRELEASE\""),
+        "the filter stays in the form"
+    );
+    assert!(page.contains("id=\"plugin-facter\" open"), "{page}");
+    assert!(page.contains("5.10.0-26-amd64"), "{page}");
+    assert!(!page.contains("id=\"plugin-dpkg\""), "dpkg has no such key");
+    assert!(
+        !page.contains(">facterversion<"),
+        "other facter keys are left out"
+    );
+
+    let (status, _, page) = get(&format!("{b}{history}")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("3.0.99-1"), "{page}");
+    let at = page
+        .split("href=\"/nodes/fx%2Dweb01?at=")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a link to the record as it was");
+    let (status, _, then) = get(&format!("{b}/nodes/fx-web01?at={at}&key=openssl")).await;
+    assert_eq!(status, StatusCode::OK, "{then}");
+    assert!(then.contains("as it was at"), "{then}");
+    let (status, _, all) = get(&format!("{b}/nodes/fx-web01/history")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(all.contains(&format!("href=\"{history}\"")), "{all}");
+    for (url, want) in [
+        ("/nodes/fx-nobody/history", StatusCode::NOT_FOUND),
+        (
+            "/nodes/fx-web01/history?path=dpkg..x",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/nodes/fx-web01?at=someday", StatusCode::BAD_REQUEST),
+    ] {
+        assert_eq!(get(&format!("{b}{url}")).await.0, want, "{url}");
+    }
+    let long = "k".repeat(300);
+    assert_eq!(
+        get(&format!("{b}/nodes/fx-web01?key={long}")).await.0,
+        StatusCode::BAD_REQUEST
+    );
 }
 
 /// A fact page charts a fact's values; each bar and each value links to the node list

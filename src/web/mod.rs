@@ -14,6 +14,7 @@ pub mod api;
 pub mod cache;
 pub mod metrics;
 pub mod pages;
+pub mod tree;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,6 +78,7 @@ pub fn router(mut state: WebState) -> Router {
         .route("/nodes", get(pages::node_list))
         .route("/nodes.csv", get(pages::node_csv))
         .route("/nodes/{name}", get(pages::node_page))
+        .route("/nodes/{name}/history", get(pages::history_page))
         .route("/search", get(pages::search))
         .route("/facts/{path}", get(pages::fact_page))
         .route("/changes", get(pages::changes_page))

@@ -12,6 +12,7 @@ use serde_json::Value;
 use vogeler_store::{rfc3339, NodeSummary};
 
 use super::api::{self, ApiError, Page};
+use super::tree::{scalar, summary_of, truncate, Tree};
 use super::{pairs, param, WebState};
 
 const STYLE: &str = include_str!("assets/style.css");
@@ -31,7 +32,8 @@ pub async fn script() -> Response {
         .into_response()
 }
 
-fn enc(s: &str) -> String {
+/// Percent-encodes a path segment or query value (every byte but letters and digits).
+pub(crate) fn enc(s: &str) -> String {
     utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
 }
 
@@ -116,7 +118,7 @@ fn bar_chart_of(id: &str, title: &str, rows: &[(String, u64)], path: Option<&str
                 svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label=(title) viewBox=(format!("0 0 600 {height}")) width="600" height=(height) {
                     @for (i, (label, count)) in rows.iter().enumerate() {
                         @let y = 4 + row_h * i as u64;
-                        @let w = (380 * count / max).max(1);
+                        @let w = (340 * count / max).max(1);
                         @let bar = html! {
                             g.bar data-label=(label) data-count=(count) {
                                 title { (label) ": " (count) }
@@ -134,16 +136,6 @@ fn bar_chart_of(id: &str, title: &str, rows: &[(String, u64)], path: Option<&str
                 }
             }
         }
-    }
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(n - 1).collect();
-        t.push('…');
-        t
     }
 }
 
@@ -430,7 +422,7 @@ fn node_table_with(
         table.nodes {
             thead { tr {
                 (head("Node", "name")) (head("Last seen", "last_seen")) th { "Plugins" } (head("Last error", "errors"))
-                @for c in columns { th { (c.to_string()) } }
+                @for c in columns { (head(&c.to_string(), &c.to_string())) }
             } }
             tbody {
                 @for n in nodes {
@@ -449,14 +441,23 @@ fn node_table_with(
     }
 }
 
-/// The values at each chosen path for the nodes shown (one map per column).
+/// The values at each chosen path for the nodes shown (one map per column); only
+/// `shown`'s values are kept, so a page of 100 out of 100,000 builds small maps.
 async fn column_values(
     state: &WebState,
     columns: &[vogeler_store::KeyPath],
+    shown: &[NodeSummary],
 ) -> Result<Vec<std::collections::HashMap<String, Value>>, api::ApiError> {
+    let names: std::collections::HashSet<&str> = shown.iter().map(|n| n.name.as_str()).collect();
     let mut out = Vec::with_capacity(columns.len());
     for c in columns {
-        out.push(state.store.values(c).await?.rows.into_iter().collect());
+        let values = state.store.values(c).await?.rows;
+        out.push(
+            values
+                .into_iter()
+                .filter(|(n, _)| names.contains(n.as_str()))
+                .collect(),
+        );
     }
     Ok(out)
 }
@@ -466,11 +467,11 @@ async fn column_values(
 pub async fn node_csv(State(state): State<WebState>, RawQuery(raw): RawQuery) -> Response {
     let p = pairs(raw.as_deref());
     let answer = async {
-        let columns = api::columns_of(&p)?;
+        let columns = api::view_columns(&p)?;
         let q = super::node_query(&p, chrono::Utc::now()).map_err(api::ApiError::bad)?;
         let mut all = state.store.select(&q).await?;
-        api::sort_nodes(&mut all.rows, &p)?;
-        let extra = column_values(&state, &columns).await?;
+        api::sort_view(&state, &mut all.rows, &p).await?;
+        let extra = column_values(&state, &columns, &all.rows).await?;
         let mut header = vec!["node", "last_seen", "plugins", "last_error"]
             .into_iter()
             .map(String::from)
@@ -532,9 +533,15 @@ fn pager(p: &[(String, String)], page: &Page<NodeSummary>) -> Markup {
     };
     html! {
         nav.pager {
-            @if page.page > 1 { a rel="prev" href=(link(page.page - 1)) { "← previous" } }
-            span { "page " (page.page) " of " (pages) " · " (page.total) " node(s)" }
-            @if page.page < pages { a rel="next" href=(link(page.page + 1)) { "next →" } }
+            @if page.page > 1 {
+                a.first href=(link(1)) { "« first" }
+                a rel="prev" href=(link(page.page - 1)) { "← previous" }
+            }
+            span #page-of { "page " (page.page) " of " (pages) " · " (page.total) " node(s)" }
+            @if page.page < pages {
+                a rel="next" href=(link(page.page + 1)) { "next →" }
+                a.last href=(link(pages)) { "last »" }
+            }
         }
     }
 }
@@ -546,11 +553,11 @@ pub async fn node_list(State(state): State<WebState>, RawQuery(raw): RawQuery) -
         Ok(r) => r,
         Err(e) => return failed(e),
     };
-    let columns = match api::columns_of(&p) {
+    let columns = match api::view_columns(&p) {
         Ok(c) => c,
         Err(e) => return failed(e),
     };
-    let extra = match column_values(&state, &columns).await {
+    let extra = match column_values(&state, &columns, &page.items).await {
         Ok(v) => v,
         Err(e) => return failed(e),
     };
@@ -562,6 +569,19 @@ pub async fn node_list(State(state): State<WebState>, RawQuery(raw): RawQuery) -
     );
     let value = |k: &str| param(&p, k).unwrap_or_default().to_string();
     let stale = value("stale");
+    let mut wheres: Vec<&str> = p
+        .iter()
+        .filter(|(k, v)| k == "where" && !v.trim().is_empty())
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if wheres.is_empty() {
+        wheres.push("");
+    }
+    let shown_columns = columns
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     respond(
         StatusCode::OK,
         "Nodes",
@@ -569,8 +589,13 @@ pub async fn node_list(State(state): State<WebState>, RawQuery(raw): RawQuery) -
             h1 { "Nodes" }
             form #filter method="get" action="/nodes" {
                 label { "Name " input type="text" name="name" value=(value("name")) placeholder="web*"; }
-                label { "Where " input type="text" name="where" value=(value("where")) placeholder="facter.os.family = Debian"; }
-                label { "Columns " input type="text" name="columns" value=(value("columns")) placeholder="facter.os.family,facter.networking.ip"; }
+                @for w in &wheres {
+                    label { "Where " input type="text" name="where" value=(w) placeholder="facter.os.family = Debian"; }
+                }
+                label { "Columns " input type="text" name="columns" value=(shown_columns) placeholder="facter.os.family,facter.networking.ip"; }
+                label { "Per page " input.narrow type="number" name="per_page" min="1" max=(super::PAGE_SIZE) value=(page.per_page); }
+                @if let Some(sort) = param(&p, "sort") { input type="hidden" name="sort" value=(sort); }
+                @if let Some(order) = param(&p, "order") { input type="hidden" name="order" value=(order); }
                 label { "Not seen for "
                     select name="stale" {
                         @for (v, label) in [("", "any time"), ("1h", "1 hour"), ("1d", "1 day"), ("7d", "1 week")] {
@@ -588,87 +613,48 @@ pub async fn node_list(State(state): State<WebState>, RawQuery(raw): RawQuery) -
     )
 }
 
-fn scalar(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
+/// Characters of a node page's key filter at most.
+const MAX_KEY_FILTER: usize = 200;
 
-fn summary_of(v: &Value) -> String {
-    match v {
-        Value::Object(m) => format!("{{{} keys}}", m.len()),
-        Value::Array(a) => format!("[{} items]", a.len()),
-        other => scalar(other),
+/// `GET /nodes/{name}[?key=TEXT][&at=WHEN]`: the summary card, then each plugin's
+/// data as a tree (long ones collapsed), its recent changes and the raw document.
+/// `key` keeps only the keys whose dotted path contains TEXT (any case); `at` shows
+/// the record as it was then.
+pub async fn node_page(
+    State(state): State<WebState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let p = pairs(raw.as_deref());
+    let key = param(&p, "key").unwrap_or_default().to_string();
+    if key.chars().count() > MAX_KEY_FILTER {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            &format!("the key filter is longer than {MAX_KEY_FILTER} characters"),
+        );
     }
-}
-
-/// A value as a collapsible tree: objects as nested `<details>`, lists as tables.
-fn tree(v: &Value, depth: usize) -> Markup {
-    match v {
-        Value::Object(m) => html! {
-            ul.tree {
-                @for (k, v) in m {
-                    li {
-                        @if v.is_object() || (v.is_array() && v.as_array().is_some_and(|a| !a.is_empty())) {
-                            details open[depth == 0 && m.len() <= 40] {
-                                summary { span.k { (k) } " " span.muted { (summary_of(v)) } }
-                                (tree(v, depth + 1))
-                            }
-                        } @else {
-                            span.k { (k) } ": " span.v { (scalar(v)) }
-                        }
-                    }
-                }
-            }
-        },
-        Value::Array(items) => list_table(items, depth),
-        other => html! { span.v { (scalar(other)) } },
-    }
-}
-
-/// Lists of scalars as one column, lists of flat objects as a table of their keys.
-fn list_table(items: &[Value], depth: usize) -> Markup {
-    let flat_objects = !items.is_empty()
-        && items.iter().all(|i| {
-            i.as_object()
-                .is_some_and(|m| m.values().all(|v| !v.is_object() && !v.is_array()))
-        });
-    if flat_objects {
-        let mut cols: Vec<&String> = Vec::new();
-        for i in items {
-            for k in i.as_object().into_iter().flat_map(|m| m.keys()) {
-                if !cols.contains(&k) {
-                    cols.push(k);
-                }
-            }
-        }
-        return html! {
-            table.list {
-                thead { tr { @for c in &cols { th { (c) } } } }
-                tbody { @for i in items { tr { @for c in &cols { td { (i.get(c.as_str()).map(scalar).unwrap_or_default()) } } } } }
-            }
-        };
-    }
-    html! {
-        table.list {
-            tbody {
-                @for (n, i) in items.iter().enumerate() {
-                    tr { td.muted { (n) } td { @if i.is_object() || i.is_array() { (tree(i, depth + 1)) } @else { (scalar(i)) } } }
-                }
-            }
-        }
-    }
-}
-
-/// `GET /nodes/{name}`: each plugin's data as a tree, the raw document, the history.
-pub async fn node_page(State(state): State<WebState>, Path(name): Path<String>) -> Response {
-    let record = match state.store.node(&name).await {
+    let at_text = param(&p, "at").map(str::to_string);
+    let at = match at_text
+        .as_deref()
+        .map(|t| crate::report::parse_when(t, Utc::now()))
+    {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => return error_page(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let found = match at {
+        None => state.store.node(&name).await,
+        Some(t) => state.store.record_at(&name, t).await,
+    };
+    let record = match found {
         Ok(Some(r)) => r,
         Ok(None) => {
             return error_page(
                 StatusCode::NOT_FOUND,
-                &format!("no node named {name:?} is stored"),
+                &match at {
+                    None => format!("no node named {name:?} is stored"),
+                    Some(t) => format!("no node named {name:?} was stored at {}", rfc3339(t)),
+                },
             )
         }
         Err(e) => return failed(e.into()),
@@ -680,11 +666,33 @@ pub async fn node_page(State(state): State<WebState>, Path(name): Path<String>) 
     let unreadable = record.unreadable.len() + history.skipped.len();
     let changes = api::changes_of(&history.rows);
     let raw = serde_json::to_string_pretty(&record.document()).unwrap_or_default();
+    let needle = key.to_lowercase();
+    let sections: Vec<(&String, &Value, std::borrow::Cow<'_, Value>)> = record
+        .keys
+        .iter()
+        .filter_map(|(k, v)| {
+            if needle.is_empty() {
+                Some((k, v, std::borrow::Cow::Borrowed(v)))
+            } else {
+                super::tree::filter_keys(v, k, &needle).map(|f| (k, v, std::borrow::Cow::Owned(f)))
+            }
+        })
+        .collect();
+    let matched: usize = sections.iter().map(|s| super::tree::leaves(&s.2)).sum();
+    let node_href = format!("/nodes/{}", enc(&name));
+    let tree = Tree {
+        node: &name,
+        filtered: !needle.is_empty(),
+    };
     respond(
         StatusCode::OK,
         &name,
         html! {
-            h1 { (name) }
+            h1 {
+                (name)
+                @if let Some(t) = at { " " span.muted { "as it was at " (time(t)) } }
+            }
+            @if at.is_some() { p.notice { "An earlier state of this node. " a href=(node_href) { "See it now" } } }
             (skipped(unreadable))
             // The summary card first: what `vogeler-admin node NAME --summary` prints.
             section #summary {
@@ -700,7 +708,10 @@ pub async fn node_page(State(state): State<WebState>, Path(name): Path<String>) 
                     dt { "changed" } dd { (time(record.updated_at)) }
                 }
             }
-            p.tools { a href=(format!("/api/nodes/{}", enc(&name))) { "JSON" } }
+            p.tools {
+                a href=(format!("/api/nodes/{}", enc(&name))) { "JSON" } " · "
+                a href=(format!("{node_href}/history")) { "All changes" }
+            }
             form #compare method="get" action="/diff" {
                 input type="hidden" name="a" value=(name);
                 label { "Compare with " input type="text" name="b" placeholder="another node"; }
@@ -708,20 +719,36 @@ pub async fn node_page(State(state): State<WebState>, Path(name): Path<String>) 
             }
             section #plugins {
                 h2 { "Plugins" }
-                @for (key, value) in &record.keys {
-                    details.plugin id=(format!("plugin-{key}")) open[record.keys.len() <= 3] {
-                        summary { (key) " " span.muted { (summary_of(value)) } }
-                        (tree(value, 0))
+                form #keys method="get" action=(node_href) {
+                    @if let Some(a) = &at_text { input type="hidden" name="at" value=(a); }
+                    label { "Keys containing " input type="search" name="key" value=(key) placeholder="kernel" maxlength=(MAX_KEY_FILTER); }
+                    button type="submit" { "Filter keys" }
+                    @if !key.is_empty() { " " a.clear href=(node_href) { "show all" } }
+                }
+                @if !needle.is_empty() {
+                    p.summary #key-matches {
+                        (matched) " value(s) under keys containing “" (key) "” in " (sections.len()) " plugin(s)"
+                    }
+                }
+                @for (k, value, shown) in &sections {
+                    details.plugin id=(format!("plugin-{k}")) open[tree.filtered || super::tree::leaves(value) <= super::tree::OPEN_LEAVES] {
+                        summary {
+                            (k) " " span.muted { (summary_of(value)) }
+                            @if let Some(href) = super::tree::key_history_link(&name, k) {
+                                " " a.history href=(href) { "history" }
+                            }
+                        }
+                        (tree.render(shown, &mut vec![k.to_string()]))
                     }
                 }
             }
             section #history {
-                h2 { "History" }
+                h2 { "Recent changes" }
                 @if changes.is_empty() {
                     p.muted { "no changes recorded" }
                 } @else {
                     ol.timeline {
-                        @for c in changes.iter().rev() {
+                        @for c in changes.iter().rev().take(20) {
                             li {
                                 time datetime=(c.at) { (c.at) } " "
                                 strong { (c.key) } " "
@@ -729,7 +756,7 @@ pub async fn node_page(State(state): State<WebState>, Path(name): Path<String>) 
                                 ul {
                                     @for d in c.differences.iter().take(50) {
                                         li {
-                                            code { (if d.path.is_empty() { c.key.as_str() } else { d.path.as_str() }) } ": "
+                                            code { (if d.path.is_empty() { c.key.clone() } else { format!("{}.{}", c.key, d.path) }) } ": "
                                             del { (d.old.as_ref().map(summary_of).unwrap_or_else(|| "(none)".into())) }
                                             " → "
                                             ins { (d.new.as_ref().map(summary_of).unwrap_or_else(|| "(none)".into())) }
@@ -740,12 +767,100 @@ pub async fn node_page(State(state): State<WebState>, Path(name): Path<String>) 
                             }
                         }
                     }
+                    @if changes.len() > 20 { p.muted { a href=(format!("{node_href}/history")) { "all " (changes.len()) " changes" } } }
                 }
             }
             details #raw {
                 summary { "Raw document" }
                 pre { (raw) }
             }
+        },
+    )
+}
+
+/// `GET /nodes/{name}/history[?path=PATH]`: with a path, the values it took and when
+/// each appeared and went (each start links to the node page as it was then); without,
+/// every recorded change, each changed path linking to its own history.
+pub async fn history_page(
+    State(state): State<WebState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let p = pairs(raw.as_deref());
+    let path_text = param(&p, "path").unwrap_or_default().to_string();
+    let path = if path_text.is_empty() {
+        None
+    } else {
+        match vogeler_store::KeyPath::parse(&path_text) {
+            Ok(k) => Some(k),
+            Err(e) => return error_page(StatusCode::BAD_REQUEST, &e.to_string()),
+        }
+    };
+    let table = match crate::report::history(&state.store, &name, path.as_ref()).await {
+        Ok(t) => t,
+        Err(e) if e.chain().any(|c| c.is::<crate::cli::NotFound>()) => {
+            return error_page(StatusCode::NOT_FOUND, &e.to_string())
+        }
+        Err(e) => return failed(e.into()),
+    };
+    let node_href = format!("/nodes/{}", enc(&name));
+    let history_href = |path: &str| format!("{node_href}/history?path={}", enc(path));
+    let cell = |v: &Value| truncate(&crate::report::cell_text(v), 200);
+    respond(
+        StatusCode::OK,
+        &format!("{name} history"),
+        html! {
+            h1 {
+                a href=(node_href) { (name) } ": "
+                @if let Some(path) = &path { "history of " code { (path.to_string()) } } @else { "every change" }
+            }
+            form #filter method="get" action=(format!("{node_href}/history")) {
+                label { "Path " input type="text" name="path" value=(path_text) placeholder="dpkg.openssl"; }
+                button type="submit" { "Show" }
+                @if path.is_some() { " " a href=(format!("{node_href}/history")) { "every change" } }
+            }
+            (skipped(table.skipped))
+            @if path.is_some() {
+                table.report #timeline {
+                    thead { tr { th { "Value" } th { "From" } th { "Until" } } }
+                    tbody {
+                        @for row in &table.rows {
+                            @let from = crate::report::cell_text(&row[1]);
+                            tr {
+                                td.v { (cell(&row[0])) }
+                                td {
+                                    @if from.starts_with('(') { (from) } @else {
+                                        a href=(format!("{node_href}?at={}", enc(&from))) title="the node as it was then" { (from) }
+                                    }
+                                }
+                                td { (cell(&row[2])) }
+                            }
+                        }
+                    }
+                }
+            } @else {
+                table.report #changes {
+                    thead { tr { th { "At" } th { "Key" } th { "Path" } th { "Old" } th { "New" } } }
+                    tbody {
+                        @for row in table.rows.iter().rev() {
+                            @let (key, sub) = (crate::report::cell_text(&row[1]), crate::report::cell_text(&row[2]));
+                            @let full = if sub.is_empty() { key.clone() } else { format!("{key}.{sub}") };
+                            tr {
+                                td { (crate::report::cell_text(&row[0])) }
+                                td { (key) }
+                                td {
+                                    @if vogeler_store::KeyPath::parse(&full).is_ok() {
+                                        a href=(history_href(&full)) { (full) }
+                                    } @else { (full) }
+                                }
+                                td { del { (cell(&row[3])) } }
+                                td { ins { (cell(&row[4])) } }
+                            }
+                        }
+                    }
+                }
+            }
+            p.muted { (table.footer) }
         },
     )
 }

@@ -88,3 +88,31 @@ pub fn hostile() -> Observation {
         json!({"motd": "<script>alert(1)</script>", "<img src=x onerror=alert(2)>": "\"'><b>x</b>"}),
     )
 }
+
+/// `node`'s `ps` plugin value as the shipped plugin stores it: `ps -ef` (the fixture)
+/// through `result_format = output`, one string per line, header first.
+#[allow(dead_code)]
+pub fn ps(node: &str) -> Observation {
+    let raw = std::fs::read_to_string(super::fixture("ps-ef.txt")).expect("ps fixture");
+    let value = vogeler_plugins::Format::Output
+        .convert(&raw)
+        .expect("ps output");
+    plugin(node, t(0), "ps", value)
+}
+
+/// `n` more nodes (`fx-bulk000`…), seen a minute apart, alternating Debian and
+/// RedHat, each with its own address: enough for the node list to page.
+#[allow(dead_code)]
+pub fn bulk(n: usize) -> Vec<Observation> {
+    (0..n)
+        .map(|i| {
+            let family = if i % 3 == 0 { "RedHat" } else { "Debian" };
+            plugin(
+                &format!("fx-bulk{i:03}"),
+                Utc::now() - Duration::minutes(i as i64),
+                "facter",
+                json!({"os": {"family": family}, "networking": {"ip": format!("10.0.{}.{}", i / 250, i % 250 + 1)}, "kernelrelease": "6.1.0-13-amd64"}),
+            )
+        })
+        .collect()
+}

@@ -23,12 +23,28 @@ pub fn free_port() -> u16 {
 /// Fills the deployment's SQLite store with the fixture fleet (plus `extra`), then
 /// starts the server with `--http` and `args`.
 pub async fn start(args: &[&str], extra: Vec<vogeler_store::Observation>) -> Web {
+    start_with_ledger(args, extra, &[], &[]).await
+}
+
+/// [`start`], with requests and answers recorded in the request ledger too.
+pub async fn start_with_ledger(
+    args: &[&str],
+    extra: Vec<vogeler_store::Observation>,
+    requests: &[vogeler_store::LedgerRequest],
+    answers: &[vogeler_store::LedgerAnswer],
+) -> Web {
     let d = super::Deployment::new(&[]);
     {
         let store = d.open_store().await;
         super::fleet::fill(&store).await;
         if !extra.is_empty() {
             store.apply(extra.into()).await.expect("extra");
+        }
+        if !requests.is_empty() || !answers.is_empty() {
+            store
+                .record_ledger(requests, answers)
+                .await
+                .expect("ledger");
         }
     }
     let port = free_port();
