@@ -709,6 +709,7 @@ fn signature_record(
         change: Change::Plugin {
             name,
             value: value.into(),
+            history: true,
         },
     };
     // The latest verdict under `signature` (as before), and the plugin's own verdict
@@ -765,6 +766,7 @@ fn clamp_record(obs: &Observation, claimed: chrono::DateTime<Utc>) -> Observatio
                 "clamped_to": vogeler_store::rfc3339(obs.at),
             })
             .into(),
+            history: true,
         },
     }
 }
@@ -1060,6 +1062,7 @@ mod tests {
             change: Change::Plugin {
                 name: plugin.into(),
                 value: serde_json::json!(1).into(),
+                history: true,
             },
         }
     }
@@ -1113,7 +1116,7 @@ mod tests {
         let verdict = |d: &Inbound, node: &str| {
             let (v, records) = signature_record(&keys, d, &result(node, "facter")).expect("record");
             let mut values = records.into_iter().map(|r| {
-                let Change::Plugin { name, value } = r.change else {
+                let Change::Plugin { name, value, .. } = r.change else {
                     panic!("a plugin key");
                 };
                 (name, value.tree().expect("JSON").into_owned())

@@ -45,6 +45,7 @@ fn every_kind_round_trips() {
             collected_at: t(),
             reply_to: None,
             want_value: false,
+            history: true,
         }),
         Message::Result(PluginResult {
             request_id: None,
@@ -59,6 +60,7 @@ fn every_kind_round_trips() {
             collected_at: t(),
             reply_to: None,
             want_value: false,
+            history: true,
         }),
         Message::Stored(Stored {
             request_id: Some("r1".into()),
@@ -146,6 +148,7 @@ fn wanted_values_round_trip() {
         collected_at: t(),
         reply_to: Some("amq.gen-1".into()),
         want_value: true,
+        history: true,
     });
     let stored = |value: Option<serde_json::Value>, truncated: bool| Stored {
         request_id: Some("r1".into()),
@@ -183,6 +186,7 @@ fn wanted_values_round_trip() {
         collected_at: t(),
         reply_to: Some("q".into()),
         want_value: true,
+        history: true,
     }));
     assert!(
         decode_raw_result(&body)

@@ -25,6 +25,7 @@ fn plugin(node: &str, at: i64, name: &str, value: Value) -> Observation {
         change: Change::Plugin {
             name: name.into(),
             value: value.into(),
+            history: true,
         },
     }
 }
@@ -269,6 +270,7 @@ pub async fn decoded_results_read_back_the_same(store: DynStore) {
             change: Change::Plugin {
                 name: r.plugin,
                 value: Data::Text(text),
+                history: true,
             },
         });
     }

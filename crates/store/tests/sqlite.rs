@@ -33,6 +33,7 @@ async fn the_checkpointer_copies_commits_into_the_database_file() {
             change: Change::Plugin {
                 name: "facter".into(),
                 value: value.clone().into(),
+                history: true,
             },
         })
         .collect();
