@@ -824,7 +824,12 @@ async fn ledger_requests(
             None => {
                 if registry.is_none() {
                     registry = Some(match store.nodes().await {
-                        Ok(nodes) => nodes.into_iter().map(|n| n.name).collect(),
+                        // Deactivated nodes are not expected to answer.
+                        Ok(nodes) => nodes
+                            .into_iter()
+                            .filter(|n| n.deactivated_at.is_none())
+                            .map(|n| n.name)
+                            .collect(),
                         Err(e) => {
                             tracing::warn!(error = %e, request = %a.request_id, "cannot read the node registry for a broadcast's expected nodes");
                             Vec::new()
