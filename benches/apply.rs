@@ -52,6 +52,7 @@ async fn main() {
                                 serde_json::value::RawValue::from_string(v.to_string())
                                     .expect("valid JSON"),
                             ),
+                            history: true,
                         },
                     }
                 })

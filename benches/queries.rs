@@ -60,6 +60,7 @@ async fn fill(store: &DynStore, n: usize) -> Duration {
                     change: Change::Plugin {
                         name: name.into(),
                         value: value.into(),
+                        history: true,
                     },
                 });
             }

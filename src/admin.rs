@@ -147,6 +147,9 @@ pub fn summary_lines(record: &vogeler_store::NodeRecord) -> Vec<(String, String)
     }
     out.push(("last seen".into(), rfc3339(record.last_seen)));
     out.push(("first seen".into(), rfc3339(record.created_at)));
+    if let Some(t) = record.deactivated_at {
+        out.push(("deactivated".into(), rfc3339(t)));
+    }
     for key in vogeler_store::PACKAGE_KEYS {
         if let Some(n) = record
             .keys

@@ -255,6 +255,8 @@ pub struct Answer {
     pub exit_status: Option<i32>,
     /// How long it ran.
     pub duration: Duration,
+    /// False for a volatile plugin (`history = false`): sent as the result's `history`.
+    pub history: bool,
 }
 
 /// The registry as currently loaded; swapped whole on reload.
@@ -486,6 +488,7 @@ async fn handle(
                 raw: None,
                 exit_status: None,
                 duration: Duration::ZERO,
+                history: true,
             },
         ),
     };
@@ -718,6 +721,7 @@ pub async fn answer_request(
             alias: None,
             interval: None,
             timeout: None,
+            history: true,
             source: "(request)".into(),
             line: 0,
             available: true,
@@ -770,6 +774,7 @@ fn error_answer(plugin: &str, message: String) -> Answer {
         raw: None,
         exit_status: None,
         duration: Duration::ZERO,
+        history: true,
     }
 }
 
@@ -791,6 +796,7 @@ pub(crate) fn finish(o: PluginOutcome) -> Answer {
         raw: Some(o.raw),
         exit_status: o.exit_status,
         duration: o.duration,
+        history: o.history,
     }
 }
 
@@ -823,6 +829,7 @@ pub fn encode_answer(opts: &ClientOptions, request: Option<&Request>, a: &Answer
         raw: None,
         exit_status: a.exit_status,
         duration: a.duration,
+        history: a.history,
     };
     encode_unchecked(opts, request, &short)
 }
@@ -906,6 +913,7 @@ fn encode_unchecked(opts: &ClientOptions, request: Option<&Request>, a: &Answer)
                 reply_to: request.and_then(|r| r.reply_to.clone()),
                 // Copied like reply_to: the server sends the stored value back.
                 want_value: request.is_some_and(|r| r.want_value && r.reply_to.is_some()),
+                history: a.history,
             }))
         }
     }

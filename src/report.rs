@@ -676,16 +676,25 @@ pub async fn history(
 }
 
 /// The names a query selects, or `None` when it selects every node (no filtering
-/// needed); rows the selection could not read are added to `skipped`.
+/// needed: no filter, no name or time bound, and every node active); rows the
+/// selection could not read are added to `skipped`.
 async fn selected_names(
     store: &DynStore,
     q: &Query,
     skipped: &mut Vec<Unreadable>,
 ) -> anyhow::Result<Option<std::collections::HashSet<String>>> {
-    if !q.has_filters()
+    let unbounded = !q.has_filters()
         && q.names.is_empty()
         && q.seen_since.is_none()
-        && q.not_seen_since.is_none()
+        && q.not_seen_since.is_none();
+    // Deactivated nodes are out of every report unless the query lets them in.
+    if unbounded
+        && (q.include_inactive
+            || store
+                .nodes()
+                .await?
+                .iter()
+                .all(|n| n.deactivated_at.is_none()))
     {
         return Ok(None);
     }

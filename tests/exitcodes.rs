@@ -242,6 +242,7 @@ fn admin_exits_3_for_a_node_request_or_queue_that_is_not_there() {
     for args in [
         vec!["node", missing.as_str()],
         vec!["node", missing.as_str(), "--clear-error"],
+        vec!["node", missing.as_str(), "--deactivate"],
         vec!["history", missing.as_str()],
         vec!["requests", "0123abcd"],
         vec!["queue", "--exists", missing.as_str()],

@@ -312,6 +312,7 @@ async fn store_one(store: &vogeler_store::DynStore, node: &str) {
         change: Change::Plugin {
             name: "hello".into(),
             value: json!("over tls").into(),
+            history: true,
         },
     }]);
     store.apply(batch).await.expect("apply");

@@ -478,6 +478,7 @@ fn seed_hostnames(b: &Backend, d: &Deployment, pad: usize) {
                 name: "facter".into(),
                 value: serde_json::json!({"hostname": format!("host{i:04}-{}", "a".repeat(pad))})
                     .into(),
+                history: true,
             },
         })
         .collect();

@@ -112,9 +112,16 @@ enum Command {
         /// Confirms --delete.
         #[arg(long, requires = "delete")]
         yes: bool,
+        /// Deactivate the node: out of `-n all` expectations, reports, exports and the
+        /// web lists, its record and history kept; its next result reactivates it.
+        #[arg(long, requires = "name", conflicts_with_all = ["key", "at", "clear_error", "summary", "delete"])]
+        deactivate: bool,
         /// Only the node names, one a line (for scripts and shell loops).
         #[arg(long, conflicts_with_all = ["name", "key", "at"])]
         names: bool,
+        /// With --names: deactivated nodes too.
+        #[arg(long, requires = "names")]
+        all: bool,
     },
     /// Export the selected nodes to Ansible or Prometheus (JSON on standard output).
     Export {
@@ -184,11 +191,17 @@ enum Command {
         #[arg(long)]
         quarantine: bool,
     },
-    /// Deletes history recorded before a time (retention).
+    /// Deletes history recorded before a time (retention), and/or deactivates nodes
+    /// not seen for a while (both may be given; each prints what it did).
+    #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["before", "inactive_for"])))]
     Prune {
         /// Keep history from this time on (an age such as 90d, a date, or RFC 3339).
         #[arg(long, value_name = "WHEN")]
-        before: String,
+        before: Option<String>,
+        /// Deactivate the nodes not seen for this long (an age such as 30d, or a date):
+        /// their records and history are kept, their next result reactivates them.
+        #[arg(long, value_name = "AGE")]
+        inactive_for: Option<String>,
     },
     /// Copies every record and its history to another store (resumable; counts verified).
     Migrate {
@@ -371,10 +384,24 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             outln!("deleted {name} and its history")?;
             Ok(0)
         }
-        Command::Node { names: true, .. } => {
+        Command::Node {
+            name: Some(name),
+            deactivate: true,
+            ..
+        } => {
+            let store = settings::open_existing_store(&s).await?;
+            if !store.deactivate_node(&name, Utc::now()).await? {
+                return Err(vogeler::cli::no_such_node(&name));
+            }
+            outln!("deactivated {name} (its record and history are kept; its next result reactivates it)")?;
+            Ok(0)
+        }
+        Command::Node {
+            names: true, all, ..
+        } => {
             let store = settings::open_existing_store(&s).await?;
             let nodes = within(&s, async { Ok(store.nodes().await?) }).await?;
-            for n in nodes {
+            for n in nodes.iter().filter(|n| all || n.deactivated_at.is_none()) {
                 outln!("{}", n.name)?;
             }
             Ok(0)
@@ -532,15 +559,34 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             print_table(&table, format)?;
             Ok(0)
         }
-        Command::Prune { before } => {
-            let before = report::parse_when(&before, Utc::now()).map_err(usage)?;
+        Command::Prune {
+            before,
+            inactive_for,
+        } => {
+            let now = Utc::now();
+            let before = before
+                .map(|w| report::parse_when(&w, now).map_err(usage))
+                .transpose()?;
+            let unseen_since = inactive_for
+                .map(|w| report::parse_when(&w, now).map_err(usage))
+                .transpose()?;
             let store = settings::open_existing_store(&s).await?;
-            let n = store.prune_history(before).await?;
-            outln!(
-                "deleted {n} history entr{} recorded before {}",
-                if n == 1 { "y" } else { "ies" },
-                vogeler_store::rfc3339(before)
-            )?;
+            if let Some(since) = unseen_since {
+                let n = store.deactivate_inactive(since, now).await?;
+                outln!(
+                    "deactivated {n} node{} not seen since {}",
+                    if n == 1 { "" } else { "s" },
+                    vogeler_store::rfc3339(since)
+                )?;
+            }
+            if let Some(before) = before {
+                let n = store.prune_history(before).await?;
+                outln!(
+                    "deleted {n} history entr{} recorded before {}",
+                    if n == 1 { "y" } else { "ies" },
+                    vogeler_store::rfc3339(before)
+                )?;
+            }
             Ok(0)
         }
         Command::Migrate { from, to } => {

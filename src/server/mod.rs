@@ -693,6 +693,7 @@ fn signature_record(
         change: Change::Plugin {
             name,
             value: value.into(),
+            history: true,
         },
     };
     // The latest verdict under `signature` (as before), and the plugin's own verdict
@@ -749,6 +750,7 @@ fn clamp_record(obs: &Observation, claimed: chrono::DateTime<Utc>) -> Observatio
                 "clamped_to": vogeler_store::rfc3339(obs.at),
             })
             .into(),
+            history: true,
         },
     }
 }
@@ -806,7 +808,12 @@ async fn ledger_requests(
             None => {
                 if registry.is_none() {
                     registry = Some(match store.nodes().await {
-                        Ok(nodes) => nodes.into_iter().map(|n| n.name).collect(),
+                        // Deactivated nodes are not expected to answer.
+                        Ok(nodes) => nodes
+                            .into_iter()
+                            .filter(|n| n.deactivated_at.is_none())
+                            .map(|n| n.name)
+                            .collect(),
                         Err(e) => {
                             tracing::warn!(error = %e, request = %a.request_id, "cannot read the node registry for a broadcast's expected nodes");
                             Vec::new()
@@ -1043,6 +1050,7 @@ mod tests {
             change: Change::Plugin {
                 name: plugin.into(),
                 value: serde_json::json!(1).into(),
+                history: true,
             },
         }
     }
@@ -1096,7 +1104,7 @@ mod tests {
         let verdict = |d: &Inbound, node: &str| {
             let (v, records) = signature_record(&keys, d, &result(node, "facter")).expect("record");
             let mut values = records.into_iter().map(|r| {
-                let Change::Plugin { name, value } = r.change else {
+                let Change::Plugin { name, value, .. } = r.change else {
                     panic!("a plugin key");
                 };
                 (name, value.tree().expect("JSON").into_owned())

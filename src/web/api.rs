@@ -470,7 +470,9 @@ pub const AGE_BUCKETS: &[(&str, i64)] = &[
 /// The fleet at a glance: node count, nodes per OS family and per kernel, last-seen
 /// ages and ingest counters. The overview's charts draw exactly these numbers.
 pub async fn fleet_stats(state: &WebState, now: DateTime<Utc>) -> Result<Value, ApiError> {
-    let nodes = state.store.nodes().await?;
+    // The active fleet: deactivated nodes are left out of the counts.
+    let mut nodes = state.store.nodes().await?;
+    nodes.retain(|n| n.deactivated_at.is_none());
     let counts = |groups: &Rows<(Value, Vec<String>)>| -> Vec<Value> {
         groups
             .rows

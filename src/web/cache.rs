@@ -50,6 +50,14 @@ impl CachedStore {
         self.stats.commits.load(Ordering::Relaxed)
     }
 
+    /// Drops the cached node list, so a deactivation made through this handle shows
+    /// at once (the list carries `deactivated_at`, which every fleet view filters on).
+    fn forget_nodes(&self) {
+        if let Ok(mut guard) = self.nodes.lock() {
+            *guard = None;
+        }
+    }
+
     fn fresh(&self, generation: u64, at: Instant) -> bool {
         generation == self.generation() && at.elapsed() < self.max_age
     }
@@ -155,6 +163,22 @@ impl Store for CachedStore {
         self.inner.delete_node(name).await
     }
 
+    async fn deactivate_node(&self, name: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let found = self.inner.deactivate_node(name, at).await;
+        self.forget_nodes();
+        found
+    }
+
+    async fn deactivate_inactive(
+        &self,
+        since: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let n = self.inner.deactivate_inactive(since, at).await;
+        self.forget_nodes();
+        n
+    }
+
     async fn import(
         &self,
         record: &NodeRecord,
@@ -203,6 +227,7 @@ mod tests {
             change: vogeler_store::Change::Plugin {
                 name: "facter".into(),
                 value: json!({"os": {"family": v}}).into(),
+                history: true,
             },
         };
         inner

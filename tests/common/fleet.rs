@@ -16,6 +16,7 @@ pub fn plugin(node: &str, at: DateTime<Utc>, name: &str, value: Value) -> Observ
         change: Change::Plugin {
             name: name.into(),
             value: value.into(),
+            history: true,
         },
     }
 }

@@ -447,6 +447,8 @@ pub struct PluginOutcome {
     pub exit_status: Option<i32>,
     /// How long it ran.
     pub duration: Duration,
+    /// The plugin's `history` option, passed on in its result (false: volatile).
+    pub history: bool,
 }
 
 /// Run `plugin` within `limits` (its own `timeout` wins) and convert its output.
@@ -466,6 +468,7 @@ pub async fn run_plugin(plugin: &Plugin, limits: &ExecLimits) -> PluginOutcome {
         stderr: String::new(),
         exit_status: None,
         duration: Duration::ZERO,
+        history: plugin.history,
     };
     let program = plugin.command.first().map_or("", String::as_str);
     if resolve_command(program, limits.path()).is_none() {
@@ -572,6 +575,7 @@ mod tests {
             alias: None,
             interval: None,
             timeout: None,
+            history: true,
             source: PathBuf::from("t.cfg"),
             line: 1,
             available: true,

@@ -21,7 +21,7 @@ pub const RESERVED_NAMES: [&str; 6] = [
 ];
 
 /// The keys a plugin section may have; anything else is warned about and ignored.
-pub const KNOWN_KEYS: [&str; 7] = [
+pub const KNOWN_KEYS: [&str; 8] = [
     "name",
     "description",
     "command",
@@ -29,6 +29,7 @@ pub const KNOWN_KEYS: [&str; 7] = [
     "command_alias",
     "interval",
     "timeout",
+    "history",
 ];
 
 /// An authorized command: what to run, how to read its output, and where it was defined.
@@ -50,6 +51,10 @@ pub struct Plugin {
     pub interval: Option<Duration>,
     /// Overrides the client's default run time limit.
     pub timeout: Option<Duration>,
+    /// Whether the server keeps this key's history (`history = false`: a volatile
+    /// value such as `ps`, stored as its current value only, so it floods neither
+    /// history nor `changes`).
+    pub history: bool,
     /// The `.cfg` file that defined it.
     pub source: PathBuf,
     /// The line of its `[section]` header in `source`.
@@ -158,6 +163,15 @@ fn parse_seconds(value: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{value}` is not a number of seconds greater than 0; e.g. `3600`"))
 }
 
+/// A `.cfg` boolean as ConfigParser's `getboolean` reads it (case-insensitive).
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "yes" | "true" | "on" => Some(true),
+        "0" | "no" | "false" | "off" => Some(false),
+        _ => None,
+    }
+}
+
 impl Plugin {
     /// Check one section of `path` and build the plugin it defines. Unknown keys are
     /// returned as warnings; availability is decided later by the registry.
@@ -254,6 +268,18 @@ impl Plugin {
         };
         let interval = seconds("interval")?;
         let timeout = seconds("timeout")?;
+        let history = match section.get("history") {
+            None => true,
+            Some(e) => parse_bool(&e.value).ok_or_else(|| {
+                err(
+                    e.line,
+                    format!(
+                        "`history = {}` is not a boolean; write `history = false` (keep only the current value) or `history = true`",
+                        e.value
+                    ),
+                )
+            })?,
+        };
         let description = section
             .get("description")
             .map(|e| e.value.replace('\n', " "))
@@ -268,6 +294,7 @@ impl Plugin {
             alias,
             interval,
             timeout,
+            history,
             source: path.to_path_buf(),
             line: section.line,
             available: true,
@@ -302,6 +329,32 @@ mod tests {
         assert_eq!(p.interval, Some(Duration::from_secs(3600)));
         assert_eq!(p.timeout, Some(Duration::from_millis(1500)));
         assert_eq!(p.names().collect::<Vec<_>>(), ["facter", "get_facts"]);
+    }
+
+    #[test]
+    fn history_is_kept_unless_the_file_says_false() {
+        let keep = build("[a]\ncommand = x\nresult_format = output\n").unwrap();
+        assert!(keep.history);
+        for off in ["false", "no", "0", "off", "False"] {
+            let p = build(&format!(
+                "[a]\ncommand = x\nresult_format = output\nhistory = {off}\n"
+            ))
+            .unwrap();
+            assert!(!p.history, "history = {off}");
+        }
+        let on = build("[a]\ncommand = x\nresult_format = output\nhistory = yes\n").unwrap();
+        assert!(on.history);
+    }
+
+    #[test]
+    fn the_bundled_ps_plugin_keeps_no_history() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../etc/plugins/ps.cfg");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let sections = ini::parse(&text).unwrap();
+        let (p, warnings) = Plugin::from_section(&sections[0], &path).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(p.name, "ps");
+        assert!(!p.history);
     }
 
     #[test]
@@ -361,6 +414,11 @@ mod tests {
                 "[a]\ncommand = x\nresult_format = output\ncommand_alias = two words\n",
                 4,
                 "one word",
+            ),
+            (
+                "[a]\ncommand = x\nresult_format = output\nhistory = sometimes\n",
+                4,
+                "`history = sometimes` is not a boolean",
             ),
         ];
         for (text, line, needle) in cases {

@@ -60,6 +60,14 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// A field that is present is `Some`, even when it is JSON `null` (a plugin whose value
 /// is `null` still has a value); an absent one is `None` through `serde(default)`.
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
@@ -131,6 +139,11 @@ pub struct PluginResult<D = Value> {
     /// Copied from the request: the server puts the stored value in its confirmation.
     #[serde(default, skip_serializing_if = "is_false")]
     pub want_value: bool,
+    /// `false` for a volatile plugin (`history = false` in its file): the server keeps
+    /// only the current value, with no history and no entry in `changes`. Absent
+    /// (older clients, the 2010 shapes) means true: history is kept.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub history: bool,
 }
 
 /// The server's confirmation that a result was committed (server → runner).
@@ -694,6 +707,7 @@ impl<D> PluginResult<D> {
             collected_at: self.collected_at,
             reply_to: self.reply_to,
             want_value: self.want_value,
+            history: self.history,
         }
     }
 }

@@ -392,7 +392,7 @@ fn accepted_results_read_back_identically_from_every_store() {
             let obs = Observation {
                 node: node.clone(),
                 at: chrono::Utc::now(),
-                change: Change::Plugin { name: "p".into(), value: Data::Text(text.clone()) },
+                change: Change::Plugin { name: "p".into(), value: Data::Text(text.clone()), history: true },
             };
             let got = rt.block_on(async {
                 store.apply(vec![obs].into()).await.map_err(|e| e.to_string())?;

@@ -45,6 +45,7 @@ fn every_kind_round_trips() {
             collected_at: t(),
             reply_to: None,
             want_value: false,
+            history: true,
         }),
         Message::Result(PluginResult {
             request_id: None,
@@ -59,6 +60,7 @@ fn every_kind_round_trips() {
             collected_at: t(),
             reply_to: None,
             want_value: false,
+            history: true,
         }),
         Message::Stored(Stored {
             request_id: Some("r1".into()),
@@ -146,6 +148,7 @@ fn wanted_values_round_trip() {
         collected_at: t(),
         reply_to: Some("amq.gen-1".into()),
         want_value: true,
+        history: true,
     });
     let stored = |value: Option<serde_json::Value>, truncated: bool| Stored {
         request_id: Some("r1".into()),
@@ -183,6 +186,7 @@ fn wanted_values_round_trip() {
         collected_at: t(),
         reply_to: Some("q".into()),
         want_value: true,
+        history: true,
     }));
     assert!(
         decode_raw_result(&body)
@@ -461,4 +465,36 @@ fn raw_results_keep_their_data_text_and_agree_with_decode() {
         .expect_err("no node");
     assert_eq!(err.reason(), "bad-field");
     assert!(err.to_string().contains("node"), "{err}");
+}
+
+/// A volatile plugin's result says `"history": false`; a result without the field (older
+/// clients, the 2010 shapes) keeps history, and encoding leaves it out then, so the
+/// bytes of a result that keeps history are those of earlier versions.
+#[test]
+fn history_false_is_sent_only_for_a_volatile_result() {
+    let body = r#"{"v":1,"kind":"result","node":"web01","plugin":"ps","format":"output","data":"x","collected_at":"2026-11-24T12:00:01Z"}"#;
+    let Ok(vogeler_protocol::Decoded::Message(Message::Result(r))) =
+        vogeler_protocol::decode(body.as_bytes())
+    else {
+        panic!("a result");
+    };
+    assert!(r.history, "absent means keep history");
+    let plain = String::from_utf8(encode(&Message::Result(r.clone()))).expect("utf-8");
+    assert!(!plain.contains("history"), "{plain}");
+    let volatile = PluginResult {
+        history: false,
+        ..r
+    };
+    let text = String::from_utf8(encode(&Message::Result(volatile))).expect("utf-8");
+    assert!(text.contains(r#""history":false"#), "{text}");
+    let Ok(vogeler_protocol::Decoded::Message(Message::Result(back))) =
+        vogeler_protocol::decode(text.as_bytes())
+    else {
+        panic!("a result");
+    };
+    assert!(!back.history);
+    let raw = vogeler_protocol::decode_raw_result(text.as_bytes())
+        .expect("a v1 result")
+        .expect("valid");
+    assert!(!raw.history, "the server's hot path reads it too");
 }

@@ -25,6 +25,7 @@ fn plugin(node: &str, at: i64, name: &str, value: Value) -> Observation {
         change: Change::Plugin {
             name: name.into(),
             value: value.into(),
+            history: true,
         },
     }
 }
@@ -59,7 +60,10 @@ macro_rules! conformance_tests {
             decoded_results_read_back_the_same, last_error_is_bounded,
             reserved_paths_answer_as_the_document,
             a_good_result_clears_last_error, signature_verdicts_per_key,
-            a_deleted_node_is_gone_with_its_history, select_by_expressions);
+            a_deleted_node_is_gone_with_its_history, select_by_expressions,
+            a_deactivated_node_keeps_its_history_out_of_the_fleet,
+            a_new_result_reactivates_a_node, inactivity_deactivates_exactly_the_old_nodes,
+            a_volatile_key_keeps_no_history);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -269,6 +273,7 @@ pub async fn decoded_results_read_back_the_same(store: DynStore) {
             change: Change::Plugin {
                 name: r.plugin,
                 value: Data::Text(text),
+                history: true,
             },
         });
     }
@@ -1242,4 +1247,253 @@ pub async fn ledger_records_requests_and_answers_in_any_order(store: DynStore) {
     assert_eq!(store.ledgers(1, t(61)).await.expect("limit").len(), 1);
     // The ledger is not a node.
     assert!(store.nodes().await.expect("nodes").is_empty());
+}
+
+fn volatile(node: &str, at: i64, name: &str, value: Value) -> Observation {
+    let mut obs = plugin(node, at, name, value);
+    if let Change::Plugin { history, .. } = &mut obs.change {
+        *history = false;
+    }
+    obs
+}
+
+fn names_of(nodes: &[crate::NodeSummary]) -> Vec<&str> {
+    nodes.iter().map(|n| n.name.as_str()).collect()
+}
+
+async fn active_fleet(store: &DynStore, include_inactive: bool) -> Vec<String> {
+    let q = Query {
+        include_inactive,
+        ..Query::default()
+    };
+    let rows = store.select(&q).await.expect("select").rows;
+    names_of(&rows).into_iter().map(str::to_string).collect()
+}
+
+/// A deactivated node keeps its record and history, shows its deactivation time, and is
+/// left out of `select` (every fleet view) unless the query lets inactive nodes in; a
+/// second deactivation keeps the first time; an unknown node is `false`; an import
+/// carries the mark.
+pub async fn a_deactivated_node_keeps_its_history_out_of_the_fleet(store: DynStore) {
+    for (at, v) in [(10, 1), (20, 2)] {
+        apply(
+            &store,
+            vec![
+                plugin("off", at, "k", json!(v)),
+                plugin("on", at, "k", json!(v)),
+            ],
+        )
+        .await;
+    }
+    assert!(store
+        .deactivate_node("off", t(100))
+        .await
+        .expect("deactivate"));
+    assert!(!store
+        .deactivate_node("nobody", t(100))
+        .await
+        .expect("deactivate"));
+    assert!(store.deactivate_node("off", t(200)).await.expect("again"));
+    let rec = store.node("off").await.expect("node").expect("kept");
+    assert_eq!(rec.deactivated_at, Some(t(100)));
+    assert_eq!(rec.keys.get("k"), Some(&json!(2)));
+    assert_eq!(
+        rec.document().get("deactivated_at"),
+        Some(&json!(crate::rfc3339(t(100))))
+    );
+    assert_eq!(
+        store
+            .history("off", None)
+            .await
+            .expect("history")
+            .rows
+            .len(),
+        2
+    );
+    let nodes = store.nodes().await.expect("nodes");
+    assert_eq!(names_of(&nodes), ["off", "on"], "the node list keeps it");
+    assert_eq!(nodes[0].deactivated_at, Some(t(100)));
+    assert_eq!(nodes[1].deactivated_at, None);
+    assert_eq!(active_fleet(&store, false).await, ["on"]);
+    assert_eq!(active_fleet(&store, true).await, ["off", "on"]);
+    let filtered = store
+        .select(&Query::parse(&["k=2".into()], &[]).expect("query"))
+        .await
+        .expect("select")
+        .rows;
+    assert_eq!(names_of(&filtered), ["on"]);
+    let history = store.history("off", None).await.expect("history").rows;
+    store.import(&rec, &history).await.expect("import");
+    let back = store.node("off").await.expect("node").expect("imported");
+    assert_eq!(back.deactivated_at, Some(t(100)));
+}
+
+/// A heartbeat leaves a deactivated node deactivated; its next result (even one whose
+/// value is unchanged, or an error) reactivates it.
+pub async fn a_new_result_reactivates_a_node(store: DynStore) {
+    apply(
+        &store,
+        vec![
+            plugin("n", 10, "k", json!(1)),
+            plugin("m", 10, "k", json!(1)),
+        ],
+    )
+    .await;
+    let seen = Observation {
+        node: "n".into(),
+        at: t(20),
+        change: Change::Seen,
+    };
+    for node in ["n", "m"] {
+        assert!(store
+            .deactivate_node(node, t(15))
+            .await
+            .expect("deactivate"));
+    }
+    apply(&store, vec![seen]).await;
+    assert_eq!(
+        store
+            .node("n")
+            .await
+            .expect("node")
+            .expect("n")
+            .deactivated_at,
+        Some(t(15))
+    );
+    assert!(active_fleet(&store, false).await.is_empty());
+    let error = Observation {
+        node: "m".into(),
+        at: t(30),
+        change: Change::Error {
+            plugin: Some("k".into()),
+            message: "boom".into(),
+            raw: None,
+        },
+    };
+    let outcomes = apply(&store, vec![plugin("n", 30, "k", json!(1)), error]).await;
+    assert_eq!(outcomes[0], Outcome::Unchanged);
+    for node in ["n", "m"] {
+        let rec = store.node(node).await.expect("node").expect("kept");
+        assert_eq!(rec.deactivated_at, None, "{node}");
+    }
+    assert_eq!(active_fleet(&store, false).await, ["m", "n"]);
+}
+
+/// `deactivate_inactive` marks exactly the active nodes not seen since the cut-off,
+/// counts only those, and leaves a node already deactivated with its first time.
+pub async fn inactivity_deactivates_exactly_the_old_nodes(store: DynStore) {
+    apply(
+        &store,
+        vec![
+            plugin("old1", 0, "k", json!(1)),
+            plugin("old2", 0, "k", json!(1)),
+        ],
+    )
+    .await;
+    apply(&store, vec![plugin("gone", 0, "k", json!(1))]).await;
+    assert!(store
+        .deactivate_node("gone", t(5))
+        .await
+        .expect("deactivate"));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let cut = Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    apply(&store, vec![plugin("new", 0, "k", json!(1))]).await;
+    let n = store
+        .deactivate_inactive(cut, t(100))
+        .await
+        .expect("deactivate inactive");
+    assert_eq!(n, 2);
+    let nodes = store.nodes().await.expect("nodes");
+    let marks: Vec<(&str, Option<DateTime<Utc>>)> = nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.deactivated_at))
+        .collect();
+    assert_eq!(
+        marks,
+        [
+            ("gone", Some(t(5))),
+            ("new", None),
+            ("old1", Some(t(100))),
+            ("old2", Some(t(100))),
+        ]
+    );
+    assert_eq!(
+        store.deactivate_inactive(cut, t(200)).await.expect("again"),
+        0
+    );
+    assert_eq!(active_fleet(&store, false).await, ["new"]);
+}
+
+/// A volatile key (`history = false`) stores its current value only: no history rows
+/// and no `changes` for it. A key that had history keeps it exactly as it was (its
+/// last row still ends at the value it recorded), and history resumes when the key
+/// is no longer volatile.
+pub async fn a_volatile_key_keeps_no_history(store: DynStore) {
+    apply(&store, vec![plugin("n", 10, "k", json!(1))]).await;
+    apply(&store, vec![plugin("n", 20, "k", json!(2))]).await;
+    let outcomes = apply(
+        &store,
+        vec![
+            volatile("n", 30, "k", json!(3)),
+            volatile("n", 31, "ps", json!(["a"])),
+        ],
+    )
+    .await;
+    assert_eq!(outcomes, [Outcome::Updated, Outcome::Updated]);
+    apply(
+        &store,
+        vec![
+            volatile("n", 40, "k", json!(4)),
+            volatile("n", 41, "ps", json!(["b"])),
+        ],
+    )
+    .await;
+    let rec = store.node("n").await.expect("node").expect("n");
+    assert_eq!(rec.keys.get("k"), Some(&json!(4)));
+    assert_eq!(rec.keys.get("ps"), Some(&json!(["b"])));
+    let k: Vec<(Option<Value>, Option<Value>)> = store
+        .history("n", Some("k"))
+        .await
+        .expect("history")
+        .rows
+        .into_iter()
+        .map(|e| (e.old, e.new))
+        .collect();
+    assert_eq!(
+        k,
+        [(None, Some(json!(1))), (Some(json!(1)), Some(json!(2)))]
+    );
+    assert!(store
+        .history("n", Some("ps"))
+        .await
+        .expect("history")
+        .rows
+        .is_empty());
+    let changes = store.changes(t(25), 100).await.expect("changes").rows;
+    assert!(changes.is_empty(), "{changes:?}");
+    let outlines = store
+        .change_outlines(t(0), 100)
+        .await
+        .expect("outlines")
+        .rows;
+    assert_eq!(outlines.len(), 2, "{outlines:?}");
+    // Back to keeping history: the next change is recorded from the current value.
+    apply(&store, vec![plugin("n", 50, "k", json!(5))]).await;
+    let k: Vec<(Option<Value>, Option<Value>)> = store
+        .history("n", Some("k"))
+        .await
+        .expect("history")
+        .rows
+        .into_iter()
+        .map(|e| (e.old, e.new))
+        .collect();
+    assert_eq!(
+        k,
+        [
+            (None, Some(json!(1))),
+            (Some(json!(1)), Some(json!(2))),
+            (Some(json!(4)), Some(json!(5))),
+        ]
+    );
 }

@@ -443,10 +443,18 @@ fn apply_one(
         doc.insert(META.into(), json!({"key_times": {}}));
     }
     doc.insert("last_seen".into(), json!(now));
+    // A result (not a heartbeat) reactivates a deactivated node.
+    if !matches!(obs.change, Change::Seen) {
+        doc.remove("deactivated_at");
+    }
     let at = rfc3339(obs.at);
     let changed = match &obs.change {
         Change::Seen => false,
-        Change::Plugin { name, value } => {
+        Change::Plugin {
+            name,
+            value,
+            history: keep,
+        } => {
             let tree = match value.tree() {
                 Ok(v) => v,
                 Err(e) => return Outcome::Refused(e.to_string()),
@@ -474,7 +482,10 @@ fn apply_one(
                 false
             } else {
                 doc.insert(name.clone(), value.clone());
-                history.record(&obs.node, name, &at, old, value.clone());
+                // A volatile key (`history = false`) keeps only its current value.
+                if *keep {
+                    history.record(&obs.node, name, &at, old, value.clone());
+                }
                 true
             };
             // A good result clears that plugin's error (the error stays in history).
@@ -556,6 +567,7 @@ fn to_record(doc: &Map<String, Value>) -> Result<NodeRecord, StoreError> {
         updated_at: t("updated_at")?,
         last_seen: t("last_seen")?,
         last_error: doc.get("last_error").cloned().filter(|v| !v.is_null()),
+        deactivated_at: time_of(doc.get("deactivated_at")),
         keys: doc
             .iter()
             .filter(|(k, _)| k.as_str() != META && !RESERVED_KEYS.contains(&k.as_str()))
@@ -737,6 +749,51 @@ impl CouchStore {
     }
 
     /// Deletes documents by `_id`/`_rev`.
+    /// Sets a node document's `deactivated_at` (kept when already set), retrying
+    /// revision conflicts; with `unseen_since`, only while the node is still not seen
+    /// since then (a result arriving meanwhile wins). Whether it marked (or found
+    /// marked) the node.
+    async fn deactivate(
+        &self,
+        name: &str,
+        at: DateTime<Utc>,
+        unseen_since: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
+        for attempt in 1..=MAX_ATTEMPTS {
+            let mut docs = self.fetch(&[name.to_string()]).await?;
+            let Some(mut doc) = docs
+                .remove(name)
+                .filter(|d| d.get("doc_type") == Some(&json!("SystemRecord")))
+            else {
+                return Ok(false);
+            };
+            if doc.get("deactivated_at").is_some_and(|v| !v.is_null()) {
+                return Ok(unseen_since.is_none());
+            }
+            if let Some(since) = unseen_since {
+                if time_of(doc.get("last_seen")).is_none_or(|t| t >= since) {
+                    return Ok(false);
+                }
+            }
+            doc.insert("deactivated_at".into(), json!(rfc3339(at)));
+            let rows = self.bulk_docs(vec![Value::Object(doc)]).await?;
+            match rows.first().and_then(|r| r["error"].as_str()) {
+                None => return Ok(true),
+                Some("conflict") => {
+                    tokio::time::sleep(Duration::from_millis(10u64 << attempt.min(6))).await;
+                }
+                Some(e) => {
+                    return Err(backend(format!(
+                        "_bulk_docs refused document {name:?}: {e}"
+                    )))
+                }
+            }
+        }
+        Err(unavailable(format!(
+            "revision conflicts on {name:?} did not settle after {MAX_ATTEMPTS} attempts"
+        )))
+    }
+
     async fn delete_docs(&self, docs: &[Map<String, Value>]) -> Result<(), StoreError> {
         if docs.is_empty() {
             return Ok(());
@@ -984,6 +1041,7 @@ impl Store for CouchStore {
                     .and_then(|e| e.get("message"))
                     .and_then(Value::as_str)
                     .map(str::to_string),
+                deactivated_at: rec.deactivated_at,
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -1113,6 +1171,27 @@ impl Store for CouchStore {
             }
             None => Ok(false),
         }
+    }
+
+    async fn deactivate_node(&self, name: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.deactivate(name, at, None).await
+    }
+
+    async fn deactivate_inactive(
+        &self,
+        since: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for node in self.nodes().await? {
+            if node.deactivated_at.is_none()
+                && node.last_seen < since
+                && self.deactivate(&node.name, at, Some(since)).await?
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -1368,6 +1447,7 @@ mod tests {
             Change::Plugin {
                 name: "k".into(),
                 value: value.into(),
+                history: true,
             },
         )
     }

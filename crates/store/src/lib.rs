@@ -58,6 +58,7 @@ pub const RESERVED_KEYS: &[&str] = &[
     "updated_at",
     "last_seen",
     "last_error",
+    "deactivated_at",
 ];
 
 /// The field where the CouchDB backend keeps its own bookkeeping in each document (when
@@ -154,6 +155,9 @@ pub enum Change {
         name: String,
         /// The converted value.
         value: Data,
+        /// False for a volatile plugin (`history = false`): only the current value is
+        /// kept, with no history rows and no entries in `changes` for this key.
+        history: bool,
     },
     /// An error result: becomes the document's `last_error`, until a later good
     /// result of the same plugin clears it (the error stays in history).
@@ -197,6 +201,11 @@ pub struct NodeRecord {
     pub last_seen: DateTime<Utc>,
     /// The last error result: `{"plugin", "message", "at", "raw"?}`.
     pub last_error: Option<Value>,
+    /// When the node was deactivated (`vogeler-admin node NAME --deactivate`, `prune
+    /// --inactive-for`): left out of the fleet, its record and history kept; its next
+    /// result clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deactivated_at: Option<DateTime<Utc>>,
     /// One key per plugin name.
     pub keys: BTreeMap<String, Value>,
     /// When each key's value was collected (the stale-result guard); carried so a
@@ -223,6 +232,9 @@ impl NodeRecord {
             "last_error".into(),
             self.last_error.clone().unwrap_or(Value::Null),
         );
+        if let Some(t) = self.deactivated_at {
+            doc.insert("deactivated_at".into(), Value::String(rfc3339(t)));
+        }
         for (k, v) in &self.keys {
             doc.insert(k.clone(), v.clone());
         }
@@ -282,6 +294,9 @@ pub struct NodeSummary {
     pub plugins: Vec<String>,
     /// The last error message, if any.
     pub last_error: Option<String>,
+    /// When the node was deactivated, if it is (see [`NodeRecord::deactivated_at`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deactivated_at: Option<DateTime<Utc>>,
 }
 
 /// One recorded change of one key of one node.
@@ -550,6 +565,22 @@ pub trait Store: Send + Sync + 'static {
     /// False when no such node is stored. Its next result starts a new record.
     async fn delete_node(&self, name: &str) -> Result<bool, StoreError>;
 
+    /// Marks a node deactivated at `at` (`vogeler-admin node NAME --deactivate`): out of
+    /// the fleet views, discovery and broadcast expectations, its record and history
+    /// kept; its next plugin or error result reactivates it (in `apply`, in the same
+    /// transaction). An already deactivated node keeps its first time. False when no
+    /// such node is stored.
+    async fn deactivate_node(&self, name: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Deactivates (at `at`) every active node not seen since `since` (`vogeler-admin
+    /// prune --inactive-for`); returns how many it deactivated. A node seen meanwhile
+    /// is left active.
+    async fn deactivate_inactive(
+        &self,
+        since: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+
     /// Replaces a node's record and history with the given ones (migration between
     /// stores); a second import of the same node leaves one copy.
     async fn import(&self, record: &NodeRecord, history: &[HistoryEntry])
@@ -608,6 +639,10 @@ pub trait Store: Send + Sync + 'static {
                 "created_at" => Value::String(rfc3339(n.created_at)),
                 "updated_at" => Value::String(rfc3339(n.updated_at)),
                 "doc_type" => Value::String("SystemRecord".into()),
+                "deactivated_at" => match n.deactivated_at {
+                    Some(t) => Value::String(rfc3339(t)),
+                    None => continue,
+                },
                 _ => continue,
             };
             if let Some(v) = path.lookup(&field) {

@@ -26,7 +26,7 @@ use crate::{
 const BACKEND: &str = "postgres";
 
 /// Schema version this code writes; older schemas are migrated forward at start.
-const SCHEMA_VERSION: i32 = 4;
+const SCHEMA_VERSION: i32 = 5;
 
 const MIGRATIONS: &[&str] = &[
     "
@@ -89,6 +89,9 @@ CREATE TABLE request_answers (
 ",
     "
 ALTER TABLE request_answers ADD COLUMN stale BOOLEAN NOT NULL DEFAULT false;
+",
+    "
+ALTER TABLE nodes ADD COLUMN deactivated_at TIMESTAMPTZ;
 ",
 ];
 
@@ -462,6 +465,8 @@ impl Store for PostgresStore {
         let mut history = HistoryRows::default();
         let mut errors_changed = std::collections::BTreeSet::new();
         let mut nodes_changed = std::collections::BTreeSet::new();
+        // Nodes a result (not a heartbeat) arrived for: reactivated if deactivated.
+        let mut nodes_answered = std::collections::BTreeSet::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         for obs in batch.iter() {
             let outcome = match &obs.change {
@@ -471,7 +476,11 @@ impl Store for PostgresStore {
                     )));
                     continue;
                 }
-                Change::Plugin { name, value } => {
+                Change::Plugin {
+                    name,
+                    value,
+                    history: keep,
+                } => {
                     let text = value.text();
                     match keys.entry((obs.node.clone(), name.clone())) {
                         std::collections::hash_map::Entry::Occupied(mut e) => {
@@ -484,14 +493,18 @@ impl Store for PostgresStore {
                                 Outcome::Unchanged
                             } else {
                                 let old = std::mem::replace(&mut k.text, text.clone());
-                                history.push(&obs.node, name, Some(old), Some(text), obs.at);
+                                if *keep {
+                                    history.push(&obs.node, name, Some(old), Some(text), obs.at);
+                                }
                                 k.at = obs.at;
                                 k.value_changed = true;
                                 Outcome::Updated
                             }
                         }
                         std::collections::hash_map::Entry::Vacant(e) => {
-                            history.push(&obs.node, name, None, Some(text.clone()), obs.at);
+                            if *keep {
+                                history.push(&obs.node, name, None, Some(text.clone()), obs.at);
+                            }
                             e.insert(KeyState {
                                 text,
                                 at: obs.at,
@@ -555,6 +568,9 @@ impl Store for PostgresStore {
             };
             if outcome == Outcome::Updated {
                 nodes_changed.insert(obs.node.as_str());
+            }
+            if !matches!(obs.change, Change::Seen) {
+                nodes_answered.insert(obs.node.as_str());
             }
             outcomes.push(match outcome {
                 Outcome::Updated | Outcome::Unchanged if created.remove(&obs.node) => {
@@ -642,12 +658,14 @@ impl Store for PostgresStore {
         }
         if !names.is_empty() {
             let changed: Vec<bool> = names.iter().map(|n| nodes_changed.contains(n)).collect();
+            let answered: Vec<bool> = names.iter().map(|n| nodes_answered.contains(n)).collect();
             tx.execute(
                 "UPDATE nodes n SET last_seen = $3,
-                     updated_at = CASE WHEN u.changed THEN $3 ELSE n.updated_at END
-                 FROM unnest($1::text[], $2::bool[]) AS u (name, changed)
+                     updated_at = CASE WHEN u.changed THEN $3 ELSE n.updated_at END,
+                     deactivated_at = CASE WHEN u.answered THEN NULL ELSE n.deactivated_at END
+                 FROM unnest($1::text[], $2::bool[], $4::bool[]) AS u (name, changed, answered)
                  WHERE n.name = u.name",
-                &[&names, &changed, &now],
+                &[&names, &changed, &now, &answered],
             )
             .await
             .map_err(pg_err)?;
@@ -691,7 +709,7 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT created_at, updated_at, last_seen, last_error FROM nodes WHERE name = $1",
+                "SELECT created_at, updated_at, last_seen, last_error, deactivated_at FROM nodes WHERE name = $1",
                 &[&name],
             )
             .await
@@ -734,6 +752,7 @@ impl Store for PostgresStore {
             updated_at: col(&row, 1)?,
             last_seen: col(&row, 2)?,
             last_error,
+            deactivated_at: col(&row, 4)?,
             keys,
             keys_collected,
             unreadable,
@@ -746,7 +765,7 @@ impl Store for PostgresStore {
             .query(
                 "SELECT name, last_seen, last_error ->> 'message',
                         ARRAY(SELECT key FROM node_keys k WHERE k.node = nodes.name ORDER BY key),
-                        created_at, updated_at
+                        created_at, updated_at, deactivated_at
                  FROM nodes ORDER BY name",
                 &[],
             )
@@ -761,6 +780,7 @@ impl Store for PostgresStore {
                     plugins: col(r, 3)?,
                     created_at: col(r, 4)?,
                     updated_at: col(r, 5)?,
+                    deactivated_at: col(r, 6)?,
                 })
             })
             .collect()
@@ -860,6 +880,33 @@ impl Store for PostgresStore {
         Ok(gone > 0)
     }
 
+    async fn deactivate_node(&self, name: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE nodes SET deactivated_at = COALESCE(deactivated_at, $2) WHERE name = $1",
+                &[&name, &at],
+            )
+            .await
+            .map(|n| n > 0)
+            .map_err(pg_err)
+    }
+
+    async fn deactivate_inactive(
+        &self,
+        since: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE nodes SET deactivated_at = $2 WHERE last_seen < $1 AND deactivated_at IS NULL",
+                &[&since, &at],
+            )
+            .await
+            .map_err(pg_err)
+    }
+
     async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let client = self.client().await?;
         client
@@ -886,10 +933,10 @@ impl Store for PostgresStore {
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&Utc));
         tx.execute(
-            "INSERT INTO nodes (name, created_at, updated_at, last_seen, last_error, last_error_at)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO nodes (name, created_at, updated_at, last_seen, last_error, last_error_at, deactivated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (name) DO UPDATE SET created_at = $2, updated_at = $3, last_seen = $4,
-                 last_error = $5, last_error_at = $6",
+                 last_error = $5, last_error_at = $6, deactivated_at = $7",
             &[
                 &record.name,
                 &record.created_at,
@@ -897,6 +944,7 @@ impl Store for PostgresStore {
                 &record.last_seen,
                 &record.last_error,
                 &error_at,
+                &record.deactivated_at,
             ],
         )
         .await

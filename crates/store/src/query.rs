@@ -742,6 +742,9 @@ pub struct Query {
     pub seen_since: Option<DateTime<Utc>>,
     /// Only nodes not seen since this time (stale nodes).
     pub not_seen_since: Option<DateTime<Utc>>,
+    /// Deactivated nodes too (`node --names --all`); by default a query selects only
+    /// the active fleet.
+    pub include_inactive: bool,
 }
 
 impl Query {
@@ -802,9 +805,11 @@ impl Query {
             .map_err(|e| StoreError::Invalid(format!("bad node name patterns: {e}")))
     }
 
-    /// Whether a node list line passes the name and time bounds (not the conditions).
+    /// Whether a node list line passes the name, activity and time bounds (not the
+    /// conditions): a deactivated node only with `include_inactive`.
     pub fn admits(&self, n: &NodeSummary, names: Option<&globset::GlobSet>) -> bool {
         names.is_none_or(|g| g.is_match(&n.name))
+            && (self.include_inactive || n.deactivated_at.is_none())
             && self.seen_since.is_none_or(|t| n.last_seen >= t)
             && self.not_seen_since.is_none_or(|t| n.last_seen < t)
     }
@@ -1246,6 +1251,7 @@ mod tests {
             .collect(),
             keys_collected: BTreeMap::new(),
             unreadable: Vec::new(),
+            deactivated_at: None,
         };
         let h = vec![
             entry("facter", None, Some(json!({"k": 1})), 10),

@@ -121,7 +121,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     updated_at TEXT NOT NULL,
     last_seen TEXT NOT NULL,
     last_error TEXT,
-    last_error_at TEXT
+    last_error_at TEXT,
+    deactivated_at TEXT
 );
 CREATE TABLE IF NOT EXISTS node_keys (
     node TEXT NOT NULL,
@@ -174,11 +175,18 @@ CREATE TABLE IF NOT EXISTS quarantine (
 ";
 
 /// Columns added after a table was first released: added to older files at open.
-const ADDED_COLUMNS: &[(&str, &str, &str)] = &[(
-    "request_answers",
-    "stale",
-    "ALTER TABLE request_answers ADD COLUMN stale INTEGER NOT NULL DEFAULT 0",
-)];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    (
+        "request_answers",
+        "stale",
+        "ALTER TABLE request_answers ADD COLUMN stale INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "nodes",
+        "deactivated_at",
+        "ALTER TABLE nodes ADD COLUMN deactivated_at TEXT",
+    ),
+];
 
 /// Adds the [`ADDED_COLUMNS`] a database file made by an earlier version lacks.
 fn add_columns(conn: &Connection) -> Result<(), StoreError> {
@@ -435,7 +443,11 @@ fn apply_batch(conn: &mut Connection, batch: &[Observation]) -> Result<Vec<Outco
         let at = rfc3339(obs.at);
         let changed = match &obs.change {
             Change::Seen => false,
-            Change::Plugin { name, value } => {
+            Change::Plugin {
+                name,
+                value,
+                history,
+            } => {
                 let new = value.text();
                 // A node created just now has no keys to read.
                 let old: Option<(String, String)> = if created {
@@ -453,7 +465,7 @@ fn apply_batch(conn: &mut Connection, batch: &[Observation]) -> Result<Vec<Outco
                 match old {
                     Some((_, old_at)) if at < old_at => {
                         outcomes.push(Outcome::Stale);
-                        touch(&tx, &obs.node, &now, false)?;
+                        touch(&tx, &obs.node, &now, false, true)?;
                         continue;
                     }
                     Some((old_value, _)) if old_value == *new => {
@@ -465,6 +477,11 @@ fn apply_batch(conn: &mut Connection, batch: &[Observation]) -> Result<Vec<Outco
                         false
                     }
                     old => {
+                        if !history {
+                            if let Some((old_value, _)) = &old {
+                                pin_last_history(&tx, &obs.node, name, old_value)?;
+                            }
+                        }
                         tx.prepare_cached(
                             "INSERT INTO node_keys (node, key, value, collected_at) VALUES (?1, ?2, ?3, ?4)
                              ON CONFLICT (node, key) DO UPDATE SET value = excluded.value, collected_at = excluded.collected_at",
@@ -473,14 +490,17 @@ fn apply_batch(conn: &mut Connection, batch: &[Observation]) -> Result<Vec<Outco
                         .map_err(sql_err)?;
                         // `new` is implicit: it is the current value (or the next
                         // entry's `old`), so the value's bytes are not written twice.
-                        record_history(
-                            &tx,
-                            &obs.node,
-                            name,
-                            old.map(|o| o.0),
-                            Some(String::new()),
-                            &at,
-                        )?;
+                        // A volatile key (`history = false`) records nothing.
+                        if *history {
+                            record_history(
+                                &tx,
+                                &obs.node,
+                                name,
+                                old.map(|o| o.0),
+                                Some(String::new()),
+                                &at,
+                            )?;
+                        }
                         true
                     }
                 }
@@ -504,7 +524,7 @@ fn apply_batch(conn: &mut Connection, batch: &[Observation]) -> Result<Vec<Outco
                 let (old_value, old_at) = old.unwrap_or((None, None));
                 if old_at.as_deref().is_some_and(|o| at.as_str() < o) {
                     outcomes.push(Outcome::Stale);
-                    touch(&tx, &obs.node, &now, false)?;
+                    touch(&tx, &obs.node, &now, false, true)?;
                     continue;
                 }
                 if old_value.as_deref() == Some(new.as_str()) {
@@ -527,9 +547,11 @@ fn apply_batch(conn: &mut Connection, batch: &[Observation]) -> Result<Vec<Outco
             }
             _ => changed,
         };
-        // A node created just now already has `last_seen` and `updated_at` = now.
+        // A node created just now already has `last_seen` and `updated_at` = now. A
+        // result (not a heartbeat) reactivates a deactivated node.
         if !created {
-            touch(&tx, &obs.node, &now, changed)?;
+            let result = !matches!(obs.change, Change::Seen);
+            touch(&tx, &obs.node, &now, changed, result)?;
         }
         outcomes.push(if created {
             Outcome::Created
@@ -572,20 +594,45 @@ fn clear_error(
     Ok(true)
 }
 
+/// Moves `last_seen` (and `updated_at` when the content `changed`); a `result` also
+/// clears `deactivated_at` (reactivation).
 fn touch(
     tx: &rusqlite::Transaction<'_>,
     node: &str,
     now: &str,
     changed: bool,
+    result: bool,
 ) -> Result<(), StoreError> {
-    let sql = if changed {
-        "UPDATE nodes SET last_seen = ?2, updated_at = ?2 WHERE name = ?1"
-    } else {
-        "UPDATE nodes SET last_seen = ?2 WHERE name = ?1"
+    let sql = match (changed, result) {
+        (true, true) => {
+            "UPDATE nodes SET last_seen = ?2, updated_at = ?2, deactivated_at = NULL WHERE name = ?1"
+        }
+        (true, false) => "UPDATE nodes SET last_seen = ?2, updated_at = ?2 WHERE name = ?1",
+        (false, true) => "UPDATE nodes SET last_seen = ?2, deactivated_at = NULL WHERE name = ?1",
+        (false, false) => "UPDATE nodes SET last_seen = ?2 WHERE name = ?1",
     };
     tx.prepare_cached(sql)
         .and_then(|mut s| s.execute(params![node, now]))
         .map_err(sql_err)?;
+    Ok(())
+}
+
+/// Before a key's value changes without a history row (a volatile plugin), writes the
+/// key's latest history row's `new` explicitly: an implicit one (`''`) would read the
+/// current value, which is about to be one the row never saw.
+fn pin_last_history(
+    tx: &rusqlite::Transaction<'_>,
+    node: &str,
+    key: &str,
+    current: &str,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE history SET new = ?3 WHERE id = (
+             SELECT id FROM history WHERE node = ?1 AND key = ?2 ORDER BY at DESC, id DESC LIMIT 1
+         ) AND new = ''",
+    )
+    .and_then(|mut s| s.execute(params![node, key, current]))
+    .map_err(sql_err)?;
     Ok(())
 }
 
@@ -604,18 +651,19 @@ fn record_history(
 }
 
 fn read_node(conn: &Connection, name: &str) -> Result<Option<NodeRecord>, StoreError> {
-    let row: Option<(String, String, String, Option<String>)> = conn
+    type Row = (String, String, String, Option<String>, Option<String>);
+    let row: Option<Row> = conn
         .prepare_cached(
-            "SELECT created_at, updated_at, last_seen, last_error FROM nodes WHERE name = ?1",
+            "SELECT created_at, updated_at, last_seen, last_error, deactivated_at FROM nodes WHERE name = ?1",
         )
         .and_then(|mut s| {
             s.query_row(params![name], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
             .optional()
         })
         .map_err(sql_err)?;
-    let Some((created_at, updated_at, last_seen, last_error)) = row else {
+    let Some((created_at, updated_at, last_seen, last_error, deactivated_at)) = row else {
         return Ok(None);
     };
     let mut keys = BTreeMap::new();
@@ -658,6 +706,7 @@ fn read_node(conn: &Connection, name: &str) -> Result<Option<NodeRecord>, StoreE
         updated_at: parse_time(&updated_at)?,
         last_seen: parse_time(&last_seen)?,
         last_error,
+        deactivated_at: deactivated_at.as_deref().map(parse_time).transpose()?,
         keys,
         keys_collected,
         unreadable,
@@ -670,7 +719,7 @@ fn read_nodes(conn: &Connection) -> Result<Vec<NodeSummary>, StoreError> {
             "SELECT n.name, n.last_seen,
                     CASE WHEN json_valid(n.last_error) THEN json_extract(n.last_error, '$.message') END,
                     (SELECT group_concat(key, char(31)) FROM (SELECT key FROM node_keys k WHERE k.node = n.name ORDER BY key)),
-                    n.created_at, n.updated_at
+                    n.created_at, n.updated_at, n.deactivated_at
              FROM nodes n ORDER BY n.name",
         )
         .map_err(sql_err)?;
@@ -683,12 +732,14 @@ fn read_nodes(conn: &Connection) -> Result<Vec<NodeSummary>, StoreError> {
                 r.get::<_, Option<String>>(3)?,
                 r.get::<_, String>(4)?,
                 r.get::<_, String>(5)?,
+                r.get::<_, Option<String>>(6)?,
             ))
         })
         .map_err(sql_err)?;
     let mut out = Vec::new();
     for row in rows {
-        let (name, last_seen, last_error, keys, created_at, updated_at) = row.map_err(sql_err)?;
+        let (name, last_seen, last_error, keys, created_at, updated_at, deactivated_at) =
+            row.map_err(sql_err)?;
         out.push(NodeSummary {
             name,
             last_seen: parse_time(&last_seen)?,
@@ -698,6 +749,7 @@ fn read_nodes(conn: &Connection) -> Result<Vec<NodeSummary>, StoreError> {
                 .map(|k| k.split('\u{1f}').map(str::to_string).collect())
                 .unwrap_or_default(),
             last_error,
+            deactivated_at: deactivated_at.as_deref().map(parse_time).transpose()?,
         });
     }
     Ok(out)
@@ -870,6 +922,36 @@ impl Store for SqliteStore {
                 .map_err(sql_err)?;
             tx.commit().map_err(sql_err)?;
             Ok(gone > 0)
+        })
+        .await
+    }
+
+    async fn deactivate_node(&self, name: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let (name, at) = (name.to_string(), rfc3339(at));
+        self.call(move |conn| {
+            conn.execute(
+                "UPDATE nodes SET deactivated_at = COALESCE(deactivated_at, ?2) WHERE name = ?1",
+                params![name, at],
+            )
+            .map(|n| n > 0)
+            .map_err(sql_err)
+        })
+        .await
+    }
+
+    async fn deactivate_inactive(
+        &self,
+        since: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let (since, at) = (rfc3339(since), rfc3339(at));
+        self.call(move |conn| {
+            conn.execute(
+                "UPDATE nodes SET deactivated_at = ?2 WHERE last_seen < ?1 AND deactivated_at IS NULL",
+                params![since, at],
+            )
+            .map(|n| n as u64)
+            .map_err(sql_err)
         })
         .await
     }
@@ -1186,8 +1268,8 @@ fn import_node(
         .and_then(Value::as_str)
         .map(str::to_string);
     tx.execute(
-        "INSERT INTO nodes (name, created_at, updated_at, last_seen, last_error, last_error_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO nodes (name, created_at, updated_at, last_seen, last_error, last_error_at, deactivated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             rec.name,
             rfc3339(rec.created_at),
@@ -1195,6 +1277,7 @@ fn import_node(
             rfc3339(rec.last_seen),
             rec.last_error.as_ref().map(Value::to_string),
             error_at,
+            rec.deactivated_at.map(rfc3339),
         ],
     )
     .map_err(sql_err)?;

@@ -46,6 +46,7 @@ async fn two_servers_writing_the_same_nodes_lose_nothing() {
                     change: Change::Plugin {
                         name: format!("{prefix}{k}"),
                         value: json!(k).into(),
+                        history: true,
                     },
                 })
             })
@@ -86,6 +87,7 @@ async fn javascript_numbers_do_not_look_like_changes() {
         change: Change::Plugin {
             name: "k".into(),
             value: value.into(),
+            history: true,
         },
     };
     store.apply(vec![obs.clone()].into()).await.expect("apply");
@@ -139,6 +141,7 @@ async fn design_docs_load_once_and_the_2010_views_answer() {
                 change: Change::Plugin {
                     name: "facter".into(),
                     value: json!({"os": {"family": "Debian"}}).into(),
+                    history: true,
                 },
             }]
             .into(),
@@ -170,6 +173,7 @@ async fn a_document_that_does_not_read_back_is_skipped_refused_and_quarantined()
         change: Change::Plugin {
             name: "facter".into(),
             value: json!({ "n": n }).into(),
+            history: true,
         },
     };
     store

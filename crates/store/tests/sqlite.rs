@@ -33,6 +33,7 @@ async fn the_checkpointer_copies_commits_into_the_database_file() {
             change: Change::Plugin {
                 name: "facter".into(),
                 value: value.clone().into(),
+                history: true,
             },
         })
         .collect();
@@ -47,4 +48,42 @@ async fn the_checkpointer_copies_commits_into_the_database_file() {
         size()
     );
     assert_eq!(store.nodes().await.expect("nodes").len(), 500);
+}
+
+/// A database file made before nodes could be deactivated (no `deactivated_at` column)
+/// gets the column at open: its nodes read back active and can be deactivated.
+#[tokio::test]
+async fn an_older_file_gains_the_deactivation_column() {
+    use vogeler_store::Store as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("create");
+        conn.execute_batch(
+            "CREATE TABLE nodes (name TEXT PRIMARY KEY, created_at TEXT NOT NULL,
+                 updated_at TEXT NOT NULL, last_seen TEXT NOT NULL, last_error TEXT, last_error_at TEXT);
+             INSERT INTO nodes VALUES ('old', '2026-01-01T00:00:00.000000Z',
+                 '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z', NULL, NULL);",
+        )
+        .expect("old schema");
+    }
+    let store = SqliteStore::open_existing(&path).expect("open the older file");
+    let nodes = store.nodes().await.expect("nodes");
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].deactivated_at, None);
+    assert!(store
+        .deactivate_node("old", chrono::Utc::now())
+        .await
+        .expect("deactivate"));
+    let since = chrono::Utc::now();
+    assert_eq!(
+        store
+            .deactivate_inactive(since, since)
+            .await
+            .expect("again"),
+        0
+    );
+    assert!(store.nodes().await.expect("nodes")[0]
+        .deactivated_at
+        .is_some());
 }
