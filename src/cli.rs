@@ -22,7 +22,7 @@ pub struct CommonArgs {
     )]
     pub config: Option<PathBuf>,
 
-    /// Broker URI(s), comma-separated for a cluster: amqp://user:pass@host:5672/vhost, a bare host, or NATS with JetStream: nats://[user:pass@]host:4222[,host2:4222][/PREFIX] (tls:// for TLS).
+    /// Broker URI(s), comma-separated for a cluster: amqp://user:pass@host:5672/vhost, a bare host, or NATS with JetStream: nats://user:pass@host:4222,host2:4222/PREFIX (tls:// for TLS; login and PREFIX optional).
     #[arg(
         long,
         global = true,

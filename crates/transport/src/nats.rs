@@ -1061,49 +1061,23 @@ mod tests {
     fn the_resume_point_never_passes_a_request_still_running() {
         use super::{Feed, Place};
         use crate::Resume;
-        let mut p = Place::starting_at(Resume {
-            broadcast: 10,
-            node: 3,
-        });
+        let at = |broadcast, node| Resume { broadcast, node };
+        let mut p = Place::starting_at(at(10, 3));
         for seq in [11, 12, 13] {
             p.started(Feed::Broadcast, seq);
         }
         // 12 and 13 finish first: 11 still runs, so a restart begins at 11.
         p.done(Feed::Broadcast, 13);
         p.done(Feed::Broadcast, 12);
-        assert_eq!(
-            p.resume(),
-            Resume {
-                broadcast: 10,
-                node: 3
-            }
-        );
+        assert_eq!(p.resume(), at(10, 3));
         p.done(Feed::Broadcast, 11);
-        assert_eq!(
-            p.resume(),
-            Resume {
-                broadcast: 13,
-                node: 3
-            }
-        );
+        assert_eq!(p.resume(), at(13, 3));
         p.started(Feed::Node, 4);
         p.started(Feed::Node, 5);
         p.done(Feed::Node, 5);
-        assert_eq!(
-            p.resume(),
-            Resume {
-                broadcast: 13,
-                node: 3
-            }
-        );
+        assert_eq!(p.resume(), at(13, 3));
         p.done(Feed::Node, 4);
-        assert_eq!(
-            p.resume(),
-            Resume {
-                broadcast: 13,
-                node: 5
-            }
-        );
+        assert_eq!(p.resume(), at(13, 5));
     }
 
     #[test]
