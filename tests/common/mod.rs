@@ -525,6 +525,9 @@ pub enum Bus {
     Nats,
 }
 
+/// How long a NATS test deployment's servers may hold a result unacked.
+pub const NATS_TEST_ACK_WAIT: Duration = Duration::from_secs(3);
+
 /// The shared NATS server the tests use (`VOGELER_TEST_NATS`, default 127.0.0.1:4222).
 pub fn nats_base() -> String {
     std::env::var("VOGELER_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
@@ -540,7 +543,10 @@ impl Deployment {
                 let url = format!("{}/{}", nats_base(), d.id);
                 let d = d.with_broker(&url);
                 // A killed server's results go to another within seconds, not 30.
-                d.write_conf("[nats]\nack_wait = 3\n");
+                d.write_conf(&format!(
+                    "[nats]\nack_wait = {}\n",
+                    NATS_TEST_ACK_WAIT.as_secs()
+                ));
                 d
             }
         }
@@ -559,6 +565,9 @@ impl Deployment {
                 label: self.amqp.clone(),
                 opts: vogeler_transport::NatsOptions {
                     prefix: self.id.clone(),
+                    // The durable consumers are made by whoever declares first: the
+                    // same take-over time as the programs' `[nats] ack_wait` above.
+                    ack_wait: NATS_TEST_ACK_WAIT,
                     ..Default::default()
                 },
             }
