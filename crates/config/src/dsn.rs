@@ -43,6 +43,22 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
+/// `user:pass@host…` as the part before the last `@` (if any) and the rest.
+fn split_userinfo(authority: &str) -> (Option<&str>, &str) {
+    match authority.rfind('@') {
+        Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+        None => (None, authority),
+    }
+}
+
+/// One percent-encoded URL part (`what` names it in the error).
+fn decode_part(part: &str, what: &str) -> Result<String, String> {
+    percent_decode_str(part)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| format!("{what} is not valid percent-encoded UTF-8"))
+}
+
 /// An AMQP 0-9-1 broker address per the RabbitMQ URI spec.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AmqpDsn {
@@ -85,16 +101,8 @@ impl AmqpDsn {
             Some(i) => (&rest[..i], Some(&rest[i + 1..])),
             None => (rest, None),
         };
-        let (userinfo, hostport) = match authority.rfind('@') {
-            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
-            None => (None, authority),
-        };
-        let decode = |part: &str, what: &str| {
-            percent_decode_str(part)
-                .decode_utf8()
-                .map(|c| c.into_owned())
-                .map_err(|_| err(&format!("{what} is not valid percent-encoded UTF-8")))
-        };
+        let (userinfo, hostport) = split_userinfo(authority);
+        let decode = |part: &str, what: &str| decode_part(part, what).map_err(|why| err(&why));
         let (user, password) = match userinfo {
             Some(u) => match u.split_once(':') {
                 Some((user, pass)) => (decode(user, "user")?, decode(pass, "password")?),
@@ -255,16 +263,8 @@ impl NatsDsn {
                 "prefix {prefix:?}: use dot-separated tokens of A-Z a-z 0-9 - _"
             )));
         }
-        let (userinfo, hosts) = match authority.rfind('@') {
-            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
-            None => (None, authority),
-        };
-        let decode = |part: &str, what: &str| {
-            percent_decode_str(part)
-                .decode_utf8()
-                .map(|c| c.into_owned())
-                .map_err(|_| err(format!("{what} is not valid percent-encoded UTF-8")))
-        };
+        let (userinfo, hosts) = split_userinfo(authority);
+        let decode = |part: &str, what: &str| decode_part(part, what).map_err(err);
         let (user, password) = match userinfo {
             Some(u) => match u.split_once(':') {
                 Some((user, pass)) => {
