@@ -208,6 +208,7 @@ async fn main() {
             queues: None,
             token: None,
             query_timeout: std::time::Duration::from_secs(10),
+            cache: None,
         };
         let web = tokio::spawn(vogeler::web::serve(listener, state, shutdown));
         let client = reqwest::Client::new();

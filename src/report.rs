@@ -319,16 +319,18 @@ pub async fn value_groups(
     let mut out = Rows::default();
     let selected = selected_names(store, q, &mut out.skipped).await?;
     let mut groups: BTreeMap<String, (Value, Vec<String>)> = BTreeMap::new();
-    let values = store.values(path).await?;
-    for (node, v) in out.absorb(values) {
-        if selected.as_ref().is_some_and(|s| !s.contains(&node)) {
+    // Read shared (the web cache's one copy); only group members are copied.
+    let values = store.values_shared(path).await?;
+    out.skipped.extend(values.skipped.iter().cloned());
+    for (node, v) in &values.rows {
+        if selected.as_ref().is_some_and(|s| !s.contains(node)) {
             continue;
         }
         groups
             .entry(v.to_string())
             .or_insert_with(|| (v.clone(), Vec::new()))
             .1
-            .push(node);
+            .push(node.clone());
     }
     let mut groups: Vec<(Value, Vec<String>)> = groups.into_values().collect();
     groups.sort_by(|a, b| {
@@ -678,7 +680,7 @@ pub async fn history(
 /// The names a query selects, or `None` when it selects every node (no filtering
 /// needed: no filter, no name or time bound, and every node active); rows the
 /// selection could not read are added to `skipped`.
-async fn selected_names(
+pub(crate) async fn selected_names(
     store: &DynStore,
     q: &Query,
     skipped: &mut Vec<Unreadable>,
@@ -691,16 +693,22 @@ async fn selected_names(
     if unbounded
         && (q.include_inactive
             || store
-                .nodes()
+                .nodes_shared()
                 .await?
                 .iter()
                 .all(|n| n.deactivated_at.is_none()))
     {
         return Ok(None);
     }
-    let selected = store.select(q).await?;
+    let selected = store.select_shared(q).await?;
     skipped.extend(selected.skipped);
-    Ok(Some(selected.rows.into_iter().map(|n| n.name).collect()))
+    Ok(Some(
+        selected
+            .picked
+            .iter()
+            .map(|&i| selected.nodes[i].name.clone())
+            .collect(),
+    ))
 }
 
 /// Builds a query from `-W` filters and `-n` node globs (repeated or comma lists).

@@ -186,6 +186,69 @@ fn a_client_that_was_down_runs_what_was_sent_meanwhile_on_nats() {
     a_client_that_was_down_runs_what_was_sent_meanwhile(Bus::Nats);
 }
 
+/// The `key` of each row a JSON table printed (history, changes).
+fn keys_of(out: &std::process::Output) -> Vec<String> {
+    json(out)
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| r["key"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A volatile plugin (`history = false` in its file) through a real client and server:
+/// every run replaces the stored value, and neither the node's history nor `changes`
+/// records it, while an ordinary plugin's first value is recorded.
+fn a_volatile_plugin_keeps_only_its_current_value(bus: Bus) {
+    let mut p = plugins();
+    p.push((
+        "clock.cfg".into(),
+        "[clock]\nname = clock\ndescription = a value that changes every run\ncommand = date +%s%N\nresult_format = output\nhistory = false\n".into(),
+    ));
+    let d = Deployment::on(bus, &refs(&p));
+    let _server = d.server(&[]);
+    let n = d.node("volatile");
+    let _client = d.client(&n, &[]);
+    let out = d.runner(&["-x", "hello", "-n", &n, "--wait", "--timeout", "20s"]);
+    assert_eq!(out.status.code(), Some(0), "{bus:?}: {}", text(&out));
+    let mut values = BTreeSet::new();
+    for _ in 0..3 {
+        let out = d.runner(&["-x", "clock", "-n", &n, "--wait", "--timeout", "20s"]);
+        assert_eq!(out.status.code(), Some(0), "{bus:?}: {}", text(&out));
+        let doc = d.read_document(&n).expect("document");
+        values.insert(doc["clock"].to_string());
+    }
+    assert_eq!(
+        values.len(),
+        3,
+        "{bus:?}: each run stored its value: {values:?}"
+    );
+    let history = d.admin(&["history", &n, "--format", "json"]);
+    assert!(history.status.success(), "{bus:?}: {}", text(&history));
+    let keys = keys_of(&history);
+    assert!(keys.contains(&"hello".to_string()), "{bus:?}: {keys:?}");
+    assert!(!keys.contains(&"clock".to_string()), "{bus:?}: {keys:?}");
+    let changes = d.admin(&[
+        "report", "changes", "--since", "1h", "-n", &n, "--format", "json",
+    ]);
+    assert!(changes.status.success(), "{bus:?}: {}", text(&changes));
+    let keys = keys_of(&changes);
+    assert!(keys.contains(&"hello".to_string()), "{bus:?}: {keys:?}");
+    assert!(!keys.contains(&"clock".to_string()), "{bus:?}: {keys:?}");
+}
+
+#[test]
+fn a_volatile_plugin_keeps_only_its_current_value_on_rabbitmq() {
+    a_volatile_plugin_keeps_only_its_current_value(Bus::Rabbit);
+}
+
+#[test]
+fn a_volatile_plugin_keeps_only_its_current_value_on_nats() {
+    a_volatile_plugin_keeps_only_its_current_value(Bus::Nats);
+}
+
 fn dead_letters_are_listed_kept_and_requeued(bus: Bus) {
     let d = Deployment::on(bus, &[]);
     let server = d.server(&[]);

@@ -86,6 +86,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 )),
                 token: s.http_token.as_ref().map(|t| t.expose().to_string()),
                 query_timeout: s.query_timeout,
+                cache: None,
             };
             // Bind before consuming so a taken port fails the start, not later.
             let listener = vogeler::web::bind(addr).await?;

@@ -4,6 +4,7 @@
 //! node a 404, an unreachable store a 503: never a 500 for anything a caller sent.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, Uri};
@@ -72,25 +73,6 @@ pub struct Page<T> {
     pub skipped: usize,
 }
 
-/// Cuts page `page` of `per_page` out of `all`.
-pub fn page<T>(all: Rows<T>, page: usize, per_page: usize) -> Page<T> {
-    let skipped = all.skipped.len();
-    let total = all.rows.len();
-    let items = all
-        .rows
-        .into_iter()
-        .skip((page - 1).saturating_mul(per_page))
-        .take(per_page)
-        .collect();
-    Page {
-        total,
-        page,
-        per_page,
-        items,
-        skipped,
-    }
-}
-
 /// The filtered node list and its page, shared with the HTML list.
 pub async fn node_page(
     state: &WebState,
@@ -107,9 +89,37 @@ pub async fn node_page(
                 ApiError::bad(format!("per_page must be 1 to {PAGE_SIZE}, not {n:?}"))
             })?,
     };
-    let mut all = state.store.select(&q).await?;
-    sort_view(state, &mut all.rows, p).await?;
-    Ok((q, page(all, page_of(p), per_page)))
+    let view = sorted_view(state, &q, p).await?;
+    let page = page_at(
+        &view.nodes,
+        &view.order,
+        page_of(p),
+        per_page,
+        view.skipped.len(),
+    );
+    Ok((q, page))
+}
+
+/// Page `page_no` of the nodes at positions `order` in `nodes`: only its rows copied.
+pub fn page_at(
+    nodes: &[NodeSummary],
+    order: &[usize],
+    page_no: usize,
+    per_page: usize,
+    skipped: usize,
+) -> Page<NodeSummary> {
+    Page {
+        total: order.len(),
+        page: page_no,
+        per_page,
+        items: order
+            .iter()
+            .skip((page_no - 1).saturating_mul(per_page))
+            .take(per_page)
+            .map(|&i| nodes[i].clone())
+            .collect(),
+        skipped,
+    }
 }
 
 /// The columns the node list shows when the query names none (no `columns` at all):
@@ -119,16 +129,28 @@ pub const DEFAULT_COLUMNS: &[&str] = &["facter.os.family", "facter.networking.ip
 /// The built-in sort keys of a node list, besides its columns.
 pub const SORT_KEYS: &[&str] = &["name", "last_seen", "errors"];
 
-/// Orders a node list as `sort` (`name`, the default; `last_seen`; `errors`: nodes
-/// with a last error first; or one of the list's columns, such as `facter.os.family`:
-/// in the filters' comparison order, nodes without a value last) and `order` (`asc`,
-/// the default, or `desc`) say, before it is paged, so a sorted view pages through the
-/// whole selection.
-pub async fn sort_view(
+/// A node list view: the selected nodes as positions in the shared list, in the
+/// view's order, and the rows that did not read back.
+pub struct View {
+    /// The list `order` points into.
+    pub nodes: Arc<Vec<NodeSummary>>,
+    /// Positions of the selected nodes, in view order.
+    pub order: Vec<usize>,
+    /// Stored rows that did not read back while selecting.
+    pub skipped: Vec<vogeler_store::Unreadable>,
+}
+
+/// Selects `q` and orders it as `sort` (`name`, the default; `last_seen`; `errors`:
+/// nodes with a last error first; or one of the list's columns, such as
+/// `facter.os.family`: in the filters' comparison order, nodes without a value last)
+/// and `order` (`asc`, the default, or `desc`) say, so a sorted view pages through the
+/// whole selection. The whole fleet's order per sort key is made once per node list
+/// and kept by the read cache; a selection takes its nodes out of it in one pass.
+pub async fn sorted_view(
     state: &WebState,
-    nodes: &mut Vec<NodeSummary>,
+    q: &Query,
     p: &[(String, String)],
-) -> Result<(), ApiError> {
+) -> Result<View, ApiError> {
     let by = param(p, "sort").unwrap_or("name");
     let desc = match param(p, "order").unwrap_or("asc") {
         "asc" => false,
@@ -139,17 +161,8 @@ pub async fn sort_view(
             )))
         }
     };
-    match by {
-        "name" => nodes.sort_by(|a, b| a.name.cmp(&b.name)),
-        "last_seen" => {
-            nodes.sort_by(|a, b| a.last_seen.cmp(&b.last_seen).then(a.name.cmp(&b.name)))
-        }
-        "errors" => nodes.sort_by(|a, b| {
-            b.last_error
-                .is_some()
-                .cmp(&a.last_error.is_some())
-                .then(a.name.cmp(&b.name))
-        }),
+    let column = match by {
+        "name" | "last_seen" | "errors" => None,
         other => {
             let columns = view_columns(p)?;
             let Some(path) = KeyPath::parse(other).ok().filter(|k| columns.contains(k)) else {
@@ -159,23 +172,69 @@ pub async fn sort_view(
                     shown.join(", ")
                 )));
             };
-            let mut values: std::collections::HashMap<String, String> = state
-                .store
-                .values(&path)
-                .await?
+            Some(path)
+        }
+    };
+    let selection = state.store.select_shared(q).await?;
+    let nodes = selection.nodes.clone();
+    let values = match &column {
+        Some(path) => Some(state.store.values_shared(path).await?),
+        None => None,
+    };
+    let make = || full_order(&nodes, values.as_deref(), by, desc);
+    let full = match &state.cache {
+        Some(cache) => cache.order(&format!("{by} {desc}"), &nodes, values.as_ref(), make),
+        None => Arc::new(make()),
+    };
+    let order = if selection.picked.len() == nodes.len() {
+        full.as_ref().clone()
+    } else {
+        let mut chosen = vec![false; nodes.len()];
+        for &i in &selection.picked {
+            chosen[i] = true;
+        }
+        full.iter().copied().filter(|&i| chosen[i]).collect()
+    };
+    Ok(View {
+        nodes,
+        order,
+        skipped: selection.skipped,
+    })
+}
+
+/// Every node's position in the order `by` (a built-in key, or a column whose values
+/// are `values`) and direction; ties by name, ascending.
+fn full_order(
+    nodes: &[NodeSummary],
+    values: Option<&Rows<(String, Value)>>,
+    by: &str,
+    desc: bool,
+) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    match (by, values) {
+        ("last_seen", _) => order.sort_by(|&a, &b| {
+            let (a, b) = (&nodes[a], &nodes[b]);
+            a.last_seen.cmp(&b.last_seen).then(a.name.cmp(&b.name))
+        }),
+        ("errors", _) => order.sort_by(|&a, &b| {
+            let (a, b) = (&nodes[a], &nodes[b]);
+            b.last_error
+                .is_some()
+                .cmp(&a.last_error.is_some())
+                .then(a.name.cmp(&b.name))
+        }),
+        (_, Some(values)) => {
+            // Each node's value turned into text once (not twice per comparison).
+            let text: std::collections::HashMap<&str, String> = values
                 .rows
-                .into_iter()
-                .map(|(n, v)| (n, crate::report::cell_text(&v)))
+                .iter()
+                .map(|(n, v)| (n.as_str(), crate::report::cell_text(v)))
                 .collect();
-            // Each node's value looked up once (not twice per comparison: at 100,000
-            // nodes the hashing outweighed the comparisons), then sorted together.
-            let mut keyed: Vec<(Option<String>, NodeSummary)> = std::mem::take(nodes)
-                .into_iter()
-                .map(|n| (values.remove(&n.name), n))
-                .collect();
+            let keyed: Vec<Option<&String>> =
+                nodes.iter().map(|n| text.get(n.name.as_str())).collect();
             // Missing values go last in either order; ties by name, ascending.
-            keyed.sort_by(|(x, a), (y, b)| {
-                let by_value = match (x, y) {
+            order.sort_by(|&a, &b| {
+                let by_value = match (keyed[a], keyed[b]) {
                     (Some(x), Some(y)) => {
                         let o = query::compare(x, y);
                         if desc {
@@ -188,16 +247,16 @@ pub async fn sort_view(
                     (None, Some(_)) => std::cmp::Ordering::Greater,
                     (None, None) => std::cmp::Ordering::Equal,
                 };
-                by_value.then_with(|| a.name.cmp(&b.name))
+                by_value.then_with(|| nodes[a].name.cmp(&nodes[b].name))
             });
-            *nodes = keyed.into_iter().map(|(_, n)| n).collect();
-            return Ok(());
+            return order;
         }
+        _ => order.sort_by(|&a, &b| nodes[a].name.cmp(&nodes[b].name)),
     }
     if desc {
-        nodes.reverse();
+        order.reverse();
     }
-    Ok(())
+    order
 }
 
 /// The `columns=` paths of a node list (comma-separated or repeated), parsed.
@@ -427,7 +486,8 @@ pub async fn run_search(
             },
         ),
     };
-    let page = page(state.store.select(&q).await?, page_no, PAGE_SIZE);
+    let s = state.store.select_shared(&q).await?;
+    let page = page_at(&s.nodes, &s.picked, page_no, PAGE_SIZE, s.skipped.len());
     Ok(Found::Nodes { by, page })
 }
 
@@ -440,7 +500,8 @@ pub async fn search(State(state): State<WebState>, RawQuery(raw): RawQuery) -> A
     ))
 }
 
-/// `GET /api/changes?since=1d&limit=1000`: changes across the fleet.
+/// `GET /api/changes?since=1d&limit=1000&name=&where=`: changes across the fleet, of
+/// the nodes the filters select (the node list's `name`, `where` and `stale`).
 pub async fn changes(State(state): State<WebState>, RawQuery(raw): RawQuery) -> ApiResult {
     let p = pairs(raw.as_deref());
     let since = crate::report::parse_when(param(&p, "since").unwrap_or("1d"), Utc::now())
@@ -453,9 +514,16 @@ pub async fn changes(State(state): State<WebState>, RawQuery(raw): RawQuery) -> 
             .filter(|l| (1..=100_000).contains(l))
             .ok_or_else(|| ApiError::bad(format!("limit must be 1 to 100000, not {l:?}")))?,
     };
-    let entries = state.store.change_outlines(since, limit).await?;
+    // The same `name`/`where`/`stale` selection as the node list and the changes page.
+    let q = node_query(&p, Utc::now()).map_err(ApiError::bad)?;
+    let mut skipped = Vec::new();
+    let selected = crate::report::selected_names(&state.store, &q, &mut skipped).await?;
+    let mut entries = state.store.change_outlines(since, limit).await?;
+    if let Some(names) = selected {
+        entries.rows.retain(|h| names.contains(&h.node));
+    }
     Ok(Json(
-        json!({"since": rfc3339(since), "changes": changes_of(&entries.rows), "skipped": entries.skipped.len()}),
+        json!({"since": rfc3339(since), "changes": changes_of(&entries.rows), "skipped": entries.skipped.len() + skipped.len()}),
     ))
 }
 
@@ -471,8 +539,8 @@ pub const AGE_BUCKETS: &[(&str, i64)] = &[
 /// ages and ingest counters. The overview's charts draw exactly these numbers.
 pub async fn fleet_stats(state: &WebState, now: DateTime<Utc>) -> Result<Value, ApiError> {
     // The active fleet: deactivated nodes are left out of the counts.
-    let mut nodes = state.store.nodes().await?;
-    nodes.retain(|n| n.deactivated_at.is_none());
+    let all = state.store.nodes_shared().await?;
+    let nodes: Vec<&NodeSummary> = all.iter().filter(|n| n.deactivated_at.is_none()).collect();
     let counts = |groups: &Rows<(Value, Vec<String>)>| -> Vec<Value> {
         groups
             .rows
@@ -480,13 +548,16 @@ pub async fn fleet_stats(state: &WebState, now: DateTime<Utc>) -> Result<Value, 
             .map(|(v, n)| json!({"value": crate::report::cell_text(v), "count": n.len()}))
             .collect()
     };
-    let all = Query::default();
+    let fleet = Query::default();
     let family =
-        crate::report::value_groups(&state.store, &KeyPath::parse("facter.os.family")?, &all)
+        crate::report::value_groups(&state.store, &KeyPath::parse("facter.os.family")?, &fleet)
             .await?;
-    let kernel =
-        crate::report::value_groups(&state.store, &KeyPath::parse("facter.kernelrelease")?, &all)
-            .await?;
+    let kernel = crate::report::value_groups(
+        &state.store,
+        &KeyPath::parse("facter.kernelrelease")?,
+        &fleet,
+    )
+    .await?;
     let mut ages: BTreeMap<usize, usize> = BTreeMap::new();
     for n in &nodes {
         let age = (now - n.last_seen).num_seconds().max(0);
@@ -563,11 +634,22 @@ mod tests {
 
     #[test]
     fn pages_cut_lists() {
-        let p = page((0..250).collect::<Vec<_>>().into(), 3, 100);
-        assert_eq!((p.total, p.items.len(), p.items[0]), (250, 50, 200));
-        assert!(page((0..5).collect::<Vec<_>>().into(), 9, 100)
-            .items
-            .is_empty());
+        let nodes: Vec<NodeSummary> = (0..250)
+            .map(|i| NodeSummary {
+                name: format!("n{i:03}"),
+                last_seen: Utc::now(),
+                created_at: Utc::now(),
+                updated_at: Utc::now(),
+                plugins: Vec::new(),
+                last_error: None,
+                deactivated_at: None,
+            })
+            .collect();
+        let order: Vec<usize> = (0..250).rev().collect();
+        let p = page_at(&nodes, &order, 3, 100, 0);
+        assert_eq!((p.total, p.items.len()), (250, 50));
+        assert_eq!(p.items[0].name, "n049");
+        assert!(page_at(&nodes, &order[..5], 9, 100, 0).items.is_empty());
     }
 
     #[test]

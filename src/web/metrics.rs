@@ -116,13 +116,18 @@ pub async fn metrics(State(state): State<WebState>) -> Response {
         }
     }
 
-    match state.store.nodes().await {
-        Ok(nodes) => {
+    match state.store.nodes_shared().await {
+        Ok(all) => {
             let now = Utc::now();
+            // The active fleet, as every other view counts it: deactivated nodes
+            // (kept for their history) are counted apart.
+            let nodes: Vec<&vogeler_store::NodeSummary> =
+                all.iter().filter(|n| n.deactivated_at.is_none()).collect();
             let _ = writeln!(
                 out,
-                "# HELP vogeler_nodes Nodes stored.\n# TYPE vogeler_nodes gauge\nvogeler_nodes {}",
-                nodes.len()
+                "# HELP vogeler_nodes Active nodes stored (deactivated ones left out).\n# TYPE vogeler_nodes gauge\nvogeler_nodes {}\n# HELP vogeler_nodes_deactivated Deactivated nodes kept for their history.\n# TYPE vogeler_nodes_deactivated gauge\nvogeler_nodes_deactivated {}",
+                nodes.len(),
+                all.len() - nodes.len()
             );
             let _ = writeln!(out, "# HELP vogeler_node_last_seen_age_seconds Age of each node's last message.\n# TYPE vogeler_node_last_seen_age_seconds histogram");
             let ages: Vec<f64> = nodes

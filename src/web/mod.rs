@@ -48,6 +48,9 @@ pub struct WebState {
     /// Time limit of one request's queries (`[server] query_timeout_ms`): past it the
     /// answer is a 503 naming the limit, and the async workers are free again.
     pub query_timeout: std::time::Duration,
+    /// The read cache `router` puts in front of `store` (None before it does): the
+    /// node list keeps its sorted orders there.
+    pub cache: Option<Arc<cache::CachedStore>>,
 }
 
 /// Where to listen: `8080` and `:8080` mean 127.0.0.1:8080 (loopback unless told
@@ -68,11 +71,13 @@ pub fn parse_addr(text: &str) -> anyhow::Result<SocketAddr> {
 /// The whole application: pages, API, metrics, static assets, headers and auth.
 /// Reads go through a [`cache::CachedStore`] in front of the store.
 pub fn router(mut state: WebState) -> Router {
-    state.store = Arc::new(cache::CachedStore::new(
+    let cache = Arc::new(cache::CachedStore::new(
         state.store.clone(),
         state.stats.clone(),
         std::time::Duration::from_secs(5),
     ));
+    state.store = cache.clone();
+    state.cache = Some(cache);
     Router::new()
         .route("/", get(pages::overview))
         .route("/nodes", get(pages::node_list))

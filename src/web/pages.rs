@@ -443,19 +443,23 @@ fn node_table_with(
 
 /// The values at each chosen path for the nodes shown (one map per column); only
 /// `shown`'s values are kept, so a page of 100 out of 100,000 builds small maps.
-async fn column_values(
+async fn column_values<N: std::borrow::Borrow<NodeSummary>>(
     state: &WebState,
     columns: &[vogeler_store::KeyPath],
-    shown: &[NodeSummary],
+    shown: &[N],
 ) -> Result<Vec<std::collections::HashMap<String, Value>>, api::ApiError> {
-    let names: std::collections::HashSet<&str> = shown.iter().map(|n| n.name.as_str()).collect();
+    let names: std::collections::HashSet<&str> =
+        shown.iter().map(|n| n.borrow().name.as_str()).collect();
     let mut out = Vec::with_capacity(columns.len());
     for c in columns {
-        let values = state.store.values(c).await?.rows;
+        // Read shared; only the shown nodes' values are copied.
+        let values = state.store.values_shared(c).await?;
         out.push(
             values
-                .into_iter()
+                .rows
+                .iter()
                 .filter(|(n, _)| names.contains(n.as_str()))
+                .map(|(n, v)| (n.clone(), v.clone()))
                 .collect(),
         );
     }
@@ -469,9 +473,9 @@ pub async fn node_csv(State(state): State<WebState>, RawQuery(raw): RawQuery) ->
     let answer = async {
         let columns = api::view_columns(&p)?;
         let q = super::node_query(&p, chrono::Utc::now()).map_err(api::ApiError::bad)?;
-        let mut all = state.store.select(&q).await?;
-        api::sort_view(&state, &mut all.rows, &p).await?;
-        let extra = column_values(&state, &columns, &all.rows).await?;
+        let view = api::sorted_view(&state, &q, &p).await?;
+        let rows: Vec<&NodeSummary> = view.order.iter().map(|&i| &view.nodes[i]).collect();
+        let extra = column_values(&state, &columns, &rows).await?;
         let mut header = vec!["node", "last_seen", "plugins", "last_error"]
             .into_iter()
             .map(String::from)
@@ -479,8 +483,7 @@ pub async fn node_csv(State(state): State<WebState>, RawQuery(raw): RawQuery) ->
         header.extend(columns.iter().map(|c| c.to_string()));
         let table = crate::report::Table {
             columns: header,
-            rows: all
-                .rows
+            rows: rows
                 .iter()
                 .map(|n| {
                     let mut row = vec![
@@ -498,7 +501,7 @@ pub async fn node_csv(State(state): State<WebState>, RawQuery(raw): RawQuery) ->
                 })
                 .collect(),
             footer: String::new(),
-            skipped: all.skipped.len(),
+            skipped: view.skipped.len(),
         };
         table
             .render(crate::report::Format::Csv, None)

@@ -427,6 +427,10 @@ fn render(plugin: &Plugin, path_text: &str) -> Result<String, String> {
     if let Some(timeout) = plugin.timeout {
         fields.push(("timeout", timeout.as_secs_f64().to_string()));
     }
+    // Only the non-default is written, so files compiled before the option read the same.
+    if !plugin.history {
+        fields.push(("history", "false".into()));
+    }
     let mut text = format!(
         "\n{SOURCE_MARKER}{} {path_text}\n[{}]\n",
         plugin.line, plugin.name
@@ -483,6 +487,10 @@ mod tests {
         assert!(!registry.is_authorized("rm"));
         let ps = registry.lookup("ps").unwrap();
         assert!(ps.available);
+        // The file's `history = false` survives compiling (the client reads the
+        // compiled file, so losing it there stored ps's history after all).
+        assert!(!ps.history);
+        assert!(registry.lookup("facter").unwrap().history);
         assert!(ps.source.ends_with("ps.cfg"));
         assert!(ps.line >= 1);
     }

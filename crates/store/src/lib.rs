@@ -357,6 +357,27 @@ impl std::fmt::Display for Unreadable {
     }
 }
 
+/// What a [`Query`] selected: positions in the shared node list it was judged on,
+/// in the list's (name) order, and the stored rows that did not read back.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// The node list the positions point into.
+    pub nodes: Arc<Vec<NodeSummary>>,
+    /// Positions in `nodes` of the selected nodes, ascending.
+    pub picked: Vec<usize>,
+    /// Rows that did not read back while judging.
+    pub skipped: Vec<Unreadable>,
+}
+
+/// Runs CPU-bound filter work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Invalid(format!("filter failed: {e}")))
+}
+
 /// What a read returns: the rows that read back, and the ones it skipped.
 ///
 /// One bad row never fails a fleet view: backends put what they cannot read into
@@ -654,73 +675,109 @@ pub trait Store: Send + Sync + 'static {
         Ok(out.into())
     }
 
-    /// The nodes a [`Query`] selects, sorted by name. Conditions are tested on a
-    /// blocking thread: a heavy regular expression over a large fleet must not hold an
-    /// async worker (and with it the tasks that share it).
-    async fn select(&self, query: &Query) -> Result<Rows<NodeSummary>, StoreError> {
+    /// The node list behind an `Arc`: a caching store hands out its one copy, so a
+    /// page of 100 out of 100,000 nodes never copies the other 99,900.
+    async fn nodes_shared(&self) -> Result<Arc<Vec<NodeSummary>>, StoreError> {
+        Ok(Arc::new(self.nodes().await?))
+    }
+
+    /// [`Store::key_values`] behind an `Arc`, for the same reason as
+    /// [`Store::nodes_shared`].
+    async fn key_values_shared(
+        &self,
+        path: &KeyPath,
+    ) -> Result<Arc<Rows<(String, Value)>>, StoreError> {
+        Ok(Arc::new(self.key_values(path).await?))
+    }
+
+    /// [`Store::values`] behind an `Arc` (plugin keys through
+    /// [`Store::key_values_shared`]).
+    async fn values_shared(
+        &self,
+        path: &KeyPath,
+    ) -> Result<Arc<Rows<(String, Value)>>, StoreError> {
+        if !is_reserved_key(path.root()) || path.root() == "last_error" {
+            return self.key_values_shared(path).await;
+        }
+        Ok(Arc::new(self.values(path).await?))
+    }
+
+    /// The nodes a [`Query`] selects, as positions in the shared node list (sorted by
+    /// name), so a web page sorts and cuts positions and copies only what it shows.
+    /// Conditions are tested on a blocking thread: a heavy regular expression over a
+    /// large fleet must not hold an async worker (and with it the tasks that share it).
+    async fn select_shared(&self, query: &Query) -> Result<Selection, StoreError> {
         let names = query.name_matcher()?;
-        let mut out = Rows::default();
-        let mut nodes: Vec<NodeSummary> = self
-            .nodes()
-            .await?
-            .into_iter()
-            .filter(|n| query.admits(n, names.as_ref()))
+        let nodes = self.nodes_shared().await?;
+        let mut skipped = Vec::new();
+        let mut picked: Vec<usize> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| query.admits(n, names.as_ref()))
+            .map(|(i, _)| i)
             .collect();
         for c in &query.conditions {
-            if nodes.is_empty() {
+            if picked.is_empty() {
                 break;
             }
-            let values = out.absorb(self.values(&c.path).await?);
-            let c = c.clone();
-            let passing: std::collections::HashSet<String> =
-                tokio::task::spawn_blocking(move || {
-                    values
-                        .into_iter()
-                        .filter(|(_, v)| c.test(Some(v)))
-                        .map(|(n, _)| n)
-                        .collect()
-                })
-                .await
-                .map_err(|e| StoreError::Invalid(format!("filter failed: {e}")))?;
-            nodes.retain(|n| passing.contains(&n.name));
+            let values = self.values_shared(&c.path).await?;
+            skipped.extend(values.skipped.iter().cloned());
+            let (c, all) = (c.clone(), nodes.clone());
+            picked = blocking(move || {
+                let passing: std::collections::HashSet<&str> = values
+                    .rows
+                    .iter()
+                    .filter(|(_, v)| c.test(Some(v)))
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                picked.retain(|&i| passing.contains(all[i].name.as_str()));
+                picked
+            })
+            .await?;
         }
-        if !query.expressions.is_empty() && !nodes.is_empty() {
+        if !query.expressions.is_empty() && !picked.is_empty() {
             // Each path any expression reads, asked once; then each node is judged on a
             // blocking thread, with `None` for a path it lacks (so `not` can hold).
-            let mut by_path: HashMap<String, HashMap<String, Value>> = HashMap::new();
+            let mut by_path: HashMap<KeyPath, Arc<Rows<(String, Value)>>> = HashMap::new();
             for e in &query.expressions {
                 for path in e.paths() {
-                    if let std::collections::hash_map::Entry::Vacant(slot) =
-                        by_path.entry(path.to_string())
-                    {
-                        let values = out.absorb(self.values(path).await?);
-                        slot.insert(values.into_iter().collect());
+                    if !by_path.contains_key(path) {
+                        let values = self.values_shared(path).await?;
+                        skipped.extend(values.skipped.iter().cloned());
+                        by_path.insert(path.clone(), values);
                     }
                 }
             }
-            let exprs = query.expressions.clone();
-            let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
-            let passing: std::collections::HashSet<String> =
-                tokio::task::spawn_blocking(move || {
-                    names
-                        .into_iter()
-                        .filter(|node| {
-                            let value_at = |p: &KeyPath| {
-                                by_path
-                                    .get(&p.to_string())
-                                    .and_then(|m| m.get(node))
-                                    .cloned()
-                            };
-                            exprs.iter().all(|e| e.eval(&value_at))
-                        })
-                        .collect()
-                })
-                .await
-                .map_err(|e| StoreError::Invalid(format!("filter failed: {e}")))?;
-            nodes.retain(|n| passing.contains(&n.name));
+            let (exprs, all) = (query.expressions.clone(), nodes.clone());
+            picked = blocking(move || {
+                let index: HashMap<&KeyPath, HashMap<&str, &Value>> = by_path
+                    .iter()
+                    .map(|(p, rows)| (p, rows.rows.iter().map(|(n, v)| (n.as_str(), v)).collect()))
+                    .collect();
+                picked.retain(|&i| {
+                    let node = all[i].name.as_str();
+                    let value_at =
+                        |p: &KeyPath| index.get(p).and_then(|m| m.get(node)).map(|v| (*v).clone());
+                    exprs.iter().all(|e| e.eval(&value_at))
+                });
+                picked
+            })
+            .await?;
         }
-        out.rows = nodes;
-        Ok(out)
+        Ok(Selection {
+            nodes,
+            picked,
+            skipped,
+        })
+    }
+
+    /// The nodes a [`Query`] selects, sorted by name (see [`Store::select_shared`]).
+    async fn select(&self, query: &Query) -> Result<Rows<NodeSummary>, StoreError> {
+        let s = self.select_shared(query).await?;
+        Ok(Rows {
+            rows: s.picked.iter().map(|&i| s.nodes[i].clone()).collect(),
+            skipped: s.skipped,
+        })
     }
 
     /// Nodes that have package `name` installed, with its version, from every package

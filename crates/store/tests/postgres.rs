@@ -17,7 +17,8 @@ async fn fresh() -> DynStore {
 vogeler_store::conformance_tests!(fresh());
 
 /// A database written by schema version 1 (every key in one `doc` column) is migrated
-/// to per-key rows at start, keeping values and collection times.
+/// to per-key rows at start, keeping values and collection times, and on through the
+/// last version (the lifecycle column).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_database_is_migrated() {
     let url = fresh_postgres().await;
@@ -55,6 +56,24 @@ async fn a_version_1_database_is_migrated() {
     );
     // A key without a recorded time takes the node's updated_at.
     assert_eq!(rec.keys_collected["ps"], rec.updated_at);
+    // Every later version came along: the lifecycle column (version 5) holds a
+    // deactivation, and the node list carries it.
+    let at = chrono::Utc::now();
+    assert!(vogeler_store::Store::deactivate_node(&store, "web01", at)
+        .await
+        .expect("deactivate on a migrated database"));
+    let listed = vogeler_store::Store::nodes(&store).await.expect("nodes");
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].deactivated_at.is_some(), "{listed:?}");
+    assert_eq!(
+        vogeler_store::Store::node(&store, "web01")
+            .await
+            .expect("node")
+            .expect("kept")
+            .keys["facter"]["os"]["family"],
+        "Debian",
+        "deactivation keeps the document"
+    );
     // Connecting again changes nothing.
     drop(PostgresStore::connect(&url).await.expect("second start"));
 }
