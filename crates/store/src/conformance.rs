@@ -63,7 +63,7 @@ macro_rules! conformance_tests {
             a_deleted_node_is_gone_with_its_history, select_by_expressions,
             a_deactivated_node_keeps_its_history_out_of_the_fleet,
             a_new_result_reactivates_a_node, inactivity_deactivates_exactly_the_old_nodes,
-            a_volatile_key_keeps_no_history);
+            a_volatile_key_keeps_no_history, packages_follow_every_write);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -939,6 +939,115 @@ pub async fn packages_with_versions(store: DynStore) {
         .expect("none")
         .rows
         .is_empty());
+}
+
+/// What the package lookups must say: each package plugin's member `name`, read the
+/// way every other path is read (`key_values`), by node then plugin.
+async fn packages_by_paths(store: &DynStore, name: &str) -> Vec<(String, String, Value)> {
+    let mut want = Vec::new();
+    for plugin in crate::PACKAGE_KEYS {
+        let path = KeyPath::from_segments(vec![plugin.to_string(), name.to_string()])
+            .expect("package path");
+        for (node, v) in store.key_values(&path).await.expect("key_values").rows {
+            want.push((node, plugin.to_string(), v));
+        }
+    }
+    want.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    want
+}
+
+/// Package lookups follow every write that changes a package list (a new list, a
+/// changed, removed or added package, an import, a delete, a list that is not an
+/// object) and always agree with reading the same paths one by one: a backend that
+/// keeps a package index must keep it exact.
+pub async fn packages_follow_every_write(store: DynStore) {
+    let names = [
+        "openssl",
+        "bash",
+        "curl",
+        "lib.dotted",
+        "q\"uote",
+        "num",
+        "",
+    ];
+    let check = |store: DynStore, when: &'static str| async move {
+        for name in names {
+            let got = store.packages(name).await.expect("packages");
+            assert!(got.skipped.is_empty(), "{when}: {name}: {:?}", got.skipped);
+            assert_eq!(
+                got.rows,
+                packages_by_paths(&store, name).await,
+                "{when}: {name}"
+            );
+        }
+    };
+    apply(
+        &store,
+        vec![
+            plugin(
+                "a",
+                10,
+                "dpkg",
+                json!({"openssl": "3.0.11-1", "bash": "5.2", "lib.dotted": "1", "q\"uote": "2"}),
+            ),
+            plugin(
+                "b",
+                10,
+                "dpkg",
+                json!({"openssl": "3.0.13-1", "num": 1.5e300, "": {"v": [1, 2]}}),
+            ),
+            plugin("b", 10, "rpm", json!({"openssl": "3.0.7-27.el9"})),
+            plugin("c", 10, "dpkg", json!(["openssl"])),
+            plugin("d", 10, "facter", json!({"openssl": "not a package"})),
+        ],
+    )
+    .await;
+    check(store.clone(), "first lists").await;
+    assert_eq!(
+        store
+            .packages("openssl")
+            .await
+            .expect("packages")
+            .rows
+            .len(),
+        3
+    );
+    // A package changes, one goes, one comes; the same list again changes nothing.
+    let a2 = json!({"openssl": "3.0.14-1", "curl": "8.5", "lib.dotted": "1", "q\"uote": "2"});
+    apply(&store, vec![plugin("a", 20, "dpkg", a2.clone())]).await;
+    apply(&store, vec![plugin("a", 30, "dpkg", a2)]).await;
+    check(store.clone(), "after an update").await;
+    assert!(store.packages("bash").await.expect("bash").rows.is_empty());
+    assert_eq!(
+        store.packages("openssl").await.expect("openssl").rows[0],
+        ("a".to_string(), "dpkg".to_string(), json!("3.0.14-1"))
+    );
+    // A list becomes an object, an object stops being one.
+    apply(
+        &store,
+        vec![
+            plugin("c", 40, "dpkg", json!({"bash": "5.1"})),
+            plugin("b", 40, "rpm", json!("gone")),
+        ],
+    )
+    .await;
+    check(store.clone(), "after type changes").await;
+    // An import replaces a node's lists; a delete takes them away.
+    let mut rec = store.node("c").await.expect("node").expect("c");
+    rec.name = "e".into();
+    rec.keys.insert("dpkg".into(), json!({"openssl": "1.1.1"}));
+    store.import(&rec, &[]).await.expect("import");
+    assert!(store.delete_node("b").await.expect("delete"));
+    check(store.clone(), "after import and delete").await;
+    let openssl: Vec<String> = store
+        .packages("openssl")
+        .await
+        .expect("openssl")
+        .rows
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(openssl, ["a", "e"]);
 }
 
 /// A record rewound to a past time holds the values it had then.

@@ -26,7 +26,7 @@ use crate::{
 const BACKEND: &str = "postgres";
 
 /// Schema version this code writes; older schemas are migrated forward at start.
-const SCHEMA_VERSION: i32 = 5;
+const SCHEMA_VERSION: i32 = 6;
 
 const MIGRATIONS: &[&str] = &[
     "
@@ -92,6 +92,43 @@ ALTER TABLE request_answers ADD COLUMN stale BOOLEAN NOT NULL DEFAULT false;
 ",
     "
 ALTER TABLE nodes ADD COLUMN deactivated_at TIMESTAMPTZ;
+",
+    // The package index: one row per (node, package plugin, package), kept in step with
+    // node_keys by triggers (so ingest, import, delete and quarantine all maintain it),
+    // so "which nodes have openssl" reads one index range instead of every package list.
+    // The plugin list is crate::PACKAGE_KEYS (a unit test holds them together).
+    "
+CREATE TABLE packages (
+    node TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version JSONB NOT NULL,
+    PRIMARY KEY (node, plugin, name)
+);
+CREATE INDEX packages_name ON packages (name, node);
+CREATE FUNCTION vogeler_index_packages() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        DELETE FROM packages WHERE node = OLD.node AND plugin = OLD.key;
+    END IF;
+    IF TG_OP <> 'DELETE' AND jsonb_typeof(NEW.value) = 'object' THEN
+        INSERT INTO packages (node, plugin, name, version)
+        SELECT NEW.node, NEW.key, j.key, j.value FROM jsonb_each(NEW.value) j;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER packages_on_insert AFTER INSERT ON node_keys FOR EACH ROW
+    WHEN (NEW.key IN ('dpkg', 'rpm')) EXECUTE FUNCTION vogeler_index_packages();
+CREATE TRIGGER packages_on_update AFTER UPDATE OF value ON node_keys FOR EACH ROW
+    WHEN (NEW.key IN ('dpkg', 'rpm') AND OLD.value IS DISTINCT FROM NEW.value)
+    EXECUTE FUNCTION vogeler_index_packages();
+CREATE TRIGGER packages_on_delete AFTER DELETE ON node_keys FOR EACH ROW
+    WHEN (OLD.key IN ('dpkg', 'rpm')) EXECUTE FUNCTION vogeler_index_packages();
+INSERT INTO packages (node, plugin, name, version)
+    SELECT k.node, k.key, j.key, j.value
+    FROM node_keys k,
+         jsonb_each(CASE WHEN jsonb_typeof(k.value) = 'object' THEN k.value ELSE '{}'::jsonb END) j
+    WHERE k.key IN ('dpkg', 'rpm');
 ",
 ];
 
@@ -831,6 +868,28 @@ impl Store for PostgresStore {
         Ok(out)
     }
 
+    /// From the package index (schema version 6): one index range, not a walk of
+    /// every node's package list.
+    async fn packages(&self, name: &str) -> Result<Rows<(String, String, Value)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT node, plugin, version FROM packages WHERE name = $1 ORDER BY node, plugin",
+                &[&name],
+            )
+            .await
+            .map_err(pg_err)?;
+        let mut out = Rows::default();
+        for r in &rows {
+            let (node, plugin): (String, String) = (col(r, 0)?, col(r, 1)?);
+            match col::<Value>(r, 2) {
+                Ok(v) => out.rows.push((node, plugin, v)),
+                Err(e) => out.skip(&node, &plugin, None, e),
+            }
+        }
+        Ok(out)
+    }
+
     async fn changes(
         &self,
         since: DateTime<Utc>,
@@ -1367,5 +1426,22 @@ mod tls {
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
             self.0.signature_verification_algorithms.supported_schemes()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The package index's triggers name the package plugins in SQL; they must be
+    /// exactly `PACKAGE_KEYS`, or a package plugin would go unindexed.
+    #[test]
+    fn the_package_index_names_every_package_plugin() {
+        let list = crate::PACKAGE_KEYS
+            .iter()
+            .map(|k| format!("'{k}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = super::MIGRATIONS[5];
+        assert_eq!(sql.matches(&format!("IN ({list})")).count(), 4, "{sql}");
+        assert_eq!(sql.matches("IN (").count(), 4, "{sql}");
     }
 }

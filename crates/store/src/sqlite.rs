@@ -204,6 +204,88 @@ fn add_columns(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The package plugins' keys as an SQL list (`'dpkg', 'rpm'`).
+fn package_key_list() -> String {
+    crate::PACKAGE_KEYS
+        .iter()
+        .map(|k| format!("'{}'", k.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The package index: one row per (node, package plugin, package), kept in step with
+/// `node_keys` by triggers, so every writer (ingest, import, delete, quarantine)
+/// maintains it and "which nodes have openssl" reads one index range instead of
+/// parsing every node's package list. A member's version is its JSON text as `->`
+/// gives it (strings, the usual case, quoted directly), the same text
+/// [`read_key_values`] reads for `dpkg.NAME`.
+fn add_package_index(conn: &Connection) -> Result<(), StoreError> {
+    let existed: bool = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'packages'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(sql_err)?;
+    let keys = package_key_list();
+    // Indexes the members of the object `v` (a column of `from`) as (package,
+    // version JSON text) rows; anything else stored under a package key (not JSON,
+    // not an object) indexes nothing.
+    let index = |from: &str, v: &str, node: &str, key: &str| {
+        format!(
+            "INSERT OR REPLACE INTO packages (node, plugin, name, version)
+             SELECT {node}, {key}, j.key,
+                    CASE WHEN j.type = 'text' THEN json_quote(j.value) ELSE {v} -> j.fullkey END
+             FROM {from}json_each(CASE WHEN json_valid({v}) THEN CASE WHEN json_type({v}) = 'object' THEN {v} ELSE '{{}}' END ELSE '{{}}' END) j"
+        )
+    };
+    let sql = format!(
+        "BEGIN;
+CREATE TABLE IF NOT EXISTS packages (
+    node TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    PRIMARY KEY (node, plugin, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS packages_name ON packages (name, node);
+-- Package lists that are not JSON: listed so a package report counts them skipped.
+CREATE TABLE IF NOT EXISTS packages_unreadable (
+    node TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    PRIMARY KEY (node, plugin)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS packages_on_insert AFTER INSERT ON node_keys
+WHEN NEW.key IN ({keys}) BEGIN
+    {ins}
+END;
+CREATE TRIGGER IF NOT EXISTS packages_on_update AFTER UPDATE OF value ON node_keys
+WHEN NEW.key IN ({keys}) AND OLD.value IS NOT NEW.value BEGIN
+    {del}
+    {ins}
+END;
+CREATE TRIGGER IF NOT EXISTS packages_on_delete AFTER DELETE ON node_keys
+WHEN OLD.key IN ({keys}) BEGIN
+    {del}
+END;
+{backfill}
+COMMIT;",
+        del = "DELETE FROM packages WHERE node = OLD.node AND plugin = OLD.key;
+    DELETE FROM packages_unreadable WHERE node = OLD.node AND plugin = OLD.key;",
+        ins = index("", "NEW.value", "NEW.node", "NEW.key")
+            + ";\n    INSERT OR REPLACE INTO packages_unreadable (node, plugin) SELECT NEW.node, NEW.key WHERE NOT json_valid(NEW.value);",
+        // A file made before the index: filled once from what is stored.
+        backfill = if existed {
+            String::new()
+        } else {
+            format!(
+                "{} WHERE k.key IN ({keys});
+                 INSERT OR REPLACE INTO packages_unreadable (node, plugin)
+                 SELECT node, key FROM node_keys WHERE key IN ({keys}) AND NOT json_valid(value);",
+                index("node_keys k, ", "k.value", "k.node", "k.key")
+            )
+        },
+    );
+    conn.execute_batch(&sql).map_err(sql_err)
+}
+
 /// The query thread: one read-only connection, and a way to stop the query it runs
 /// when its caller gave up (a time limit passed), so the next query does not wait
 /// behind one nobody reads.
@@ -328,6 +410,7 @@ impl SqliteStore {
         let mut conn = connect(path)?;
         conn.execute_batch(SCHEMA).map_err(sql_err)?;
         add_columns(&conn)?;
+        add_package_index(&conn)?;
         // Checkpoints run on their own thread (`start_checkpointer`), not in commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(sql_err)?;
@@ -891,6 +974,15 @@ impl Store for SqliteStore {
         self.changes_with("new", since, limit).await
     }
 
+    /// From the package index (see `add_package_index`): one index range, not a
+    /// parse of every node's package list.
+    async fn packages(&self, name: &str) -> Result<Rows<(String, String, Value)>, StoreError> {
+        let name = name.to_string();
+        self.reader
+            .call(move |conn| read_packages(conn, &name))
+            .await
+    }
+
     async fn change_outlines(
         &self,
         since: DateTime<Utc>,
@@ -1242,6 +1334,49 @@ fn read_key_values(conn: &Connection, path: &KeyPath) -> Result<Rows<(String, Va
                 }
             }
             Err(e) => out.skip(&node, path.root(), None, e),
+        }
+    }
+    Ok(out)
+}
+
+/// Nodes with package `name` in a package plugin's list, by node and plugin, and the
+/// package lists that did not read back (skipped, as [`read_key_values`] skips them).
+fn read_packages(
+    conn: &Connection,
+    name: &str,
+) -> Result<Rows<(String, String, Value)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT node, plugin, version FROM packages WHERE name = ?1
+             UNION ALL
+             SELECT node, plugin, NULL FROM packages_unreadable
+             ORDER BY 1, 2",
+        )
+        .map_err(sql_err)?;
+    let rows = stmt
+        .query_map(params![name], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        })
+        .map_err(sql_err)?;
+    let mut out = Rows::default();
+    for row in rows {
+        let (node, plugin, version) = row.map_err(sql_err)?;
+        let Some(version) = version else {
+            out.skip(
+                &node,
+                &plugin,
+                None,
+                "bad stored JSON: the text does not parse",
+            );
+            continue;
+        };
+        match parse_json(&version) {
+            Ok(v) => out.rows.push((node, plugin, v)),
+            Err(e) => out.skip(&node, &plugin, None, e),
         }
     }
     Ok(out)

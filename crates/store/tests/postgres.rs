@@ -18,7 +18,7 @@ vogeler_store::conformance_tests!(fresh());
 
 /// A database written by schema version 1 (every key in one `doc` column) is migrated
 /// to per-key rows at start, keeping values and collection times, and on through the
-/// last version (the lifecycle column).
+/// last version (the lifecycle column, the package index).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_database_is_migrated() {
     let url = fresh_postgres().await;
@@ -38,7 +38,7 @@ async fn a_version_1_database_is_migrated() {
              CREATE TABLE history (id BIGSERIAL PRIMARY KEY, node TEXT NOT NULL, key TEXT NOT NULL,
                  old JSONB, new JSONB, at TIMESTAMPTZ NOT NULL);
              INSERT INTO nodes VALUES ('web01', '2026-01-01Z', '2026-01-02Z', '2026-01-03Z', NULL, NULL,
-                 '{\"facter\": {\"os\": {\"family\": \"Debian\"}}, \"ps\": [\"init\"]}',
+                 '{\"facter\": {\"os\": {\"family\": \"Debian\"}}, \"ps\": [\"init\"], \"dpkg\": {\"openssl\": \"3.0.11-1\"}}',
                  '{\"facter\": \"2026-01-02T00:00:00Z\"}');",
         )
         .await
@@ -73,6 +73,18 @@ async fn a_version_1_database_is_migrated() {
             .keys["facter"]["os"]["family"],
         "Debian",
         "deactivation keeps the document"
+    );
+    // The package index (version 6) was filled from the lists already stored.
+    assert_eq!(
+        vogeler_store::Store::packages(&store, "openssl")
+            .await
+            .expect("packages")
+            .rows,
+        [(
+            "web01".to_string(),
+            "dpkg".to_string(),
+            serde_json::json!("3.0.11-1")
+        )]
     );
     // Connecting again changes nothing.
     drop(PostgresStore::connect(&url).await.expect("second start"));

@@ -87,3 +87,67 @@ async fn an_older_file_gains_the_deactivation_column() {
         .deactivated_at
         .is_some());
 }
+
+/// A database file made before the package index gets it at open, filled from the
+/// package lists already stored; a list that is not JSON is counted skipped (as every
+/// other read of it skips it), and later writes keep the index in step.
+#[tokio::test]
+async fn an_older_file_gains_a_filled_package_index() {
+    use serde_json::json;
+    use vogeler_store::{Change, Observation, Store as _};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.db");
+    let at = "2026-01-01T00:00:00.000000Z";
+    {
+        let conn = rusqlite::Connection::open(&path).expect("create");
+        conn.execute_batch(&format!(
+            "CREATE TABLE nodes (name TEXT PRIMARY KEY, created_at TEXT NOT NULL,
+                 updated_at TEXT NOT NULL, last_seen TEXT NOT NULL, last_error TEXT, last_error_at TEXT);
+             CREATE TABLE node_keys (node TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+                 collected_at TEXT NOT NULL, UNIQUE (node, key));
+             INSERT INTO nodes VALUES ('a', '{at}', '{at}', '{at}', NULL, NULL),
+                                      ('b', '{at}', '{at}', '{at}', NULL, NULL);
+             INSERT INTO node_keys VALUES ('a', 'dpkg', '{{\"openssl\":\"3.0.11-1\",\"bash\":\"5.2\"}}', '{at}'),
+                                          ('a', 'rpm', '{{\"openssl\":\"3.0.7\"}}', '{at}'),
+                                          ('b', 'dpkg', '{{\"openssl\": broken', '{at}');"
+        ))
+        .expect("old schema");
+    }
+    let store = SqliteStore::open_existing(&path).expect("open the older file");
+    let got = store.packages("openssl").await.expect("packages");
+    assert_eq!(
+        got.rows,
+        [
+            ("a".to_string(), "dpkg".to_string(), json!("3.0.11-1")),
+            ("a".to_string(), "rpm".to_string(), json!("3.0.7")),
+        ]
+    );
+    assert_eq!(got.skipped.len(), 1, "{:?}", got.skipped);
+    assert_eq!(
+        (got.skipped[0].node.as_str(), got.skipped[0].key.as_str()),
+        ("b", "dpkg")
+    );
+    // A good list replaces the broken one: nothing skipped any more.
+    store
+        .apply(
+            vec![Observation {
+                node: "b".into(),
+                at: chrono::Utc::now(),
+                change: Change::Plugin {
+                    name: "dpkg".into(),
+                    value: json!({"openssl": "3.0.13-1"}).into(),
+                    history: true,
+                },
+            }]
+            .into(),
+        )
+        .await
+        .expect("apply");
+    let got = store.packages("openssl").await.expect("packages");
+    assert!(got.skipped.is_empty(), "{:?}", got.skipped);
+    assert_eq!(got.rows.len(), 3);
+    // Opening again does not fill twice.
+    drop(store);
+    let store = SqliteStore::open_existing(&path).expect("open again");
+    assert_eq!(store.packages("bash").await.expect("bash").rows.len(), 1);
+}
