@@ -874,6 +874,20 @@ pub async fn check_nodes<S: Store + ?Sized>(store: &S) -> Result<Vec<Unreadable>
 /// Plugin keys whose value maps package names to versions.
 pub const PACKAGE_KEYS: &[&str] = &["dpkg", "rpm"];
 
+/// `(plugin, package)` when `path` names one package in a package plugin's list
+/// (`dpkg.openssl`), which a backend with a package index answers from it. A step of
+/// digits is left to the path walk: on a list that is not an object it is an index.
+pub fn package_member(path: &KeyPath) -> Option<(&str, &str)> {
+    match path.rest() {
+        [name]
+            if PACKAGE_KEYS.contains(&path.root()) && !name.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Some((path.root(), name.as_str()))
+        }
+        _ => None,
+    }
+}
+
 /// A batch of observations, shared rather than copied: the server keeps its batch
 /// for a retry while the store works on it (results are kilobytes of JSON each).
 pub type Batch = Arc<[Observation]>;

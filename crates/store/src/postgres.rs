@@ -336,6 +336,33 @@ impl PostgresStore {
         self.pool.get().await.map_err(|e| pool_error(&e))
     }
 
+    /// Nodes with package `name` (in `only` that plugin's list), by node and plugin,
+    /// from the package index.
+    async fn package_rows(
+        &self,
+        name: &str,
+        only: Option<&str>,
+    ) -> Result<Rows<(String, String, Value)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT node, plugin, version FROM packages
+                 WHERE name = $1 AND ($2::text IS NULL OR plugin = $2) ORDER BY node, plugin",
+                &[&name, &only],
+            )
+            .await
+            .map_err(pg_err)?;
+        let mut out = Rows::default();
+        for r in &rows {
+            let (node, plugin): (String, String) = (col(r, 0)?, col(r, 1)?);
+            match col::<Value>(r, 2) {
+                Ok(v) => out.rows.push((node, plugin, v)),
+                Err(e) => out.skip(&node, &plugin, None, e),
+            }
+        }
+        Ok(out)
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
@@ -843,6 +870,14 @@ impl Store for PostgresStore {
     }
 
     async fn key_values(&self, path: &KeyPath) -> Result<Rows<(String, Value)>, StoreError> {
+        if let Some((plugin, name)) = crate::package_member(path) {
+            // `dpkg.openssl` (a filter, a fact page): from the package index.
+            let mut out = Rows::default();
+            for (node, _, v) in out.absorb(self.package_rows(name, Some(plugin)).await?) {
+                out.rows.push((node, v));
+            }
+            return Ok(out);
+        }
         let steps: Vec<&str> = path.rest().iter().map(String::as_str).collect();
         let client = self.client().await?;
         let rows = client
@@ -871,23 +906,7 @@ impl Store for PostgresStore {
     /// From the package index (schema version 6): one index range, not a walk of
     /// every node's package list.
     async fn packages(&self, name: &str) -> Result<Rows<(String, String, Value)>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT node, plugin, version FROM packages WHERE name = $1 ORDER BY node, plugin",
-                &[&name],
-            )
-            .await
-            .map_err(pg_err)?;
-        let mut out = Rows::default();
-        for r in &rows {
-            let (node, plugin): (String, String) = (col(r, 0)?, col(r, 1)?);
-            match col::<Value>(r, 2) {
-                Ok(v) => out.rows.push((node, plugin, v)),
-                Err(e) => out.skip(&node, &plugin, None, e),
-            }
-        }
-        Ok(out)
+        self.package_rows(name, None).await
     }
 
     async fn changes(
