@@ -962,7 +962,17 @@ impl Store for SqliteStore {
     async fn key_values(&self, path: &KeyPath) -> Result<Rows<(String, Value)>, StoreError> {
         let path = path.clone();
         self.reader
-            .call(move |conn| read_key_values(conn, &path))
+            .call(move |conn| match crate::package_member(&path) {
+                // `dpkg.openssl` (a filter, a fact page): from the package index.
+                Some((plugin, name)) => {
+                    let mut out = Rows::default();
+                    for (node, _, v) in out.absorb(read_packages(conn, name, Some(plugin))?) {
+                        out.rows.push((node, v));
+                    }
+                    Ok(out)
+                }
+                None => read_key_values(conn, &path),
+            })
             .await
     }
 
@@ -979,7 +989,7 @@ impl Store for SqliteStore {
     async fn packages(&self, name: &str) -> Result<Rows<(String, String, Value)>, StoreError> {
         let name = name.to_string();
         self.reader
-            .call(move |conn| read_packages(conn, &name))
+            .call(move |conn| read_packages(conn, &name, None))
             .await
     }
 
@@ -1339,22 +1349,25 @@ fn read_key_values(conn: &Connection, path: &KeyPath) -> Result<Rows<(String, Va
     Ok(out)
 }
 
-/// Nodes with package `name` in a package plugin's list, by node and plugin, and the
-/// package lists that did not read back (skipped, as [`read_key_values`] skips them).
+/// Nodes with package `name` in a package plugin's list (`only` that plugin's), by
+/// node and plugin, and the package lists that did not read back (skipped, as
+/// [`read_key_values`] skips them).
 fn read_packages(
     conn: &Connection,
     name: &str,
+    only: Option<&str>,
 ) -> Result<Rows<(String, String, Value)>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT node, plugin, version FROM packages WHERE name = ?1
+            "SELECT node, plugin, version FROM packages
+             WHERE name = ?1 AND (?2 IS NULL OR plugin = ?2)
              UNION ALL
-             SELECT node, plugin, NULL FROM packages_unreadable
+             SELECT node, plugin, NULL FROM packages_unreadable WHERE ?2 IS NULL OR plugin = ?2
              ORDER BY 1, 2",
         )
         .map_err(sql_err)?;
     let rows = stmt
-        .query_map(params![name], |r| {
+        .query_map(params![name, only], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,

@@ -127,6 +127,11 @@ async fn an_older_file_gains_a_filled_package_index() {
         (got.skipped[0].node.as_str(), got.skipped[0].key.as_str()),
         ("b", "dpkg")
     );
+    // A filter on the package reads the index the same way, skipping the same list.
+    let openssl = vogeler_store::KeyPath::parse("dpkg.openssl").expect("path");
+    let by_path = store.key_values(&openssl).await.expect("key_values");
+    assert_eq!(by_path.rows, [("a".to_string(), json!("3.0.11-1"))]);
+    assert_eq!(by_path.skipped.len(), 1, "{:?}", by_path.skipped);
     // A good list replaces the broken one: nothing skipped any more.
     store
         .apply(
