@@ -228,14 +228,37 @@ fn add_package_index(conn: &Connection) -> Result<(), StoreError> {
     // Indexes the members of the object `v` (a column of `from`) as (package,
     // version JSON text) rows; anything else stored under a package key (not JSON,
     // not an object) indexes nothing.
+    let members = |v: &str| {
+        format!("json_each(CASE WHEN json_valid({v}) THEN CASE WHEN json_type({v}) = 'object' THEN {v} ELSE '{{}}' END ELSE '{{}}' END)")
+    };
+    let version = |j: &str, v: &str| {
+        format!(
+            "CASE WHEN {j}.type = 'text' THEN json_quote({j}.value) ELSE {v} -> {j}.fullkey END"
+        )
+    };
     let index = |from: &str, v: &str, node: &str, key: &str| {
         format!(
             "INSERT OR REPLACE INTO packages (node, plugin, name, version)
-             SELECT {node}, {key}, j.key,
-                    CASE WHEN j.type = 'text' THEN json_quote(j.value) ELSE {v} -> j.fullkey END
-             FROM {from}json_each(CASE WHEN json_valid({v}) THEN CASE WHEN json_type({v}) = 'object' THEN {v} ELSE '{{}}' END ELSE '{{}}' END) j"
+             SELECT {node}, {key}, j.key, {} FROM {from}{} j",
+            version("j", v),
+            members(v)
         )
     };
+    // A changed list touches only the packages that changed (an upgrade of a few
+    // packages rewrites a few rows, not the whole list's).
+    let changed = format!(
+        "DELETE FROM packages WHERE node = OLD.node AND plugin = OLD.key
+             AND (name, version) NOT IN (SELECT n.key, {new_version} FROM {new_members} n);
+    INSERT OR REPLACE INTO packages (node, plugin, name, version)
+        SELECT NEW.node, NEW.key, n.key, {new_version} FROM {new_members} n
+        WHERE (n.key, {new_version}) NOT IN (SELECT o.key, {old_version} FROM {old_members} o);
+    DELETE FROM packages_unreadable WHERE node = OLD.node AND plugin = OLD.key;
+    INSERT OR REPLACE INTO packages_unreadable (node, plugin) SELECT NEW.node, NEW.key WHERE NOT json_valid(NEW.value);",
+        new_version = version("n", "NEW.value"),
+        new_members = members("NEW.value"),
+        old_version = version("o", "OLD.value"),
+        old_members = members("OLD.value"),
+    );
     let sql = format!(
         "BEGIN;
 CREATE TABLE IF NOT EXISTS packages (
@@ -258,8 +281,7 @@ WHEN NEW.key IN ({keys}) BEGIN
 END;
 CREATE TRIGGER IF NOT EXISTS packages_on_update AFTER UPDATE OF value ON node_keys
 WHEN NEW.key IN ({keys}) AND OLD.value IS NOT NEW.value BEGIN
-    {del}
-    {ins}
+    {changed}
 END;
 CREATE TRIGGER IF NOT EXISTS packages_on_delete AFTER DELETE ON node_keys
 WHEN OLD.key IN ({keys}) BEGIN
