@@ -1,5 +1,5 @@
-//! Issue 17's security cases over the real binaries and RabbitMQ: requests bound to their
-//! targets, replays refused across a client restart, future `collected_at` clamped,
+//! Issue 17's security cases over the real binaries and brokers: requests bound to their
+//! targets, replays refused across a client restart (both on RabbitMQ and on NATS), future `collected_at` clamped,
 //! stale results reported as stale (SQLite and PostgreSQL), unsigned pings ignored
 //! with `require_signed`, empty web tokens refused, a child holding a plugin's stdout.
 
@@ -49,9 +49,8 @@ fn runs(file: &std::path::Path) -> usize {
         .count()
 }
 
-#[test]
-fn a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart_too() {
-    let d = Deployment::new(&[]);
+fn a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart_too(bus: Bus) {
+    let d = Deployment::on(bus, &[]);
     let counter = d.path("count.txt");
     counting(&d, &counter);
     let key = SecretKey::load(&d.keygen("keys", "runner")).expect("key");
@@ -60,31 +59,40 @@ fn a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart
     let (a, b) = (d.node("a"), d.node("b"));
     let mut client_a = d.client(&a, &[]);
     let _client_b = d.client(&b, &[]);
-    let t = d.topology();
 
     // Signed for a, copied into b's queue: refused on b, nothing runs.
     let r = signed_request("count", &[&a]);
     let body = vogeler_protocol::encode(&Message::Request(r.clone()));
     let headers = key.headers(&body);
-    publish_with_headers(&t.broadcast_exchange, &b, body.clone(), headers.clone());
+    d.publish_request(Some(&b), body.clone(), headers.clone());
     d.wait_refusal(&b, &r.id, "not a target");
     assert_eq!(runs(&counter), 0);
 
     // On a it runs once.
-    publish_with_headers(&t.broadcast_exchange, &a, body.clone(), headers.clone());
+    d.publish_request(Some(&a), body.clone(), headers.clone());
     d.wait_document(&a, 20, |doc| doc["count"][0] == "ok");
     assert_eq!(runs(&counter), 1);
 
     // a restarts; the same signed message within its ttl is still a replay.
     client_a.stop();
     let _client_a = d.client(&a, &[]);
-    publish_with_headers(&t.broadcast_exchange, &a, body, headers);
+    d.publish_request(Some(&a), body, headers);
     d.wait_refusal(&a, &r.id, "replayed");
     assert_eq!(runs(&counter), 1, "the replay must not run");
     assert!(d
         .path("state")
         .read_dir()
         .is_ok_and(|mut e| e.next().is_some()));
+}
+
+#[test]
+fn a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart_too_on_rabbitmq() {
+    a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart_too(Bus::Rabbit);
+}
+
+#[test]
+fn a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart_too_on_nats() {
+    a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart_too(Bus::Nats);
 }
 
 /// Publishes a result for `node`/`plugin` with `collected_at` and waits for the
@@ -213,9 +221,11 @@ fn clock_skew_is_clamped_and_stale_is_reported_on_postgres() {
     clock_cases("postgres");
 }
 
-#[test]
-fn unsigned_pings_are_ignored_with_require_signed_and_signed_ones_answered() {
-    let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);
+fn unsigned_pings_are_ignored_with_require_signed_and_signed_ones_answered(bus: Bus) {
+    let d = Deployment::on(
+        bus,
+        &[("hello.cfg", plugin("hello", "echo hello", "output").1)],
+    );
     d.keygen("keys", "runner");
     d.write_conf("\n[client]\ntrusted_keys = keys/runner.pub\nrequire_signed = true\n");
     let _server = d.server(&[]);
@@ -243,6 +253,16 @@ fn unsigned_pings_are_ignored_with_require_signed_and_signed_ones_answered() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
     d.wait_document(&n, 20, |doc| doc["hello"][0] == "hello");
+}
+
+#[test]
+fn unsigned_pings_are_ignored_with_require_signed_and_signed_ones_answered_on_rabbitmq() {
+    unsigned_pings_are_ignored_with_require_signed_and_signed_ones_answered(Bus::Rabbit);
+}
+
+#[test]
+fn unsigned_pings_are_ignored_with_require_signed_and_signed_ones_answered_on_nats() {
+    unsigned_pings_are_ignored_with_require_signed_and_signed_ones_answered(Bus::Nats);
 }
 
 /// Runs the server with `args` and `env`, expecting it to exit at once with an error.
