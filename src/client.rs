@@ -362,9 +362,9 @@ async fn serve(
     // resumes, even if the client stops before it handled anything.
     place.save(&mut saved, consumer.resume());
     // On a broker that stores a request to any name (NATS) a runner learns that a node
-    // exists from the servers' registry: one heartbeat before taking requests, so a
-    // request sent once this client is up never finds the node unknown.
-    if !session.reports_unroutable() && opts.wire == Wire::V1 {
+    // exists from the servers' registry: with heartbeats on, one before taking requests,
+    // so a request sent once this client is up never finds the node unknown.
+    if !session.reports_unroutable() && opts.wire == Wire::V1 && opts.heartbeat.is_some() {
         let body = vogeler_protocol::encode(&Message::Heartbeat(vogeler_protocol::Heartbeat {
             node: opts.node.clone(),
             sent_at: Utc::now(),
