@@ -356,6 +356,12 @@ async fn serve(
     let concurrency = opts.concurrency.max(1);
     let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
     let place = ResumeFile::new(&opts.state_dir, &opts.node);
+    // A NATS client may start before any server or `setup --messaging`: without the
+    // results stream its first heartbeat or result fails the session (on RabbitMQ an
+    // unbound exchange takes it), so it makes what it publishes to, as runners do.
+    if opts.broker.is_nats() {
+        session.declare_sender().await?;
+    }
     let mut saved = place.load();
     let mut consumer = session.consume_node(&opts.node, saved, prefetch).await?;
     // Saved at once: a first start's place (the stream's end) is where a restart

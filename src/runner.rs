@@ -447,14 +447,14 @@ pub async fn run_with(
                     eprintln!(
                         "no vogeler-server answered discovery within {} s (is one consuming {}?); discovering by --ping instead",
                         opts.discovery_timeout.as_secs(),
-                        opts.topology.master_queue
+                        opts.broker.results_queue(&opts.topology)
                     );
                     ping(opts, &session, queue, consumer).await?
                 }
                 None => anyhow::bail!(
                     "no vogeler-server answered the discovery request within {} s (is a server consuming {}?); -W filters need one",
                     opts.discovery_timeout.as_secs(),
-                    opts.topology.master_queue
+                    opts.broker.results_queue(&opts.topology)
                 ),
             }
         };

@@ -399,9 +399,11 @@ fn a_broadcast_waits_for_a_slow_plugin_on_nats() {
 
 /// Issue 18: with no server to answer discovery the runner says so in one line and
 /// discovers by ping; with no server nothing is stored, so the pinged nodes are silent.
-#[test]
-fn without_a_server_a_broadcast_falls_back_to_ping() {
-    let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);
+fn without_a_server_a_broadcast_falls_back_to_ping(bus: Bus) {
+    let d = Deployment::on(
+        bus,
+        &[("hello.cfg", plugin("hello", "echo hello", "output").1)],
+    );
     let (a, b) = (d.node("a"), d.node("b"));
     let _clients = [d.client(&a, BEATING), d.client(&b, BEATING)];
     let out = d.runner(&[
@@ -420,14 +422,25 @@ fn without_a_server_a_broadcast_falls_back_to_ping() {
         .filter(|l| l.contains("discovering by --ping instead"))
         .collect();
     assert_eq!(fallback.len(), 1, "{}", text(&out));
-    assert!(
-        fallback[0].contains(&format!("{}.master.in", d.id)),
-        "{err}"
-    );
+    let results = match bus {
+        Bus::Rabbit => format!("{}.master.in", d.id),
+        Bus::Nats => format!("stream {}_RESULTS, consumer servers", d.id),
+    };
+    assert!(fallback[0].contains(&results), "{bus:?}: {err}");
     let s = json_out(&out);
     assert_eq!(s["discovered"], json!([a.clone(), b.clone()]), "{s}");
     assert_eq!(s["no_answer"], json!([a.clone(), b.clone()]), "{s}");
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+}
+
+#[test]
+fn without_a_server_a_broadcast_falls_back_to_ping_on_rabbitmq() {
+    without_a_server_a_broadcast_falls_back_to_ping(Bus::Rabbit);
+}
+
+#[test]
+fn without_a_server_a_broadcast_falls_back_to_ping_on_nats() {
+    without_a_server_a_broadcast_falls_back_to_ping(Bus::Nats);
 }
 
 /// The runner's stdout lines that start with `node: `.
