@@ -1031,4 +1031,31 @@ mod tests {
         };
         assert!(named.render_sent().contains("sent to 2 node(s)"));
     }
+
+    #[test]
+    fn unroutable_says_why_in_the_brokers_terms() {
+        let amqp = Summary {
+            request_id: "r3".into(),
+            unroutable: vec!["ghost".into()],
+            waited: true,
+            ..Default::default()
+        };
+        assert_eq!(amqp.exit_code(), 3);
+        assert!(amqp
+            .render()
+            .contains("unroutable  ghost (no queue reachable"));
+        let nats = Summary {
+            unknown_to_registry: true,
+            ..amqp
+        };
+        assert_eq!(nats.exit_code(), 3);
+        for out in [nats.render(), nats.render_sent()] {
+            assert!(
+                out.contains("unroutable  ghost (unknown to the servers"),
+                "{out}"
+            );
+        }
+        assert_eq!(nats.to_json()["unroutable"], serde_json::json!(["ghost"]));
+        assert!(nats.to_json().get("unknown_to_registry").is_none());
+    }
 }
