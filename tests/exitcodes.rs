@@ -296,8 +296,10 @@ fn runner_wait_exit_codes(bus: Bus) {
     let _server = d.server(&[]);
     let (up, gone, ghost) = (d.node("up"), d.node("gone"), d.node("ghost"));
     let _up = d.client(&up, &[]);
-    d.client(&gone, &[]).stop();
+    // Known to the registry (its first heartbeat stored), then stopped.
+    let mut g = d.client(&gone, &[]);
     d.wait_document(&gone, 20, |doc| doc["last_seen"].is_string());
+    g.stop();
     let wait = |node: &str, command: &str, timeout: &str| {
         d.runner(&[
             "-x",
