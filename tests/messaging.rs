@@ -278,19 +278,17 @@ fn poison_messages_are_dead_lettered_and_good_ones_stored_on_nats() {
     poison_messages_are_dead_lettered_and_good_ones_stored(Bus::Nats);
 }
 
-#[test]
-fn legacy_wire_messages_work_byte_for_byte() {
+fn legacy_wire_messages_work_byte_for_byte(bus: Bus) {
     let p = facter_plugins();
-    let d = Deployment::new(&plugins_ref(&p));
+    let d = Deployment::on(bus, &plugins_ref(&p));
     let _server = d.server(&[]);
-    let t = d.topology();
     // 2010 results (node web01 in the fixtures) land in the store, parsed per format.
     let bodies: Vec<Vec<u8>> = ["result-yaml.json", "result-json.json", "result-output.json"]
         .iter()
         .map(|f| std::fs::read(fixture(&format!("legacy-wire/{f}"))).expect("fixture"))
         .collect();
     // web01 is shared by name between tests on this broker only in the store, which is ours.
-    publish_raw(&t.master_exchange, "", &bodies);
+    d.publish_results(bodies.into_iter().map(Outgoing::new).collect());
     let doc = d.wait_document("web01", 20, |doc| {
         doc.get("facter").is_some() && doc.get("ohai").is_some() && doc.get("rpm").is_some()
     });
@@ -300,36 +298,43 @@ fn legacy_wire_messages_work_byte_for_byte() {
         doc["rpm"],
         serde_json::json!(["openssl-3.0.11-1", "bash-5.2.15-2"])
     );
-    publish_raw(
-        &t.master_exchange,
-        "",
-        &[std::fs::read(fixture("legacy-wire/result-error.json")).expect("fixture")],
-    );
+    d.publish_results(vec![Outgoing::new(
+        std::fs::read(fixture("legacy-wire/result-error.json")).expect("fixture"),
+    )]);
     d.wait_document("web01", 20, |doc| {
         doc["last_error"]["message"]
             .as_str()
             .is_some_and(|m| m.contains("not authorized"))
     });
 
-    // A 2010 runner's request (a bare JSON string, routing key broadcasts.*) is answered.
+    // A 2010 runner's request (a bare JSON string, routing key broadcasts.* on AMQP; a
+    // broadcast on NATS) is answered.
     let n = d.node("legacy");
     let _c = d.client(&n, &[]);
-    publish_raw(
-        &t.broadcast_exchange,
-        "broadcasts.*",
-        &[std::fs::read(fixture("legacy-wire/request-broadcast.json")).expect("fixture")],
-    );
+    let request = std::fs::read(fixture("legacy-wire/request-broadcast.json")).expect("fixture");
+    match bus {
+        Bus::Rabbit => publish_raw(&d.topology().broadcast_exchange, "broadcasts.*", &[request]),
+        Bus::Nats => d.publish_requests(None, vec![Outgoing::new(request)]),
+    }
     d.wait_document(&n, 20, |doc| doc.get("facter").is_some());
 }
 
 #[test]
-fn server_killed_mid_ingest_loses_nothing_and_stores_each_result_once() {
-    let d = Deployment::new(&[]);
-    let t = d.topology();
+fn legacy_wire_messages_work_byte_for_byte_on_rabbitmq() {
+    legacy_wire_messages_work_byte_for_byte(Bus::Rabbit);
+}
+
+#[test]
+fn legacy_wire_messages_work_byte_for_byte_on_nats() {
+    legacy_wire_messages_work_byte_for_byte(Bus::Nats);
+}
+
+fn server_killed_mid_ingest_loses_nothing_and_stores_each_result_once(bus: Bus) {
+    let d = Deployment::on(bus, &[]);
     let mut server = d.server(&[]);
     server.stop();
     let n = 3000;
-    let bodies: Vec<Vec<u8>> = (0..n)
+    let bodies: Vec<Outgoing> = (0..n)
         .map(|i| {
             format!(
                 r#"{{"v":1,"kind":"result","node":"{}-{i:05}","plugin":"hello","format":"output","data":["hi {i}"],"duration_ms":1,"collected_at":"2026-01-01T00:00:00Z"}}"#,
@@ -337,8 +342,9 @@ fn server_killed_mid_ingest_loses_nothing_and_stores_each_result_once() {
             )
             .into_bytes()
         })
+        .map(Outgoing::new)
         .collect();
-    publish_raw(&t.master_exchange, "", &bodies);
+    d.publish_results(bodies);
     // Kill the server with SIGKILL while it works through the backlog, then restart it.
     let mut server = d.server(&[]);
     std::thread::sleep(Duration::from_millis(300));
@@ -355,7 +361,7 @@ fn server_killed_mid_ingest_loses_nothing_and_stores_each_result_once() {
     while count() < n && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_eq!(count(), n, "every result stored");
+    assert_eq!(count(), n, "{bus:?}: every result stored");
     server.stop();
     // Exactly once: one history entry per node, however often a result was redelivered.
     common::rt().block_on(async {
@@ -367,4 +373,14 @@ fn server_killed_mid_ingest_loses_nothing_and_stores_each_result_once() {
             assert_eq!(h.len(), 1, "{node}: {h:?}");
         }
     });
+}
+
+#[test]
+fn server_killed_mid_ingest_loses_nothing_and_stores_each_result_once_on_rabbitmq() {
+    server_killed_mid_ingest_loses_nothing_and_stores_each_result_once(Bus::Rabbit);
+}
+
+#[test]
+fn server_killed_mid_ingest_loses_nothing_and_stores_each_result_once_on_nats() {
+    server_killed_mid_ingest_loses_nothing_and_stores_each_result_once(Bus::Nats);
 }
