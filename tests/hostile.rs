@@ -11,12 +11,40 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{drain_queue, publish_raw, rt, Bus, Deployment};
+use common::{rt, Bus, Deployment};
 use vogeler_transport::Outgoing;
 
 /// The limit `[server] max_message_bytes` is set to: above the 5 MB node name, below
 /// the "huge document".
 const MAX_BYTES: usize = 6 * 1024 * 1024;
+
+/// The sizes of one run: `[server] max_message_bytes`, the overlong node name (below
+/// it) and the huge document (above it). RabbitMQ carries 6 MB messages; NATS at most
+/// its `max_payload` (1 MiB by default), so there all three stay below that.
+#[derive(Clone, Copy)]
+struct Sizes {
+    max: usize,
+    name: usize,
+    huge: usize,
+}
+
+impl Sizes {
+    fn of(d: &Deployment) -> Sizes {
+        if d.is_nats() {
+            Sizes {
+                max: 600 * 1024,
+                name: 500 * 1024,
+                huge: 900 * 1024,
+            }
+        } else {
+            Sizes {
+                max: MAX_BYTES,
+                name: 5 * 1024 * 1024,
+                huge: 2 * MAX_BYTES,
+            }
+        }
+    }
+}
 
 fn result(node: &str, plugin: &str, data: &str, extra: &str) -> Vec<u8> {
     format!(
@@ -27,7 +55,7 @@ fn result(node: &str, plugin: &str, data: &str, extra: &str) -> Vec<u8> {
 
 /// Each hostile body, the reason it must be dead-lettered with and whether the node's
 /// record notes it (the node name is valid).
-fn hostile(node: &str) -> Vec<(Vec<u8>, &'static str, bool)> {
+fn hostile(node: &str, sizes: Sizes) -> Vec<(Vec<u8>, &'static str, bool)> {
     let depth = 10_000;
     vec![
         (
@@ -56,7 +84,7 @@ fn hostile(node: &str) -> Vec<(Vec<u8>, &'static str, bool)> {
             true,
         ),
         (
-            result(&"a".repeat(5 * 1024 * 1024), "p_name", "1", ""),
+            result(&"a".repeat(sizes.name), "p_name", "1", ""),
             "bad-node-name",
             false,
         ),
@@ -74,7 +102,7 @@ fn hostile(node: &str) -> Vec<(Vec<u8>, &'static str, bool)> {
             result(
                 node,
                 "p_huge",
-                &format!("\"{}\"", "x".repeat(2 * MAX_BYTES)),
+                &format!("\"{}\"", "x".repeat(sizes.huge)),
                 "",
             ),
             "too-large",
@@ -87,29 +115,40 @@ use common::web::get_text as get;
 
 /// The whole check on a deployment whose store is `dsn` (as the test opens it).
 fn hostile_results_are_refused_and_ingest_goes_on(d: Deployment, dsn: &str) {
-    d.write_conf(&format!("[server]\nmax_message_bytes = {MAX_BYTES}\n"));
+    let sizes = Sizes::of(&d);
+    let nats = if d.is_nats() {
+        format!(
+            "[nats]\nack_wait = {}\n",
+            common::NATS_TEST_ACK_WAIT.as_secs()
+        )
+    } else {
+        String::new()
+    };
+    d.write_conf(&format!(
+        "{nats}[server]\nmax_message_bytes = {}\n",
+        sizes.max
+    ));
     let port = common::web::free_port();
     let server = d.server(&["--http", &port.to_string()]);
     let base = format!("http://127.0.0.1:{port}");
-    let t = d.topology();
     let node = d.node("h1");
 
-    publish_raw(
-        &t.master_exchange,
+    d.publish_results(vec![Outgoing::new(result(
+        &node,
+        "before",
+        r#"{"os":"debian"}"#,
         "",
-        &[result(&node, "before", r#"{"os":"debian"}"#, "")],
-    );
+    ))]);
     d.wait_document(&node, 20, |doc| doc.get("before").is_some());
 
-    let cases = hostile(&node);
-    let bodies: Vec<Vec<u8>> = cases.iter().map(|(b, _, _)| b.clone()).collect();
-    publish_raw(&t.master_exchange, "", &bodies);
+    let cases = hostile(&node, sizes);
+    let mut msgs: Vec<Outgoing> = cases
+        .iter()
+        .map(|(b, _, _)| Outgoing::new(b.clone()))
+        .collect();
     // A later good result is stored within seconds: the server is still ingesting.
-    publish_raw(
-        &t.master_exchange,
-        "",
-        &[result(&node, "later", r#"{"n":1}"#, "")],
-    );
+    msgs.push(Outgoing::new(result(&node, "later", r#"{"n":1}"#, "")));
+    d.publish_results(msgs);
     let doc = d.wait_document(&node, 20, |doc| doc.get("later").is_some());
     assert_eq!(doc["later"]["n"], 1);
 
@@ -117,7 +156,7 @@ fn hostile_results_are_refused_and_ingest_goes_on(d: Deployment, dsn: &str) {
     let mut dead = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while dead.len() < cases.len() && Instant::now() < deadline {
-        dead.extend(drain_queue(&t.dead_queue, Duration::from_millis(500)));
+        dead.extend(d.take_dead_letters(Duration::from_millis(500)));
     }
     let got: BTreeSet<String> = dead
         .iter()
@@ -214,6 +253,13 @@ fn hostile_results_are_refused_and_ingest_goes_on(d: Deployment, dsn: &str) {
 #[test]
 fn hostile_results_on_sqlite() {
     let d = Deployment::new(&[]);
+    let dsn = d.sqlite_dsn();
+    hostile_results_are_refused_and_ingest_goes_on(d, &dsn);
+}
+
+#[test]
+fn hostile_results_on_nats() {
+    let d = Deployment::on(Bus::Nats, &[]);
     let dsn = d.sqlite_dsn();
     hostile_results_are_refused_and_ingest_goes_on(d, &dsn);
 }
@@ -808,6 +854,11 @@ fn reserved_plugin_names_on_sqlite() {
 }
 
 #[test]
+fn reserved_plugin_names_on_nats() {
+    reserved_plugin_names_are_refused_and_the_record_is_untouched(Deployment::on(Bus::Nats, &[]));
+}
+
+#[test]
 fn reserved_plugin_names_on_couch() {
     let dsn = rt().block_on(vogeler_store::testing::fresh_dsn(
         "couch",
@@ -820,13 +871,13 @@ fn reserved_plugin_names_on_couch() {
 /// [`reserved_plugin_names_on_sqlite`] on any deployment.
 fn reserved_plugin_names_are_refused_and_the_record_is_untouched(d: Deployment) {
     let server = d.server(&[]);
-    let t = d.topology();
     let node = d.node("reserved");
-    publish_raw(
-        &t.master_exchange,
+    d.publish_results(vec![Outgoing::new(result(
+        &node,
+        "before",
+        r#"{"os":"debian"}"#,
         "",
-        &[result(&node, "before", r#"{"os":"debian"}"#, "")],
-    );
+    ))]);
     let before = d.wait_document(&node, 20, |doc| doc.get("before").is_some());
 
     let forged = r#"{"verified":true,"key_id":"0000000000000000"}"#;
@@ -844,19 +895,16 @@ fn reserved_plugin_names_are_refused_and_the_record_is_untouched(d: Deployment) 
         .iter()
         .map(|name| result(&node, name, forged, ""))
         .collect();
-    publish_raw(&t.master_exchange, "", &bodies);
-    publish_raw(
-        &t.master_exchange,
-        "",
-        &[result(&node, "later", r#"{"n":1}"#, "")],
-    );
+    let mut msgs: Vec<Outgoing> = bodies.iter().cloned().map(Outgoing::new).collect();
+    msgs.push(Outgoing::new(result(&node, "later", r#"{"n":1}"#, "")));
+    d.publish_results(msgs);
     let after = d.wait_document(&node, 20, |doc| doc.get("later").is_some());
 
     // Each is dead-lettered, reason `refused`, the detail naming the plugin.
     let mut dead = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while dead.len() < names.len() && Instant::now() < deadline {
-        dead.extend(drain_queue(&t.dead_queue, Duration::from_millis(500)));
+        dead.extend(d.take_dead_letters(Duration::from_millis(500)));
     }
     assert_eq!(dead.len(), names.len(), "log:\n{}", server.log_text());
     for (name, body) in names.iter().zip(&bodies) {
