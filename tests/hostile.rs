@@ -116,18 +116,7 @@ use common::web::get_text as get;
 /// The whole check on a deployment whose store is `dsn` (as the test opens it).
 fn hostile_results_are_refused_and_ingest_goes_on(d: Deployment, dsn: &str) {
     let sizes = Sizes::of(&d);
-    let nats = if d.is_nats() {
-        format!(
-            "[nats]\nack_wait = {}\n",
-            common::NATS_TEST_ACK_WAIT.as_secs()
-        )
-    } else {
-        String::new()
-    };
-    d.write_conf(&format!(
-        "{nats}[server]\nmax_message_bytes = {}\n",
-        sizes.max
-    ));
+    d.write_conf_on_bus(&format!("[server]\nmax_message_bytes = {}\n", sizes.max));
     let port = common::web::free_port();
     let server = d.server(&["--http", &port.to_string()]);
     let base = format!("http://127.0.0.1:{port}");
@@ -294,9 +283,8 @@ fn hostile_results_on_couch() {
 
 /// A plugin whose output, escaped in JSON, exceeds the server's limit: the client sends a
 /// short error result instead, which the record keeps as `last_error` (not silence).
-#[test]
-fn output_over_the_limit_becomes_an_error_result() {
-    let d = Deployment::new(&[]);
+fn output_over_the_limit_becomes_an_error_result(bus: Bus) {
+    let d = Deployment::on(bus, &[]);
     let script = d.path("escapes.sh");
     // 400 KB of \x01: 2.4 MB once each byte is written `\u0001`.
     std::fs::write(
@@ -308,7 +296,7 @@ fn output_over_the_limit_becomes_an_error_result() {
         .expect("chmod");
     let (file, body) = common::plugin("escapes", &script.display().to_string(), "output");
     std::fs::write(d.plugins.join(file), body).expect("plugin file");
-    d.write_conf("[server]\nmax_message_bytes = 1048576\n");
+    d.write_conf_on_bus("[server]\nmax_message_bytes = 1048576\n");
     let _server = d.server(&[]);
     let node = d.node("esc");
     let _client = d.client(&node, &[]);
@@ -327,6 +315,16 @@ fn output_over_the_limit_becomes_an_error_result() {
         "the runner hears why: {}",
         common::text(&out)
     );
+}
+
+#[test]
+fn output_over_the_limit_becomes_an_error_result_on_rabbitmq() {
+    output_over_the_limit_becomes_an_error_result(Bus::Rabbit);
+}
+
+#[test]
+fn output_over_the_limit_becomes_an_error_result_on_nats() {
+    output_over_the_limit_becomes_an_error_result(Bus::Nats);
 }
 
 /// A v1 message of `kind` with the given fields (JSON object members, no braces).

@@ -96,7 +96,7 @@ fn a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart
 }
 
 /// Publishes a result for `node`/`plugin` with `collected_at` and waits for the
-/// server's `stored` reply, returned as JSON.
+/// server's `stored` reply (on a private inbox, through the transport seam), as JSON.
 fn result_with_reply(
     d: &Deployment,
     node: &str,
@@ -104,36 +104,35 @@ fn result_with_reply(
     value: &str,
     collected_at: chrono::DateTime<Utc>,
 ) -> serde_json::Value {
-    let t = d.topology();
+    let c = d.connector();
     rt().block_on(async {
-        let session = d.broker().connect().await.expect("connect");
-        let q = session.declare_reply_queue().await.expect("reply queue");
-        let mut replies = session.consume(&q, 10, "").await.expect("consume");
+        let t = c.connect().await.expect("connect to the test broker");
+        t.declare_sender().await.expect("declare");
+        let (q, mut replies) = t.reply_inbox().await.expect("reply inbox");
         let body = format!(
             r#"{{"v":1,"kind":"result","node":"{node}","plugin":"{plugin}","format":"output","data":["{value}"],"duration_ms":1,"collected_at":"{}","reply_to":"{q}"}}"#,
             vogeler_store::rfc3339(collected_at)
         );
-        session
-            .publish_confirmed(
-                &t.master_exchange,
-                "",
-                vogeler_transport::Outgoing::new(body.into_bytes()),
-            )
+        t.publish_result(vogeler_transport::Outgoing::new(body.into_bytes()))
             .await
             .expect("publish");
-        let d = tokio::time::timeout(Duration::from_secs(20), replies.next())
+        let m = tokio::time::timeout(Duration::from_secs(20), replies.next())
             .await
             .expect("a stored reply within 20 s")
             .expect("open")
             .expect("delivery");
-        session.ack(d.tag, false).await.expect("ack");
-        session.close().await;
-        serde_json::from_slice(&d.body).expect("JSON reply")
+        t.ack(&m.ack).await.expect("ack");
+        drop(replies);
+        t.close().await;
+        serde_json::from_slice(&m.body).expect("JSON reply")
     })
 }
 
-fn clock_cases(backend: &str) {
-    let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);
+fn clock_cases(bus: Bus, backend: &str) {
+    let d = Deployment::on(
+        bus,
+        &[("hello.cfg", plugin("hello", "echo hello", "output").1)],
+    );
     let d = match backend {
         "postgres" => {
             let url = rt().block_on(vogeler_store::testing::fresh_postgres());
@@ -213,12 +212,17 @@ fn clock_cases(backend: &str) {
 
 #[test]
 fn clock_skew_is_clamped_and_stale_is_reported_on_sqlite() {
-    clock_cases("sqlite");
+    clock_cases(Bus::Rabbit, "sqlite");
 }
 
 #[test]
 fn clock_skew_is_clamped_and_stale_is_reported_on_postgres() {
-    clock_cases("postgres");
+    clock_cases(Bus::Rabbit, "postgres");
+}
+
+#[test]
+fn clock_skew_is_clamped_and_stale_is_reported_on_nats() {
+    clock_cases(Bus::Nats, "sqlite");
 }
 
 fn unsigned_pings_are_ignored_with_require_signed_and_signed_ones_answered(bus: Bus) {

@@ -41,6 +41,19 @@ impl Deployment {
         );
     }
 
+    /// [`Deployment::write_conf`] keeping what [`Deployment::on`] wrote for the broker
+    /// (a NATS deployment's short `[nats] ack_wait`).
+    pub fn write_conf_on_bus(&self, extra: &str) {
+        if self.is_nats() {
+            self.write_conf(&format!(
+                "[nats]\nack_wait = {}\n{extra}",
+                super::NATS_TEST_ACK_WAIT.as_secs()
+            ));
+        } else {
+            self.write_conf(extra);
+        }
+    }
+
     /// Every dead letter waiting (taken and acked), once none came for `quiet`.
     pub fn take_dead_letters(&self, quiet: Duration) -> Vec<Message> {
         let c = self.connector();
