@@ -356,10 +356,27 @@ async fn serve(
     let concurrency = opts.concurrency.max(1);
     let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
     let place = ResumeFile::new(&opts.state_dir, &opts.node);
-    let mut consumer = session
-        .consume_node(&opts.node, place.load(), prefetch)
-        .await?;
-    let mut saved = consumer.resume();
+    // A NATS client may start before any server or `setup --messaging`: without the
+    // results stream its first heartbeat or result fails the session (on RabbitMQ an
+    // unbound exchange takes it), so it makes what it publishes to, as runners do.
+    if opts.broker.is_nats() {
+        session.declare_sender().await?;
+    }
+    let mut saved = place.load();
+    let mut consumer = session.consume_node(&opts.node, saved, prefetch).await?;
+    // Saved at once: a first start's place (the stream's end) is where a restart
+    // resumes, even if the client stops before it handled anything.
+    place.save(&mut saved, consumer.resume());
+    // On a broker that stores a request to any name (NATS) a runner learns that a node
+    // exists from the servers' registry: with heartbeats on, one before taking requests,
+    // so a request sent once this client is up never finds the node unknown.
+    if !session.reports_unroutable() && opts.wire == Wire::V1 && opts.heartbeat.is_some() {
+        let body = vogeler_protocol::encode(&Message::Heartbeat(vogeler_protocol::Heartbeat {
+            node: opts.node.clone(),
+            sent_at: Utc::now(),
+        }));
+        session.publish_result(Outgoing::new(body)).await?;
+    }
     tracing::info!(node = %opts.node, broker = %session.addr(), "waiting for requests");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -2,7 +2,9 @@
 //! `--wait` collects the server's `stored` confirmations into a summary.
 //!
 //! Publishes are mandatory and confirmed: a node whose queue does not exist (a
-//! client never started) comes back unroutable and is reported, exit status 3.
+//! client never started) comes back unroutable and is reported, exit status 3. On a
+//! broker that stores every request (NATS JetStream) the runner asks the servers'
+//! registry instead: a named node no server has ever heard from is reported unroutable.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -261,8 +263,13 @@ pub struct Summary {
     /// Expected (targeted, or in the registry for `-n all`) nodes with no stored
     /// answer before the timeout: the silent ones, exit 3.
     pub no_answer: Vec<String>,
-    /// Nodes whose queue does not exist (never started).
+    /// Nodes whose queue does not exist (never started), or, on a broker that stores
+    /// every request, nodes the servers' registry has never heard from.
     pub unroutable: Vec<String>,
+    /// Whether `unroutable` came from the registry (NATS) rather than the broker, which
+    /// changes what the report says about them.
+    #[serde(skip)]
+    pub unknown_to_registry: bool,
     /// Answers from nodes that were not expected, such as new nodes not yet in the
     /// registry (counted as success).
     pub unexpected: Vec<String>,
@@ -338,11 +345,7 @@ impl Summary {
         for n in &self.no_answer {
             out.push_str(&format!("  silent      {n} (expected, never answered)\n"));
         }
-        for n in &self.unroutable {
-            out.push_str(&format!(
-                "  unroutable  {n} (no queue reachable: its client never started, or the cluster member holding its queue is down)\n"
-            ));
-        }
+        out.push_str(&self.unroutable_lines());
         for n in &self.unexpected {
             out.push_str(&format!("  unexpected  {n}\n"));
         }
@@ -363,6 +366,19 @@ impl Summary {
         out
     }
 
+    /// One line per unroutable node, saying why in the broker's terms.
+    fn unroutable_lines(&self) -> String {
+        let why = if self.unknown_to_registry {
+            "unknown to the servers: its client never started; the request waits in the stream until its ttl in case it does"
+        } else {
+            "no queue reachable: its client never started, or the cluster member holding its queue is down"
+        };
+        self.unroutable
+            .iter()
+            .map(|n| format!("  unroutable  {n} ({why})\n"))
+            .collect()
+    }
+
     /// The report without `--wait`: where the request went and how to follow it, since
     /// nothing was collected.
     pub fn render_sent(&self) -> String {
@@ -375,11 +391,7 @@ impl Summary {
             format!("sent to {} node(s)", self.discovered.len())
         };
         let mut out = format!("request {} ({}) {to}\n", self.request_id, self.command);
-        for n in &self.unroutable {
-            out.push_str(&format!(
-                "  unroutable  {n} (no queue reachable: its client never started, or the cluster member holding its queue is down)\n"
-            ));
-        }
+        out.push_str(&self.unroutable_lines());
         out.push_str(&format!(
             "follow with: vogeler-admin requests {}\n",
             self.request_id
@@ -409,7 +421,10 @@ pub async fn run_with(
     session.declare_sender().await?;
     let discovering = opts.discovers() || opts.ping;
     let expects_broadcast = opts.expects_broadcast();
-    let (reply_queue, mut replies) = if (opts.wait && opts.wire == Wire::V1) || discovering {
+    // Named nodes on a broker that cannot say a node is unroutable: ask the registry.
+    let check_names = !session.reports_unroutable() && !discovering && !is_broadcast(&opts.targets);
+    let waits = opts.wait && opts.wire == Wire::V1;
+    let (reply_queue, mut replies) = if waits || discovering || check_names {
         let (address, inbox) = session.reply_inbox().await?;
         (Some(address), Some(inbox))
     } else {
@@ -432,14 +447,14 @@ pub async fn run_with(
                     eprintln!(
                         "no vogeler-server answered discovery within {} s (is one consuming {}?); discovering by --ping instead",
                         opts.discovery_timeout.as_secs(),
-                        opts.topology.master_queue
+                        opts.broker.results_queue(&opts.topology)
                     );
                     ping(opts, &session, queue, consumer).await?
                 }
                 None => anyhow::bail!(
                     "no vogeler-server answered the discovery request within {} s (is a server consuming {}?); -W filters need one",
                     opts.discovery_timeout.as_secs(),
-                    opts.topology.master_queue
+                    opts.broker.results_queue(&opts.topology)
                 ),
             }
         };
@@ -467,8 +482,10 @@ pub async fn run_with(
             });
         }
     }
-    if !(opts.wait && opts.wire == Wire::V1) {
-        replies = None;
+    // Without --wait the inbox only served the registry check after publishing.
+    let mut check_inbox = None;
+    if !waits {
+        check_inbox = replies.take();
     }
     let broadcast = !discovering && is_broadcast(&targets);
     debug_assert!(!expects_broadcast || broadcast);
@@ -483,7 +500,7 @@ pub async fn run_with(
         sender: format!("vogeler-runner@{}", vogeler_config::host_name()),
         sent_at: Utc::now(),
         ttl: opts.ttl,
-        reply_to: reply_queue.clone(),
+        reply_to: reply_queue.clone().filter(|_| waits || discovering),
         unsafe_command: opts.unsafe_command,
         want_value: opts.output.is_some() && replies.is_some(),
     };
@@ -509,7 +526,7 @@ pub async fn run_with(
         let mut m = Outgoing::new(body.clone());
         m.headers = headers.clone();
         m.expiration_ms = Some(opts.ttl.saturating_mul(1000));
-        m.reply_to = reply_queue.clone();
+        m.reply_to = request.reply_to.clone();
         m.mandatory = mandatory;
         m
     };
@@ -555,6 +572,12 @@ pub async fn run_with(
                     summary.unroutable.push(key);
                 }
             }
+        }
+    }
+    if check_names {
+        if let (Some(queue), Some(consumer)) = (&reply_queue, check_inbox.as_mut()) {
+            let sent = summary.discovered.clone();
+            mark_unknown(opts, &session, queue, consumer, &sent, &mut summary).await?;
         }
     }
     summary.discovery_ms = started.elapsed().as_millis() as u64;
@@ -611,6 +634,13 @@ pub async fn run_with(
             std::mem::take(&mut summary.discovered)
         };
         summary.no_answer = expected.difference(&seen).cloned().collect();
+        // Silent named nodes the servers never heard from were never reachable.
+        if check_names && !summary.no_answer.is_empty() {
+            if let Some(queue) = &reply_queue {
+                let silent = summary.no_answer.clone();
+                mark_unknown(opts, &session, queue, consumer, &silent, &mut summary).await?;
+            }
+        }
     }
     summary.answered.sort();
     summary.stale.sort();
@@ -725,11 +755,10 @@ async fn discover(
 ) -> anyhow::Result<Option<Vec<String>>> {
     // A bad filter is refused here, before anything is sent.
     vogeler_store::Query::parse(&opts.filters, &[])?;
-    let names = name_globs(opts);
     let q = vogeler_protocol::Discover {
         id: uuid::Uuid::new_v4().to_string(),
         filters: opts.filters.clone(),
-        names,
+        names: name_globs(opts),
         seen_within_secs: opts
             .seen_within
             .or(opts.expects_broadcast().then_some(DEFAULT_SEEN_WITHIN_ALL))
@@ -737,6 +766,66 @@ async fn discover(
         sent_at: Utc::now(),
         reply_to: reply_queue.to_string(),
     };
+    ask_registry(opts, session, q, consumer).await
+}
+
+/// Moves the `nodes` the servers' registry has never heard from (no stored document,
+/// however old) from `discovered` and `no_answer` to `unroutable`: on a broker that
+/// stores every request this is how the runner learns no client of that name exists.
+/// With no server answering it cannot tell, and leaves the summary as it is.
+async fn mark_unknown(
+    opts: &RunnerOptions,
+    session: &Arc<dyn Transport>,
+    reply_queue: &str,
+    consumer: &mut Box<dyn Subscription>,
+    nodes: &[String],
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let q = vogeler_protocol::Discover {
+        id: uuid::Uuid::new_v4().to_string(),
+        filters: Vec::new(),
+        names: nodes.to_vec(),
+        seen_within_secs: None,
+        sent_at: Utc::now(),
+        reply_to: reply_queue.to_string(),
+    };
+    let known = match ask_registry(opts, session, q, consumer).await {
+        Ok(Some(known)) => known,
+        Ok(None) => {
+            tracing::warn!(
+                "no vogeler-server answered within {} s: cannot tell whether the named nodes exist",
+                opts.discovery_timeout.as_secs()
+            );
+            return Ok(());
+        }
+        Err(e) => {
+            tracing::warn!("cannot tell whether the named nodes exist: {e:#}");
+            return Ok(());
+        }
+    };
+    let known: BTreeSet<String> = known.into_iter().collect();
+    for n in nodes.iter().filter(|n| !known.contains(*n)) {
+        summary.discovered.retain(|d| d != n);
+        summary.no_answer.retain(|d| d != n);
+        if !summary.unroutable.contains(n) {
+            summary.unroutable.push(n.clone());
+        }
+    }
+    summary.unknown_to_registry |= !summary.unroutable.is_empty();
+    Ok(())
+}
+
+/// Sends a discovery question to the servers (over `master.in`) and waits for its
+/// answer: the matching node names, `None` when no server answered in time.
+async fn ask_registry(
+    opts: &RunnerOptions,
+    session: &Arc<dyn Transport>,
+    q: vogeler_protocol::Discover,
+    consumer: &mut Box<dyn Subscription>,
+) -> anyhow::Result<Option<Vec<String>>> {
     let body = vogeler_protocol::encode(&Message::Discover(q.clone()));
     session
         .publish_result(Outgoing {
@@ -941,5 +1030,32 @@ mod tests {
             ..broadcast
         };
         assert!(named.render_sent().contains("sent to 2 node(s)"));
+    }
+
+    #[test]
+    fn unroutable_says_why_in_the_brokers_terms() {
+        let amqp = Summary {
+            request_id: "r3".into(),
+            unroutable: vec!["ghost".into()],
+            waited: true,
+            ..Default::default()
+        };
+        assert_eq!(amqp.exit_code(), 3);
+        assert!(amqp
+            .render()
+            .contains("unroutable  ghost (no queue reachable"));
+        let nats = Summary {
+            unknown_to_registry: true,
+            ..amqp
+        };
+        assert_eq!(nats.exit_code(), 3);
+        for out in [nats.render(), nats.render_sent()] {
+            assert!(
+                out.contains("unroutable  ghost (unknown to the servers"),
+                "{out}"
+            );
+        }
+        assert_eq!(nats.to_json()["unroutable"], serde_json::json!(["ghost"]));
+        assert!(nats.to_json().get("unknown_to_registry").is_none());
     }
 }

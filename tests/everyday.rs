@@ -2,7 +2,7 @@
 //! and by `--clear-error`; read-only commands never create a store; `setup
 //! --persistence` creates the PostgreSQL database; one comparison rule for `-W`;
 //! a closed pipe ends quietly; the `changes` footer; request id prefixes. Store tests
-//! run on SQLite and PostgreSQL alike.
+//! run on SQLite and PostgreSQL alike, the broadcast ledger on RabbitMQ and NATS alike.
 
 mod common;
 
@@ -361,13 +361,15 @@ async fn a_closed_pipe_ends_quietly() {
 
 /// A broadcast's ledger expects the registry's nodes even when their results reach
 /// the server in later batches than the announcement (a plugin that takes 2 s).
-#[test]
-fn a_broadcast_ledger_expects_nodes_answering_in_later_batches() {
+fn a_broadcast_ledger_expects_nodes_answering_in_later_batches(bus: common::Bus) {
     use common::Deployment;
-    let d = Deployment::new(&[(
-        "slow.cfg",
-        common::plugin("slow", "sh -c 'sleep 2; echo slow'", "output").1,
-    )]);
+    let d = Deployment::on(
+        bus,
+        &[(
+            "slow.cfg",
+            common::plugin("slow", "sh -c 'sleep 2; echo slow'", "output").1,
+        )],
+    );
     let (a, b) = (d.node("a"), d.node("b"));
     let _server = d.server(&[]);
     let _clients = [d.client(&a, &[]), d.client(&b, &[])];
@@ -398,4 +400,14 @@ fn a_broadcast_ledger_expects_nodes_answering_in_later_batches() {
         );
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
+}
+
+#[test]
+fn a_broadcast_ledger_expects_nodes_answering_in_later_batches_on_rabbitmq() {
+    a_broadcast_ledger_expects_nodes_answering_in_later_batches(common::Bus::Rabbit);
+}
+
+#[test]
+fn a_broadcast_ledger_expects_nodes_answering_in_later_batches_on_nats() {
+    a_broadcast_ledger_expects_nodes_answering_in_later_batches(common::Bus::Nats);
 }

@@ -1,6 +1,7 @@
 //! The README's exit-code table, held program by program: a broker that refuses the
 //! login or cannot be reached ends an interactive command with status 1 and one line
-//! naming the broker (password masked) and the reason.
+//! naming the broker (password masked) and the reason; the runner's `--wait` codes (0
+//! stored, 1 an error result, 3 silent, unroutable or no match) on both brokers.
 
 mod common;
 
@@ -56,10 +57,13 @@ fn a_refused_broker_login_is_one_line_and_exit_1_without_retrying() {
     }
 }
 
-#[test]
-fn an_unreachable_broker_ends_after_connect_timeout_with_exit_1() {
+fn an_unreachable_broker_ends_after_connect_timeout_with_exit_1(bus: Bus) {
     // Port 1 on loopback: nothing listens, the connection is refused at once.
-    let d = Deployment::new(&[]).with_broker("amqp://guest:guest@127.0.0.1:1/%2f");
+    let url = match bus {
+        Bus::Rabbit => "amqp://guest:guest@127.0.0.1:1/%2f",
+        Bus::Nats => "nats://guest:guest@127.0.0.1:1/vogeler",
+    };
+    let d = Deployment::new(&[]).with_broker(url);
     let runs = [
         (
             "runner",
@@ -67,7 +71,11 @@ fn an_unreachable_broker_ends_after_connect_timeout_with_exit_1() {
         ),
         (
             "admin",
-            vec!["--connect-timeout", "1s", "queue", "--no-management"],
+            // RabbitMQ's figures without the management API; NATS has none to skip.
+            match bus {
+                Bus::Rabbit => vec!["--connect-timeout", "1s", "queue", "--no-management"],
+                Bus::Nats => vec!["--connect-timeout", "1s", "queue", "--status"],
+            },
         ),
     ];
     for (program, args) in runs {
@@ -83,6 +91,16 @@ fn an_unreachable_broker_ends_after_connect_timeout_with_exit_1() {
             );
         }
     }
+}
+
+#[test]
+fn an_unreachable_broker_ends_after_connect_timeout_with_exit_1_on_rabbitmq() {
+    an_unreachable_broker_ends_after_connect_timeout_with_exit_1(Bus::Rabbit);
+}
+
+#[test]
+fn an_unreachable_broker_ends_after_connect_timeout_with_exit_1_on_nats() {
+    an_unreachable_broker_ends_after_connect_timeout_with_exit_1(Bus::Nats);
 }
 
 #[test]
@@ -256,4 +274,84 @@ fn admin_exits_3_for_a_node_request_or_queue_that_is_not_there() {
     let out = d.run("admin", &["--dbhost", &dsn, "node", "x"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("setup --persistence"), "{}", text(&out));
+}
+
+/// The runner's summary as JSON (`--json`).
+fn summary(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(out)))
+}
+
+/// `vogeler-runner --wait` exit codes: 0 when every expected node stored its result, 1
+/// for an error result, 3 for a node known but silent, a node nobody knows (unroutable:
+/// RabbitMQ has no queue for it, NATS servers never heard from it) and a glob that
+/// matches nothing (nothing sent).
+fn runner_wait_exit_codes(bus: Bus) {
+    let d = Deployment::on(
+        bus,
+        &[
+            ("hello.cfg", plugin("hello", "echo hello", "output").1),
+            ("failing.cfg", plugin("failing", "false", "output").1),
+        ],
+    );
+    let _server = d.server(&[]);
+    let (up, gone, ghost) = (d.node("up"), d.node("gone"), d.node("ghost"));
+    let _up = d.client(&up, &[]);
+    // Known to the registry (its first heartbeat stored), then stopped.
+    let mut g = d.client(&gone, &[]);
+    d.wait_document(&gone, 20, |doc| doc["last_seen"].is_string());
+    g.stop();
+    let wait = |node: &str, command: &str, timeout: &str| {
+        d.runner(&[
+            "-x",
+            command,
+            "-n",
+            node,
+            "--wait",
+            "--timeout",
+            timeout,
+            "--json",
+        ])
+    };
+
+    let out = wait(&up, "hello", "20s");
+    assert_eq!(out.status.code(), Some(0), "{bus:?}: {}", text(&out));
+    assert_eq!(
+        summary(&out)["answered"],
+        serde_json::json!([up]),
+        "{bus:?}"
+    );
+
+    let out = wait(&up, "failing", "20s");
+    assert_eq!(out.status.code(), Some(1), "{bus:?}: {}", text(&out));
+    assert!(
+        summary(&out)["errors"].get(&up).is_some(),
+        "{bus:?}: {}",
+        text(&out)
+    );
+
+    let out = wait(&gone, "hello", "3s");
+    assert_eq!(out.status.code(), Some(3), "{bus:?}: {}", text(&out));
+    let s = summary(&out);
+    assert_eq!(s["silent"], serde_json::json!([gone]), "{bus:?}: {s}");
+    assert_eq!(s["unroutable"], serde_json::json!([]), "{bus:?}: {s}");
+
+    let out = wait(&ghost, "hello", "3s");
+    assert_eq!(out.status.code(), Some(3), "{bus:?}: {}", text(&out));
+    let s = summary(&out);
+    assert_eq!(s["unroutable"], serde_json::json!([ghost]), "{bus:?}: {s}");
+    assert_eq!(s["silent"], serde_json::json!([]), "{bus:?}: {s}");
+
+    let out = wait(&format!("{}-nobody*", d.id), "hello", "3s");
+    assert_eq!(out.status.code(), Some(3), "{bus:?}: {}", text(&out));
+    assert_eq!(summary(&out)["no_match"], true, "{bus:?}: {}", text(&out));
+}
+
+#[test]
+fn runner_wait_exit_codes_on_rabbitmq() {
+    runner_wait_exit_codes(Bus::Rabbit);
+}
+
+#[test]
+fn runner_wait_exit_codes_on_nats() {
+    runner_wait_exit_codes(Bus::Nats);
 }

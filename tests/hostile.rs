@@ -3,7 +3,7 @@
 //! node's record when its node name is valid, and none of them stops ingest or breaks a
 //! fleet view. The same test runs on SQLite, on PostgreSQL and on CouchDB
 //! (pouchdb-server). Beside it: one bad message of every kind sent to the server and to
-//! a client, refused and acked with no session lost, and results under the plugin names
+//! a client, refused and acked with no session lost (on RabbitMQ and on NATS), and results under the plugin names
 //! the server and the store keep for themselves, refused with the record untouched.
 
 mod common;
@@ -11,11 +11,40 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{drain_queue, publish_raw, rt, Deployment};
+use common::{rt, Bus, Deployment};
+use vogeler_transport::Outgoing;
 
 /// The limit `[server] max_message_bytes` is set to: above the 5 MB node name, below
 /// the "huge document".
 const MAX_BYTES: usize = 6 * 1024 * 1024;
+
+/// The sizes of one run: `[server] max_message_bytes`, the overlong node name (below
+/// it) and the huge document (above it). RabbitMQ carries 6 MB messages; NATS at most
+/// its `max_payload` (1 MiB by default), so there all three stay below that.
+#[derive(Clone, Copy)]
+struct Sizes {
+    max: usize,
+    name: usize,
+    huge: usize,
+}
+
+impl Sizes {
+    fn of(d: &Deployment) -> Sizes {
+        if d.is_nats() {
+            Sizes {
+                max: 600 * 1024,
+                name: 500 * 1024,
+                huge: 900 * 1024,
+            }
+        } else {
+            Sizes {
+                max: MAX_BYTES,
+                name: 5 * 1024 * 1024,
+                huge: 2 * MAX_BYTES,
+            }
+        }
+    }
+}
 
 fn result(node: &str, plugin: &str, data: &str, extra: &str) -> Vec<u8> {
     format!(
@@ -26,7 +55,7 @@ fn result(node: &str, plugin: &str, data: &str, extra: &str) -> Vec<u8> {
 
 /// Each hostile body, the reason it must be dead-lettered with and whether the node's
 /// record notes it (the node name is valid).
-fn hostile(node: &str) -> Vec<(Vec<u8>, &'static str, bool)> {
+fn hostile(node: &str, sizes: Sizes) -> Vec<(Vec<u8>, &'static str, bool)> {
     let depth = 10_000;
     vec![
         (
@@ -55,7 +84,7 @@ fn hostile(node: &str) -> Vec<(Vec<u8>, &'static str, bool)> {
             true,
         ),
         (
-            result(&"a".repeat(5 * 1024 * 1024), "p_name", "1", ""),
+            result(&"a".repeat(sizes.name), "p_name", "1", ""),
             "bad-node-name",
             false,
         ),
@@ -73,7 +102,7 @@ fn hostile(node: &str) -> Vec<(Vec<u8>, &'static str, bool)> {
             result(
                 node,
                 "p_huge",
-                &format!("\"{}\"", "x".repeat(2 * MAX_BYTES)),
+                &format!("\"{}\"", "x".repeat(sizes.huge)),
                 "",
             ),
             "too-large",
@@ -86,29 +115,29 @@ use common::web::get_text as get;
 
 /// The whole check on a deployment whose store is `dsn` (as the test opens it).
 fn hostile_results_are_refused_and_ingest_goes_on(d: Deployment, dsn: &str) {
-    d.write_conf(&format!("[server]\nmax_message_bytes = {MAX_BYTES}\n"));
+    let sizes = Sizes::of(&d);
+    d.write_conf_on_bus(&format!("[server]\nmax_message_bytes = {}\n", sizes.max));
     let port = common::web::free_port();
     let server = d.server(&["--http", &port.to_string()]);
     let base = format!("http://127.0.0.1:{port}");
-    let t = d.topology();
     let node = d.node("h1");
 
-    publish_raw(
-        &t.master_exchange,
+    d.publish_results(vec![Outgoing::new(result(
+        &node,
+        "before",
+        r#"{"os":"debian"}"#,
         "",
-        &[result(&node, "before", r#"{"os":"debian"}"#, "")],
-    );
+    ))]);
     d.wait_document(&node, 20, |doc| doc.get("before").is_some());
 
-    let cases = hostile(&node);
-    let bodies: Vec<Vec<u8>> = cases.iter().map(|(b, _, _)| b.clone()).collect();
-    publish_raw(&t.master_exchange, "", &bodies);
+    let cases = hostile(&node, sizes);
+    let mut msgs: Vec<Outgoing> = cases
+        .iter()
+        .map(|(b, _, _)| Outgoing::new(b.clone()))
+        .collect();
     // A later good result is stored within seconds: the server is still ingesting.
-    publish_raw(
-        &t.master_exchange,
-        "",
-        &[result(&node, "later", r#"{"n":1}"#, "")],
-    );
+    msgs.push(Outgoing::new(result(&node, "later", r#"{"n":1}"#, "")));
+    d.publish_results(msgs);
     let doc = d.wait_document(&node, 20, |doc| doc.get("later").is_some());
     assert_eq!(doc["later"]["n"], 1);
 
@@ -116,7 +145,7 @@ fn hostile_results_are_refused_and_ingest_goes_on(d: Deployment, dsn: &str) {
     let mut dead = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while dead.len() < cases.len() && Instant::now() < deadline {
-        dead.extend(drain_queue(&t.dead_queue, Duration::from_millis(500)));
+        dead.extend(d.take_dead_letters(Duration::from_millis(500)));
     }
     let got: BTreeSet<String> = dead
         .iter()
@@ -218,6 +247,13 @@ fn hostile_results_on_sqlite() {
 }
 
 #[test]
+fn hostile_results_on_nats() {
+    let d = Deployment::on(Bus::Nats, &[]);
+    let dsn = d.sqlite_dsn();
+    hostile_results_are_refused_and_ingest_goes_on(d, &dsn);
+}
+
+#[test]
 fn hostile_results_on_postgres() {
     let url = rt().block_on(vogeler_store::testing::fresh_postgres());
     let d = Deployment::new(&[]).with_store("postgres", &url);
@@ -247,9 +283,8 @@ fn hostile_results_on_couch() {
 
 /// A plugin whose output, escaped in JSON, exceeds the server's limit: the client sends a
 /// short error result instead, which the record keeps as `last_error` (not silence).
-#[test]
-fn output_over_the_limit_becomes_an_error_result() {
-    let d = Deployment::new(&[]);
+fn output_over_the_limit_becomes_an_error_result(bus: Bus) {
+    let d = Deployment::on(bus, &[]);
     let script = d.path("escapes.sh");
     // 400 KB of \x01: 2.4 MB once each byte is written `\u0001`.
     std::fs::write(
@@ -261,7 +296,7 @@ fn output_over_the_limit_becomes_an_error_result() {
         .expect("chmod");
     let (file, body) = common::plugin("escapes", &script.display().to_string(), "output");
     std::fs::write(d.plugins.join(file), body).expect("plugin file");
-    d.write_conf("[server]\nmax_message_bytes = 1048576\n");
+    d.write_conf_on_bus("[server]\nmax_message_bytes = 1048576\n");
     let _server = d.server(&[]);
     let node = d.node("esc");
     let _client = d.client(&node, &[]);
@@ -280,6 +315,16 @@ fn output_over_the_limit_becomes_an_error_result() {
         "the runner hears why: {}",
         common::text(&out)
     );
+}
+
+#[test]
+fn output_over_the_limit_becomes_an_error_result_on_rabbitmq() {
+    output_over_the_limit_becomes_an_error_result(Bus::Rabbit);
+}
+
+#[test]
+fn output_over_the_limit_becomes_an_error_result_on_nats() {
+    output_over_the_limit_becomes_an_error_result(Bus::Nats);
 }
 
 /// A v1 message of `kind` with the given fields (JSON object members, no braces).
@@ -338,16 +383,17 @@ fn assert_log_clean(p: &common::Proc) {
 /// server consumes, and of every kind the client consumes, is refused and acked; neither
 /// program loses its session or loops on a redelivery, and a good request afterwards is
 /// run, stored and confirmed.
-#[test]
-fn every_message_kind_malformed_then_a_good_result() {
-    let d = Deployment::new(&[(
-        "hello.cfg",
-        common::plugin("hello", "echo hello", "output").1,
-    )]);
+fn every_message_kind_malformed_then_a_good_result(bus: Bus) {
+    let d = Deployment::on(
+        bus,
+        &[(
+            "hello.cfg",
+            common::plugin("hello", "echo hello", "output").1,
+        )],
+    );
     let server = d.server(&[]);
     let node = d.node("every");
     let client = d.client(&node, &[]);
-    let t = d.topology();
     // The client's first heartbeat puts it in the registry.
     d.wait_document(&node, 20, |doc| doc.is_object());
     let at = r#""sent_at":"2026-01-01T00:00:00Z""#;
@@ -465,6 +511,26 @@ fn every_message_kind_malformed_then_a_good_result() {
             result(&node, "p_rr", "1", r#","reply_to":"amq.rabbitmq.reply-to""#),
             None,
         ),
+        // Reply addresses a NATS deployment must never publish to (into its own
+        // streams, or a wildcard); on RabbitMQ plain routing keys no queue has.
+        (
+            "result whose reply_to is the deployment's own results subject",
+            result(
+                &node,
+                "p_own",
+                "3",
+                &format!(r#","reply_to":"{}.results""#, d.id),
+            ),
+            None,
+        ),
+        (
+            "discover whose reply_to is a wildcard subject",
+            v1(
+                "discover",
+                &format!(r#""id":"q4",{at},"reply_to":"_INBOX.>""#),
+            ),
+            None,
+        ),
         (
             "2010 result in an unknown format",
             format!(r#"{{"syskey": "{node}", "p_fmt": "x", "format": "xml"}}"#).into_bytes(),
@@ -498,17 +564,64 @@ fn every_message_kind_malformed_then_a_good_result() {
         ),
         ("empty body", Vec::new(), Some("not-json")),
     ];
-    let bodies: Vec<Vec<u8>> = to_server.iter().map(|(_, b, _)| b.clone()).collect();
-    publish_raw(&t.master_exchange, "", &bodies);
+    d.publish_results(
+        to_server
+            .iter()
+            .map(|(_, b, _)| Outgoing::new(b.clone()))
+            .collect(),
+    );
     // Headers nearly as large as a frame (131 072 bytes), and a body whose refusal is
     // worded at length: the dead letter's headers must not outgrow the frame.
     let signed_junk = v1(&"j".repeat(4096), r#""node":"x""#);
-    common::publish_with_headers(
-        &t.master_exchange,
-        "",
-        signed_junk.clone(),
-        vec![("x-vogeler-signature".into(), "s".repeat(130_000))],
+    // (NATS: JetStream takes at most 64 KiB of headers, so nearly that.)
+    let header_bytes = match bus {
+        Bus::Rabbit => 130_000,
+        Bus::Nats => 60_000,
+    };
+    d.publish_results(vec![Outgoing {
+        headers: vec![("x-vogeler-signature".into(), "s".repeat(header_bytes))],
+        ..Outgoing::new(signed_junk.clone())
+    }]);
+
+    // Every bad server-side message is dead-lettered, with its reason. Taken before the
+    // client is sent anything: the server notes a refused result of a valid node in its
+    // `last_error` at the time it refuses it, and the client's error results below must
+    // be newer than those notes (or they are stale, and rightly not recorded).
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dead.len() < to_server.iter().filter(|c| c.2.is_some()).count()
+        && Instant::now() < deadline
+    {
+        dead.extend(d.take_dead_letters(Duration::from_millis(500)));
+    }
+    for (what, body, reason) in &to_server {
+        let found: Vec<&str> = dead
+            .iter()
+            .filter(|m| &m.body == body)
+            .map(|m| m.header("x-vogeler-reason").unwrap_or("(none)"))
+            .collect();
+        let want: Vec<&str> = reason.iter().copied().collect();
+        assert_eq!(found, want, "{what}; log:\n{}", server.log_text());
+    }
+    let junk: Vec<&vogeler_transport::Message> =
+        dead.iter().filter(|m| m.body == signed_junk).collect();
+    assert_eq!(
+        junk.len(),
+        1,
+        "the message with the {header_bytes} byte header"
     );
+    assert_eq!(junk[0].header("x-vogeler-reason"), Some("unknown-kind"));
+    assert_eq!(
+        junk[0].header("x-vogeler-signature"),
+        None,
+        "too long to be one"
+    );
+    let refused = to_server.iter().filter(|c| c.2.is_some()).count() + 1;
+    assert_eq!(dead.len(), refused, "only the bad messages are dead");
+    for m in &dead {
+        let detail = m.header("x-vogeler-detail").unwrap_or_default();
+        assert!(!detail.is_empty() && detail.len() <= 1024, "{detail}");
+    }
 
     // To the client's node queue, through the broadcast exchange as the runner sends:
     // what it answers with an error result (the part of its `last_error` that says so),
@@ -583,6 +696,14 @@ fn every_message_kind_malformed_then_a_good_result() {
             None,
         ),
         (
+            "ping whose reply_to is the deployment's own broadcast subject",
+            v1(
+                "ping",
+                &format!(r#""id":"g4",{at},"reply_to":"{}.req.all""#, d.id),
+            ),
+            None,
+        ),
+        (
             "result sent to the client",
             result(&node, "p_client", "1", ""),
             None,
@@ -608,8 +729,13 @@ fn every_message_kind_malformed_then_a_good_result() {
             Some("could not decode request: message is not JSON: EOF"),
         ),
     ];
-    let bodies: Vec<Vec<u8>> = to_client.iter().map(|(_, b, _)| b.clone()).collect();
-    publish_raw(&t.broadcast_exchange, &node, &bodies);
+    d.publish_requests(
+        Some(&node),
+        to_client
+            .iter()
+            .map(|(_, b, _)| Outgoing::new(b.clone()))
+            .collect(),
+    );
 
     // A good request afterwards is run, stored and confirmed.
     let out = d.runner(&["-x", "hello", "-n", &node, "--wait", "--timeout", "20s"]);
@@ -632,43 +758,10 @@ fn every_message_kind_malformed_then_a_good_result() {
     // pseudo-queue itself is not confirmed to (it would close the channel), a made-up
     // name under it is (the broker drops it), and the session goes on.
     assert_eq!(
-        (&doc["p_rr"], &doc["p_rr2"]),
-        (&1.into(), &2.into()),
+        (&doc["p_rr"], &doc["p_rr2"], &doc["p_own"]),
+        (&1.into(), &2.into(), &3.into()),
         "{doc}"
     );
-
-    // Every bad server-side message is dead-lettered, with its reason.
-    let mut dead = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while dead.len() < to_server.iter().filter(|c| c.2.is_some()).count()
-        && Instant::now() < deadline
-    {
-        dead.extend(drain_queue(&t.dead_queue, Duration::from_millis(500)));
-    }
-    for (what, body, reason) in &to_server {
-        let found: Vec<&str> = dead
-            .iter()
-            .filter(|m| &m.body == body)
-            .map(|m| m.header("x-vogeler-reason").unwrap_or("(none)"))
-            .collect();
-        let want: Vec<&str> = reason.iter().copied().collect();
-        assert_eq!(found, want, "{what}; log:\n{}", server.log_text());
-    }
-    let junk: Vec<&vogeler_transport::Inbound> =
-        dead.iter().filter(|m| m.body == signed_junk).collect();
-    assert_eq!(junk.len(), 1, "the message with the 130 KB header");
-    assert_eq!(junk[0].header("x-vogeler-reason"), Some("unknown-kind"));
-    assert_eq!(
-        junk[0].header("x-vogeler-signature"),
-        None,
-        "too long to be one"
-    );
-    let refused = to_server.iter().filter(|c| c.2.is_some()).count() + 1;
-    assert_eq!(dead.len(), refused, "only the bad messages are dead");
-    for m in &dead {
-        let detail = m.header("x-vogeler-detail").unwrap_or_default();
-        assert!(!detail.is_empty() && detail.len() <= 1024, "{detail}");
-    }
 
     // The client answered each undecodable or refused request with an error result,
     // which the node's record keeps in its history of `last_error`.
@@ -711,23 +804,43 @@ fn every_message_kind_malformed_then_a_good_result() {
         log.contains("ignoring a message that is not a request"),
         "{log}"
     );
+    if bus == Bus::Nats {
+        // Answers into the deployment's own streams or to a wildcard were not sent.
+        let refused = "not a plain subject outside the deployment's streams; not answered";
+        assert_eq!(slog.matches(refused).count(), 2, "{slog}");
+        assert_eq!(log.matches(refused).count(), 1, "{log}");
+    }
     // Only the good request ran the plugin (not the one for another node).
     assert_eq!(log.matches("plugin ran").count(), 1, "{log}");
 
-    // Nothing is left in the client's queue, and both programs kept their session.
-    let status = rt
-        .block_on(async {
-            let session = d.broker().connect().await.expect("connect");
-            let s = session.queue_status(&node).await;
-            session.close().await;
-            s
-        })
-        .expect("queue status")
-        .expect("the node queue exists");
-    assert_eq!((status.messages, status.consumers), (0, 1), "{status:?}");
+    // Nothing is left in the client's queue (RabbitMQ; a NATS client's consumers are
+    // its own and acked, or the redeliveries would show in its log), and both programs
+    // kept their session.
+    if bus == Bus::Rabbit {
+        let status = rt
+            .block_on(async {
+                let session = d.broker().connect().await.expect("connect");
+                let s = session.queue_status(&node).await;
+                session.close().await;
+                s
+            })
+            .expect("queue status")
+            .expect("the node queue exists");
+        assert_eq!((status.messages, status.consumers), (0, 1), "{status:?}");
+    }
     assert_log_clean(&server);
     assert_log_clean(&client);
     assert_views_answer(&d, &node, "hello");
+}
+
+#[test]
+fn every_message_kind_malformed_then_a_good_result_on_rabbitmq() {
+    every_message_kind_malformed_then_a_good_result(Bus::Rabbit);
+}
+
+#[test]
+fn every_message_kind_malformed_then_a_good_result_on_nats() {
+    every_message_kind_malformed_then_a_good_result(Bus::Nats);
 }
 
 /// Plugin names the server or the store keeps for itself: a result under one is
@@ -736,6 +849,11 @@ fn every_message_kind_malformed_then_a_good_result() {
 #[test]
 fn reserved_plugin_names_on_sqlite() {
     reserved_plugin_names_are_refused_and_the_record_is_untouched(Deployment::new(&[]));
+}
+
+#[test]
+fn reserved_plugin_names_on_nats() {
+    reserved_plugin_names_are_refused_and_the_record_is_untouched(Deployment::on(Bus::Nats, &[]));
 }
 
 #[test]
@@ -751,13 +869,13 @@ fn reserved_plugin_names_on_couch() {
 /// [`reserved_plugin_names_on_sqlite`] on any deployment.
 fn reserved_plugin_names_are_refused_and_the_record_is_untouched(d: Deployment) {
     let server = d.server(&[]);
-    let t = d.topology();
     let node = d.node("reserved");
-    publish_raw(
-        &t.master_exchange,
+    d.publish_results(vec![Outgoing::new(result(
+        &node,
+        "before",
+        r#"{"os":"debian"}"#,
         "",
-        &[result(&node, "before", r#"{"os":"debian"}"#, "")],
-    );
+    ))]);
     let before = d.wait_document(&node, 20, |doc| doc.get("before").is_some());
 
     let forged = r#"{"verified":true,"key_id":"0000000000000000"}"#;
@@ -775,19 +893,16 @@ fn reserved_plugin_names_are_refused_and_the_record_is_untouched(d: Deployment) 
         .iter()
         .map(|name| result(&node, name, forged, ""))
         .collect();
-    publish_raw(&t.master_exchange, "", &bodies);
-    publish_raw(
-        &t.master_exchange,
-        "",
-        &[result(&node, "later", r#"{"n":1}"#, "")],
-    );
+    let mut msgs: Vec<Outgoing> = bodies.iter().cloned().map(Outgoing::new).collect();
+    msgs.push(Outgoing::new(result(&node, "later", r#"{"n":1}"#, "")));
+    d.publish_results(msgs);
     let after = d.wait_document(&node, 20, |doc| doc.get("later").is_some());
 
     // Each is dead-lettered, reason `refused`, the detail naming the plugin.
     let mut dead = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while dead.len() < names.len() && Instant::now() < deadline {
-        dead.extend(drain_queue(&t.dead_queue, Duration::from_millis(500)));
+        dead.extend(d.take_dead_letters(Duration::from_millis(500)));
     }
     assert_eq!(dead.len(), names.len(), "log:\n{}", server.log_text());
     for (name, body) in names.iter().zip(&bodies) {

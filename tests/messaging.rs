@@ -1,5 +1,7 @@
-//! End to end over the real RabbitMQ: server, clients and runner as real processes,
-//! each test with its own exchange, queue and node names and its own SQLite file.
+//! End to end over the real brokers: server, clients and runner as real processes,
+//! each test with its own exchange, queue and node names (or NATS subject prefix) and
+//! its own SQLite file; the bodies that cross the broker run once on RabbitMQ and once
+//! on NATS JetStream.
 
 mod common;
 
@@ -7,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
+use vogeler_transport::Outgoing;
 
 fn facter_plugins() -> Vec<(String, String)> {
     vec![
@@ -25,10 +28,9 @@ fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
 }
 
-#[test]
-fn broadcast_reaches_every_client_and_targeted_only_one() {
+fn broadcast_reaches_every_client_and_targeted_only_one(bus: Bus) {
     let p = facter_plugins();
-    let d = Deployment::new(&plugins_ref(&p));
+    let d = Deployment::on(bus, &plugins_ref(&p));
     let _server = d.server(&[]);
     let (a, b) = (d.node("web01"), d.node("web02"));
     let _ca = d.client(&a, &[]);
@@ -63,9 +65,18 @@ fn broadcast_reaches_every_client_and_targeted_only_one() {
 }
 
 #[test]
-fn unroutable_node_exits_3_and_errors_exit_1() {
+fn broadcast_reaches_every_client_and_targeted_only_one_on_rabbitmq() {
+    broadcast_reaches_every_client_and_targeted_only_one(Bus::Rabbit);
+}
+
+#[test]
+fn broadcast_reaches_every_client_and_targeted_only_one_on_nats() {
+    broadcast_reaches_every_client_and_targeted_only_one(Bus::Nats);
+}
+
+fn unroutable_node_exits_3_and_errors_exit_1(bus: Bus) {
     let p = facter_plugins();
-    let d = Deployment::new(&plugins_ref(&p));
+    let d = Deployment::on(bus, &plugins_ref(&p));
     let _server = d.server(&[]);
     let n = d.node("db01");
     let _c = d.client(&n, &[]);
@@ -84,6 +95,50 @@ fn unroutable_node_exits_3_and_errors_exit_1() {
         stdout(&out)
     );
 
+    // Waiting on a known node and one nobody knows: the known one answers, the other is
+    // unroutable (RabbitMQ: no queue; NATS: no server ever heard from it), never silent.
+    let ghost = d.node("ghost");
+    let out = d.runner(&[
+        "-x",
+        "hello",
+        "-n",
+        &format!("{n},{ghost}"),
+        "--wait",
+        "--timeout",
+        "5s",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{bus:?}: {}", stdout(&out));
+    let summary: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{bus:?}: not JSON ({e}): {}", stdout(&out)));
+    assert_eq!(
+        summary["answered"],
+        serde_json::json!([n]),
+        "{bus:?}: {summary}"
+    );
+    assert_eq!(
+        summary["unroutable"],
+        serde_json::json!([ghost]),
+        "{bus:?}: {summary}"
+    );
+    assert_eq!(
+        summary["silent"],
+        serde_json::json!([]),
+        "{bus:?}: {summary}"
+    );
+    assert_eq!(
+        summary["discovered"],
+        serde_json::json!([n]),
+        "{bus:?}: {summary}"
+    );
+    let out = d.runner(&["-x", "hello", "-n", &ghost, "--wait", "--timeout", "3s"]);
+    assert_eq!(out.status.code(), Some(3), "{bus:?}: {}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("unroutable  {ghost} (")),
+        "{bus:?}: {}",
+        stdout(&out)
+    );
+
     // A failing plugin and an unauthorized command are error results, not silence.
     let out = d.runner(&["-x", "failing", "-n", &n, "--wait", "--timeout", "20s"]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
@@ -98,9 +153,18 @@ fn unroutable_node_exits_3_and_errors_exit_1() {
 }
 
 #[test]
-fn client_started_after_the_request_still_runs_it() {
+fn unroutable_node_exits_3_and_errors_exit_1_on_rabbitmq() {
+    unroutable_node_exits_3_and_errors_exit_1(Bus::Rabbit);
+}
+
+#[test]
+fn unroutable_node_exits_3_and_errors_exit_1_on_nats() {
+    unroutable_node_exits_3_and_errors_exit_1(Bus::Nats);
+}
+
+fn client_started_after_the_request_still_runs_it(bus: Bus) {
     let p = facter_plugins();
-    let d = Deployment::new(&plugins_ref(&p));
+    let d = Deployment::on(bus, &plugins_ref(&p));
     let _server = d.server(&[]);
     let n = d.node("late");
     // Start once so the durable queue exists, then stop it.
@@ -114,9 +178,18 @@ fn client_started_after_the_request_still_runs_it() {
 }
 
 #[test]
-fn results_wait_in_the_broker_while_the_server_is_down() {
+fn client_started_after_the_request_still_runs_it_on_rabbitmq() {
+    client_started_after_the_request_still_runs_it(Bus::Rabbit);
+}
+
+#[test]
+fn client_started_after_the_request_still_runs_it_on_nats() {
+    client_started_after_the_request_still_runs_it(Bus::Nats);
+}
+
+fn results_wait_in_the_broker_while_the_server_is_down(bus: Bus) {
     let p = facter_plugins();
-    let d = Deployment::new(&plugins_ref(&p));
+    let d = Deployment::on(bus, &plugins_ref(&p));
     // The server declares master.in; start and stop it so results queue up.
     let mut server = d.server(&[]);
     let nodes: Vec<String> = (0..3).map(|i| d.node(&format!("n{i}"))).collect();
@@ -132,11 +205,19 @@ fn results_wait_in_the_broker_while_the_server_is_down() {
 }
 
 #[test]
-fn poison_messages_are_dead_lettered_and_good_ones_stored() {
+fn results_wait_in_the_broker_while_the_server_is_down_on_rabbitmq() {
+    results_wait_in_the_broker_while_the_server_is_down(Bus::Rabbit);
+}
+
+#[test]
+fn results_wait_in_the_broker_while_the_server_is_down_on_nats() {
+    results_wait_in_the_broker_while_the_server_is_down(Bus::Nats);
+}
+
+fn poison_messages_are_dead_lettered_and_good_ones_stored(bus: Bus) {
     let p = facter_plugins();
-    let d = Deployment::new(&plugins_ref(&p));
+    let d = Deployment::on(bus, &plugins_ref(&p));
     let _server = d.server(&[]);
-    let t = d.topology();
     let good = |node: &str| {
         format!(
             r#"{{"v":1,"kind":"result","node":"{node}","plugin":"hello","format":"output","data":["hi"],"duration_ms":1,"collected_at":"2026-01-01T00:00:00Z"}}"#
@@ -154,7 +235,7 @@ fn poison_messages_are_dead_lettered_and_good_ones_stored() {
         br#"{"v":1,"kind":"result","node":"x","plugin":"created_at","format":"json","data":1,"duration_ms":1,"collected_at":"2026-01-01T00:00:00Z"}"#.to_vec(),
         good(&d.node("g3")),
     ];
-    publish_raw(&t.master_exchange, "", &bodies);
+    d.publish_results(bodies.into_iter().map(Outgoing::new).collect());
     for g in ["g1", "g2", "g3"] {
         let doc = d.wait_document(&d.node(g), 20, |doc| doc.get("hello").is_some());
         assert_eq!(doc["hello"], serde_json::json!(["hi"]));
@@ -162,9 +243,9 @@ fn poison_messages_are_dead_lettered_and_good_ones_stored() {
     let mut dead = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while dead.len() < 6 && std::time::Instant::now() < deadline {
-        dead.extend(drain_queue(&t.dead_queue, Duration::from_millis(500)));
+        dead.extend(d.take_dead_letters(Duration::from_millis(500)));
     }
-    assert_eq!(dead.len(), 6, "six poison messages dead-lettered");
+    assert_eq!(dead.len(), 6, "{bus:?}: six poison messages dead-lettered");
     for m in &dead {
         let reason = m.header("x-vogeler-reason").unwrap_or_default();
         assert!(!reason.is_empty(), "dead letter without a reason");
@@ -188,18 +269,26 @@ fn poison_messages_are_dead_lettered_and_good_ones_stored() {
 }
 
 #[test]
-fn legacy_wire_messages_work_byte_for_byte() {
+fn poison_messages_are_dead_lettered_and_good_ones_stored_on_rabbitmq() {
+    poison_messages_are_dead_lettered_and_good_ones_stored(Bus::Rabbit);
+}
+
+#[test]
+fn poison_messages_are_dead_lettered_and_good_ones_stored_on_nats() {
+    poison_messages_are_dead_lettered_and_good_ones_stored(Bus::Nats);
+}
+
+fn legacy_wire_messages_work_byte_for_byte(bus: Bus) {
     let p = facter_plugins();
-    let d = Deployment::new(&plugins_ref(&p));
+    let d = Deployment::on(bus, &plugins_ref(&p));
     let _server = d.server(&[]);
-    let t = d.topology();
     // 2010 results (node web01 in the fixtures) land in the store, parsed per format.
     let bodies: Vec<Vec<u8>> = ["result-yaml.json", "result-json.json", "result-output.json"]
         .iter()
         .map(|f| std::fs::read(fixture(&format!("legacy-wire/{f}"))).expect("fixture"))
         .collect();
     // web01 is shared by name between tests on this broker only in the store, which is ours.
-    publish_raw(&t.master_exchange, "", &bodies);
+    d.publish_results(bodies.into_iter().map(Outgoing::new).collect());
     let doc = d.wait_document("web01", 20, |doc| {
         doc.get("facter").is_some() && doc.get("ohai").is_some() && doc.get("rpm").is_some()
     });
@@ -209,36 +298,43 @@ fn legacy_wire_messages_work_byte_for_byte() {
         doc["rpm"],
         serde_json::json!(["openssl-3.0.11-1", "bash-5.2.15-2"])
     );
-    publish_raw(
-        &t.master_exchange,
-        "",
-        &[std::fs::read(fixture("legacy-wire/result-error.json")).expect("fixture")],
-    );
+    d.publish_results(vec![Outgoing::new(
+        std::fs::read(fixture("legacy-wire/result-error.json")).expect("fixture"),
+    )]);
     d.wait_document("web01", 20, |doc| {
         doc["last_error"]["message"]
             .as_str()
             .is_some_and(|m| m.contains("not authorized"))
     });
 
-    // A 2010 runner's request (a bare JSON string, routing key broadcasts.*) is answered.
+    // A 2010 runner's request (a bare JSON string, routing key broadcasts.* on AMQP; a
+    // broadcast on NATS) is answered.
     let n = d.node("legacy");
     let _c = d.client(&n, &[]);
-    publish_raw(
-        &t.broadcast_exchange,
-        "broadcasts.*",
-        &[std::fs::read(fixture("legacy-wire/request-broadcast.json")).expect("fixture")],
-    );
+    let request = std::fs::read(fixture("legacy-wire/request-broadcast.json")).expect("fixture");
+    match bus {
+        Bus::Rabbit => publish_raw(&d.topology().broadcast_exchange, "broadcasts.*", &[request]),
+        Bus::Nats => d.publish_requests(None, vec![Outgoing::new(request)]),
+    }
     d.wait_document(&n, 20, |doc| doc.get("facter").is_some());
 }
 
 #[test]
-fn server_killed_mid_ingest_loses_nothing_and_stores_each_result_once() {
-    let d = Deployment::new(&[]);
-    let t = d.topology();
+fn legacy_wire_messages_work_byte_for_byte_on_rabbitmq() {
+    legacy_wire_messages_work_byte_for_byte(Bus::Rabbit);
+}
+
+#[test]
+fn legacy_wire_messages_work_byte_for_byte_on_nats() {
+    legacy_wire_messages_work_byte_for_byte(Bus::Nats);
+}
+
+fn server_killed_mid_ingest_loses_nothing_and_stores_each_result_once(bus: Bus) {
+    let d = Deployment::on(bus, &[]);
     let mut server = d.server(&[]);
     server.stop();
     let n = 3000;
-    let bodies: Vec<Vec<u8>> = (0..n)
+    let bodies: Vec<Outgoing> = (0..n)
         .map(|i| {
             format!(
                 r#"{{"v":1,"kind":"result","node":"{}-{i:05}","plugin":"hello","format":"output","data":["hi {i}"],"duration_ms":1,"collected_at":"2026-01-01T00:00:00Z"}}"#,
@@ -246,8 +342,9 @@ fn server_killed_mid_ingest_loses_nothing_and_stores_each_result_once() {
             )
             .into_bytes()
         })
+        .map(Outgoing::new)
         .collect();
-    publish_raw(&t.master_exchange, "", &bodies);
+    d.publish_results(bodies);
     // Kill the server with SIGKILL while it works through the backlog, then restart it.
     let mut server = d.server(&[]);
     std::thread::sleep(Duration::from_millis(300));
@@ -264,7 +361,7 @@ fn server_killed_mid_ingest_loses_nothing_and_stores_each_result_once() {
     while count() < n && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_eq!(count(), n, "every result stored");
+    assert_eq!(count(), n, "{bus:?}: every result stored");
     server.stop();
     // Exactly once: one history entry per node, however often a result was redelivered.
     common::rt().block_on(async {
@@ -276,4 +373,14 @@ fn server_killed_mid_ingest_loses_nothing_and_stores_each_result_once() {
             assert_eq!(h.len(), 1, "{node}: {h:?}");
         }
     });
+}
+
+#[test]
+fn server_killed_mid_ingest_loses_nothing_and_stores_each_result_once_on_rabbitmq() {
+    server_killed_mid_ingest_loses_nothing_and_stores_each_result_once(Bus::Rabbit);
+}
+
+#[test]
+fn server_killed_mid_ingest_loses_nothing_and_stores_each_result_once_on_nats() {
+    server_killed_mid_ingest_loses_nothing_and_stores_each_result_once(Bus::Nats);
 }

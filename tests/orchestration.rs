@@ -1,5 +1,6 @@
-//! Orchestration on the real RabbitMQ: ping discovery, the request ledger
-//! (`vogeler-admin requests`), scheduled inventory, heartbeats and the node-queue policy.
+//! Orchestration on the real brokers: ping discovery, the request ledger
+//! (`vogeler-admin requests`), scheduled inventory, heartbeats, `-n all --wait` and
+//! `--output` (each once on RabbitMQ and once on NATS JetStream), and the node-queue policy.
 
 mod common;
 
@@ -30,9 +31,11 @@ fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-#[test]
-fn ping_discovers_the_running_clients_only() {
-    let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);
+fn ping_discovers_the_running_clients_only(bus: Bus) {
+    let d = Deployment::on(
+        bus,
+        &[("hello.cfg", plugin("hello", "echo hello", "output").1)],
+    );
     let (a, b, never) = (d.node("a1"), d.node("b1"), d.node("c1"));
     let _server = d.server(&[]);
     let _clients = [d.client(&a, &[]), d.client(&b, &[])];
@@ -75,8 +78,20 @@ fn ping_discovers_the_running_clients_only() {
 }
 
 #[test]
-fn the_ledger_shows_stored_error_and_missing_nodes() {
-    let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);
+fn ping_discovers_the_running_clients_only_on_rabbitmq() {
+    ping_discovers_the_running_clients_only(Bus::Rabbit);
+}
+
+#[test]
+fn ping_discovers_the_running_clients_only_on_nats() {
+    ping_discovers_the_running_clients_only(Bus::Nats);
+}
+
+fn the_ledger_shows_stored_error_and_missing_nodes(bus: Bus) {
+    let d = Deployment::on(
+        bus,
+        &[("hello.cfg", plugin("hello", "echo hello", "output").1)],
+    );
     let empty = d.path("no-plugins");
     std::fs::create_dir_all(&empty).expect("empty plugin dir");
     let (ok, bad, gone) = (d.node("ok"), d.node("bad"), d.node("gone"));
@@ -177,6 +192,16 @@ fn the_ledger_shows_stored_error_and_missing_nodes() {
     assert!(text(&out).contains("no-such-request"), "{}", text(&out));
 }
 
+#[test]
+fn the_ledger_shows_stored_error_and_missing_nodes_on_rabbitmq() {
+    the_ledger_shows_stored_error_and_missing_nodes(Bus::Rabbit);
+}
+
+#[test]
+fn the_ledger_shows_stored_error_and_missing_nodes_on_nats() {
+    the_ledger_shows_stored_error_and_missing_nodes(Bus::Nats);
+}
+
 /// How many times `key` of `node` changed, from `vogeler-admin history`.
 fn changes_of(d: &Deployment, node: &str, key: &str) -> usize {
     let out = d.admin(&["history", node, "--format", "json"]);
@@ -195,10 +220,9 @@ fn changes_of(d: &Deployment, node: &str, key: &str) -> usize {
     at.len()
 }
 
-#[test]
-fn scheduled_runs_arrive_and_heartbeats_move_last_seen() {
+fn scheduled_runs_arrive_and_heartbeats_move_last_seen(bus: Bus) {
     // `stamp` has no interval of its own; `tick` runs every second on its own.
-    let d = Deployment::new(&[
+    let d = Deployment::on(bus, &[
         plugin_ref(plugin("stamp", "date +%s%N", "output")),
         (
             "tick.cfg",
@@ -242,6 +266,16 @@ fn scheduled_runs_arrive_and_heartbeats_move_last_seen() {
     assert_eq!(later["created_at"], first["created_at"]);
 }
 
+#[test]
+fn scheduled_runs_arrive_and_heartbeats_move_last_seen_on_rabbitmq() {
+    scheduled_runs_arrive_and_heartbeats_move_last_seen(Bus::Rabbit);
+}
+
+#[test]
+fn scheduled_runs_arrive_and_heartbeats_move_last_seen_on_nats() {
+    scheduled_runs_arrive_and_heartbeats_move_last_seen(Bus::Nats);
+}
+
 fn plugin_ref((name, body): (String, String)) -> (&'static str, String) {
     (Box::leak(name.into_boxed_str()), body)
 }
@@ -271,12 +305,11 @@ fn wait_seen(d: &Deployment, node: &str) {
 
 /// Issue 18: `-n all --wait` expects the registry: a stopped node is named silent
 /// (exit 3), a node the registry does not know is unexpected but a success.
-#[test]
-fn a_broadcast_names_the_silent_and_the_unexpected() {
+fn a_broadcast_names_the_silent_and_the_unexpected(bus: Bus) {
     // The runner ends once the expected nodes answered: theirs is the slow plugin, so
     // the unexpected node's quick answer comes first.
     let (name, slow) = plugin("hello", "sh -c 'sleep 2; echo hello'", "output");
-    let d = Deployment::new(&[(name.as_str(), slow)]);
+    let d = Deployment::on(bus, &[(name.as_str(), slow)]);
     let fast = d.path("fast");
     std::fs::create_dir_all(&fast).expect("plugin dir");
     std::fs::write(fast.join(&name), plugin("hello", "echo hello", "output").1)
@@ -322,14 +355,26 @@ fn a_broadcast_names_the_silent_and_the_unexpected() {
     assert!(t.contains("silent: 1"), "{t}");
 }
 
+#[test]
+fn a_broadcast_names_the_silent_and_the_unexpected_on_rabbitmq() {
+    a_broadcast_names_the_silent_and_the_unexpected(Bus::Rabbit);
+}
+
+#[test]
+fn a_broadcast_names_the_silent_and_the_unexpected_on_nats() {
+    a_broadcast_names_the_silent_and_the_unexpected(Bus::Nats);
+}
+
 /// Issue 18: with the expected set known there is no quiet window, so a plugin that
 /// takes 3 s is waited for within `--timeout`, not dropped.
-#[test]
-fn a_broadcast_waits_for_a_slow_plugin() {
-    let d = Deployment::new(&[(
-        "slow.cfg",
-        plugin("slow", "sh -c 'sleep 3; echo slow'", "output").1,
-    )]);
+fn a_broadcast_waits_for_a_slow_plugin(bus: Bus) {
+    let d = Deployment::on(
+        bus,
+        &[(
+            "slow.cfg",
+            plugin("slow", "sh -c 'sleep 3; echo slow'", "output").1,
+        )],
+    );
     let (a, b) = (d.node("a"), d.node("b"));
     let _server = d.server(&[]);
     let _clients = [d.client(&a, BEATING), d.client(&b, BEATING)];
@@ -342,11 +387,23 @@ fn a_broadcast_waits_for_a_slow_plugin() {
     assert_eq!(s["no_answer"], json!([]), "{s}");
 }
 
+#[test]
+fn a_broadcast_waits_for_a_slow_plugin_on_rabbitmq() {
+    a_broadcast_waits_for_a_slow_plugin(Bus::Rabbit);
+}
+
+#[test]
+fn a_broadcast_waits_for_a_slow_plugin_on_nats() {
+    a_broadcast_waits_for_a_slow_plugin(Bus::Nats);
+}
+
 /// Issue 18: with no server to answer discovery the runner says so in one line and
 /// discovers by ping; with no server nothing is stored, so the pinged nodes are silent.
-#[test]
-fn without_a_server_a_broadcast_falls_back_to_ping() {
-    let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);
+fn without_a_server_a_broadcast_falls_back_to_ping(bus: Bus) {
+    let d = Deployment::on(
+        bus,
+        &[("hello.cfg", plugin("hello", "echo hello", "output").1)],
+    );
     let (a, b) = (d.node("a"), d.node("b"));
     let _clients = [d.client(&a, BEATING), d.client(&b, BEATING)];
     let out = d.runner(&[
@@ -365,14 +422,25 @@ fn without_a_server_a_broadcast_falls_back_to_ping() {
         .filter(|l| l.contains("discovering by --ping instead"))
         .collect();
     assert_eq!(fallback.len(), 1, "{}", text(&out));
-    assert!(
-        fallback[0].contains(&format!("{}.master.in", d.id)),
-        "{err}"
-    );
+    let results = match bus {
+        Bus::Rabbit => format!("{}.master.in", d.id),
+        Bus::Nats => format!("stream {}_RESULTS, consumer servers", d.id),
+    };
+    assert!(fallback[0].contains(&results), "{bus:?}: {err}");
     let s = json_out(&out);
     assert_eq!(s["discovered"], json!([a.clone(), b.clone()]), "{s}");
     assert_eq!(s["no_answer"], json!([a.clone(), b.clone()]), "{s}");
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+}
+
+#[test]
+fn without_a_server_a_broadcast_falls_back_to_ping_on_rabbitmq() {
+    without_a_server_a_broadcast_falls_back_to_ping(Bus::Rabbit);
+}
+
+#[test]
+fn without_a_server_a_broadcast_falls_back_to_ping_on_nats() {
+    without_a_server_a_broadcast_falls_back_to_ping(Bus::Nats);
 }
 
 /// The runner's stdout lines that start with `node: `.
@@ -388,9 +456,8 @@ fn lines_of<'a>(stdout: &'a str, node: &str) -> Vec<&'a str> {
 /// dotted path in it) as `NODE: VALUE` before the summary, a string bare and anything
 /// else as compact JSON; a missing path and an error result say so; `--json` puts the
 /// values in the summary instead.
-#[test]
-fn output_prints_each_nodes_value_or_a_path_in_it() {
-    let d = Deployment::new(&[]);
+fn output_prints_each_nodes_value_or_a_path_in_it(bus: Bus) {
+    let d = Deployment::on(bus, &[]);
     let (a, b, bad) = (d.node("a"), d.node("b"), d.node("bad"));
     let facts = [
         (
@@ -518,11 +585,20 @@ fn output_prints_each_nodes_value_or_a_path_in_it() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
 
+#[test]
+fn output_prints_each_nodes_value_or_a_path_in_it_on_rabbitmq() {
+    output_prints_each_nodes_value_or_a_path_in_it(Bus::Rabbit);
+}
+
+#[test]
+fn output_prints_each_nodes_value_or_a_path_in_it_on_nats() {
+    output_prints_each_nodes_value_or_a_path_in_it(Bus::Nats);
+}
+
 /// Issue 18: a value over the protocol's bound (64 KiB of JSON) is not sent back; the
 /// line says so and where to read it, and the node still counts as stored.
-#[test]
-fn output_says_when_a_value_is_too_large_to_send_back() {
-    let d = Deployment::new(&[]);
+fn output_says_when_a_value_is_too_large_to_send_back(bus: Bus) {
+    let d = Deployment::on(bus, &[]);
     let big = d.path("big.json");
     let value = json!({"blob": "x".repeat(70 * 1024), "small": "yes"});
     std::fs::write(&big, value.to_string()).expect("big file");
@@ -578,4 +654,14 @@ fn output_says_when_a_value_is_too_large_to_send_back() {
     assert_eq!(s["output"]["truncated"], json!([node.clone()]), "{s}");
     assert_eq!(s["output"]["values"], json!({}), "{s}");
     assert_eq!(s["output"]["path"], Value::Null, "{s}");
+}
+
+#[test]
+fn output_says_when_a_value_is_too_large_to_send_back_on_rabbitmq() {
+    output_says_when_a_value_is_too_large_to_send_back(Bus::Rabbit);
+}
+
+#[test]
+fn output_says_when_a_value_is_too_large_to_send_back_on_nats() {
+    output_says_when_a_value_is_too_large_to_send_back(Bus::Nats);
 }

@@ -1,5 +1,5 @@
-//! Issue 17's security cases over the real binaries and RabbitMQ: requests bound to their
-//! targets, replays refused across a client restart, future `collected_at` clamped,
+//! Issue 17's security cases over the real binaries and brokers: requests bound to their
+//! targets, replays refused across a client restart (both on RabbitMQ and on NATS), future `collected_at` clamped,
 //! stale results reported as stale (SQLite and PostgreSQL), unsigned pings ignored
 //! with `require_signed`, empty web tokens refused, a child holding a plugin's stdout.
 
@@ -49,9 +49,8 @@ fn runs(file: &std::path::Path) -> usize {
         .count()
 }
 
-#[test]
-fn a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart_too() {
-    let d = Deployment::new(&[]);
+fn a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart_too(bus: Bus) {
+    let d = Deployment::on(bus, &[]);
     let counter = d.path("count.txt");
     counting(&d, &counter);
     let key = SecretKey::load(&d.keygen("keys", "runner")).expect("key");
@@ -60,25 +59,24 @@ fn a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart
     let (a, b) = (d.node("a"), d.node("b"));
     let mut client_a = d.client(&a, &[]);
     let _client_b = d.client(&b, &[]);
-    let t = d.topology();
 
     // Signed for a, copied into b's queue: refused on b, nothing runs.
     let r = signed_request("count", &[&a]);
     let body = vogeler_protocol::encode(&Message::Request(r.clone()));
     let headers = key.headers(&body);
-    publish_with_headers(&t.broadcast_exchange, &b, body.clone(), headers.clone());
+    d.publish_request(Some(&b), body.clone(), headers.clone());
     d.wait_refusal(&b, &r.id, "not a target");
     assert_eq!(runs(&counter), 0);
 
     // On a it runs once.
-    publish_with_headers(&t.broadcast_exchange, &a, body.clone(), headers.clone());
+    d.publish_request(Some(&a), body.clone(), headers.clone());
     d.wait_document(&a, 20, |doc| doc["count"][0] == "ok");
     assert_eq!(runs(&counter), 1);
 
     // a restarts; the same signed message within its ttl is still a replay.
     client_a.stop();
     let _client_a = d.client(&a, &[]);
-    publish_with_headers(&t.broadcast_exchange, &a, body, headers);
+    d.publish_request(Some(&a), body, headers);
     d.wait_refusal(&a, &r.id, "replayed");
     assert_eq!(runs(&counter), 1, "the replay must not run");
     assert!(d
@@ -87,8 +85,18 @@ fn a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart
         .is_ok_and(|mut e| e.next().is_some()));
 }
 
+#[test]
+fn a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart_too_on_rabbitmq() {
+    a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart_too(Bus::Rabbit);
+}
+
+#[test]
+fn a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart_too_on_nats() {
+    a_signed_request_copied_to_another_node_is_refused_and_a_replay_after_restart_too(Bus::Nats);
+}
+
 /// Publishes a result for `node`/`plugin` with `collected_at` and waits for the
-/// server's `stored` reply, returned as JSON.
+/// server's `stored` reply (on a private inbox, through the transport seam), as JSON.
 fn result_with_reply(
     d: &Deployment,
     node: &str,
@@ -96,36 +104,35 @@ fn result_with_reply(
     value: &str,
     collected_at: chrono::DateTime<Utc>,
 ) -> serde_json::Value {
-    let t = d.topology();
+    let c = d.connector();
     rt().block_on(async {
-        let session = d.broker().connect().await.expect("connect");
-        let q = session.declare_reply_queue().await.expect("reply queue");
-        let mut replies = session.consume(&q, 10, "").await.expect("consume");
+        let t = c.connect().await.expect("connect to the test broker");
+        t.declare_sender().await.expect("declare");
+        let (q, mut replies) = t.reply_inbox().await.expect("reply inbox");
         let body = format!(
             r#"{{"v":1,"kind":"result","node":"{node}","plugin":"{plugin}","format":"output","data":["{value}"],"duration_ms":1,"collected_at":"{}","reply_to":"{q}"}}"#,
             vogeler_store::rfc3339(collected_at)
         );
-        session
-            .publish_confirmed(
-                &t.master_exchange,
-                "",
-                vogeler_transport::Outgoing::new(body.into_bytes()),
-            )
+        t.publish_result(vogeler_transport::Outgoing::new(body.into_bytes()))
             .await
             .expect("publish");
-        let d = tokio::time::timeout(Duration::from_secs(20), replies.next())
+        let m = tokio::time::timeout(Duration::from_secs(20), replies.next())
             .await
             .expect("a stored reply within 20 s")
             .expect("open")
             .expect("delivery");
-        session.ack(d.tag, false).await.expect("ack");
-        session.close().await;
-        serde_json::from_slice(&d.body).expect("JSON reply")
+        t.ack(&m.ack).await.expect("ack");
+        drop(replies);
+        t.close().await;
+        serde_json::from_slice(&m.body).expect("JSON reply")
     })
 }
 
-fn clock_cases(backend: &str) {
-    let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);
+fn clock_cases(bus: Bus, backend: &str) {
+    let d = Deployment::on(
+        bus,
+        &[("hello.cfg", plugin("hello", "echo hello", "output").1)],
+    );
     let d = match backend {
         "postgres" => {
             let url = rt().block_on(vogeler_store::testing::fresh_postgres());
@@ -205,17 +212,24 @@ fn clock_cases(backend: &str) {
 
 #[test]
 fn clock_skew_is_clamped_and_stale_is_reported_on_sqlite() {
-    clock_cases("sqlite");
+    clock_cases(Bus::Rabbit, "sqlite");
 }
 
 #[test]
 fn clock_skew_is_clamped_and_stale_is_reported_on_postgres() {
-    clock_cases("postgres");
+    clock_cases(Bus::Rabbit, "postgres");
 }
 
 #[test]
-fn unsigned_pings_are_ignored_with_require_signed_and_signed_ones_answered() {
-    let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);
+fn clock_skew_is_clamped_and_stale_is_reported_on_nats() {
+    clock_cases(Bus::Nats, "sqlite");
+}
+
+fn unsigned_pings_are_ignored_with_require_signed_and_signed_ones_answered(bus: Bus) {
+    let d = Deployment::on(
+        bus,
+        &[("hello.cfg", plugin("hello", "echo hello", "output").1)],
+    );
     d.keygen("keys", "runner");
     d.write_conf("\n[client]\ntrusted_keys = keys/runner.pub\nrequire_signed = true\n");
     let _server = d.server(&[]);
@@ -243,6 +257,16 @@ fn unsigned_pings_are_ignored_with_require_signed_and_signed_ones_answered() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
     d.wait_document(&n, 20, |doc| doc["hello"][0] == "hello");
+}
+
+#[test]
+fn unsigned_pings_are_ignored_with_require_signed_and_signed_ones_answered_on_rabbitmq() {
+    unsigned_pings_are_ignored_with_require_signed_and_signed_ones_answered(Bus::Rabbit);
+}
+
+#[test]
+fn unsigned_pings_are_ignored_with_require_signed_and_signed_ones_answered_on_nats() {
+    unsigned_pings_are_ignored_with_require_signed_and_signed_ones_answered(Bus::Nats);
 }
 
 /// Runs the server with `args` and `env`, expecting it to exit at once with an error.

@@ -1,4 +1,5 @@
-//! Signed requests and signed results over the real RabbitMQ: every rejection path of
+//! Signed requests and signed results over the real brokers (each body once on RabbitMQ
+//! and once on NATS JetStream): every rejection path of
 //! the client (unsigned, 2010-format, forged, altered, unknown key, expired, replayed,
 //! unsafe without a signature) and the server's verification of results.
 
@@ -11,6 +12,7 @@ use chrono::Utc;
 use common::*;
 use vogeler_protocol::{Message, Request};
 use vogeler_signing::SecretKey;
+use vogeler_transport::Outgoing;
 
 fn text(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
@@ -39,9 +41,8 @@ fn body(r: &Request) -> Vec<u8> {
     vogeler_protocol::encode(&Message::Request(r.clone()))
 }
 
-#[test]
-fn signed_requests_run_and_forged_altered_unknown_expired_replayed_are_refused() {
-    let d = Deployment::new(&[]);
+fn signed_requests_run_and_forged_altered_unknown_expired_replayed_are_refused(bus: Bus) {
+    let d = Deployment::on(bus, &[]);
     let counter = d.path("count.txt");
     std::fs::write(
         d.plugins.join("count.cfg"),
@@ -62,7 +63,6 @@ fn signed_requests_run_and_forged_altered_unknown_expired_replayed_are_refused()
     let _server = d.server(&[]);
     let n = d.node("signed");
     let client = d.client(&n, &[]);
-    let t = d.topology();
 
     // The runner signs (its key from [runner] signing_key); the client runs it.
     let out = d.runner(&["-x", "hello", "-n", &n, "--wait", "--timeout", "20s"]);
@@ -79,7 +79,7 @@ fn signed_requests_run_and_forged_altered_unknown_expired_replayed_are_refused()
         ("x-vogeler-signature".into(), mallory.sign(&b)),
         ("x-vogeler-key-id".into(), runner.id().to_string()),
     ];
-    publish_with_headers(&t.broadcast_exchange, &n, b, forged);
+    d.publish_request(Some(&n), b, forged);
     d.wait_refusal(&n, &r.id, "bad signature");
 
     // Altered: a validly signed body changed after signing.
@@ -88,37 +88,38 @@ fn signed_requests_run_and_forged_altered_unknown_expired_replayed_are_refused()
     let headers = runner.headers(&b);
     let mut altered = r.clone();
     altered.command = "count".into();
-    publish_with_headers(&t.broadcast_exchange, &n, body(&altered), headers);
+    d.publish_request(Some(&n), body(&altered), headers);
     d.wait_refusal(&n, &r.id, "bad signature");
 
     // Signed by a key the client does not trust.
     let r = request("hello", &n, 0, 300);
     let b = body(&r);
-    publish_with_headers(&t.broadcast_exchange, &n, b.clone(), mallory.headers(&b));
+    d.publish_request(Some(&n), b.clone(), mallory.headers(&b));
     d.wait_refusal(&n, &r.id, "unknown key");
 
     // Validly signed but past its ttl.
     let r = request("hello", &n, 3600, 60);
     let b = body(&r);
-    publish_with_headers(&t.broadcast_exchange, &n, b.clone(), runner.headers(&b));
+    d.publish_request(Some(&n), b.clone(), runner.headers(&b));
     d.wait_refusal(&n, &r.id, "expired");
 
     // Replayed: the same signed message published twice runs once.
     let r = request("count", &n, 0, 300);
     let b = body(&r);
     let headers = runner.headers(&b);
-    publish_with_headers(&t.broadcast_exchange, &n, b.clone(), headers.clone());
+    d.publish_request(Some(&n), b.clone(), headers.clone());
     d.wait_document(&n, 20, |doc| doc["count"][0] == "ok");
-    publish_with_headers(&t.broadcast_exchange, &n, b, headers);
+    d.publish_request(Some(&n), b, headers);
     d.wait_refusal(&n, &r.id, "replayed");
     let runs = std::fs::read_to_string(&counter).expect("counter file");
     assert_eq!(runs.lines().count(), 1, "the replay must not run: {runs:?}");
 
     // Unsigned requests still run while require_signed is off (the 2010 behaviour).
-    publish_raw(
-        &t.broadcast_exchange,
-        &n,
-        &[vogeler_protocol::encode_legacy_request("count")],
+    d.publish_requests(
+        Some(&n),
+        vec![Outgoing::new(vogeler_protocol::encode_legacy_request(
+            "count",
+        ))],
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::fs::read_to_string(&counter)
@@ -146,14 +147,25 @@ fn signed_requests_run_and_forged_altered_unknown_expired_replayed_are_refused()
 }
 
 #[test]
-fn require_signed_refuses_unsigned_and_2010_requests() {
-    let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);
+fn signed_requests_run_and_forged_altered_unknown_expired_replayed_are_refused_on_rabbitmq() {
+    signed_requests_run_and_forged_altered_unknown_expired_replayed_are_refused(Bus::Rabbit);
+}
+
+#[test]
+fn signed_requests_run_and_forged_altered_unknown_expired_replayed_are_refused_on_nats() {
+    signed_requests_run_and_forged_altered_unknown_expired_replayed_are_refused(Bus::Nats);
+}
+
+fn require_signed_refuses_unsigned_and_2010_requests(bus: Bus) {
+    let d = Deployment::on(
+        bus,
+        &[("hello.cfg", plugin("hello", "echo hello", "output").1)],
+    );
     d.keygen("keys", "runner");
     d.write_conf("\n[client]\ntrusted_keys = keys/runner.pub\nrequire_signed = true\n");
     let _server = d.server(&[]);
     let n = d.node("strict");
     let _client = d.client(&n, &[]);
-    let t = d.topology();
 
     // Unsigned: refused, and the runner's --wait summary shows the error.
     let out = d.runner(&["-x", "hello", "-n", &n, "--wait", "--timeout", "20s"]);
@@ -162,10 +174,11 @@ fn require_signed_refuses_unsigned_and_2010_requests() {
     assert!(d.document(&n).is_some_and(|doc| doc.get("hello").is_none()));
 
     // A 2010-format request cannot be signed: refused.
-    publish_raw(
-        &t.broadcast_exchange,
-        &n,
-        &[vogeler_protocol::encode_legacy_request("hello")],
+    d.publish_requests(
+        Some(&n),
+        vec![Outgoing::new(vogeler_protocol::encode_legacy_request(
+            "hello",
+        ))],
     );
     let doc = d.wait_document(&n, 20, |doc| {
         doc["last_error"]["message"]
@@ -192,8 +205,17 @@ fn require_signed_refuses_unsigned_and_2010_requests() {
 }
 
 #[test]
-fn unsafe_commands_need_a_valid_signature_even_with_allow_unsafe() {
-    let d = Deployment::new(&[]);
+fn require_signed_refuses_unsigned_and_2010_requests_on_rabbitmq() {
+    require_signed_refuses_unsigned_and_2010_requests(Bus::Rabbit);
+}
+
+#[test]
+fn require_signed_refuses_unsigned_and_2010_requests_on_nats() {
+    require_signed_refuses_unsigned_and_2010_requests(Bus::Nats);
+}
+
+fn unsafe_commands_need_a_valid_signature_even_with_allow_unsafe(bus: Bus) {
+    let d = Deployment::on(bus, &[]);
     d.keygen("keys", "runner");
     d.write_conf("\n[client]\ntrusted_keys = keys\n");
     let _server = d.server(&[]);
@@ -238,8 +260,20 @@ fn unsafe_commands_need_a_valid_signature_even_with_allow_unsafe() {
 }
 
 #[test]
-fn signed_results_are_verified_and_impostors_marked_or_dead_lettered() {
-    let d = Deployment::new(&[("hello.cfg", plugin("hello", "echo hello", "output").1)]);
+fn unsafe_commands_need_a_valid_signature_even_with_allow_unsafe_on_rabbitmq() {
+    unsafe_commands_need_a_valid_signature_even_with_allow_unsafe(Bus::Rabbit);
+}
+
+#[test]
+fn unsafe_commands_need_a_valid_signature_even_with_allow_unsafe_on_nats() {
+    unsafe_commands_need_a_valid_signature_even_with_allow_unsafe(Bus::Nats);
+}
+
+fn signed_results_are_verified_and_impostors_marked_or_dead_lettered(bus: Bus) {
+    let d = Deployment::on(
+        bus,
+        &[("hello.cfg", plugin("hello", "echo hello", "output").1)],
+    );
     let n = d.node("real");
     d.keygen("nodes", &n);
     d.write_conf(&format!(
@@ -247,7 +281,6 @@ fn signed_results_are_verified_and_impostors_marked_or_dead_lettered() {
     ));
     let mut server = d.server(&[]);
     let _client = d.client(&n, &[]);
-    let t = d.topology();
     let impostor = |plugin: &str, value: &str| {
         format!(
             r#"{{"v":1,"kind":"result","node":"{n}","plugin":"{plugin}","format":"output","data":["{value}"],"duration_ms":1,"collected_at":"{}"}}"#,
@@ -264,7 +297,7 @@ fn signed_results_are_verified_and_impostors_marked_or_dead_lettered() {
     assert_eq!(doc["signature"]["key_id"].as_str().map(str::len), Some(16));
 
     // An impostor publishing under its name: stored, but marked unverified.
-    publish_raw(&t.master_exchange, "", &[impostor("fake", "forged")]);
+    d.publish_results(vec![Outgoing::new(impostor("fake", "forged"))]);
     let doc = d.wait_document(&n, 20, |doc| doc["signature"]["verified"] == false);
     assert_eq!(doc["signature"]["reason"], "unsigned");
     assert_eq!(doc["signature"]["plugin"], "fake");
@@ -282,7 +315,10 @@ fn signed_results_are_verified_and_impostors_marked_or_dead_lettered() {
     // Signed by another key: also unverified.
     let other = load_key(&d.keygen("elsewhere", "other"));
     let b = impostor("fake2", "forged");
-    publish_with_headers(&t.master_exchange, "", b.clone(), other.headers(&b));
+    d.publish_results(vec![Outgoing {
+        headers: other.headers(&b),
+        ..Outgoing::new(b.clone())
+    }]);
     let doc = d.wait_document(&n, 20, |doc| doc["signature"]["plugin"] == "fake2");
     assert_eq!(doc["signature"]["reason"], "bad-signature");
 
@@ -292,12 +328,12 @@ fn signed_results_are_verified_and_impostors_marked_or_dead_lettered() {
         "\n[client]\nsigning_key = nodes/{n}.key\n\n[server]\nnode_keys = nodes\nrequire_verified = true\n"
     ));
     let _server = d.server(&[]);
-    publish_raw(&t.master_exchange, "", &[impostor("fake3", "forged")]);
+    d.publish_results(vec![Outgoing::new(impostor("fake3", "forged"))]);
     let out = d.runner(&["-x", "hello", "-n", &n, "--wait", "--timeout", "20s"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let doc = d.wait_document(&n, 20, |doc| doc["signature"]["verified"] == true);
     assert!(doc.get("fake3").is_none(), "{doc}");
-    let dead = drain_queue(&t.dead_queue, Duration::from_secs(2));
+    let dead = d.take_dead_letters(Duration::from_secs(2));
     assert_eq!(dead.len(), 1, "one dead letter: {dead:?}");
     assert_eq!(dead[0].header("x-vogeler-reason"), Some("unverified"));
     assert!(
@@ -307,4 +343,14 @@ fn signed_results_are_verified_and_impostors_marked_or_dead_lettered() {
         "{:?}",
         dead[0].headers
     );
+}
+
+#[test]
+fn signed_results_are_verified_and_impostors_marked_or_dead_lettered_on_rabbitmq() {
+    signed_results_are_verified_and_impostors_marked_or_dead_lettered(Bus::Rabbit);
+}
+
+#[test]
+fn signed_results_are_verified_and_impostors_marked_or_dead_lettered_on_nats() {
+    signed_results_are_verified_and_impostors_marked_or_dead_lettered(Bus::Nats);
 }

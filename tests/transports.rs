@@ -351,3 +351,56 @@ fn a_killed_server_loses_nothing_on_rabbitmq() {
 fn a_killed_server_loses_nothing_on_nats() {
     a_killed_server_loses_nothing(Bus::Nats);
 }
+
+/// A request whose ttl runs out while its client is down is never run (RabbitMQ drops it
+/// by its expiration, a NATS client by the header and the request's own ttl), while one
+/// sent at the same time with a longer ttl runs when the client is back.
+fn a_request_that_expires_while_the_client_is_down_is_not_run(bus: Bus) {
+    let mut p = plugins();
+    let d = Deployment::on(bus, &[]);
+    let counter = d.path("count.txt");
+    p.push(plugin(
+        "count",
+        &format!("sh -c 'echo run >> {} && echo ok'", counter.display()),
+        "output",
+    ));
+    for (name, body) in &p {
+        std::fs::write(d.plugins.join(name), body).expect("plugin file");
+    }
+    let _server = d.server(&[]);
+    let n = d.node("away");
+    let mut c = d.client(&n, &[]);
+    let out = d.runner(&["-x", "hello", "-n", &n, "--wait", "--timeout", "20s"]);
+    assert_eq!(out.status.code(), Some(0), "{bus:?}: {}", text(&out));
+    let status = c.stop();
+    assert!(status.success(), "{bus:?}: client exit {status:?}");
+    let out = d.runner(&["-x", "count", "-n", &n, "--ttl", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{bus:?}: {}", text(&out));
+    let out = d.runner(&["-x", "facter", "-n", &n, "--ttl", "300"]);
+    assert_eq!(out.status.code(), Some(0), "{bus:?}: {}", text(&out));
+    // Well past the short ttl (seconds of margin) before the client is back.
+    std::thread::sleep(Duration::from_secs(5));
+    let c = d.client(&n, &[]);
+    d.wait_document(&n, 20, |doc| doc.get("facter").is_some());
+    // The expired one was sent first: a run of it would be done by now, give it margin.
+    std::thread::sleep(Duration::from_secs(2));
+    let runs = std::fs::read_to_string(&counter).unwrap_or_default();
+    assert_eq!(
+        runs.lines().count(),
+        0,
+        "{bus:?}: the expired request ran: {runs:?}\n{}",
+        c.log_text()
+    );
+    let doc = d.read_document(&n).expect("document");
+    assert!(doc.get("count").is_none(), "{bus:?}: {doc}");
+}
+
+#[test]
+fn a_request_that_expires_while_the_client_is_down_is_not_run_on_rabbitmq() {
+    a_request_that_expires_while_the_client_is_down_is_not_run(Bus::Rabbit);
+}
+
+#[test]
+fn a_request_that_expires_while_the_client_is_down_is_not_run_on_nats() {
+    a_request_that_expires_while_the_client_is_down_is_not_run(Bus::Nats);
+}

@@ -5,6 +5,7 @@
 //! plugin directory, and starts the real binaries. Processes die with the guard.
 #![allow(dead_code, missing_docs)]
 
+mod bus;
 pub mod fleet;
 mod rabbit;
 pub mod web;

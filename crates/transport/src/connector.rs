@@ -40,6 +40,21 @@ impl Connector {
         }
     }
 
+    /// Where the servers take results from, in the broker's own words (`topology`'s
+    /// queue, or the NATS results stream and its consumer), for messages that ask the
+    /// operator whether a server is running.
+    pub fn results_queue(&self, topology: &Topology) -> String {
+        match self {
+            Connector::Amqp { .. } => topology.master_queue.clone(),
+            #[cfg(feature = "nats")]
+            Connector::Nats { opts, .. } => format!(
+                "stream {}_RESULTS, consumer {}",
+                opts.prefix.replace('.', "_"),
+                crate::nats::SERVERS_CONSUMER
+            ),
+        }
+    }
+
     /// Whether this is a NATS deployment (no per-node queues, no management API).
     pub fn is_nats(&self) -> bool {
         !matches!(self, Connector::Amqp { .. })

@@ -716,6 +716,11 @@ impl Transport for NatsTransport {
         Some(self.client.server_info().max_payload)
     }
 
+    /// The requests stream stores a request to any node name, listened for or not.
+    fn reports_unroutable(&self) -> bool {
+        false
+    }
+
     async fn declare(&self) -> Result<(), TransportError> {
         self.durable("RESULTS", SERVERS_CONSUMER).await?;
         self.stream("REQUESTS").await?;

@@ -169,6 +169,13 @@ pub trait Transport: Send + Sync {
     /// Publishes a result to the servers' shared queue and waits for the broker's confirm.
     async fn publish_result(&self, msg: Outgoing) -> Result<(), TransportError>;
 
+    /// Whether [`Transport::publish_request`] answers `Unroutable` for a node nobody
+    /// listens for (AMQP: no queue of that name). A stream that stores every request
+    /// cannot tell, so a sender asks the servers' registry instead (the runner does).
+    fn reports_unroutable(&self) -> bool {
+        true
+    }
+
     /// Publishes a request to every node or to one, confirmed. `Unroutable` means no node
     /// of that name is known (AMQP with `mandatory`; a stream stores every request).
     async fn publish_request(
