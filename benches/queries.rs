@@ -271,6 +271,6 @@ async fn main() {
     }
     md.push('\n');
     md.push_str(&web_md);
-    md.push_str("\nTargets: each report under 500 ms; each page's p95 under 100 ms. Reports run `vogeler::report` on a fresh store handle (no cache); the web figures go through the HTTP server, whose reads pass a cache that the server's next commit invalidates or that is 5 s old (no ingest runs during this benchmark, so the node list and values come from it, re-read from the store every 5 s: the slow requests).\n");
+    md.push_str("\nTargets: each report under 500 ms; each page's p95 under 100 ms. Reports run `vogeler::report` on a fresh store handle (no cache); the web figures go through the HTTP server, whose reads pass a cache (`src/web/cache.rs`) that hands its lists out shared and keeps each sort order; the server's next commit makes the next request re-read, and an entry 5 s old is re-read in the background while it is still served (no ingest runs during this benchmark; the first request of each page, printed by the bench, is the cold read).\n");
     support::write_section("queries", &md);
 }
