@@ -359,7 +359,10 @@ async fn serve(
     let mut consumer = session
         .consume_node(&opts.node, place.load(), prefetch)
         .await?;
-    let mut saved = consumer.resume();
+    // Nothing counts as saved yet: the first tick writes where this session started, so
+    // a session lost before any request (a NATS restart drops the client's consumers)
+    // resumes there, not at whatever the stream holds by the time it is back.
+    let mut saved = None;
     tracing::info!(node = %opts.node, broker = %session.addr(), "waiting for requests");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
