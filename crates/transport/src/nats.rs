@@ -248,6 +248,16 @@ fn split_credentials(url: &str) -> (String, Option<(String, Option<String>)>) {
     }
 }
 
+/// `nats://h1:4222,nats://h2:4222` (or bare `h2:4222` after the first) as one address
+/// each, for the client library.
+fn server_addrs(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// A connection to a NATS server with JetStream, as a [`Transport`].
 pub struct NatsTransport {
     client: async_nats::Client,
@@ -401,7 +411,9 @@ impl NatsTransport {
         }
         let attempt = tokio::time::timeout(
             opts.connect_timeout + Duration::from_secs(1),
-            options.connect(bare.as_str()),
+            // A cluster's list is one address each: the client library reads a
+            // comma-separated string as one (bad) URL.
+            options.connect(server_addrs(&bare)),
         )
         .await;
         let client = match attempt {
@@ -1211,6 +1223,17 @@ impl Transport for NatsTransport {
 #[cfg(test)]
 mod tests {
     use super::{decode_node, differences, encode_node, mask_url, split_credentials};
+
+    #[test]
+    fn a_server_list_is_one_address_each() {
+        assert_eq!(
+            super::server_addrs("nats://a:1, nats://b:2,,c:3"),
+            ["nats://a:1", "nats://b:2", "c:3"]
+        );
+        let (bare, creds) = split_credentials("nats://u:p@a:1,nats://b:2");
+        assert_eq!(super::server_addrs(&bare), ["nats://a:1", "nats://b:2"]);
+        assert_eq!(creds, Some(("u".to_string(), Some("p".to_string()))));
+    }
 
     #[test]
     fn differences_name_each_changed_setting() {
