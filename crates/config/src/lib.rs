@@ -1558,6 +1558,10 @@ mod example_tests {
         assert_eq!(s.log_level, LogLevel::Warn);
         assert_eq!(s.wire, Wire::V1);
         assert_eq!((s.interval, s.heartbeat_interval), (0, 60));
+        assert_eq!(
+            (s.nats_ack_wait, s.nats_replicas),
+            (Duration::from_secs(30), 1)
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The NATS JetStream backend of the [`Transport`] seam (feature `nats`), for fleets of
-//! tens of thousands of nodes per broker. Not used by the programs yet.
+//! tens of thousands of nodes per broker.
 //!
 //! The mapping, for a subject prefix `P` (default `vogeler`; stream names are `P` with
 //! dots as `_`, then `_RESULTS`, `_REQUESTS`, `_DEAD`):
@@ -16,6 +16,14 @@
 //! have landed), and is redelivered to another server after [`NatsOptions::ack_wait`]
 //! when a server crashed holding it. `max_ack_pending` ([`NatsOptions::max_ack_pending`])
 //! caps what all servers hold unacked; each server pulls `prefetch` at a time.
+//!
+//! **Replicas and changed settings.** Every stream and durable consumer has
+//! [`NatsOptions::replicas`] copies (3 on a three-node cluster: a member lost loses no
+//! result). JetStream keeps a durable's settings from whoever made it first, so
+//! [`Transport::declare`] with [`Existing::Update`] (the server) or [`Existing::Require`]
+//! (`vogeler-admin setup --messaging`) updates an existing stream's replicas and `max_age`
+//! and a durable's `ack_wait`, `max_ack_pending` and replicas in place when they differ
+//! from the options; clients and runners ([`Existing::Keep`]) never do.
 //!
 //! **Requests: why no durable consumer per node.** JetStream keeps every durable
 //! consumer's state on disk and, clustered, in a Raft group of its own per consumer;
