@@ -39,7 +39,7 @@ fn runner_reaches(d: &Deployment, nodes: &[&str], context: impl Fn() -> String) 
         &nodes.join(","),
         "--wait",
         "--timeout",
-        "60s",
+        "90s",
     ]);
     assert_eq!(
         out.status.code(),
@@ -61,9 +61,9 @@ fn nats_server_restarted_mid_ingest_loses_nothing_and_everyone_reconnects() {
         nats.name, nats.starts
     );
     let d = deployment_on(|id| nats.url(id), "");
-    let mut server = d.server(&[]);
+    let server = d.server(&[]);
     let (a, b) = (d.node("agent-a"), d.node("agent-b"));
-    let mut clients = [d.client(&a, &[]), d.client(&b, &[])];
+    let clients = [d.client(&a, &[]), d.client(&b, &[])];
 
     let prefix = format!("{}-r", d.id);
     let (flow, stored_before) = flowing_results(&d, Via::Seam(d.connector()), &prefix);
@@ -88,29 +88,44 @@ fn nats_server_restarted_mid_ingest_loses_nothing_and_everyone_reconnects() {
             nats.log_text()
         )
     });
+    // The clients' request consumers (memory-only, gone with the restart) came back.
+    everyone_carries_on(&d, server, clients, [&a, &b], &nodes, back, "the restart");
+}
+
+/// After a fault at `since`: the server and both clients (of nodes `names`) still run,
+/// a runner reaches both clients through the server, and once they stopped every node in `nodes` has
+/// exactly one history entry.
+fn everyone_carries_on(
+    d: &Deployment,
+    mut server: Proc,
+    mut clients: [Proc; 2],
+    names: [&str; 2],
+    nodes: &[String],
+    since: Instant,
+    fault: &str,
+) {
     eprintln!(
-        "all {} results stored {:?} after the restart",
+        "all {} results stored {:?} after {fault}",
         nodes.len(),
-        back.elapsed()
+        since.elapsed()
     );
     assert_running(&mut server);
     for c in clients.iter_mut() {
         assert_running(c);
     }
-    // The clients' request consumers (memory-only, gone with the restart) came back.
-    runner_reaches(&d, &[&a, &b], || {
+    runner_reaches(d, &names, || {
         format!(
             "client log:\n{}\nserver log:\n{}",
             clients[0].log_text(),
             server.log_text()
         )
     });
-    eprintln!("runner answered {:?} after the restart", back.elapsed());
+    eprintln!("runner answered {:?} after {fault}", since.elapsed());
     server.stop();
     for c in clients.iter_mut() {
         c.stop();
     }
-    assert_history_once_sqlite(&d, &nodes);
+    assert_history_once_sqlite(d, nodes);
 }
 
 /// The `server_name` of the leader of `stream`, as member `via` sees it.
@@ -131,27 +146,13 @@ fn nats_cluster_member_killed_mid_ingest_loses_nothing_and_ingest_carries_on() {
     let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
     eprintln!("cluster {names:?} ready in {:?}", cluster.formed_in);
     let d = deployment_on(|id| cluster.url(id), "replicas = 3\n");
-    let mut server = d.server(&[]);
+    let server = d.server(&[]);
     let (a, b) = (d.node("agent-a"), d.node("agent-b"));
-    let mut clients = [d.client(&a, &[]), d.client(&b, &[])];
+    let clients = [d.client(&a, &[]), d.client(&b, &[])];
 
     // The server's declare made the results stream and the servers' consumer with
     // three replicas each, as `[nats] replicas` says.
-    let settings = rt().block_on(async {
-        let t = NatsTransport::connect(
-            &d.nats_servers(),
-            NatsOptions {
-                prefix: d.id.clone(),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("connect to the cluster");
-        let s = t.durable_settings(QueueKind::Results).await;
-        t.close().await;
-        s
-    });
-    let settings = settings.expect("durable settings").expect("declared");
+    let settings = servers_consumer(&d);
     assert_eq!(
         (settings.stream_replicas, settings.replicas),
         (3, 3),
@@ -188,36 +189,13 @@ fn nats_cluster_member_killed_mid_ingest_loses_nothing_and_ingest_carries_on() {
     let nodes = all_confirmed_stored(&d, flow, &prefix, || {
         format!("with {leader} down; server log:\n{}", server.log_text())
     });
-    eprintln!(
-        "all {} results stored {:?} after the kill",
-        nodes.len(),
-        killed.elapsed()
-    );
-    assert_running(&mut server);
-    for c in clients.iter_mut() {
-        assert_running(c);
-    }
-    // Requests still reach both clients with a member down.
-    runner_reaches(&d, &[&a, &b], || {
-        format!(
-            "client log:\n{}\nserver log:\n{}",
-            clients[0].log_text(),
-            server.log_text()
-        )
-    });
-    eprintln!(
-        "runner answered {:?} after the kill; test took {:?}",
-        killed.elapsed(),
-        test_started.elapsed()
-    );
-    server.stop();
-    for c in clients.iter_mut() {
-        c.stop();
-    }
-    assert_history_once_sqlite(&d, &nodes);
+    // Requests still reach both clients with a member down (a client whose request
+    // consumers lived on it notices by missed heartbeats and makes them again).
+    everyone_carries_on(&d, server, clients, [&a, &b], &nodes, killed, "the kill");
+    eprintln!("test took {:?}", test_started.elapsed());
 }
 
-/// The servers' consumer as it is on the shared NATS, read with a fresh connection.
+/// The servers' consumer as it is on the deployment's NATS, read with a fresh connection.
 fn servers_consumer(d: &Deployment) -> DurableSettings {
     rt().block_on(async {
         let t = NatsTransport::connect(
@@ -228,7 +206,7 @@ fn servers_consumer(d: &Deployment) -> DurableSettings {
             },
         )
         .await
-        .expect("connect to the test NATS");
+        .expect("connect to the deployment's NATS");
         let s = t.durable_settings(QueueKind::Results).await;
         t.close().await;
         s.expect("consumer info")
