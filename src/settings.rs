@@ -124,6 +124,14 @@ pub fn connector(s: &Settings, connection_name: &str, agent: bool) -> Connector 
                 connection_name: connection_name.to_string(),
                 connect_timeout: s.connect_timeout,
                 ack_wait: s.nats_ack_wait,
+                replicas: usize::from(s.nats_replicas),
+                // The server and `setup --messaging` bring the shared streams and
+                // consumers to this config; clients and runners use them as they are.
+                existing: match s.program {
+                    Program::Server => vogeler_transport::Existing::Update,
+                    Program::Admin => vogeler_transport::Existing::Require,
+                    Program::Client | Program::Runner => vogeler_transport::Existing::Keep,
+                },
                 tls: broker_tls(s),
                 credentials: match (&s.nats_creds, &s.nats_nkey) {
                     (Some(p), _) => vogeler_transport::NatsCredentials::CredsFile(p.clone()),

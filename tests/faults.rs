@@ -1,258 +1,20 @@
 //! Fault tests: the broker restarted or crashed mid-ingest (on a private RabbitMQ node),
 //! a member of a three-node cluster killed mid-ingest (quorum queues),
-//! the server killed with SIGKILL mid-ingest, the store taken away for a while,
+//! the server killed with SIGKILL mid-ingest (on either broker; NATS's own broker
+//! faults are in `nats_faults.rs`), the store taken away for a while,
 //! thousands of poison messages mixed into good traffic, and two servers writing the
 //! same nodes. Every test uses its own names, node and database, so the suite runs in
 //! parallel; waits have margins of seconds and the assertions are counts.
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::ingest::*;
 use common::*;
 use vogeler_store::Store;
-use vogeler_transport::{Broker, Delivered, Outgoing, Session};
-
-fn out_text(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
-}
-
-/// A v1 result for `node`, as a client publishes it.
-fn result_body(node: &str, plugin: &str, value: &str) -> Vec<u8> {
-    format!(
-        r#"{{"v":1,"kind":"result","node":"{node}","plugin":"{plugin}","format":"output","data":["{value}"],"duration_ms":1,"collected_at":"2026-01-01T00:00:00Z"}}"#
-    )
-    .into_bytes()
-}
-
-/// Node names stored whose name starts with `prefix`, via `vogeler-admin node`.
-fn stored_nodes(d: &Deployment, prefix: &str) -> BTreeSet<String> {
-    let out = d.admin(&["node"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_string)
-        .collect()
-}
-
-/// Polls until `want` nodes with `prefix` are stored; returns how many there are then.
-fn wait_stored(d: &Deployment, prefix: &str, want: usize, secs: u64) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let n = stored_nodes(d, prefix).len();
-        if n >= want || Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-/// Stops `flow` and waits until every result it had confirmed is stored; returns
-/// their node names. `context` words the failure (when, and the logs).
-fn all_confirmed_stored(
-    d: &Deployment,
-    flow: Flow,
-    prefix: &str,
-    context: impl Fn() -> String,
-) -> Vec<String> {
-    let (n, failures) = flow.finish();
-    eprintln!("{n} results confirmed, {failures} publisher session failures");
-    let stored = wait_stored(d, prefix, n, 90);
-    assert_eq!(stored, n, "every confirmed result stored {}", context());
-    (0..n).map(|i| format!("{prefix}{i:06}")).collect()
-}
-
-/// Starts publishing `hello` results for nodes `{prefix}NNNNNN` through `broker` and
-/// waits until they flow: 2000 confirmed and the server storing them. Returns the flow
-/// and how many nodes were stored by then.
-fn flowing_results(
-    d: &Deployment,
-    broker: vogeler_transport::Broker,
-    exchange: &str,
-    prefix: &str,
-) -> (Flow, usize) {
-    let flow = Flow::start(
-        broker,
-        exchange.to_string(),
-        {
-            let prefix = prefix.to_string();
-            move |i| result_body(&format!("{prefix}{i:06}"), "hello", "hi")
-        },
-        100,
-        Duration::from_millis(10),
-    );
-    flow.wait_confirmed(2000, 60);
-    let stored = wait_stored(d, prefix, 1, 30);
-    assert!(stored > 0, "the server stored nothing while results flowed");
-    (flow, stored)
-}
-
-/// Results published from a thread as a fleet of clients would: in chunks with a pause
-/// between them, each chunk confirmed before the next; a chunk that fails (the broker
-/// went away) is published again on a new session until it is confirmed. The flow runs
-/// until [`Flow::finish`], which stops it after a confirmed chunk, so exactly the
-/// first [`Flow::confirmed`] bodies were published (and no later one, even partly).
-struct Flow {
-    /// Bodies confirmed so far.
-    confirmed: Arc<AtomicUsize>,
-    /// Session failures so far (each one a reconnect).
-    failures: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    /// `Err` when a chunk could not be confirmed within two minutes.
-    handle: JoinHandle<Result<(), String>>,
-}
-
-impl Flow {
-    fn start(
-        broker: Broker,
-        exchange: String,
-        body: impl Fn(usize) -> Vec<u8> + Send + 'static,
-        chunk: usize,
-        pause: Duration,
-    ) -> Flow {
-        let confirmed = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (counter, failed, stopped) = (confirmed.clone(), failures.clone(), stop.clone());
-        let handle = std::thread::spawn(move || {
-            rt().block_on(async move {
-                let mut session: Option<Session> = None;
-                let mut i = 0;
-                let mut since = Instant::now();
-                loop {
-                    if since.elapsed() > Duration::from_secs(120) {
-                        return Err(format!(
-                            "bodies {i}.. not confirmed within 120 s ({} session failures)",
-                            failed.load(Ordering::SeqCst)
-                        ));
-                    }
-                    let Some(s) = session.as_ref() else {
-                        match broker.connect().await {
-                            Ok(s) => session = Some(s),
-                            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                        }
-                        continue;
-                    };
-                    let bodies: Vec<Vec<u8>> = (i..i + chunk).map(&body).collect();
-                    if publish_chunk(s, &exchange, &bodies).await {
-                        i += chunk;
-                        since = Instant::now();
-                        counter.store(i, Ordering::SeqCst);
-                        if stopped.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        tokio::time::sleep(pause).await;
-                    } else {
-                        failed.fetch_add(1, Ordering::SeqCst);
-                        session = None;
-                    }
-                }
-                if let Some(s) = session {
-                    s.close().await;
-                }
-                Ok(())
-            })
-        });
-        Flow {
-            confirmed,
-            failures,
-            stop,
-            handle,
-        }
-    }
-
-    fn confirmed(&self) -> usize {
-        self.confirmed.load(Ordering::SeqCst)
-    }
-
-    fn failures(&self) -> usize {
-        self.failures.load(Ordering::SeqCst)
-    }
-
-    /// Waits until at least `n` bodies are confirmed; fails the test if that takes
-    /// longer than `secs` or the publisher gave up.
-    fn wait_confirmed(&self, n: usize, secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while self.confirmed() < n {
-            assert!(
-                !self.handle.is_finished() && Instant::now() < deadline,
-                "publisher stuck at {} confirmed (wanted {n}) after {secs} s",
-                self.confirmed()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Stops after the next confirmed chunk; returns how many bodies were confirmed
-    /// and how many sessions failed.
-    fn finish(self) -> (usize, usize) {
-        self.stop.store(true, Ordering::SeqCst);
-        match self.handle.join() {
-            Ok(Ok(())) => (
-                self.confirmed.load(Ordering::SeqCst),
-                self.failures.load(Ordering::SeqCst),
-            ),
-            Ok(Err(e)) => panic!("publisher: {e}"),
-            Err(_) => panic!("publisher thread panicked"),
-        }
-    }
-}
-
-/// Publishes and confirms one chunk; `false` if anything failed (publish error, nack,
-/// no confirm within 10 s).
-async fn publish_chunk(s: &Session, exchange: &str, bodies: &[Vec<u8>]) -> bool {
-    let mut pending = Vec::with_capacity(bodies.len());
-    for b in bodies {
-        match s.publish(exchange, "", Outgoing::new(b.clone())).await {
-            Ok(p) => pending.push(p),
-            Err(_) => return false,
-        }
-    }
-    let mut ok = true;
-    for p in pending {
-        match tokio::time::timeout(Duration::from_secs(10), p.confirmed()).await {
-            Ok(Ok(Delivered::Routed)) => {}
-            _ => ok = false,
-        }
-    }
-    ok
-}
-
-/// Every node's history (SQLite, read after the server stopped) holds exactly one entry.
-fn assert_history_once_sqlite(d: &Deployment, nodes: &[String]) {
-    rt().block_on(async {
-        let store = vogeler_store::sqlite::SqliteStore::open(&d.db).expect("open SQLite store");
-        assert_history_once(&store, nodes).await;
-    })
-}
-
-async fn assert_history_once(store: &dyn Store, nodes: &[String]) {
-    let mut bad = Vec::new();
-    for node in nodes {
-        let h = store.history(node, None).await.expect("history").rows;
-        if h.len() != 1 {
-            bad.push(format!("{node}: {} entries", h.len()));
-        }
-    }
-    assert!(
-        bad.is_empty(),
-        "{} of {} nodes do not have exactly one history entry: {:?}",
-        bad.len(),
-        nodes.len(),
-        &bad[..bad.len().min(10)]
-    );
-}
-
-fn assert_running(p: &mut Proc) {
-    if let Ok(Some(status)) = p.child.try_wait() {
-        panic!("{} exited ({status}); log:\n{}", p.name, p.log_text());
-    }
-}
+use vogeler_transport::Outgoing;
 
 /// A broker outage mid-ingest on a private node: results keep flowing from a publisher
 /// (confirms), the broker goes down (`crash`: SIGKILL, else a clean SIGTERM stop) and
@@ -279,7 +41,11 @@ fn broker_outage_mid_ingest(crash: bool) {
     // The outage starts once results flow and the server is storing them; the
     // publisher keeps going through it (failing, reconnecting) until it confirmed
     // 2000 more after the broker came back.
-    let (flow, stored_before) = flowing_results(&d, d.broker(), &t.master_exchange, &prefix);
+    let (flow, stored_before) = flowing_results(
+        &d,
+        Via::Amqp(d.broker(), t.master_exchange.clone()),
+        &prefix,
+    );
     let before = flow.confirmed();
     if crash {
         rabbit.crash();
@@ -394,9 +160,26 @@ fn a_private_node_runs_with_the_open_file_limit_it_was_given() {
 
 #[test]
 fn server_killed_repeatedly_mid_ingest_stores_each_result_once() {
-    let d = Deployment::new(&[]);
+    server_killed_repeatedly_mid_ingest(Bus::Rabbit);
+}
+
+/// The same on NATS: a killed server's unacked results go back to the `servers`
+/// consumer after `ack_wait` and the next server stores them, once.
+#[test]
+fn server_killed_repeatedly_mid_ingest_stores_each_result_once_on_nats() {
+    server_killed_repeatedly_mid_ingest(Bus::Nats);
+}
+
+fn server_killed_repeatedly_mid_ingest(bus: Bus) {
+    let d = Deployment::on(bus, &[]);
     // Small batches: many commits per round, so a kill lands mid-backlog.
-    d.write_conf("[server]\nbatch_size = 100\nprefetch = 300\n");
+    let nats = match bus {
+        Bus::Nats => format!("[nats]\nack_wait = {}\n", NATS_TEST_ACK_WAIT.as_secs()),
+        Bus::Rabbit => String::new(),
+    };
+    d.write_conf(&format!(
+        "{nats}[server]\nbatch_size = 100\nprefetch = 300\n"
+    ));
     let t = d.topology();
     // Started once to declare the queue; each round then starts its own.
     d.server(&[]).stop();
@@ -417,7 +200,10 @@ fn server_killed_repeatedly_mid_ingest_stores_each_result_once() {
             .iter()
             .map(|node| result_body(node, "hello", "hi"))
             .collect();
-        publish_raw(&t.master_exchange, "", &bodies);
+        match bus {
+            Bus::Rabbit => publish_raw(&t.master_exchange, "", &bodies),
+            Bus::Nats => d.publish_results(bodies.into_iter().map(Outgoing::new).collect()),
+        }
         let published = (round + 1) * per_round;
         let mut server = d.server(&[]);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -536,8 +322,11 @@ fn cluster_member_killed_mid_ingest_loses_nothing_and_everyone_carries_on() {
     }
 
     let prefix = format!("{}-c", d.id);
-    let (flow, stored_before) =
-        flowing_results(&d, cluster.nodes[1].broker(), &t.master_exchange, &prefix);
+    let (flow, stored_before) = flowing_results(
+        &d,
+        Via::Amqp(cluster.nodes[1].broker(), t.master_exchange.clone()),
+        &prefix,
+    );
     let before = flow.confirmed();
     cluster.nodes[0].kill();
     let killed = Instant::now();

@@ -7,6 +7,8 @@
 
 mod bus;
 pub mod fleet;
+pub mod ingest;
+pub mod nats;
 mod rabbit;
 pub mod web;
 pub use rabbit::{rand_u32, rt};
@@ -553,6 +555,18 @@ impl Deployment {
         }
     }
 
+    /// This deployment's NATS server(s) as the client library takes them, without the
+    /// prefix: the shared one unless [`Deployment::with_broker`] named private ones.
+    pub fn nats_servers(&self) -> String {
+        let (scheme, rest) = self.amqp.split_once("://").unwrap_or(("nats", &self.amqp));
+        let hosts = rest.split('/').next().unwrap_or_default();
+        hosts
+            .split(',')
+            .map(|h| format!("{scheme}://{h}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Whether this deployment runs on NATS.
     pub fn is_nats(&self) -> bool {
         self.amqp.starts_with("nats://") || self.amqp.starts_with("tls://")
@@ -562,7 +576,7 @@ impl Deployment {
     pub fn connector(&self) -> vogeler_transport::Connector {
         if self.is_nats() {
             vogeler_transport::Connector::Nats {
-                url: nats_base(),
+                url: self.nats_servers(),
                 label: self.amqp.clone(),
                 opts: vogeler_transport::NatsOptions {
                     prefix: self.id.clone(),
@@ -613,13 +627,14 @@ impl Drop for Deployment {
             return;
         }
         let prefix = self.id.clone();
+        let servers = self.nats_servers();
         let _ = std::thread::spawn(move || {
             rt().block_on(async {
                 let opts = vogeler_transport::NatsOptions {
                     prefix,
                     ..Default::default()
                 };
-                if let Ok(t) = vogeler_transport::NatsTransport::connect(&nats_base(), opts).await {
+                if let Ok(t) = vogeler_transport::NatsTransport::connect(&servers, opts).await {
                     let _ = t.delete_streams().await;
                 }
             })

@@ -353,6 +353,9 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
 }
 
+/// The most copies of a stream JetStream keeps (`[nats] replicas`): its own limit.
+pub const MAX_NATS_REPLICAS: u64 = 5;
+
 /// Everything a program runs with, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -371,6 +374,9 @@ pub struct Settings {
     /// `[nats] ack_wait` (seconds, default 30): how long a server may hold a result
     /// unacked before JetStream gives it to another server (the crash take-over time).
     pub nats_ack_wait: Duration,
+    /// `[nats] replicas` (1 to 5, default 1): copies a JetStream cluster keeps of every
+    /// stream and durable consumer, so losing a member loses no result.
+    pub nats_replicas: u8,
     /// Certificates for `amqps://` brokers.
     pub amqp_tls: TlsFiles,
     /// The web UI's token (server), if one is required.
@@ -855,6 +861,17 @@ impl Settings {
         };
         let max_clock_skew = Duration::from_secs(number("server", "max_clock_skew", 300)?);
         let nats_ack_wait = Duration::from_secs(number("nats", "ack_wait", 30)?.max(1));
+        let nats_replicas = match number("nats", "replicas", 1)? {
+            n @ 1..=MAX_NATS_REPLICAS => n as u8,
+            n => {
+                return Err(ConfigError::Value {
+                    place: place("nats", "replicas"),
+                    message: format!(
+                        "{n} replicas: JetStream keeps 1 to {MAX_NATS_REPLICAS} copies of a stream (3 for a three-node cluster)"
+                    ),
+                })
+            }
+        };
         let connect_timeout = match o.connect_timeout {
             Some(d) => d,
             None => Duration::from_secs(number("global", "connect_timeout", 10)?.max(1)),
@@ -965,6 +982,7 @@ impl Settings {
                 .or_else(|| path_of("nats", "nkey_file")),
             nats,
             nats_ack_wait,
+            nats_replicas,
             amqp_tls,
             http_token,
             plugin_user,
@@ -1540,6 +1558,41 @@ mod example_tests {
         assert_eq!(s.log_level, LogLevel::Warn);
         assert_eq!(s.wire, Wire::V1);
         assert_eq!((s.interval, s.heartbeat_interval), (0, 60));
+        assert_eq!(
+            (s.nats_ack_wait, s.nats_replicas),
+            (Duration::from_secs(30), 1)
+        );
+    }
+
+    #[test]
+    fn nats_replicas_are_read_and_bounded_with_their_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("v.conf");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            let f = ConfigFile::load(&path).expect("load");
+            Settings::resolve(Program::Server, Overrides::default(), Some(f))
+        };
+        assert_eq!(resolve("[global]\n").expect("default").nats_replicas, 1);
+        for n in 1..=5u8 {
+            let s = resolve(&format!("[nats]\nreplicas = {n}\n")).expect("in range");
+            assert_eq!(s.nats_replicas, n);
+        }
+        for (bad, says) in [
+            ("0", "0 replicas"),
+            ("6", "6 replicas"),
+            ("three", "not a whole number"),
+            ("-1", "not a whole number"),
+        ] {
+            let err = resolve(&format!("[nats]\nack_wait = 5\nreplicas = {bad}\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                err.contains(&format!("{}:3 [nats] replicas", path.display()))
+                    && err.contains(says),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub use backoff::Backoff;
 pub use connector::Connector;
 pub use management::{Management, ManagementError, QueueInfo};
 #[cfg(feature = "nats")]
-pub use nats::{NatsCredentials, NatsOptions, NatsTransport};
+pub use nats::{DurableSettings, Existing, NatsCredentials, NatsOptions, NatsTransport};
 pub use seam::{
     AckHandle, AmqpTransport, Audience, BadResume, Message, QueueKind, Resume, Subscription,
     Transport, REASON_HEADER,

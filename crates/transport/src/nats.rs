@@ -1,5 +1,5 @@
 //! The NATS JetStream backend of the [`Transport`] seam (feature `nats`), for fleets of
-//! tens of thousands of nodes per broker. Not used by the programs yet.
+//! tens of thousands of nodes per broker.
 //!
 //! The mapping, for a subject prefix `P` (default `vogeler`; stream names are `P` with
 //! dots as `_`, then `_RESULTS`, `_REQUESTS`, `_DEAD`):
@@ -16,6 +16,14 @@
 //! have landed), and is redelivered to another server after [`NatsOptions::ack_wait`]
 //! when a server crashed holding it. `max_ack_pending` ([`NatsOptions::max_ack_pending`])
 //! caps what all servers hold unacked; each server pulls `prefetch` at a time.
+//!
+//! **Replicas and changed settings.** Every stream and durable consumer has
+//! [`NatsOptions::replicas`] copies (3 on a three-node cluster: a member lost loses no
+//! result). JetStream keeps a durable's settings from whoever made it first, so
+//! [`Transport::declare`] with [`Existing::Update`] (the server) or [`Existing::Require`]
+//! (`vogeler-admin setup --messaging`) updates an existing stream's replicas and `max_age`
+//! and a durable's `ack_wait`, `max_ack_pending` and replicas in place when they differ
+//! from the options; clients and runners ([`Existing::Keep`]) never do.
 //!
 //! **Requests: why no durable consumer per node.** JetStream keeps every durable
 //! consumer's state on disk and, clustered, in a Raft group of its own per consumer;
@@ -72,6 +80,17 @@ pub const REPLY_TO_HEADER: &str = "x-vogeler-reply-to";
 pub const SERVERS_CONSUMER: &str = "servers";
 /// How long a message given back ([`Transport::requeue`]) waits before redelivery.
 const REQUEUE_DELAY: Duration = Duration::from_secs(2);
+/// Idle heartbeat of a pull on a durable consumer (servers, admin): a lost consumer is
+/// noticed after two missed, 10 s.
+const SHARED_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long one pull on a durable consumer waits before it is made again.
+const SHARED_PULL_EXPIRES: Duration = Duration::from_secs(30);
+/// Idle heartbeat of a client's pulls: a lost consumer is noticed within 40 s. An idle
+/// consumer costs a pull, its expiry and two heartbeats a minute: as many messages as
+/// pulls and expiries alone made at the library's 30 s (50,000 clients: ~6,700/s).
+const CLIENT_HEARTBEAT: Duration = Duration::from_secs(20);
+/// How long one pull of a client waits before it is made again.
+const CLIENT_PULL_EXPIRES: Duration = Duration::from_secs(60);
 /// The durable consumer the admin reads dead letters with.
 pub const DEAD_CONSUMER: &str = "admin";
 
@@ -98,6 +117,40 @@ pub struct NatsOptions {
     pub tls: crate::BrokerTls,
     /// A `.creds` file (JWT and nkey seed) or an nkey seed file, read at connect.
     pub credentials: NatsCredentials,
+    /// Copies a JetStream cluster keeps of each stream and durable consumer (1 to 5):
+    /// with 3, a member lost loses no result.
+    pub replicas: usize,
+    /// What [`Transport::declare`] does with a stream or durable consumer that exists
+    /// with other settings than these.
+    pub existing: Existing,
+}
+
+/// What a declare does with a stream or durable consumer made earlier with other
+/// settings (`ack_wait`, `max_ack_pending`, replicas, `max_age`): the first declarer's
+/// settings would otherwise stay for good, whatever the config says later.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Existing {
+    /// Use it as it is (clients and runners: their config is not the deployment's).
+    #[default]
+    Keep,
+    /// Bring it to these settings; a refused update is logged and what is there is used
+    /// (the server: ingest never stops over a setting).
+    Update,
+    /// Bring it to these settings or fail, naming the refusal (`vogeler-admin setup`).
+    Require,
+}
+
+/// A durable consumer's settings as the server has them ([`NatsTransport::durable_settings`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurableSettings {
+    /// How long a server may hold a message unacked.
+    pub ack_wait: Duration,
+    /// Messages all pullers together may hold unacked.
+    pub max_ack_pending: i64,
+    /// Copies of the consumer's state (its stream's when it sets none).
+    pub replicas: usize,
+    /// Copies of its stream.
+    pub stream_replicas: usize,
 }
 
 /// How a client proves who it is beyond what the URL carries (user:password@, token@).
@@ -125,6 +178,8 @@ impl Default for NatsOptions {
             connect_timeout: Duration::from_secs(10),
             tls: crate::BrokerTls::default(),
             credentials: NatsCredentials::None,
+            replicas: 1,
+            existing: Existing::Keep,
         }
     }
 }
@@ -210,6 +265,16 @@ fn split_credentials(url: &str) -> (String, Option<(String, Option<String>)>) {
         }
         None => (url.to_string(), None),
     }
+}
+
+/// `nats://h1:4222,nats://h2:4222` (or bare `h2:4222` after the first) as one address
+/// each, for the client library.
+fn server_addrs(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// A connection to a NATS server with JetStream, as a [`Transport`].
@@ -365,7 +430,9 @@ impl NatsTransport {
         }
         let attempt = tokio::time::timeout(
             opts.connect_timeout + Duration::from_secs(1),
-            options.connect(bare.as_str()),
+            // A cluster's list is one address each: the client library reads a
+            // comma-separated string as one (bad) URL.
+            options.connect(server_addrs(&bare)),
         )
         .await;
         let client = match attempt {
@@ -461,7 +528,8 @@ impl NatsTransport {
         Ok(())
     }
 
-    async fn stream(&self, what: &str) -> Result<stream::Stream, TransportError> {
+    /// The settings of one of the deployment's streams.
+    fn stream_config(&self, what: &str) -> stream::Config {
         let (subjects, retention, max_age) = match what {
             "RESULTS" => (
                 vec![self.subject("results")],
@@ -479,18 +547,38 @@ impl NatsTransport {
                 self.opts.dead_max_age,
             ),
         };
-        let name = self.stream_name(what);
+        stream::Config {
+            name: self.stream_name(what),
+            subjects,
+            retention,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: self.opts.replicas,
+            ..Default::default()
+        }
+    }
+
+    /// One of the deployment's streams, made with [`NatsTransport::stream_config`] if
+    /// it does not exist yet (an existing one is used as it is).
+    async fn stream(&self, what: &str) -> Result<stream::Stream, TransportError> {
+        let config = self.stream_config(what);
+        let name = config.name.clone();
         self.js
-            .get_or_create_stream(stream::Config {
-                name: name.clone(),
-                subjects,
-                retention,
-                max_age,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
+            .get_or_create_stream(config)
             .await
             .map_err(|e| self.refused(&format!("stream {name}"), e))
+    }
+
+    /// The settings of a durable consumer (the servers' or the admin's).
+    fn durable_config(&self, name: &str) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(name.to_string()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.opts.ack_wait,
+            max_ack_pending: self.opts.max_ack_pending,
+            num_replicas: self.opts.replicas,
+            ..Default::default()
+        }
     }
 
     async fn durable(
@@ -500,18 +588,168 @@ impl NatsTransport {
     ) -> Result<consumer::Consumer<consumer::pull::Config>, TransportError> {
         let stream = self.stream(what).await?;
         stream
-            .get_or_create_consumer(
-                name,
-                consumer::pull::Config {
-                    durable_name: Some(name.to_string()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: self.opts.ack_wait,
-                    max_ack_pending: self.opts.max_ack_pending,
-                    ..Default::default()
-                },
-            )
+            .get_or_create_consumer(name, self.durable_config(name))
             .await
             .map_err(|e| self.refused(&format!("consumer {name} on {}", self.stream_name(what)), e))
+    }
+
+    /// Declares a stream, and with [`Existing::Update`] or [`Existing::Require`] brings
+    /// an existing one to this deployment's replicas and `max_age`.
+    async fn settle_stream(&self, what: &str) -> Result<stream::Stream, TransportError> {
+        let mut stream = self.stream(what).await?;
+        if self.opts.existing == Existing::Keep {
+            return Ok(stream);
+        }
+        let want = self.stream_config(what);
+        let have = stream.cached_info().config.clone();
+        let changes = differences(&[
+            ("replicas", have.num_replicas, want.num_replicas),
+            (
+                "max_age_s",
+                have.max_age.as_secs() as usize,
+                want.max_age.as_secs() as usize,
+            ),
+        ]);
+        if changes.is_empty() {
+            return Ok(stream);
+        }
+        let updated = stream::Config {
+            num_replicas: want.num_replicas,
+            max_age: want.max_age,
+            ..have
+        };
+        let result = self.js.update_stream(&updated).await.map(drop);
+        self.settled(&format!("stream {}", want.name), &changes, result)?;
+        // The handle again, with the settings it has now.
+        stream = self.stream(what).await?;
+        Ok(stream)
+    }
+
+    /// Declares a durable consumer, and with [`Existing::Update`] or
+    /// [`Existing::Require`] brings an existing one to this deployment's `ack_wait`,
+    /// `max_ack_pending` and replicas (JetStream updates those in place: the consumer
+    /// keeps its place and what it holds).
+    async fn settle_durable(&self, what: &str, name: &str) -> Result<(), TransportError> {
+        let stream = self.settle_stream(what).await?;
+        let consumer = self.durable(what, name).await?;
+        if self.opts.existing == Existing::Keep {
+            return Ok(());
+        }
+        let want = self.durable_config(name);
+        let have = &consumer.cached_info().config;
+        // 0 replicas (older declares) means as many as the stream has.
+        let have_replicas = match have.num_replicas {
+            0 => stream.cached_info().config.num_replicas,
+            n => n,
+        };
+        let changes = differences(&[
+            (
+                "ack_wait_ms",
+                have.ack_wait.as_millis() as usize,
+                want.ack_wait.as_millis() as usize,
+            ),
+            (
+                "max_ack_pending",
+                have.max_ack_pending as usize,
+                want.max_ack_pending as usize,
+            ),
+            ("replicas", have_replicas, want.num_replicas),
+        ]);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        // Made again with the same name: JetStream updates a durable in place.
+        let result = stream.create_consumer(want).await.map(drop);
+        self.settled(
+            &format!("consumer {name} on {}", self.stream_name(what)),
+            &changes,
+            result,
+        )
+    }
+
+    /// Logs an update of `what`, or its refusal: an error with [`Existing::Require`], a
+    /// warning (going on with what is there) with [`Existing::Update`].
+    fn settled<E: std::fmt::Display>(
+        &self,
+        what: &str,
+        changes: &str,
+        result: Result<(), E>,
+    ) -> Result<(), TransportError> {
+        match result {
+            Ok(()) => {
+                tracing::info!(broker = %self.addr, %changes, "updated {what} to the configured settings");
+                Ok(())
+            }
+            Err(e) if self.opts.existing == Existing::Require => {
+                Err(self.refused(&format!("update of {what} ({changes})"), e))
+            }
+            Err(e) => {
+                tracing::warn!(broker = %self.addr, %changes, error = %e, "could not update {what} to the configured settings; using it as it is");
+                Ok(())
+            }
+        }
+    }
+
+    /// The stream and durable consumer behind `queue`, as they are on the server;
+    /// `None` when either does not exist (nothing declared yet).
+    async fn lookup(
+        &self,
+        queue: QueueKind,
+    ) -> Result<Option<(stream::Stream, consumer::Info)>, TransportError> {
+        let (what, name) = match queue {
+            QueueKind::Results => ("RESULTS", SERVERS_CONSUMER),
+            QueueKind::Dead => ("DEAD", DEAD_CONSUMER),
+        };
+        use jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
+        use jetstream::ErrorCode;
+        let stream = match self.js.get_stream(self.stream_name(what)).await {
+            Ok(s) => s,
+            Err(e) => match e.kind() {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    return Ok(None)
+                }
+                _ => return Err(self.err("stream info", e)),
+            },
+        };
+        let info = match stream.consumer_info(name).await {
+            Ok(i) => i,
+            Err(e) => match e.kind() {
+                ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound => {
+                    return Ok(None)
+                }
+                ConsumerInfoErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND =>
+                {
+                    return Ok(None)
+                }
+                _ => return Err(self.err("consumer info", e)),
+            },
+        };
+        Ok(Some((stream, info)))
+    }
+
+    /// The settings the servers' (or the admin's) durable consumer and its stream have
+    /// on the server now, whoever made them: what `vogeler-admin setup --messaging`
+    /// brought them to. `None` before anything was declared.
+    pub async fn durable_settings(
+        &self,
+        queue: QueueKind,
+    ) -> Result<Option<DurableSettings>, TransportError> {
+        let Some((stream, info)) = self.lookup(queue).await? else {
+            return Ok(None);
+        };
+        let stream_replicas = stream.cached_info().config.num_replicas;
+        Ok(Some(DurableSettings {
+            ack_wait: info.config.ack_wait,
+            max_ack_pending: info.config.max_ack_pending,
+            replicas: match info.config.num_replicas {
+                0 => stream_replicas,
+                n => n,
+            },
+            stream_replicas,
+        }))
     }
 
     async fn publish_js(
@@ -544,9 +782,19 @@ impl NatsTransport {
         prefetch: u16,
         feed: Feed,
     ) -> Result<Feeds, TransportError> {
+        // A consumer whose member went away (a client's single-copy one, or any while a
+        // cluster elects) sends nothing, not even an error: without heartbeats a pull
+        // would wait on it for good. Two missed ones end the feed with an error, and the
+        // program reconnects and makes its consumers again.
+        let (heartbeat, expires) = match feed {
+            Feed::Other => (SHARED_HEARTBEAT, SHARED_PULL_EXPIRES),
+            Feed::Broadcast | Feed::Node => (CLIENT_HEARTBEAT, CLIENT_PULL_EXPIRES),
+        };
         let s = c
             .stream()
             .max_messages_per_batch(usize::from(prefetch.max(1)))
+            .heartbeat(heartbeat)
+            .expires(expires)
             .messages()
             .await
             .map_err(|e| self.err("pull", e))?;
@@ -554,6 +802,17 @@ impl NatsTransport {
             s.map(move |m| (feed, m.map_err(|e| e.to_string()))),
         ))
     }
+}
+
+/// `name: have -> want` for each setting that differs, comma-separated; empty when
+/// none does.
+fn differences(settings: &[(&str, usize, usize)]) -> String {
+    settings
+        .iter()
+        .filter(|(_, have, want)| have != want)
+        .map(|(name, have, want)| format!("{name}: {have} -> {want}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Whether `to` is a subject a reply may go to: printable tokens without wildcards, at
@@ -722,6 +981,14 @@ impl Transport for NatsTransport {
     }
 
     async fn declare(&self) -> Result<(), TransportError> {
+        self.settle_durable("RESULTS", SERVERS_CONSUMER).await?;
+        self.settle_stream("REQUESTS").await?;
+        self.settle_durable("DEAD", DEAD_CONSUMER).await?;
+        Ok(())
+    }
+
+    async fn declare_sender(&self) -> Result<(), TransportError> {
+        // A runner's config is not the deployment's: it never updates what is there.
         self.durable("RESULTS", SERVERS_CONSUMER).await?;
         self.stream("REQUESTS").await?;
         self.durable("DEAD", DEAD_CONSUMER).await?;
@@ -967,36 +1234,8 @@ impl Transport for NatsTransport {
     }
 
     async fn queue_status(&self, queue: QueueKind) -> Result<Option<QueueStatus>, TransportError> {
-        let (what, name) = match queue {
-            QueueKind::Results => ("RESULTS", SERVERS_CONSUMER),
-            QueueKind::Dead => ("DEAD", DEAD_CONSUMER),
-        };
-        use jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
-        use jetstream::ErrorCode;
-        let stream = match self.js.get_stream(self.stream_name(what)).await {
-            Ok(s) => s,
-            Err(e) => match e.kind() {
-                GetStreamErrorKind::JetStream(j)
-                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
-                {
-                    return Ok(None)
-                }
-                _ => return Err(self.err("stream info", e)),
-            },
-        };
-        let info = match stream.consumer_info(name).await {
-            Ok(i) => i,
-            Err(e) => match e.kind() {
-                ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound => {
-                    return Ok(None)
-                }
-                ConsumerInfoErrorKind::JetStream(j)
-                    if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND =>
-                {
-                    return Ok(None)
-                }
-                _ => return Err(self.err("consumer info", e)),
-            },
+        let Some((_, info)) = self.lookup(queue).await? else {
+            return Ok(None);
         };
         // Dead letters the admin listed and gave back wait for redelivery, counted as
         // ack-pending: they are still there. Results held by a server are not "ready".
@@ -1017,7 +1256,31 @@ impl Transport for NatsTransport {
 
 #[cfg(test)]
 mod tests {
-    use super::{decode_node, encode_node, mask_url, split_credentials};
+    use super::{decode_node, differences, encode_node, mask_url, split_credentials};
+
+    #[test]
+    fn a_server_list_is_one_address_each() {
+        assert_eq!(
+            super::server_addrs("nats://a:1, nats://b:2,,c:3"),
+            ["nats://a:1", "nats://b:2", "c:3"]
+        );
+        let (bare, creds) = split_credentials("nats://u:p@a:1,nats://b:2");
+        assert_eq!(super::server_addrs(&bare), ["nats://a:1", "nats://b:2"]);
+        assert_eq!(creds, Some(("u".to_string(), Some("p".to_string()))));
+    }
+
+    #[test]
+    fn differences_name_each_changed_setting() {
+        assert_eq!(differences(&[("replicas", 1, 1)]), "");
+        assert_eq!(
+            differences(&[
+                ("ack_wait_ms", 60_000, 3_000),
+                ("replicas", 1, 1),
+                ("r", 1, 3)
+            ]),
+            "ack_wait_ms: 60000 -> 3000, r: 1 -> 3"
+        );
+    }
 
     #[test]
     fn credentials_come_out_of_the_url() {
