@@ -31,7 +31,8 @@
 //! (`amqp://user:password@host:port/`, default vhost); `VOGELER_FLEET_TRANSIENT` set:
 //! broadcast a transient AMQP request (delivery mode 1, not what `vogeler-runner`
 //! sends) to see what persistence costs; `VOGELER_NATS_SERVER`, the nats-server binary
-//! (default `/usr/sbin/nats-server`).
+//! (default `/usr/sbin/nats-server`), and `VOGELER_NATS_SERVER_ARGS`, extra flags for it
+//! (`--profile 6061` serves Go's pprof, for where its memory goes).
 //!
 //! It prints the figures and writes its section of BENCHMARKS.md after every row: per
 //! transport, store and size, the fleet's set-up, both broadcasts, the server's resident

@@ -34,6 +34,12 @@ impl NatsServer {
         let child = std::process::Command::new(&bin)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(store.path())
+            // Extra flags for a look inside, e.g. `--profile 6061` (Go's pprof).
+            .args(
+                std::env::var("VOGELER_NATS_SERVER_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
