@@ -896,9 +896,25 @@ async fn nats_row(backend: &str, n: u64, connections: usize) -> Row {
             let mut data = fleet.data.write().expect("data lock");
             *data = Arc::from(facter_text(round));
         }
+        // Where the time goes: each process's CPU over the broadcast.
+        let who = [
+            pid.to_string(),
+            server.0.id().to_string(),
+            "self".to_string(),
+        ];
+        let before: Vec<u64> = who.iter().map(|p| support::cpu_ticks(p)).collect();
         let timing = broadcast_nats(&url, &prefix, &fleet, n, round).await;
+        let used: Vec<f64> = who
+            .iter()
+            .zip(&before)
+            .map(|(p, b)| (support::cpu_ticks(p) - b) as f64 / 100.0)
+            .collect();
         row.figures.push((timing, rss_mb(server.0.id())));
         row.print(round as usize - 1);
+        println!(
+            "    CPU over it: nats-server {:.1} s, vogeler-server {:.1} s, simulated nodes and runner {:.1} s",
+            used[0], used[1], used[2]
+        );
     }
     let rss2 = support::proc_status_kib(pid, "VmRSS:");
     let hwm = support::proc_status_kib(pid, "VmHWM:");
