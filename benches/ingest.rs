@@ -245,9 +245,9 @@ async fn client_figures(id: &str, requests: u64, bus: &ClientBus) -> ClientFigur
         .args([
             "-p",
             plugins.to_str().expect("utf-8 path"),
+            "run",
             "--node-name",
             &node,
-            "run",
         ])
         .envs(bus.env())
         .env("VOGELER_STATE_DIR", state.path())
@@ -256,6 +256,9 @@ async fn client_figures(id: &str, requests: u64, bus: &ClientBus) -> ClientFigur
         .spawn()
         .expect("start vogeler-client");
     tokio::time::sleep(Duration::from_secs(3)).await;
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!("vogeler-client exited at start ({status})");
+    }
     let pid = child.id();
     let ticks = || support::cpu_ticks(&pid.to_string());
     let before = ticks();
