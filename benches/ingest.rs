@@ -501,7 +501,11 @@ async fn client_part(id: &str) {
         &|c| format!("{} clock ticks", c.idle_ticks),
         "none",
     ));
-    md.push_str(&line("requests answered", &|c| c.requests.to_string(), ""));
+    md.push_str(&line(
+        "results in the queue after the load",
+        &|c| c.requests.to_string(),
+        "",
+    ));
     md.push_str(&line(
         "peak resident memory under load",
         &|c| mb(c.peak_kib),

@@ -74,7 +74,8 @@ impl NatsServer {
 
     /// `nats-server --version`.
     pub fn version() -> String {
-        super::version(&binary(), &["--version"])
+        let v = super::version(&binary(), &["--version"]);
+        v.strip_prefix("nats-server: ").unwrap_or(&v).to_string()
     }
 }
 
