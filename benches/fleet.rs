@@ -574,7 +574,7 @@ fn main() {
             other => panic!("VOGELER_FLEET_TRANSPORTS: unknown transport {other:?} (amqp, nats)"),
         }
     }
-    // Sessions close before the brokers stop.
+    // What is still open closes before the process ends.
     drop(rt);
 }
 
@@ -710,9 +710,10 @@ impl Row {
 /// The table's heading; rows are keyed by their first three cells.
 const TABLE_HEAD: &str = "| transport | store | nodes | measured | fleet set-up | first broadcast (created) | second broadcast (updated) | broadcast confirmed (first / second) | server resident after | broker memory per node | broker descriptors (peak) | targets |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
 
-/// Rows of the table now in BENCHMARKS.md, for the (transport, store, nodes) this run
-/// did not measure: a run of one transport keeps the other's figures.
-fn earlier_rows() -> Vec<String> {
+/// The lines of the fleet section now in BENCHMARKS.md that start with one of
+/// `starts`: the rows and broker paragraphs of what this run did not measure, so a run
+/// of one transport keeps the other's figures.
+fn earlier_lines(starts: &[&str]) -> Vec<String> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let section = match (
@@ -724,7 +725,7 @@ fn earlier_rows() -> Vec<String> {
     };
     section
         .lines()
-        .filter(|l| l.starts_with("| amqp |") || l.starts_with("| nats |"))
+        .filter(|l| starts.iter().any(|s| l.starts_with(s)))
         .map(|l| format!("{l}\n"))
         .collect()
 }
@@ -742,7 +743,7 @@ fn row_key(line: &str) -> Vec<String> {
 fn write_table(run: &Run) {
     let mut lines: Vec<String> = run.rows.iter().map(Row::markdown).collect();
     let measured: Vec<Vec<String>> = lines.iter().map(|l| row_key(l)).collect();
-    for old in earlier_rows() {
+    for old in earlier_lines(&["| amqp |", "| nats |"]) {
         if !measured.contains(&row_key(&old)) {
             lines.push(old);
         }
@@ -752,11 +753,21 @@ fn write_table(run: &Run) {
         (k[0].clone(), k[1].clone(), k[2].parse::<u64>().unwrap_or(0))
     };
     lines.sort_by_key(order);
+    let mut brokers = run.brokers.clone();
+    for (start, label) in [("**AMQP**", "amqp"), ("**NATS**", "nats")] {
+        if run.rows.iter().all(|r| r.transport != label) {
+            let earlier = earlier_lines(&[start]).concat();
+            if !earlier.is_empty() {
+                brokers.push(earlier.trim_end().to_string());
+            }
+        }
+    }
+    brokers.sort();
     let mut md = String::from("## Fleet: broadcast to stored\n\n");
     md.push_str(&support::machine_line("fleet"));
     md.push_str(&format!(
         "Simulated nodes answer one broadcast with the facter fixture; a real `vogeler-server` stores them and confirms each. Time from the broadcast to the last `stored` confirmation; *broadcast confirmed* is when the broker confirmed the broadcast (AMQP: persisted in every node queue; NATS: stored once in the requests stream). Fleet set-up is declaring and consuming every node's requests. Server memory budget: 64 MB + 0.1 MB per node. Targets: AMQP 1,000 nodes under 2 s, 10,000 under 15 s (issue #10); NATS + SQLite 10,000 nodes ≤ 2 s, 50,000 ≤ 8 s, nats-server ≤ 5 KB per node (issue #19).\n\n{}\n\n{TABLE_HEAD}",
-        run.brokers.join("\n\n")
+        brokers.join("\n\n")
     ));
     for l in &lines {
         md.push_str(l);
@@ -814,8 +825,8 @@ fn run_amqp(rt: &tokio::runtime::Runtime, run: &mut Run) {
             write_table(run);
         }
     }
-    // The node stops after its sessions closed (the caller's runtime is still up, but
-    // every session of the fleet was closed by `cleanup`).
+    // The node stops here: the fleet's consumers ended when `cleanup` deleted their
+    // queues.
     drop(node);
 }
 
