@@ -4,9 +4,11 @@
 //!
 //! `cargo bench --bench ingest` (env `VOGELER_BENCH_N`, default 20000 results;
 //! `VOGELER_BENCH_STORES=sqlite,postgres,couch`; `VOGELER_BENCH_CLIENT_REQUESTS`,
-//! default 1000) prints the figures and writes its section of BENCHMARKS.md. The
-//! CouchDB figure is measured on pouchdb-server. A real `vogeler-client` is measured
-//! last: idle, then answering requests.
+//! default 1000; `VOGELER_BENCH_PARTS`, default `ingest,client`;
+//! `VOGELER_BENCH_CLIENT_TRANSPORTS`, default `amqp,nats`) prints the figures and writes
+//! its sections of BENCHMARKS.md (`ingest`, `client`). The CouchDB figure is measured on
+//! pouchdb-server. A real `vogeler-client` is measured last on each transport (RabbitMQ:
+//! the shared broker; NATS: a private nats-server): idle, then answering requests.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,7 +19,10 @@ mod support;
 use vogeler::server::{self, ServerOptions, Stats};
 use vogeler_protocol::{Message, Request};
 use vogeler_store::DynStore;
-use vogeler_transport::{Broker, Outgoing, Topology};
+use vogeler_transport::{
+    AmqpTransport, Audience, Broker, NatsOptions, NatsTransport, Outgoing, QueueKind, Topology,
+    Transport,
+};
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -181,51 +186,86 @@ struct ClientFigures {
     cpu_us_per_result: f64,
 }
 
-/// A `/proc/PID/status` figure in KiB.
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
+/// Where a measured client's broker is: the shared RabbitMQ on the bench's own names, or
+/// a private nats-server (so its figures are the client's alone) on its own prefix.
+enum ClientBus {
+    Amqp(Topology),
+    Nats(support::nats_server::NatsServer, String),
+}
+
+impl ClientBus {
+    /// The client's `VOGELER_*` environment for this broker.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            ClientBus::Amqp(t) => vec![
+                ("VOGELER_QHOST", "amqp://guest:guest@127.0.0.1:5672/".into()),
+                ("VOGELER_MASTER_EXCHANGE", t.master_exchange.clone()),
+                ("VOGELER_BROADCAST_EXCHANGE", t.broadcast_exchange.clone()),
+            ],
+            ClientBus::Nats(server, prefix) => {
+                vec![("VOGELER_QHOST", format!("{}/{prefix}", server.url()))]
+            }
+        }
+    }
+
+    /// A sender on this broker, the results queue (or stream) declared.
+    async fn sender(&self) -> Arc<dyn Transport> {
+        let t: Arc<dyn Transport> = match self {
+            ClientBus::Amqp(t) => Arc::new(AmqpTransport::new(
+                broker().connect().await.expect("connect"),
+                t.clone(),
+            )),
+            ClientBus::Nats(server, prefix) => Arc::new(
+                NatsTransport::connect(
+                    &server.url(),
+                    NatsOptions {
+                        prefix: prefix.clone(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("connect to the private nats-server"),
+            ),
+        };
+        t.declare().await.expect("declare");
+        t
+    }
 }
 
 /// Starts a client with the shipped plugins, measures it idle for five seconds, then
 /// sends it `requests` requests for the `os_release` plugin (a `cat`, so the figure
 /// is the client's own work: receive, run, convert, publish with confirms) and waits
-/// for every result to reach the master queue.
-async fn client_figures(id: &str, requests: u64) -> ClientFigures {
-    let t = topology(&format!("{id}.client"));
-    declare(&t).await;
+/// for every result to reach the results queue.
+async fn client_figures(id: &str, requests: u64, bus: &ClientBus) -> ClientFigures {
+    let sender = bus.sender().await;
     let node = format!("{id}-client");
     let plugins = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/plugins");
+    let state = tempfile::tempdir().expect("tempdir");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vogeler-client"))
         .args([
             "-p",
             plugins.to_str().expect("utf-8 path"),
+            "run",
             "--node-name",
             &node,
-            "run",
         ])
-        .env("VOGELER_QHOST", "amqp://guest:guest@127.0.0.1:5672/")
-        .env("VOGELER_MASTER_EXCHANGE", &t.master_exchange)
-        .env("VOGELER_BROADCAST_EXCHANGE", &t.broadcast_exchange)
+        .envs(bus.env())
+        .env("VOGELER_STATE_DIR", state.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start vogeler-client");
     tokio::time::sleep(Duration::from_secs(3)).await;
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!("vogeler-client exited at start ({status})");
+    }
     let pid = child.id();
     let ticks = || support::cpu_ticks(&pid.to_string());
     let before = ticks();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let idle_ticks = ticks() - before;
-    let idle_kib = proc_status_kib(pid, "VmRSS:");
+    let idle_kib = support::proc_status_kib(pid, "VmRSS:");
 
-    let session = broker().connect().await.expect("connect");
     let before = ticks();
     for i in 0..requests {
         let request = Request {
@@ -240,8 +280,8 @@ async fn client_figures(id: &str, requests: u64) -> ClientFigures {
             want_value: false,
         };
         let body = vogeler_protocol::encode(&Message::Request(request));
-        session
-            .publish(&t.broadcast_exchange, &node, Outgoing::new(body))
+        sender
+            .publish_request(Audience::Node(&node), Outgoing::new(body))
             .await
             .expect("publish request");
     }
@@ -249,8 +289,8 @@ async fn client_figures(id: &str, requests: u64) -> ClientFigures {
     let mut answered = 0;
     while answered < requests && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        answered = session
-            .queue_status(&t.master_queue)
+        answered = sender
+            .queue_status(QueueKind::Results)
             .await
             .ok()
             .flatten()
@@ -258,12 +298,16 @@ async fn client_figures(id: &str, requests: u64) -> ClientFigures {
             .unwrap_or(0);
     }
     let used = ticks() - before;
-    let peak_kib = proc_status_kib(pid, "VmHWM:");
+    let peak_kib = support::proc_status_kib(pid, "VmHWM:");
     let _ = child.kill();
     let _ = child.wait();
-    let _ = session.delete_queue(&node).await;
-    session.close().await;
-    cleanup(&t).await;
+    sender.close().await;
+    if let ClientBus::Amqp(t) = bus {
+        let s = broker().connect().await.expect("connect");
+        let _ = s.delete_queue(&node).await;
+        s.close().await;
+        cleanup(t).await;
+    }
     ClientFigures {
         idle_kib,
         idle_ticks,
@@ -282,10 +326,21 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    let parts = std::env::var("VOGELER_BENCH_PARTS").unwrap_or_else(|_| "ingest,client".into());
+    let id = format!("bench{}", std::process::id());
+    if parts.split(',').any(|p| p.trim() == "ingest") {
+        ingest_part(&id).await;
+    }
+    if parts.split(',').any(|p| p.trim() == "client") {
+        client_part(&id).await;
+    }
+}
+
+/// The broker ceiling and the server's ingest into each store: the `ingest` section.
+async fn ingest_part(id: &str) {
     let n: usize = support::env_number("VOGELER_BENCH_N", 20_000);
     let stores = support::stores("sqlite,postgres,couch");
     let facter = facter_json();
-    let id = format!("bench{}", std::process::id());
     let bodies: Vec<Vec<u8>> = (0..n)
         .map(|i| result_body(&format!("node{i:06}"), &facter))
         .collect();
@@ -355,17 +410,7 @@ async fn main() {
         }
     }
 
-    let c = client_figures(
-        &id,
-        support::env_number("VOGELER_BENCH_CLIENT_REQUESTS", 1000),
-    )
-    .await;
-    println!(
-        "client idle: {} KiB resident, {} CPU ticks in 5 s; {} requests: peak {} KiB resident, {:.0} µs CPU per result",
-        c.idle_kib, c.idle_ticks, c.requests, c.peak_kib, c.cpu_us_per_result
-    );
-
-    let mut md = String::from("## Ingest and client\n\n");
+    let mut md = String::from("## Ingest\n\n");
     md.push_str(&support::machine_line("ingest"));
     md.push_str(&format!(
         "### Ingest ({n} facter-sized results, {size} bytes each)\n\n| what | rate | share of raw ceiling |\n| --- | --- | --- |\n"
@@ -398,13 +443,78 @@ async fn main() {
             md.push_str(&format!("| {k} | {r:.0} | {:.2}x |\n", r / one));
         }
     }
-    md.push_str(&format!(
-        "\n### Client\n\nA real `vogeler-client` with the shipped plugins, idle, then answering {} requests for `os_release` (a `cat`: the figure is the client's own work, not a plugin's).\n\n| what | figure | target |\n| --- | --- | --- |\n| idle resident memory | {:.1} MB | under 10 MB |\n| idle CPU over 5 s | {} clock ticks | none |\n| peak resident memory under load | {:.1} MB | |\n| client CPU per result | {:.0} µs | |\n",
-        c.requests,
-        c.idle_kib as f64 / 1024.0,
-        c.idle_ticks,
-        c.peak_kib as f64 / 1024.0,
-        c.cpu_us_per_result
-    ));
     support::write_section("ingest", &md);
+}
+
+/// A real client on each transport: the `client` section.
+async fn client_part(id: &str) {
+    let requests = support::env_number("VOGELER_BENCH_CLIENT_REQUESTS", 1000);
+    let mut clients = Vec::new();
+    for bus in std::env::var("VOGELER_BENCH_CLIENT_TRANSPORTS")
+        .unwrap_or_else(|_| "amqp,nats".into())
+        .split(',')
+        .map(str::trim)
+    {
+        let (label, bus) = match bus {
+            "amqp" => {
+                let t = topology(&format!("{id}.client"));
+                declare(&t).await;
+                ("RabbitMQ", ClientBus::Amqp(t))
+            }
+            "nats" => (
+                "NATS",
+                ClientBus::Nats(
+                    support::nats_server::NatsServer::start(),
+                    format!("{id}client"),
+                ),
+            ),
+            other => panic!("VOGELER_BENCH_CLIENT_TRANSPORTS: unknown transport {other:?}"),
+        };
+        let c = client_figures(id, requests, &bus).await;
+        println!(
+            "client on {label} idle: {} KiB resident, {} CPU ticks in 5 s; {} requests: peak {} KiB resident, {:.0} µs CPU per result",
+            c.idle_kib, c.idle_ticks, c.requests, c.peak_kib, c.cpu_us_per_result
+        );
+        clients.push((label, c));
+    }
+
+    let mut md = String::from("## Client\n\n");
+    md.push_str(&support::machine_line("ingest"));
+    md.push_str(&format!(
+        "A real `vogeler-client` with the shipped plugins, idle, then answering {requests} requests for `os_release` (a `cat`: the figure is the client's own work, not a plugin's). RabbitMQ: the shared broker; NATS: a private nats-server ({}).\n\n| what | {} | target |\n| --- |{} --- |\n",
+        support::nats_server::NatsServer::version(),
+        clients.iter().map(|(l, _)| *l).collect::<Vec<_>>().join(" | "),
+        " --- |".repeat(clients.len()),
+    ));
+    let line = |what: &str, f: &dyn Fn(&ClientFigures) -> String, target: &str| {
+        let cells: Vec<String> = clients.iter().map(|(_, c)| f(c)).collect();
+        format!("| {what} | {} | {target} |\n", cells.join(" | "))
+    };
+    let mb = |kib: u64| format!("{:.1} MB", kib as f64 / 1024.0);
+    md.push_str(&line(
+        "idle resident memory",
+        &|c| mb(c.idle_kib),
+        "under 10 MB; NATS ≤ 6.5 MB",
+    ));
+    md.push_str(&line(
+        "idle CPU over 5 s",
+        &|c| format!("{} clock ticks", c.idle_ticks),
+        "none",
+    ));
+    md.push_str(&line(
+        "results in the queue after the load",
+        &|c| c.requests.to_string(),
+        "",
+    ));
+    md.push_str(&line(
+        "peak resident memory under load",
+        &|c| mb(c.peak_kib),
+        "",
+    ));
+    md.push_str(&line(
+        "client CPU per result",
+        &|c| format!("{:.0} µs", c.cpu_us_per_result),
+        "",
+    ));
+    support::write_section("client", &md);
 }

@@ -2,6 +2,8 @@
 //! BENCHMARKS.md without touching the others'.
 #![allow(dead_code)]
 
+pub mod nats_server;
+
 /// The first line of a command's output, or "unknown".
 pub fn version(cmd: &str, args: &[&str]) -> String {
     std::process::Command::new(cmd)
@@ -89,4 +91,23 @@ pub fn stores(default: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(String::from)
         .collect()
+}
+
+/// A `/proc/PID/status` figure in KiB (`VmRSS:`, `VmHWM:`), 0 when unreadable.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// How many descriptors process `pid` has open now (`/proc/PID/fd`), 0 when unreadable.
+pub fn open_fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0)
 }
