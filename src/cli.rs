@@ -147,7 +147,7 @@ pub const CLIENT_UNUSED: &[&str] = &["dbhost", "dbhost_file", "connect_timeout"]
 /// The shared flag the server accepts but does not use: it retries the broker for ever.
 pub const SERVER_UNUSED: &[&str] = &["connect_timeout"];
 
-/// `10s`, `2m`, `500ms`, or bare seconds.
+/// `10s`, `2m`, `500ms`, `7d`, or bare seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
@@ -162,7 +162,13 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "s" | "" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+        // The admin's ages take days (`--inactive-for 7d`); so do the runner's.
+        "d" => n * 86400.0,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
     };
     std::time::Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("{s:?} is not a duration (examples: 10s, 2m, 500ms)"))

@@ -191,9 +191,11 @@ pub fn parse_when(text: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc
             "bad time {text:?}: {e} (use an age like 2h or 7d, a date like 2026-11-01, or RFC 3339)"
         )
     })?;
-    let age = chrono::Duration::from_std(age)
-        .with_context(|| format!("time {text:?} is too far back"))?;
-    Ok(now - age)
+    // An age past what a date can hold (`99999999999d`) is an error, not a panic.
+    chrono::Duration::from_std(age)
+        .ok()
+        .and_then(|age| now.checked_sub_signed(age))
+        .with_context(|| format!("time {text:?} is too far back (before the year -262143)"))
 }
 
 /// The node list, narrowed by a query: name, last seen, plugins, last error.
@@ -783,6 +785,14 @@ mod tests {
             .expect_err("bad")
             .to_string();
         assert!(e.contains("bad time \"yesterdayish\""), "{e}");
+        // Ages past what a date holds are errors, never a panic.
+        for far in ["99999999999d", "300000y", "18446744073709551615s"] {
+            let e = parse_when(far, now).expect_err(far).to_string();
+            assert!(
+                e.contains("too far back") || e.contains("bad time"),
+                "{far}: {e}"
+            );
+        }
     }
 
     #[test]

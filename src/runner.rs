@@ -331,23 +331,36 @@ impl Summary {
             return out;
         }
         out.push_str(&format!("request {} ({})\n", self.request_id, self.command));
+        // An answer from a node outside the expected set is said on its own line, once.
+        let unexpected = |n: &String| {
+            if self.unexpected.contains(n) {
+                " (unexpected: not among the active nodes seen recently)"
+            } else {
+                ""
+            }
+        };
         for n in &self.answered {
-            out.push_str(&format!("  stored      {n}\n"));
+            out.push_str(&format!("  stored      {n}{}\n", unexpected(n)));
         }
         for n in &self.stale {
             out.push_str(&format!(
-                "  stale       {n} (older than the stored value, not applied)\n"
+                "  stale       {n} (older than the stored value, not applied){}\n",
+                unexpected(n)
             ));
         }
         for (n, e) in &self.errors {
-            out.push_str(&format!("  error       {n}: {e}\n"));
+            out.push_str(&format!("  error       {n}: {e}{}\n", unexpected(n)));
         }
         for n in &self.no_answer {
             out.push_str(&format!("  silent      {n} (expected, never answered)\n"));
         }
         out.push_str(&self.unroutable_lines());
         for n in &self.unexpected {
-            out.push_str(&format!("  unexpected  {n}\n"));
+            let listed =
+                self.answered.contains(n) || self.stale.contains(n) || self.errors.contains_key(n);
+            if !listed {
+                out.push_str(&format!("  unexpected  {n}\n"));
+            }
         }
         out.push_str(&format!(
             "discovered: {}  answered: {}  stale: {}  errors: {}  silent: {}  unroutable: {}  unexpected: {}\n",
@@ -461,7 +474,7 @@ pub async fn run_with(
         if expects_broadcast {
             if found.is_empty() {
                 eprintln!(
-                    "no node is known (none seen within {} s): broadcasting anyway; every answer is unexpected",
+                    "no active node is known (none seen within {} s, or every one deactivated): broadcasting anyway; every answer is unexpected",
                     opts.seen_within.unwrap_or(DEFAULT_SEEN_WITHIN_ALL).as_secs()
                 );
             }
@@ -893,6 +906,20 @@ fn progress_bar(expected: Option<u64>) -> indicatif::ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unexpected_answer_is_listed_once() {
+        let s = Summary {
+            command: "facter".into(),
+            answered: vec!["a".into(), "b".into()],
+            unexpected: vec!["b".into()],
+            ..Summary::default()
+        };
+        let text = s.render();
+        assert!(text.contains("  stored      a\n"), "{text}");
+        assert!(text.contains("  stored      b (unexpected"), "{text}");
+        assert_eq!(text.matches(" b").count(), 1, "{text}");
+    }
 
     #[test]
     fn no_match_is_incomplete_and_says_so() {

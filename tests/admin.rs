@@ -710,11 +710,18 @@ async fn ansible_inventory_reads_the_export() {
         ],
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let json = dir.path().join("inventory.json");
-    std::fs::write(&json, &export).expect("inventory file");
-    // A script inventory: Ansible runs it with --list (and reads _meta, so no --host).
+    // A script inventory: Ansible runs it with --list (and reads _meta, so no --host);
+    // the export takes Ansible's own arguments, so the script only adds the options.
     let script = dir.path().join("vogeler-inventory");
-    std::fs::write(&script, format!("#!/bin/sh\nexec cat {}\n", json.display())).expect("script");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec {} -c /dev/null --dbhost '{}' export ansible --group-by facter.os.family --hostvars facter.kernelrelease \"$@\"\n",
+            common::bin("admin").display(),
+            target.dsn
+        ),
+    )
+    .expect("script");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let out = std::process::Command::new("ansible-inventory")
         .args(["-i", script.to_str().expect("utf-8"), "--list"])
@@ -740,4 +747,26 @@ async fn ansible_inventory_reads_the_export() {
     let vars = &listed["_meta"]["hostvars"]["fx-web02"];
     assert_eq!(vars["facter_kernelrelease"], "6.1.0-13-amd64", "{listed}");
     assert_eq!(vars["ansible_host"], "192.0.2.2", "{listed}");
+    // The same listing as the export printed, and one host's variables with --host.
+    assert_eq!(
+        listed["_meta"]["hostvars"],
+        serde_json::from_str::<Value>(&export).expect("export JSON")["_meta"]["hostvars"]
+    );
+    let one: Value = serde_json::from_str(&ok(
+        &target.dsn,
+        &[
+            "export",
+            "ansible",
+            "--hostvars",
+            "facter.kernelrelease",
+            "--host",
+            "fx-web02",
+        ],
+    ))
+    .expect("host JSON");
+    assert_eq!(one["facter_kernelrelease"], "6.1.0-13-amd64", "{one}");
+    let none: Value =
+        serde_json::from_str(&ok(&target.dsn, &["export", "ansible", "--host", "nosuch"]))
+            .expect("host JSON");
+    assert_eq!(none, json!({}));
 }

@@ -119,6 +119,22 @@ async fn the_api_answers_and_refuses_bad_queries_with_400() {
             StatusCode::BAD_REQUEST,
             "bad time",
         ),
+        // Ages past what a date holds: a 400, never a panic (the connection closed).
+        (
+            "/api/nodes?stale=99999999999d",
+            StatusCode::BAD_REQUEST,
+            "too far back",
+        ),
+        (
+            "/api/changes?since=99999999999d",
+            StatusCode::BAD_REQUEST,
+            "too far back",
+        ),
+        (
+            "/api/nodes/fx-web01?at=300000y",
+            StatusCode::BAD_REQUEST,
+            "too far back",
+        ),
         (
             "/api/nodes?name=%5B",
             StatusCode::BAD_REQUEST,
@@ -637,7 +653,8 @@ async fn fact_pages_chart_values_that_lead_to_their_nodes() {
         page.contains(r#"data-label="Debian" data-count="4""#),
         "{page}"
     );
-    let link = "/nodes?where=facter%2Eos%2Efamily%3DRedHat";
+    // The value quoted, so any value (spaces, parentheses, quotes, `and`) leads back.
+    let link = "/nodes?where=facter%2Eos%2Efamily%20%3D%20%22RedHat%22";
     assert!(page.contains(&format!("<a href=\"{link}\">")), "{page}");
     let (status, _, list) = get(&format!("{b}{link}")).await;
     assert_eq!(status, StatusCode::OK);

@@ -73,6 +73,14 @@ enum Export {
         /// Host variables: the value at these paths (facter.kernelrelease → facter_kernelrelease).
         #[arg(long, value_name = "PATH", value_delimiter = ',')]
         hostvars: Vec<String>,
+        /// The whole inventory (the default): what Ansible passes a script inventory,
+        /// so a two-line script can `exec vogeler-admin … export ansible "$@"`.
+        #[arg(long, conflicts_with = "host")]
+        list: bool,
+        /// One host's variables only (`{}` for a host not selected), as Ansible asks
+        /// a script inventory without `_meta`.
+        #[arg(long, value_name = "NODE")]
+        host: Option<String>,
     },
     /// Prometheus HTTP service discovery targets (`ADDRESS:PORT` per node, as
     /// `GET /api/v1/sd/prometheus` serves them).
@@ -429,13 +437,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             // Every path is checked before the store is opened (exit 2, not 1).
             let (first, second) = match &to {
-                Export::Ansible { group_by, hostvars } => (paths(group_by)?, paths(hostvars)?),
+                Export::Ansible {
+                    group_by, hostvars, ..
+                } => (paths(group_by)?, paths(hostvars)?),
                 Export::Prometheus { labels, .. } => (paths(labels)?, Vec::new()),
             };
             let store = settings::open_existing_store(&s).await?;
             let doc = match to {
-                Export::Ansible { .. } => {
-                    within(&s, vogeler::export::ansible(&store, &q, &first, &second)).await?
+                Export::Ansible { host, .. } => {
+                    let doc =
+                        within(&s, vogeler::export::ansible(&store, &q, &first, &second)).await?;
+                    match host {
+                        Some(h) => doc["_meta"]["hostvars"]
+                            .get(&h)
+                            .cloned()
+                            .unwrap_or_else(|| serde_json::json!({})),
+                        None => doc,
+                    }
                 }
                 Export::Prometheus { port, .. } => {
                     within(&s, vogeler::export::prometheus(&store, &q, port, &first)).await?

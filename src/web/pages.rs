@@ -95,7 +95,9 @@ fn time(t: chrono::DateTime<Utc>) -> Markup {
 /// The node list of the nodes whose value at `path` is `value`: where a chart's bar
 /// or a fact page's value leads.
 fn nodes_with(path: &str, value: &str) -> String {
-    format!("/nodes?where={}", enc(&format!("{path}={value}")))
+    // Quoted, so a value with spaces, parentheses, quotes or `and` leads to its nodes.
+    let value = vogeler_store::query::quote_value(value);
+    format!("/nodes?where={}", enc(&format!("{path} = {value}")))
 }
 
 /// A horizontal bar chart; each bar carries `data-label` and `data-count` so tests

@@ -332,7 +332,18 @@ impl Condition {
     /// the operator are allowed (`facter.os.family = Debian`, as the web form takes it).
     /// A comparison needs a value, and one that starts like a number must be a number
     /// or a version (`>=4 GB` is refused, not compared as text).
+    ///
+    /// A value in double quotes is taken without them, as in an expression
+    /// (`facter.os.distro.description = "Debian GNU/Linux 12 (bookworm)"`; `\"` and
+    /// `\\` inside), so a value reads the same whether or not the filter also has an
+    /// `and`.
     pub fn parse(text: &str) -> Result<Condition, StoreError> {
+        Condition::parse_with(text, true)
+    }
+
+    /// [`Condition::parse`]; `unquote` false for a condition inside an expression,
+    /// whose tokens already took a quoted value's quotes off.
+    fn parse_with(text: &str, unquote: bool) -> Result<Condition, StoreError> {
         let bad = |why: String| {
             StoreError::Invalid(format!(
                 "bad filter {text:?}: {why} (examples: facter.os.family=Debian, facter.kernelrelease~^6\\., facter.processorcount>=4, dpkg.openssl<3.0.20, dpkg.openssl?)"
@@ -362,7 +373,11 @@ impl Condition {
             .iter()
             .find_map(|op| rest.strip_prefix(op).map(|arg| (*op, arg)))
             .ok_or_else(|| bad(format!("unknown operator at {rest:?}")))?;
-        let arg = arg.trim_start().to_string();
+        let written = arg.trim_start();
+        let arg = match unquote.then(|| unquoted(written)).flatten() {
+            Some(inner) => inner,
+            None => written.to_string(),
+        };
         let op_text = if op == "==" { "=" } else { op };
         let compared = |arg: String| {
             if arg.is_empty() {
@@ -404,7 +419,8 @@ impl Condition {
         Ok(Condition {
             path,
             op,
-            text: format!("{path_text}{op_text}{arg}"),
+            // As written (quotes kept), so it parses back the same.
+            text: format!("{path_text}{op_text}{written}"),
         })
     }
 
@@ -436,6 +452,36 @@ impl Condition {
             }),
         }
     }
+}
+
+/// The text inside `text` when it is one double-quoted value as an expression writes it
+/// (`"a \"b\""` is `a "b"`), else `None`.
+fn unquoted(text: &str) -> Option<String> {
+    let inner = text.strip_prefix('"')?;
+    let mut out = String::new();
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next()?),
+            '"' => return chars.as_str().trim().is_empty().then_some(out),
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+/// Writes `value` as a filter's quoted value: what [`Condition::parse`] and an
+/// expression both read back as exactly `value` (links to the nodes with a value).
+pub fn quote_value(value: &str) -> String {
+    let mut out = String::from('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }
 
 /// A filter with `and`, `or`, `not`, parentheses and `exists PATH` over conditions
@@ -721,7 +767,7 @@ impl Parser {
             text.push_str(w);
             self.at += 1;
         }
-        Condition::parse(&text)
+        Condition::parse_with(&text, false)
             .map(Expr::Cond)
             .map_err(|e| format!("at column {col}: {e}"))
     }
@@ -995,6 +1041,53 @@ mod tests {
     fn expr_holds(text: &str, doc: &Value) -> bool {
         let e = Expr::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
         e.eval(&|p: &KeyPath| p.find(doc).cloned())
+    }
+
+    /// Whether filter `text` (as `-W` or `where=` takes it) holds for `doc`.
+    fn filter_holds(text: &str, doc: &Value) -> bool {
+        let q = Query::parse(&[text.to_string()], &[]).unwrap_or_else(|e| panic!("{text}: {e}"));
+        q.conditions.iter().all(|c| c.test(c.path.find(doc)))
+            && q.expressions
+                .iter()
+                .all(|e| e.eval(&|p: &KeyPath| p.find(doc).cloned()))
+    }
+
+    #[test]
+    fn a_quoted_value_reads_the_same_alone_and_in_an_expression() {
+        let doc =
+            json!({"os": {"family": "Debian", "d": "Debian GNU/Linux 12 (bookworm)"}, "k": "x"});
+        for text in [
+            r#"os.family = "Debian""#,
+            r#"os.family="Debian""#,
+            r#"os.d = "Debian GNU/Linux 12 (bookworm)""#,
+            r#"os.d *= "GNU/Linux""#,
+            r#"os.family = "Debian" and k = x"#,
+            r#"os.d = "Debian GNU/Linux 12 (bookworm)" and exists k"#,
+        ] {
+            assert!(filter_holds(text, &doc), "{text}");
+        }
+        assert!(!filter_holds(r#"os.family = "Debia""#, &doc));
+        // A quote that does not close the value is part of it, as before.
+        assert!(!filter_holds(r#"os.family = "Debian" x"#, &doc));
+    }
+
+    #[test]
+    fn a_quoted_value_leads_back_to_exactly_that_value() {
+        for value in [
+            "plain",
+            "with spaces",
+            "dark \"red\" (x) and or",
+            "back\\slash\\",
+            "(",
+            "not",
+            "",
+        ] {
+            let doc = json!({"k": {"v": value}});
+            let text = format!("k.v = {}", quote_value(value));
+            assert!(filter_holds(&text, &doc), "{text}");
+            let other = json!({"k": {"v": format!("{value}!")}});
+            assert!(!filter_holds(&text, &other), "{text}");
+        }
     }
 
     #[test]
