@@ -115,6 +115,12 @@ async fn the_api_answers_and_refuses_bad_queries_with_400() {
             "per_page",
         ),
         (
+            "/api/nodes?page=abc",
+            StatusCode::BAD_REQUEST,
+            "page must be",
+        ),
+        ("/api/nodes?page=0", StatusCode::BAD_REQUEST, "page must be"),
+        (
             "/api/nodes?stale=whenever",
             StatusCode::BAD_REQUEST,
             "bad time",

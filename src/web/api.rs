@@ -93,7 +93,7 @@ pub async fn node_page(
     let page = page_at(
         &view.nodes,
         &view.order,
-        page_of(p),
+        page_of(p)?,
         per_page,
         view.skipped.len(),
     );
@@ -496,7 +496,7 @@ pub async fn search(State(state): State<WebState>, RawQuery(raw): RawQuery) -> A
     let p = pairs(raw.as_deref());
     let search = parse_search(param(&p, "q").unwrap_or_default())?;
     Ok(Json(
-        run_search(&state, &search, page_of(&p)).await?.to_json(),
+        run_search(&state, &search, page_of(&p)?).await?.to_json(),
     ))
 }
 

@@ -274,12 +274,25 @@ pub fn parse_condition(text: &str) -> Result<Condition, vogeler_store::StoreErro
 }
 
 /// The page number (1-based) from `page`; junk reads as 1.
-pub fn page_of(pairs: &[(String, String)]) -> usize {
-    param(pairs, "page")
-        .and_then(|p| p.parse::<usize>().ok())
-        .filter(|p| *p >= 1)
-        .unwrap_or(1)
+pub fn page_of(pairs: &[(String, String)]) -> Result<usize, api::ApiError> {
+    match param(pairs, "page") {
+        None | Some("") => Ok(1),
+        // Refused like a bad per_page: a mistyped page is said, not turned into page 1.
+        Some(p) => p
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                api::ApiError::bad(format!(
+                    "page must be a whole number from 1 to {MAX_PAGE}, not {p:?}"
+                ))
+            }),
+    }
 }
+
+/// The highest page number a list takes (100,000,000 rows at 100 a page, far past
+/// any fleet): a larger one is a mistake, not an empty page.
+pub const MAX_PAGE: usize = 1_000_000;
 
 #[cfg(test)]
 mod tests {
@@ -319,7 +332,10 @@ mod tests {
         assert_eq!(q.names, ["*web*"]);
         assert_eq!(q.conditions.len(), 1);
         assert!(q.not_seen_since.is_none());
-        assert_eq!(page_of(&p), 2);
+        assert_eq!(page_of(&p).expect("page"), 2);
+        assert!(page_of(&pairs(Some("page=abc"))).is_err());
+        assert!(page_of(&pairs(Some("page=0"))).is_err());
+        assert_eq!(page_of(&pairs(Some("page="))).expect("empty"), 1);
         assert!(node_query(&pairs(Some("where=nonsense")), Utc::now()).is_err());
     }
 

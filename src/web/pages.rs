@@ -886,7 +886,10 @@ pub async fn search(State(state): State<WebState>, RawQuery(raw): RawQuery) -> R
         return respond(StatusCode::OK, "Search", html! { h1 { "Search" } (form) });
     }
     let result = match api::parse_search(&q) {
-        Ok(s) => api::run_search(&state, &s, super::page_of(&p)).await,
+        Ok(s) => match super::page_of(&p) {
+            Ok(page) => api::run_search(&state, &s, page).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     let (status, body) = match result {
