@@ -370,7 +370,9 @@ async fn serve(
     // On a broker that stores a request to any name (NATS) a runner learns that a node
     // exists from the servers' registry: with heartbeats on, one before taking requests,
     // so a request sent once this client is up never finds the node unknown.
-    if !session.reports_unroutable() && opts.wire == Wire::V1 && opts.heartbeat.is_some() {
+    let beat_sent =
+        !session.reports_unroutable() && opts.wire == Wire::V1 && opts.heartbeat.is_some();
+    if beat_sent {
         let body = vogeler_protocol::encode(&Message::Heartbeat(vogeler_protocol::Heartbeat {
             node: opts.node.clone(),
             sent_at: Utc::now(),
@@ -389,7 +391,7 @@ async fn serve(
     let _clock = if opts.oneshot {
         Vec::new()
     } else {
-        crate::schedule::start(opts, &session, registry, schedule, &failed_tx)
+        crate::schedule::start(opts, &session, registry, schedule, &failed_tx, beat_sent)
     };
     loop {
         let delivery = tokio::select! {

@@ -51,12 +51,15 @@ impl Drop for TaskGuard {
 
 /// Starts the scheduler and the heartbeat for one broker session; a publish failure is
 /// sent to `failed` (the session is then replaced). Nothing starts when neither is set.
+/// `beat_sent`: the session already sent its first heartbeat (NATS, before taking
+/// requests), so the next one is due a period later, not at once.
 pub fn start(
     opts: &ClientOptions,
     session: &Arc<dyn Transport>,
     registry: &SharedRegistry,
     state: &Arc<ScheduleState>,
     failed: &tokio::sync::mpsc::Sender<anyhow::Error>,
+    beat_sent: bool,
 ) -> Vec<TaskGuard> {
     let mut tasks = Vec::new();
     let has_schedule = opts.interval.is_some()
@@ -78,6 +81,7 @@ pub fn start(
             opts.clone(),
             session.clone(),
             every,
+            beat_sent,
             failed.clone(),
         ))));
     }
@@ -88,11 +92,18 @@ async fn heartbeat_loop(
     opts: ClientOptions,
     session: Arc<dyn Transport>,
     every: Duration,
+    beat_sent: bool,
     failed: tokio::sync::mpsc::Sender<anyhow::Error>,
 ) {
-    // The first beat goes out at once: a client that just started (or reconnected) is
-    // in the registry before anyone broadcasts, so `-n all --wait` expects it.
-    let mut tick = tokio::time::interval(every);
+    // The first beat goes out at once (unless the session sent it already): a client
+    // that just started (or reconnected) is in the registry before anyone broadcasts,
+    // so `-n all --wait` expects it.
+    let first = if beat_sent {
+        tokio::time::Instant::now() + every
+    } else {
+        tokio::time::Instant::now()
+    };
+    let mut tick = tokio::time::interval_at(first, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
