@@ -376,7 +376,19 @@ impl Condition {
         let written = arg.trim_start();
         let arg = match unquote.then(|| unquoted(written)).flatten() {
             Some(inner) => inner,
-            None => written.to_string(),
+            None => {
+                // An unquoted value holding another comparison is a mistyped expression
+                // (`a = x andd b = y`), which would match nothing without a word.
+                let ops = ["=", "==", "!=", "<", "<=", ">", ">=", "~", "!~", "*="];
+                if unquote && !matches!(op, "~" | "!~") {
+                    if let Some(w) = written.split_whitespace().skip(1).find(|w| ops.contains(w)) {
+                        return Err(bad(format!(
+                            "the value {written:?} holds another comparison (`{w}`): join conditions with `and` or `or`, or quote the value"
+                        )));
+                    }
+                }
+                written.to_string()
+            }
         };
         let op_text = if op == "==" { "=" } else { op };
         let compared = |arg: String| {
@@ -1067,6 +1079,19 @@ mod tests {
             assert!(filter_holds(text, &doc), "{text}");
         }
         assert!(!filter_holds(r#"os.family = "Debia""#, &doc));
+        // A mistyped keyword is an error, not a value that matches nothing.
+        for text in [
+            "os.family = Debian andd k = x",
+            "os.family=Debian orr k != y",
+        ] {
+            let e = Query::parse(&[text.to_string()], &[])
+                .expect_err(text)
+                .to_string();
+            assert!(e.contains("holds another comparison"), "{text}: {e}");
+        }
+        // Quoted, it is a value; a regular expression keeps its own `=`.
+        assert!(Query::parse(&[r#"k = "a = b""#.to_string()], &[]).is_ok());
+        assert!(Query::parse(&["k ~ ^a = b$".to_string()], &[]).is_ok());
         // A quote that does not close the value is part of it, as before.
         assert!(!filter_holds(r#"os.family = "Debian" x"#, &doc));
     }
