@@ -48,8 +48,8 @@ impl Connector {
             Connector::Amqp { .. } => topology.master_queue.clone(),
             #[cfg(feature = "nats")]
             Connector::Nats { opts, .. } => format!(
-                "stream {}_RESULTS, consumer {}",
-                opts.prefix.replace('.', "_"),
+                "stream {}, consumer {}",
+                crate::nats::stream_name(&opts.prefix, "RESULTS"),
                 crate::nats::SERVERS_CONSUMER
             ),
         }

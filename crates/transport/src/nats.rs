@@ -490,7 +490,7 @@ impl NatsTransport {
     }
 
     fn stream_name(&self, what: &str) -> String {
-        format!("{}_{what}", self.opts.prefix.replace('.', "_"))
+        stream_name(&self.opts.prefix, what)
     }
 
     fn subject(&self, tail: &str) -> String {
@@ -587,6 +587,16 @@ impl NatsTransport {
         name: &str,
     ) -> Result<consumer::Consumer<consumer::pull::Config>, TransportError> {
         let stream = self.stream(what).await?;
+        self.durable_on(&stream, what, name).await
+    }
+
+    /// [`NatsTransport::durable`] on a stream handle already in hand.
+    async fn durable_on(
+        &self,
+        stream: &stream::Stream,
+        what: &str,
+        name: &str,
+    ) -> Result<consumer::Consumer<consumer::pull::Config>, TransportError> {
         stream
             .get_or_create_consumer(name, self.durable_config(name))
             .await
@@ -631,17 +641,14 @@ impl NatsTransport {
     /// keeps its place and what it holds).
     async fn settle_durable(&self, what: &str, name: &str) -> Result<(), TransportError> {
         let stream = self.settle_stream(what).await?;
-        let consumer = self.durable(what, name).await?;
+        let consumer = self.durable_on(&stream, what, name).await?;
         if self.opts.existing == Existing::Keep {
             return Ok(());
         }
         let want = self.durable_config(name);
         let have = &consumer.cached_info().config;
-        // 0 replicas (older declares) means as many as the stream has.
-        let have_replicas = match have.num_replicas {
-            0 => stream.cached_info().config.num_replicas,
-            n => n,
-        };
+        let have_replicas =
+            consumer_replicas(have.num_replicas, stream.cached_info().config.num_replicas);
         let changes = differences(&[
             (
                 "ack_wait_ms",
@@ -744,10 +751,7 @@ impl NatsTransport {
         Ok(Some(DurableSettings {
             ack_wait: info.config.ack_wait,
             max_ack_pending: info.config.max_ack_pending,
-            replicas: match info.config.num_replicas {
-                0 => stream_replicas,
-                n => n,
-            },
+            replicas: consumer_replicas(info.config.num_replicas, stream_replicas),
             stream_replicas,
         }))
     }
@@ -801,6 +805,21 @@ impl NatsTransport {
         Ok(Box::pin(
             s.map(move |m| (feed, m.map_err(|e| e.to_string()))),
         ))
+    }
+}
+
+/// The stream `what` (`RESULTS`, `REQUESTS`, `DEAD`) of the deployment under subject
+/// prefix `prefix`: stream names take no dots.
+pub fn stream_name(prefix: &str, what: &str) -> String {
+    format!("{}_{what}", prefix.replace('.', "_"))
+}
+
+/// A durable consumer's copies: `0` (a consumer declared without a count) means as
+/// many as its stream keeps.
+fn consumer_replicas(consumer: usize, stream: usize) -> usize {
+    match consumer {
+        0 => stream,
+        n => n,
     }
 }
 
