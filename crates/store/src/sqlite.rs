@@ -244,6 +244,9 @@ fn add_package_index(conn: &Connection) -> Result<(), StoreError> {
             members(v)
         )
     };
+    // A list that is not JSON is marked, and the mark goes with the list.
+    let mark = "INSERT OR REPLACE INTO packages_unreadable (node, plugin) SELECT NEW.node, NEW.key WHERE NOT json_valid(NEW.value);";
+    let unmark = "DELETE FROM packages_unreadable WHERE node = OLD.node AND plugin = OLD.key;";
     // A changed list touches only the packages that changed (an upgrade of a few
     // packages rewrites a few rows, not the whole list's).
     let changed = format!(
@@ -252,13 +255,30 @@ fn add_package_index(conn: &Connection) -> Result<(), StoreError> {
     INSERT OR REPLACE INTO packages (node, plugin, name, version)
         SELECT NEW.node, NEW.key, n.key, {new_version} FROM {new_members} n
         WHERE (n.key, {new_version}) NOT IN (SELECT o.key, {old_version} FROM {old_members} o);
-    DELETE FROM packages_unreadable WHERE node = OLD.node AND plugin = OLD.key;
-    INSERT OR REPLACE INTO packages_unreadable (node, plugin) SELECT NEW.node, NEW.key WHERE NOT json_valid(NEW.value);",
+    {unmark}
+    {mark}",
         new_version = version("n", "NEW.value"),
         new_members = members("NEW.value"),
         old_version = version("o", "OLD.value"),
         old_members = members("OLD.value"),
     );
+    let del =
+        format!("DELETE FROM packages WHERE node = OLD.node AND plugin = OLD.key;\n    {unmark}");
+    let ins = format!(
+        "{};\n    {mark}",
+        index("", "NEW.value", "NEW.node", "NEW.key")
+    );
+    // A file made before the index: filled once from what is stored.
+    let backfill = if existed {
+        String::new()
+    } else {
+        format!(
+            "{} WHERE k.key IN ({keys});
+             INSERT OR REPLACE INTO packages_unreadable (node, plugin)
+             SELECT node, key FROM node_keys WHERE key IN ({keys}) AND NOT json_valid(value);",
+            index("node_keys k, ", "k.value", "k.node", "k.key")
+        )
+    };
     let sql = format!(
         "BEGIN;
 CREATE TABLE IF NOT EXISTS packages (
@@ -289,21 +309,6 @@ WHEN OLD.key IN ({keys}) BEGIN
 END;
 {backfill}
 COMMIT;",
-        del = "DELETE FROM packages WHERE node = OLD.node AND plugin = OLD.key;
-    DELETE FROM packages_unreadable WHERE node = OLD.node AND plugin = OLD.key;",
-        ins = index("", "NEW.value", "NEW.node", "NEW.key")
-            + ";\n    INSERT OR REPLACE INTO packages_unreadable (node, plugin) SELECT NEW.node, NEW.key WHERE NOT json_valid(NEW.value);",
-        // A file made before the index: filled once from what is stored.
-        backfill = if existed {
-            String::new()
-        } else {
-            format!(
-                "{} WHERE k.key IN ({keys});
-                 INSERT OR REPLACE INTO packages_unreadable (node, plugin)
-                 SELECT node, key FROM node_keys WHERE key IN ({keys}) AND NOT json_valid(value);",
-                index("node_keys k, ", "k.value", "k.node", "k.key")
-            )
-        },
     );
     conn.execute_batch(&sql).map_err(sql_err)
 }
