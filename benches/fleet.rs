@@ -893,7 +893,7 @@ async fn run_nats(run: &mut Run) {
     let connections: usize = support::env_number("VOGELER_FLEET_NATS_CONNECTIONS", 16);
     run.brokers.push(format!(
         "**NATS** (nats-server {}, JetStream file store): a private server the benchmark starts for each row. Each simulated node consumes exactly as `vogeler-client` does, through the transport's own `consume_node`: two ephemeral pull consumers on the requests stream (one filtered on the broadcast subject, one on the node's own subject; memory storage, R1), prefetch {NATS_PREFETCH} (the client's default concurrency); it answers with a JetStream publish to the results stream, awaits its ack, then acks the request. Nodes share {connections} connections (a real node has its own); heartbeats and scheduled runs are not simulated. One real `vogeler-server` consumes the results through the durable `servers` consumer. Broker memory per node is the growth of nats-server's resident memory (`/proc`) from start to the idle fleet connected / after both broadcasts, divided by the nodes.",
-        support::nats_server::NatsServer::version()
+        support::nats_server_version()
     ));
     for backend in support::stores("sqlite,postgres") {
         for n in sizes("VOGELER_FLEET_SIZES", "1000,10000,50000") {
@@ -905,10 +905,10 @@ async fn run_nats(run: &mut Run) {
 }
 
 async fn nats_row(backend: &str, n: u64, connections: usize) -> Row {
-    let nats = support::nats_server::NatsServer::start();
-    let pid = nats.pid();
+    let nats = support::nats::NatsNode::start();
+    let pid = nats.pid().expect("the private nats-server runs");
     let prefix = format!("fleet{}{backend}{n}", std::process::id());
-    let url = nats.url();
+    let url = nats.base_url();
     let names: Vec<String> = (0..n).map(|i| format!("{prefix}-n{i:06}")).collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let dsn = vogeler_store::testing::fresh_dsn(backend, dir.path()).await;

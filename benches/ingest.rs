@@ -190,7 +190,7 @@ struct ClientFigures {
 /// a private nats-server (so its figures are the client's alone) on its own prefix.
 enum ClientBus {
     Amqp(Topology),
-    Nats(support::nats_server::NatsServer, String),
+    Nats(support::nats::NatsNode, String),
 }
 
 impl ClientBus {
@@ -203,7 +203,7 @@ impl ClientBus {
                 ("VOGELER_BROADCAST_EXCHANGE", t.broadcast_exchange.clone()),
             ],
             ClientBus::Nats(server, prefix) => {
-                vec![("VOGELER_QHOST", format!("{}/{prefix}", server.url()))]
+                vec![("VOGELER_QHOST", server.url(prefix))]
             }
         }
     }
@@ -217,7 +217,7 @@ impl ClientBus {
             )),
             ClientBus::Nats(server, prefix) => Arc::new(
                 NatsTransport::connect(
-                    &server.url(),
+                    &server.base_url(),
                     NatsOptions {
                         prefix: prefix.clone(),
                         ..Default::default()
@@ -463,10 +463,7 @@ async fn client_part(id: &str) {
             }
             "nats" => (
                 "NATS",
-                ClientBus::Nats(
-                    support::nats_server::NatsServer::start(),
-                    format!("{id}client"),
-                ),
+                ClientBus::Nats(support::nats::NatsNode::start(), format!("{id}client")),
             ),
             other => panic!("VOGELER_BENCH_CLIENT_TRANSPORTS: unknown transport {other:?}"),
         };
@@ -482,7 +479,7 @@ async fn client_part(id: &str) {
     md.push_str(&support::machine_line("ingest"));
     md.push_str(&format!(
         "A real `vogeler-client` with the shipped plugins, idle, then answering {requests} requests for `os_release` (a `cat`: the figure is the client's own work, not a plugin's). RabbitMQ: the shared broker; NATS: a private nats-server ({}).\n\n| what | {} | target |\n| --- |{} --- |\n",
-        support::nats_server::NatsServer::version(),
+        support::nats_server_version(),
         clients.iter().map(|(l, _)| *l).collect::<Vec<_>>().join(" | "),
         " --- |".repeat(clients.len()),
     ));

@@ -2,7 +2,18 @@
 //! BENCHMARKS.md without touching the others'.
 #![allow(dead_code)]
 
-pub mod nats_server;
+/// A private nats-server per run (so a benchmark never loads the shared one and its
+/// memory is the run's own): the tests' own helper.
+#[path = "../../tests/common/nats.rs"]
+pub mod nats;
+
+/// `nats-server --version`, as the machine line gives versions.
+pub fn nats_server_version() -> String {
+    let bin =
+        std::env::var("VOGELER_NATS_SERVER").unwrap_or_else(|_| "/usr/sbin/nats-server".into());
+    let v = version(&bin, &["--version"]);
+    v.strip_prefix("nats-server: ").unwrap_or(&v).to_string()
+}
 
 /// The first line of a command's output, or "unknown".
 pub fn version(cmd: &str, args: &[&str]) -> String {

@@ -12,6 +12,9 @@
 //!
 //! Timing on this machine: a start takes well under a second; a cluster of three has a
 //! meta leader 2 to 5 s after the last member started.
+//!
+//! The benchmarks run their private servers with it too (`benches/support`);
+//! `VOGELER_NATS_SERVER_ARGS` adds flags for a look inside (`--profile 6061`, Go's pprof).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 /// within seconds; minutes mean something is wrong).
 const START_LIMIT: Duration = Duration::from_secs(60);
 
+/// One private nats-server with JetStream.
 pub struct NatsNode {
     dir: tempfile::TempDir,
     /// Client port on 127.0.0.1.
@@ -60,7 +64,8 @@ impl NatsNode {
     fn prepare(extra: &str) -> NatsNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let (port, monitor_port) = (free_port(), free_port());
-        let name = format!("vn{:08x}", super::rand_u32());
+        // Unique among the servers on this machine: the client port is.
+        let name = format!("vn{port}");
         let conf = format!(
             "server_name: {name}\nlisten: \"127.0.0.1:{port}\"\nhttp: \"127.0.0.1:{monitor_port}\"\n\
              jetstream {{\n  store_dir: \"{}\"\n}}\n{extra}",
@@ -79,7 +84,17 @@ impl NatsNode {
 
     /// `nats://127.0.0.1:PORT/PREFIX`, as `--qhost` or `[amqp] dsn` take it.
     pub fn url(&self, prefix: &str) -> String {
-        format!("nats://127.0.0.1:{}/{prefix}", self.port)
+        format!("{}/{prefix}", self.base_url())
+    }
+
+    /// `nats://127.0.0.1:PORT`, with no prefix.
+    pub fn base_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's process id (for `/proc`), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGTERM (a clean shutdown: JetStream flushes its store), then a start on the same
@@ -138,6 +153,11 @@ impl NatsNode {
         let child = Command::new(binary())
             .arg("-c")
             .arg(self.dir.path().join("nats.conf"))
+            .args(
+                std::env::var("VOGELER_NATS_SERVER_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -226,8 +246,8 @@ impl NatsCluster {
     /// cluster; returns once every member's `/healthz` is ok.
     pub fn start(n: usize) -> NatsCluster {
         let started = Instant::now();
-        let cluster = format!("vc{:08x}", super::rand_u32());
         let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let cluster = format!("vc{}", route_ports[0]);
         let mut nodes: Vec<NatsNode> = (0..n)
             .map(|i| {
                 let routes: Vec<String> = route_ports
