@@ -315,6 +315,44 @@ pub async fn decoded_results_read_back_the_same(store: DynStore) {
     );
     store.history("h", None).await.expect("history");
     store.changes(t(0), 100).await.expect("changes");
+    // The same values as package lists: a backend's package index gives back each
+    // member exactly as the document holds it (huge and tiny numbers, escapes and
+    // quotes in names, the empty name, deep nesting).
+    for (i, (_, tree)) in want.iter().enumerate() {
+        let node = format!("pk{i}");
+        let text = serde_json::value::RawValue::from_string(tree.to_string()).expect("JSON");
+        apply(
+            &store,
+            vec![Observation {
+                node: node.clone(),
+                at: t(1),
+                change: Change::Plugin {
+                    name: "dpkg".into(),
+                    value: Data::Text(text),
+                    history: true,
+                },
+            }],
+        )
+        .await;
+        let stored = store.node(&node).await.expect("node").expect("stored");
+        for (name, v) in tree.as_object().expect("an object") {
+            let got = store.packages(name).await.expect("packages");
+            assert!(got.skipped.is_empty(), "{name}: {:?}", got.skipped);
+            let mine: Vec<&Value> = got
+                .rows
+                .iter()
+                .filter(|r| r.0 == node)
+                .map(|r| &r.2)
+                .collect();
+            assert_eq!(mine.len(), 1, "{name}: {:?}", got.rows);
+            assert!(
+                first_difference(mine[0], v, name).is_none()
+                    && first_difference(mine[0], &stored.keys["dpkg"][name], name).is_none(),
+                "{name}: {} vs {v}",
+                mine[0]
+            );
+        }
+    }
 }
 
 /// `last_error` keeps a few kilobytes of a huge error message and raw output, cut at a
