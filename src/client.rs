@@ -363,7 +363,9 @@ async fn serve(
         session.declare_sender().await?;
     }
     let mut saved = place.load();
-    let mut consumer = session.consume_node(&opts.node, saved, prefetch).await?;
+    let mut consumer = session
+        .consume_node(&opts.node, saved.clone(), prefetch)
+        .await?;
     // Saved at once: a first start's place (the stream's end) is where a restart
     // resumes, even if the client stops before it handled anything.
     place.save(&mut saved, consumer.resume());
@@ -574,7 +576,7 @@ impl ResumeFile {
     /// so a crash never leaves half a number).
     fn save(&self, saved: &mut Option<Resume>, now: Option<Resume>) {
         let Some(now) = now else { return };
-        if *saved == Some(now) {
+        if saved.as_ref() == Some(&now) {
             return;
         }
         let tmp = self.path.with_extension("tmp");

@@ -100,34 +100,60 @@ impl Message {
 /// stores [`Subscription::resume`]'s text after each ack and hands it back to
 /// [`Transport::consume_node`]; RabbitMQ keeps a durable queue per node and ignores it.
 ///
-/// Text form `B:N`: the last stream sequence handled of broadcasts and of node requests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Text form `B:N` or `B:N:ID,ID,…`: the stream sequence read through of broadcasts and
+/// of node requests, then the identities (hex) of requests handled since.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resume {
-    /// Last handled broadcast's stream sequence.
+    /// Broadcasts: the stream sequence handled through.
     pub broadcast: u64,
-    /// Last handled node request's stream sequence.
+    /// Node requests: the stream sequence handled through.
     pub node: u64,
+    /// Requests handled after those sequences, by identity (the stream is read from
+    /// the sequences on, and these are skipped).
+    pub handled: Vec<String>,
 }
+
+/// Most identities a resume point may name: a client folds them in long before.
+const MAX_HANDLED: usize = 4096;
 
 impl fmt::Display for Resume {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.broadcast, self.node)
+        write!(f, "{}:{}", self.broadcast, self.node)?;
+        if !self.handled.is_empty() {
+            write!(f, ":{}", self.handled.join(","))?;
+        }
+        Ok(())
     }
 }
 
-/// A resume point that is not `B:N` with two decimal numbers.
+/// A resume point that is not `B:N` with two decimal numbers, optionally followed by
+/// `:` and comma-separated hex identities.
 #[derive(Debug, thiserror::Error)]
-#[error("bad resume point {0:?}: expected two numbers, BROADCAST:NODE")]
+#[error("bad resume point {0:?}: expected BROADCAST:NODE[:ID,ID,...] (numbers, then hex)")]
 pub struct BadResume(String);
 
 impl FromStr for Resume {
     type Err = BadResume;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || BadResume(s.to_string());
-        let (b, n) = s.trim().split_once(':').ok_or_else(bad)?;
+        let bad = || BadResume(s.chars().take(80).collect());
+        let mut parts = s.trim().splitn(3, ':');
+        let (Some(b), Some(n)) = (parts.next(), parts.next()) else {
+            return Err(bad());
+        };
+        let handled: Vec<String> = match parts.next() {
+            None => Vec::new(),
+            Some(ids) => ids.split(',').map(str::to_string).collect(),
+        };
+        let hex = |id: &String| {
+            (1..=64).contains(&id.len()) && id.bytes().all(|c| c.is_ascii_hexdigit())
+        };
+        if handled.len() > MAX_HANDLED || !handled.iter().all(hex) {
+            return Err(bad());
+        }
         Ok(Resume {
             broadcast: b.parse().map_err(|_| bad())?,
             node: n.parse().map_err(|_| bad())?,
+            handled,
         })
     }
 }
@@ -518,10 +544,18 @@ mod tests {
         let r = Resume {
             broadcast: 12,
             node: 7,
+            handled: Vec::new(),
         };
         assert_eq!(r.to_string(), "12:7");
-        assert_eq!("12:7".parse::<Resume>().ok(), Some(r));
-        assert!("12".parse::<Resume>().is_err());
-        assert!("a:1".parse::<Resume>().is_err());
+        assert_eq!("12:7".parse::<Resume>().ok(), Some(r.clone()));
+        let with = Resume {
+            handled: vec!["00ff".into(), "abc1".into()],
+            ..r
+        };
+        assert_eq!(with.to_string(), "12:7:00ff,abc1");
+        assert_eq!("12:7:00ff,abc1\n".parse::<Resume>().ok(), Some(with));
+        for bad in ["12", "a:1", "1:2:", "1:2:xyz", "1:2:ab,,cd", "1:2:ab:cd"] {
+            assert!(bad.parse::<Resume>().is_err(), "{bad}");
+        }
     }
 }

@@ -364,13 +364,16 @@ async fn requests_sent_while_a_client_is_down_reach_it(b: &dyn Backend) {
         .expect("broadcast");
 
     let back = b.connect().await;
-    let mut s = back.consume_node(&node, place, 8).await.expect("consume");
+    let mut s = back
+        .consume_node(&node, place.clone(), 8)
+        .await
+        .expect("consume");
     assert_eq!(
         take(back.as_ref(), &mut s, 2).await,
         set(&["sent while down", "broadcast while down"])
     );
     let handled = s.resume();
-    if let (Some(before), Some(after)) = (place, handled) {
+    if let (Some(before), Some(after)) = (&place, &handled) {
         assert!(
             after.broadcast > before.broadcast && after.node > before.node,
             "acks move the place on: {before} to {after}"
@@ -388,6 +391,49 @@ async fn requests_sent_while_a_client_is_down_reach_it(b: &dyn Backend) {
     assert_eq!(take(again.as_ref(), &mut s, 0).await, BTreeSet::new());
     drop(s);
     again.close().await;
+    runner.close().await;
+    b.cleanup(&[node]).await;
+}
+
+/// A request handled while the client runs is not run again after a restart; one that
+/// arrived and was not handled is.
+async fn a_restart_runs_again_only_what_was_not_handled(b: &dyn Backend) {
+    let node = b.node("restarting");
+    let runner = b.connect().await;
+    runner.declare().await.expect("declare");
+    let first = b.connect().await;
+    let mut s = first.consume_node(&node, None, 8).await.expect("consume");
+    for body in ["handled", "handled broadcast"] {
+        let to = if body == "handled" {
+            Audience::Node(&node)
+        } else {
+            Audience::Everyone
+        };
+        runner.publish_request(to, msg(body)).await.expect("request");
+    }
+    assert_eq!(
+        take(first.as_ref(), &mut s, 2).await,
+        set(&["handled", "handled broadcast"])
+    );
+    runner
+        .publish_request(Audience::Node(&node), msg("arrived, not handled"))
+        .await
+        .expect("request");
+    let m = recv(&mut s, ARRIVE).await.expect("the third request arrives");
+    assert_eq!(text(&m), "arrived, not handled");
+    // Stopped before the ack.
+    let place = s.resume();
+    drop(s);
+    first.close().await;
+
+    let back = b.connect().await;
+    let mut s = back.consume_node(&node, place, 8).await.expect("consume");
+    assert_eq!(
+        take(back.as_ref(), &mut s, 1).await,
+        set(&["arrived, not handled"])
+    );
+    drop(s);
+    back.close().await;
     runner.close().await;
     b.cleanup(&[node]).await;
 }
@@ -591,6 +637,7 @@ macro_rules! suite {
             acked_result_is_not_redelivered,
             broadcasts_reach_every_node_and_node_requests_one,
             requests_sent_while_a_client_is_down_reach_it,
+            a_restart_runs_again_only_what_was_not_handled,
             an_expired_request_is_not_delivered,
             a_reply_reaches_the_runners_inbox,
             a_dead_letter_keeps_its_reason,

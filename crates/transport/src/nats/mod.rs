@@ -61,13 +61,14 @@
 //! reply address in the `x-vogeler-reply-to` header.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, consumer, stream, AckKind};
 use async_nats::HeaderMap;
 use async_trait::async_trait;
 use futures_util::{Stream, StreamExt};
+
+mod requests;
 
 use crate::seam::{AckHandle, AckInner, Audience, Message, QueueKind, Resume, Subscription};
 use crate::{Delivered, Outgoing, QueueStatus, Transport, TransportError, REASON_HEADER};
@@ -85,12 +86,6 @@ const REQUEUE_DELAY: Duration = Duration::from_secs(2);
 const SHARED_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long one pull on a durable consumer waits before it is made again.
 const SHARED_PULL_EXPIRES: Duration = Duration::from_secs(30);
-/// Idle heartbeat of a client's pulls: a lost consumer is noticed within 40 s. An idle
-/// consumer costs a pull, its expiry and two heartbeats a minute: as many messages as
-/// pulls and expiries alone made at the library's 30 s (50,000 clients: ~6,700/s).
-const CLIENT_HEARTBEAT: Duration = Duration::from_secs(20);
-/// How long one pull of a client waits before it is made again.
-const CLIENT_PULL_EXPIRES: Duration = Duration::from_secs(60);
 /// The durable consumer the admin reads dead letters with.
 pub const DEAD_CONSUMER: &str = "admin";
 
@@ -283,94 +278,24 @@ pub struct NatsTransport {
     js: jetstream::Context,
     opts: NatsOptions,
     addr: String,
+    /// Told of each reconnect and of messages the library dropped for a slow reader:
+    /// a client's request subscription then reads the stream to catch up.
+    gaps: tokio::sync::broadcast::Sender<()>,
+}
+
+/// How a delivered message is acked.
+pub(crate) enum NatsAck {
+    /// A JetStream delivery of a durable consumer (servers, admin): acked on the server.
+    Stream(jetstream::message::Acker),
+    /// A client's request: its place moves; nothing goes to the server.
+    Request(requests::RequestAck),
 }
 
 impl std::fmt::Debug for NatsAck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsAck")
-            .field("stream_sequence", &self.seq)
-            .finish()
-    }
-}
-
-/// Which of a client's two request consumers a message came from.
-#[derive(Debug, Clone, Copy)]
-enum Feed {
-    Broadcast,
-    Node,
-    Other,
-}
-
-/// A JetStream message's ack address, and the client's place to move on ack.
-pub(crate) struct NatsAck {
-    acker: jetstream::message::Acker,
-    seq: u64,
-    feed: Feed,
-    place: Option<Arc<Mutex<Place>>>,
-}
-
-impl NatsAck {
-    fn advance(&self) {
-        let Some(place) = &self.place else { return };
-        let Ok(mut p) = place.lock() else { return };
-        p.done(self.feed, self.seq);
-    }
-}
-
-/// A client's place in each request feed. Requests run concurrently, so they are acked
-/// out of order: the resume point never passes a request still running, and a restart
-/// runs that one again rather than skipping it (at least once, never lost).
-#[derive(Debug, Default)]
-pub(crate) struct Place {
-    /// Highest sequence acked, per feed.
-    acked: Resume,
-    /// Delivered and not yet acked, per feed.
-    running: [std::collections::BTreeSet<u64>; 2],
-}
-
-impl Place {
-    fn starting_at(r: Resume) -> Self {
-        Place {
-            acked: r,
-            running: Default::default(),
-        }
-    }
-
-    fn slot(feed: Feed) -> Option<usize> {
-        match feed {
-            Feed::Broadcast => Some(0),
-            Feed::Node => Some(1),
-            Feed::Other => None,
-        }
-    }
-
-    fn started(&mut self, feed: Feed, seq: u64) {
-        if let Some(i) = Self::slot(feed) {
-            self.running[i].insert(seq);
-        }
-    }
-
-    fn done(&mut self, feed: Feed, seq: u64) {
-        let Some(i) = Self::slot(feed) else { return };
-        self.running[i].remove(&seq);
-        let acked = if i == 0 {
-            &mut self.acked.broadcast
-        } else {
-            &mut self.acked.node
-        };
-        *acked = (*acked).max(seq);
-    }
-
-    /// Where to resume: just before the oldest request still running, else after the
-    /// highest acked.
-    fn resume(&self) -> Resume {
-        let at = |i: usize, acked: u64| match self.running[i].first() {
-            Some(oldest) => acked.min(oldest.saturating_sub(1)),
-            None => acked,
-        };
-        Resume {
-            broadcast: at(0, self.acked.broadcast),
-            node: at(1, self.acked.node),
+        match self {
+            NatsAck::Stream(_) => f.write_str("NatsAck::Stream"),
+            NatsAck::Request(r) => r.fmt(f),
         }
     }
 }
@@ -393,9 +318,23 @@ impl NatsTransport {
             message,
         })?;
         let (bare, creds) = split_credentials(url);
+        let (gaps, _) = tokio::sync::broadcast::channel(16);
+        let told = gaps.clone();
         let mut options = async_nats::ConnectOptions::new()
             .name(&opts.connection_name)
-            .connection_timeout(opts.connect_timeout);
+            .connection_timeout(opts.connect_timeout)
+            .event_callback(move |event| {
+                let told = told.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected | async_nats::Event::SlowConsumer(_) => {
+                            tracing::debug!(%event, "NATS connection event: requests catch up");
+                            let _ = told.send(());
+                        }
+                        event => tracing::debug!(%event, "NATS connection event"),
+                    }
+                }
+            });
         match creds {
             Some((user, Some(pass))) => options = options.user_and_password(user, pass),
             Some((token, None)) => options = options.token(token),
@@ -467,6 +406,7 @@ impl NatsTransport {
             js,
             opts,
             addr,
+            gaps,
         })
     }
 
@@ -784,27 +724,19 @@ impl NatsTransport {
         &self,
         c: consumer::Consumer<consumer::pull::Config>,
         prefetch: u16,
-        feed: Feed,
     ) -> Result<Feeds, TransportError> {
-        // A consumer whose member went away (a client's single-copy one, or any while a
-        // cluster elects) sends nothing, not even an error: without heartbeats a pull
-        // would wait on it for good. Two missed ones end the feed with an error, and the
-        // program reconnects and makes its consumers again.
-        let (heartbeat, expires) = match feed {
-            Feed::Other => (SHARED_HEARTBEAT, SHARED_PULL_EXPIRES),
-            Feed::Broadcast | Feed::Node => (CLIENT_HEARTBEAT, CLIENT_PULL_EXPIRES),
-        };
+        // A consumer whose member went away (while a cluster elects) sends nothing, not
+        // even an error: without heartbeats a pull would wait on it for good. Two missed
+        // ones end the feed with an error, and the program reconnects.
         let s = c
             .stream()
             .max_messages_per_batch(usize::from(prefetch.max(1)))
-            .heartbeat(heartbeat)
-            .expires(expires)
+            .heartbeat(SHARED_HEARTBEAT)
+            .expires(SHARED_PULL_EXPIRES)
             .messages()
             .await
             .map_err(|e| self.err("pull", e))?;
-        Ok(Box::pin(
-            s.map(move |m| (feed, m.map_err(|e| e.to_string()))),
-        ))
+        Ok(Box::pin(s.map(|m| m.map_err(|e| e.to_string()))))
     }
 }
 
@@ -865,95 +797,66 @@ fn check_prefix(prefix: &str) -> Result<(), String> {
     }
 }
 
-type Feeds =
-    Pin<Box<dyn Stream<Item = (Feed, Result<jetstream::Message, String>)> + Send + 'static>>;
+type Feeds = Pin<Box<dyn Stream<Item = Result<jetstream::Message, String>> + Send + 'static>>;
 
-/// JetStream consumers as one [`Subscription`]; a client's keeps its place.
+/// Splits a message's headers into the program's, the reply address and the
+/// expiration (both travel in headers: see the module docs).
+pub(crate) fn parse_headers(
+    h: Option<&HeaderMap>,
+) -> (Vec<(String, String)>, Option<String>, Option<i128>) {
+    let mut headers = Vec::new();
+    let mut reply_to = None;
+    let mut expiration = None;
+    for (k, values) in h.into_iter().flat_map(|h| h.iter()) {
+        for v in values {
+            match k.as_ref() {
+                REPLY_TO_HEADER => reply_to = Some(v.as_str().to_string()),
+                EXPIRATION_HEADER => expiration = v.as_str().parse().ok(),
+                name => headers.push((name.to_string(), v.as_str().to_string())),
+            }
+        }
+    }
+    (headers, reply_to, expiration)
+}
+
+/// A durable consumer (the servers' or the admin's) as one [`Subscription`].
 struct NatsSubscription {
-    feeds: Feeds,
-    place: Option<Arc<Mutex<Place>>>,
+    feed: Feeds,
     addr: String,
 }
 
 #[async_trait]
 impl Subscription for NatsSubscription {
     async fn next(&mut self) -> Option<Result<Message, TransportError>> {
-        loop {
-            let (feed, item) = self.feeds.next().await?;
-            let m = match item {
-                Ok(m) => m,
-                Err(e) => {
-                    return Some(Err(TransportError::Session(format!(
-                        "consume on {}: {e}",
-                        self.addr
-                    ))))
-                }
-            };
-            let (seq, delivered, published_ms) = match m.info() {
-                Ok(i) => (
-                    i.stream_sequence,
-                    i.delivered,
-                    i.published.unix_timestamp_nanos() / 1_000_000,
-                ),
-                Err(e) => {
-                    return Some(Err(TransportError::Session(format!(
-                        "message metadata on {}: {e}",
-                        self.addr
-                    ))))
-                }
-            };
-            let (core, acker) = m.split();
-            let subject = core.subject.to_string();
-            let mut headers = Vec::new();
-            let mut reply_to = None;
-            let mut expiration: Option<i128> = None;
-            if let Some(h) = &core.headers {
-                for (k, values) in h.iter() {
-                    for v in values {
-                        match k.as_ref() {
-                            REPLY_TO_HEADER => reply_to = Some(v.as_str().to_string()),
-                            EXPIRATION_HEADER => expiration = v.as_str().parse().ok(),
-                            name => headers.push((name.to_string(), v.as_str().to_string())),
-                        }
-                    }
-                }
+        let m = match self.feed.next().await? {
+            Ok(m) => m,
+            Err(e) => {
+                return Some(Err(TransportError::Session(format!(
+                    "consume on {}: {e}",
+                    self.addr
+                ))))
             }
-            let ack = NatsAck {
-                acker,
-                seq,
-                feed,
-                place: self.place.clone(),
-            };
-            if let Some(p) = &self.place {
-                if let Ok(mut p) = p.lock() {
-                    p.started(feed, seq);
-                }
+        };
+        let delivered = match m.info() {
+            Ok(i) => i.delivered,
+            Err(e) => {
+                return Some(Err(TransportError::Session(format!(
+                    "message metadata on {}: {e}",
+                    self.addr
+                ))))
             }
-            if let Some(ms) = expiration {
-                if published_ms + ms < now_ms() {
-                    tracing::debug!(stream_sequence = seq, "dropping an expired request");
-                    if ack.acker.ack().await.is_ok() {
-                        ack.advance();
-                    }
-                    continue;
-                }
-            }
-            return Some(Ok(Message {
-                body: core.payload.to_vec(),
-                headers,
-                reply_to,
-                redelivered: delivered > 1,
-                source: self.addr.clone(),
-                key: subject,
-                ack: AckHandle(AckInner::Nats(Box::new(ack))),
-            }));
-        }
-    }
-
-    fn resume(&self) -> Option<Resume> {
-        self.place
-            .as_ref()
-            .and_then(|p| p.lock().ok().map(|p| p.resume()))
+        };
+        let (core, acker) = m.split();
+        let (headers, reply_to, _) = parse_headers(core.headers.as_ref());
+        Some(Ok(Message {
+            body: core.payload.to_vec(),
+            headers,
+            reply_to,
+            redelivered: delivered > 1,
+            source: self.addr.clone(),
+            key: core.subject.to_string(),
+            ack: AckHandle(AckInner::Nats(Box::new(NatsAck::Stream(acker)))),
+        }))
     }
 }
 
@@ -1082,8 +985,7 @@ impl Transport for NatsTransport {
     ) -> Result<Box<dyn Subscription>, TransportError> {
         let c = self.durable("RESULTS", SERVERS_CONSUMER).await?;
         Ok(Box::new(NatsSubscription {
-            feeds: self.pull(c, prefetch, Feed::Other).await?,
-            place: None,
+            feed: self.pull(c, prefetch).await?,
             addr: self.addr.clone(),
         }))
     }
@@ -1095,8 +997,25 @@ impl Transport for NatsTransport {
         prefetch: u16,
     ) -> Result<Box<dyn Subscription>, TransportError> {
         let mut stream = self.stream("REQUESTS").await?;
-        let start = match resume {
-            Some(r) => r,
+        let subjects = [self.subject("req.all"), self.node_subject(node)];
+        let gaps = self.gaps.subscribe();
+        let mut live = Vec::with_capacity(2);
+        for subject in &subjects {
+            live.push(
+                self.client
+                    .subscribe(subject.clone())
+                    .await
+                    .map_err(|e| self.err(&format!("subscribe to {subject}"), e))?,
+            );
+        }
+        // Subscribed on the server before the stream's end is read: a request sent
+        // after that read arrives live.
+        self.client
+            .flush()
+            .await
+            .map_err(|e| self.err("subscribe", e))?;
+        let (start, catch_up_first) = match resume {
+            Some(r) => (r, true),
             None => {
                 let last = stream
                     .info()
@@ -1104,52 +1023,35 @@ impl Transport for NatsTransport {
                     .map_err(|e| self.err("stream info", e))?
                     .state
                     .last_sequence;
-                Resume {
+                let start = Resume {
                     broadcast: last,
                     node: last,
-                }
+                    handled: Vec::new(),
+                };
+                (start, false)
             }
         };
-        let mut feeds = Vec::new();
-        for (feed, subject, after) in [
-            (Feed::Broadcast, self.subject("req.all"), start.broadcast),
-            (Feed::Node, self.node_subject(node), start.node),
-        ] {
-            let c = stream
-                .create_consumer(consumer::pull::Config {
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: self.opts.ack_wait,
-                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                        start_sequence: after + 1,
-                    },
-                    filter_subject: subject.clone(),
-                    max_ack_pending: i64::from(prefetch.max(1)),
-                    inactive_threshold: self.opts.client_inactive,
-                    memory_storage: true,
-                    num_replicas: 1,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| self.refused(&format!("consumer on {subject}"), e))?;
-            feeds.push(self.pull(c, prefetch, feed).await?);
-        }
-        let node_feed = feeds.pop();
-        let broadcast_feed = feeds.pop();
-        let (Some(b), Some(n)) = (broadcast_feed, node_feed) else {
-            return Err(self.err("consume", "no consumer made"));
+        let (Some(n), Some(b)) = (live.pop(), live.pop()) else {
+            return Err(self.err("subscribe", "no subscription made"));
         };
-        Ok(Box::new(NatsSubscription {
-            feeds: Box::pin(futures_util::stream::select(b, n)),
-            place: Some(Arc::new(Mutex::new(Place::starting_at(start)))),
+        Ok(Box::new(requests::Requests::start(requests::Parts {
+            stream,
+            subjects,
+            live: [b, n],
+            gaps,
+            client: self.client.clone(),
+            start,
+            catch_up_first,
+            inactive: self.opts.client_inactive,
+            prefetch,
             addr: self.addr.clone(),
-        }))
+        })))
     }
 
     async fn consume_dead(&self, prefetch: u16) -> Result<Box<dyn Subscription>, TransportError> {
         let c = self.durable("DEAD", DEAD_CONSUMER).await?;
         Ok(Box::new(NatsSubscription {
-            feeds: self.pull(c, prefetch, Feed::Other).await?,
-            place: None,
+            feed: self.pull(c, prefetch).await?,
             addr: self.addr.clone(),
         }))
     }
@@ -1210,11 +1112,13 @@ impl Transport for NatsTransport {
 
     async fn ack(&self, handle: &AckHandle) -> Result<(), TransportError> {
         match &handle.0 {
-            AckInner::Nats(a) => {
-                a.acker.double_ack().await.map_err(|e| self.err("ack", e))?;
-                a.advance();
-                Ok(())
-            }
+            AckInner::Nats(a) => match a.as_ref() {
+                NatsAck::Stream(acker) => acker.double_ack().await.map_err(|e| self.err("ack", e)),
+                NatsAck::Request(r) => {
+                    r.handled();
+                    Ok(())
+                }
+            },
             AckInner::None => Ok(()),
             AckInner::Amqp(_) => Err(self.err("ack", "an AMQP delivery cannot be acked on NATS")),
         }
@@ -1228,8 +1132,10 @@ impl Transport for NatsTransport {
         };
         for h in rest {
             if let AckInner::Nats(a) = &h.0 {
-                a.acker.ack().await.map_err(|e| self.err("ack", e))?;
-                a.advance();
+                match a.as_ref() {
+                    NatsAck::Stream(acker) => acker.ack().await.map_err(|e| self.err("ack", e))?,
+                    NatsAck::Request(r) => r.handled(),
+                }
             }
         }
         self.ack(last).await
@@ -1240,11 +1146,14 @@ impl Transport for NatsTransport {
             // Redelivered after a pause, not at once: a pull still open on this
             // connection would take it straight back (the admin lists, gives every
             // message back, then closes).
-            AckInner::Nats(a) => a
-                .acker
-                .ack_with(AckKind::Nak(Some(REQUEUE_DELAY)))
-                .await
-                .map_err(|e| self.err("requeue", e)),
+            AckInner::Nats(a) => match a.as_ref() {
+                NatsAck::Stream(acker) => acker
+                    .ack_with(AckKind::Nak(Some(REQUEUE_DELAY)))
+                    .await
+                    .map_err(|e| self.err("requeue", e)),
+                // Not handled: it runs again after the client's next restart.
+                NatsAck::Request(_) => Ok(()),
+            },
             AckInner::None => Ok(()),
             AckInner::Amqp(_) => {
                 Err(self.err("requeue", "an AMQP delivery cannot be requeued on NATS"))
@@ -1342,29 +1251,6 @@ mod tests {
         assert_eq!(decode_node("a%2eb"), None);
         assert_eq!(decode_node("a%41"), None);
         assert_eq!(decode_node("a.b"), None);
-    }
-
-    #[test]
-    fn the_resume_point_never_passes_a_request_still_running() {
-        use super::{Feed, Place};
-        use crate::Resume;
-        let at = |broadcast, node| Resume { broadcast, node };
-        let mut p = Place::starting_at(at(10, 3));
-        for seq in [11, 12, 13] {
-            p.started(Feed::Broadcast, seq);
-        }
-        // 12 and 13 finish first: 11 still runs, so a restart begins at 11.
-        p.done(Feed::Broadcast, 13);
-        p.done(Feed::Broadcast, 12);
-        assert_eq!(p.resume(), at(10, 3));
-        p.done(Feed::Broadcast, 11);
-        assert_eq!(p.resume(), at(13, 3));
-        p.started(Feed::Node, 4);
-        p.started(Feed::Node, 5);
-        p.done(Feed::Node, 5);
-        assert_eq!(p.resume(), at(13, 3));
-        p.done(Feed::Node, 4);
-        assert_eq!(p.resume(), at(13, 5));
     }
 
     #[test]
