@@ -15,8 +15,8 @@
 //! - **NATS**: a private `nats-server` with JetStream (file store in a temp dir, a free
 //!   port; a fresh one per row, so its memory growth is the fleet's). Each node consumes
 //!   through the transport's own `consume_node`, exactly as `vogeler-client` does: two
-//!   ephemeral pull consumers on the requests stream (broadcast subject, own subject),
-//!   no durable consumer per node; it answers with a JetStream publish to the results
+//!   core subscriptions (broadcast subject, own subject), no JetStream consumer while it
+//!   runs; it answers with a JetStream publish to the results
 //!   stream, awaits the ack, then acks the request. Nodes share a few connections. The
 //!   broadcast goes out as `vogeler-runner` sends it, with a reply inbox.
 //!
@@ -414,8 +414,8 @@ fn nats_options(prefix: &str, name: &str) -> NatsOptions {
 }
 
 /// N simulated nodes on NATS, each consuming exactly as a real client does: the
-/// transport's own [`Transport::consume_node`] (two ephemeral pull consumers on the
-/// requests stream, one filtered on the broadcast subject and one on the node's own),
+/// transport's own [`Transport::consume_node`] (core subscriptions to the broadcast
+/// subject and the node's own; the requests stream is read only to catch up),
 /// answering with [`Transport::publish_result`] (a JetStream publish, its ack awaited)
 /// and then acking the request. Nodes share `connections` connections, as they cannot
 /// have one process each.
@@ -892,7 +892,7 @@ async fn amqp_row(
 async fn run_nats(run: &mut Run) {
     let connections: usize = support::env_number("VOGELER_FLEET_NATS_CONNECTIONS", 16);
     run.brokers.push(format!(
-        "**NATS** (nats-server {}, JetStream file store): a private server the benchmark starts for each row. Each simulated node consumes exactly as `vogeler-client` does, through the transport's own `consume_node`: two ephemeral pull consumers on the requests stream (one filtered on the broadcast subject, one on the node's own subject; memory storage, R1), prefetch {NATS_PREFETCH} (the client's default concurrency); it answers with a JetStream publish to the results stream, awaits its ack, then acks the request. Nodes share {connections} connections (a real node has its own); heartbeats and scheduled runs are not simulated. One real `vogeler-server` consumes the results through the durable `servers` consumer. Broker memory per node is the growth of nats-server's resident memory (`/proc`) from start to the idle fleet connected / after both broadcasts, divided by the nodes.",
+        "**NATS** (nats-server {}, JetStream file store): a private server the benchmark starts for each row. Each simulated node consumes exactly as `vogeler-client` does, through the transport's own `consume_node`: core subscriptions to the broadcast subject and its own (the requests stream is read only to catch up after a start or a reconnect, so no JetStream consumer per node), prefetch {NATS_PREFETCH} (the client's default concurrency); it answers with a JetStream publish to the results stream, awaits its ack, then acks the request (which moves its saved place; nothing goes to the server). Nodes share {connections} connections (a real node has its own); heartbeats and scheduled runs are not simulated. One real `vogeler-server` consumes the results through the durable `servers` consumer. Broker memory per node is the growth of nats-server's resident memory (`/proc`) from start to the idle fleet connected / after both broadcasts, divided by the nodes.",
         support::nats_server_version()
     ));
     for backend in support::stores("sqlite,postgres") {
@@ -917,7 +917,7 @@ async fn nats_row(backend: &str, n: u64, connections: usize) -> Row {
     let setup = Instant::now();
     let fleet = start_nats_fleet(&url, &prefix, &names, connections).await;
     let setup = setup.elapsed();
-    // Let the consumers' first pulls settle, then measure the idle fleet.
+    // Let the fleet settle, then measure it idle.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss1 = support::proc_status_kib(pid, "VmRSS:");
     let fds_idle = support::open_fds(pid);
@@ -925,7 +925,7 @@ async fn nats_row(backend: &str, n: u64, connections: usize) -> Row {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle_cpu = (support::cpu_ticks(&pid.to_string()) - ticks) as f64 / 10.0;
     println!(
-        "nats {backend} {n} nodes: fleet of {n} nodes ({} consumers) on {connections} connections ready in {:.1} s; nats-server {:.1} MB resident ({:.2} KB per node), {fds_idle} descriptors, {idle_cpu:.0}% of a core idle",
+        "nats {backend} {n} nodes: fleet of {n} nodes ({} subscriptions) on {connections} connections ready in {:.1} s; nats-server {:.1} MB resident ({:.2} KB per node), {fds_idle} descriptors, {idle_cpu:.0}% of a core idle",
         2 * n,
         setup.as_secs_f64(),
         rss1 as f64 / 1024.0,

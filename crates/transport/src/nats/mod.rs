@@ -7,7 +7,7 @@
 //! | AMQP                          | NATS                                                   |
 //! |-------------------------------|--------------------------------------------------------|
 //! | master exchange + queue       | stream `P_RESULTS` on `P.results` (work-queue retention), one durable pull consumer `servers` shared by every server |
-//! | broadcast exchange, node queue| stream `P_REQUESTS` on `P.req.>`: `P.req.all` and `P.req.node.<node>`; per client two ephemeral consumers |
+//! | broadcast exchange, node queue| stream `P_REQUESTS` on `P.req.>`: `P.req.all` and `P.req.node.<node>`; per client two core subscriptions, the stream read to catch up |
 //! | exclusive reply queue         | a core NATS `_INBOX.…` subscription                    |
 //! | dead-letter queue             | stream `P_DEAD` on `P.dead` (work-queue retention), durable consumer `admin` |
 //!
@@ -25,27 +25,25 @@
 //! and a durable's `ack_wait`, `max_ack_pending` and replicas in place when they differ
 //! from the options; clients and runners ([`Existing::Keep`]) never do.
 //!
-//! **Requests: why no durable consumer per node.** JetStream keeps every durable
-//! consumer's state on disk and, clustered, in a Raft group of its own per consumer;
-//! NATS maintainers answer reports of load with many consumers on a stream
-//! (nats-io/nats-server#5451, "the default R3 consumers at high scale put undue stress
-//! on the system") with a redesign, not a setting. 50,000 durables on one stream is that
-//! case. So each client makes *ephemeral* consumers: R1, memory storage, deleted by the
-//! server after [`NatsOptions::client_inactive`] without a pull (nothing to clean up
-//! after a node is retired), as cheap as the ordered consumers the client libraries
-//! recreate at will. The client keeps its own place: [`Subscription::resume`] gives the
-//! last handled stream sequences ([`Resume`]), the client stores that text after each
-//! ack, and passes it back on restart, when the consumers start just after it. A request
-//! sent while the client was down is still delivered, as long as the stream keeps it.
-//!
-//! Two consumers, not one filtered on both subjects: several filter subjects on one
-//! consumer need nats-server 2.10, and Debian 12 ships 2.9, whose servers ignore the field
-//! and would deliver every node's requests. Hence a [`Resume`] holds two sequences.
+//! **Requests: no consumer per node.** JetStream keeps every durable consumer's state on
+//! disk and, clustered, in a Raft group of its own per consumer; NATS maintainers answer
+//! reports of load with many consumers on a stream (nats-io/nats-server#5451, "the
+//! default R3 consumers at high scale put undue stress on the system") with a redesign,
+//! not a setting. Even an ephemeral consumer costs nats-server about 40 KB. So a running
+//! client holds none: it takes requests live on two core subscriptions, and reads the
+//! stream only to catch up after a start, a reconnect or dropped messages, through
+//! consumers deleted once it is caught up ([`requests`]). The client keeps its own place:
+//! [`Subscription::resume`] gives it ([`Resume`]: stream sequences per subject and the
+//! requests handled live since), the client stores that text after each ack and passes
+//! it back on restart. A request sent while the client was down is still delivered, as
+//! long as the stream keeps it. The catch-up consumers filter on one subject each:
+//! several filter subjects on one consumer need nats-server 2.10, and Debian 12 ships
+//! 2.9, whose servers ignore the field and would deliver every node's requests.
 //!
 //! **Request expiry.** The requests stream keeps messages at most
 //! [`NatsOptions::request_max_age`] (`max_age`). A request with
-//! [`Outgoing::expiration_ms`] carries it in the `x-vogeler-expiration-ms` header; the
-//! client drops (acks) a request older than that by the stream's publish time, so a node
+//! [`Outgoing::expiration_ms`] carries it in the `x-vogeler-expiration-ms` header; a
+//! catch-up passes over a request older than that by the stream's publish time, so a node
 //! back after a long outage does not run stale requests. Per-message TTLs (`Nats-TTL`)
 //! need nats-server 2.11.
 //!
@@ -104,7 +102,7 @@ pub struct NatsOptions {
     pub request_max_age: Duration,
     /// How long the dead-letter stream keeps a message.
     pub dead_max_age: Duration,
-    /// How long a client's ephemeral consumers outlive their last pull.
+    /// How long a client's catch-up consumers outlive a client that died reading.
     pub client_inactive: Duration,
     /// How long [`NatsTransport::connect`] waits for the server.
     pub connect_timeout: Duration,
@@ -169,7 +167,7 @@ impl Default for NatsOptions {
             max_ack_pending: 10_000,
             request_max_age: Duration::from_secs(24 * 3600),
             dead_max_age: Duration::from_secs(30 * 24 * 3600),
-            client_inactive: Duration::from_secs(300),
+            client_inactive: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             tls: crate::BrokerTls::default(),
             credentials: NatsCredentials::None,
