@@ -144,9 +144,8 @@ impl FromStr for Resume {
             None => Vec::new(),
             Some(ids) => ids.split(',').map(str::to_string).collect(),
         };
-        let hex = |id: &String| {
-            (1..=64).contains(&id.len()) && id.bytes().all(|c| c.is_ascii_hexdigit())
-        };
+        let hex =
+            |id: &String| (1..=64).contains(&id.len()) && id.bytes().all(|c| c.is_ascii_hexdigit());
         if handled.len() > MAX_HANDLED || !handled.iter().all(hex) {
             return Err(bad());
         }

@@ -409,7 +409,10 @@ async fn a_restart_runs_again_only_what_was_not_handled(b: &dyn Backend) {
         } else {
             Audience::Everyone
         };
-        runner.publish_request(to, msg(body)).await.expect("request");
+        runner
+            .publish_request(to, msg(body))
+            .await
+            .expect("request");
     }
     assert_eq!(
         take(first.as_ref(), &mut s, 2).await,
@@ -419,7 +422,9 @@ async fn a_restart_runs_again_only_what_was_not_handled(b: &dyn Backend) {
         .publish_request(Audience::Node(&node), msg("arrived, not handled"))
         .await
         .expect("request");
-    let m = recv(&mut s, ARRIVE).await.expect("the third request arrives");
+    let m = recv(&mut s, ARRIVE)
+        .await
+        .expect("the third request arrives");
     assert_eq!(text(&m), "arrived, not handled");
     // Stopped before the ack.
     let place = s.resume();

@@ -10,7 +10,10 @@
 //! something:
 //! - after a restart, from the place the client saved ([`Resume`]);
 //! - after a reconnect, or when the client library dropped messages for a slow reader;
-//! - now and then to move the saved place on (see below).
+//! - now and then to move the saved place on (see below);
+//! - when a look at the last stream message of each subject (every 5 to 10 minutes, two
+//!   small requests, no consumer) finds one the client has not seen: a core delivery lost
+//!   on a cluster route that came back without the client noticing.
 //!
 //! A catch-up makes one short-lived consumer per subject (memory, one copy, no acks),
 //! reads to the end of the stream and deletes it.
@@ -53,6 +56,9 @@ const REFRESH_AT: usize = 32;
 const CAUGHT_KEPT: usize = 1024;
 /// Messages one catch-up fetch asks for.
 const CATCH_UP_BATCH: usize = 256;
+/// How often a client looks at each subject's last stored request (plus a random share
+/// of as much again, so a fleet does not look in step).
+const CHECK_EVERY: Duration = Duration::from_secs(300);
 /// The longest wait between failed catch-up attempts.
 const CATCH_UP_MAX_DELAY: Duration = Duration::from_secs(60);
 
@@ -122,6 +128,16 @@ impl Tracker {
             passes: 0,
             refresh_at,
         }
+    }
+
+    /// Whether the stored request `seq` with identity `id` was delivered or passed over
+    /// already (a look at the stream's last message tells whether to catch up).
+    fn knows(&self, feed: Feed, seq: u64, id: &str) -> bool {
+        seq <= self.read[feed.slot()]
+            || self.live_running.contains_key(id)
+            || self.live_seq.contains_key(id)
+            || self.live_done.iter().any(|(d, _)| d == id)
+            || self.caught.iter().any(|c| c == id)
     }
 
     /// Where a catch-up of `feed` starts reading (after this sequence).
@@ -357,14 +373,11 @@ enum Stop {
 }
 
 impl Pump {
-    async fn run(
-        self,
-        mut live: Live,
-        gaps: broadcast::Receiver<()>,
-        catch_up_first: bool,
-    ) {
+    async fn run(self, mut live: Live, gaps: broadcast::Receiver<()>, catch_up_first: bool) {
         let mut gaps = Some(gaps);
         let mut due = catch_up_first.then(Instant::now);
+        let check_every = || CHECK_EVERY + CHECK_EVERY.mul_f64(rand::random::<f64>());
+        let mut next_check = Instant::now() + check_every();
         let mut delay = Duration::from_secs(1);
         loop {
             if due.is_some_and(|at| at <= Instant::now()) {
@@ -424,8 +437,36 @@ impl Pump {
                     due.get_or_insert_with(Instant::now);
                 }
                 () = wait => {}
+                () = tokio::time::sleep_until(next_check) => {
+                    next_check = Instant::now() + check_every();
+                    if self.missed_something().await {
+                        tracing::info!(broker = %self.addr, "a stored request never arrived live; catching up");
+                        due.get_or_insert_with(Instant::now);
+                    }
+                }
             }
         }
+    }
+
+    /// Whether the last stored request of either subject is one this client never saw
+    /// (two direct reads, no consumer). A failed read says no: the next look, or a
+    /// reconnect, catches up.
+    async fn missed_something(&self) -> bool {
+        for (feed, subject) in [Feed::Broadcast, Feed::Node]
+            .into_iter()
+            .zip(&self.subjects)
+        {
+            match self.stream.get_last_raw_message_by_subject(subject).await {
+                Ok(m) => {
+                    let id = request_id(m.subject.as_str(), &m.payload);
+                    if !lock(&self.tracker).knows(feed, m.sequence, &id) {
+                        return true;
+                    }
+                }
+                Err(e) => tracing::debug!(%subject, error = %e, "no last request to look at"),
+            }
+        }
+        false
     }
 
     /// Forwards a live request unless a catch-up delivered it; false when the program
@@ -450,13 +491,15 @@ impl Pump {
     }
 
     fn ack(&self, feed: Feed, seq: Option<u64>, id: String) -> AckHandle {
-        AckHandle(AckInner::Nats(Box::new(super::NatsAck::Request(RequestAck {
-            tracker: self.tracker.clone(),
-            refresh: self.refresh.clone(),
-            feed,
-            seq,
-            id,
-        }))))
+        AckHandle(AckInner::Nats(Box::new(super::NatsAck::Request(
+            RequestAck {
+                tracker: self.tracker.clone(),
+                refresh: self.refresh.clone(),
+                feed,
+                seq,
+                id,
+            },
+        ))))
     }
 
     /// Reads both subjects from where the last catch-up stopped to the end of the
@@ -464,12 +507,12 @@ impl Pump {
     async fn catch_up(&self) -> Result<(), Stop> {
         let failed = |what: &str, e: &dyn std::fmt::Display| Stop::Failed(format!("{what}: {e}"));
         // Subscriptions made again after a reconnect are on the server before the read.
-        self.client
-            .flush()
-            .await
-            .map_err(|e| failed("flush", &e))?;
+        self.client.flush().await.map_err(|e| failed("flush", &e))?;
         let pass = lock(&self.tracker).begin_pass();
-        for (feed, subject) in [Feed::Broadcast, Feed::Node].into_iter().zip(&self.subjects) {
+        for (feed, subject) in [Feed::Broadcast, Feed::Node]
+            .into_iter()
+            .zip(&self.subjects)
+        {
             let from = lock(&self.tracker).read_from(feed);
             let c = self
                 .stream
@@ -640,6 +683,19 @@ mod tests {
         t.end_pass(pass);
         let r = t.resume();
         assert_eq!((r.broadcast, r.handled.len()), (4, 0));
+    }
+
+    #[test]
+    fn a_stored_request_never_seen_is_told_apart_from_those_seen() {
+        let mut t = Tracker::new(&at(5, 5), 32);
+        assert!(t.knows(Feed::Node, 5, "old"));
+        assert!(t.on_live("running"));
+        assert!(t.knows(Feed::Node, 9, "running"));
+        t.live_handled("running");
+        assert!(t.knows(Feed::Node, 9, "running"));
+        assert!(t.on_stream(Feed::Broadcast, 7, "caught", false));
+        assert!(t.knows(Feed::Broadcast, 7, "caught"));
+        assert!(!t.knows(Feed::Node, 6, "lost on a route"));
     }
 
     #[test]
