@@ -318,16 +318,21 @@ impl NatsTransport {
         let (bare, creds) = split_credentials(url);
         let (gaps, _) = tokio::sync::broadcast::channel(16);
         let told = gaps.clone();
+        let broker = addr.clone();
         let mut options = async_nats::ConnectOptions::new()
             .name(&opts.connection_name)
             .connection_timeout(opts.connect_timeout)
             .event_callback(move |event| {
-                let told = told.clone();
+                let (told, broker) = (told.clone(), broker.clone());
                 async move {
                     match event {
                         async_nats::Event::Connected | async_nats::Event::SlowConsumer(_) => {
                             tracing::debug!(%event, "NATS connection event: requests catch up");
                             let _ = told.send(());
+                        }
+                        // The library's own error lines are off below DEBUG (`logging`).
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!(%broker, "connection to NATS lost; reconnecting")
                         }
                         event => tracing::debug!(%event, "NATS connection event"),
                     }
