@@ -13,10 +13,11 @@ pub fn init(s: &Settings, program: &str) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
         _ => tracing_subscriber::EnvFilter::new(format!(
-            "{level},lapin={lapin},lapin::returned_messages=error,amq_protocol=warn,tokio_postgres=warn,reqwest=warn,hyper=warn",
+            "{level},lapin={lapin},lapin::returned_messages=error,amq_protocol=warn,async_nats={lapin},tokio_postgres=warn,reqwest=warn,hyper=warn",
             level = s.log_level.filter(),
-            // lapin logs every failed connection attempt at ERROR, several lines each;
-            // the programs report those themselves in one line, so only DEBUG shows lapin's.
+            // lapin and async-nats log every failed connection attempt at ERROR (a
+            // refused login too); the programs report those themselves in one line, so
+            // only DEBUG shows the libraries' own.
             lapin = if matches!(s.log_level, vogeler_config::LogLevel::Debug) { "warn" } else { "off" },
         )),
     };

@@ -159,9 +159,15 @@ pub fn connector(s: &Settings, connection_name: &str, agent: bool) -> Connector 
 /// The NATS server list with the URL's login in the first address (the client reads it
 /// from there; the password never reaches a log: see `NatsDsn`'s `Display`).
 fn nats_url(n: &vogeler_config::NatsDsn) -> String {
-    let enc = |v: &str| {
-        percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
-    };
+    // RFC 3986's unreserved characters stay as they are, as in the DSN's `Display`: the
+    // masked URL in errors names the user as the config wrote it (`vogeler-t`, not
+    // `vogeler%2Dt`).
+    const LOGIN: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let enc = |v: &str| percent_encoding::utf8_percent_encode(v, LOGIN).to_string();
     let login = match (&n.user, &n.password) {
         (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(p)),
         (Some(u), None) => format!("{}@", enc(u)),
@@ -467,6 +473,24 @@ mod tests {
         assert!(!has_password("amqp://guest@host/vh"));
         assert!(!has_password("10.10.10.2"));
         assert!(!has_password("sqlite:///var/lib/v.db"));
+    }
+
+    #[test]
+    fn a_nats_login_keeps_unreserved_characters_and_encodes_the_rest() {
+        let dsn = vogeler_config::NatsDsn::parse(
+            "nats://vogeler-t.x_y~:p%40ss%3Aw%2Frd-1@h1:4223,h2/pre",
+        )
+        .expect("parse");
+        let url = nats_url(&dsn);
+        assert_eq!(
+            url,
+            "nats://vogeler-t.x_y~:p%40ss%3Aw%2Frd-1@h1:4223,nats://h2:4222"
+        );
+        // What errors show: the user as written, the password masked.
+        assert_eq!(
+            vogeler_transport::nats::mask_url(&url),
+            "nats://vogeler-t.x_y~:****@h1:4223,nats://h2:4222"
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The README's exit-code table, held program by program: a broker that refuses the
 //! login or cannot be reached ends an interactive command with status 1 and one line
-//! naming the broker (password masked) and the reason; the runner's `--wait` codes (0
-//! stored, 1 an error result, 3 silent, unroutable or no match) on both brokers.
+//! naming the broker (password masked) and the reason, while the daemons retry it with
+//! backoff; the runner's `--wait` codes (0 stored, 1 an error result, 3 silent,
+//! unroutable or no match) on both brokers, and on NATS with two servers.
 
 mod common;
 
+use common::nats::NatsNode;
 use common::*;
 
 /// The error lines (`program: error: …`) a run printed on standard error.
@@ -24,12 +26,56 @@ fn refused_broker() -> String {
     )
 }
 
-#[test]
-fn a_refused_broker_login_is_one_line_and_exit_1_without_retrying() {
-    let d = Deployment::new(&[]).with_broker(&refused_broker());
+/// A private nats-server that takes one login, `vogeler-t` with `right-secret`.
+fn nats_with_login() -> NatsNode {
+    NatsNode::start_with("authorization {\n  user: vogeler-t\n  password: right-secret\n}\n")
+}
+
+/// A deployment whose broker refuses its login: on RabbitMQ a user that does not exist
+/// on the shared broker, on NATS a wrong password on `nats` (a [`nats_with_login`]).
+/// Returns it with what a refusal must name (user, host and port) and the password
+/// that must never be shown.
+fn refused_deployment(
+    bus: Bus,
+    nats: Option<&NatsNode>,
+) -> (Deployment, [String; 2], &'static str) {
+    let d = Deployment::new(&[]);
+    match (bus, nats) {
+        (Bus::Rabbit, _) => (
+            d.with_broker(&refused_broker()),
+            ["vogeler-no-such-user".into(), "127.0.0.1:5672".into()],
+            "wrong-secret",
+        ),
+        (Bus::Nats, Some(nats)) => {
+            let url = format!(
+                "nats://vogeler-t:wrong-secret@127.0.0.1:{}/{}",
+                nats.port, d.id
+            );
+            (
+                d.with_broker(&url),
+                ["vogeler-t".into(), format!("127.0.0.1:{}", nats.port)],
+                "wrong-secret",
+            )
+        }
+        (Bus::Nats, None) => panic!("a refused NATS login needs a private nats-server"),
+    }
+}
+
+/// The runner and the admin give up on a refused login at once: exit 1, one error
+/// line naming the broker (password masked) and ACCESS_REFUSED, no retry.
+fn a_refused_broker_login_is_one_line_and_exit_1_without_retrying(bus: Bus) {
+    let nats = (bus == Bus::Nats).then(nats_with_login);
+    let (d, names, secret) = refused_deployment(bus, nats.as_ref());
     let runs = [
         ("runner", vec!["-x", "uptime", "-n", "nobody"]),
-        ("admin", vec!["queue", "--no-management"]),
+        (
+            "admin",
+            // RabbitMQ's figures without the management API; NATS has none to skip.
+            match bus {
+                Bus::Rabbit => vec!["queue", "--no-management"],
+                Bus::Nats => vec!["queue", "--status"],
+            },
+        ),
     ];
     for (program, args) in runs {
         let out = d.run(program, &args);
@@ -42,19 +88,103 @@ fn a_refused_broker_login_is_one_line_and_exit_1_without_retrying() {
             text(&out)
         );
         let line = &lines[0];
-        for want in ["ACCESS_REFUSED", "vogeler-no-such-user", "127.0.0.1:5672"] {
+        for want in names.iter().map(String::as_str).chain(["ACCESS_REFUSED"]) {
             assert!(line.contains(want), "{program}: {want} missing from {line}");
         }
-        assert!(
-            !line.contains("wrong-secret"),
-            "{program}: password shown: {line}"
-        );
+        assert!(!line.contains(secret), "{program}: password shown: {line}");
         assert!(
             !String::from_utf8_lossy(&out.stderr).contains("retrying"),
             "{program}: retried a refused login: {}",
             text(&out)
         );
     }
+}
+
+#[test]
+fn a_refused_broker_login_is_one_line_and_exit_1_without_retrying_on_rabbitmq() {
+    a_refused_broker_login_is_one_line_and_exit_1_without_retrying(Bus::Rabbit);
+}
+
+#[test]
+fn a_refused_broker_login_is_one_line_and_exit_1_without_retrying_on_nats() {
+    a_refused_broker_login_is_one_line_and_exit_1_without_retrying(Bus::Nats);
+}
+
+/// The daemons (server, `client run`) retry a refused login with backoff, one line per
+/// attempt naming the broker (password masked) and ACCESS_REFUSED, as they retry a
+/// broker that is down (README "When things go wrong": an operator may be fixing the
+/// login on the broker); SIGTERM meanwhile is a clean exit.
+fn daemons_retry_a_refused_login_with_backoff(bus: Bus) {
+    let nats = (bus == Bus::Nats).then(nats_with_login);
+    let (d, names, secret) = refused_deployment(bus, nats.as_ref());
+    let node = d.node("refused");
+    let mut daemons = [
+        d.spawn("server", &[], "server"),
+        d.spawn("client", &["run", "--node-name", &node], "client"),
+    ];
+    let attempts = |p: &Proc| {
+        p.log_text()
+            .lines()
+            .filter(|l| l.contains("retrying") && l.contains("ACCESS_REFUSED"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while daemons.iter().any(|p| attempts(p) < 2) {
+        for p in daemons.iter_mut() {
+            common::ingest::assert_running(p);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{bus:?}: a daemon did not retry the refused login twice within 20 s; logs:\n{}\n{}",
+            daemons[0].log_text(),
+            daemons[1].log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Backoff, not a hot loop: a few more attempts in the next two seconds, not dozens.
+    let before: Vec<usize> = daemons.iter().map(attempts).collect();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for (p, before) in daemons.iter_mut().zip(before) {
+        let log = p.log_text();
+        let more = attempts(p) - before;
+        assert!(
+            more <= 10,
+            "{bus:?} {}: {more} attempts in 2 s:\n{log}",
+            p.name
+        );
+        for line in log.lines().filter(|l| l.contains("ACCESS_REFUSED")) {
+            for want in &names {
+                assert!(
+                    line.contains(want.as_str()),
+                    "{bus:?} {}: {want} missing from {line}",
+                    p.name
+                );
+            }
+        }
+        assert!(
+            !log.contains(secret),
+            "{bus:?} {}: password shown:\n{log}",
+            p.name
+        );
+        let status = p.stop();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{bus:?} {}: {}",
+            p.name,
+            p.log_text()
+        );
+    }
+}
+
+#[test]
+fn daemons_retry_a_refused_login_with_backoff_on_rabbitmq() {
+    daemons_retry_a_refused_login_with_backoff(Bus::Rabbit);
+}
+
+#[test]
+fn daemons_retry_a_refused_login_with_backoff_on_nats() {
+    daemons_retry_a_refused_login_with_backoff(Bus::Nats);
 }
 
 fn an_unreachable_broker_ends_after_connect_timeout_with_exit_1(bus: Bus) {
@@ -285,7 +415,11 @@ fn summary(out: &std::process::Output) -> serde_json::Value {
 /// for an error result, 3 for a node known but silent, a node nobody knows (unroutable:
 /// RabbitMQ has no queue for it, NATS servers never heard from it) and a glob that
 /// matches nothing (nothing sent).
-fn runner_wait_exit_codes(bus: Bus) {
+///
+/// With `servers` servers side by side (several share a PostgreSQL store; SQLite takes
+/// one), each answering part of the registry questions: on NATS the unknown node is
+/// asked about until every server has answered one.
+fn runner_wait_exit_codes(bus: Bus, servers: usize) {
     let d = Deployment::on(
         bus,
         &[
@@ -293,7 +427,14 @@ fn runner_wait_exit_codes(bus: Bus) {
             ("failing.cfg", plugin("failing", "false", "output").1),
         ],
     );
-    let _server = d.server(&[]);
+    let (d, _db) = match servers {
+        1 => (d, None),
+        _ => {
+            let (d, db) = d.on_postgres("");
+            (d, Some(db))
+        }
+    };
+    let servers: Vec<Proc> = (0..servers).map(|_| d.verbose_server()).collect();
     let (up, gone, ghost) = (d.node("up"), d.node("gone"), d.node("ghost"));
     let _up = d.client(&up, &[]);
     // Known to the registry (its first heartbeat stored), then stopped.
@@ -335,11 +476,26 @@ fn runner_wait_exit_codes(bus: Bus) {
     assert_eq!(s["silent"], serde_json::json!([gone]), "{bus:?}: {s}");
     assert_eq!(s["unroutable"], serde_json::json!([]), "{bus:?}: {s}");
 
-    let out = wait(&ghost, "hello", "3s");
-    assert_eq!(out.status.code(), Some(3), "{bus:?}: {}", text(&out));
-    let s = summary(&out);
-    assert_eq!(s["unroutable"], serde_json::json!([ghost]), "{bus:?}: {s}");
-    assert_eq!(s["silent"], serde_json::json!([]), "{bus:?}: {s}");
+    // On NATS the servers' registry tells: asked until every server answered once. At
+    // low load the oldest pull on the `servers` consumer takes every message until it
+    // expires (30 s), so the second server's turn may come only after that.
+    let answered = |p: &Proc| p.log_text().contains("answered a discovery request");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(45);
+    for round in 1.. {
+        let out = wait(&ghost, "hello", "3s");
+        assert_eq!(out.status.code(), Some(3), "{bus:?}: {}", text(&out));
+        let s = summary(&out);
+        assert_eq!(s["unroutable"], serde_json::json!([ghost]), "{bus:?}: {s}");
+        assert_eq!(s["silent"], serde_json::json!([]), "{bus:?}: {s}");
+        if bus == Bus::Rabbit || servers.iter().all(answered) {
+            eprintln!("{bus:?}: the unknown node asked about {round} times");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{bus:?}: not every server answered a registry question in {round} runs"
+        );
+    }
 
     let out = wait(&format!("{}-nobody*", d.id), "hello", "3s");
     assert_eq!(out.status.code(), Some(3), "{bus:?}: {}", text(&out));
@@ -348,10 +504,17 @@ fn runner_wait_exit_codes(bus: Bus) {
 
 #[test]
 fn runner_wait_exit_codes_on_rabbitmq() {
-    runner_wait_exit_codes(Bus::Rabbit);
+    runner_wait_exit_codes(Bus::Rabbit, 1);
 }
 
 #[test]
 fn runner_wait_exit_codes_on_nats() {
-    runner_wait_exit_codes(Bus::Nats);
+    runner_wait_exit_codes(Bus::Nats, 1);
+}
+
+/// Two servers on NATS: whichever answers the registry question, a node no client ever
+/// ran is still unroutable (exit 3), and a silent known one still silent.
+#[test]
+fn runner_wait_exit_codes_on_nats_with_two_servers() {
+    runner_wait_exit_codes(Bus::Nats, 2);
 }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::ingest::*;
+use common::pg::PgDatabase;
 use common::*;
 use vogeler_store::Store;
 use vogeler_transport::Outgoing;
@@ -465,80 +466,6 @@ fn cluster_member_killed_mid_ingest_loses_nothing_and_everyone_carries_on() {
 }
 
 // --- PostgreSQL ---------------------------------------------------------------------
-
-fn pg_admin_url() -> String {
-    vogeler_store::testing::postgres_admin_url()
-}
-
-/// A connection to the admin database; fails naming the server if unreachable.
-async fn pg_admin() -> tokio_postgres::Client {
-    let url = pg_admin_url();
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL is not reachable at {url}: {e}; start it with `scripts/services.sh ensure-postgres`")
-        });
-    tokio::spawn(conn);
-    client
-}
-
-fn pg_exec(sql: &str) {
-    rt().block_on(async {
-        pg_admin()
-            .await
-            .batch_execute(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-    })
-}
-
-/// A fresh database of its own, dropped with the guard.
-struct PgDatabase {
-    name: String,
-    url: String,
-}
-
-impl PgDatabase {
-    fn new(id: &str) -> PgDatabase {
-        let name = format!("vogeler_t_{id}");
-        pg_exec(&format!("CREATE DATABASE {name}"));
-        let url = match pg_admin_url().rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{name}"),
-            None => panic!("VOGELER_TEST_POSTGRES must end in /database"),
-        };
-        PgDatabase { name, url }
-    }
-
-    /// No new sessions, and the open ones terminated: the store is gone.
-    fn take_away(&self) {
-        pg_exec(&format!(
-            "ALTER DATABASE {0} ALLOW_CONNECTIONS false; \
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{0}'",
-            self.name
-        ));
-    }
-
-    fn give_back(&self) {
-        pg_exec(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-            self.name
-        ));
-    }
-
-    fn store(&self) -> vogeler_store::postgres::PostgresStore {
-        rt().block_on(vogeler_store::postgres::PostgresStore::connect(&self.url))
-            .expect("connect to the test database")
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        rt().block_on(async {
-            let _ = pg_admin().await.batch_execute(&sql).await;
-        });
-    }
-}
 
 #[test]
 fn store_unavailable_for_a_while_holds_results_and_resumes() {

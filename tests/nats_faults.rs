@@ -1,14 +1,18 @@
-//! Fault tests on NATS with JetStream: a private nats-server restarted mid-ingest, a
-//! member of a three-node JetStream cluster (results stream with three replicas) killed
-//! mid-ingest, and the durable consumers brought to a changed config by `vogeler-admin
-//! setup --messaging` and by the server. (The server killed repeatedly mid-ingest runs
-//! on both brokers in `faults.rs`.) Private nodes come from `tests/common/nats.rs`; every
+//! Fault tests on NATS with JetStream: a private nats-server restarted (SIGTERM) or
+//! killed (SIGKILL) mid-ingest, a member of a three-node JetStream cluster (results
+//! stream with three replicas) killed mid-ingest, replicas raised from one to three on
+//! a live cluster, two servers sharing the `servers` consumer (one killed mid-ingest),
+//! and the durable consumers brought to a changed config by `vogeler-admin setup
+//! --messaging` and by the server. (The server killed repeatedly mid-ingest runs on
+//! both brokers in `faults.rs`; refused logins and the runner's exit codes with two
+//! servers in `exitcodes.rs`.) Private nodes come from `tests/common/nats.rs`; every
 //! test has its own subject prefix, so the suite runs in parallel. Waits have margins
 //! of seconds and the assertions are counts.
 
 mod common;
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use common::ingest::*;
 use common::nats::{NatsCluster, NatsNode};
@@ -53,8 +57,11 @@ fn runner_reaches(d: &Deployment, nodes: &[&str], context: impl Fn() -> String) 
     }
 }
 
-#[test]
-fn nats_server_restarted_mid_ingest_loses_nothing_and_everyone_reconnects() {
+/// A private nats-server goes down mid-ingest and comes back on the same store dir
+/// (`crash`: SIGKILL, then started again a second later; else a clean SIGTERM restart),
+/// while results flow from a publisher. Every confirmed result is stored exactly once,
+/// the server and both clients carry on, and a runner reaches the clients afterwards.
+fn nats_server_down_mid_ingest(crash: bool) {
     let mut nats = NatsNode::start();
     eprintln!(
         "private nats-server {} ready in {:?}",
@@ -68,28 +75,48 @@ fn nats_server_restarted_mid_ingest_loses_nothing_and_everyone_reconnects() {
     let prefix = format!("{}-r", d.id);
     let (flow, stored_before) = flowing_results(&d, Via::Seam(d.connector()), &prefix);
     let before = flow.confirmed();
-    nats.restart();
+    let fault = if crash {
+        nats.kill();
+        // Down long enough for every connection to notice.
+        std::thread::sleep(Duration::from_secs(1));
+        nats.start_again();
+        "the kill"
+    } else {
+        nats.restart();
+        "the restart"
+    };
     let back = Instant::now();
     let at_back = flow.confirmed();
     eprintln!(
-        "nats-server restarted at {before} confirmed, {stored_before} stored; starts took {:?}",
+        "nats-server back after {fault} at {before} confirmed, {stored_before} stored; starts took {:?}",
         nats.starts
     );
-    // The publisher carries on through the restart: 2000 more confirmed after it.
+    // The publisher carries on through the outage: 2000 more confirmed after it.
     flow.wait_confirmed(at_back + 2000, 90);
     eprintln!(
-        "{} publisher session failures through the restart",
+        "{} publisher session failures through {fault}",
         flow.failures()
     );
     let nodes = all_confirmed_stored(&d, flow, &prefix, || {
         format!(
-            "after the restart; server log:\n{}\nnats log:\n{}",
+            "after {fault}; server log:\n{}\nnats log:\n{}",
             server.log_text(),
             nats.log_text()
         )
     });
-    // The clients' request consumers (memory-only, gone with the restart) came back.
-    everyone_carries_on(&d, server, clients, [&a, &b], &nodes, back, "the restart");
+    // The clients' live subscriptions (gone with the server) came back.
+    everyone_carries_on(&d, server, clients, [&a, &b], &nodes, back, fault);
+}
+
+#[test]
+fn nats_server_restarted_mid_ingest_loses_nothing_and_everyone_reconnects() {
+    nats_server_down_mid_ingest(false);
+}
+
+/// SIGKILL: JetStream gets no chance to flush; what it had confirmed must still be there.
+#[test]
+fn nats_server_killed_mid_ingest_loses_nothing_and_everyone_reconnects() {
+    nats_server_down_mid_ingest(true);
 }
 
 /// After a fault at `since`: the server and both clients (of nodes `names`) still run,
@@ -128,15 +155,70 @@ fn everyone_carries_on(
     assert_history_once_sqlite(d, nodes);
 }
 
+/// Every stream's detail (`/jsz`: config, cluster, consumers) as member `via` sees it.
+fn stream_details(cluster: &NatsCluster, via: usize) -> Vec<serde_json::Value> {
+    cluster.jsz(via)["account_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
 /// The `server_name` of the leader of `stream`, as member `via` sees it.
 fn stream_leader(cluster: &NatsCluster, via: usize, stream: &str) -> Option<String> {
-    let jsz = cluster.jsz(via);
-    jsz["account_details"]
-        .as_array()?
-        .iter()
-        .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+    stream_details(cluster, via)
+        .into_iter()
         .find(|s| s["name"] == stream)
         .and_then(|s| s["cluster"]["leader"].as_str().map(str::to_string))
+}
+
+/// The replica groups of the deployment `prefix`'s streams and their consumers
+/// (`STREAM` and `STREAM/consumer`): the configured replicas (a consumer's 0 means its
+/// stream's) and how many members hold a current copy (the leader and every replica
+/// that is current), as the best informed member sees it (a follower does not know
+/// whether another follower is current; the leader does; an R1 stream is only listed
+/// by the member holding it).
+fn replica_groups(cluster: &NatsCluster, prefix: &str) -> BTreeMap<String, (u64, usize)> {
+    let copies = |c: &serde_json::Value| {
+        let current = c["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["current"] == true)
+            .count();
+        usize::from(c["leader"].is_string()) + current
+    };
+    let mut groups = BTreeMap::new();
+    let mut add = |name: String, seen: (u64, usize)| {
+        let best = groups.entry(name).or_insert(seen);
+        if seen.1 > best.1 {
+            *best = seen;
+        }
+    };
+    for via in 0..cluster.nodes.len() {
+        for s in stream_details(cluster, via) {
+            let Some(name) = s["name"]
+                .as_str()
+                .filter(|n| n.starts_with(&format!("{prefix}_")))
+            else {
+                continue;
+            };
+            let replicas = s["config"]["num_replicas"].as_u64().unwrap_or(0);
+            add(name.to_string(), (replicas, copies(&s["cluster"])));
+            for c in s["consumer_detail"].as_array().into_iter().flatten() {
+                let configured = match c["config"]["num_replicas"].as_u64().unwrap_or(0) {
+                    0 => replicas,
+                    n => n,
+                };
+                add(
+                    format!("{name}/{}", c["name"].as_str().unwrap_or_default()),
+                    (configured, copies(&c["cluster"])),
+                );
+            }
+        }
+    }
+    groups
 }
 
 #[test]
@@ -193,6 +275,138 @@ fn nats_cluster_member_killed_mid_ingest_loses_nothing_and_ingest_carries_on() {
     // consumers lived on it notices by missed heartbeats and makes them again).
     everyone_carries_on(&d, server, clients, [&a, &b], &nodes, killed, "the kill");
     eprintln!("test took {:?}", test_started.elapsed());
+}
+
+/// Replicas raised from 1 to 3 on a live three-node cluster: the streams made with
+/// `[nats] replicas = 1`, ingest running, then `vogeler-admin setup --messaging` with
+/// `replicas = 3`. Every stream and the servers' consumer end with three current
+/// copies, and nothing confirmed before, during or after is lost.
+#[test]
+fn replicas_raised_from_one_to_three_on_a_live_cluster_lose_nothing() {
+    let test_started = Instant::now();
+    let cluster = NatsCluster::start(3);
+    eprintln!("cluster ready in {:?}", cluster.formed_in);
+    let d = deployment_on(|id| cluster.url(id), "replicas = 1\n");
+    let server = d.server(&[]);
+    let (a, b) = (d.node("agent-a"), d.node("agent-b"));
+    let clients = [d.client(&a, &[]), d.client(&b, &[])];
+    let settings = servers_consumer(&d);
+    assert_eq!(
+        (settings.stream_replicas, settings.replicas),
+        (1, 1),
+        "{settings:?}"
+    );
+    let results = format!("{}_RESULTS", d.id);
+    let groups = replica_groups(&cluster, &d.id);
+    assert_eq!(groups.get(&results), Some(&(1, 1)), "{groups:?}");
+
+    let prefix = format!("{}-u", d.id);
+    let (flow, stored_before) = flowing_results(&d, Via::Seam(d.connector()), &prefix);
+    d.write_conf(&format!(
+        "[nats]\nack_wait = {}\nreplicas = 3\n",
+        NATS_TEST_ACK_WAIT.as_secs()
+    ));
+    let at_setup = flow.confirmed();
+    let out = d.admin(&["setup", "--messaging"]);
+    let raised = Instant::now();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    eprintln!(
+        "setup raised replicas at {at_setup} confirmed, {stored_before} stored:\n{}",
+        text(&out)
+    );
+    let settings = servers_consumer(&d);
+    assert_eq!(
+        (settings.stream_replicas, settings.replicas),
+        (3, 3),
+        "{settings:?}"
+    );
+    // Ingest carries on while the new copies catch up: 2000 more confirmed.
+    flow.wait_confirmed(at_setup + 2000, 90);
+    let nodes = all_confirmed_stored(&d, flow, &prefix, || {
+        format!("after raising replicas; server log:\n{}", server.log_text())
+    });
+    // Every stream and the servers' consumer: three members with a current copy.
+    let want = [
+        results.clone(),
+        format!("{results}/servers"),
+        format!("{}_REQUESTS", d.id),
+        format!("{}_DEAD", d.id),
+        format!("{}_DEAD/admin", d.id),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let groups = loop {
+        let groups = replica_groups(&cluster, &d.id);
+        let settled = want.iter().all(|g| groups.get(g) == Some(&(3, 3)));
+        if settled || Instant::now() > deadline {
+            break groups;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for g in &want {
+        assert_eq!(groups.get(g), Some(&(3, 3)), "{g}: {groups:?}");
+    }
+    eprintln!(
+        "three current copies of every group {:?} after setup",
+        raised.elapsed()
+    );
+    everyone_carries_on(&d, server, clients, [&a, &b], &nodes, raised, "the raise");
+    eprintln!("test took {:?}", test_started.elapsed());
+}
+
+/// How many results `server` (a [`Deployment::verbose_server`]) logged as stored.
+fn stored_by(server: &Proc) -> usize {
+    server.log_text().matches(" stored node=").count()
+}
+
+/// Two servers side by side on the shared NATS, one PostgreSQL store, pulling from the
+/// one durable `servers` consumer: both store part of the results, and one killed
+/// (SIGKILL) mid-ingest loses nothing: what it held unacked goes to the other after
+/// `ack_wait`. Every confirmed result is stored, each exactly once (history counted).
+#[test]
+fn two_servers_share_the_servers_consumer_and_one_killed_mid_ingest_loses_nothing() {
+    // Small batches: each server holds few results at a time, so both get some.
+    let (d, db) = Deployment::on(Bus::Nats, &[]).on_postgres("[server]\nbatch_size = 50\n");
+    let mut first = d.verbose_server();
+    let mut second = d.verbose_server();
+    let prefix = format!("{}-t", d.id);
+    let (flow, _) = flowing_results(&d, Via::Seam(d.connector()), &prefix);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (stored_by(&first) == 0 || stored_by(&second) == 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (by_first, by_second) = (stored_by(&first), stored_by(&second));
+    eprintln!("before the kill: first stored {by_first}, second {by_second}");
+    assert!(
+        by_first > 0 && by_second > 0,
+        "both servers should store some: {by_first} and {by_second}; logs:\n{}\n{}",
+        first.log_text(),
+        second.log_text()
+    );
+    first.kill();
+    let at_kill = flow.confirmed();
+    let killed = Instant::now();
+    flow.wait_confirmed(at_kill + 2000, 90);
+    let nodes = all_confirmed_stored(&d, flow, &prefix, || {
+        format!(
+            "with the first server killed; second server log:\n{}",
+            second.log_text()
+        )
+    });
+    eprintln!(
+        "all {} results stored {:?} after the kill",
+        nodes.len(),
+        killed.elapsed()
+    );
+    assert_running(&mut second);
+    second.stop();
+    let (by_first, by_second) = (stored_by(&first), stored_by(&second));
+    eprintln!("in all: first stored {by_first}, second {by_second}");
+    assert!(
+        by_first + by_second >= nodes.len(),
+        "{by_first} + {by_second} stored, {} confirmed",
+        nodes.len()
+    );
+    rt().block_on(assert_history_once(&db.store(), &nodes));
 }
 
 /// The servers' consumer as it is on the deployment's NATS, read with a fresh connection.

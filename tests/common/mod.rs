@@ -9,6 +9,7 @@ mod bus;
 pub mod fleet;
 pub mod ingest;
 pub mod nats;
+pub mod pg;
 mod rabbit;
 pub mod web;
 pub use rabbit::{rand_u32, rt};
@@ -221,7 +222,9 @@ impl Deployment {
         self.dir.path().join(rel)
     }
 
-    fn spawn(&self, program: &str, args: &[&str], tag: &str) -> Proc {
+    /// Starts `program` with this deployment's config and waits for nothing (a daemon
+    /// that is not expected to get ready); its output goes to `<tag>.log`.
+    pub fn spawn(&self, program: &str, args: &[&str], tag: &str) -> Proc {
         self.spawn_env(program, args, tag, &[])
     }
 
@@ -255,6 +258,13 @@ impl Deployment {
     /// Starts a server and waits until it has declared its queue.
     pub fn server(&self, args: &[&str]) -> Proc {
         self.server_env(args, &[])
+    }
+
+    /// [`Deployment::server`] logging at DEBUG each result it stores (`stored node=…`)
+    /// and each discovery it answers (`answered a discovery request`), for tests that
+    /// count which of several servers did what.
+    pub fn verbose_server(&self) -> Proc {
+        self.server_env(&[], &[("RUST_LOG", "info,vogeler::server=debug")])
     }
 
     /// [`Deployment::server`] with extra environment variables (test-only hooks).

@@ -54,7 +54,12 @@ fn free_port() -> u16 {
 impl NatsNode {
     /// Starts a single node with JetStream and waits until it is ready.
     pub fn start() -> NatsNode {
-        let mut node = Self::prepare("");
+        Self::start_with("")
+    }
+
+    /// [`NatsNode::start`] with `extra` lines in its config (an `authorization` block).
+    pub fn start_with(extra: &str) -> NatsNode {
+        let mut node = Self::prepare(extra);
         node.spawn();
         node.wait_ready();
         node

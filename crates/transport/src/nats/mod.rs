@@ -86,6 +86,35 @@ const SHARED_HEARTBEAT: Duration = Duration::from_secs(5);
 const SHARED_PULL_EXPIRES: Duration = Duration::from_secs(30);
 /// The durable consumer the admin reads dead letters with.
 pub const DEAD_CONSUMER: &str = "admin";
+/// How many times a declare's look-up of a stream or consumer is asked when nobody
+/// answered it (each waits the client library's 5 s): a stream whose replicas were just
+/// raised answers nothing about itself or its consumers while its new copies join.
+const DECLARE_ATTEMPTS: usize = 4;
+
+/// Runs `attempt` until it succeeds, fails with an error `timed_out` does not call a
+/// timeout, or `times` attempts were made; returns the last result. For idempotent
+/// JetStream API requests only (look-ups, get-or-create).
+async fn again_on_timeout<
+    T,
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+>(
+    what: &str,
+    times: usize,
+    timed_out: impl Fn(&E) -> bool,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, E> {
+    let mut tried = 1;
+    loop {
+        match attempt().await {
+            Err(e) if tried < times && timed_out(&e) => {
+                tracing::info!(error = %e, attempt = tried, "no answer about {what}; asking again");
+                tried += 1;
+            }
+            result => return result,
+        }
+    }
+}
 
 /// How a deployment uses its NATS server: names and timings.
 #[derive(Debug, Clone)]
@@ -318,16 +347,21 @@ impl NatsTransport {
         let (bare, creds) = split_credentials(url);
         let (gaps, _) = tokio::sync::broadcast::channel(16);
         let told = gaps.clone();
+        let broker = addr.clone();
         let mut options = async_nats::ConnectOptions::new()
             .name(&opts.connection_name)
             .connection_timeout(opts.connect_timeout)
             .event_callback(move |event| {
-                let told = told.clone();
+                let (told, broker) = (told.clone(), broker.clone());
                 async move {
                     match event {
                         async_nats::Event::Connected | async_nats::Event::SlowConsumer(_) => {
                             tracing::debug!(%event, "NATS connection event: requests catch up");
                             let _ = told.send(());
+                        }
+                        // The library's own error lines are off below DEBUG (`logging`).
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!(%broker, "connection to NATS lost; reconnecting")
                         }
                         event => tracing::debug!(%event, "NATS connection event"),
                     }
@@ -501,10 +535,17 @@ impl NatsTransport {
     async fn stream(&self, what: &str) -> Result<stream::Stream, TransportError> {
         let config = self.stream_config(what);
         let name = config.name.clone();
-        self.js
-            .get_or_create_stream(config)
-            .await
-            .map_err(|e| self.refused(&format!("stream {name}"), e))
+        use jetstream::context::CreateStreamErrorKind;
+        again_on_timeout(
+            &format!("stream {name}"),
+            DECLARE_ATTEMPTS,
+            |e: &jetstream::context::CreateStreamError| {
+                matches!(e.kind(), CreateStreamErrorKind::TimedOut)
+            },
+            || self.js.get_or_create_stream(config.clone()),
+        )
+        .await
+        .map_err(|e| self.refused(&format!("stream {name}"), e))
     }
 
     /// The settings of a durable consumer (the servers' or the admin's).
@@ -535,10 +576,15 @@ impl NatsTransport {
         what: &str,
         name: &str,
     ) -> Result<consumer::Consumer<consumer::pull::Config>, TransportError> {
-        stream
-            .get_or_create_consumer(name, self.durable_config(name))
-            .await
-            .map_err(|e| self.refused(&format!("consumer {name} on {}", self.stream_name(what)), e))
+        let on = format!("consumer {name} on {}", self.stream_name(what));
+        again_on_timeout(
+            &on,
+            DECLARE_ATTEMPTS,
+            |e: &stream::ConsumerError| matches!(e.kind(), stream::ConsumerErrorKind::TimedOut),
+            || stream.get_or_create_consumer(name, self.durable_config(name)),
+        )
+        .await
+        .map_err(|e| self.refused(&on, e))
     }
 
     /// Declares a stream, and with [`Existing::Update`] or [`Existing::Require`] brings
@@ -1182,6 +1228,44 @@ impl Transport for NatsTransport {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn a_declare_look_up_is_asked_again_only_when_nobody_answered() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = AtomicUsize::new(0);
+        let timed_out = |e: &String| e == "timed out";
+        // Answered on the third try: two timeouts, then the stream.
+        let answered = super::again_on_timeout("stream S", 4, timed_out, || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    Err("timed out".to_string())
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(answered, Ok(2));
+        // A refusal is final at once.
+        calls.store(0, Ordering::SeqCst);
+        let refused: Result<(), String> = super::again_on_timeout("stream S", 4, timed_out, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err("insufficient resources".to_string()) }
+        })
+        .await;
+        assert_eq!(refused, Err("insufficient resources".into()));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Nobody ever answers: given up after the attempts allowed.
+        calls.store(0, Ordering::SeqCst);
+        let silent: Result<(), String> = super::again_on_timeout("stream S", 4, timed_out, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err("timed out".to_string()) }
+        })
+        .await;
+        assert_eq!(silent, Err("timed out".into()));
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
     use super::{decode_node, differences, encode_node, mask_url, split_credentials};
 
     #[test]
