@@ -5,7 +5,9 @@
 //! `cargo bench --bench ingest` (env `VOGELER_BENCH_N`, default 20000 results;
 //! `VOGELER_BENCH_STORES=sqlite,postgres,couch`; `VOGELER_BENCH_CLIENT_REQUESTS`,
 //! default 1000; `VOGELER_BENCH_PARTS`, default `ingest,client`;
-//! `VOGELER_BENCH_CLIENT_TRANSPORTS`, default `amqp,nats`) prints the figures and writes
+//! `VOGELER_BENCH_CLIENT_TRANSPORTS`, default `amqp,nats`; `VOGELER_BENCH_CLIENT_BIN`, the
+//! client binary to measure, default the bench build's: the packaged one is
+//! `target/x86_64-unknown-linux-musl/client/vogeler-client` after `scripts/package.sh`) prints the figures and writes
 //! its sections of BENCHMARKS.md (`ingest`, `client`). The CouchDB figure is measured on
 //! pouchdb-server. A real `vogeler-client` is measured last on each transport (RabbitMQ:
 //! the shared broker; NATS: a private nats-server): idle, then answering requests.
@@ -241,7 +243,12 @@ async fn client_figures(id: &str, requests: u64, bus: &ClientBus) -> ClientFigur
     let node = format!("{id}-client");
     let plugins = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/plugins");
     let state = tempfile::tempdir().expect("tempdir");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vogeler-client"))
+    // The packaged agent is built with its own profile (scripts/package.sh); measure that
+    // binary by naming it.
+    let bin = std::env::var_os("VOGELER_BENCH_CLIENT_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_vogeler-client").into());
+    let mut child = std::process::Command::new(&bin)
         .args([
             "-p",
             plugins.to_str().expect("utf-8 path"),
@@ -478,8 +485,12 @@ async fn client_part(id: &str) {
     let mut md = String::from("## Client\n\n");
     md.push_str(&support::machine_line("ingest"));
     md.push_str(&format!(
-        "A real `vogeler-client` with the shipped plugins, idle, then answering {requests} requests for `os_release` (a `cat`: the figure is the client's own work, not a plugin's). RabbitMQ: the shared broker; NATS: a private nats-server ({}).\n\n| what | {} | target |\n| --- |{} --- |\n",
+        "A real `vogeler-client` with the shipped plugins, idle, then answering {requests} requests for `os_release` (a `cat`: the figure is the client's own work, not a plugin's). RabbitMQ: the shared broker; NATS: a private nats-server ({}). Binary: {}.\n\n| what | {} | target |\n| --- |{} --- |\n",
         support::nats_server_version(),
+        match std::env::var("VOGELER_BENCH_CLIENT_BIN") {
+            Ok(b) => format!("`{b}` (`VOGELER_BENCH_CLIENT_BIN`)"),
+            Err(_) => "the bench build's (no LTO, not the packaged agent's profile)".into(),
+        },
         clients.iter().map(|(l, _)| *l).collect::<Vec<_>>().join(" | "),
         " --- |".repeat(clients.len()),
     ));

@@ -20,6 +20,8 @@ MUSL=x86_64-unknown-linux-musl
 # VOGELER_PACKAGE_PROFILE=dev packages the test build's binaries (CI: checks the packaging
 # without a second optimised build of everything); releases use the default, deb.
 PROFILE=${VOGELER_PACKAGE_PROFILE:-deb}
+# The agent has a profile of its own, optimised for size (Cargo.toml, [profile.client]).
+if [ "$PROFILE" = deb ]; then CLIENT_PROFILE=client; else CLIENT_PROFILE=$PROFILE; fi
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 OUT=$TARGET/debian
 STAMP=$OUT/.built
@@ -49,8 +51,8 @@ if [ "${1:-}" = "--no-build" ]; then
 else
   # The client needs no store backend: building it without them skips SQLite's C code,
   # tokio-postgres and reqwest for the musl target.
-  log "building vogeler-client for $MUSL (profile $PROFILE)"
-  cargo build --quiet --profile "$PROFILE" --target "$MUSL" --no-default-features --bin vogeler-client
+  log "building vogeler-client for $MUSL (profile $CLIENT_PROFILE)"
+  cargo build --quiet --profile "$CLIENT_PROFILE" --target "$MUSL" --no-default-features --bin vogeler-client
   log "building vogeler-server, vogeler-runner, vogeler-admin (profile $PROFILE)"
   cargo build --quiet --profile "$PROFILE" --bin vogeler-server --bin vogeler-runner --bin vogeler-admin
   touch "$STAMP"
@@ -67,6 +69,6 @@ if [ "${1:-}" = "--no-build" ] && [ -f "${DEBS[0]}" ] && [ -f "${DEBS[1]}" ] \
 fi
 
 log "packaging vogeler-client"
-cargo deb --no-build --quiet --fast --profile "$PROFILE" --target "$MUSL" --variant client --output "$OUT/"
+cargo deb --no-build --quiet --fast --profile "$CLIENT_PROFILE" --target "$MUSL" --variant client --output "$OUT/"
 log "packaging vogeler-server"
 cargo deb --no-build --quiet --fast --profile "$PROFILE" --variant server --output "$OUT/"
