@@ -271,8 +271,8 @@ fn nats_cluster_member_killed_mid_ingest_loses_nothing_and_ingest_carries_on() {
     let nodes = all_confirmed_stored(&d, flow, &prefix, || {
         format!("with {leader} down; server log:\n{}", server.log_text())
     });
-    // Requests still reach both clients with a member down (a client whose request
-    // consumers lived on it notices by missed heartbeats and makes them again).
+    // Requests still reach both clients with a member down (a client connected to it
+    // reconnects to another member, subscribes again and catches up from its place).
     everyone_carries_on(&d, server, clients, [&a, &b], &nodes, killed, "the kill");
     eprintln!("test took {:?}", test_started.elapsed());
 }

@@ -32,7 +32,7 @@
 //! not a setting. Even an ephemeral consumer costs nats-server about 40 KB. So a running
 //! client holds none: it takes requests live on two core subscriptions, and reads the
 //! stream only to catch up after a start, a reconnect or dropped messages, through
-//! consumers deleted once it is caught up ([`requests`]). The client keeps its own place:
+//! consumers deleted once it is caught up (`nats/requests.rs`). The client keeps its own place:
 //! [`Subscription::resume`] gives it ([`Resume`]: stream sequences per subject and the
 //! requests handled live since), the client stores that text after each ack and passes
 //! it back on restart. A request sent while the client was down is still delivered, as

@@ -54,6 +54,10 @@ const REFRESH_AT: usize = 32;
 /// How many identities of requests a catch-up delivered are kept to drop their live
 /// copies (which arrive within moments).
 const CAUGHT_KEPT: usize = 1024;
+/// Most live-handled identities kept when catch-ups keep failing (the stream unreachable
+/// while live requests still arrive): past it the oldest is forgotten, and a restart may
+/// run that request again (at least once) rather than the place growing without end.
+const LIVE_DONE_KEPT: usize = 2048;
 /// Messages one catch-up fetch asks for.
 const CATCH_UP_BATCH: usize = 256;
 /// How often a client looks at each subject's last stored request (plus a random share
@@ -208,6 +212,9 @@ impl Tracker {
             if *n == 0 {
                 self.live_running.remove(id);
             }
+        }
+        if self.live_done.len() == LIVE_DONE_KEPT {
+            self.live_done.remove(0);
         }
         self.live_done.push((id.to_string(), self.passes));
         self.live_done.len() >= self.refresh_at
@@ -594,7 +601,7 @@ impl Pump {
 
 #[cfg(test)]
 mod tests {
-    use super::{request_id, Feed, Tracker};
+    use super::{request_id, Feed, Tracker, LIVE_DONE_KEPT};
     use crate::Resume;
 
     fn at(b: u64, n: u64) -> Resume {
@@ -696,6 +703,21 @@ mod tests {
         assert!(t.on_stream(Feed::Broadcast, 7, "caught", false));
         assert!(t.knows(Feed::Broadcast, 7, "caught"));
         assert!(!t.knows(Feed::Node, 6, "lost on a route"));
+    }
+
+    #[test]
+    fn the_place_stays_bounded_when_no_catch_up_succeeds() {
+        let mut t = Tracker::new(&at(0, 0), 32);
+        for i in 0..LIVE_DONE_KEPT + 10 {
+            let id = format!("{i:x}");
+            assert!(t.on_live(&id));
+            t.live_handled(&id);
+        }
+        let r = t.resume();
+        assert_eq!(r.handled.len(), LIVE_DONE_KEPT);
+        assert_eq!(r.handled[0], format!("{:x}", 10));
+        // The text reads back.
+        assert_eq!(r.to_string().parse::<Resume>().ok(), Some(r));
     }
 
     #[test]
