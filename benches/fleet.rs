@@ -716,23 +716,6 @@ const TABLE_HEAD: &str = "| transport | store | nodes | measured | fleet set-up 
 /// The lines of the fleet section now in BENCHMARKS.md that start with one of
 /// `starts`: the rows and broker paragraphs of what this run did not measure, so a run
 /// of one transport keeps the other's figures.
-fn earlier_lines(starts: &[&str]) -> Vec<String> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let section = match (
-        text.find("<!-- begin fleet -->"),
-        text.find("<!-- end fleet -->"),
-    ) {
-        (Some(a), Some(b)) if b > a => &text[a..b],
-        _ => "",
-    };
-    section
-        .lines()
-        .filter(|l| starts.iter().any(|s| l.starts_with(s)))
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
 fn row_key(line: &str) -> Vec<String> {
     line.split('|')
         .skip(1)
@@ -746,7 +729,7 @@ fn row_key(line: &str) -> Vec<String> {
 fn write_table(run: &Run) {
     let mut lines: Vec<String> = run.rows.iter().map(Row::markdown).collect();
     let measured: Vec<Vec<String>> = lines.iter().map(|l| row_key(l)).collect();
-    for old in earlier_lines(&["| amqp |", "| nats |"]) {
+    for old in support::earlier_lines("fleet", &["| amqp |", "| nats |"]) {
         if !measured.contains(&row_key(&old)) {
             lines.push(old);
         }
@@ -759,7 +742,7 @@ fn write_table(run: &Run) {
     let mut brokers = run.brokers.clone();
     for (start, label) in [("**AMQP**", "amqp"), ("**NATS**", "nats")] {
         if run.rows.iter().all(|r| r.transport != label) {
-            let earlier = earlier_lines(&[start]).concat();
+            let earlier = support::earlier_lines("fleet", &[start]).concat();
             if !earlier.is_empty() {
                 brokers.push(earlier.trim_end().to_string());
             }

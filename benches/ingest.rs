@@ -426,22 +426,50 @@ async fn ingest_part(id: &str) {
         "| raw consume + ack (best: prefetch {}, ack every {}) | {:.0} msg/s | 100% |\n",
         best.1, best.2, best.0
     ));
-    for (b, r) in &rows {
-        md.push_str(&format!(
-            "| vogeler-server into {} | {r:.0} results/s | {:.0}% |\n",
+    let into = |b: &str| {
+        format!(
+            "| vogeler-server into {}",
             if b == "couch" {
                 "couch (pouchdb-server 4.2.0, in memory)"
             } else {
                 b
-            },
+            }
+        )
+    };
+    for (b, r) in &rows {
+        md.push_str(&format!(
+            "{} | {r:.0} results/s | {:.0}% |\n",
+            into(b),
             100.0 * r / best.0
         ));
+    }
+    // Stores this run did not measure keep their row, marked: its share is of its own
+    // run's ceiling.
+    for b in ["sqlite", "postgres", "couch"] {
+        if !stores.iter().any(|s| s == b) {
+            let what = into(b);
+            for old in support::earlier_lines("ingest", &[&what]) {
+                md.push_str(&match old.strip_prefix(&format!("{what} |")) {
+                    Some(rest) => format!("{what} (earlier run) |{rest}"),
+                    None => old,
+                });
+            }
+        }
     }
     md.push_str(&format!(
         "| raw publish with confirms (pipelined, windows of 1,000) | {publish_rate:.0} msg/s | |\n\nSweep of the raw consumer:\n\n| prefetch | ack every | msg/s |\n| --- | --- | --- |\n"
     ));
     for (p, a, r) in sweep {
         md.push_str(&format!("| {p} | {a} | {r:.0} |\n"));
+    }
+    let earlier_scaling = if scaling.is_empty() {
+        support::earlier_lines("ingest", &["| 1 |", "| 2 |", "| 3 |"])
+    } else {
+        Vec::new()
+    };
+    if !earlier_scaling.is_empty() {
+        md.push_str("\n### Several servers side by side (PostgreSQL, one database, one master.in; an earlier run)\n\n| servers | results/s | vs one server |\n| --- | --- | --- |\n");
+        md.push_str(&earlier_scaling.concat());
     }
     if !scaling.is_empty() {
         md.push_str("\n### Several servers side by side (PostgreSQL, one database, one master.in)\n\n| servers | results/s | vs one server |\n| --- | --- | --- |\n");

@@ -45,6 +45,25 @@ pub fn machine_line(bench: &str) -> String {
     )
 }
 
+/// Lines of BENCHMARKS.md's section `name` starting with one of `starts`, as an earlier
+/// run wrote them: a run that measured less keeps the rest.
+pub fn earlier_lines(name: &str, starts: &[&str]) -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let section = match (
+        text.find(&format!("<!-- begin {name} -->")),
+        text.find(&format!("<!-- end {name} -->")),
+    ) {
+        (Some(a), Some(b)) if b > a => &text[a..b],
+        _ => "",
+    };
+    section
+        .lines()
+        .filter(|l| starts.iter().any(|s| l.starts_with(s)))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// Replaces (or appends) the section between `<!-- begin NAME -->` and
 /// `<!-- end NAME -->` in BENCHMARKS.md.
 pub fn write_section(name: &str, body: &str) {
