@@ -555,7 +555,22 @@ impl ResumeFile {
     /// The place saved by the last run; a missing or unreadable file starts from now
     /// (logged: requests sent meanwhile are not run).
     fn load(&self) -> Option<Resume> {
-        let text = match std::fs::read_to_string(&self.path) {
+        // A place is at most a few hundred KB (4,096 identities); a larger file is not
+        // one, and is not read into memory whole.
+        const MAX_BYTES: u64 = 1024 * 1024;
+        let read = std::fs::File::open(&self.path).and_then(|f| {
+            use std::io::Read;
+            let mut text = String::new();
+            f.take(MAX_BYTES + 1).read_to_string(&mut text)?;
+            if text.len() as u64 > MAX_BYTES {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("larger than {MAX_BYTES} bytes"),
+                ));
+            }
+            Ok(text)
+        });
+        let text = match read {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
@@ -998,6 +1013,31 @@ fn dir_fingerprint(dir: &std::path::Path) -> Vec<(String, u64, Option<std::time:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resume_file_too_large_or_corrupt_starts_from_new_requests() {
+        let dir = std::env::temp_dir().join(format!("vogeler-resume-{}", std::process::id()));
+        let place = ResumeFile::new(&dir, "web1.example.com");
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |text: &[u8]| std::fs::write(&place.path, text).unwrap();
+        write(b"12:34:00ff,abc");
+        assert_eq!(
+            place.load().map(|r| (r.broadcast, r.node, r.handled.len())),
+            Some((12, 34, 2))
+        );
+        for bad in [
+            b"garbage".to_vec(),
+            b"1:2:xyz".to_vec(),
+            b"99999999999999999999999:1".to_vec(),
+            vec![0xff, 0xfe, b':', b'1'],
+            format!("1:2:{}", vec!["ab"; 5000].join(",")).into_bytes(),
+            vec![b'7'; 3 * 1024 * 1024],
+        ] {
+            write(&bad);
+            assert_eq!(place.load(), None, "{:?}", &bad[..bad.len().min(20)]);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn delivery(body: Vec<u8>, headers: Vec<(String, String)>) -> Delivery {
         Delivery {

@@ -654,3 +654,119 @@ macro_rules! suite {
 
 suite!(amqp, super::Amqp::new());
 suite!(nats, super::Nats::new());
+
+/// NATS only: a client's saved place and hostile request headers.
+mod nats_places {
+    use super::*;
+
+    async fn raw() -> async_nats::Client {
+        let url =
+            std::env::var("VOGELER_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        async_nats::connect(url).await.expect("connect")
+    }
+
+    /// A place saved against a stream since deleted and made again (or an edited file)
+    /// is past the stream's end: the client starts from new requests and saves a place
+    /// it can resume from, instead of skipping every request until the stream got that
+    /// far (or, at `u64::MAX`, overflowing).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_saved_place_past_the_stream_end_starts_from_new_requests() {
+        let b = Nats::new();
+        let node = format!("past-{}", b.id);
+        let runner = b.connect().await;
+        runner.declare().await.expect("declare");
+        for far in [10_000, u64::MAX] {
+            let client = b.connect().await;
+            let hostile = Resume {
+                broadcast: far,
+                node: far,
+                handled: vec!["00ff".into()],
+            };
+            let mut s = client
+                .consume_node(&node, Some(hostile), 8)
+                .await
+                .expect("consume");
+            let place = s.resume().expect("a place");
+            assert!(
+                place.broadcast < 10_000 && place.node < 10_000,
+                "the place is within the stream: {place}"
+            );
+            // Live requests still arrive.
+            runner
+                .publish_request(Audience::Node(&node), msg(&format!("live {far}")))
+                .await
+                .expect("request");
+            assert_eq!(
+                take(client.as_ref(), &mut s, 1).await,
+                set(&[&format!("live {far}")])
+            );
+            let place = s.resume();
+            drop(s);
+            client.close().await;
+
+            // And one sent while it is down runs when it is back.
+            runner
+                .publish_request(Audience::Node(&node), msg(&format!("down {far}")))
+                .await
+                .expect("request");
+            let back = b.connect().await;
+            let mut s = back.consume_node(&node, place, 8).await.expect("consume");
+            assert_eq!(
+                take(back.as_ref(), &mut s, 1).await,
+                set(&[&format!("down {far}")])
+            );
+            drop(s);
+            back.close().await;
+        }
+        runner.close().await;
+        b.cleanup(&[]).await;
+    }
+
+    /// A stored request whose expiration header is any number at all (huge, negative,
+    /// not a number) neither stops a catch-up nor the requests after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hostile_expiration_headers_do_not_stop_a_catch_up() {
+        let b = Nats::new();
+        let node = format!("expiry-{}", b.id);
+        let runner = b.connect().await;
+        runner.declare().await.expect("declare");
+        let first = b.connect().await;
+        let s = first.consume_node(&node, None, 8).await.expect("consume");
+        let place = s.resume();
+        drop(s);
+        first.close().await;
+
+        let js = async_nats::jetstream::new(raw().await);
+        let subject = format!("{}.req.node.{node}", b.opts.prefix);
+        for (body, value) in [
+            ("huge", i128::MAX.to_string()),
+            ("negative huge", i128::MIN.to_string()),
+            ("not a number", "soon".to_string()),
+            ("past u64", "99999999999999999999999".to_string()),
+        ] {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("x-vogeler-expiration-ms", value.as_str());
+            js.publish_with_headers(subject.clone(), h, body.to_string().into_bytes().into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+        }
+        runner
+            .publish_request(Audience::Node(&node), msg("after them"))
+            .await
+            .expect("request");
+
+        let back = b.connect().await;
+        let mut s = back.consume_node(&node, place, 8).await.expect("consume");
+        // i128::MIN is long expired; the others never or cannot be read: delivered.
+        assert_eq!(
+            take(back.as_ref(), &mut s, 4).await,
+            set(&["huge", "not a number", "past u64", "after them"])
+        );
+        drop(s);
+        back.close().await;
+        runner.close().await;
+        b.cleanup(&[]).await;
+    }
+}

@@ -1058,22 +1058,27 @@ impl Transport for NatsTransport {
             .flush()
             .await
             .map_err(|e| self.err("subscribe", e))?;
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| self.err("stream info", e))?
+            .state
+            .last_sequence;
+        let from_now = Resume {
+            broadcast: last,
+            node: last,
+            handled: Vec::new(),
+        };
         let (start, catch_up_first) = match resume {
-            Some(r) => (r, true),
-            None => {
-                let last = stream
-                    .info()
-                    .await
-                    .map_err(|e| self.err("stream info", e))?
-                    .state
-                    .last_sequence;
-                let start = Resume {
-                    broadcast: last,
-                    node: last,
-                    handled: Vec::new(),
-                };
-                (start, false)
+            // A place past the stream's end was not saved against this stream (it was
+            // deleted and made again, or the file was edited): read from it and every
+            // request until the stream got that far again would be skipped.
+            Some(r) if r.broadcast > last || r.node > last => {
+                tracing::warn!(broker = %self.addr, saved = %Resume { handled: Vec::new(), ..r }, stream_end = last, "the saved request-stream place is past the end of the requests stream (stream made again?); starting from new requests");
+                (from_now, false)
             }
+            Some(r) => (r, true),
+            None => (from_now, false),
         };
         let (Some(n), Some(b)) = (live.pop(), live.pop()) else {
             return Err(self.err("subscribe", "no subscription made"));

@@ -51,9 +51,20 @@ use crate::TransportError;
 /// How many live-handled identities a client keeps before it catches up to fold them
 /// into the sequence: this plus a random share of as many again.
 const REFRESH_AT: usize = 32;
-/// How many identities of requests a catch-up delivered are kept to drop their live
-/// copies (which arrive within moments).
-const CAUGHT_KEPT: usize = 1024;
+/// Most identities of requests a catch-up delivered kept to drop their live copies: as
+/// many as the client library buffers for a subscription (past that it drops live
+/// messages for a slow reader, and a catch-up follows anyway). A catch-up can deliver
+/// far more than a few requests whose live copies still wait behind it: every request
+/// of a burst the client has not reached yet.
+const CAUGHT_KEPT: usize = 64 * 1024;
+/// How long the live feed stays quiet before the identities a catch-up delivered until
+/// then are forgotten. A live copy is on its way (in the client's buffer, on a single
+/// server) by the time a catch-up reads the stored one, so once the feed has been quiet
+/// this long none is still to come: a request sent while the client was away has none,
+/// and a later request with the same body (the 2010 wire has no request id) must not be
+/// taken for one. Not a fixed age: a burst the program takes minutes to work through
+/// keeps its live copies queued all that time.
+const CAUGHT_QUIET: Duration = Duration::from_secs(30);
 /// Most live-handled identities kept when catch-ups keep failing (the stream unreachable
 /// while live requests still arrive): past it the oldest is forgotten, and a restart may
 /// run that request again (at least once) rather than the place growing without end.
@@ -94,6 +105,12 @@ pub(crate) fn request_id(subject: &str, body: &[u8]) -> String {
         .collect()
 }
 
+/// Whether a request stored at `published_ms` with `expiration` (ms, the publisher's
+/// header: any number at all) is past it at `now_ms`.
+fn expired(published_ms: i128, expiration: Option<i128>, now_ms: i128) -> bool {
+    expiration.is_some_and(|ms| published_ms.saturating_add(ms) < now_ms)
+}
+
 /// What a client has handled: see the module docs. Pure bookkeeping, unit-tested.
 #[derive(Debug)]
 pub(crate) struct Tracker {
@@ -110,8 +127,10 @@ pub(crate) struct Tracker {
     live_done: Vec<(String, u64)>,
     /// Stream copies a catch-up found of requests still running live.
     live_seq: HashMap<String, Vec<(Feed, u64)>>,
-    /// Identities a catch-up delivered lately: their live copies are dropped.
-    caught: VecDeque<String>,
+    /// Identities a catch-up delivered lately, by count: their live copies are dropped.
+    caught: HashMap<String, u32>,
+    /// The same, oldest first, with when each was read (to forget them).
+    caught_order: VecDeque<(String, Instant)>,
     /// Catch-ups begun.
     passes: u64,
     /// How many live-handled identities call for a catch-up.
@@ -128,7 +147,8 @@ impl Tracker {
             live_running: HashMap::new(),
             live_done: start.handled.iter().map(|id| (id.clone(), 0)).collect(),
             live_seq: HashMap::new(),
-            caught: VecDeque::new(),
+            caught: HashMap::new(),
+            caught_order: VecDeque::new(),
             passes: 0,
             refresh_at,
         }
@@ -141,7 +161,25 @@ impl Tracker {
             || self.live_running.contains_key(id)
             || self.live_seq.contains_key(id)
             || self.live_done.iter().any(|(d, _)| d == id)
-            || self.caught.iter().any(|c| c == id)
+            || self.caught.contains_key(id)
+    }
+
+    /// Forgets the caught identities read before `before` (the live feed has been quiet
+    /// since: their live copies, if any, came), and the oldest past [`CAUGHT_KEPT`].
+    pub(crate) fn forget_caught(&mut self, before: Option<Instant>) {
+        while let Some((id, at)) = self.caught_order.front() {
+            let old = before.is_some_and(|b| *at < b);
+            if !old && self.caught_order.len() <= CAUGHT_KEPT {
+                break;
+            }
+            if let Some(n) = self.caught.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.caught.remove(id);
+                }
+            }
+            self.caught_order.pop_front();
+        }
     }
 
     /// Where a catch-up of `feed` starts reading (after this sequence).
@@ -151,8 +189,11 @@ impl Tracker {
 
     /// A live copy arrived: whether to deliver it.
     pub(crate) fn on_live(&mut self, id: &str) -> bool {
-        if let Some(pos) = self.caught.iter().position(|c| c == id) {
-            self.caught.remove(pos);
+        if let Some(n) = self.caught.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                self.caught.remove(id);
+            }
             return false;
         }
         *self.live_running.entry(id.to_string()).or_default() += 1;
@@ -189,10 +230,10 @@ impl Tracker {
             return false;
         }
         self.running[i].insert(seq);
-        if self.caught.len() == CAUGHT_KEPT {
-            self.caught.pop_front();
-        }
-        self.caught.push_back(id.to_string());
+        *self.caught.entry(id.to_string()).or_default() += 1;
+        self.caught_order
+            .push_back((id.to_string(), Instant::now()));
+        self.forget_caught(None);
         true
     }
 
@@ -386,12 +427,15 @@ impl Pump {
         let check_every = || CHECK_EVERY + CHECK_EVERY.mul_f64(rand::random::<f64>());
         let mut next_check = Instant::now() + check_every();
         let mut delay = Duration::from_secs(1);
+        // When caught identities are next forgotten: the live feed quiet that long.
+        let mut quiet_at: Option<Instant> = None;
         loop {
             if due.is_some_and(|at| at <= Instant::now()) {
                 match self.catch_up().await {
                     Ok(()) => {
                         due = None;
                         delay = Duration::from_secs(1);
+                        quiet_at = Some(Instant::now() + CAUGHT_QUIET);
                     }
                     Err(Stop::Gone) => return,
                     Err(Stop::Failed(e)) => {
@@ -408,6 +452,12 @@ impl Pump {
                     None => std::future::pending().await,
                 }
             };
+            let quiet = async {
+                match quiet_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let gap = async {
                 match gaps.as_mut() {
                     Some(g) => g.recv().await,
@@ -420,6 +470,8 @@ impl Pump {
                         if !self.live(feed, m).await {
                             return;
                         }
+                        // From when it was passed on: the program may have taken long.
+                        quiet_at = Some(Instant::now() + CAUGHT_QUIET);
                     }
                     None => {
                         let _ = self
@@ -444,6 +496,12 @@ impl Pump {
                     due.get_or_insert_with(Instant::now);
                 }
                 () = wait => {}
+                () = quiet => {
+                    // Nothing came live for CAUGHT_QUIET: every live copy of what
+                    // catch-ups delivered before that came already.
+                    lock(&self.tracker).forget_caught(Instant::now().checked_sub(CAUGHT_QUIET));
+                    quiet_at = None;
+                }
                 () = tokio::time::sleep_until(next_check) => {
                     next_check = Instant::now() + check_every();
                     if self.missed_something().await {
@@ -526,7 +584,7 @@ impl Pump {
                 .create_consumer(consumer::pull::Config {
                     ack_policy: consumer::AckPolicy::None,
                     deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                        start_sequence: from + 1,
+                        start_sequence: from.saturating_add(1),
                     },
                     filter_subject: subject.clone(),
                     inactive_threshold: self.inactive,
@@ -572,7 +630,7 @@ impl Pump {
                 let subject = m.subject.to_string();
                 let id = request_id(&subject, &m.payload);
                 let (headers, reply_to, expiration) = parse_headers(m.headers.as_ref());
-                let expired = expiration.is_some_and(|ms| published_ms + ms < now_ms());
+                let expired = expired(published_ms, expiration, now_ms());
                 if expired {
                     tracing::debug!(stream_sequence = seq, "dropping an expired request");
                 }
@@ -601,8 +659,9 @@ impl Pump {
 
 #[cfg(test)]
 mod tests {
-    use super::{request_id, Feed, Tracker, LIVE_DONE_KEPT};
+    use super::{expired, request_id, Feed, Tracker, CAUGHT_KEPT, LIVE_DONE_KEPT};
     use crate::Resume;
+    use tokio::time::Instant;
 
     fn at(b: u64, n: u64) -> Resume {
         Resume {
@@ -734,5 +793,53 @@ mod tests {
         assert_eq!(a, request_id("v.req.all", b"x"));
         assert_ne!(a, request_id("v.req.node.a", b"x"));
         assert_ne!(a, request_id("v.req.all", b"y"));
+    }
+
+    #[test]
+    fn any_expiration_a_publisher_writes_is_judged_without_overflow() {
+        let now = 1_800_000_000_000;
+        assert!(!expired(now - 5, Some(i128::MAX), now));
+        assert!(!expired(now - 5, None, now));
+        assert!(expired(now - 5, Some(i128::MIN), now));
+        assert!(expired(now - 5, Some(-1), now));
+        assert!(!expired(now - 5, Some(60_000), now));
+        assert!(expired(now - 70_000, Some(60_000), now));
+    }
+
+    #[test]
+    fn a_burst_caught_up_drops_every_live_copy_still_queued() {
+        // 3,000 requests arrived live and wait behind the program; a catch-up reads
+        // them all first. Not one live copy runs again.
+        let mut t = Tracker::new(&at(0, 0), 32);
+        let ids: Vec<String> = (0..3000).map(|i| format!("{i:x}")).collect();
+        for (seq, id) in ids.iter().enumerate() {
+            assert!(t.on_stream(Feed::Node, seq as u64 + 1, id, false));
+        }
+        for id in &ids {
+            assert!(!t.on_live(id), "{id} ran twice");
+        }
+        // Bounded all the same.
+        for i in 0..CAUGHT_KEPT + 5 {
+            t.on_stream(Feed::Broadcast, i as u64 + 1, &format!("b{i}"), false);
+        }
+        assert_eq!(t.caught_order.len(), CAUGHT_KEPT);
+        assert!(t.caught.len() <= CAUGHT_KEPT);
+    }
+
+    #[test]
+    fn a_request_caught_up_does_not_swallow_a_later_one_with_the_same_body() {
+        // A 2010-wire request (no id) sent while the client was away, caught up after
+        // the restart; the same command sent again later must run.
+        let mut t = Tracker::new(&at(0, 0), 32);
+        assert!(t.on_stream(Feed::Node, 1, "facter", false));
+        t.done(Feed::Node, 1);
+        // The live feed stayed quiet since: no live copy of it is still to come.
+        t.forget_caught(Some(Instant::now() + std::time::Duration::from_millis(1)));
+        assert!(t.on_live("facter"), "the later request runs");
+        assert!(!t.knows(Feed::Node, 2, "other"));
+        // Forgetting keeps what was read after the quiet began.
+        assert!(t.on_stream(Feed::Node, 3, "late", false));
+        t.forget_caught(Instant::now().checked_sub(std::time::Duration::from_secs(30)));
+        assert!(!t.on_live("late"));
     }
 }
