@@ -1018,8 +1018,8 @@ mod tests {
     fn a_resume_file_too_large_or_corrupt_starts_from_new_requests() {
         let dir = std::env::temp_dir().join(format!("vogeler-resume-{}", std::process::id()));
         let place = ResumeFile::new(&dir, "web1.example.com");
-        std::fs::create_dir_all(&dir).unwrap();
-        let write = |text: &[u8]| std::fs::write(&place.path, text).unwrap();
+        std::fs::create_dir_all(&dir).expect("state dir");
+        let write = |text: &[u8]| std::fs::write(&place.path, text).expect("write the place");
         write(b"12:34:00ff,abc");
         assert_eq!(
             place.load().map(|r| (r.broadcast, r.node, r.handled.len())),
@@ -1036,7 +1036,7 @@ mod tests {
             write(&bad);
             assert_eq!(place.load(), None, "{:?}", &bad[..bad.len().min(20)]);
         }
-        std::fs::remove_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn delivery(body: Vec<u8>, headers: Vec<(String, String)>) -> Delivery {
