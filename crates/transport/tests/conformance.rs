@@ -343,16 +343,23 @@ async fn broadcasts_reach_every_node_and_node_requests_one(b: &dyn Backend) {
     b.cleanup(&nodes).await;
 }
 
+/// A client of `node` that ran once and stopped: the place it saved (AMQP: its queue
+/// exists and keeps its requests).
+async fn first_run(b: &dyn Backend, node: &str) -> Option<Resume> {
+    let first = b.connect().await;
+    let s = first.consume_node(node, None, 8).await.expect("consume");
+    let place = s.resume();
+    drop(s);
+    first.close().await;
+    place
+}
+
 async fn requests_sent_while_a_client_is_down_reach_it(b: &dyn Backend) {
     let node = b.node("sleeper");
     let runner = b.connect().await;
     runner.declare().await.expect("declare");
     // The client has run once: its place (AMQP: its queue) exists.
-    let first = b.connect().await;
-    let s = first.consume_node(&node, None, 8).await.expect("consume");
-    let place: Option<Resume> = s.resume();
-    drop(s);
-    first.close().await;
+    let place = first_run(b, &node).await;
 
     runner
         .publish_request(Audience::Node(&node), msg("sent while down"))
@@ -447,11 +454,7 @@ async fn an_expired_request_is_not_delivered(b: &dyn Backend) {
     let node = b.node("late");
     let runner = b.connect().await;
     runner.declare().await.expect("declare");
-    let first = b.connect().await;
-    let s = first.consume_node(&node, None, 8).await.expect("consume");
-    let place = s.resume();
-    drop(s);
-    first.close().await;
+    let place = first_run(b, &node).await;
 
     let mut stale = msg("expires in one second");
     stale.expiration_ms = Some(1_000);
@@ -662,7 +665,9 @@ mod nats_places {
     async fn raw() -> async_nats::Client {
         let url =
             std::env::var("VOGELER_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-        async_nats::connect(url).await.expect("connect")
+        async_nats::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("NATS at {url} is needed (scripts/services.sh ensure): {e}"))
     }
 
     /// A place saved against a stream since deleted and made again (or an edited file)
@@ -730,11 +735,7 @@ mod nats_places {
         let node = format!("expiry-{}", b.id);
         let runner = b.connect().await;
         runner.declare().await.expect("declare");
-        let first = b.connect().await;
-        let s = first.consume_node(&node, None, 8).await.expect("consume");
-        let place = s.resume();
-        drop(s);
-        first.close().await;
+        let place = first_run(&b, &node).await;
 
         let js = async_nats::jetstream::new(raw().await);
         let subject = format!("{}.req.node.{node}", b.opts.prefix);
