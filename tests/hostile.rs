@@ -927,3 +927,98 @@ fn reserved_plugin_names_are_refused_and_the_record_is_untouched(d: Deployment) 
     assert_log_clean(&server);
     assert_views_answer(&d, &node, "before.os");
 }
+
+/// Publishes a request with a raw header block to the deployment's NATS server, as any
+/// publisher may (the client library refuses to send a malformed one): plain protocol
+/// over a socket, `HPUB`, then `PING` and the `PONG` that says it was processed.
+fn nats_hpub(d: &Deployment, subject: &str, header: &[u8], body: &[u8]) {
+    use std::io::{BufRead, BufReader, Write};
+    let servers = d.nats_servers();
+    let first = servers.split(',').next().unwrap_or_default();
+    let addr = first.split_once("://").map_or(first, |(_, a)| a);
+    let sock = std::net::TcpStream::connect(addr).expect("connect to nats");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = BufReader::new(sock.try_clone().expect("clone"));
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("INFO");
+    let mut w = sock;
+    let mut out = b"CONNECT {\"verbose\":false,\"headers\":true}\r\n".to_vec();
+    out.extend_from_slice(
+        format!(
+            "HPUB {subject} {} {}\r\n",
+            header.len(),
+            header.len() + body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(header);
+    out.extend_from_slice(body);
+    out.extend_from_slice(b"\r\nPING\r\n");
+    w.write_all(&out).expect("publish");
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("PONG");
+        assert!(!line.starts_with("-ERR"), "nats refused: {line}");
+        if line.starts_with("PONG") {
+            return;
+        }
+    }
+}
+
+/// Requests whose header blocks the NATS client library cannot read (it drops the
+/// connection on them) or takes for the server's own status, stored in the requests
+/// stream by a hostile publisher: a client that meets them live and on catch-up (also
+/// after a restart) passes them over and still answers the runner, instead of waiting
+/// for ever on a catch-up whose connection dropped under it.
+#[test]
+fn requests_with_headers_the_nats_client_cannot_read_are_passed_over() {
+    let (name, body) = common::plugin("stamp", "date +%s%N", "output");
+    let d = Deployment::on(Bus::Nats, &[(name.as_str(), body)]);
+    let _server = d.server(&[]);
+    let node = d.node("web");
+    let mut client = d.client(&node, &[]);
+    let request = |id: &str| {
+        format!(
+            r#"{{"v":1,"kind":"request","id":"{id}","command":"stamp","targets":["all"],"sender":"evil","sent_at":"{}","ttl":300}}"#,
+            chrono::Utc::now().to_rfc3339()
+        )
+        .into_bytes()
+    };
+    let all = format!("{}.req.all", d.id);
+    let poison: [&[u8]; 4] = [
+        b"HTTP/1.1\r\n\r\n",
+        b"NATS/1.0\r\nx-a: \xff\xfe\r\n\r\n",
+        b"NATS/1.0\r\nno colon here\r\n\r\n",
+        b"NATS/1.0 404 No Messages\r\n\r\n",
+    ];
+    let runner = |when: &str, log: &dyn Fn() -> String| {
+        let out = d.runner(&["-x", "stamp", "-n", &node, "--wait", "--timeout", "60s"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "runner {when}: {}\n{}\nclient log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            log()
+        );
+    };
+    for (i, header) in poison.iter().enumerate() {
+        nats_hpub(&d, &all, header, &request(&format!("live-{i}")));
+    }
+    runner("after the live poison", &|| client.log_text());
+
+    client.stop();
+    for (i, header) in poison.iter().enumerate() {
+        nats_hpub(&d, &all, header, &request(&format!("down-{i}")));
+    }
+    let client = d.client(&node, &[]);
+    runner("after a restart behind the stored poison", &|| {
+        client.log_text()
+    });
+    assert!(
+        client.log_text().contains("passing over a stored request"),
+        "{}",
+        client.log_text()
+    );
+}

@@ -81,6 +81,10 @@ const CHECK_EVERY: Duration = Duration::from_secs(300);
 const REFRESH_GAP: Duration = Duration::from_secs(60);
 /// The longest wait between failed catch-up attempts.
 const CATCH_UP_MAX_DELAY: Duration = Duration::from_secs(60);
+/// How long a catch-up waits for the next message of a fetch before it fails (and is
+/// tried again): a fetch whose connection dropped is never answered, and without this
+/// the catch-up, and with it every live request, would wait for ever.
+const CATCH_UP_STALL: Duration = Duration::from_secs(10);
 
 /// Which of a client's two subjects a request came on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +112,44 @@ pub(crate) fn request_id(subject: &str, body: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Whether a catch-up can read a stored request with this header block. The NATS client
+/// library drops the whole connection on one it cannot parse (not UTF-8, no `NATS/1.0`
+/// line, a line without `:`, a bad header name), a fetch swallows one with a status
+/// line, and anyone who may publish a request can store
+/// such a message: this follows the library's parser (async-nats 0.46, `connection.rs`)
+/// so a catch-up can pass over it instead of reading it again on every attempt.
+pub(crate) fn headers_readable(block: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(block) else {
+        return false;
+    };
+    let mut lines = text.lines().peekable();
+    let Some(status) = lines.next().and_then(|l| l.strip_prefix("NATS/1.0")) else {
+        return false;
+    };
+    // A status (`NATS/1.0 404`, `100 Idle Heartbeat`…) parses, but a fetch takes it
+    // for the server's own word (the end of a batch, a heartbeat) and never hands the
+    // request over: no publisher of requests writes one.
+    if !status.trim().is_empty() {
+        return false;
+    }
+    while let Some(line) = lines.next() {
+        if line.is_empty() {
+            continue;
+        }
+        let Some((name, _)) = line.split_once(':') else {
+            return false;
+        };
+        if name.parse::<async_nats::HeaderName>().is_err() {
+            return false;
+        }
+        while lines
+            .next_if(|l| l.starts_with(char::is_whitespace))
+            .is_some()
+        {}
+    }
+    true
 }
 
 /// Whether a request stored at `published_ms` with `expiration` (ms, the publisher's
@@ -425,6 +467,9 @@ enum Stop {
     Gone,
     /// A catch-up failed; tried again later.
     Failed(String),
+    /// A catch-up failed at stored requests it could not read, now passed over: tried
+    /// again soon.
+    PassedOver(String),
 }
 
 impl Pump {
@@ -447,6 +492,10 @@ impl Pump {
                         quiet_at = Some(Instant::now() + CAUGHT_QUIET);
                     }
                     Err(Stop::Gone) => return,
+                    Err(Stop::PassedOver(e)) => {
+                        tracing::warn!(broker = %self.addr, error = %e, "a catch-up stopped at unreadable stored requests, passed over; reading on");
+                        due = Some(Instant::now() + Duration::from_secs(1));
+                    }
                     Err(Stop::Failed(e)) => {
                         tracing::warn!(broker = %self.addr, error = %e, retry_in = ?delay, "cannot read the requests stream to catch up; live requests still arrive");
                         due = Some(Instant::now() + delay);
@@ -617,10 +666,71 @@ impl Pump {
             if let Err(e) = self.stream.delete_consumer(&name).await {
                 tracing::debug!(consumer = %name, error = %e, "catch-up consumer left to expire");
             }
+            if let Err(Stop::Failed(e)) = &read {
+                // The read may have stopped at stored requests a fetch cannot read (the
+                // library dropped the connection on one): passed over, the next attempt
+                // (soon, not backed off) gets past them.
+                if self.pass_over_unreadable(feed, subject).await {
+                    return Err(Stop::PassedOver(e.clone()));
+                }
+            }
             read?;
         }
         lock(&self.tracker).end_pass(pass);
         Ok(())
+    }
+
+    /// Looks at the next stored requests of `feed` after the place read through, by the
+    /// stream's JSON message API (which carries the headers as base64, so the library
+    /// never parses them), and passes over those in a row whose headers a fetch cannot
+    /// read. Stops at the first readable one, no message or a failed look; true when
+    /// it passed over any.
+    async fn pass_over_unreadable(&self, feed: Feed, subject: &str) -> bool {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let api = format!(
+            "$JS.API.STREAM.MSG.GET.{}",
+            self.stream.cached_info().config.name
+        );
+        let mut passed = false;
+        for _ in 0..CATCH_UP_BATCH {
+            let from = lock(&self.tracker).read_from(feed).saturating_add(1);
+            let ask = serde_json::json!({ "seq": from, "next_by_subj": subject }).to_string();
+            let reply = match self.client.request(api.clone(), ask.into()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot look at the next stored request");
+                    break;
+                }
+            };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&reply.payload) else {
+                break;
+            };
+            let m = &v["message"];
+            let (Some(seq), Some(hdrs)) = (m["seq"].as_u64(), m["hdrs"].as_str()) else {
+                break;
+            };
+            let Ok(block) = b64.decode(hdrs) else { break };
+            if headers_readable(&block) {
+                break;
+            }
+            let body = m["data"]
+                .as_str()
+                .and_then(|d| b64.decode(d).ok())
+                .unwrap_or_default();
+            let id = request_id(m["subject"].as_str().unwrap_or(subject), &body);
+            tracing::warn!(
+                broker = %self.addr,
+                %subject,
+                stream_sequence = seq,
+                "passing over a stored request whose headers a catch-up cannot read (the NATS client drops the connection on them, or takes them for the server's status)"
+            );
+            // Marked handled, as an expired request is: never delivered, the place
+            // moves past it.
+            lock(&self.tracker).on_stream(feed, seq, &id, true);
+            passed = true;
+        }
+        passed
     }
 
     async fn read_all(
@@ -637,7 +747,13 @@ impl Pump {
                 .await
                 .map_err(|e| failed(&e))?;
             let mut n = 0;
-            while let Some(m) = batch.next().await {
+            loop {
+                let Ok(next) = tokio::time::timeout(CATCH_UP_STALL, batch.next()).await else {
+                    return Err(failed(&format!(
+                        "no message from the requests stream in {CATCH_UP_STALL:?} (the connection dropped?)"
+                    )));
+                };
+                let Some(m) = next else { break };
                 let m = m.map_err(|e| failed(&e))?;
                 n += 1;
                 let info = m.info().map_err(|e| failed(&e))?;
@@ -677,7 +793,9 @@ impl Pump {
 
 #[cfg(test)]
 mod tests {
-    use super::{expired, request_id, Feed, Tracker, CAUGHT_KEPT, LIVE_DONE_KEPT};
+    use super::{
+        expired, headers_readable, request_id, Feed, Tracker, CAUGHT_KEPT, LIVE_DONE_KEPT,
+    };
     use crate::Resume;
     use tokio::time::Instant;
 
@@ -864,5 +982,29 @@ mod tests {
         assert!(t.on_stream(Feed::Node, 3, "late", false));
         t.forget_caught(Instant::now().checked_sub(std::time::Duration::from_secs(30)));
         assert!(!t.on_live("late"));
+    }
+
+    #[test]
+    fn header_blocks_a_catch_up_cannot_read_are_told_apart() {
+        for ok in [
+            &b"NATS/1.0\r\n\r\n"[..],
+            b"NATS/1.0\r\nx-vogeler-reply-to: _INBOX.a\r\nx-vogeler-expiration-ms: 300000\r\n\r\n",
+            b"NATS/1.0\r\nx-long: a\r\n  folded\r\n\r\n",
+            b"NATS/1.0\r\nx-empty:\r\n\r\n",
+        ] {
+            assert!(headers_readable(ok), "{:?}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b""[..],
+            b"HTTP/1.1\r\n\r\n",
+            b"NATS/1.0\r\nx-a: \xff\xfe\r\n\r\n",
+            b"NATS/1.0\r\nno colon\r\n\r\n",
+            b"NATS/1.0\r\nbad name: v\r\n\r\n",
+            b"NATS/1.0 404 No Messages\r\n\r\n",
+            b"NATS/1.0 100 Idle Heartbeat\r\n\r\n",
+            b"NATS/1.0 abc\r\n\r\n",
+        ] {
+            assert!(!headers_readable(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 }
