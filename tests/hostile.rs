@@ -1022,3 +1022,55 @@ fn requests_with_headers_the_nats_client_cannot_read_are_passed_over() {
         client.log_text()
     );
 }
+
+/// Results whose header blocks the NATS client library cannot read, stored in the
+/// results stream by a hostile publisher: each costs the server at most one reconnect
+/// (the library drops the connection on its delivery), then the server dead-letters
+/// (`unreadable-headers`) and removes it, where it used to come back after every
+/// `ack_wait` and drop the connection again; good results are stored throughout.
+#[test]
+fn results_with_headers_the_nats_client_cannot_read_are_dead_lettered_and_removed() {
+    let d = Deployment::on(Bus::Nats, &[]);
+    let server = d.server(&[]);
+    let node = d.node("web");
+    let results = format!("{}.results", d.id);
+    let poison: [&[u8]; 3] = [
+        b"HTTP/1.1\r\n\r\n",
+        b"NATS/1.0\r\nx-a: \xff\xfe\r\n\r\n",
+        b"NATS/1.0\r\nno colon here\r\n\r\n",
+    ];
+    for (i, header) in poison.iter().enumerate() {
+        nats_hpub(&d, &results, header, format!("poison {i}").as_bytes());
+    }
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dead.len() < poison.len() && Instant::now() < deadline {
+        dead.extend(d.take_dead_letters(Duration::from_millis(500)));
+    }
+    let reasons: Vec<&str> = dead
+        .iter()
+        .filter_map(|m| m.header("x-vogeler-reason"))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec!["unreadable-headers"; poison.len()],
+        "server log:\n{}",
+        server.log_text()
+    );
+    // Gone from the results stream: a good result is stored, and the server's consumer
+    // holds nothing unacked.
+    d.publish_results(vec![Outgoing::new(result(
+        &node,
+        "later",
+        r#"{"n":1}"#,
+        "",
+    ))]);
+    let doc = d.wait_document(&node, 20, |doc| doc.get("later").is_some());
+    assert_eq!(doc["later"]["n"], 1);
+    let out = d.admin(&["queue", "--status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -764,6 +764,62 @@ impl NatsTransport {
         Ok(())
     }
 
+    /// Dead-letters (reason `unreadable-headers`) and deletes the results in flight
+    /// (after the servers' consumer's ack floor, through its last delivery) whose header
+    /// block the client library cannot read. Anyone allowed to publish results can store
+    /// one; the library drops the connection on its delivery, it is never acked, and it
+    /// came back after every `ack_wait` to drop the next server's connection too. Its
+    /// first delivery costs one reconnect; this, at the reconnect, removes it. Cheap when
+    /// nothing is in flight (a normal start); failures only logged.
+    async fn quarantine_unreadable_results(&self) {
+        let info = match self.lookup(QueueKind::Results).await {
+            Ok(Some((_, info))) => info,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot look at the results in flight");
+                return;
+            }
+        };
+        let (floor, last) = (
+            info.ack_floor.stream_sequence,
+            info.delivered.stream_sequence,
+        );
+        let stream = self.stream_name("RESULTS");
+        let subject = self.subject("results");
+        let mut seq = floor.saturating_add(1);
+        let end = last.min(floor.saturating_add(QUARANTINE_SCAN));
+        while seq <= end {
+            let Some(m) = raw_next(&self.client, &stream, seq, Some(&subject)).await else {
+                break;
+            };
+            if m.seq > end {
+                break;
+            }
+            seq = m.seq.saturating_add(1);
+            if m.readable() {
+                continue;
+            }
+            tracing::warn!(broker = %self.addr, stream_sequence = m.seq, "a result whose headers the NATS client cannot read: dead-lettered and removed (it dropped the server's connection on every delivery)");
+            if let Err(e) = self
+                .dead_letter(Outgoing::new(m.body), "unreadable-headers")
+                .await
+            {
+                tracing::warn!(error = %e, "cannot dead-letter the unreadable result; left in place");
+                continue;
+            }
+            let js_stream = match self.js.get_stream(&stream).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot remove the unreadable result");
+                    continue;
+                }
+            };
+            if let Err(e) = js_stream.delete_message(m.seq).await {
+                tracing::warn!(error = %e, "cannot remove the unreadable result");
+            }
+        }
+    }
+
     async fn pull(
         &self,
         c: consumer::Consumer<consumer::pull::Config>,
@@ -787,6 +843,74 @@ impl NatsTransport {
         Ok(Box::pin(s.map(|m| m.map_err(|e| e.to_string()))))
     }
 }
+
+/// A stored message as the stream's JSON message API gives it: the headers as bytes,
+/// never parsed by the client library (which drops the whole connection on a header
+/// block it cannot read, and anyone allowed to publish can store one).
+pub(crate) struct RawStored {
+    pub seq: u64,
+    pub subject: String,
+    /// The header block, when the message has one.
+    pub headers: Option<Vec<u8>>,
+    pub body: Vec<u8>,
+}
+
+impl RawStored {
+    /// Whether a consumer's delivery of this message can be read (see
+    /// [`requests::headers_readable`]).
+    pub fn readable(&self) -> bool {
+        self.headers
+            .as_deref()
+            .is_none_or(requests::headers_readable)
+    }
+}
+
+/// The first message of `stream` at or after `seq` (on `subject` when given), through
+/// `$JS.API.STREAM.MSG.GET`; `None` when there is none or the look failed (logged).
+pub(crate) async fn raw_next(
+    client: &async_nats::Client,
+    stream: &str,
+    seq: u64,
+    subject: Option<&str>,
+) -> Option<RawStored> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let ask = match subject {
+        Some(s) => serde_json::json!({ "seq": seq, "next_by_subj": s }),
+        None => serde_json::json!({ "seq": seq }),
+    };
+    let reply = match client
+        .request(
+            format!("$JS.API.STREAM.MSG.GET.{stream}"),
+            ask.to_string().into(),
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(%stream, error = %e, "cannot look at a stored message");
+            return None;
+        }
+    };
+    let v: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
+    let m = &v["message"];
+    let headers = match m["hdrs"].as_str() {
+        Some(h) => Some(b64.decode(h).ok()?),
+        None => None,
+    };
+    Some(RawStored {
+        seq: m["seq"].as_u64()?,
+        subject: m["subject"].as_str().unwrap_or_default().to_string(),
+        headers,
+        body: m["data"]
+            .as_str()
+            .and_then(|d| b64.decode(d).ok())
+            .unwrap_or_default(),
+    })
+}
+
+/// Most in-flight results looked at when a server starts consuming.
+const QUARANTINE_SCAN: u64 = 20_000;
 
 /// The stream `what` (`RESULTS`, `REQUESTS`, `DEAD`) of the deployment under subject
 /// prefix `prefix`: stream names take no dots.
@@ -815,7 +939,8 @@ fn differences(settings: &[(&str, usize, usize)]) -> String {
 }
 
 /// Whether `to` is a subject a reply may go to: printable tokens without wildcards, at
-/// most 255 bytes, and not under `prefix` (the results, requests and dead streams).
+/// most 255 bytes, not under `prefix` (the results, requests and dead streams) and not a
+/// system subject (`$…`).
 fn reply_subject_ok(to: &str, prefix: &str) -> bool {
     let plain = !to.is_empty()
         && to.len() <= 255
@@ -826,7 +951,9 @@ fn reply_subject_ok(to: &str, prefix: &str) -> bool {
                 && !t.chars().any(|c| c.is_whitespace() || c.is_control())
         });
     let own = to == prefix || to.starts_with(&format!("{prefix}."));
-    plain && !own && !to.starts_with("$JS.") && !to.starts_with("$SYS.")
+    // `$` subjects are the system's own (`$JS`, `$SYS`, `$KV`, `$O`, `$G`…): no reply
+    // goes there.
+    plain && !own && !to.starts_with('$')
 }
 
 fn check_prefix(prefix: &str) -> Result<(), String> {
@@ -1032,6 +1159,7 @@ impl Transport for NatsTransport {
         prefetch: u16,
     ) -> Result<Box<dyn Subscription>, TransportError> {
         let c = self.durable("RESULTS", SERVERS_CONSUMER).await?;
+        self.quarantine_unreadable_results().await;
         Ok(Box::new(NatsSubscription {
             feed: self.pull(c, prefetch).await?,
             addr: self.addr.clone(),
@@ -1357,6 +1485,8 @@ mod tests {
             "vogeler.results",
             "vogeler",
             "$JS.API.STREAM.DELETE.x",
+            "$KV.config.key",
+            "$O.bucket.x",
             "a\nb",
         ] {
             assert!(!reply_subject_ok(bad, "vogeler"), "{bad:?}");

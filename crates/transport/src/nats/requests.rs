@@ -686,48 +686,33 @@ impl Pump {
     /// read. Stops at the first readable one, no message or a failed look; true when
     /// it passed over any.
     async fn pass_over_unreadable(&self, feed: Feed, subject: &str) -> bool {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let api = format!(
-            "$JS.API.STREAM.MSG.GET.{}",
-            self.stream.cached_info().config.name
-        );
+        let stream = self.stream.cached_info().config.name.clone();
         let mut passed = false;
         for _ in 0..CATCH_UP_BATCH {
             let from = lock(&self.tracker).read_from(feed).saturating_add(1);
-            let ask = serde_json::json!({ "seq": from, "next_by_subj": subject }).to_string();
-            let reply = match self.client.request(api.clone(), ask.into()).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot look at the next stored request");
-                    break;
-                }
-            };
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&reply.payload) else {
+            let Some(m) = super::raw_next(&self.client, &stream, from, Some(subject)).await else {
                 break;
             };
-            let m = &v["message"];
-            let (Some(seq), Some(hdrs)) = (m["seq"].as_u64(), m["hdrs"].as_str()) else {
-                break;
-            };
-            let Ok(block) = b64.decode(hdrs) else { break };
-            if headers_readable(&block) {
+            if m.readable() {
                 break;
             }
-            let body = m["data"]
-                .as_str()
-                .and_then(|d| b64.decode(d).ok())
-                .unwrap_or_default();
-            let id = request_id(m["subject"].as_str().unwrap_or(subject), &body);
+            let id = request_id(
+                if m.subject.is_empty() {
+                    subject
+                } else {
+                    &m.subject
+                },
+                &m.body,
+            );
             tracing::warn!(
                 broker = %self.addr,
                 %subject,
-                stream_sequence = seq,
+                stream_sequence = m.seq,
                 "passing over a stored request whose headers a catch-up cannot read (the NATS client drops the connection on them, or takes them for the server's status)"
             );
             // Marked handled, as an expired request is: never delivered, the place
             // moves past it.
-            lock(&self.tracker).on_stream(feed, seq, &id, true);
+            lock(&self.tracker).on_stream(feed, m.seq, &id, true);
             passed = true;
         }
         passed
