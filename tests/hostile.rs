@@ -1074,3 +1074,51 @@ fn results_with_headers_the_nats_client_cannot_read_are_dead_lettered_and_remove
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A dead letter whose header block the NATS client library cannot read (stored by
+/// anyone allowed to publish to the dead-letter subject) does not stop `vogeler-admin
+/// dead --requeue`: it is removed with a warning, and the readable letters are requeued.
+#[test]
+fn a_dead_letter_the_nats_client_cannot_read_does_not_stop_a_requeue() {
+    let d = Deployment::on(Bus::Nats, &[]);
+    let server = d.server(&[]);
+    let node = d.node("web");
+    // A readable dead letter: a result the server cannot decode.
+    d.publish_results(vec![Outgoing::new(b"not json".to_vec())]);
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dead.is_empty() && Instant::now() < deadline {
+        let out = d.admin(&["dead", "--json"]);
+        dead = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_default();
+    }
+    assert_eq!(dead.len(), 1, "server log:\n{}", server.log_text());
+    nats_hpub(
+        &d,
+        &format!("{}.dead", d.id),
+        b"NATS/1.0\r\nno colon here\r\n\r\n",
+        b"poison",
+    );
+    let out = d.admin(&["dead", "--requeue"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "requeue: {}\n{said}",
+        String::from_utf8_lossy(&out.stdout),
+    );
+    // Removed, and said so (it used to stay, hidden from `dead`, and drop the admin's
+    // connection at every requeue).
+    assert!(
+        said.contains("headers the NATS client cannot read"),
+        "{said}"
+    );
+    // The readable letter went back to the results and was dead-lettered again by the
+    // server (still not JSON); the poison is gone.
+    d.publish_results(vec![Outgoing::new(result(
+        &node,
+        "later",
+        r#"{"n":1}"#,
+        "",
+    ))]);
+    let doc = d.wait_document(&node, 20, |doc| doc.get("later").is_some());
+    assert_eq!(doc["later"]["n"], 1);
+}

@@ -764,28 +764,35 @@ impl NatsTransport {
         Ok(())
     }
 
-    /// Dead-letters (reason `unreadable-headers`) and deletes the results in flight
-    /// (after the servers' consumer's ack floor, through its last delivery) whose header
-    /// block the client library cannot read. Anyone allowed to publish results can store
-    /// one; the library drops the connection on its delivery, it is never acked, and it
-    /// came back after every `ack_wait` to drop the next server's connection too. Its
-    /// first delivery costs one reconnect; this, at the reconnect, removes it. Cheap when
-    /// nothing is in flight (a normal start); failures only logged.
-    async fn quarantine_unreadable_results(&self) {
-        let info = match self.lookup(QueueKind::Results).await {
-            Ok(Some((_, info))) => info,
+    /// Removes the messages of `queue` whose header block the client library cannot
+    /// read: anyone allowed to publish can store one, the library drops the connection on
+    /// its delivery, it is never acked, and it came back after every `ack_wait` to drop
+    /// the next connection too. Results in flight (after the servers' consumer's ack
+    /// floor, through its last delivery: a poison's first delivery costs one reconnect,
+    /// and this, at the reconnect, removes it) are dead-lettered (`unreadable-headers`)
+    /// first; dead letters not yet acked are removed, with a warning (they are already
+    /// dead, and `vogeler-admin dead --requeue` would stop at them). Cheap when nothing
+    /// is in flight; failures only logged.
+    async fn quarantine_unreadable(&self, queue: QueueKind) {
+        let (stream_info, info) = match self.lookup(queue).await {
+            Ok(Some(found)) => found,
             Ok(None) => return,
             Err(e) => {
-                tracing::debug!(error = %e, "cannot look at the results in flight");
+                tracing::debug!(error = %e, "cannot look at the messages in flight");
                 return;
             }
         };
-        let (floor, last) = (
-            info.ack_floor.stream_sequence,
-            info.delivered.stream_sequence,
-        );
-        let stream = self.stream_name("RESULTS");
-        let subject = self.subject("results");
+        let (what, tail) = match queue {
+            QueueKind::Results => ("RESULTS", "results"),
+            QueueKind::Dead => ("DEAD", "dead"),
+        };
+        let floor = info.ack_floor.stream_sequence;
+        let last = match queue {
+            QueueKind::Results => info.delivered.stream_sequence,
+            QueueKind::Dead => stream_info.cached_info().state.last_sequence,
+        };
+        let stream = self.stream_name(what);
+        let subject = self.subject(tail);
         let mut seq = floor.saturating_add(1);
         let end = last.min(floor.saturating_add(QUARANTINE_SCAN));
         while seq <= end {
@@ -799,23 +806,18 @@ impl NatsTransport {
             if m.readable() {
                 continue;
             }
-            tracing::warn!(broker = %self.addr, stream_sequence = m.seq, "a result whose headers the NATS client cannot read: dead-lettered and removed (it dropped the server's connection on every delivery)");
-            if let Err(e) = self
-                .dead_letter(Outgoing::new(m.body), "unreadable-headers")
-                .await
-            {
-                tracing::warn!(error = %e, "cannot dead-letter the unreadable result; left in place");
-                continue;
-            }
-            let js_stream = match self.js.get_stream(&stream).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot remove the unreadable result");
+            tracing::warn!(broker = %self.addr, %stream, stream_sequence = m.seq, bytes = m.body.len(), "a message whose headers the NATS client cannot read (it drops the connection on every delivery): removed");
+            if queue == QueueKind::Results {
+                if let Err(e) = self
+                    .dead_letter(Outgoing::new(m.body), "unreadable-headers")
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot dead-letter the unreadable result; left in place");
                     continue;
                 }
-            };
-            if let Err(e) = js_stream.delete_message(m.seq).await {
-                tracing::warn!(error = %e, "cannot remove the unreadable result");
+            }
+            if let Err(e) = stream_info.delete_message(m.seq).await {
+                tracing::warn!(error = %e, "cannot remove the unreadable message");
             }
         }
     }
@@ -1159,7 +1161,7 @@ impl Transport for NatsTransport {
         prefetch: u16,
     ) -> Result<Box<dyn Subscription>, TransportError> {
         let c = self.durable("RESULTS", SERVERS_CONSUMER).await?;
-        self.quarantine_unreadable_results().await;
+        self.quarantine_unreadable(QueueKind::Results).await;
         Ok(Box::new(NatsSubscription {
             feed: self.pull(c, prefetch).await?,
             addr: self.addr.clone(),
@@ -1231,6 +1233,7 @@ impl Transport for NatsTransport {
 
     async fn consume_dead(&self, prefetch: u16) -> Result<Box<dyn Subscription>, TransportError> {
         let c = self.durable("DEAD", DEAD_CONSUMER).await?;
+        self.quarantine_unreadable(QueueKind::Dead).await;
         Ok(Box::new(NatsSubscription {
             feed: self.pull(c, prefetch).await?,
             addr: self.addr.clone(),
