@@ -158,6 +158,19 @@ fn expired(published_ms: i128, expiration: Option<i128>, now_ms: i128) -> bool {
     expiration.is_some_and(|ms| published_ms.saturating_add(ms) < now_ms)
 }
 
+/// Takes one `id` from a count of identities (dropping it at zero); false when there was
+/// none.
+fn take_one(counts: &mut HashMap<String, u32>, id: &str) -> bool {
+    let Some(n) = counts.get_mut(id) else {
+        return false;
+    };
+    *n -= 1;
+    if *n == 0 {
+        counts.remove(id);
+    }
+    true
+}
+
 /// What a client has handled: see the module docs. Pure bookkeeping, unit-tested.
 #[derive(Debug)]
 pub(crate) struct Tracker {
@@ -219,12 +232,7 @@ impl Tracker {
             if !old && self.caught_order.len() <= CAUGHT_KEPT {
                 break;
             }
-            if let Some(n) = self.caught.get_mut(id) {
-                *n -= 1;
-                if *n == 0 {
-                    self.caught.remove(id);
-                }
-            }
+            take_one(&mut self.caught, id);
             self.caught_order.pop_front();
         }
     }
@@ -236,11 +244,7 @@ impl Tracker {
 
     /// A live copy arrived: whether to deliver it.
     pub(crate) fn on_live(&mut self, id: &str) -> bool {
-        if let Some(n) = self.caught.get_mut(id) {
-            *n -= 1;
-            if *n == 0 {
-                self.caught.remove(id);
-            }
+        if take_one(&mut self.caught, id) {
             return false;
         }
         *self.live_running.entry(id.to_string()).or_default() += 1;
@@ -260,11 +264,7 @@ impl Tracker {
             self.done(feed, seq);
             return false;
         }
-        if let Some(n) = self.live_running.get_mut(id) {
-            *n -= 1;
-            if *n == 0 {
-                self.live_running.remove(id);
-            }
+        if take_one(&mut self.live_running, id) {
             self.running[i].insert(seq);
             self.live_seq
                 .entry(id.to_string())
@@ -295,12 +295,7 @@ impl Tracker {
                 return false;
             }
         }
-        if let Some(n) = self.live_running.get_mut(id) {
-            *n -= 1;
-            if *n == 0 {
-                self.live_running.remove(id);
-            }
-        }
+        take_one(&mut self.live_running, id);
         if self.live_done.len() == LIVE_DONE_KEPT {
             self.live_done.remove(0);
         }
