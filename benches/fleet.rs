@@ -28,7 +28,9 @@
 //! NATS nodes subscribing at once (default 64); `VOGELER_FLEET_OPEN_FILES`, the private
 //! RabbitMQ node's `ulimit -n` (default 65536, capped at the hard limit);
 //! `VOGELER_FLEET_AMQP`, an existing RabbitMQ to use instead
-//! (`amqp://user:password@host:port/`, default vhost); `VOGELER_FLEET_TRANSIENT` set:
+//! (`amqp://user:password@host:port/`, default vhost); `VOGELER_FLEET_QUEUE_POLICY`, a
+//! policy definition (JSON) set on every queue of the private node before the fleet
+//! declares (`{"queue-version":2}`); `VOGELER_FLEET_TRANSIENT` set:
 //! broadcast a transient AMQP request (delivery mode 1, not what `vogeler-runner`
 //! sends) to see what persistence costs; `VOGELER_NATS_SERVER`, the nats-server binary
 //! (default `/usr/sbin/nats-server`), and `VOGELER_NATS_SERVER_ARGS`, extra flags for it
@@ -773,6 +775,12 @@ fn run_amqp(rt: &tokio::runtime::Runtime, run: &mut Run) {
                 open_files: Some(open_files),
                 ..Default::default()
             });
+            // A policy on every queue, to compare what RabbitMQ offers per queue
+            // (`{"queue-version":2}`, `{"queue-mode":"lazy"}`): docs/SCALING.md.
+            if let Ok(policy) = std::env::var("VOGELER_FLEET_QUEUE_POLICY") {
+                node.ctl_ok(&["set_policy", "--apply-to", "queues", "fleet", ".*", &policy]);
+                println!("queue policy on the private node: {policy}");
+            }
             let _ = AMQP.set(node.amqp());
             Some(node)
         }

@@ -595,6 +595,71 @@ fn two_servers_on_postgres_lose_no_update() {
     });
 }
 
+/// One server on PostgreSQL has two batches in the store at once: a batch that shares a
+/// node with one still in the store waits for it, so a node's results are applied in the
+/// order they arrived and every change is in history (none turned stale by a later one
+/// overtaking it).
+#[test]
+fn one_server_on_postgres_applies_each_nodes_results_in_order() {
+    let d = Deployment::new(&[]);
+    let db = PgDatabase::new(&d.id);
+    let d = d.with_store("postgres", &db.url);
+    let t = d.topology();
+    // Small batches, many in flight: each node is in nearly every batch.
+    d.write_conf("[server]\nbatch_size = 7\nprefetch = 70\n");
+    let mut server = d.server(&[]);
+    let (nodes, values) = (5, 60);
+    let mut bodies = Vec::new();
+    for k in 0..values {
+        for i in 0..nodes {
+            bodies.push(
+                format!(
+                    r#"{{"v":1,"kind":"result","node":"{}-o{i}","plugin":"p","format":"output","data":["v{k}"],"duration_ms":1,"collected_at":"2026-01-01T00:{:02}:{:02}Z"}}"#,
+                    d.id,
+                    k / 60,
+                    k % 60
+                )
+                .into_bytes(),
+            );
+        }
+    }
+    publish_raw_at(&d.broker(), &t.master_exchange, "", &bodies);
+    let store = db.store();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let histories = loop {
+        let histories: Vec<Vec<String>> = rt().block_on(async {
+            let mut all = Vec::new();
+            for i in 0..nodes {
+                let node = format!("{}-o{i}", d.id);
+                let rows = store.history(&node, Some("p")).await.expect("history").rows;
+                all.push(
+                    rows.iter()
+                        .map(|e| e.new.as_ref().map(|v| v.to_string()).unwrap_or_default())
+                        .collect(),
+                );
+            }
+            all
+        });
+        if histories.iter().all(|h| h.len() >= values) || Instant::now() > deadline {
+            break histories;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    server.stop();
+    let log = server.log_text();
+    for (i, h) in histories.iter().enumerate() {
+        let want: Vec<String> = (0..values).map(|k| format!("[\"v{k}\"]")).collect();
+        assert_eq!(
+            h, &want,
+            "node {i}: history out of order or missing; log:\n{log}"
+        );
+    }
+    assert!(
+        !log.contains("stale"),
+        "a result was applied out of order:\n{log}"
+    );
+}
+
 // --- poison --------------------------------------------------------------------------
 
 #[test]

@@ -10,7 +10,7 @@
 
 pub mod convert;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -401,22 +401,66 @@ async fn serve(
             shutdown.clone(),
         );
         tokio::spawn(async move {
-            while let Some(p) = commits.recv().await {
-                if !process(
-                    &opts,
-                    &session,
-                    &store,
-                    &stats,
-                    &mut shutdown,
-                    &discovery,
-                    p,
-                )
-                .await?
-                {
+            let limit = store.write_concurrency().max(1);
+            // Batches in the store, oldest first, each with its nodes; finished in order.
+            let mut in_flight: std::collections::VecDeque<(HashSet<String>, Committing)> =
+                std::collections::VecDeque::new();
+            // A batch that waits for room, or for an earlier batch of one of its nodes.
+            let mut next: Option<(HashSet<String>, Prepared)> = None;
+            let mut open = true;
+            loop {
+                if let Some((nodes, p)) = next.take() {
+                    if in_flight.len() < limit
+                        && in_flight.iter().all(|(busy, _)| busy.is_disjoint(&nodes))
+                    {
+                        let committing = start_commit(&store, &shutdown, p);
+                        in_flight.push_back((nodes, committing));
+                    } else {
+                        next = Some((nodes, p));
+                    }
+                }
+                if in_flight.is_empty() && next.is_none() && !open {
                     return Ok::<_, anyhow::Error>(End::Shutdown);
                 }
+                let oldest = async {
+                    match in_flight.front_mut() {
+                        Some((_, committing)) => committing.await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    done = oldest => {
+                        in_flight.pop_front();
+                        let (p, outcomes, took) =
+                            done.map_err(|e| anyhow::anyhow!("a commit task ended: {e}"))?;
+                        let Some(outcomes) = outcomes else {
+                            return Ok(End::Shutdown);
+                        };
+                        if !process(
+                            &opts,
+                            &session,
+                            &store,
+                            &stats,
+                            &mut shutdown,
+                            &discovery,
+                            p,
+                            outcomes,
+                            took,
+                        )
+                        .await?
+                        {
+                            return Ok(End::Shutdown);
+                        }
+                    }
+                    p = commits.recv(), if open && next.is_none() => match p {
+                        Some(p) => {
+                            let nodes = p.observations.iter().map(|o| o.node.clone()).collect();
+                            next = Some((nodes, p));
+                        }
+                        None => open = false,
+                    },
+                }
             }
-            Ok(End::Shutdown)
         })
     };
     let mut joined = false;
@@ -471,8 +515,26 @@ async fn serve(
     outcome
 }
 
-/// One batch: commit, dead-letter, confirm, ack. Returns `false` when shutdown
-/// interrupted a store retry (nothing acked; the broker redelivers).
+/// A batch in the store: the batch back, its outcomes (`None`: shutdown came first)
+/// and how long the store took.
+type Committing =
+    tokio::task::JoinHandle<(Prepared, Option<Vec<Result<Outcome, StoreError>>>, Duration)>;
+
+/// Gives a batch to the store in a task of its own, so the store may hold several
+/// (up to [`vogeler_store::Store::write_concurrency`]) while their answers are
+/// finished in order.
+fn start_commit(store: &DynStore, shutdown: &Shutdown, prepared: Prepared) -> Committing {
+    let (store, mut shutdown) = (store.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let outcomes = commit(&store, &mut shutdown, &prepared.observations).await;
+        (prepared, outcomes, started.elapsed())
+    })
+}
+
+/// One committed batch: ledger, dead letters, confirmations, ack. Returns `false` when
+/// shutdown interrupted a ledger retry (nothing acked; the broker redelivers).
+#[allow(clippy::too_many_arguments)]
 async fn process(
     opts: &ServerOptions,
     session: &Arc<dyn Transport>,
@@ -481,6 +543,8 @@ async fn process(
     shutdown: &mut Shutdown,
     discovery: &Arc<tokio::sync::Semaphore>,
     prepared: Prepared,
+    outcomes: Vec<Result<Outcome, StoreError>>,
+    took: Duration,
 ) -> anyhow::Result<bool> {
     let Prepared {
         batch,
@@ -493,16 +557,10 @@ async fn process(
     if batch.is_empty() {
         return Ok(true);
     }
-
-    let started = std::time::Instant::now();
-    let outcomes = match commit(store, shutdown, &observations).await {
-        Some(o) => o,
-        None => return Ok(false),
-    };
     stats.commits.fetch_add(1, Ordering::Relaxed);
     stats
         .store_micros
-        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
 
     let mut stored = 0u64;
     let mut answers = Vec::new();

@@ -226,6 +226,10 @@ impl Store for CachedStore {
         self.inner.backend()
     }
 
+    fn write_concurrency(&self) -> usize {
+        self.inner.write_concurrency()
+    }
+
     async fn apply(&self, batch: Batch) -> Result<Vec<Outcome>, StoreError> {
         self.inner.apply(batch).await
     }

@@ -817,6 +817,12 @@ impl Store for CouchStore {
         BACKEND
     }
 
+    /// Two: CouchDB works on one batch's reads and writes while the other's answers
+    /// travel; conflicts between them are retried like another server's.
+    fn write_concurrency(&self) -> usize {
+        2
+    }
+
     async fn apply(&self, batch: crate::Batch) -> Result<Vec<Outcome>, StoreError> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
         // Indices still to apply, grouped per node in batch order.

@@ -539,6 +539,15 @@ pub trait Store: Send + Sync + 'static {
     /// Backend name for logs and metrics (`sqlite`, `postgres`, `couch`).
     fn backend(&self) -> &'static str;
 
+    /// How many batches the server may have in `apply` at once. A store with one writer
+    /// (SQLite) gains nothing from more; a database server works on one batch while
+    /// another waits for its commit to reach the disk. The server never gives two
+    /// batches that share a node to the store at once, so each node's results are
+    /// still applied in the order they arrived.
+    fn write_concurrency(&self) -> usize {
+        1
+    }
+
     /// Applies a batch in order. SQLite and PostgreSQL commit all of it or none;
     /// CouchDB (no multi-document transactions) commits node by node, so a failed call
     /// may have stored part of it. Either way an `Ok` means all of it is stored, and a
