@@ -1189,6 +1189,8 @@ pub async fn changes_across_the_fleet(store: DynStore) {
             plugin("c", 50, "obj", json!({"x": 1, "y": {"z": 2}})),
             plugin("c", 50, "arr", json!([1, 2, 3])),
             plugin("c", 50, "s", json!("text")),
+            plugin("c", 50, "one", json!({"only": 1})),
+            plugin("c", 50, "single", json!(["x"])),
         ],
     )
     .await;
@@ -1205,6 +1207,8 @@ pub async fn changes_across_the_fleet(store: DynStore) {
     assert_eq!(by("c", "obj"), Some(json!("(added: 2 keys)")));
     assert_eq!(by("c", "arr"), Some(json!("(added: 3 items)")));
     assert_eq!(by("c", "s"), Some(json!("text")));
+    assert_eq!(by("c", "one"), Some(json!("(added: 1 key)")));
+    assert_eq!(by("c", "single"), Some(json!("(added: 1 item)")));
     let update = out
         .iter()
         .find(|h| h.node == "a" && h.at == t(30))

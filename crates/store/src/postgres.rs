@@ -1061,8 +1061,8 @@ impl Store for PostgresStore {
         self.history_rows(
             "SELECT node, key, old,
                     CASE WHEN old IS NOT NULL THEN new
-                         WHEN jsonb_typeof(new) = 'object' THEN to_jsonb('(added: ' || (SELECT count(*) FROM jsonb_object_keys(new)) || ' keys)')
-                         WHEN jsonb_typeof(new) = 'array' THEN to_jsonb('(added: ' || jsonb_array_length(new) || ' items)')
+                         WHEN jsonb_typeof(new) = 'object' THEN (SELECT to_jsonb('(added: ' || n || CASE n WHEN 1 THEN ' key)' ELSE ' keys)' END) FROM (SELECT count(*) AS n FROM jsonb_object_keys(new)) c)
+                         WHEN jsonb_typeof(new) = 'array' THEN to_jsonb('(added: ' || jsonb_array_length(new) || CASE jsonb_array_length(new) WHEN 1 THEN ' item)' ELSE ' items)' END)
                          ELSE new END,
                     at, id
              FROM history WHERE at >= $1 ORDER BY at, id LIMIT $2",

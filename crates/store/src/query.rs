@@ -896,8 +896,16 @@ pub fn diff(old: Option<&Value>, new: Option<&Value>) -> Vec<Difference> {
 /// scalars stay themselves.
 pub fn outline(v: &Value, what: &str) -> Value {
     match v {
-        Value::Object(m) => Value::String(format!("({what}: {} keys)", m.len())),
-        Value::Array(a) => Value::String(format!("({what}: {} items)", a.len())),
+        Value::Object(m) => Value::String(format!(
+            "({what}: {} key{})",
+            m.len(),
+            if m.len() == 1 { "" } else { "s" }
+        )),
+        Value::Array(a) => Value::String(format!(
+            "({what}: {} item{})",
+            a.len(),
+            if a.len() == 1 { "" } else { "s" }
+        )),
         scalar => scalar.clone(),
     }
 }

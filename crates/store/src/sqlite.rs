@@ -1031,8 +1031,8 @@ impl Store for SqliteStore {
         // text that is not JSON is passed on as it is, to be skipped and counted.
         self.changes_with(
             "CASE WHEN old IS NOT NULL OR NOT json_valid(new) THEN new
-                  WHEN json_type(new) = 'object' THEN json_quote('(added: ' || (SELECT count(*) FROM json_each(new)) || ' keys)')
-                  WHEN json_type(new) = 'array' THEN json_quote('(added: ' || json_array_length(new) || ' items)')
+                  WHEN json_type(new) = 'object' THEN (SELECT json_quote('(added: ' || n || CASE n WHEN 1 THEN ' key)' ELSE ' keys)' END) FROM (SELECT count(*) AS n FROM json_each(new)))
+                  WHEN json_type(new) = 'array' THEN json_quote('(added: ' || json_array_length(new) || CASE json_array_length(new) WHEN 1 THEN ' item)' ELSE ' items)' END)
                   ELSE new END",
             since,
             limit,
