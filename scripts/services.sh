@@ -136,6 +136,26 @@ ensure_postgres() {
       || die "role vogeler cannot log in over 127.0.0.1 (check pg_hba.conf allows md5/scram or trust)"
   fi
   log "PostgreSQL answers on 127.0.0.1:5432 (role vogeler)"
+  sweep_test_databases
+}
+
+# Test and benchmark databases (vogeler_t_<unix seconds>_…) are left behind by runs that
+# were killed and by the store tests (a handle may outlive its test): those six hours old,
+# and unstamped ones from before the stamp, are dropped unless something is connected.
+sweep_test_databases() {
+  local cutoff db stamp dropped=0
+  cutoff=$(( $(date +%s) - 21600 ))
+  while read -r db; do
+    [ -n "$db" ] || continue
+    stamp=${db#vogeler_t_}; stamp=${stamp%%_*}
+    if [[ $stamp =~ ^[0-9]{9,11}$ ]] && (( stamp > cutoff )); then continue; fi
+    if PGPASSWORD=vogeler psql -X -q -h 127.0.0.1 -U vogeler -d postgres \
+        -c "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1; then
+      dropped=$((dropped + 1))
+    fi
+  done < <(PGPASSWORD=vogeler psql -X -q -At -h 127.0.0.1 -U vogeler -d postgres \
+             -c "SELECT datname FROM pg_database WHERE datname LIKE 'vogeler\_t\_%'" 2>/dev/null)
+  if [ "$dropped" -gt 0 ]; then log "dropped $dropped test database(s) left by earlier runs"; fi
 }
 
 ensure_pouchdb() {

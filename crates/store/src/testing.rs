@@ -83,7 +83,10 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://vogeler:vogeler@127.0.0.1:5432/postgres".into())
 }
 
-/// Creates `vogeler_t_<random>` and returns its URL; fails naming the server if unreachable.
+/// Creates `vogeler_t_<unix seconds>_<random>` and returns its URL; fails naming the
+/// server if unreachable. Tests and benchmarks leave these behind (a store handle may
+/// outlive the test); `scripts/services.sh ensure` drops the ones six hours old, by the
+/// stamp.
 pub async fn fresh_postgres() -> String {
     let url = postgres_admin_url();
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -92,7 +95,10 @@ pub async fn fresh_postgres() -> String {
             panic!("PostgreSQL is not reachable at {url}: {e}; start it with `scripts/services.sh ensure-postgres`")
         });
     tokio::spawn(conn);
-    let name = unique("vogeler_t_");
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let name = unique(&format!("vogeler_t_{stamp}_"));
     client
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
