@@ -403,8 +403,7 @@ async fn serve(
         tokio::spawn(async move {
             let limit = store.write_concurrency().max(1);
             // Batches in the store, oldest first, each with its nodes; finished in order.
-            let mut in_flight: std::collections::VecDeque<(HashSet<String>, Committing)> =
-                std::collections::VecDeque::new();
+            let mut in_flight = InFlight::default();
             // A batch that waits for room, or for an earlier batch of one of its nodes.
             let mut next: Option<(HashSet<String>, Prepared)> = None;
             let mut open = true;
@@ -519,6 +518,34 @@ async fn serve(
 /// and how long the store took.
 type Committing =
     tokio::task::JoinHandle<(Prepared, Option<Vec<Result<Outcome, StoreError>>>, Duration)>;
+
+/// The batches a session's commit stage has in the store. When the stage ends early
+/// (shutdown, a lost connection) they are stopped: nothing of theirs was acked, so the
+/// broker redelivers them to the next session, and none keeps retrying for a session
+/// that is gone.
+#[derive(Default)]
+struct InFlight(std::collections::VecDeque<(HashSet<String>, Committing)>);
+
+impl std::ops::Deref for InFlight {
+    type Target = std::collections::VecDeque<(HashSet<String>, Committing)>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for InFlight {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for (_, committing) in &self.0 {
+            committing.abort();
+        }
+    }
+}
 
 /// Gives a batch to the store in a task of its own, so the store may hold several
 /// (up to [`vogeler_store::Store::write_concurrency`]) while their answers are
