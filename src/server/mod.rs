@@ -409,27 +409,27 @@ async fn serve(
             let mut open = true;
             loop {
                 if let Some((nodes, p)) = next.take() {
-                    if in_flight.len() < limit
-                        && in_flight.iter().all(|(busy, _)| busy.is_disjoint(&nodes))
+                    if in_flight.0.len() < limit
+                        && in_flight.0.iter().all(|(busy, _)| busy.is_disjoint(&nodes))
                     {
                         let committing = start_commit(&store, &shutdown, p);
-                        in_flight.push_back((nodes, committing));
+                        in_flight.0.push_back((nodes, committing));
                     } else {
                         next = Some((nodes, p));
                     }
                 }
-                if in_flight.is_empty() && next.is_none() && !open {
+                if in_flight.0.is_empty() && next.is_none() && !open {
                     return Ok::<_, anyhow::Error>(End::Shutdown);
                 }
                 let oldest = async {
-                    match in_flight.front_mut() {
+                    match in_flight.0.front_mut() {
                         Some((_, committing)) => committing.await,
                         None => std::future::pending().await,
                     }
                 };
                 tokio::select! {
                     done = oldest => {
-                        in_flight.pop_front();
+                        in_flight.0.pop_front();
                         let (p, outcomes, took) =
                             done.map_err(|e| anyhow::anyhow!("a commit task ended: {e}"))?;
                         let Some(outcomes) = outcomes else {
@@ -453,7 +453,12 @@ async fn serve(
                     }
                     p = commits.recv(), if open && next.is_none() => match p {
                         Some(p) => {
-                            let nodes = p.observations.iter().map(|o| o.node.clone()).collect();
+                            // With one batch at a time (SQLite) there is nothing to overlap.
+                            let nodes = if limit > 1 {
+                                p.observations.iter().map(|o| o.node.clone()).collect()
+                            } else {
+                                HashSet::new()
+                            };
                             next = Some((nodes, p));
                         }
                         None => open = false,
@@ -525,19 +530,6 @@ type Committing =
 /// that is gone.
 #[derive(Default)]
 struct InFlight(std::collections::VecDeque<(HashSet<String>, Committing)>);
-
-impl std::ops::Deref for InFlight {
-    type Target = std::collections::VecDeque<(HashSet<String>, Committing)>;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for InFlight {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

@@ -41,7 +41,7 @@ impl PgDatabase {
     pub fn new(id: &str) -> PgDatabase {
         // Stamped with its creation time: `scripts/services.sh ensure` drops test
         // databases a killed run left behind once they are six hours old.
-        let name = format!("vogeler_t_{}_{id}", unix_seconds());
+        let name = format!("{}{id}", vogeler_store::testing::test_database_prefix());
         pg_exec(&format!("CREATE DATABASE {name}"));
         let url = match pg_admin_url().rsplit_once('/') {
             Some((base, _)) => format!("{base}/{name}"),
@@ -92,11 +92,4 @@ impl Deployment {
         d.write_conf_on_bus(extra);
         (d, db)
     }
-}
-
-/// Seconds since the epoch, for the stamp in a test database's name.
-fn unix_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -83,6 +83,15 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://vogeler:vogeler@127.0.0.1:5432/postgres".into())
 }
 
+/// `vogeler_t_<unix seconds>_`: how every test database's name begins, so
+/// `scripts/services.sh ensure` can tell by the name when a killed run left it behind.
+pub fn test_database_prefix() -> String {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("vogeler_t_{stamp}_")
+}
+
 /// Creates `vogeler_t_<unix seconds>_<random>` and returns its URL; fails naming the
 /// server if unreachable. Tests and benchmarks leave these behind (a store handle may
 /// outlive the test); `scripts/services.sh ensure` drops the ones six hours old, by the
@@ -95,10 +104,7 @@ pub async fn fresh_postgres() -> String {
             panic!("PostgreSQL is not reachable at {url}: {e}; start it with `scripts/services.sh ensure-postgres`")
         });
     tokio::spawn(conn);
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let name = unique(&format!("vogeler_t_{stamp}_"));
+    let name = unique(&test_database_prefix());
     client
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
