@@ -467,11 +467,16 @@ fn cluster_member_killed_mid_ingest_loses_nothing_and_everyone_carries_on() {
 
 // --- PostgreSQL ---------------------------------------------------------------------
 
-#[test]
-fn store_unavailable_for_a_while_holds_results_and_resumes() {
+/// A deployment whose servers store into a PostgreSQL database of its own.
+fn on_postgres() -> (Deployment, PgDatabase) {
     let d = Deployment::new(&[]);
     let db = PgDatabase::new(&d.id);
-    let d = d.with_store("postgres", &db.url);
+    (d.with_store("postgres", &db.url), db)
+}
+
+#[test]
+fn store_unavailable_for_a_while_holds_results_and_resumes() {
+    let (d, db) = on_postgres();
     let t = d.topology();
     let mut server = d.server(&[]);
     let prefix = format!("{}-p", d.id);
@@ -514,9 +519,7 @@ fn store_unavailable_for_a_while_holds_results_and_resumes() {
 
 #[test]
 fn two_servers_on_postgres_lose_no_update() {
-    let d = Deployment::new(&[]);
-    let db = PgDatabase::new(&d.id);
-    let d = d.with_store("postgres", &db.url);
+    let (d, db) = on_postgres();
     let t = d.topology();
     // Small batches so both servers hold deliveries for the same nodes at once.
     d.write_conf("[server]\nbatch_size = 20\nprefetch = 40\n");
@@ -601,9 +604,7 @@ fn two_servers_on_postgres_lose_no_update() {
 /// overtaking it).
 #[test]
 fn one_server_on_postgres_applies_each_nodes_results_in_order() {
-    let d = Deployment::new(&[]);
-    let db = PgDatabase::new(&d.id);
-    let d = d.with_store("postgres", &db.url);
+    let (d, db) = on_postgres();
     let t = d.topology();
     // Small batches, many in flight: each node is in nearly every batch.
     d.write_conf("[server]\nbatch_size = 7\nprefetch = 70\n");

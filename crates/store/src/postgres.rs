@@ -168,6 +168,27 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::unavailable(BACKEND, e)
 }
 
+/// Runs `sql` as a statement cached on its connection (prepared once per connection,
+/// not once per batch: a batch's fixed round trips stay fixed).
+async fn query_cached(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    let stmt = tx.prepare_cached(sql).await.map_err(pg_err)?;
+    tx.query(&stmt, params).await.map_err(pg_err)
+}
+
+/// [`query_cached`] for a statement whose rows are not read: the count it touched.
+async fn execute_cached(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<u64, StoreError> {
+    let stmt = tx.prepare_cached(sql).await.map_err(pg_err)?;
+    tx.execute(&stmt, params).await.map_err(pg_err)
+}
+
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
     let transient = e.is_closed()
         || e.code().is_none()
@@ -540,39 +561,29 @@ impl Store for PostgresStore {
             .collect();
         names.sort_unstable();
         names.dedup();
-        let mut created: std::collections::HashSet<String> = tx
-            .query(
-                &tx.prepare_cached(
-                    "INSERT INTO nodes (name, created_at, updated_at, last_seen)
+        let mut created: std::collections::HashSet<String> = query_cached(
+            &tx,
+            "INSERT INTO nodes (name, created_at, updated_at, last_seen)
                  SELECT n, $2, $2, $2 FROM unnest($1::text[]) AS n ORDER BY n
                  ON CONFLICT (name) DO NOTHING RETURNING name",
-                )
-                .await
-                .map_err(pg_err)?,
-                &[&names, &now],
-            )
-            .await
-            .map_err(pg_err)?
-            .iter()
-            .map(|r| col(r, 0))
-            .collect::<Result<_, _>>()?;
+            &[&names, &now],
+        )
+        .await?
+        .iter()
+        .map(|r| col(r, 0))
+        .collect::<Result<_, _>>()?;
         // Locking the node rows serialises writers of one node across servers. A stored
         // error that does not read back is replaced like any other.
-        let mut errors: HashMap<String, (Option<Value>, Option<DateTime<Utc>>)> = tx
-            .query(
-                &tx.prepare_cached(
-                    "SELECT name, last_error, last_error_at FROM nodes WHERE name = ANY($1)
+        let mut errors: HashMap<String, (Option<Value>, Option<DateTime<Utc>>)> = query_cached(
+            &tx,
+            "SELECT name, last_error, last_error_at FROM nodes WHERE name = ANY($1)
                  ORDER BY name FOR UPDATE",
-                )
-                .await
-                .map_err(pg_err)?,
-                &[&names],
-            )
-            .await
-            .map_err(pg_err)?
-            .iter()
-            .map(|r| Ok((col(r, 0)?, (col(r, 1).ok().flatten(), col(r, 2)?))))
-            .collect::<Result<_, StoreError>>()?;
+            &[&names],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((col(r, 0)?, (col(r, 1).ok().flatten(), col(r, 2)?))))
+        .collect::<Result<_, StoreError>>()?;
         // Each key once, so a node answering twice in a batch is not read twice.
         let (key_nodes, key_names): (Vec<&str>, Vec<&str>) = batch
             .iter()
@@ -586,31 +597,26 @@ impl Store for PostgresStore {
             .unzip();
         // The stored value (as JSON text: a tree only while compared) and time of each
         // key, then what the batch makes of them.
-        let mut keys: HashMap<(String, String), KeyState> = tx
-            .query(
-                &tx.prepare_cached(
-                    "SELECT k.node, k.key, k.value::text, k.collected_at
+        let mut keys: HashMap<(String, String), KeyState> = query_cached(
+            &tx,
+            "SELECT k.node, k.key, k.value::text, k.collected_at
                  FROM node_keys k JOIN unnest($1::text[], $2::text[]) AS u (node, key)
                  ON k.node = u.node AND k.key = u.key",
-                )
-                .await
-                .map_err(pg_err)?,
-                &[&key_nodes, &key_names],
-            )
-            .await
-            .map_err(pg_err)?
-            .iter()
-            .map(|r| {
-                let state = KeyState {
-                    text: Cow::Owned(col(r, 2)?),
-                    at: col(r, 3)?,
-                    value_changed: false,
-                    time_changed: false,
-                    stored: true,
-                };
-                Ok(((col(r, 0)?, col(r, 1)?), state))
-            })
-            .collect::<Result<_, StoreError>>()?;
+            &[&key_nodes, &key_names],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let state = KeyState {
+                text: Cow::Owned(col(r, 2)?),
+                at: col(r, 3)?,
+                value_changed: false,
+                time_changed: false,
+                stored: true,
+            };
+            Ok(((col(r, 0)?, col(r, 1)?), state))
+        })
+        .collect::<Result<_, StoreError>>()?;
 
         let mut history = HistoryRows::default();
         let mut errors_changed = std::collections::BTreeSet::new();
@@ -782,9 +788,9 @@ impl Store for PostgresStore {
             // reads a stored old value from the key's row as this statement found it
             // (before the write: every part of one statement sees one snapshot), and
             // WITH ORDINALITY keeps the batch's order in the ids `history` sorts ties by.
-            let write = tx
-                .prepare_cached(
-                    "WITH v AS MATERIALIZED (
+            execute_cached(
+                &tx,
+                "WITH v AS MATERIALIZED (
                          SELECT i, t::jsonb AS j FROM unnest($1::text[]) WITH ORDINALITY AS u (t, i)
                      ), k AS (
                          INSERT INTO node_keys (node, key, value, collected_at)
@@ -804,11 +810,6 @@ impl Store for PostgresStore {
                      LEFT JOIN v o ON o.i = h.oi
                      LEFT JOIN v n ON n.i = h.ni
                      ORDER BY h.ord",
-                )
-                .await
-                .map_err(pg_err)?;
-            tx.execute(
-                &write,
                 &[
                     &texts.texts,
                     &set_nodes,
@@ -823,22 +824,17 @@ impl Store for PostgresStore {
                     &history.ats,
                 ],
             )
-            .await
-            .map_err(pg_err)?;
+            .await?;
         }
         if !time_nodes.is_empty() {
-            tx.execute(
-                &tx.prepare_cached(
-                    "UPDATE node_keys k SET collected_at = u.at
+            execute_cached(
+                &tx,
+                "UPDATE node_keys k SET collected_at = u.at
                  FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u (node, key, at)
                  WHERE k.node = u.node AND k.key = u.key",
-                )
-                .await
-                .map_err(pg_err)?,
                 &[&time_nodes, &time_keys, &time_ats],
             )
-            .await
-            .map_err(pg_err)?;
+            .await?;
         }
         if !errors_changed.is_empty() {
             let (mut err_nodes, mut err_values, mut err_ats) = (Vec::new(), Vec::new(), Vec::new());
@@ -849,36 +845,28 @@ impl Store for PostgresStore {
                     err_ats.push(*at);
                 }
             }
-            tx.execute(
-                &tx.prepare_cached(
-                    "UPDATE nodes n SET last_error = u.error, last_error_at = u.at
+            execute_cached(
+                &tx,
+                "UPDATE nodes n SET last_error = u.error, last_error_at = u.at
                  FROM unnest($1::text[], $2::jsonb[], $3::timestamptz[]) AS u (name, error, at)
                  WHERE n.name = u.name",
-                )
-                .await
-                .map_err(pg_err)?,
                 &[&err_nodes, &err_values, &err_ats],
             )
-            .await
-            .map_err(pg_err)?;
+            .await?;
         }
         if !names.is_empty() {
             let changed: Vec<bool> = names.iter().map(|n| nodes_changed.contains(n)).collect();
             let answered: Vec<bool> = names.iter().map(|n| nodes_answered.contains(n)).collect();
-            tx.execute(
-                &tx.prepare_cached(
-                    "UPDATE nodes n SET last_seen = $3,
+            execute_cached(
+                &tx,
+                "UPDATE nodes n SET last_seen = $3,
                      updated_at = CASE WHEN u.changed THEN $3 ELSE n.updated_at END,
                      deactivated_at = CASE WHEN u.answered THEN NULL ELSE n.deactivated_at END
                  FROM unnest($1::text[], $2::bool[], $4::bool[]) AS u (name, changed, answered)
                  WHERE n.name = u.name",
-                )
-                .await
-                .map_err(pg_err)?,
                 &[&names, &changed, &now, &answered],
             )
-            .await
-            .map_err(pg_err)?;
+            .await?;
         }
         tx.commit().await.map_err(pg_err)?;
         Ok(outcomes)

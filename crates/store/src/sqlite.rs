@@ -290,7 +290,11 @@ CREATE TABLE IF NOT EXISTS packages (
     version TEXT NOT NULL,
     PRIMARY KEY (node, plugin, name)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS packages_name ON packages (name, node);
+-- Covers a package report (`name = ?` in node order, with each row's version): one
+-- index range, no lookup of each row in the table. Replaces `packages_name`
+-- (`(name, node)`), which left the version to a table lookup per row.
+CREATE INDEX IF NOT EXISTS packages_by_name ON packages (name, node, plugin, version);
+DROP INDEX IF EXISTS packages_name;
 -- Package lists that are not JSON: listed so a package report counts them skipped.
 CREATE TABLE IF NOT EXISTS packages_unreadable (
     node TEXT NOT NULL,
@@ -1378,6 +1382,13 @@ fn read_key_values(conn: &Connection, path: &KeyPath) -> Result<Rows<(String, Va
     Ok(out)
 }
 
+/// A package report's one statement: `?1` the package, `?2` a plugin or `NULL`.
+const READ_PACKAGES: &str = "SELECT node, plugin, version FROM packages
+             WHERE name = ?1 AND (?2 IS NULL OR plugin = ?2)
+             UNION ALL
+             SELECT node, plugin, NULL FROM packages_unreadable WHERE ?2 IS NULL OR plugin = ?2
+             ORDER BY 1, 2";
+
 /// Nodes with package `name` in a package plugin's list (`only` that plugin's), by
 /// node and plugin, and the package lists that did not read back (skipped, as
 /// [`read_key_values`] skips them).
@@ -1386,15 +1397,7 @@ fn read_packages(
     name: &str,
     only: Option<&str>,
 ) -> Result<Rows<(String, String, Value)>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT node, plugin, version FROM packages
-             WHERE name = ?1 AND (?2 IS NULL OR plugin = ?2)
-             UNION ALL
-             SELECT node, plugin, NULL FROM packages_unreadable WHERE ?2 IS NULL OR plugin = ?2
-             ORDER BY 1, 2",
-        )
-        .map_err(sql_err)?;
+    let mut stmt = conn.prepare_cached(READ_PACKAGES).map_err(sql_err)?;
     let rows = stmt
         .query_map(params![name, only], |r| {
             Ok((
@@ -1485,6 +1488,54 @@ mod tests {
 
     /// A query that counts to ten billion: minutes of work unless it is stopped.
     const ENDLESS: &str = "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 10000000000) SELECT count(*) FROM c";
+
+    /// The plan SQLite picks for `sql`, one step a line.
+    fn plan(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> String {
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("explain");
+        let rows = stmt
+            .query_map(args, |r| r.get::<_, String>(3))
+            .expect("plan");
+        rows.map(|r| r.expect("step"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn a_package_report_reads_one_covering_index_range_and_older_files_get_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("v.db");
+        // A file as an earlier version left it: the package index without versions.
+        {
+            drop(SqliteStore::open(&path).expect("open"));
+            let conn = Connection::open(&path).expect("conn");
+            conn.execute_batch(
+                "DROP INDEX packages_by_name; CREATE INDEX packages_name ON packages (name, node);",
+            )
+            .expect("old index");
+        }
+        drop(SqliteStore::open(&path).expect("reopen"));
+        let conn = Connection::open(&path).expect("conn");
+        let indexes: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'packages'",
+            )
+            .expect("indexes")
+            .query_map([], |r| r.get(0))
+            .expect("rows")
+            .map(|r| r.expect("row"))
+            .collect();
+        assert_eq!(indexes, ["packages_by_name"]);
+        for only in [None, Some("dpkg")] {
+            let plan = plan(&conn, READ_PACKAGES, params!["openssl", only]);
+            assert!(
+                plan.contains("USING COVERING INDEX packages_by_name (name=?)"),
+                "{plan}"
+            );
+            assert!(!plan.contains("TEMP B-TREE"), "a sort per report: {plan}");
+        }
+    }
 
     #[tokio::test]
     async fn a_query_past_its_time_limit_is_stopped_and_writes_never_wait_for_it() {
