@@ -63,7 +63,8 @@ macro_rules! conformance_tests {
             a_deleted_node_is_gone_with_its_history, select_by_expressions,
             a_deactivated_node_keeps_its_history_out_of_the_fleet,
             a_new_result_reactivates_a_node, inactivity_deactivates_exactly_the_old_nodes,
-            a_volatile_key_keeps_no_history, packages_follow_every_write);
+            a_volatile_key_keeps_no_history, packages_follow_every_write,
+            node_list_names_each_nodes_own_keys);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -133,6 +134,48 @@ pub async fn created_on_first_sight(store: DynStore) {
     assert_eq!(doc["system_name"], "web01");
     assert_eq!(doc["doc_type"], "SystemRecord");
     assert!(doc["last_error"].is_null());
+}
+
+/// The node list names each node's own keys, sorted, whatever the names around it
+/// (names that are prefixes of others, a node with no keys, one whose keys sort before
+/// another node's name).
+pub async fn node_list_names_each_nodes_own_keys(store: DynStore) {
+    let seen = |node: &str| Observation {
+        node: node.into(),
+        at: t(1),
+        change: Change::Seen,
+    };
+    apply(
+        &store,
+        vec![
+            plugin("web1", 0, "zeta", json!(1)),
+            plugin("web1", 0, "alpha", json!(2)),
+            seen("web1-a"),
+            plugin("web10", 0, "b", json!(3)),
+            plugin("a", 0, "web2", json!(4)),
+            seen("web2"),
+        ],
+    )
+    .await;
+    let listed: Vec<(String, Vec<String>)> = store
+        .nodes()
+        .await
+        .expect("nodes")
+        .into_iter()
+        .map(|n| (n.name, n.plugins))
+        .collect();
+    let want =
+        |n: &str, keys: &[&str]| (n.to_string(), keys.iter().map(|k| k.to_string()).collect());
+    assert_eq!(
+        listed,
+        vec![
+            want("a", &["web2"]),
+            want("web1", &["alpha", "zeta"]),
+            want("web1-a", &[]),
+            want("web10", &["b"]),
+            want("web2", &[]),
+        ]
+    );
 }
 
 /// New value → Updated; same value → Unchanged; older → Stale and kept.

@@ -6,9 +6,10 @@ use vogeler_store::sqlite::SqliteStore;
 use vogeler_store::DynStore;
 
 async fn fresh() -> DynStore {
-    let dir = tempfile::tempdir().expect("tempdir");
+    // The directory must outlive the store, which the suite holds to the case's end:
+    // it is left behind, so under the build's own scratch directory, not /tmp.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let store = SqliteStore::open(&dir.path().join("v.db")).expect("open sqlite");
-    // The directory must outlive the store: leak it for the test's lifetime.
     std::mem::forget(dir);
     Arc::new(store)
 }
