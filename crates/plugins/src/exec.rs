@@ -184,28 +184,34 @@ pub fn resolve_command(program: &str, path: &str) -> Option<PathBuf> {
 
 /// Read into `buf` until EOF or `cap` bytes; returns whether more was offered than fits.
 /// With `drain`, keeps reading (and dropping) past the cap so the writer never blocks.
+///
+/// Reads straight into `buf`, which grows with the output: a scratch buffer the size
+/// of a pipe (64 KB, zeroed, for each stream of each run) was, with musl's allocator,
+/// mapped and unmapped on every request the client answered (issue #21).
 async fn read_capped<R: AsyncRead + Unpin>(
     reader: &mut R,
     cap: usize,
     buf: &mut Vec<u8>,
     drain: bool,
 ) -> std::io::Result<bool> {
-    let mut chunk = vec![0u8; 64 * 1024];
     let mut over = false;
     loop {
-        let n = reader.read(&mut chunk).await?;
-        if n == 0 {
+        let room = cap.saturating_sub(buf.len());
+        if room > 0 {
+            buf.reserve(room.min(8 * 1024));
+            if (&mut *reader).take(room as u64).read_buf(buf).await? == 0 {
+                return Ok(over);
+            }
+            continue;
+        }
+        // At the cap: anything more is over it.
+        let mut past = [0u8; 4096];
+        if reader.read(&mut past).await? == 0 {
             return Ok(over);
         }
-        let room = cap.saturating_sub(buf.len());
-        if n > room {
-            buf.extend_from_slice(&chunk[..room]);
-            over = true;
-            if !drain {
-                return Ok(true);
-            }
-        } else {
-            buf.extend_from_slice(&chunk[..n]);
+        over = true;
+        if !drain {
+            return Ok(true);
         }
     }
 }

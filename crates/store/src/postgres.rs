@@ -189,6 +189,21 @@ async fn execute_cached(
     tx.execute(&stmt, params).await.map_err(pg_err)
 }
 
+/// Every node's key names from one scan of (node, key) rows, each node's in the
+/// scan's order: the node list reads all key names in one index scan beside the nodes,
+/// not an `ARRAY(...)` per node (760 ms at 100,000 nodes, against 280 for both scans).
+/// A map, not a merge of the two orders: the database's collation need not be byte order.
+fn keys_by_node<E>(
+    rows: impl Iterator<Item = Result<(String, String), E>>,
+) -> Result<std::collections::HashMap<String, Vec<String>>, E> {
+    let mut out: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    for row in rows {
+        let (node, key) = row?;
+        out.entry(node).or_default().push(key);
+    }
+    Ok(out)
+}
+
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
     let transient = e.is_closed()
         || e.code().is_none()
@@ -958,27 +973,41 @@ impl Store for PostgresStore {
     }
 
     async fn nodes(&self) -> Result<Vec<NodeSummary>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
+        // Two scans in one snapshot, joined here (`keys_by_node`).
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg_err)?;
+        let rows = tx
             .query(
-                "SELECT name, last_seen, last_error ->> 'message',
-                        ARRAY(SELECT key FROM node_keys k WHERE k.node = nodes.name ORDER BY key),
-                        created_at, updated_at, deactivated_at
+                "SELECT name, last_seen, last_error ->> 'message', created_at, updated_at,
+                        deactivated_at
                  FROM nodes ORDER BY name",
                 &[],
             )
             .await
             .map_err(pg_err)?;
+        let key_rows = tx
+            .query("SELECT node, key FROM node_keys ORDER BY node, key", &[])
+            .await
+            .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        let mut keys = keys_by_node(key_rows.iter().map(|r| Ok((col(r, 0)?, col(r, 1)?))))?;
         rows.iter()
             .map(|r| {
+                let name: String = col(r, 0)?;
                 Ok(NodeSummary {
-                    name: col(r, 0)?,
+                    plugins: keys.remove(&name).unwrap_or_default(),
+                    name,
                     last_seen: col(r, 1)?,
                     last_error: col(r, 2)?,
-                    plugins: col(r, 3)?,
-                    created_at: col(r, 4)?,
-                    updated_at: col(r, 5)?,
-                    deactivated_at: col(r, 6)?,
+                    created_at: col(r, 3)?,
+                    updated_at: col(r, 4)?,
+                    deactivated_at: col(r, 5)?,
                 })
             })
             .collect()
