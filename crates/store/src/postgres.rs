@@ -195,8 +195,8 @@ async fn execute_cached(
 /// A map, not a merge of the two orders: the database's collation need not be byte order.
 fn keys_by_node<E>(
     rows: impl Iterator<Item = Result<(String, String), E>>,
-) -> Result<std::collections::HashMap<String, Vec<String>>, E> {
-    let mut out: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+) -> Result<HashMap<String, Vec<String>>, E> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
     for row in rows {
         let (node, key) = row?;
         out.entry(node).or_default().push(key);
