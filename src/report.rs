@@ -692,14 +692,7 @@ pub(crate) async fn selected_names(
         && q.seen_since.is_none()
         && q.not_seen_since.is_none();
     // Deactivated nodes are out of every report unless the query lets them in.
-    if unbounded
-        && (q.include_inactive
-            || store
-                .nodes_shared()
-                .await?
-                .iter()
-                .all(|n| n.deactivated_at.is_none()))
-    {
+    if unbounded && (q.include_inactive || !store.any_deactivated().await?) {
         return Ok(None);
     }
     let selected = store.select_shared(q).await?;

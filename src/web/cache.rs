@@ -252,6 +252,10 @@ impl Store for CachedStore {
             .await
     }
 
+    async fn any_deactivated(&self) -> Result<bool, StoreError> {
+        self.inner.any_deactivated().await
+    }
+
     async fn key_values(&self, path: &KeyPath) -> Result<Rows<(String, Value)>, StoreError> {
         // Whole plugin values (all of dpkg, all of ohai) are too big to keep.
         if path.rest().is_empty() {

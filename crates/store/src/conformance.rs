@@ -1489,10 +1489,12 @@ pub async fn a_deactivated_node_keeps_its_history_out_of_the_fleet(store: DynSto
         )
         .await;
     }
+    assert!(!store.any_deactivated().await.expect("any"), "all active");
     assert!(store
         .deactivate_node("off", t(100))
         .await
         .expect("deactivate"));
+    assert!(store.any_deactivated().await.expect("any"), "off is not");
     assert!(!store
         .deactivate_node("nobody", t(100))
         .await
@@ -1580,6 +1582,10 @@ pub async fn a_new_result_reactivates_a_node(store: DynStore) {
         let rec = store.node(node).await.expect("node").expect("kept");
         assert_eq!(rec.deactivated_at, None, "{node}");
     }
+    assert!(
+        !store.any_deactivated().await.expect("any"),
+        "both reactivated"
+    );
     assert_eq!(active_fleet(&store, false).await, ["m", "n"]);
 }
 

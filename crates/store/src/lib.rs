@@ -611,6 +611,17 @@ pub trait Store: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
 
+    /// Whether any stored node is deactivated. A report over the whole fleet asks this
+    /// first: when every node is active (the usual case) it needs no node list at all,
+    /// which at 100,000 nodes is most of a package report's time on PostgreSQL.
+    async fn any_deactivated(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .nodes()
+            .await?
+            .iter()
+            .any(|n| n.deactivated_at.is_some()))
+    }
+
     /// Replaces a node's record and history with the given ones (migration between
     /// stores); a second import of the same node leaves one copy.
     async fn import(&self, record: &NodeRecord, history: &[HistoryEntry])

@@ -180,6 +180,15 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 ";
 
+/// "Is any node deactivated?" (asked by every fleet-wide report) answers from this
+/// index, empty while every node is active, not from a scan of the node table.
+const DEACTIVATED_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS nodes_deactivated ON nodes (deactivated_at)
+    WHERE deactivated_at IS NOT NULL";
+
+/// One row when any node is deactivated (`Store::any_deactivated`).
+const ANY_DEACTIVATED: &str = "SELECT 1 FROM nodes WHERE deactivated_at IS NOT NULL LIMIT 1";
+
 /// Columns added after a table was first released: added to older files at open.
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     (
@@ -447,6 +456,8 @@ impl SqliteStore {
         let mut conn = connect(path)?;
         conn.execute_batch(SCHEMA).map_err(sql_err)?;
         add_columns(&conn)?;
+        // After `add_columns`: a file from before deactivation gains the column first.
+        conn.execute_batch(DEACTIVATED_INDEX).map_err(sql_err)?;
         add_package_index(&conn)?;
         // Checkpoints run on their own thread (`start_checkpointer`), not in commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
@@ -1098,6 +1109,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn any_deactivated(&self) -> Result<bool, StoreError> {
+        self.reader
+            .call(|conn| {
+                conn.prepare_cached(ANY_DEACTIVATED)
+                    .and_then(|mut s| s.exists([]))
+                    .map_err(sql_err)
+            })
+            .await
+    }
+
     async fn deactivate_inactive(
         &self,
         since: DateTime<Utc>,
@@ -1566,6 +1587,8 @@ mod tests {
             "{plan}"
         );
         assert!(!plan.contains("TEMP B-TREE"), "a sort per read: {plan}");
+        let any = self::plan(&conn, ANY_DEACTIVATED, params![]);
+        assert!(any.contains("INDEX nodes_deactivated"), "{any}");
     }
 
     #[tokio::test]
