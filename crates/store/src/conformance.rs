@@ -1494,7 +1494,10 @@ pub async fn a_deactivated_node_keeps_its_history_out_of_the_fleet(store: DynSto
         .deactivate_node("off", t(100))
         .await
         .expect("deactivate"));
-    assert!(store.any_deactivated().await.expect("any"), "off is not");
+    assert!(
+        store.any_deactivated().await.expect("any"),
+        "off is deactivated"
+    );
     assert!(!store
         .deactivate_node("nobody", t(100))
         .await

@@ -1364,8 +1364,6 @@ impl SqliteStore {
     }
 }
 
-/// Each node's value at `path`: SQLite walks object members (`->`), Rust finishes
-/// array steps so both read the path the same way.
 /// Every node's value at a path under one key (`?1` the key, `?2` the JSON path). The
 /// path is walked once per row; missing ones are dropped by the caller. Text SQLite
 /// cannot parse is not walked (`->` would fail the whole query) but flagged, to be
@@ -1378,6 +1376,8 @@ const READ_KEY_VALUES: &str =
      FROM nodes WHERE ?1 = 'last_error' AND last_error IS NOT NULL
      ORDER BY 1";
 
+/// Each node's value at `path`: SQLite walks object members (`->`), Rust finishes
+/// array steps so both read the path the same way.
 fn read_key_values(conn: &Connection, path: &KeyPath) -> Result<Rows<(String, Value)>, StoreError> {
     // Object steps up to the first all-digit one go to SQLite; the rest is walked here.
     let split = path
@@ -1581,13 +1581,13 @@ mod tests {
             assert!(!plan.contains("TEMP B-TREE"), "a sort per report: {plan}");
         }
         // One key's values read that key's rows only, already in node order.
-        let plan = plan(&conn, READ_KEY_VALUES, params!["facter", "$.\"os\""]);
+        let values = plan(&conn, READ_KEY_VALUES, params!["facter", "$.\"os\""]);
         assert!(
-            plan.contains("USING INDEX node_keys_by_key (key=?)"),
-            "{plan}"
+            values.contains("USING INDEX node_keys_by_key (key=?)"),
+            "{values}"
         );
-        assert!(!plan.contains("TEMP B-TREE"), "a sort per read: {plan}");
-        let any = self::plan(&conn, ANY_DEACTIVATED, params![]);
+        assert!(!values.contains("TEMP B-TREE"), "a sort per read: {values}");
+        let any = plan(&conn, ANY_DEACTIVATED, params![]);
         assert!(any.contains("INDEX nodes_deactivated"), "{any}");
     }
 
