@@ -299,14 +299,17 @@ fn server_addrs(list: &str) -> Vec<String> {
         .collect()
 }
 
-/// A connection to a NATS server with JetStream, as a [`Transport`].
+/// A connection to a NATS server with JetStream, as a [`Transport`]. Cloning shares
+/// the connection (a durable subscription's background work holds one).
+#[derive(Clone)]
 pub struct NatsTransport {
     client: async_nats::Client,
     js: jetstream::Context,
     opts: NatsOptions,
     addr: String,
     /// Told of each reconnect and of messages the library dropped for a slow reader:
-    /// a client's request subscription then reads the stream to catch up.
+    /// a client's request subscription then reads the stream to catch up, and a
+    /// durable subscription looks for unreadable messages in flight.
     gaps: tokio::sync::broadcast::Sender<()>,
 }
 
@@ -822,6 +825,34 @@ impl NatsTransport {
         }
     }
 
+    /// Runs [`Self::quarantine_unreadable`] after every reconnect while the
+    /// subscription lives. The library's pull outlives a reconnect, so a subscription
+    /// is not made again after one: without this, a poison delivered to it dropped the
+    /// connection again after every `ack_wait`, for good. A run is never cut short (a
+    /// cut between its dead letter and its removal would dead-letter a poison twice):
+    /// dropping the returned sender ends the task between runs.
+    fn quarantine_on_reconnect(
+        &self,
+        queue: QueueKind,
+        mut reconnects: tokio::sync::broadcast::Receiver<()>,
+    ) -> tokio::sync::oneshot::Sender<()> {
+        use tokio::sync::broadcast::error::RecvError;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    r = reconnects.recv() => match r {
+                        Ok(()) | Err(RecvError::Lagged(_)) => me.quarantine_unreadable(queue).await,
+                        Err(RecvError::Closed) => return,
+                    },
+                }
+            }
+        });
+        stop
+    }
+
     async fn pull(
         &self,
         c: consumer::Consumer<consumer::pull::Config>,
@@ -1000,6 +1031,8 @@ pub(crate) fn parse_headers(
 struct NatsSubscription {
     feed: Feeds,
     addr: String,
+    /// Ends the subscription's quarantine task when dropped.
+    _quarantine: tokio::sync::oneshot::Sender<()>,
 }
 
 #[async_trait]
@@ -1161,10 +1194,12 @@ impl Transport for NatsTransport {
         prefetch: u16,
     ) -> Result<Box<dyn Subscription>, TransportError> {
         let c = self.durable("RESULTS", SERVERS_CONSUMER).await?;
+        let reconnects = self.gaps.subscribe();
         self.quarantine_unreadable(QueueKind::Results).await;
         Ok(Box::new(NatsSubscription {
             feed: self.pull(c, prefetch).await?,
             addr: self.addr.clone(),
+            _quarantine: self.quarantine_on_reconnect(QueueKind::Results, reconnects),
         }))
     }
 
@@ -1233,10 +1268,12 @@ impl Transport for NatsTransport {
 
     async fn consume_dead(&self, prefetch: u16) -> Result<Box<dyn Subscription>, TransportError> {
         let c = self.durable("DEAD", DEAD_CONSUMER).await?;
+        let reconnects = self.gaps.subscribe();
         self.quarantine_unreadable(QueueKind::Dead).await;
         Ok(Box::new(NatsSubscription {
             feed: self.pull(c, prefetch).await?,
             addr: self.addr.clone(),
+            _quarantine: self.quarantine_on_reconnect(QueueKind::Dead, reconnects),
         }))
     }
 
