@@ -54,6 +54,8 @@ use vogeler_transport::{
 
 mod support;
 
+use support::free_port;
+
 #[path = "../tests/common/rabbit.rs"]
 #[allow(dead_code)] // restarts and crashes are for the fault tests
 mod rabbit;

@@ -599,10 +599,7 @@ fn queue_status_reads_the_management_api() {
     let out = d.admin(&["queue", "--status", "--no-management", "--json"]);
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["source"], "passive_declare", "{v}");
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
+    let dead_port = common::free_port();
     let out = d.admin(&[
         "queue",
         "--status",

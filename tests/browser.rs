@@ -33,7 +33,7 @@ fn driver() -> Driver {
     if !std::path::Path::new(&bin).exists() || !std::path::Path::new("/usr/bin/chromium").exists() {
         panic!("chromium and chromedriver are needed for the web UI tests ({bin}): run `scripts/services.sh ensure-chromium`");
     }
-    let port = common::web::free_port();
+    let port = common::free_port();
     let child = Command::new(&bin)
         .arg(format!("--port={port}"))
         .stdin(Stdio::null())

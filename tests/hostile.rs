@@ -117,7 +117,7 @@ use common::web::get_text as get;
 fn hostile_results_are_refused_and_ingest_goes_on(d: Deployment, dsn: &str) {
     let sizes = Sizes::of(&d);
     d.write_conf_on_bus(&format!("[server]\nmax_message_bytes = {}\n", sizes.max));
-    let port = common::web::free_port();
+    let port = common::free_port();
     let server = d.server(&["--http", &port.to_string()]);
     let base = format!("http://127.0.0.1:{port}");
     let node = d.node("h1");

@@ -124,13 +124,6 @@ impl Pki {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 fn wait_port(port: u16, what: &str, log: impl Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));

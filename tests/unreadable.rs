@@ -118,7 +118,7 @@ impl Backend {
 }
 
 fn unreadable_rows_are_skipped_counted_and_quarantined(b: Backend, d: Deployment) {
-    let port = common::web::free_port();
+    let port = common::free_port();
     let server = d.server(&["--http", &port.to_string()]);
     let base = format!("http://127.0.0.1:{port}");
     let t = d.topology();
@@ -267,7 +267,7 @@ fn unreadable_rows_on_postgres() {
 fn queries_over_the_time_limit_are_503(b: Backend, d: Deployment) {
     seed_hostnames(&b, &d, 20);
     d.write_conf("[server]\nquery_timeout_ms = 1\n");
-    let port = common::web::free_port();
+    let port = common::free_port();
     let server = d.server(&["--http", &port.to_string()]);
     let base = format!("http://127.0.0.1:{port}");
     for (path, json) in [

@@ -7,6 +7,10 @@
 #[path = "../../tests/common/nats.rs"]
 pub mod nats;
 
+#[path = "../../tests/common/ports.rs"]
+mod ports;
+pub use ports::free_port;
+
 /// `nats-server --version`, as the machine line gives versions.
 pub fn nats_server_version() -> String {
     let bin =

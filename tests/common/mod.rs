@@ -10,8 +10,10 @@ pub mod fleet;
 pub mod ingest;
 pub mod nats;
 pub mod pg;
+mod ports;
 mod rabbit;
 pub mod web;
+pub use ports::free_port;
 pub use rabbit::{rand_u32, rt};
 #[allow(unused_imports)] // used by the tests that need a private broker only
 pub use rabbit::{NodeSetup, RabbitCluster, RabbitNode};

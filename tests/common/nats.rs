@@ -43,14 +43,6 @@ fn binary() -> String {
     std::env::var("VOGELER_NATS_SERVER").unwrap_or_else(|_| "/usr/sbin/nats-server".into())
 }
 
-/// A free loopback port, picked by the kernel.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a free port")
-}
-
 impl NatsNode {
     /// Starts a single node with JetStream and waits until it is ready.
     pub fn start() -> NatsNode {
@@ -68,7 +60,7 @@ impl NatsNode {
     /// A node's directory, ports and config (plus `extra` lines), not started.
     fn prepare(extra: &str) -> NatsNode {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (port, monitor_port) = (free_port(), free_port());
+        let (port, monitor_port) = (super::free_port(), super::free_port());
         // Unique among the servers on this machine: the client port is.
         let name = format!("vn{port}");
         let conf = format!(
@@ -251,7 +243,7 @@ impl NatsCluster {
     /// cluster; returns once every member's `/healthz` is ok.
     pub fn start(n: usize) -> NatsCluster {
         let started = Instant::now();
-        let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let route_ports: Vec<u16> = (0..n).map(|_| super::free_port()).collect();
         let cluster = format!("vc{}", route_ports[0]);
         let mut nodes: Vec<NatsNode> = (0..n)
             .map(|i| {

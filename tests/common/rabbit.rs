@@ -89,7 +89,7 @@ impl RabbitNode {
         for sub in ["mnesia", "log", "home"] {
             std::fs::create_dir_all(dir.path().join(sub)).expect("node dir");
         }
-        let (port, dist_port) = free_ports();
+        let (port, dist_port) = (super::free_port(), super::free_port());
         let mut plugins = setup.plugins.clone();
         // Listeners come from RABBITMQ_NODE_PORT; this file only replaces /etc/rabbitmq's,
         // which binds the shared broker's port.
@@ -97,7 +97,7 @@ impl RabbitNode {
         let mut management_port = None;
         if setup.management {
             plugins.push("rabbitmq_management".into());
-            let http = free_ports().0;
+            let http = super::free_port();
             conf.push(format!("management.tcp.port = {http}"));
             conf.push("management.tcp.ip = 127.0.0.1".into());
             management_port = Some(http);
@@ -437,15 +437,6 @@ fn alive(pid: u32) -> bool {
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
-}
-
-/// Two distinct free loopback ports, picked by the kernel.
-fn free_ports() -> (u16, u16) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let pa = a.local_addr().expect("local addr").port();
-    let pb = b.local_addr().expect("local addr").port();
-    (pa, pb)
 }
 
 /// Private nodes joined into one RabbitMQ cluster: the same Erlang cookie, nodes 2..n

@@ -13,13 +13,6 @@ pub struct Web {
     pub base: String,
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// Fills the deployment's SQLite store with the fixture fleet (plus `extra`), then
 /// starts the server with `--http` and `args`.
 pub async fn start(args: &[&str], extra: Vec<vogeler_store::Observation>) -> Web {
@@ -47,7 +40,7 @@ pub async fn start_with_ledger(
                 .expect("ledger");
         }
     }
-    let port = free_port();
+    let port = super::free_port();
     let addr = port.to_string();
     let mut all = vec!["--http", addr.as_str()];
     all.extend_from_slice(args);
