@@ -8,8 +8,9 @@
 pub mod nats;
 
 #[path = "../../tests/common/ports.rs"]
-mod ports;
-pub use ports::free_port;
+pub mod ports;
+/// For the NATS helper above (`super::free_port`).
+use ports::free_port;
 
 /// `nats-server --version`, as the machine line gives versions.
 pub fn nats_server_version() -> String {

@@ -13,8 +13,8 @@ pub mod pg;
 mod ports;
 mod rabbit;
 pub mod web;
-pub use ports::free_port;
-pub use rabbit::{rand_u32, rt};
+pub use ports::{free_port, rand_u32};
+pub use rabbit::rt;
 #[allow(unused_imports)] // used by the tests that need a private broker only
 pub use rabbit::{NodeSetup, RabbitCluster, RabbitNode};
 

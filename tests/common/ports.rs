@@ -1,5 +1,5 @@
-//! Loopback ports for the servers tests and benchmarks start (shared by both: the
-//! benchmarks include this file by path).
+//! Loopback ports and unique names for the servers tests and benchmarks start (shared by
+//! both: the benchmarks include this file by path).
 
 /// A loopback port for a server a test starts, that no other test process holds. A port
 /// the kernel calls free (`bind` to port 0) may be handed to another test process before
@@ -38,7 +38,7 @@ pub fn free_port() -> u16 {
         }
     });
     for _ in 0..SPAN {
-        let port = (LOW + random() % SPAN) as u16;
+        let port = (LOW + rand_u32() % SPAN) as u16;
         let path = dir.join(port.to_string());
         let Ok(mut file) = std::fs::OpenOptions::new()
             .write(true)
@@ -57,8 +57,9 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port between {LOW} and {}", LOW + SPAN);
 }
 
-/// A random number, different in every call and every process.
-fn random() -> u32 {
+/// A random number for unique names (nodes, queues, files, ports): different in every
+/// call and every process.
+pub fn rand_u32() -> u32 {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};

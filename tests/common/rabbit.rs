@@ -120,7 +120,7 @@ impl RabbitNode {
                 .expect("cookie file mode");
         }
         let mut node = RabbitNode {
-            name: format!("vt{:08x}@localhost", rand_u32()),
+            name: format!("vt{:08x}@localhost", super::rand_u32()),
             port,
             dist_port,
             open_files: setup.open_files,
@@ -177,7 +177,7 @@ impl RabbitNode {
     /// Runs `rabbitmqctl -n NODE ARGS` against this node with its cookie; fails the
     /// test if it does not finish within [`CTL_LIMIT`].
     pub fn ctl(&self, args: &[&str]) -> std::process::Output {
-        let out_path = self.path(&format!("ctl-{:08x}.out", rand_u32()));
+        let out_path = self.path(&format!("ctl-{:08x}.out", super::rand_u32()));
         let err_path = out_path.with_extension("err");
         let out = std::fs::File::create(&out_path).expect("ctl output file");
         let err = std::fs::File::create(&err_path).expect("ctl output file");
@@ -461,7 +461,9 @@ impl RabbitCluster {
     pub fn start(n: usize) -> RabbitCluster {
         assert!(n >= 2, "a cluster needs at least two nodes");
         let started = Instant::now();
-        let cookie: String = (0..4).map(|_| format!("{:08X}", rand_u32())).collect();
+        let cookie: String = (0..4)
+            .map(|_| format!("{:08X}", super::rand_u32()))
+            .collect();
         // Boot side by side: a boot is mostly waiting on disk and Erlang's start-up.
         let boots: Vec<_> = (0..n)
             .map(|_| {
@@ -595,18 +597,4 @@ pub fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("tokio runtime")
-}
-
-/// A random number for unique names (nodes, queues, files).
-pub fn rand_u32() -> u32 {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish() as u32
 }
