@@ -3,12 +3,16 @@
 //! One document per node, `_id` = node name, shaped like the 2010 project's records
 //! (`doc_type: "SystemRecord"`, `system_name`, one key per plugin) so its design docs
 //! work unchanged. Per-key collection times live in `vogeler_meta` (CouchDB reserves
-//! `_`-prefixed fields): `{"key_times": {"<plugin>": "<collected_at>"}, "history_seq": n}`.
+//! `_`-prefixed fields): `{"key_times": {"<plugin>": "<collected_at>"}, "history_seq": n}`,
+//! with `implicit_new` and `pinned_new` for history (below).
 //! History entries are their own documents (`doc_type: "History"`, `_id`
 //! `history:<node>:<key>:<at>:<write token>.<n>`), written in the same `_bulk_docs`
-//! call as the node. A revision conflict (another server wrote the node) is retried
-//! with a fresh read, and the failed attempt's history documents are deleted, so no
-//! update is lost and none is recorded twice.
+//! call as the node. A plugin key's entry leaves its `new` out (`"new_implicit": true`),
+//! as the SQLite store does: it is the next entry's `old`, or the key's current value for
+//! the latest entry, so a value is not written twice (`CouchStore::resolve_new`). A
+//! revision conflict (another server wrote the node) is retried with a fresh read, and
+//! the failed attempt's history documents are deleted, so no update is lost and none is
+//! recorded twice.
 //!
 //! The request ledger lives beside them: `ledger:request:<id>` (`doc_type: "LedgerRequest"`)
 //! and `ledger:answer:<id>:<node>` (`doc_type: "LedgerAnswer"`), created once and never
@@ -401,13 +405,71 @@ impl<'a> HistorySink<'a> {
     }
 
     fn record(&mut self, node: &str, key: &str, at: &str, old: Option<Value>, new: Value) {
-        self.docs.push(json!({
-            "_id": format!("history:{node}:{key}:{at}:{}.{}", self.token, self.docs.len()),
-            "doc_type": "History", "node": node, "key": key, "old": old, "new": new,
-            "at": at, "seq": self.seq,
-        }));
-        self.seq += 1;
+        self.push(node, key, at, old, Some(new));
     }
+
+    /// Records a change whose new value is the node document's (see the module doc):
+    /// returns the entry's id, which the document's meta keeps for a volatile change
+    /// to pin (`IMPLICIT_NEW_IDS`).
+    fn record_implicit(&mut self, node: &str, key: &str, at: &str, old: Option<Value>) -> String {
+        self.push(node, key, at, old, None)
+    }
+
+    /// `new: None` leaves it implicit.
+    fn push(
+        &mut self,
+        node: &str,
+        key: &str,
+        at: &str,
+        old: Option<Value>,
+        new: Option<Value>,
+    ) -> String {
+        let id = format!(
+            "history:{node}:{key}:{at}:{}.{}",
+            self.token,
+            self.docs.len()
+        );
+        let mut doc = json!({
+            "_id": id, "doc_type": "History", "node": node, "key": key, "old": old,
+            "at": at, "seq": self.seq,
+        });
+        match new {
+            Some(v) => doc["new"] = v,
+            None => doc[IMPLICIT_NEW] = Value::Bool(true),
+        }
+        self.docs.push(doc);
+        self.seq += 1;
+        id
+    }
+}
+
+/// Marks a history document whose `new` is left out (see the module doc).
+const IMPLICIT_NEW: &str = "new_implicit";
+/// In a node's meta: per key, the id of its latest history entry with `new` implicit.
+const IMPLICIT_NEW_IDS: &str = "implicit_new";
+/// In a node's meta: per history entry id, its `new`, written when a volatile change
+/// (no history entry) replaced the value an implicit `new` would otherwise read, as
+/// the SQLite store pins its latest row.
+const PINNED_NEW: &str = "pinned_new";
+
+/// The object `field` of a node document's meta, made (with the meta) when missing or
+/// not an object.
+fn meta_map<'d>(
+    doc: &'d mut Map<String, Value>,
+    field: &str,
+) -> Option<&'d mut Map<String, Value>> {
+    let meta = doc.entry(META).or_insert_with(|| json!({"key_times": {}}));
+    if !meta.is_object() {
+        *meta = json!({"key_times": {}});
+    }
+    let map = meta
+        .as_object_mut()?
+        .entry(field)
+        .or_insert_with(|| json!({}));
+    if !map.is_object() {
+        *map = json!({});
+    }
+    map.as_object_mut()
 }
 
 /// Sets `last_error` to null, recording the old error in history and the time in the
@@ -482,9 +544,20 @@ fn apply_one(
                 false
             } else {
                 doc.insert(name.clone(), value.clone());
-                // A volatile key (`history = false`) keeps only its current value.
+                // A volatile key (`history = false`) keeps only its current value. When
+                // its latest entry left `new` implicit, that value is about to go: it is
+                // pinned in the meta first.
                 if *keep {
-                    history.record(&obs.node, name, &at, old, value.clone());
+                    let id = history.record_implicit(&obs.node, name, &at, old);
+                    if let Some(ids) = meta_map(doc, IMPLICIT_NEW_IDS) {
+                        ids.insert(name.clone(), Value::String(id));
+                    }
+                } else if let Some(Value::String(id)) =
+                    meta_map(doc, IMPLICIT_NEW_IDS).and_then(|ids| ids.remove(name.as_str()))
+                {
+                    if let Some(pins) = meta_map(doc, PINNED_NEW) {
+                        pins.insert(id, old.unwrap_or(Value::Null));
+                    }
                 }
                 true
             };
@@ -746,6 +819,49 @@ impl CouchStore {
         }
         out.rows.sort_by_key(|(e, seq, _)| (e.at, *seq));
         Ok(out)
+    }
+
+    /// Fills in the `new` of entries that leave it implicit (`rows` oldest first, as
+    /// [`CouchStore::history_docs`] gives them, holding every later entry of each node
+    /// and key they hold one of): the value pinned in the node's meta, else the next
+    /// entry's `old`, else the key's current value in the node document.
+    async fn resolve_new(
+        &self,
+        rows: &mut [(HistoryEntry, u64, Map<String, Value>)],
+    ) -> Result<(), StoreError> {
+        let implicit = |d: &Map<String, Value>| d.get(IMPLICIT_NEW) == Some(&Value::Bool(true));
+        let mut nodes: Vec<String> = rows
+            .iter()
+            .filter(|(_, _, d)| implicit(d))
+            .map(|(e, _, _)| e.node.clone())
+            .collect();
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        nodes.sort();
+        nodes.dedup();
+        // A node document that does not read back is listed by `check`; its entries'
+        // implicit values read as none here rather than failing the whole history.
+        let (docs, _) = self.fetch_checked(&nodes).await?;
+        let mut next_old: HashMap<(String, String), Option<Value>> = HashMap::new();
+        for (e, _, d) in rows.iter_mut().rev() {
+            let at = (e.node.clone(), e.key.clone());
+            if implicit(d) {
+                let node = docs.get(&e.node);
+                let pinned = node
+                    .and_then(|n| n.get(META))
+                    .and_then(|m| m.get(PINNED_NEW))
+                    .and_then(|p| p.get(d.get("_id").and_then(Value::as_str)?));
+                e.new = match (pinned, next_old.get(&at)) {
+                    (Some(v), _) => Some(v.clone()),
+                    (None, Some(old)) => old.clone(),
+                    (None, None) => node.and_then(|n| n.get(&e.key)).cloned(),
+                }
+                .filter(|v| !v.is_null());
+            }
+            next_old.insert(at, e.old.clone());
+        }
+        Ok(())
     }
 
     /// Deletes documents by `_id`/`_rev`.
@@ -1068,6 +1184,7 @@ impl Store for CouchStore {
         docs.skipped.retain(|u| u.node == node);
         docs.rows
             .retain(|(e, _, _)| e.node == node && key.is_none_or(|k| e.key == k));
+        self.resolve_new(&mut docs.rows).await?;
         Ok(docs.map(|(e, _, _)| e))
     }
 
@@ -1145,6 +1262,8 @@ impl Store for CouchStore {
     ) -> Result<Rows<HistoryEntry>, StoreError> {
         let mut docs = self.history_docs("history:").await?;
         docs.rows.retain(|(e, _, _)| e.at >= since);
+        // Before the limit: an entry's `new` may be a later entry's `old`.
+        self.resolve_new(&mut docs.rows).await?;
         docs.rows.truncate(limit);
         Ok(docs.map(|(e, _, _)| e))
     }

@@ -224,3 +224,96 @@ async fn a_document_that_does_not_read_back_is_skipped_refused_and_quarantined()
     let rec = store.node("deep").await.expect("read").expect("stored");
     assert_eq!(rec.keys["facter"], json!({ "n": 3 }));
 }
+
+/// A plugin key's history documents leave `new` out (the value is the node's, or the
+/// next entry's `old`: pouchdb-server's work is the bytes it parses, hashes and stores),
+/// and reads fill it in, also across an entry written whole by an earlier version.
+#[tokio::test]
+async fn history_documents_leave_new_out_and_reads_fill_it_in() {
+    let db = unique("vt_");
+    let store = couch(&db).await;
+    // Whole seconds: stored times need not keep a finer part.
+    let t0 = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp(), 0).expect("now");
+    let result = |secs: i64, v: serde_json::Value| Observation {
+        node: "n".into(),
+        at: t0 + chrono::Duration::seconds(secs),
+        change: Change::Plugin {
+            name: "facter".into(),
+            value: v.into(),
+            history: true,
+        },
+    };
+    store
+        .apply(vec![result(1, json!({"v": 1}))].into())
+        .await
+        .expect("first");
+    // An entry as an earlier version wrote it: `new` explicit (and the same value).
+    let old_style = json!({
+        "_id": "history:n:facter:0000-earlier:import.0", "doc_type": "History",
+        "node": "n", "key": "facter", "old": {"v": 1}, "new": {"v": 2},
+        "at": chrono::DateTime::to_rfc3339(&(t0 + chrono::Duration::seconds(2))), "seq": 1,
+    });
+    let put = reqwest::Client::new()
+        .post(format!("{}/{db}", pouchdb()))
+        .json(&old_style)
+        .send()
+        .await
+        .expect("POST the earlier entry");
+    assert!(put.status().is_success(), "{}", put.status());
+    store
+        .apply(vec![result(3, json!({"v": 2})), result(4, json!({"v": 3}))].into())
+        .await
+        .expect("later");
+
+    let all: serde_json::Value = reqwest::get(format!(
+        "{}/{db}/_all_docs?include_docs=true&startkey=%22history:%22&endkey=%22history:%EF%BF%B0%22",
+        pouchdb()
+    ))
+    .await
+    .expect("_all_docs")
+    .json()
+    .await
+    .expect("json");
+    let docs: Vec<&serde_json::Value> = all["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| &r["doc"])
+        .filter(|d| d["_id"] != "history:n:facter:0000-earlier:import.0")
+        .collect();
+    // The store's own: first sight and two changes, the first from the node's value
+    // ({v:1}: the earlier entry was put beside the node, not applied to it).
+    assert_eq!(docs.len(), 3, "{all}");
+    for d in &docs {
+        assert!(d.get("new").is_none(), "{d}");
+        assert_eq!(d["new_implicit"], true, "{d}");
+    }
+
+    let h: Vec<(Option<serde_json::Value>, Option<serde_json::Value>)> = store
+        .history("n", Some("facter"))
+        .await
+        .expect("history")
+        .rows
+        .into_iter()
+        .map(|e| (e.old, e.new))
+        .collect();
+    assert_eq!(
+        h,
+        [
+            (None, Some(json!({"v": 1}))),
+            (Some(json!({"v": 1})), Some(json!({"v": 2}))),
+            (Some(json!({"v": 1})), Some(json!({"v": 2}))),
+            (Some(json!({"v": 2})), Some(json!({"v": 3}))),
+        ]
+    );
+    let changes = store
+        .changes(t0 + chrono::Duration::seconds(3), 1)
+        .await
+        .expect("changes");
+    let c: Vec<_> = changes.rows.iter().map(|e| (&e.old, &e.new)).collect();
+    assert_eq!(
+        c,
+        [(&Some(json!({"v": 1})), &Some(json!({"v": 2})))],
+        "limited to one: its new is the next entry's old"
+    );
+}
