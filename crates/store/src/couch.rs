@@ -4,7 +4,7 @@
 //! (`doc_type: "SystemRecord"`, `system_name`, one key per plugin) so its design docs
 //! work unchanged. Per-key collection times live in `vogeler_meta` (CouchDB reserves
 //! `_`-prefixed fields): `{"key_times": {"<plugin>": "<collected_at>"}, "history_seq": n}`,
-//! with `implicit_new` and `pinned_new` for history (below).
+//! with `implicit_new` for history (below).
 //! History entries are their own documents (`doc_type: "History"`, `_id`
 //! `history:<node>:<key>:<at>:<write token>.<n>`), written in the same `_bulk_docs`
 //! call as the node. A plugin key's entry leaves its `new` out (`"new_implicit": true`),
@@ -384,6 +384,8 @@ fn write_token() -> String {
 /// Where [`apply_one`] puts the history documents of one node's write attempt.
 struct HistorySink<'a> {
     docs: Vec<Value>,
+    /// Entries (by id) whose implicit `new` must be written out, with that value.
+    pins: Vec<(String, Value)>,
     token: &'a str,
     /// Next `seq` (orders entries with the same `at`); stored back in `vogeler_meta`.
     seq: u64,
@@ -399,6 +401,7 @@ impl<'a> HistorySink<'a> {
             .unwrap_or(0);
         HistorySink {
             docs: Vec::new(),
+            pins: Vec::new(),
             token,
             seq,
         }
@@ -445,12 +448,9 @@ impl<'a> HistorySink<'a> {
 
 /// Marks a history document whose `new` is left out (see the module doc).
 const IMPLICIT_NEW: &str = "new_implicit";
-/// In a node's meta: per key, the id of its latest history entry with `new` implicit.
+/// In a node's meta: per key, the id of its latest history entry with `new` implicit,
+/// so a volatile change knows, without a read, whether it has an entry to pin.
 const IMPLICIT_NEW_IDS: &str = "implicit_new";
-/// In a node's meta: per history entry id, its `new`, written when a volatile change
-/// (no history entry) replaced the value an implicit `new` would otherwise read, as
-/// the SQLite store pins its latest row.
-const PINNED_NEW: &str = "pinned_new";
 
 /// The object `field` of a node document's meta, made (with the meta) when missing or
 /// not an object.
@@ -545,8 +545,8 @@ fn apply_one(
             } else {
                 doc.insert(name.clone(), value.clone());
                 // A volatile key (`history = false`) keeps only its current value. When
-                // its latest entry left `new` implicit, that value is about to go: it is
-                // pinned in the meta first.
+                // its latest entry left `new` implicit, that value is about to go: the
+                // entry is given it first (`CouchStore::pin`).
                 if *keep {
                     let id = history.record_implicit(&obs.node, name, &at, old);
                     if let Some(ids) = meta_map(doc, IMPLICIT_NEW_IDS) {
@@ -555,9 +555,7 @@ fn apply_one(
                 } else if let Some(Value::String(id)) =
                     meta_map(doc, IMPLICIT_NEW_IDS).and_then(|ids| ids.remove(name.as_str()))
                 {
-                    if let Some(pins) = meta_map(doc, PINNED_NEW) {
-                        pins.insert(id, old.unwrap_or(Value::Null));
-                    }
+                    history.pins.push((id, old.unwrap_or(Value::Null)));
                 }
                 true
             };
@@ -823,8 +821,8 @@ impl CouchStore {
 
     /// Fills in the `new` of entries that leave it implicit (`rows` oldest first, as
     /// [`CouchStore::history_docs`] gives them, holding every later entry of each node
-    /// and key they hold one of): the value pinned in the node's meta, else the next
-    /// entry's `old`, else the key's current value in the node document.
+    /// and key they hold one of): the next entry's `old`, else the key's current value
+    /// in the node document.
     async fn resolve_new(
         &self,
         rows: &mut [(HistoryEntry, u64, Map<String, Value>)],
@@ -847,15 +845,9 @@ impl CouchStore {
         for (e, _, d) in rows.iter_mut().rev() {
             let at = (e.node.clone(), e.key.clone());
             if implicit(d) {
-                let node = docs.get(&e.node);
-                let pinned = node
-                    .and_then(|n| n.get(META))
-                    .and_then(|m| m.get(PINNED_NEW))
-                    .and_then(|p| p.get(d.get("_id").and_then(Value::as_str)?));
-                e.new = match (pinned, next_old.get(&at)) {
-                    (Some(v), _) => Some(v.clone()),
-                    (None, Some(old)) => old.clone(),
-                    (None, None) => node.and_then(|n| n.get(&e.key)).cloned(),
+                e.new = match next_old.get(&at) {
+                    Some(old) => old.clone(),
+                    None => docs.get(&e.node).and_then(|n| n.get(&e.key)).cloned(),
                 }
                 .filter(|v| !v.is_null());
             }
@@ -864,7 +856,56 @@ impl CouchStore {
         Ok(())
     }
 
-    /// Deletes documents by `_id`/`_rev`.
+    /// Writes `new` into history entries that left it implicit (`pins`: id and value),
+    /// as the SQLite store pins its latest row before a volatile change. Idempotent: a
+    /// conflict (another server pinning the same entry to the same value) is read
+    /// again, and an entry already deleted (retention) needs none.
+    async fn pin(&self, mut pins: Vec<(String, Value)>) -> Result<(), StoreError> {
+        for attempt in 1..=MAX_ATTEMPTS {
+            if pins.is_empty() {
+                return Ok(());
+            }
+            let ids: Vec<String> = pins.iter().map(|(id, _)| id.clone()).collect();
+            let (mut docs, _) = self.fetch_checked(&ids).await?;
+            let mut bulk = Vec::new();
+            let mut waiting = Vec::new();
+            for (id, value) in pins {
+                let Some(mut doc) = docs.remove(&id) else {
+                    continue;
+                };
+                if doc.remove(IMPLICIT_NEW).is_some() {
+                    doc.insert("new".into(), value.clone());
+                    bulk.push(Value::Object(doc));
+                    waiting.push((id, value));
+                }
+            }
+            let mut conflicted = Vec::new();
+            for row in self.bulk_docs(bulk).await? {
+                let id = row["id"].as_str().unwrap_or_default();
+                match row["error"].as_str() {
+                    None => {}
+                    Some("conflict") => {
+                        conflicted.extend(waiting.iter().filter(|(w, _)| w == id).cloned())
+                    }
+                    Some(e) => {
+                        return Err(backend(format!(
+                            "_bulk_docs refused history document {id:?}: {e}: {}",
+                            row["reason"]
+                        )))
+                    }
+                }
+            }
+            if !conflicted.is_empty() {
+                tokio::time::sleep(Duration::from_millis(10u64 << attempt.min(6))).await;
+            }
+            pins = conflicted;
+        }
+        Err(unavailable(format!(
+            "revision conflicts pinning {} history entries did not settle after {MAX_ATTEMPTS} attempts",
+            pins.len()
+        )))
+    }
+
     /// Sets a node document's `deactivated_at` (kept when already set), retrying
     /// revision conflicts; with `unseen_since`, only while the node is still not seen
     /// since then (a result arriving meanwhile wins). Whether it marked (or found
@@ -910,6 +951,7 @@ impl CouchStore {
         )))
     }
 
+    /// Deletes documents by `_id`/`_rev`.
     async fn delete_docs(&self, docs: &[Map<String, Value>]) -> Result<(), StoreError> {
         if docs.is_empty() {
             return Ok(());
@@ -991,6 +1033,7 @@ impl Store for CouchStore {
             let mut tentative: HashMap<String, Vec<(usize, Outcome)>> = HashMap::new();
             // History document id → its node, to clean up after a conflict.
             let mut history_node: HashMap<String, String> = HashMap::new();
+            let mut pins = Vec::new();
             for (node, idxs) in &pending {
                 let mut doc = docs.remove(node).unwrap_or_default();
                 let mut history = HistorySink::continuing(&doc, &token);
@@ -1006,6 +1049,7 @@ impl Store for CouchStore {
                     meta.insert("history_seq".into(), json!(history.seq));
                 }
                 bulk.push(Value::Object(doc));
+                pins.append(&mut history.pins);
                 for h in history.docs {
                     if let Some(id) = h["_id"].as_str() {
                         history_node.insert(id.to_string(), node.clone());
@@ -1014,6 +1058,10 @@ impl Store for CouchStore {
                 }
                 tentative.insert(node.clone(), outs);
             }
+            // Pinned before the nodes are written: a pin is true whatever becomes of this
+            // attempt (the value it writes is the one the entry's `new` named), while a
+            // node written without its pin would leave the entry reading a later value.
+            self.pin(pins).await?;
             let rows = self.bulk_docs(bulk).await?;
             let mut conflicted = BTreeMap::new();
             let mut written_history: Vec<(String, String, String)> = Vec::new();
@@ -1582,6 +1630,7 @@ mod tests {
         let mut doc = Map::new();
         let mut sink = HistorySink {
             docs: Vec::new(),
+            pins: Vec::new(),
             token: "t",
             seq: 0,
         };
@@ -1613,6 +1662,38 @@ mod tests {
         assert_eq!(sink.docs.len(), 2);
         assert_eq!(sink.seq, 2);
         assert_eq!(sink.docs[1]["old"], json!(1));
+        // `new` is the node's value: left out, and the latest entry named in the meta.
+        for h in &sink.docs {
+            assert!(h.get("new").is_none(), "{h}");
+            assert_eq!(h[IMPLICIT_NEW], true, "{h}");
+        }
+        assert_eq!(doc[META][IMPLICIT_NEW_IDS]["k"], sink.docs[1]["_id"]);
+        assert!(sink.pins.is_empty());
+        // A volatile change replaces that value: the entry is to be pinned to it, once.
+        let volatile = |at: i64, v: Value| {
+            obs(
+                at,
+                Change::Plugin {
+                    name: "k".into(),
+                    value: v.into(),
+                    history: false,
+                },
+            )
+        };
+        assert_eq!(
+            apply_one(&mut doc, &volatile(50, json!(3)), now, &mut sink),
+            Outcome::Updated
+        );
+        apply_one(&mut doc, &volatile(60, json!(4)), now, &mut sink);
+        assert_eq!(
+            sink.pins,
+            [(
+                sink.docs[1]["_id"].as_str().unwrap_or_default().to_string(),
+                json!(2)
+            )]
+        );
+        assert!(doc[META][IMPLICIT_NEW_IDS].get("k").is_none());
+        assert_eq!(sink.docs.len(), 2);
         let rec = to_record(&doc).expect("record");
         assert_eq!(rec.keys.keys().collect::<Vec<_>>(), vec!["k"]);
     }
