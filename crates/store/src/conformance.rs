@@ -64,7 +64,8 @@ macro_rules! conformance_tests {
             a_deactivated_node_keeps_its_history_out_of_the_fleet,
             a_new_result_reactivates_a_node, inactivity_deactivates_exactly_the_old_nodes,
             a_volatile_key_keeps_no_history, packages_follow_every_write,
-            node_list_names_each_nodes_own_keys);
+            node_list_names_each_nodes_own_keys,
+            a_volatile_result_after_a_kept_one_in_one_batch);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -1709,4 +1710,63 @@ pub async fn a_volatile_key_keeps_no_history(store: DynStore) {
             (Some(json!(4)), Some(json!(5))),
         ]
     );
+}
+
+/// Pairs `(old, new)` of a node's key history, oldest first.
+async fn old_new(store: &DynStore, node: &str, key: &str) -> Vec<(Option<Value>, Option<Value>)> {
+    store
+        .history(node, Some(key))
+        .await
+        .expect("history")
+        .rows
+        .into_iter()
+        .map(|e| (e.old, e.new))
+        .collect()
+}
+
+/// A volatile result in the same batch as a kept one for the same key: the kept
+/// change's entry still ends at the value it recorded (SQLite pins its row inside the
+/// batch's transaction), in `history` and in `changes`.
+pub async fn a_volatile_result_after_a_kept_one_in_one_batch(store: DynStore) {
+    apply(&store, vec![plugin("n", 10, "k", json!(1))]).await;
+    apply(
+        &store,
+        vec![
+            plugin("n", 20, "k", json!(2)),
+            volatile("n", 30, "k", json!(3)),
+        ],
+    )
+    .await;
+    assert_eq!(
+        old_new(&store, "n", "k").await,
+        [(None, Some(json!(1))), (Some(json!(1)), Some(json!(2)))]
+    );
+    // Kept, volatile, kept in one batch.
+    apply(
+        &store,
+        vec![
+            plugin("n", 40, "k", json!(4)),
+            volatile("n", 50, "k", json!(5)),
+            plugin("n", 60, "k", json!(6)),
+        ],
+    )
+    .await;
+    assert_eq!(
+        old_new(&store, "n", "k").await,
+        [
+            (None, Some(json!(1))),
+            (Some(json!(1)), Some(json!(2))),
+            (Some(json!(3)), Some(json!(4))),
+            (Some(json!(5)), Some(json!(6))),
+        ]
+    );
+    let changes: Vec<(Option<Value>, Option<Value>)> = store
+        .changes(t(0), 100)
+        .await
+        .expect("changes")
+        .rows
+        .into_iter()
+        .map(|e| (e.old, e.new))
+        .collect();
+    assert_eq!(changes, old_new(&store, "n", "k").await);
 }

@@ -418,6 +418,24 @@ impl<'a> HistorySink<'a> {
         self.push(node, key, at, old, None)
     }
 
+    /// Gives entry `id` its `new` before a volatile change replaces the value it would
+    /// read: in place when this attempt is writing the entry too (a kept and a volatile
+    /// result of one key in one batch), else by [`CouchStore::pin`] before the write.
+    fn pin(&mut self, id: String, value: Value) {
+        match self
+            .docs
+            .iter_mut()
+            .find(|h| h["_id"].as_str() == Some(id.as_str()))
+            .and_then(Value::as_object_mut)
+        {
+            Some(h) => {
+                h.remove(IMPLICIT_NEW);
+                h.insert("new".into(), value);
+            }
+            None => self.pins.push((id, value)),
+        }
+    }
+
     /// `new: None` leaves it implicit.
     fn push(
         &mut self,
@@ -555,7 +573,7 @@ fn apply_one(
                 } else if let Some(Value::String(id)) =
                     meta_map(doc, IMPLICIT_NEW_IDS).and_then(|ids| ids.remove(name.as_str()))
                 {
-                    history.pins.push((id, old.unwrap_or(Value::Null)));
+                    history.pin(id, old.unwrap_or(Value::Null));
                 }
                 true
             };
@@ -1669,7 +1687,8 @@ mod tests {
         }
         assert_eq!(doc[META][IMPLICIT_NEW_IDS]["k"], sink.docs[1]["_id"]);
         assert!(sink.pins.is_empty());
-        // A volatile change replaces that value: the entry is to be pinned to it, once.
+        // A volatile change replaces that value: the entry is to be pinned to it, once
+        // (by a later write: a sink of its own).
         let volatile = |at: i64, v: Value| {
             obs(
                 at,
@@ -1680,20 +1699,29 @@ mod tests {
                 },
             )
         };
+        let mut later = HistorySink {
+            docs: Vec::new(),
+            pins: Vec::new(),
+            token: "u",
+            seq: 2,
+        };
         assert_eq!(
-            apply_one(&mut doc, &volatile(50, json!(3)), now, &mut sink),
+            apply_one(&mut doc, &volatile(50, json!(3)), now, &mut later),
             Outcome::Updated
         );
-        apply_one(&mut doc, &volatile(60, json!(4)), now, &mut sink);
-        assert_eq!(
-            sink.pins,
-            [(
-                sink.docs[1]["_id"].as_str().unwrap_or_default().to_string(),
-                json!(2)
-            )]
-        );
+        apply_one(&mut doc, &volatile(60, json!(4)), now, &mut later);
+        let id = sink.docs[1]["_id"].as_str().unwrap_or_default().to_string();
+        assert_eq!(later.pins, [(id, json!(2))]);
         assert!(doc[META][IMPLICIT_NEW_IDS].get("k").is_none());
-        assert_eq!(sink.docs.len(), 2);
+        assert!(later.docs.is_empty());
+        // A kept change and a volatile one in the same write: pinned in place.
+        apply_one(&mut doc, &plugin(70, json!(5)), now, &mut later);
+        apply_one(&mut doc, &volatile(80, json!(6)), now, &mut later);
+        assert_eq!(later.pins.len(), 1);
+        assert_eq!(later.docs.len(), 1);
+        assert_eq!(later.docs[0]["old"], json!(4));
+        assert_eq!(later.docs[0]["new"], json!(5));
+        assert!(later.docs[0].get(IMPLICIT_NEW).is_none());
         let rec = to_record(&doc).expect("record");
         assert_eq!(rec.keys.keys().collect::<Vec<_>>(), vec!["k"]);
     }
