@@ -56,6 +56,13 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 
+# The client's first heartbeat makes the node known to the server: a broadcast then knows
+# whom to wait for and ends once it answered, instead of waiting out --timeout.
+for _ in $(seq 1 50); do
+  if "$bin/vogeler-admin" -c "$work/vogeler.conf" node "$node" >/dev/null 2>&1; then break; fi
+  sleep 0.2
+done
+
 for p in "${plugins[@]}"; do
   echo "==> vogeler-runner -x $p -n all --wait" >&2
   "$bin/vogeler-runner" -c "$work/vogeler.conf" -x "$p" -n all --wait --timeout 120s || true
