@@ -1639,6 +1639,22 @@ pub async fn inactivity_deactivates_exactly_the_old_nodes(store: DynStore) {
     assert_eq!(active_fleet(&store, false).await, ["new"]);
 }
 
+/// Pairs `(old, new)` of a node's key history, oldest first.
+pub async fn old_new(
+    store: &dyn crate::Store,
+    node: &str,
+    key: &str,
+) -> Vec<(Option<Value>, Option<Value>)> {
+    store
+        .history(node, Some(key))
+        .await
+        .expect("history")
+        .rows
+        .into_iter()
+        .map(|e| (e.old, e.new))
+        .collect()
+}
+
 /// A volatile key (`history = false`) stores its current value only: no history rows
 /// and no `changes` for it. A key that had history keeps it exactly as it was (its
 /// last row still ends at the value it recorded), and history resumes when the key
@@ -1666,14 +1682,7 @@ pub async fn a_volatile_key_keeps_no_history(store: DynStore) {
     let rec = store.node("n").await.expect("node").expect("n");
     assert_eq!(rec.keys.get("k"), Some(&json!(4)));
     assert_eq!(rec.keys.get("ps"), Some(&json!(["b"])));
-    let k: Vec<(Option<Value>, Option<Value>)> = store
-        .history("n", Some("k"))
-        .await
-        .expect("history")
-        .rows
-        .into_iter()
-        .map(|e| (e.old, e.new))
-        .collect();
+    let k = old_new(&*store, "n", "k").await;
     assert_eq!(
         k,
         [(None, Some(json!(1))), (Some(json!(1)), Some(json!(2)))]
@@ -1694,14 +1703,7 @@ pub async fn a_volatile_key_keeps_no_history(store: DynStore) {
     assert_eq!(outlines.len(), 2, "{outlines:?}");
     // Back to keeping history: the next change is recorded from the current value.
     apply(&store, vec![plugin("n", 50, "k", json!(5))]).await;
-    let k: Vec<(Option<Value>, Option<Value>)> = store
-        .history("n", Some("k"))
-        .await
-        .expect("history")
-        .rows
-        .into_iter()
-        .map(|e| (e.old, e.new))
-        .collect();
+    let k = old_new(&*store, "n", "k").await;
     assert_eq!(
         k,
         [
@@ -1710,18 +1712,6 @@ pub async fn a_volatile_key_keeps_no_history(store: DynStore) {
             (Some(json!(4)), Some(json!(5))),
         ]
     );
-}
-
-/// Pairs `(old, new)` of a node's key history, oldest first.
-async fn old_new(store: &DynStore, node: &str, key: &str) -> Vec<(Option<Value>, Option<Value>)> {
-    store
-        .history(node, Some(key))
-        .await
-        .expect("history")
-        .rows
-        .into_iter()
-        .map(|e| (e.old, e.new))
-        .collect()
 }
 
 /// A volatile result in the same batch as a kept one for the same key: the kept
@@ -1738,7 +1728,7 @@ pub async fn a_volatile_result_after_a_kept_one_in_one_batch(store: DynStore) {
     )
     .await;
     assert_eq!(
-        old_new(&store, "n", "k").await,
+        old_new(&*store, "n", "k").await,
         [(None, Some(json!(1))), (Some(json!(1)), Some(json!(2)))]
     );
     // Kept, volatile, kept in one batch.
@@ -1752,7 +1742,7 @@ pub async fn a_volatile_result_after_a_kept_one_in_one_batch(store: DynStore) {
     )
     .await;
     assert_eq!(
-        old_new(&store, "n", "k").await,
+        old_new(&*store, "n", "k").await,
         [
             (None, Some(json!(1))),
             (Some(json!(1)), Some(json!(2))),
@@ -1768,5 +1758,5 @@ pub async fn a_volatile_result_after_a_kept_one_in_one_batch(store: DynStore) {
         .into_iter()
         .map(|e| (e.old, e.new))
         .collect();
-    assert_eq!(changes, old_new(&store, "n", "k").await);
+    assert_eq!(changes, old_new(&*store, "n", "k").await);
 }

@@ -289,14 +289,7 @@ async fn history_documents_leave_new_out_and_reads_fill_it_in() {
         assert_eq!(d["new_implicit"], true, "{d}");
     }
 
-    let h: Vec<(Option<serde_json::Value>, Option<serde_json::Value>)> = store
-        .history("n", Some("facter"))
-        .await
-        .expect("history")
-        .rows
-        .into_iter()
-        .map(|e| (e.old, e.new))
-        .collect();
+    let h = vogeler_store::conformance::old_new(&store, "n", "facter").await;
     assert_eq!(
         h,
         [
