@@ -54,7 +54,7 @@ use vogeler_transport::{
 
 mod support;
 
-use support::ports::{free_port, rand_u32};
+use support::ports::{alive, free_port, rand_u32};
 
 #[path = "../tests/common/rabbit.rs"]
 #[allow(dead_code)] // restarts and crashes are for the fault tests

@@ -13,7 +13,7 @@ pub mod pg;
 mod ports;
 mod rabbit;
 pub mod web;
-pub use ports::{free_port, rand_u32};
+pub use ports::{alive, free_port, rand_u32};
 pub use rabbit::rt;
 #[allow(unused_imports)] // used by the tests that need a private broker only
 pub use rabbit::{NodeSetup, RabbitCluster, RabbitNode};

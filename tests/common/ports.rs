@@ -16,11 +16,11 @@ pub fn free_port() -> u16 {
     static PRUNED: std::sync::Once = std::sync::Once::new();
     let dir = std::env::temp_dir().join("vogeler-test-ports");
     std::fs::create_dir_all(&dir).expect("the test port reservation directory");
-    let alive = |path: &std::path::Path| {
+    let held = |path: &std::path::Path| {
         std::fs::read_to_string(path)
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
-            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .is_some_and(alive)
     };
     PRUNED.call_once(|| {
         let old = |p: &std::path::Path| {
@@ -32,7 +32,7 @@ pub fn free_port() -> u16 {
         };
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let path = entry.path();
-            if old(&path) && !alive(&path) {
+            if old(&path) && !held(&path) {
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -74,4 +74,14 @@ pub fn rand_u32() -> u32 {
             .unwrap_or(0),
     );
     h.finish() as u32
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
 }

@@ -394,10 +394,10 @@ impl RabbitNode {
         // The VM can outlive its start script by a moment.
         if let Some(pid) = self.beam_pid() {
             let deadline = Instant::now() + limit;
-            while alive(pid) && Instant::now() < deadline {
+            while super::alive(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            if alive(pid) {
+            if super::alive(pid) {
                 let _ = Command::new("kill")
                     .args(["-KILL", &pid.to_string()])
                     .status();
@@ -426,16 +426,6 @@ impl Drop for RabbitNode {
                 .status();
         }
         self.reap(Duration::from_secs(10));
-    }
-}
-
-/// Whether a process exists (and is not a zombie).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
     }
 }
 

@@ -540,19 +540,11 @@ fn apply_one(
                 Err(e) => return Outcome::Refused(e.to_string()),
             };
             let value: &Value = &tree;
-            let meta = doc.entry(META).or_insert_with(|| json!({"key_times": {}}));
-            if !meta.is_object() {
-                *meta = json!({"key_times": {}});
-            }
-            let stored_at = time_of(meta.get("key_times").and_then(|t| t.get(name.as_str())));
-            if stored_at.is_some_and(|t| obs.at < t) {
-                return Outcome::Stale;
-            }
-            match meta.get_mut("key_times").and_then(Value::as_object_mut) {
-                Some(times) => {
-                    times.insert(name.clone(), Value::String(at.clone()));
+            if let Some(times) = meta_map(doc, "key_times") {
+                if time_of(times.get(name.as_str())).is_some_and(|t| obs.at < t) {
+                    return Outcome::Stale;
                 }
-                None => meta["key_times"] = json!({ name.clone(): at.clone() }),
+                times.insert(name.clone(), Value::String(at.clone()));
             }
             let old = doc.get(name.as_str()).cloned();
             let value_changed = if old
@@ -861,15 +853,15 @@ impl CouchStore {
         let (docs, _) = self.fetch_checked(&nodes).await?;
         let mut next_old: HashMap<(String, String), Option<Value>> = HashMap::new();
         for (e, _, d) in rows.iter_mut().rev() {
-            let at = (e.node.clone(), e.key.clone());
+            let node_key = (e.node.clone(), e.key.clone());
             if implicit(d) {
-                e.new = match next_old.get(&at) {
+                e.new = match next_old.get(&node_key) {
                     Some(old) => old.clone(),
                     None => docs.get(&e.node).and_then(|n| n.get(&e.key)).cloned(),
                 }
                 .filter(|v| !v.is_null());
             }
-            next_old.insert(at, e.old.clone());
+            next_old.insert(node_key, e.old.clone());
         }
         Ok(())
     }

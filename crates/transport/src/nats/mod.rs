@@ -825,6 +825,26 @@ impl NatsTransport {
         }
     }
 
+    /// The servers' results consumer or the admin's dead-letter consumer, read after
+    /// the unreadable messages in flight are removed, and again after each reconnect.
+    async fn consume_durable(
+        &self,
+        queue: QueueKind,
+        prefetch: u16,
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        let c = match queue {
+            QueueKind::Results => self.durable("RESULTS", SERVERS_CONSUMER).await?,
+            QueueKind::Dead => self.durable("DEAD", DEAD_CONSUMER).await?,
+        };
+        let reconnects = self.gaps.subscribe();
+        self.quarantine_unreadable(queue).await;
+        Ok(Box::new(NatsSubscription {
+            feed: self.pull(c, prefetch).await?,
+            addr: self.addr.clone(),
+            _quarantine: self.quarantine_on_reconnect(queue, reconnects),
+        }))
+    }
+
     /// Runs [`Self::quarantine_unreadable`] after every reconnect while the
     /// subscription lives. The library's pull outlives a reconnect, so a subscription
     /// is not made again after one: without this, a poison delivered to it dropped the
@@ -1193,14 +1213,7 @@ impl Transport for NatsTransport {
         &self,
         prefetch: u16,
     ) -> Result<Box<dyn Subscription>, TransportError> {
-        let c = self.durable("RESULTS", SERVERS_CONSUMER).await?;
-        let reconnects = self.gaps.subscribe();
-        self.quarantine_unreadable(QueueKind::Results).await;
-        Ok(Box::new(NatsSubscription {
-            feed: self.pull(c, prefetch).await?,
-            addr: self.addr.clone(),
-            _quarantine: self.quarantine_on_reconnect(QueueKind::Results, reconnects),
-        }))
+        self.consume_durable(QueueKind::Results, prefetch).await
     }
 
     async fn consume_node(
@@ -1267,14 +1280,7 @@ impl Transport for NatsTransport {
     }
 
     async fn consume_dead(&self, prefetch: u16) -> Result<Box<dyn Subscription>, TransportError> {
-        let c = self.durable("DEAD", DEAD_CONSUMER).await?;
-        let reconnects = self.gaps.subscribe();
-        self.quarantine_unreadable(QueueKind::Dead).await;
-        Ok(Box::new(NatsSubscription {
-            feed: self.pull(c, prefetch).await?,
-            addr: self.addr.clone(),
-            _quarantine: self.quarantine_on_reconnect(QueueKind::Dead, reconnects),
-        }))
+        self.consume_durable(QueueKind::Dead, prefetch).await
     }
 
     async fn list_dead(&self, limit: usize) -> Result<Vec<Message>, TransportError> {
