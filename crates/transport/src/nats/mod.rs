@@ -91,6 +91,9 @@ pub const DEAD_CONSUMER: &str = "admin";
 /// raised answers nothing about itself or its consumers while its new copies join.
 const DECLARE_ATTEMPTS: usize = 4;
 
+/// How long `setup --messaging` waits for a stream to show replicas it was updated to.
+const SETTLE_WAIT: Duration = Duration::from_secs(30);
+
 /// Runs `attempt` until it succeeds, fails with an error `timed_out` does not call a
 /// timeout, or `times` attempts were made; returns the last result. For idempotent
 /// JetStream API requests only (look-ups, get-or-create).
@@ -616,9 +619,21 @@ impl NatsTransport {
             ..have
         };
         let result = self.js.update_stream(&updated).await.map(drop);
+        let applied = result.is_ok();
         self.settled(&format!("stream {}", want.name), &changes, result)?;
-        // The handle again, with the settings it has now.
+        // The handle again, with the settings it has now. A cluster applies an update
+        // through its meta group: for a moment after it was accepted the stream may
+        // still answer with its old replicas, and a consumer given the new count then
+        // is refused ("exceeds parent stream"): wait (bounded) until it shows them.
         stream = self.stream(what).await?;
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        while applied
+            && stream.cached_info().config.num_replicas != want.num_replicas
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            stream = self.stream(what).await?;
+        }
         Ok(stream)
     }
 
@@ -652,8 +667,23 @@ impl NatsTransport {
         if changes.is_empty() {
             return Ok(());
         }
-        // Made again with the same name: JetStream updates a durable in place.
-        let result = stream.create_consumer(want).await.map(drop);
+        // Made again with the same name: JetStream updates a durable in place. Refused
+        // while the stream's own new replica count is still being applied across the
+        // cluster ("exceeds parent stream"): asked again until it is (bounded).
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        let result = loop {
+            let result = stream.create_consumer(want.clone()).await.map(drop);
+            match &result {
+                Err(e)
+                    if matches!(e.kind(), stream::ConsumerErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::CONSUMER_REPLICAS_EXCEEDS_STREAM)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                _ => break result,
+            }
+        };
         self.settled(
             &format!("consumer {name} on {}", self.stream_name(what)),
             &changes,
