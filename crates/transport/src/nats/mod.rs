@@ -737,7 +737,19 @@ impl NatsTransport {
                 _ => return Err(self.err("stream info", e)),
             },
         };
-        let info = match stream.consumer_info(name).await {
+        // A consumer whose replicas are changing answers nothing while it elects a
+        // leader: asked again, as a declare does.
+        let on = format!("consumer {name} on {}", self.stream_name(what));
+        let info = match again_on_timeout(
+            &on,
+            DECLARE_ATTEMPTS,
+            |e: &jetstream::context::ConsumerInfoError| {
+                matches!(e.kind(), ConsumerInfoErrorKind::TimedOut)
+            },
+            || stream.consumer_info(name),
+        )
+        .await
+        {
             Ok(i) => i,
             Err(e) => match e.kind() {
                 ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound => {
