@@ -65,7 +65,7 @@ macro_rules! conformance_tests {
             a_new_result_reactivates_a_node, inactivity_deactivates_exactly_the_old_nodes,
             a_volatile_key_keeps_no_history, packages_follow_every_write,
             node_list_names_each_nodes_own_keys,
-            a_volatile_result_after_a_kept_one_in_one_batch);
+            a_volatile_result_after_a_kept_one_in_one_batch, a_null_value_is_a_value);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -1260,6 +1260,37 @@ pub async fn changes_across_the_fleet(store: DynStore) {
     assert_eq!(
         (update.old.clone(), update.new.clone()),
         (Some(json!(1)), Some(json!(2)))
+    );
+}
+
+/// A plugin whose output is JSON `null` stored `null`: a value like any other, so its
+/// history entries say `Some(null)` where the key had it, and `None` only where the key
+/// did not exist, in `history`, `changes` and the record, on every backend.
+pub async fn a_null_value_is_a_value(store: DynStore) {
+    for (at, v) in [(1, json!(null)), (2, json!(1)), (3, json!(null))] {
+        apply(&store, vec![plugin("n", at, "k", v)]).await;
+    }
+    let want = vec![
+        (None, Some(json!(null))),
+        (Some(json!(null)), Some(json!(1))),
+        (Some(json!(1)), Some(json!(null))),
+    ];
+    assert_eq!(old_new(store.as_ref(), "n", "k").await, want);
+    let changes: Vec<_> = store
+        .changes(t(0), 100)
+        .await
+        .expect("changes")
+        .rows
+        .into_iter()
+        .map(|e| (e.old, e.new))
+        .collect();
+    assert_eq!(changes, want);
+    let record = store.node("n").await.expect("node").expect("stored");
+    assert_eq!(
+        record.keys.get("k"),
+        Some(&json!(null)),
+        "{:?}",
+        record.keys
     );
 }
 

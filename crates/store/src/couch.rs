@@ -407,8 +407,10 @@ impl<'a> HistorySink<'a> {
         }
     }
 
-    fn record(&mut self, node: &str, key: &str, at: &str, old: Option<Value>, new: Value) {
-        self.push(node, key, at, old, Some(new));
+    /// Records a change of `last_error`, whose `null` is "no error" (none), not a value.
+    fn record_error(&mut self, node: &str, at: &str, old: Option<Value>, new: Value) {
+        let some = |v: Value| Some(v).filter(|v| !v.is_null());
+        self.push(node, "last_error", at, old.and_then(some), Some(some(new)));
     }
 
     /// Records a change whose new value is the node document's (see the module doc):
@@ -430,20 +432,20 @@ impl<'a> HistorySink<'a> {
         {
             Some(h) => {
                 h.remove(IMPLICIT_NEW);
-                h.insert("new".into(), value);
+                put_value(h, "new", Some(value));
             }
             None => self.pins.push((id, value)),
         }
     }
 
-    /// `new: None` leaves it implicit.
+    /// `new: None` leaves it implicit; `Some(None)` says the entry ended at none.
     fn push(
         &mut self,
         node: &str,
         key: &str,
         at: &str,
         old: Option<Value>,
-        new: Option<Value>,
+        new: Option<Option<Value>>,
     ) -> String {
         let id = format!(
             "history:{node}:{key}:{at}:{}.{}",
@@ -451,12 +453,17 @@ impl<'a> HistorySink<'a> {
             self.docs.len()
         );
         let mut doc = json!({
-            "_id": id, "doc_type": "History", "node": node, "key": key, "old": old,
+            "_id": id, "doc_type": "History", "node": node, "key": key,
             "at": at, "seq": self.seq,
         });
-        match new {
-            Some(v) => doc["new"] = v,
-            None => doc[IMPLICIT_NEW] = Value::Bool(true),
+        if let Some(h) = doc.as_object_mut() {
+            put_value(h, "old", old);
+            match new {
+                Some(v) => put_value(h, "new", v),
+                None => {
+                    h.insert(IMPLICIT_NEW.into(), Value::Bool(true));
+                }
+            }
         }
         self.docs.push(doc);
         self.seq += 1;
@@ -466,6 +473,31 @@ impl<'a> HistorySink<'a> {
 
 /// Marks a history document whose `new` is left out (see the module doc).
 const IMPLICIT_NEW: &str = "new_implicit";
+
+/// Writes a history value: `null` in the field says "none" (the key did not exist), as
+/// documents always have; a plugin's own JSON `null` is `FIELD_null: true` beside it,
+/// so the two read back apart ([`get_value`]) and older documents read as before.
+fn put_value(doc: &mut Map<String, Value>, field: &str, value: Option<Value>) {
+    let null_marker = format!("{field}_null");
+    doc.remove(&null_marker);
+    match value {
+        Some(Value::Null) => {
+            doc.insert(field.into(), Value::Null);
+            doc.insert(null_marker, Value::Bool(true));
+        }
+        value => {
+            doc.insert(field.into(), value.unwrap_or(Value::Null));
+        }
+    }
+}
+
+/// Reads a history value written by [`put_value`].
+fn get_value(doc: &Map<String, Value>, field: &str) -> Option<Value> {
+    if doc.get(&format!("{field}_null")) == Some(&Value::Bool(true)) {
+        return Some(Value::Null);
+    }
+    doc.get(field).filter(|v| !v.is_null()).cloned()
+}
 /// In a node's meta: per key, the id of its latest history entry with `new` implicit,
 /// so a volatile change knows, without a read, whether it has an entry to pin.
 const IMPLICIT_NEW_IDS: &str = "implicit_new";
@@ -502,7 +534,7 @@ fn clear_last_error(
     if let Some(meta) = doc.get_mut(META).and_then(Value::as_object_mut) {
         meta.insert("error_cleared_at".into(), Value::String(at.to_string()));
     }
-    history.record(node, "last_error", at, old, Value::Null);
+    history.record_error(node, at, old, Value::Null);
 }
 
 /// Applies one observation to a node document in memory (empty map: no document yet).
@@ -597,7 +629,7 @@ fn apply_one(
                 false
             } else {
                 doc.insert("last_error".into(), e.clone());
-                history.record(&obs.node, "last_error", &at, old, e);
+                history.record_error(&obs.node, &at, old, e);
                 true
             }
         }
@@ -684,8 +716,8 @@ fn to_history(doc: &Map<String, Value>) -> Result<(HistoryEntry, u64), StoreErro
         HistoryEntry {
             node: text("node"),
             key: text("key"),
-            old: doc.get("old").cloned().filter(|v| !v.is_null()),
-            new: doc.get("new").cloned().filter(|v| !v.is_null()),
+            old: get_value(doc, "old"),
+            new: get_value(doc, "new"),
             at,
         },
         doc.get("seq").and_then(Value::as_u64).unwrap_or(0),
@@ -857,9 +889,10 @@ impl CouchStore {
             if implicit(d) {
                 e.new = match next_old.get(&node_key) {
                     Some(old) => old.clone(),
+                    // The node's current value, `null` included: a key the node
+                    // document lacks reads as none.
                     None => docs.get(&e.node).and_then(|n| n.get(&e.key)).cloned(),
-                }
-                .filter(|v| !v.is_null());
+                };
             }
             next_old.insert(node_key, e.old.clone());
         }
@@ -884,7 +917,7 @@ impl CouchStore {
                     continue;
                 };
                 if doc.remove(IMPLICIT_NEW).is_some() {
-                    doc.insert("new".into(), value.clone());
+                    put_value(&mut doc, "new", Some(value.clone()));
                     bulk.push(Value::Object(doc));
                     waiting.push((id, value));
                 }
@@ -1433,11 +1466,15 @@ impl Store for CouchStore {
         let mut bulk = vec![Value::Object(doc)];
         for (seq, h) in history.iter().enumerate() {
             let at = rfc3339(h.at);
-            bulk.push(json!({
+            let mut doc = json!({
                 "_id": format!("history:{node}:{}:{at}:import.{seq}", h.key),
-                "doc_type": "History", "node": node, "key": h.key, "old": h.old, "new": h.new,
-                "at": at, "seq": seq,
-            }));
+                "doc_type": "History", "node": node, "key": h.key, "at": at, "seq": seq,
+            });
+            if let Some(d) = doc.as_object_mut() {
+                put_value(d, "old", h.old.clone());
+                put_value(d, "new", h.new.clone());
+            }
+            bulk.push(doc);
         }
         for row in self.bulk_docs(bulk).await? {
             if let Some(e) = row["error"].as_str() {
