@@ -585,12 +585,12 @@ impl<'a> HistoryRows<'a> {
 
     /// Before a volatile change replaces `value` in a key this batch already changed:
     /// the batch's latest row of the key, if its `new` was implicit, is given `value`.
-    fn pin_latest(&mut self, node: &str, key: &str, value: &Cow<'a, str>) {
+    fn pin_latest(&mut self, node: &str, key: &str, value: Cow<'a, str>) {
         let latest = (0..self.nodes.len())
             .rev()
             .find(|&i| self.nodes[i] == node && self.keys[i] == key);
         if let Some(i) = latest.filter(|&i| self.implicit[i]) {
-            self.news[i] = Some(value.clone());
+            self.news[i] = Some(value);
             self.implicit[i] = false;
         }
     }
@@ -729,7 +729,7 @@ impl Store for PostgresStore {
                                     // row, if implicit, is given it first.
                                     pins.push((obs.node.as_str(), name.as_str()));
                                 } else {
-                                    history.pin_latest(&obs.node, name, &old);
+                                    history.pin_latest(&obs.node, name, old);
                                 }
                                 k.at = obs.at;
                                 k.value_changed = true;
