@@ -186,6 +186,15 @@ const RESOLVED_NEW: &str = "CASE WHEN h.new_implicit THEN COALESCE(
 /// One row when any node is deactivated, read from the partial index `nodes_deactivated`.
 const ANY_DEACTIVATED: &str = "SELECT 1 FROM nodes WHERE deactivated_at IS NOT NULL LIMIT 1";
 
+/// A database a newer version migrated holds rows this one would misread (version 10's
+/// implicit history values, say): refused, neither read nor written.
+fn newer_schema(version: i32) -> StoreError {
+    StoreError::Invalid(format!(
+        "the database's schema is version {version}, newer than this program's \
+         {SCHEMA_VERSION}: a newer Vogeler migrated it; upgrade this one"
+    ))
+}
+
 /// A store in a PostgreSQL database.
 pub struct PostgresStore {
     pool: Pool,
@@ -381,6 +390,7 @@ impl PostgresStore {
             Some(v) if v < SCHEMA_VERSION => Err(StoreError::NotSetUp(format!(
                 "the database's schema version {v} is older than {SCHEMA_VERSION} (setup migrates it)"
             ))),
+            Some(v) if v > SCHEMA_VERSION => Err(newer_schema(v)),
             Some(_) => {
                 drop(client);
                 Ok(store)
@@ -477,6 +487,11 @@ impl PostgresStore {
             .map_err(pg_err)?
             .and_then(|r| r.try_get::<_, Option<i32>>(0).ok().flatten())
             .unwrap_or(0);
+        // A newer server's schema holds rows this one would misread (version 10's
+        // implicit history values): refused, not written.
+        if current > SCHEMA_VERSION {
+            return Err(newer_schema(current));
+        }
         for (i, sql) in MIGRATIONS.iter().enumerate() {
             let version = i as i32 + 1;
             if version > current {

@@ -89,3 +89,36 @@ async fn a_version_1_database_is_migrated() {
     // Connecting again changes nothing.
     drop(PostgresStore::connect(&url).await.expect("second start"));
 }
+
+/// A database a newer server migrated (a schema version past this code's) is refused
+/// with both versions named, by a server and by read-only commands alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_schema_is_refused_naming_both_versions() {
+    let url = fresh_postgres().await;
+    PostgresStore::connect(&url)
+        .await
+        .expect("create the schema");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .batch_execute("INSERT INTO vogeler_schema VALUES (9999)")
+        .await
+        .expect("a newer version");
+    let err = PostgresStore::connect(&url)
+        .await
+        .err()
+        .expect("a newer schema is refused")
+        .to_string();
+    assert!(
+        err.contains("version 9999") && err.contains("newer than this program's 10"),
+        "{err}"
+    );
+    let err = PostgresStore::connect_existing(&url)
+        .await
+        .err()
+        .expect("read-only commands refuse it too")
+        .to_string();
+    assert!(err.contains("version 9999"), "{err}");
+}
