@@ -1276,15 +1276,7 @@ pub async fn a_null_value_is_a_value(store: DynStore) {
         (Some(json!(1)), Some(json!(null))),
     ];
     assert_eq!(old_new(store.as_ref(), "n", "k").await, want);
-    let changes: Vec<_> = store
-        .changes(t(0), 100)
-        .await
-        .expect("changes")
-        .rows
-        .into_iter()
-        .map(|e| (e.old, e.new))
-        .collect();
-    assert_eq!(changes, want);
+    assert_eq!(changed(store.as_ref()).await, want);
     let record = store.node("n").await.expect("node").expect("stored");
     assert_eq!(
         record.keys.get("k"),
@@ -1670,6 +1662,18 @@ pub async fn inactivity_deactivates_exactly_the_old_nodes(store: DynStore) {
     assert_eq!(active_fleet(&store, false).await, ["new"]);
 }
 
+/// Pairs `(old, new)` of the fleet's changes since the epoch, oldest first.
+async fn changed(store: &dyn crate::Store) -> Vec<(Option<Value>, Option<Value>)> {
+    store
+        .changes(t(0), 100)
+        .await
+        .expect("changes")
+        .rows
+        .into_iter()
+        .map(|e| (e.old, e.new))
+        .collect()
+}
+
 /// Pairs `(old, new)` of a node's key history, oldest first.
 pub async fn old_new(
     store: &dyn crate::Store,
@@ -1781,13 +1785,5 @@ pub async fn a_volatile_result_after_a_kept_one_in_one_batch(store: DynStore) {
             (Some(json!(5)), Some(json!(6))),
         ]
     );
-    let changes: Vec<(Option<Value>, Option<Value>)> = store
-        .changes(t(0), 100)
-        .await
-        .expect("changes")
-        .rows
-        .into_iter()
-        .map(|e| (e.old, e.new))
-        .collect();
-    assert_eq!(changes, old_new(&*store, "n", "k").await);
+    assert_eq!(changed(&*store).await, old_new(&*store, "n", "k").await);
 }
