@@ -498,6 +498,7 @@ fn get_value(doc: &Map<String, Value>, field: &str) -> Option<Value> {
     }
     doc.get(field).filter(|v| !v.is_null()).cloned()
 }
+
 /// In a node's meta: per key, the id of its latest history entry with `new` implicit,
 /// so a volatile change knows, without a read, whether it has an entry to pin.
 const IMPLICIT_NEW_IDS: &str = "implicit_new";
@@ -861,40 +862,50 @@ impl CouchStore {
         Ok(out)
     }
 
-    /// Fills in the `new` of entries that leave it implicit (`rows` oldest first, as
-    /// [`CouchStore::history_docs`] gives them, holding every later entry of each node
-    /// and key they hold one of): the next entry's `old`, else the key's current value
-    /// in the node document.
+    /// Fills in the `new` of the first `upto` entries that leave it implicit (`rows`
+    /// oldest first, as [`CouchStore::history_docs`] gives them, holding every later
+    /// entry of each node and key they hold one of): the next entry's `old`, else the
+    /// key's current value, read from the node documents of those entries alone.
     async fn resolve_new(
         &self,
         rows: &mut [(HistoryEntry, u64, Map<String, Value>)],
+        upto: usize,
     ) -> Result<(), StoreError> {
         let implicit = |d: &Map<String, Value>| d.get(IMPLICIT_NEW) == Some(&Value::Bool(true));
-        let mut nodes: Vec<String> = rows
-            .iter()
-            .filter(|(_, _, d)| implicit(d))
-            .map(|(e, _, _)| e.node.clone())
-            .collect();
-        if nodes.is_empty() {
-            return Ok(());
+        let upto = upto.min(rows.len());
+        // Each entry's next entry of its node and key, by position.
+        let mut next = vec![None; rows.len()];
+        let mut later: HashMap<(&str, &str), usize> = HashMap::new();
+        for (i, (e, _, _)) in rows.iter().enumerate().rev() {
+            next[i] = later.insert((e.node.as_str(), e.key.as_str()), i);
         }
+        let mut nodes: Vec<String> = (0..upto)
+            .filter(|&i| next[i].is_none() && implicit(&rows[i].2))
+            .map(|i| rows[i].0.node.clone())
+            .collect();
         nodes.sort();
         nodes.dedup();
         // A node document that does not read back is listed by `check`; its entries'
         // implicit values read as none here rather than failing the whole history.
-        let (docs, _) = self.fetch_checked(&nodes).await?;
-        let mut next_old: HashMap<(String, String), Option<Value>> = HashMap::new();
-        for (e, _, d) in rows.iter_mut().rev() {
-            let node_key = (e.node.clone(), e.key.clone());
-            if implicit(d) {
-                e.new = match next_old.get(&node_key) {
-                    Some(old) => old.clone(),
-                    // The node's current value, `null` included: a key the node
-                    // document lacks reads as none.
-                    None => docs.get(&e.node).and_then(|n| n.get(&e.key)).cloned(),
-                };
+        let docs = if nodes.is_empty() {
+            HashMap::new()
+        } else {
+            self.fetch_checked(&nodes).await?.0
+        };
+        for i in 0..upto {
+            if !implicit(&rows[i].2) {
+                continue;
             }
-            next_old.insert(node_key, e.old.clone());
+            let new = match next[i] {
+                Some(j) => rows[j].0.old.clone(),
+                // The node's current value, `null` included: a key the node document
+                // lacks reads as none.
+                None => {
+                    let e = &rows[i].0;
+                    docs.get(&e.node).and_then(|n| n.get(&e.key)).cloned()
+                }
+            };
+            rows[i].0.new = new;
         }
         Ok(())
     }
@@ -1275,7 +1286,8 @@ impl Store for CouchStore {
         docs.skipped.retain(|u| u.node == node);
         docs.rows
             .retain(|(e, _, _)| e.node == node && key.is_none_or(|k| e.key == k));
-        self.resolve_new(&mut docs.rows).await?;
+        let all = docs.rows.len();
+        self.resolve_new(&mut docs.rows, all).await?;
         Ok(docs.map(|(e, _, _)| e))
     }
 
@@ -1353,8 +1365,9 @@ impl Store for CouchStore {
     ) -> Result<Rows<HistoryEntry>, StoreError> {
         let mut docs = self.history_docs("history:").await?;
         docs.rows.retain(|(e, _, _)| e.at >= since);
-        // Before the limit: an entry's `new` may be a later entry's `old`.
-        self.resolve_new(&mut docs.rows).await?;
+        // With every later entry in view: an entry's `new` may be a later one's `old`;
+        // only the entries within the limit are resolved, and only their nodes read.
+        self.resolve_new(&mut docs.rows, limit).await?;
         docs.rows.truncate(limit);
         Ok(docs.map(|(e, _, _)| e))
     }
