@@ -165,9 +165,9 @@ DROP INDEX packages_name;
 CREATE INDEX nodes_deactivated ON nodes (deactivated_at) WHERE deactivated_at IS NOT NULL;
 ",
     // A plugin key's history row leaves `new` out (NULL, `new_implicit`): it is the next
-    // row's `old`, or the key's current value ([`RESOLVED_NEW`]). Writing the value a
-    // second time into history was a third of the database's work on ingest (first
-    // sight, store alone: 8,900 to 11,400 results/s). Rows written before keep theirs.
+    // row's `old`, or the key's current value ([`RESOLVED_NEW`]), so a changed value is
+    // stored once (store alone, first sight: 6,641–8,221 → 8,406–10,252 results/s; the
+    // history table 186 MB → 67 MB; BENCHMARKS.md). Rows written before keep theirs.
     "
 ALTER TABLE history ADD COLUMN new_implicit BOOLEAN NOT NULL DEFAULT false;
 ",
@@ -868,9 +868,9 @@ impl Store for PostgresStore {
         }
         let (pin_nodes, pin_keys): (Vec<&str>, Vec<&str>) = pins.into_iter().unzip();
         if !(set_nodes.is_empty() && history.nodes.is_empty()) {
-            // `p` pins before `k` writes: every part of one statement reads the rows as
-            // they were before it. `v` parses each text once; both writes take their values from it. History
-            // reads a stored old value from the key's row as this statement found it
+            // `v` parses each text once; both writes take their values from it. `p` pins
+            // a volatile key's latest row before `k` writes the key, and history reads a
+            // stored old value from the key's row as this statement found it
             // (before the write: every part of one statement sees one snapshot), and
             // WITH ORDINALITY keeps the batch's order in the ids `history` sorts ties by.
             execute_cached(

@@ -91,6 +91,14 @@ pub const DEAD_CONSUMER: &str = "admin";
 /// raised answers nothing about itself or its consumers while its new copies join.
 const DECLARE_ATTEMPTS: usize = 4;
 
+/// The stream and durable consumer behind a shared queue.
+fn durable_of(queue: QueueKind) -> (&'static str, &'static str) {
+    match queue {
+        QueueKind::Results => ("RESULTS", SERVERS_CONSUMER),
+        QueueKind::Dead => ("DEAD", DEAD_CONSUMER),
+    }
+}
+
 /// How long `setup --messaging` waits for a stream to show replicas it was updated to.
 const SETTLE_WAIT: Duration = Duration::from_secs(30);
 
@@ -720,10 +728,7 @@ impl NatsTransport {
         &self,
         queue: QueueKind,
     ) -> Result<Option<(stream::Stream, consumer::Info)>, TransportError> {
-        let (what, name) = match queue {
-            QueueKind::Results => ("RESULTS", SERVERS_CONSUMER),
-            QueueKind::Dead => ("DEAD", DEAD_CONSUMER),
-        };
+        let (what, name) = durable_of(queue);
         use jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
         use jetstream::ErrorCode;
         let stream = match self.js.get_stream(self.stream_name(what)).await {
@@ -874,10 +879,8 @@ impl NatsTransport {
         queue: QueueKind,
         prefetch: u16,
     ) -> Result<Box<dyn Subscription>, TransportError> {
-        let c = match queue {
-            QueueKind::Results => self.durable("RESULTS", SERVERS_CONSUMER).await?,
-            QueueKind::Dead => self.durable("DEAD", DEAD_CONSUMER).await?,
-        };
+        let (what, name) = durable_of(queue);
+        let c = self.durable(what, name).await?;
         let reconnects = self.gaps.subscribe();
         self.quarantine_unreadable(queue).await;
         Ok(Box::new(NatsSubscription {
