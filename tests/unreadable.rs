@@ -2,7 +2,8 @@
 //! issue 17): every view skips and counts them instead of failing, `vogeler-admin
 //! check` finds them and `--quarantine` moves them aside; a query over the time limit
 //! is a 503, not a stall; discovery runs beside ingest; a panic decoding a message
-//! dead-letters it and the server goes on, and so does a panic after a commit. Each
+//! dead-letters it and the server goes on, and so does a panic after a commit; moving a
+//! row aside leaves every other row reading what it read before. Each
 //! test runs on SQLite and PostgreSQL (the one after the commit on SQLite only).
 
 mod common;
@@ -260,6 +261,89 @@ fn unreadable_rows_on_postgres() {
     let b = Backend::postgres();
     let d = b.deployment();
     unreadable_rows_are_skipped_counted_and_quarantined(b, d);
+}
+
+/// Moving a row aside never changes what another row says: a history row reads an
+/// implicit `new` from the row after it (or the key's current value), so the row that
+/// reads it is pinned first. Before, the row ahead of a quarantined one read the next
+/// surviving row's `old`, and the latest row read a later result's value.
+fn quarantine_keeps_the_other_rows_values(b: Backend, d: Deployment) {
+    let server = d.server(&[]);
+    let t = d.topology();
+    let c = d.node("c");
+    let release = |i: u32| serde_json::json!({"os": {"release": i.to_string()}});
+    let publish = |i: u32| {
+        let data = release(i).to_string();
+        let at = format!("2026-01-01T00:0{i}:00Z");
+        publish_raw(&t.master_exchange, "", &[result(&c, "facter", &data, &at)]);
+        d.wait_document(&c, 20, |doc| doc["facter"] == release(i));
+    };
+    for i in 1..=4 {
+        publish(i);
+    }
+    // Row 2 gets an unreadable `new` of its own; the current value turns unreadable,
+    // so row 4 (which reads it) does too. Rows 1 and 3 still read back.
+    match b.name {
+        "sqlite" => b.sql(
+            &d,
+            &format!(
+                "UPDATE history SET new = '[1,' WHERE node = '{c}' AND at LIKE '2026-01-01T00:02%';
+                 UPDATE node_keys SET value = '{{\"os\": ' WHERE node = '{c}' AND key = 'facter';"
+            ),
+        ),
+        _ => b.sql(
+            &d,
+            &format!(
+                "UPDATE history SET new = '{{\"x\": 1e400}}'::jsonb, new_implicit = false
+                 WHERE node = '{c}' AND at = '2026-01-01T00:02:00Z';
+                 UPDATE node_keys SET value = '{{\"x\": 1e400}}'::jsonb WHERE node = '{c}' AND key = 'facter';"
+            ),
+        ),
+    }
+    let store = rt().block_on(vogeler_store::testing::open(&b.dsn));
+    let rows = |want_skipped: usize| {
+        let h = rt().block_on(store.history(&c, None)).expect("history");
+        assert_eq!(h.skipped.len(), want_skipped, "{h:?}");
+        let mut rows: Vec<_> = h
+            .rows
+            .into_iter()
+            .map(|e| (e.at.format("%M").to_string(), e.old, e.new))
+            .collect();
+        rows.sort_by(|x, y| x.0.cmp(&y.0));
+        rows
+    };
+    assert_eq!(rows(2).len(), 2);
+    let out = d.admin(&["check", "--quarantine"]);
+    let text = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("0 unreadable row(s) left"), "{text}");
+    let kept = vec![
+        ("01".to_string(), None, Some(release(1))),
+        ("03".to_string(), Some(release(2)), Some(release(3))),
+    ];
+    assert_eq!(rows(0), kept);
+
+    // The key's next result starts afresh; the rows before it keep their values.
+    publish(5);
+    let mut after = kept;
+    after.push(("05".to_string(), None, Some(release(5))));
+    assert_eq!(rows(0), after);
+    drop(server);
+    b.drop_database();
+}
+
+#[test]
+fn quarantine_keeps_the_other_rows_values_on_sqlite() {
+    let d = Deployment::new(&[]);
+    let b = Backend::sqlite(&d);
+    quarantine_keeps_the_other_rows_values(b, d);
+}
+
+#[test]
+fn quarantine_keeps_the_other_rows_values_on_postgres() {
+    let b = Backend::postgres();
+    let d = b.deployment();
+    quarantine_keeps_the_other_rows_values(b, d);
 }
 
 /// 2,000 nodes and a query time limit of 1 ms: a filtered web query answers 503 with

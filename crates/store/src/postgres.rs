@@ -183,6 +183,15 @@ const RESOLVED_NEW: &str = "CASE WHEN h.new_implicit THEN COALESCE(
     (SELECT v.value FROM node_keys v WHERE v.node = h.node AND v.key = h.key))
   ELSE h.new END";
 
+/// An UPDATE writing out the implicit `new` of the history row `row` selects (by id, from
+/// `$1` node and `$2`), as it reads now.
+fn pin_sql(row: &str) -> String {
+    format!(
+        "UPDATE history h SET new = {RESOLVED_NEW}, new_implicit = false
+         WHERE h.new_implicit AND h.id = ({row})"
+    )
+}
+
 /// One row when any node is deactivated, read from the partial index `nodes_deactivated`.
 const ANY_DEACTIVATED: &str = "SELECT 1 FROM nodes WHERE deactivated_at IS NOT NULL LIMIT 1";
 
@@ -1418,6 +1427,10 @@ impl Store for PostgresStore {
 impl PostgresStore {
     /// Moves unreadable rows into the `quarantine` table (created on first use) in one
     /// transaction; the values are copied inside PostgreSQL, never read into Rust.
+    ///
+    /// A history row whose `new` is implicit reads it from the row after it, or from the
+    /// key's current value, so before either goes the row that reads it is pinned to
+    /// what it reads now: moving one row aside never changes what another row says.
     async fn quarantine_rows(&self, rows: &[Unreadable]) -> Result<u64, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
@@ -1439,13 +1452,29 @@ impl PostgresStore {
                     })?;
                     moved += tx
                         .execute(
-                            "WITH gone AS (DELETE FROM history WHERE node = $1 AND id = $2 RETURNING node, key, new, old)
-                             INSERT INTO quarantine (source, node, key, value, old, why, at)
-                             SELECT 'history', node, key, new, old, $3, $4 FROM gone",
+                            &format!(
+                                "INSERT INTO quarantine (source, node, key, value, old, why, at)
+                                 SELECT 'history', h.node, h.key, {RESOLVED_NEW}, h.old, $3, $4
+                                 FROM history h WHERE h.node = $1 AND h.id = $2"
+                            ),
                             &[&u.node, &id, &u.why, &now],
                         )
                         .await
                         .map_err(pg_err)?;
+                    // The row before it reads this row's `old`.
+                    let before = pin_sql(
+                        "SELECT p.id FROM history p JOIN history r
+                           ON r.node = $1 AND r.id = $2 AND p.node = r.node AND p.key = r.key
+                         WHERE (p.at, p.id) < (r.at, r.id)
+                         ORDER BY p.at DESC, p.id DESC LIMIT 1",
+                    );
+                    tx.execute(&before, &[&u.node, &id]).await.map_err(pg_err)?;
+                    tx.execute(
+                        "DELETE FROM history WHERE node = $1 AND id = $2",
+                        &[&u.node, &id],
+                    )
+                    .await
+                    .map_err(pg_err)?;
                 }
                 (None, "last_error") => {
                     moved += tx
@@ -1465,6 +1494,14 @@ impl PostgresStore {
                     .map_err(pg_err)?;
                 }
                 (None, key) => {
+                    // The key's latest row reads its current value.
+                    let latest = pin_sql(
+                        "SELECT id FROM history WHERE node = $1 AND key = $2
+                         ORDER BY at DESC, id DESC LIMIT 1",
+                    );
+                    tx.execute(&latest, &[&u.node, &key])
+                        .await
+                        .map_err(pg_err)?;
                     moved += tx
                         .execute(
                             "WITH gone AS (DELETE FROM node_keys WHERE node = $1 AND key = $2 RETURNING node, key, value)

@@ -1196,38 +1196,72 @@ impl Store for SqliteStore {
 
 /// Moves unreadable rows into the `quarantine` table (source table, node, key, the
 /// text as stored, why) in one transaction; returns how many rows moved.
+///
+/// A history row whose `new` is implicit reads it from the row after it, or from the
+/// key's current value, so before either goes the row that reads it is pinned to what
+/// it reads now (the same text, readable or not): moving one row aside never changes
+/// what another row says.
 fn quarantine_rows(conn: &mut Connection, rows: &[Unreadable]) -> Result<u64, StoreError> {
     let tx = conn.transaction().map_err(sql_err)?;
     let now = rfc3339(Utc::now());
     let mut moved = 0u64;
     for u in rows {
-        let (copy, delete, key): (&str, &str, &dyn rusqlite::ToSql) = match (&u.history, u.key.as_str()) {
-            (Some(id), _) => (
-                "INSERT INTO quarantine (source, node, key, value, old, why, at)
-                 SELECT 'history', node, key, new, old, ?3, ?4 FROM history WHERE node = ?1 AND id = ?2",
-                "DELETE FROM history WHERE node = ?1 AND id = ?2",
-                id,
-            ),
-            (None, "last_error") => (
-                "INSERT INTO quarantine (source, node, key, value, why, at)
-                 SELECT 'nodes', name, ?2, last_error, ?3, ?4 FROM nodes WHERE name = ?1 AND last_error IS NOT NULL",
-                "UPDATE nodes SET last_error = NULL, last_error_at = NULL WHERE name = ?1 AND ?2 = 'last_error'",
-                &u.key,
-            ),
-            (None, _) => (
-                "INSERT INTO quarantine (source, node, key, value, why, at)
-                 SELECT 'node_keys', node, key, value, ?3, ?4 FROM node_keys WHERE node = ?1 AND key = ?2",
-                "DELETE FROM node_keys WHERE node = ?1 AND key = ?2",
-                &u.key,
-            ),
-        };
+        let (copy, pin, delete, key): (String, String, &str, &dyn rusqlite::ToSql) =
+            match (&u.history, u.key.as_str()) {
+                (Some(id), _) => (
+                    format!(
+                        "INSERT INTO quarantine (source, node, key, value, old, why, at)
+                         SELECT 'history', h.node, h.key, {RESOLVED_NEW}, h.old, ?3, ?4
+                         FROM history h WHERE h.node = ?1 AND h.id = ?2"
+                    ),
+                    // The row before it reads this row's `old`.
+                    pin_sql(
+                        "SELECT p.id FROM history p JOIN history r
+                           ON r.node = ?1 AND r.id = ?2 AND p.node = r.node AND p.key = r.key
+                         WHERE p.at < r.at OR (p.at = r.at AND p.id < r.id)
+                         ORDER BY p.at DESC, p.id DESC LIMIT 1",
+                    ),
+                    "DELETE FROM history WHERE node = ?1 AND id = ?2",
+                    id,
+                ),
+                (None, "last_error") => (
+                    "INSERT INTO quarantine (source, node, key, value, why, at)
+                     SELECT 'nodes', name, ?2, last_error, ?3, ?4 FROM nodes
+                     WHERE name = ?1 AND last_error IS NOT NULL"
+                        .into(),
+                    String::new(),
+                    "UPDATE nodes SET last_error = NULL, last_error_at = NULL WHERE name = ?1 AND ?2 = 'last_error'",
+                    &u.key,
+                ),
+                (None, _) => (
+                    "INSERT INTO quarantine (source, node, key, value, why, at)
+                     SELECT 'node_keys', node, key, value, ?3, ?4 FROM node_keys WHERE node = ?1 AND key = ?2"
+                        .into(),
+                    // The key's latest row reads its current value.
+                    pin_sql(
+                        "SELECT id FROM history WHERE node = ?1 AND key = ?2
+                         ORDER BY at DESC, id DESC LIMIT 1",
+                    ),
+                    "DELETE FROM node_keys WHERE node = ?1 AND key = ?2",
+                    &u.key,
+                ),
+            };
         moved += tx
-            .execute(copy, params![u.node, key, u.why, now])
+            .execute(&copy, params![u.node, key, u.why, now])
             .map_err(sql_err)? as u64;
+        if !pin.is_empty() {
+            tx.execute(&pin, params![u.node, key]).map_err(sql_err)?;
+        }
         tx.execute(delete, params![u.node, key]).map_err(sql_err)?;
     }
     tx.commit().map_err(sql_err)?;
     Ok(moved)
+}
+
+/// An UPDATE writing out the implicit `new` of the history row `row` selects (by id, from
+/// `?1` node and `?2`), as it reads now.
+fn pin_sql(row: &str) -> String {
+    format!("UPDATE history AS h SET new = {RESOLVED_NEW} WHERE h.new = '' AND h.id = ({row})")
 }
 
 /// Writes ledger records in one transaction; what is already there is kept.
