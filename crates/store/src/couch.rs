@@ -58,12 +58,16 @@ const META: &str = crate::STORE_META_KEY;
 const MAX_ATTEMPTS: u32 = 30;
 
 /// A store in one CouchDB database.
+#[derive(Clone)]
 pub struct CouchStore {
     http: reqwest::Client,
     db_url: String,
     base_url: String,
     user: Option<String>,
     password: Option<String>,
+    /// Set once this handle has checked the store's own views hold what this version
+    /// reads through them ([`CouchStore::ensure_views`]).
+    views: tokio::sync::OnceCell<()>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -116,6 +120,7 @@ impl CouchStore {
             base_url: base,
             user: user.map(str::to_string),
             password: password.map(str::to_string),
+            views: tokio::sync::OnceCell::new(),
         };
         let resp = store
             .req(reqwest::Method::PUT, &store.db_url)
@@ -125,7 +130,17 @@ impl CouchStore {
             // connection, an untrusted certificate) is down the chain.
             .map_err(|e| unavailable(crate::error_chain(&e)))?;
         match resp.status().as_u16() {
-            201 | 202 | 412 => Ok(store),
+            201 | 202 | 412 => {
+                // CouchDB builds a view when it is first read: start that now, so the
+                // first `changes` on a large database does not wait for all of it.
+                let warm = store.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = warm.warm_views().await {
+                        tracing::debug!(error = %e, "building the CouchDB history view");
+                    }
+                });
+                Ok(store)
+            }
             s => Err(backend(format!(
                 "cannot create database {db}: HTTP {s}: {}",
                 resp.text().await.unwrap_or_default()
@@ -319,24 +334,9 @@ impl CouchStore {
                 );
             }
             let id = format!("_design/{name}");
-            let url = format!("{}/_design/{}", self.db_url, encode(&name));
-            let (status, current) = self.json(self.req(reqwest::Method::GET, &url)).await?;
-            let mut doc =
-                json!({"_id": id, "language": "javascript", "views": Value::Object(views.clone())});
-            if status == 200 {
-                if current["views"] == Value::Object(views.clone())
-                    && current["language"] == "javascript"
-                {
-                    lines.push(format!("{id}: unchanged ({} views)", views.len()));
-                    continue;
-                }
-                doc["_rev"] = current["_rev"].clone();
-            }
-            let (status, body) = self
-                .json(self.req(reqwest::Method::PUT, &url).json(&doc))
-                .await?;
-            if status != 201 && status != 202 {
-                return Err(backend(format!("saving {id}: HTTP {status}: {body}")));
+            if !self.put_design_doc(&name, &views).await? {
+                lines.push(format!("{id}: unchanged ({} views)", views.len()));
+                continue;
             }
             let names: Vec<&String> = views.keys().collect();
             lines.push(format!(
@@ -350,6 +350,205 @@ impl CouchStore {
         }
         Ok(lines)
     }
+}
+
+impl CouchStore {
+    /// Saves `_design/<name>` with `views` unless it already holds exactly them;
+    /// true when it was written. Two servers saving the same document at once is
+    /// not an error: the one that loses finds it saved.
+    async fn put_design_doc(
+        &self,
+        name: &str,
+        views: &Map<String, Value>,
+    ) -> Result<bool, StoreError> {
+        let id = format!("_design/{name}");
+        let url = format!("{}/_design/{}", self.db_url, encode(name));
+        let views = Value::Object(views.clone());
+        for _ in 0..MAX_ATTEMPTS {
+            let (status, current) = self.json(self.req(reqwest::Method::GET, &url)).await?;
+            let mut doc = json!({"_id": id, "language": "javascript", "views": views});
+            if status == 200 {
+                if current["views"] == views && current["language"] == "javascript" {
+                    return Ok(false);
+                }
+                doc["_rev"] = current["_rev"].clone();
+            }
+            let (status, body) = self
+                .json(self.req(reqwest::Method::PUT, &url).json(&doc))
+                .await?;
+            match status {
+                201 | 202 => return Ok(true),
+                409 => continue,
+                _ => return Err(backend(format!("saving {id}: HTTP {status}: {body}"))),
+            }
+        }
+        Err(backend(format!(
+            "saving {id}: it kept changing under this write"
+        )))
+    }
+
+    /// Saves the store's own views (`_design/vogeler_store`) unless the database holds
+    /// them as this version writes them: missing in a database an earlier version
+    /// wrote, or edited by hand.
+    async fn ensure_views(&self) -> Result<(), StoreError> {
+        let mut views = Map::new();
+        views.insert("history_by_at".into(), json!({ "map": HISTORY_BY_AT }));
+        self.put_design_doc(STORE_DDOC, &views).await.map(|_| ())
+    }
+
+    /// Saves the store's views when needed and reads the history view once (no rows),
+    /// which makes CouchDB bring its index up to date.
+    async fn warm_views(&self) -> Result<(), StoreError> {
+        self.views.get_or_try_init(|| self.ensure_views()).await?;
+        let url = format!(
+            "{}/_design/{STORE_DDOC}/_view/history_by_at?limit=0",
+            self.db_url
+        );
+        self.raw(
+            self.req(reqwest::Method::GET, &url)
+                .timeout(VIEW_BUILD_TIME),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The history entries whose time is in `from..to` (either end open), oldest
+    /// first, as the store's own view ([`HISTORY_BY_AT`]) lists them: id, time, node,
+    /// key and sequence, no document, so a time range reads its entries' stamps, not
+    /// every entry of the database. The view is saved when missing (a database written
+    /// by an earlier version); CouchDB builds it on its first read.
+    async fn history_stamps(
+        &self,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Stamp>, StoreError> {
+        let mut url = format!("{}/_design/{STORE_DDOC}/_view/history_by_at", self.db_url);
+        // A second of margin each side: keys are compared as text (CouchDB collates
+        // them by Unicode rules) and times written by other versions may differ in
+        // form; the exact bounds are applied to the parsed times below.
+        let key = |t: DateTime<Utc>| encode(&Value::String(rfc3339(t)).to_string());
+        let mut sep = '?';
+        if let Some(from) = from {
+            url.push_str(&format!(
+                "{sep}startkey={}",
+                key(from - chrono::Duration::seconds(1))
+            ));
+            sep = '&';
+        }
+        if let Some(to) = to {
+            url.push_str(&format!(
+                "{sep}endkey={}",
+                key(to + chrono::Duration::seconds(1))
+            ));
+        }
+        self.views.get_or_try_init(|| self.ensure_views()).await?;
+        let mut saved = false;
+        let body = loop {
+            let (status, body) = self
+                .json(
+                    self.req(reqwest::Method::GET, &url)
+                        .timeout(VIEW_BUILD_TIME),
+                )
+                .await?;
+            match status {
+                200 => break body,
+                // Deleted since this handle checked it.
+                404 if !saved => {
+                    self.ensure_views().await?;
+                    saved = true;
+                }
+                _ => return Err(backend(format!("history view: HTTP {status}: {body}"))),
+            }
+        };
+        let rows = body["rows"]
+            .as_array()
+            .ok_or_else(|| backend(format!("history view: no rows in {body}")))?;
+        let mut stamps: Vec<Stamp> = rows
+            .iter()
+            .filter_map(|r| {
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                Some(Stamp {
+                    id: r["id"].as_str()?.to_string(),
+                    at: time_of(Some(&r["key"])),
+                    node: text(&r["value"][0]),
+                    key: text(&r["value"][1]),
+                    seq: r["value"][2].as_u64().unwrap_or(0),
+                })
+            })
+            // A time that does not parse stays: its document is listed as skipped.
+            .filter(|s| {
+                s.at.is_none_or(|at| {
+                    from.is_none_or(|from| at >= from) && to.is_none_or(|to| at < to)
+                })
+            })
+            .collect();
+        stamps.sort_by(|a, b| (a.at, a.seq, &a.id).cmp(&(b.at, b.seq, &b.id)));
+        Ok(stamps)
+    }
+
+    /// The history entries with these ids, oldest first (missing ones absent; those
+    /// that do not read back listed as skipped).
+    async fn history_by_ids(
+        &self,
+        ids: &[String],
+    ) -> Result<Rows<(HistoryEntry, u64, Map<String, Value>)>, StoreError> {
+        let mut docs = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(FETCH_CHUNK) {
+            let (mut found, bad) = self.fetch_checked(chunk).await?;
+            for b in bad {
+                tracing::warn!(id = %b.id, why = %b.why, "skipping a CouchDB document that does not read back (run vogeler-admin check)");
+            }
+            // In the order asked for: entries at one time and sequence stay by id.
+            docs.extend(chunk.iter().filter_map(|id| found.remove(id)));
+        }
+        Ok(history_rows(docs))
+    }
+}
+
+/// One history entry as the store's view lists it ([`HISTORY_BY_AT`]).
+struct Stamp {
+    id: String,
+    /// None when the stored time does not parse.
+    at: Option<DateTime<Utc>>,
+    node: String,
+    key: String,
+    seq: u64,
+}
+
+/// How long a read of the history view may wait for CouchDB to build its index (a
+/// database written before the view existed indexes all its history on that read).
+const VIEW_BUILD_TIME: Duration = Duration::from_secs(600);
+
+/// Ids fetched per `_all_docs` call.
+const FETCH_CHUNK: usize = 5_000;
+
+/// The design document of the store's own views (`_design/vogeler_store`), apart from
+/// any a user loads with `-l`.
+const STORE_DDOC: &str = "vogeler_store";
+
+/// Every history entry by its time (`at`, RFC 3339 text), for `changes` and
+/// `prune_history`. Plain ES5: CouchDB's JavaScript engines and PouchDB both run it.
+const HISTORY_BY_AT: &str = "function (doc) { if (doc.doc_type === 'History' && typeof doc.at === 'string') { emit(doc.at, [doc.node, doc.key, doc.seq]); } }";
+
+/// History entries from documents (others ignored), oldest first; an entry that does
+/// not read back is listed as skipped.
+fn history_rows(docs: Vec<Map<String, Value>>) -> Rows<(HistoryEntry, u64, Map<String, Value>)> {
+    let mut out = Rows::default();
+    for doc in docs {
+        if doc.get("doc_type") != Some(&json!("History")) {
+            continue;
+        }
+        match to_history(&doc) {
+            Ok((e, seq)) => out.rows.push((e, seq, doc)),
+            Err(e) => {
+                let text = |k: &str| doc.get(k).and_then(Value::as_str).unwrap_or_default();
+                let id = doc.get("_id").and_then(Value::as_str).map(str::to_string);
+                out.skip(text("node"), text("key"), id, e);
+            }
+        }
+    }
+    out.rows.sort_by_key(|(e, seq, _)| (e.at, *seq));
+    out
 }
 
 fn encode(s: &str) -> String {
@@ -841,25 +1040,10 @@ impl CouchStore {
         &self,
         prefix: &str,
     ) -> Result<Rows<(HistoryEntry, u64, Map<String, Value>)>, StoreError> {
-        let mut out = Rows::default();
-        for doc in self
-            .range(prefix, Some(&format!("{prefix}\u{fff0}")))
-            .await?
-        {
-            if doc.get("doc_type") != Some(&json!("History")) {
-                continue;
-            }
-            match to_history(&doc) {
-                Ok((e, seq)) => out.rows.push((e, seq, doc)),
-                Err(e) => {
-                    let text = |k: &str| doc.get(k).and_then(Value::as_str).unwrap_or_default();
-                    let id = doc.get("_id").and_then(Value::as_str).map(str::to_string);
-                    out.skip(text("node"), text("key"), id, e);
-                }
-            }
-        }
-        out.rows.sort_by_key(|(e, seq, _)| (e.at, *seq));
-        Ok(out)
+        Ok(history_rows(
+            self.range(prefix, Some(&format!("{prefix}\u{fff0}")))
+                .await?,
+        ))
     }
 
     /// Fills in the `new` of the first `upto` entries that leave it implicit (`rows`
@@ -1363,10 +1547,35 @@ impl Store for CouchStore {
         since: DateTime<Utc>,
         limit: usize,
     ) -> Result<Rows<HistoryEntry>, StoreError> {
-        let mut docs = self.history_docs("history:").await?;
-        docs.rows.retain(|(e, _, _)| e.at >= since);
-        // With every later entry in view: an entry's `new` may be a later one's `old`;
-        // only the entries within the limit are resolved, and only their nodes read.
+        let stamps = self.history_stamps(Some(since), None).await?;
+        let upto = limit.min(stamps.len());
+        // The first `limit` entries, and after them each one's next entry of its node
+        // and key (an implicit `new` is that entry's `old`): no other entry is read.
+        let mut next = vec![None; stamps.len()];
+        let mut later: HashMap<(&str, &str), usize> = HashMap::new();
+        for (i, s) in stamps.iter().enumerate().rev() {
+            next[i] = later.insert((s.node.as_str(), s.key.as_str()), i);
+        }
+        let mut wanted: Vec<usize> = (0..upto)
+            .chain(
+                next[..upto]
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .filter(|&j| j >= upto),
+            )
+            .collect();
+        wanted[upto..].sort_unstable();
+        wanted.dedup();
+        let ids: Vec<String> = wanted.iter().map(|&i| stamps[i].id.clone()).collect();
+        let mut docs = self.history_by_ids(&ids).await?;
+        if !docs.skipped.is_empty() || docs.rows.len() < ids.len() {
+            // An entry that did not read back (or went meanwhile) leaves a gap the
+            // entries after the limit fill: read them all.
+            let ids: Vec<String> = stamps.into_iter().map(|s| s.id).collect();
+            docs = self.history_by_ids(&ids).await?;
+        }
+        // Only the entries within the limit are resolved, and only their nodes read.
         self.resolve_new(&mut docs.rows, limit).await?;
         docs.rows.truncate(limit);
         Ok(docs.map(|(e, _, _)| e))
@@ -1424,8 +1633,14 @@ impl Store for CouchStore {
     }
 
     async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let ids: Vec<String> = self
+            .history_stamps(None, Some(before))
+            .await?
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
         let old: Vec<Map<String, Value>> = self
-            .history_docs("history:")
+            .history_by_ids(&ids)
             .await?
             .rows
             .into_iter()

@@ -310,3 +310,131 @@ async fn history_documents_leave_new_out_and_reads_fill_it_in() {
         "limited to one: its new is the next entry's old"
     );
 }
+
+/// `changes` and `prune_history` read a time range through the store's own view
+/// (`_design/vogeler_store`), not every history document: the view is saved on first
+/// use, put back when edited or deleted, and its text keys (whatever form a time was
+/// written in) give exactly the entries in the range.
+#[tokio::test]
+async fn changes_and_prune_read_a_time_range_through_the_history_view() {
+    let db = unique("vt_");
+    let store = couch(&db).await;
+    let t0 = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp(), 0).expect("now");
+    let at = |secs: i64| t0 + chrono::Duration::seconds(secs);
+    let result = |node: &str, secs: i64, v: i64| Observation {
+        node: node.into(),
+        at: at(secs),
+        change: Change::Plugin {
+            name: "facter".into(),
+            value: json!({ "v": v }).into(),
+            history: true,
+        },
+    };
+    for secs in 1..=4 {
+        store
+            .apply(vec![result("a", secs, secs), result("b", secs, secs * 10)].into())
+            .await
+            .expect("apply");
+    }
+    // An entry as an earlier version or a hand wrote it: another form of time.
+    let other_form = json!({
+        "_id": "history:c:facter:hand", "doc_type": "History", "node": "c", "key": "facter",
+        "old": {"v": 1}, "new": {"v": 2}, "at": at(3).to_rfc3339(), "seq": 1,
+    });
+    let http = reqwest::Client::new();
+    let put = http
+        .post(format!("{}/{db}", pouchdb()))
+        .json(&other_form)
+        .send()
+        .await
+        .expect("POST the entry");
+    assert!(put.status().is_success(), "{}", put.status());
+
+    let times = |rows: &[vogeler_store::HistoryEntry]| {
+        let mut t: Vec<(String, i64)> = rows
+            .iter()
+            .map(|e| (e.node.clone(), (e.at - t0).num_seconds()))
+            .collect();
+        t.sort();
+        t
+    };
+    let since = |secs: i64| {
+        let store = &store;
+        async move { store.changes(at(secs), 1000).await.expect("changes") }
+    };
+    let want = |from: i64| {
+        let mut w: Vec<(String, i64)> = (from..=4)
+            .flat_map(|s| [("a".to_string(), s), ("b".to_string(), s)])
+            .collect();
+        if from <= 3 {
+            w.push(("c".into(), 3));
+        }
+        w.sort();
+        w
+    };
+    assert_eq!(times(&since(3).await.rows), want(3));
+    let ddoc = format!("{}/{db}/_design/vogeler_store", pouchdb());
+    let saved: serde_json::Value = http
+        .get(&ddoc)
+        .send()
+        .await
+        .expect("GET the view")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        saved["views"]["history_by_at"]["map"]
+            .as_str()
+            .is_some_and(|m| m.contains("emit(doc.at")),
+        "{saved}"
+    );
+    // Entries a second apart, at the bounds: exact.
+    assert_eq!(times(&since(4).await.rows), want(4));
+    let h = store.changes(at(2), 1000).await.expect("changes");
+    assert_eq!(times(&h.rows), want(2));
+    // The implicit `new` of an entry is filled in from the next one.
+    let a2 = h
+        .rows
+        .iter()
+        .find(|e| e.node == "a" && e.at == at(2))
+        .expect("a at 2");
+    assert_eq!(a2.new, Some(json!({"v": 2})), "{a2:?}");
+
+    // Edited by hand: a new handle puts it back before reading through it.
+    let mut edited = saved.clone();
+    edited["views"]["history_by_at"]["map"] = json!("function (doc) {}");
+    let put = http.put(&ddoc).json(&edited).send().await.expect("PUT");
+    assert!(put.status().is_success(), "{}", put.status());
+    let again = couch(&db).await;
+    let h = again.changes(at(3), 1000).await.expect("changes");
+    assert_eq!(times(&h.rows), want(3));
+    // Deleted: the handle that already checked it saves it again.
+    let rev = http
+        .get(&ddoc)
+        .send()
+        .await
+        .expect("GET")
+        .json::<serde_json::Value>()
+        .await
+        .expect("json")["_rev"]
+        .as_str()
+        .expect("rev")
+        .to_string();
+    let del = http
+        .delete(format!("{ddoc}?rev={rev}"))
+        .send()
+        .await
+        .expect("DELETE");
+    assert!(del.status().is_success(), "{}", del.status());
+    assert_eq!(
+        times(&again.changes(at(3), 1000).await.expect("changes").rows),
+        want(3)
+    );
+
+    // Prune removes what is before the time and nothing after it.
+    assert_eq!(again.prune_history(at(3)).await.expect("prune"), 4);
+    assert_eq!(
+        times(&again.changes(at(0), 1000).await.expect("changes").rows),
+        want(3)
+    );
+}
