@@ -46,6 +46,13 @@ trap cleanup EXIT
 echo "==> vogeler-server (log: $work/server.log)" >&2
 "$bin/vogeler-server" -c "$work/vogeler.conf" >"$work/server.log" 2>&1 &
 pids+=($!)
+# The server declares its queue as it starts; a client started before that would have its
+# first heartbeat refused (no queue to keep it) and send it again after a reconnect.
+for _ in $(seq 1 50); do
+  if "$bin/vogeler-admin" -c "$work/vogeler.conf" queue --exists master.in >/dev/null 2>&1; then break; fi
+  sleep 0.2
+done
+
 echo "==> vogeler-client on node $node (log: $work/client.log)" >&2
 "$bin/vogeler-client" -c "$work/vogeler.conf" run >"$work/client.log" 2>&1 &
 pids+=($!)

@@ -17,7 +17,7 @@ use serde_json::Value;
 use vogeler_protocol::{Decoded, Message, Request, Stored};
 use vogeler_signing::SecretKey;
 use vogeler_transport::{
-    Audience, Connector, Delivered, Outgoing, Subscription, Topology, Transport,
+    Audience, Connector, Delivered, Outgoing, Subscription, Topology, Transport, TransportError,
 };
 
 use crate::client::Wire;
@@ -682,12 +682,22 @@ async fn announce(
         sent_at: request.sent_at,
         ttl: request.ttl,
     };
-    session
+    let id = a.request_id.clone();
+    match session
         .publish_result(Outgoing::new(vogeler_protocol::encode(&Message::Announce(
             a,
         ))))
-        .await?;
-    Ok(())
+        .await
+    {
+        Ok(()) => Ok(()),
+        // No servers' queue: the request goes out all the same (its clients keep their
+        // answers until a server declares that queue), without a ledger.
+        Err(TransportError::Refused { what, message }) => {
+            tracing::warn!(request = %id, "{what}: {message}: this request is not in any server's ledger");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The node-name globs of `-n` (`all` selects every node, so it is no glob).
@@ -840,13 +850,19 @@ async fn ask_registry(
     consumer: &mut Box<dyn Subscription>,
 ) -> anyhow::Result<Option<Vec<String>>> {
     let body = vogeler_protocol::encode(&Message::Discover(q.clone()));
-    session
+    let sent = session
         .publish_result(Outgoing {
             body,
             expiration_ms: Some(opts.discovery_timeout.as_millis() as u64),
             ..Default::default()
         })
-        .await?;
+        .await;
+    match sent {
+        Ok(()) => {}
+        // No servers' queue on the broker: no server can answer, said at once.
+        Err(TransportError::Refused { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
     let deadline = tokio::time::Instant::now() + opts.discovery_timeout;
     loop {
         let Some(reply) = next_reply(session, consumer, deadline).await? else {

@@ -214,6 +214,37 @@ fn results_wait_in_the_broker_while_the_server_is_down_on_nats() {
     results_wait_in_the_broker_while_the_server_is_down(Bus::Nats);
 }
 
+/// A broker no server has declared its queue on yet (clients started first, `setup`
+/// not run): a client's answers are not lost. RabbitMQ would have dropped them (nothing
+/// bound) and confirmed them all the same: they are refused, and the client answers
+/// again, with growing pauses, until a server is there; NATS keeps them in its stream.
+fn results_sent_before_any_server_are_not_lost(bus: Bus) {
+    let p = facter_plugins();
+    let d = Deployment::on(bus, &plugins_ref(&p));
+    let n = d.node("early");
+    let client = d.client(&n, &["--heartbeat-interval", "1"]);
+    let out = d.runner(&["-x", "hello", "-n", &n]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    std::thread::sleep(Duration::from_secs(2));
+    let _server = d.server(&[]);
+    let doc = d.wait_document(&n, 40, |doc| doc.get("hello").is_some());
+    assert_eq!(doc["hello"][0], "hello world");
+    if bus == Bus::Rabbit {
+        let log = client.log_text();
+        assert!(log.contains("no server queue is bound"), "{log}");
+    }
+}
+
+#[test]
+fn results_sent_before_any_server_are_not_lost_on_rabbitmq() {
+    results_sent_before_any_server_are_not_lost(Bus::Rabbit);
+}
+
+#[test]
+fn results_sent_before_any_server_are_not_lost_on_nats() {
+    results_sent_before_any_server_are_not_lost(Bus::Nats);
+}
+
 fn poison_messages_are_dead_lettered_and_good_ones_stored(bus: Bus) {
     let p = facter_plugins();
     let d = Deployment::on(bus, &plugins_ref(&p));

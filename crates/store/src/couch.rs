@@ -66,8 +66,8 @@ pub struct CouchStore {
     user: Option<String>,
     password: Option<String>,
     /// Set once this handle has checked the store's own views hold what this version
-    /// reads through them ([`CouchStore::ensure_views`]).
-    views: tokio::sync::OnceCell<()>,
+    /// reads through them: whether they can be used ([`CouchStore::ensure_views`]).
+    views: tokio::sync::OnceCell<bool>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -361,6 +361,19 @@ impl CouchStore {
         name: &str,
         views: &Map<String, Value>,
     ) -> Result<bool, StoreError> {
+        match self.try_put_design_doc(name, views).await? {
+            Ok(saved) => Ok(saved),
+            Err(refused) => Err(backend(refused)),
+        }
+    }
+
+    /// [`CouchStore::put_design_doc`], telling a refusal apart (`Err` inside: CouchDB
+    /// lets only a database's admins write design documents).
+    async fn try_put_design_doc(
+        &self,
+        name: &str,
+        views: &Map<String, Value>,
+    ) -> Result<Result<bool, String>, StoreError> {
         let id = format!("_design/{name}");
         let url = format!("{}/_design/{}", self.db_url, encode(name));
         let views = Value::Object(views.clone());
@@ -369,7 +382,7 @@ impl CouchStore {
             let mut doc = json!({"_id": id, "language": "javascript", "views": views});
             if status == 200 {
                 if current["views"] == views && current["language"] == "javascript" {
-                    return Ok(false);
+                    return Ok(Ok(false));
                 }
                 doc["_rev"] = current["_rev"].clone();
             }
@@ -377,8 +390,9 @@ impl CouchStore {
                 .json(self.req(reqwest::Method::PUT, &url).json(&doc))
                 .await?;
             match status {
-                201 | 202 => return Ok(true),
+                201 | 202 => return Ok(Ok(true)),
                 409 => continue,
+                401 | 403 => return Ok(Err(format!("saving {id}: HTTP {status}: {body}"))),
                 _ => return Err(backend(format!("saving {id}: HTTP {status}: {body}"))),
             }
         }
@@ -390,16 +404,31 @@ impl CouchStore {
     /// Saves the store's own views (`_design/vogeler_store`) unless the database holds
     /// them as this version writes them: missing in a database an earlier version
     /// wrote, or edited by hand.
-    async fn ensure_views(&self) -> Result<(), StoreError> {
+    ///
+    /// False when the database holds them otherwise and this user may not write design
+    /// documents (a CouchDB member, not an admin): reads then fall back to reading every
+    /// history document, as before the view existed.
+    async fn ensure_views(&self) -> Result<bool, StoreError> {
         let mut views = Map::new();
         views.insert("history_by_at".into(), json!({ "map": HISTORY_BY_AT }));
-        self.put_design_doc(STORE_DDOC, &views).await.map(|_| ())
+        match self.try_put_design_doc(STORE_DDOC, &views).await? {
+            Ok(_) => Ok(true),
+            Err(refused) => {
+                tracing::warn!(
+                    %refused,
+                    "this CouchDB user may not save the store's view; changes and history pruning read every history document (grant the user admin on the database, or save it once as an admin)"
+                );
+                Ok(false)
+            }
+        }
     }
 
     /// Saves the store's views when needed and reads the history view once (no rows),
     /// which makes CouchDB bring its index up to date.
     async fn warm_views(&self) -> Result<(), StoreError> {
-        self.views.get_or_try_init(|| self.ensure_views()).await?;
+        if !*self.views.get_or_try_init(|| self.ensure_views()).await? {
+            return Ok(());
+        }
         let url = format!(
             "{}/_design/{STORE_DDOC}/_view/history_by_at?limit=0",
             self.db_url
@@ -415,75 +444,112 @@ impl CouchStore {
     /// The history entries whose time is in `from..to` (either end open), oldest
     /// first, as the store's own view ([`HISTORY_BY_AT`]) lists them: id, time, node,
     /// key and sequence, no document, so a time range reads its entries' stamps, not
-    /// every entry of the database. The view is saved when missing (a database written
-    /// by an earlier version); CouchDB builds it on its first read.
+    /// every entry of the database; entries whose time does not parse are listed as
+    /// skipped. The view is saved when missing (a database written by an earlier
+    /// version); CouchDB builds it on its first read. None when the view cannot be
+    /// had (see [`CouchStore::ensure_views`]).
     async fn history_stamps(
         &self,
         from: Option<DateTime<Utc>>,
         to: Option<DateTime<Utc>>,
-    ) -> Result<Vec<Stamp>, StoreError> {
-        let mut url = format!("{}/_design/{STORE_DDOC}/_view/history_by_at", self.db_url);
-        // A second of margin each side: keys are compared as text (CouchDB collates
-        // them by Unicode rules) and times written by other versions may differ in
-        // form; the exact bounds are applied to the parsed times below.
+    ) -> Result<Option<Rows<Stamp>>, StoreError> {
+        // A second of margin each side: the keys are text in this store's own form,
+        // which sorts as the times do but for fractions of different lengths; the exact
+        // bounds are applied to the parsed times below.
         let key = |t: DateTime<Utc>| encode(&Value::String(rfc3339(t)).to_string());
-        let mut sep = '?';
+        let mut range = Vec::new();
         if let Some(from) = from {
-            url.push_str(&format!(
-                "{sep}startkey={}",
+            range.push(format!(
+                "startkey={}",
                 key(from - chrono::Duration::seconds(1))
             ));
-            sep = '&';
         }
         if let Some(to) = to {
-            url.push_str(&format!(
-                "{sep}endkey={}",
-                key(to + chrono::Duration::seconds(1))
-            ));
+            range.push(format!("endkey={}", key(to + chrono::Duration::seconds(1))));
         }
-        self.views.get_or_try_init(|| self.ensure_views()).await?;
+        let Some(mut rows) = self.view_rows(&range.join("&")).await? else {
+            return Ok(None);
+        };
+        // Times in another form are keyed `null`, which sorts before every text: a
+        // range without a start has them already.
+        if from.is_some() {
+            match self.view_rows("key=null").await? {
+                Some(other) => rows.extend(other),
+                None => return Ok(None),
+            }
+        }
+        let mut out = Rows::default();
+        for r in rows {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            let Some(id) = r["id"].as_str().map(str::to_string) else {
+                continue;
+            };
+            let at = match &r["key"] {
+                Value::Null => time_of(Some(&r["value"][3])),
+                key => time_of(Some(key)),
+            };
+            let (node, key) = (text(&r["value"][0]), text(&r["value"][1]));
+            match at {
+                Some(at) => {
+                    if from.is_none_or(|from| at >= from) && to.is_none_or(|to| at < to) {
+                        out.rows.push(Stamp {
+                            id,
+                            at,
+                            node,
+                            key,
+                            seq: r["value"][2].as_u64().unwrap_or(0),
+                        });
+                    }
+                }
+                // As a read of the document itself says it ([`to_history`]).
+                None => {
+                    let why = format!(
+                        "history document {} has no valid \"at\" time",
+                        Value::String(id.clone())
+                    );
+                    out.skip(&node, &key, Some(id), why);
+                }
+            }
+        }
+        out.rows
+            .sort_by(|a, b| (a.at, a.seq, &a.id).cmp(&(b.at, b.seq, &b.id)));
+        Ok(Some(out))
+    }
+
+    /// The rows of the history view for a query string; None when the view cannot be
+    /// had. A view deleted since this handle checked it is saved again.
+    async fn view_rows(&self, query: &str) -> Result<Option<Vec<Value>>, StoreError> {
+        if !*self.views.get_or_try_init(|| self.ensure_views()).await? {
+            return Ok(None);
+        }
+        let url = format!(
+            "{}/_design/{STORE_DDOC}/_view/history_by_at?{query}",
+            self.db_url
+        );
         let mut saved = false;
-        let body = loop {
-            let (status, body) = self
+        loop {
+            let (status, mut body) = self
                 .json(
                     self.req(reqwest::Method::GET, &url)
                         .timeout(VIEW_BUILD_TIME),
                 )
                 .await?;
             match status {
-                200 => break body,
-                // Deleted since this handle checked it.
+                200 => {
+                    return match body["rows"].take() {
+                        Value::Array(rows) => Ok(Some(rows)),
+                        _ => Err(backend(format!("history view: no rows in {body}"))),
+                    }
+                }
                 404 if !saved => {
-                    self.ensure_views().await?;
+                    if !self.ensure_views().await? {
+                        return Ok(None);
+                    }
                     saved = true;
                 }
                 _ => return Err(backend(format!("history view: HTTP {status}: {body}"))),
             }
-        };
-        let rows = body["rows"]
-            .as_array()
-            .ok_or_else(|| backend(format!("history view: no rows in {body}")))?;
-        let mut stamps: Vec<Stamp> = rows
-            .iter()
-            .filter_map(|r| {
-                let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-                Some(Stamp {
-                    id: r["id"].as_str()?.to_string(),
-                    at: time_of(Some(&r["key"])),
-                    node: text(&r["value"][0]),
-                    key: text(&r["value"][1]),
-                    seq: r["value"][2].as_u64().unwrap_or(0),
-                })
-            })
-            // A time that does not parse stays: its document is listed as skipped.
-            .filter(|s| {
-                s.at.is_none_or(|at| {
-                    from.is_none_or(|from| at >= from) && to.is_none_or(|to| at < to)
-                })
-            })
-            .collect();
-        stamps.sort_by(|a, b| (a.at, a.seq, &a.id).cmp(&(b.at, b.seq, &b.id)));
-        Ok(stamps)
+        }
     }
 
     /// The history entries with these ids, oldest first (missing ones absent; those
@@ -508,8 +574,7 @@ impl CouchStore {
 /// One history entry as the store's view lists it ([`HISTORY_BY_AT`]).
 struct Stamp {
     id: String,
-    /// None when the stored time does not parse.
-    at: Option<DateTime<Utc>>,
+    at: DateTime<Utc>,
     node: String,
     key: String,
     seq: u64,
@@ -526,9 +591,12 @@ const FETCH_CHUNK: usize = 5_000;
 /// any a user loads with `-l`.
 const STORE_DDOC: &str = "vogeler_store";
 
-/// Every history entry by its time (`at`, RFC 3339 text), for `changes` and
-/// `prune_history`. Plain ES5: CouchDB's JavaScript engines and PouchDB both run it.
-const HISTORY_BY_AT: &str = "function (doc) { if (doc.doc_type === 'History' && typeof doc.at === 'string') { emit(doc.at, [doc.node, doc.key, doc.seq]); } }";
+/// Every history entry by its time, for `changes` and `prune_history`: keyed by the
+/// `at` text itself when it is in the form this store writes (UTC, `T`, `Z`: such text
+/// sorts as the times do), else by `null` (another form, or no time), those read apart
+/// and placed by their parsed time; the value is `[node, key, seq, at]`. Plain ES5, no
+/// date parsing: CouchDB's JavaScript engines and PouchDB agree on it.
+const HISTORY_BY_AT: &str = r"function (doc) { if (doc.doc_type === 'History') { var at = doc.at; var plain = typeof at === 'string' && /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/.test(at); emit(plain ? at : null, [doc.node, doc.key, doc.seq, at === undefined ? null : at]); } }";
 
 /// History entries from documents (others ignored), oldest first; an entry that does
 /// not read back is listed as skipped.
@@ -1547,7 +1615,14 @@ impl Store for CouchStore {
         since: DateTime<Utc>,
         limit: usize,
     ) -> Result<Rows<HistoryEntry>, StoreError> {
-        let stamps = self.history_stamps(Some(since), None).await?;
+        let Some(stamps) = self.history_stamps(Some(since), None).await? else {
+            let mut docs = self.history_docs("history:").await?;
+            docs.rows.retain(|(e, _, _)| e.at >= since);
+            self.resolve_new(&mut docs.rows, limit).await?;
+            docs.rows.truncate(limit);
+            return Ok(docs.map(|(e, _, _)| e));
+        };
+        let (skipped, stamps) = (stamps.skipped, stamps.rows);
         let upto = limit.min(stamps.len());
         // The first `limit` entries, and after them each one's next entry of its node
         // and key (an implicit `new` is that entry's `old`): no other entry is read.
@@ -1575,6 +1650,7 @@ impl Store for CouchStore {
             let ids: Vec<String> = stamps.into_iter().map(|s| s.id).collect();
             docs = self.history_by_ids(&ids).await?;
         }
+        docs.skipped.extend(skipped);
         // Only the entries within the limit are resolved, and only their nodes read.
         self.resolve_new(&mut docs.rows, limit).await?;
         docs.rows.truncate(limit);
@@ -1633,15 +1709,14 @@ impl Store for CouchStore {
     }
 
     async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let ids: Vec<String> = self
-            .history_stamps(None, Some(before))
-            .await?
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
-        let old: Vec<Map<String, Value>> = self
-            .history_by_ids(&ids)
-            .await?
+        let docs = match self.history_stamps(None, Some(before)).await? {
+            Some(stamps) => {
+                let ids: Vec<String> = stamps.rows.into_iter().map(|s| s.id).collect();
+                self.history_by_ids(&ids).await?
+            }
+            None => self.history_docs("history:").await?,
+        };
+        let old: Vec<Map<String, Value>> = docs
             .rows
             .into_iter()
             .filter(|(e, _, _)| e.at < before)

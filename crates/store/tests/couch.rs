@@ -336,18 +336,57 @@ async fn changes_and_prune_read_a_time_range_through_the_history_view() {
             .await
             .expect("apply");
     }
-    // An entry as an earlier version or a hand wrote it: another form of time.
-    let other_form = json!({
-        "_id": "history:c:facter:hand", "doc_type": "History", "node": "c", "key": "facter",
-        "old": {"v": 1}, "new": {"v": 2}, "at": at(3).to_rfc3339(), "seq": 1,
-    });
+    // Entries as an earlier version, another tool or a hand wrote them: other forms
+    // of time (their text does not sort as the times do), and times that do not parse.
+    let form = |secs: i64, f: &str| {
+        at(secs)
+            .with_timezone(
+                &chrono::FixedOffset::east_opt(match f {
+                    "-05:00" => -5 * 3600,
+                    "+01:00" => 3600,
+                    _ => 0,
+                })
+                .expect("offset"),
+            )
+            .format(match f {
+                "space" => "%Y-%m-%d %H:%M:%SZ",
+                "lower" => "%Y-%m-%dt%H:%M:%Sz",
+                "+00:00" => "%Y-%m-%dT%H:%M:%S+00:00",
+                _ => "%Y-%m-%dT%H:%M:%S%:z",
+            })
+            .to_string()
+    };
+    let mut hand: Vec<serde_json::Value> = [
+        ("c", 3, "+00:00"),
+        ("d", 3, "space"),
+        ("e", 3, "-05:00"),
+        ("f", 4, "lower"),
+        ("g", 2, "+01:00"),
+    ]
+    .iter()
+    .map(|(node, secs, f)| {
+        json!({
+            "_id": format!("history:{node}:facter:hand"), "doc_type": "History", "node": node,
+            "key": "facter", "old": {"v": 1}, "new": {"v": 2}, "at": form(*secs, f), "seq": 1,
+        })
+    })
+    .collect();
+    for (i, bad) in [json!(5), json!(null), json!("1999-bad"), json!("garbage")]
+        .into_iter()
+        .enumerate()
+    {
+        hand.push(json!({
+            "_id": format!("history:x:facter:bad{i}"), "doc_type": "History", "node": "x",
+            "key": "facter", "old": {"v": 1}, "new": {"v": 2}, "at": bad, "seq": 1,
+        }));
+    }
     let http = reqwest::Client::new();
     let put = http
-        .post(format!("{}/{db}", pouchdb()))
-        .json(&other_form)
+        .post(format!("{}/{db}/_bulk_docs", pouchdb()))
+        .json(&json!({ "docs": hand }))
         .send()
         .await
-        .expect("POST the entry");
+        .expect("POST the entries");
     assert!(put.status().is_success(), "{}", put.status());
 
     let times = |rows: &[vogeler_store::HistoryEntry]| {
@@ -358,17 +397,26 @@ async fn changes_and_prune_read_a_time_range_through_the_history_view() {
         t.sort();
         t
     };
+    // Every read lists the four that do not parse as skipped, as a read of each
+    // document would.
     let since = |secs: i64| {
         let store = &store;
-        async move { store.changes(at(secs), 1000).await.expect("changes") }
+        async move {
+            let h = store.changes(at(secs), 1000).await.expect("changes");
+            assert_eq!(h.skipped.len(), 4, "{:?}", h.skipped);
+            h
+        }
     };
     let want = |from: i64| {
         let mut w: Vec<(String, i64)> = (from..=4)
             .flat_map(|s| [("a".to_string(), s), ("b".to_string(), s)])
+            .chain(
+                [("c", 3), ("d", 3), ("e", 3), ("f", 4), ("g", 2)]
+                    .iter()
+                    .filter(|(_, s)| *s >= from)
+                    .map(|(n, s)| (n.to_string(), *s)),
+            )
             .collect();
-        if from <= 3 {
-            w.push(("c".into(), 3));
-        }
         w.sort();
         w
     };
@@ -385,12 +433,12 @@ async fn changes_and_prune_read_a_time_range_through_the_history_view() {
     assert!(
         saved["views"]["history_by_at"]["map"]
             .as_str()
-            .is_some_and(|m| m.contains("emit(doc.at")),
+            .is_some_and(|m| m.contains("emit(plain ? at : null")),
         "{saved}"
     );
     // Entries a second apart, at the bounds: exact.
     assert_eq!(times(&since(4).await.rows), want(4));
-    let h = store.changes(at(2), 1000).await.expect("changes");
+    let h = since(2).await;
     assert_eq!(times(&h.rows), want(2));
     // The implicit `new` of an entry is filled in from the next one.
     let a2 = h
@@ -432,7 +480,7 @@ async fn changes_and_prune_read_a_time_range_through_the_history_view() {
     );
 
     // Prune removes what is before the time and nothing after it.
-    assert_eq!(again.prune_history(at(3)).await.expect("prune"), 4);
+    assert_eq!(again.prune_history(at(3)).await.expect("prune"), 5);
     assert_eq!(
         times(&again.changes(at(0), 1000).await.expect("changes").rows),
         want(3)

@@ -191,7 +191,9 @@ pub trait Transport: Send + Sync {
         self.declare().await
     }
 
-    /// Publishes a result to the servers' shared queue and waits for the broker's confirm.
+    /// Publishes a result to the servers' shared queue and waits for the broker's confirm;
+    /// refused (`TransportError::Refused`) when there is no such queue to keep it, never
+    /// dropped: the caller keeps what it answers and tries again.
     async fn publish_result(&self, msg: Outgoing) -> Result<(), TransportError>;
 
     /// Whether [`Transport::publish_request`] answers `Unroutable` for a node nobody
@@ -377,6 +379,12 @@ impl Transport for AmqpTransport {
     }
 
     async fn publish_result(&self, msg: Outgoing) -> Result<(), TransportError> {
+        // Mandatory: with no server queue bound (a broker no server or `setup` has
+        // declared on yet) RabbitMQ would drop the message and confirm it all the same.
+        let msg = Outgoing {
+            mandatory: true,
+            ..msg
+        };
         match self
             .session
             .publish_confirmed(&self.topology.master_exchange, "", msg)

@@ -623,6 +623,38 @@ async fn an_oversized_message_is_a_clear_error(b: &dyn Backend) {
     b.cleanup(&[]).await;
 }
 
+/// A result sent before any server declared its queue (a client that starts first on a
+/// new broker) is kept or refused, never dropped: RabbitMQ refuses it (no queue to keep
+/// it; the client answers again later), a NATS stream keeps it; either way it reaches a
+/// server once one is there.
+async fn a_result_before_any_server_is_refused_or_kept(b: &dyn Backend) {
+    let (client, server) = (b.connect().await, b.connect().await);
+    client
+        .declare_sender()
+        .await
+        .expect("declare what a client publishes to");
+    let kept = match client.publish_result(msg("early")).await {
+        Ok(()) => true,
+        Err(TransportError::Refused { message, .. }) => {
+            assert!(message.contains("vogeler-admin setup"), "{message}");
+            false
+        }
+        Err(e) => panic!("neither kept nor refused: {e}"),
+    };
+    server.declare().await.expect("declare");
+    let mut s = server.consume_results(1).await.expect("consume");
+    if !kept {
+        client
+            .publish_result(msg("early"))
+            .await
+            .expect("publish once a server queue is there");
+    }
+    assert_eq!(take(server.as_ref(), &mut s, 1).await, set(&["early"]));
+    client.close().await;
+    server.close().await;
+    b.cleanup(&[]).await;
+}
+
 macro_rules! backend {
     ($module:ident, $make:expr; $($case:ident),* $(,)?) => {
         mod $module {
@@ -651,6 +683,7 @@ macro_rules! suite {
             a_dead_letter_keeps_its_reason,
             headers_round_trip,
             an_oversized_message_is_a_clear_error,
+            a_result_before_any_server_is_refused_or_kept,
         );
     };
 }
