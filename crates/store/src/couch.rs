@@ -248,9 +248,7 @@ impl CouchStore {
         end: Option<&str>,
     ) -> Result<Vec<Map<String, Value>>, StoreError> {
         let (docs, bad) = self.range_checked(start, end).await?;
-        for b in bad {
-            tracing::warn!(id = %b.id, why = %b.why, "skipping a CouchDB document that does not read back (run vogeler-admin check)");
-        }
+        warn_unreadable(&bad);
         Ok(docs)
     }
 
@@ -426,19 +424,7 @@ impl CouchStore {
     /// Saves the store's views when needed and reads the history view once (no rows),
     /// which makes CouchDB bring its index up to date.
     async fn warm_views(&self) -> Result<(), StoreError> {
-        if !*self.views.get_or_try_init(|| self.ensure_views()).await? {
-            return Ok(());
-        }
-        let url = format!(
-            "{}/_design/{STORE_DDOC}/_view/history_by_at?limit=0",
-            self.db_url
-        );
-        self.raw(
-            self.req(reqwest::Method::GET, &url)
-                .timeout(VIEW_BUILD_TIME),
-        )
-        .await
-        .map(|_| ())
+        self.view_rows("limit=0").await.map(|_| ())
     }
 
     /// The history entries whose time is in `from..to` (either end open), oldest
@@ -552,6 +538,40 @@ impl CouchStore {
         }
     }
 
+    /// The entries `changes` needs from a time range's stamps, oldest first: the first
+    /// `limit`, and after them each one's next entry of its node and key (an implicit
+    /// `new` is that entry's `old`); no other entry is read.
+    async fn changes_from(
+        &self,
+        stamps: Rows<Stamp>,
+        limit: usize,
+    ) -> Result<Rows<(HistoryEntry, u64, Map<String, Value>)>, StoreError> {
+        let (skipped, stamps) = (stamps.skipped, stamps.rows);
+        let upto = limit.min(stamps.len());
+        let next = next_of_same_key(stamps.iter().map(|s| (s.node.as_str(), s.key.as_str())));
+        let mut wanted: Vec<usize> = (0..upto)
+            .chain(
+                next[..upto]
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .filter(|&j| j >= upto),
+            )
+            .collect();
+        wanted[upto..].sort_unstable();
+        wanted.dedup();
+        let ids: Vec<String> = wanted.iter().map(|&i| stamps[i].id.clone()).collect();
+        let mut docs = self.history_by_ids(&ids).await?;
+        if !docs.skipped.is_empty() || docs.rows.len() < ids.len() {
+            // An entry that did not read back (or went meanwhile) leaves a gap the
+            // entries after the limit fill: read them all.
+            let ids: Vec<String> = stamps.into_iter().map(|s| s.id).collect();
+            docs = self.history_by_ids(&ids).await?;
+        }
+        docs.skipped.extend(skipped);
+        Ok(docs)
+    }
+
     /// The history entries with these ids, oldest first (missing ones absent; those
     /// that do not read back listed as skipped).
     async fn history_by_ids(
@@ -561,9 +581,7 @@ impl CouchStore {
         let mut docs = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(FETCH_CHUNK) {
             let (mut found, bad) = self.fetch_checked(chunk).await?;
-            for b in bad {
-                tracing::warn!(id = %b.id, why = %b.why, "skipping a CouchDB document that does not read back (run vogeler-admin check)");
-            }
+            warn_unreadable(&bad);
             // In the order asked for: entries at one time and sequence stay by id.
             docs.extend(chunk.iter().filter_map(|id| found.remove(id)));
         }
@@ -597,6 +615,18 @@ const STORE_DDOC: &str = "vogeler_store";
 /// and placed by their parsed time; the value is `[node, key, seq, at]`. Plain ES5, no
 /// date parsing: CouchDB's JavaScript engines and PouchDB agree on it.
 const HISTORY_BY_AT: &str = r"function (doc) { if (doc.doc_type === 'History') { var at = doc.at; var plain = typeof at === 'string' && /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/.test(at); emit(plain ? at : null, [doc.node, doc.key, doc.seq, at === undefined ? null : at]); } }";
+
+/// For entries oldest first, given as (node, key): each one's next entry of the same
+/// node and key, by position.
+fn next_of_same_key<'a>(entries: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<Option<usize>> {
+    let keys: Vec<(&str, &str)> = entries.collect();
+    let mut next = vec![None; keys.len()];
+    let mut later: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, k) in keys.into_iter().enumerate().rev() {
+        next[i] = later.insert(k, i);
+    }
+    next
+}
 
 /// History entries from documents (others ignored), oldest first; an entry that does
 /// not read back is listed as skipped.
@@ -1048,6 +1078,13 @@ fn parse_all_docs(bytes: &[u8]) -> Result<Docs, String> {
     Ok((docs, bad))
 }
 
+/// Logs the documents a read skipped because they do not read back.
+fn warn_unreadable(bad: &[BadDoc]) {
+    for b in bad {
+        tracing::warn!(id = %b.id, why = %b.why, "skipping a CouchDB document that does not read back (run vogeler-admin check)");
+    }
+}
+
 /// The key an unreadable CouchDB document is listed under: the whole document.
 const WHOLE_DOCUMENT: &str = "(document)";
 
@@ -1125,12 +1162,10 @@ impl CouchStore {
     ) -> Result<(), StoreError> {
         let implicit = |d: &Map<String, Value>| d.get(IMPLICIT_NEW) == Some(&Value::Bool(true));
         let upto = upto.min(rows.len());
-        // Each entry's next entry of its node and key, by position.
-        let mut next = vec![None; rows.len()];
-        let mut later: HashMap<(&str, &str), usize> = HashMap::new();
-        for (i, (e, _, _)) in rows.iter().enumerate().rev() {
-            next[i] = later.insert((e.node.as_str(), e.key.as_str()), i);
-        }
+        let next = next_of_same_key(
+            rows.iter()
+                .map(|(e, _, _)| (e.node.as_str(), e.key.as_str())),
+        );
         let mut nodes: Vec<String> = (0..upto)
             .filter(|&i| next[i].is_none() && implicit(&rows[i].2))
             .map(|i| rows[i].0.node.clone())
@@ -1615,42 +1650,14 @@ impl Store for CouchStore {
         since: DateTime<Utc>,
         limit: usize,
     ) -> Result<Rows<HistoryEntry>, StoreError> {
-        let Some(stamps) = self.history_stamps(Some(since), None).await? else {
-            let mut docs = self.history_docs("history:").await?;
-            docs.rows.retain(|(e, _, _)| e.at >= since);
-            self.resolve_new(&mut docs.rows, limit).await?;
-            docs.rows.truncate(limit);
-            return Ok(docs.map(|(e, _, _)| e));
+        let mut docs = match self.history_stamps(Some(since), None).await? {
+            Some(stamps) => self.changes_from(stamps, limit).await?,
+            None => {
+                let mut docs = self.history_docs("history:").await?;
+                docs.rows.retain(|(e, _, _)| e.at >= since);
+                docs
+            }
         };
-        let (skipped, stamps) = (stamps.skipped, stamps.rows);
-        let upto = limit.min(stamps.len());
-        // The first `limit` entries, and after them each one's next entry of its node
-        // and key (an implicit `new` is that entry's `old`): no other entry is read.
-        let mut next = vec![None; stamps.len()];
-        let mut later: HashMap<(&str, &str), usize> = HashMap::new();
-        for (i, s) in stamps.iter().enumerate().rev() {
-            next[i] = later.insert((s.node.as_str(), s.key.as_str()), i);
-        }
-        let mut wanted: Vec<usize> = (0..upto)
-            .chain(
-                next[..upto]
-                    .iter()
-                    .flatten()
-                    .copied()
-                    .filter(|&j| j >= upto),
-            )
-            .collect();
-        wanted[upto..].sort_unstable();
-        wanted.dedup();
-        let ids: Vec<String> = wanted.iter().map(|&i| stamps[i].id.clone()).collect();
-        let mut docs = self.history_by_ids(&ids).await?;
-        if !docs.skipped.is_empty() || docs.rows.len() < ids.len() {
-            // An entry that did not read back (or went meanwhile) leaves a gap the
-            // entries after the limit fill: read them all.
-            let ids: Vec<String> = stamps.into_iter().map(|s| s.id).collect();
-            docs = self.history_by_ids(&ids).await?;
-        }
-        docs.skipped.extend(skipped);
         // Only the entries within the limit are resolved, and only their nodes read.
         self.resolve_new(&mut docs.rows, limit).await?;
         docs.rows.truncate(limit);

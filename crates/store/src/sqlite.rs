@@ -1206,7 +1206,7 @@ fn quarantine_rows(conn: &mut Connection, rows: &[Unreadable]) -> Result<u64, St
     let now = rfc3339(Utc::now());
     let mut moved = 0u64;
     for u in rows {
-        let (copy, pin, delete, key): (String, String, &str, &dyn rusqlite::ToSql) =
+        let (copy, pin, delete, key): (String, Option<String>, &str, &dyn rusqlite::ToSql) =
             match (&u.history, u.key.as_str()) {
                 (Some(id), _) => (
                     format!(
@@ -1215,12 +1215,12 @@ fn quarantine_rows(conn: &mut Connection, rows: &[Unreadable]) -> Result<u64, St
                          FROM history h WHERE h.node = ?1 AND h.id = ?2"
                     ),
                     // The row before it reads this row's `old`.
-                    pin_sql(
+                    Some(pin_sql(
                         "SELECT p.id FROM history p JOIN history r
                            ON r.node = ?1 AND r.id = ?2 AND p.node = r.node AND p.key = r.key
                          WHERE p.at < r.at OR (p.at = r.at AND p.id < r.id)
                          ORDER BY p.at DESC, p.id DESC LIMIT 1",
-                    ),
+                    )),
                     "DELETE FROM history WHERE node = ?1 AND id = ?2",
                     id,
                 ),
@@ -1229,7 +1229,7 @@ fn quarantine_rows(conn: &mut Connection, rows: &[Unreadable]) -> Result<u64, St
                      SELECT 'nodes', name, ?2, last_error, ?3, ?4 FROM nodes
                      WHERE name = ?1 AND last_error IS NOT NULL"
                         .into(),
-                    String::new(),
+                    None,
                     "UPDATE nodes SET last_error = NULL, last_error_at = NULL WHERE name = ?1 AND ?2 = 'last_error'",
                     &u.key,
                 ),
@@ -1238,10 +1238,10 @@ fn quarantine_rows(conn: &mut Connection, rows: &[Unreadable]) -> Result<u64, St
                      SELECT 'node_keys', node, key, value, ?3, ?4 FROM node_keys WHERE node = ?1 AND key = ?2"
                         .into(),
                     // The key's latest row reads its current value.
-                    pin_sql(
+                    Some(pin_sql(
                         "SELECT id FROM history WHERE node = ?1 AND key = ?2
                          ORDER BY at DESC, id DESC LIMIT 1",
-                    ),
+                    )),
                     "DELETE FROM node_keys WHERE node = ?1 AND key = ?2",
                     &u.key,
                 ),
@@ -1249,7 +1249,7 @@ fn quarantine_rows(conn: &mut Connection, rows: &[Unreadable]) -> Result<u64, St
         moved += tx
             .execute(&copy, params![u.node, key, u.why, now])
             .map_err(sql_err)? as u64;
-        if !pin.is_empty() {
+        if let Some(pin) = pin {
             tx.execute(&pin, params![u.node, key]).map_err(sql_err)?;
         }
         tx.execute(delete, params![u.node, key]).map_err(sql_err)?;
