@@ -1091,8 +1091,14 @@ const WHOLE_DOCUMENT: &str = "(document)";
 impl CouchStore {
     /// Moves document `id`, as text, into a `quarantine:` document (kept for
     /// inspection, out of every view) and deletes it; the node's next result starts a
-    /// new document. False when it is already gone.
-    async fn quarantine_doc(&self, id: &str, why: &str) -> Result<bool, StoreError> {
+    /// new document. A node document's history entries that read it are pinned first
+    /// ([`CouchStore::pin_readers`]). False when it is already gone.
+    async fn quarantine_doc(
+        &self,
+        id: &str,
+        why: &str,
+        node_doc: bool,
+    ) -> Result<bool, StoreError> {
         let url = format!("{}/{}", self.db_url, encode(id));
         let (status, text) = self.raw(self.req(reqwest::Method::GET, &url)).await?;
         if status == 404 {
@@ -1109,6 +1115,9 @@ impl CouchStore {
             .and_then(|rest| rest.split('"').next())
             .ok_or_else(|| backend(format!("document {id:?} has no _rev to delete it by")))?
             .to_string();
+        if node_doc {
+            self.pin_readers(id, &text).await?;
+        }
         let now = rfc3339(Utc::now());
         let rows = self
             .bulk_docs(vec![
@@ -1131,6 +1140,44 @@ impl CouchStore {
 }
 
 impl CouchStore {
+    /// Before node document `node` (`text`, which does not parse whole) is moved aside:
+    /// each key's latest history entry that leaves `new` implicit reads that document, so
+    /// it is written out, as the SQLite store pins a row before a quarantine. Otherwise the
+    /// node's next document (a volatile key written without an entry, say) would give it
+    /// a value it never had. The value is the key's own, where that part of the text
+    /// parses alone; else none, as the entry reads while the document does not parse.
+    async fn pin_readers(&self, node: &str, text: &str) -> Result<(), StoreError> {
+        use serde_json::value::RawValue;
+        let mut docs = self.history_docs(&format!("history:{node}:")).await?;
+        // Names may contain ':', so the id prefix can match other nodes.
+        docs.rows.retain(|(e, _, _)| e.node == node);
+        let next = next_of_same_key(
+            docs.rows
+                .iter()
+                .map(|(e, _, _)| (e.node.as_str(), e.key.as_str())),
+        );
+        // Skipping a value needs no recursion: one nested past serde_json's limit fails
+        // alone when it is parsed.
+        let parts: Option<HashMap<String, &RawValue>> = serde_json::from_str(text).ok();
+        let pins = docs
+            .rows
+            .iter()
+            .zip(next)
+            .filter(|((_, _, d), next)| {
+                next.is_none() && d.get(IMPLICIT_NEW) == Some(&Value::Bool(true))
+            })
+            .filter_map(|((e, _, d), _)| {
+                let id = d.get("_id")?.as_str()?.to_string();
+                let value = parts
+                    .as_ref()
+                    .and_then(|p| p.get(&e.key))
+                    .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
+                Some((id, value))
+            })
+            .collect();
+        self.pin(pins).await
+    }
+
     /// Every node document (both sides of the `history:` id range).
     async fn node_docs(&self) -> Result<Vec<Map<String, Value>>, StoreError> {
         let mut docs = self.range("", Some("history:")).await?;
@@ -1201,7 +1248,7 @@ impl CouchStore {
     /// as the SQLite store pins its latest row before a volatile change. Idempotent: a
     /// conflict (another server pinning the same entry to the same value) is read
     /// again, and an entry already deleted (retention) needs none.
-    async fn pin(&self, mut pins: Vec<(String, Value)>) -> Result<(), StoreError> {
+    async fn pin(&self, mut pins: Vec<(String, Option<Value>)>) -> Result<(), StoreError> {
         for attempt in 1..=MAX_ATTEMPTS {
             if pins.is_empty() {
                 return Ok(());
@@ -1215,7 +1262,7 @@ impl CouchStore {
                     continue;
                 };
                 if doc.remove(IMPLICIT_NEW).is_some() {
-                    put_value(&mut doc, "new", Some(value.clone()));
+                    put_value(&mut doc, "new", value.clone());
                     bulk.push(Value::Object(doc));
                     waiting.push((id, value));
                 }
@@ -1402,7 +1449,8 @@ impl Store for CouchStore {
             // Pinned before the nodes are written: a pin is true whatever becomes of this
             // attempt (the value it writes is the one the entry's `new` named), while a
             // node written without its pin would leave the entry reading a later value.
-            self.pin(pins).await?;
+            self.pin(pins.into_iter().map(|(id, v)| (id, Some(v))).collect())
+                .await?;
             let rows = self.bulk_docs(bulk).await?;
             let mut conflicted = BTreeMap::new();
             let mut written_history: Vec<(String, String, String)> = Vec::new();
@@ -1498,7 +1546,10 @@ impl Store for CouchStore {
                 // Parsed documents keep nothing unreadable inside them on this backend.
                 continue;
             }
-            if self.quarantine_doc(&id, &row.why).await? {
+            if self
+                .quarantine_doc(&id, &row.why, row.history.is_none())
+                .await?
+            {
                 moved += 1;
             }
         }

@@ -225,6 +225,92 @@ async fn a_document_that_does_not_read_back_is_skipped_refused_and_quarantined()
     assert_eq!(rec.keys["facter"], json!({ "n": 3 }));
 }
 
+/// Quarantining a node document never changes what its history entries read: each
+/// key's latest entry, whose `new` is the document's value, is written out first (the
+/// key's value where that part of the document parses, else none, as it read before), so
+/// the node's next document, here volatile values that write no entry, is not read into
+/// entries that never had it.
+#[tokio::test]
+async fn quarantining_a_node_document_keeps_its_history_entries_values() {
+    let db = unique("vt_");
+    let store = couch(&db).await;
+    let t0 = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp(), 0).expect("now");
+    let result = |secs: i64, name: &str, value: serde_json::Value, history: bool| Observation {
+        node: "deep".into(),
+        at: t0 + chrono::Duration::seconds(secs),
+        change: Change::Plugin {
+            name: name.into(),
+            value: value.into(),
+            history,
+        },
+    };
+    store
+        .apply(
+            vec![
+                result(0, "facter", json!({ "n": 0 }), true),
+                result(0, "ohai", json!({ "m": 0 }), true),
+            ]
+            .into(),
+        )
+        .await
+        .expect("stored");
+    // The document rewritten by hand: `facter` as it was, `ohai` nested past the limit.
+    let url = format!("{}/{db}/deep", pouchdb());
+    let doc: serde_json::Value = reqwest::get(&url)
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    let depth = 300;
+    let text = doc.to_string().replacen(
+        r#""ohai":{"m":0}"#,
+        &format!(r#""ohai":{}1{}"#, "[".repeat(depth), "]".repeat(depth)),
+        1,
+    );
+    assert!(text.contains(&"[".repeat(depth)), "{doc}");
+    let put = reqwest::Client::new()
+        .put(&url)
+        .header("content-type", "application/json")
+        .body(text)
+        .send()
+        .await
+        .expect("PUT the deep document");
+    assert!(put.status().is_success(), "{}", put.status());
+
+    let reads = |h: vogeler_store::Rows<vogeler_store::HistoryEntry>| -> Vec<(String, Option<serde_json::Value>)> {
+        let mut r: Vec<_> = h.rows.into_iter().map(|e| (e.key, e.new)).collect();
+        r.sort_by(|a, b| a.0.cmp(&b.0));
+        r
+    };
+    let before = reads(store.history("deep", None).await.expect("history"));
+    assert_eq!(before, [("facter".into(), None), ("ohai".into(), None)]);
+
+    let found = store.check().await.expect("check");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(store.quarantine(&found).await.expect("quarantine"), 1);
+    let outcomes = store
+        .apply(
+            vec![
+                result(5, "facter", json!({ "n": 5 }), false),
+                result(5, "ohai", json!({ "m": 5 }), false),
+            ]
+            .into(),
+        )
+        .await
+        .expect("the node starts a new document");
+    assert_eq!(outcomes[0], Outcome::Created);
+    let after = reads(store.history("deep", None).await.expect("history"));
+    assert_eq!(
+        after,
+        [
+            ("facter".into(), Some(json!({ "n": 0 }))),
+            ("ohai".into(), None)
+        ],
+        "the entries read the quarantined document's values, not the next document's"
+    );
+}
+
 /// A plugin key's history documents leave `new` out (the value is the node's, or the
 /// next entry's `old`: pouchdb-server's work is the bytes it parses, hashes and stores),
 /// and reads fill it in, also across an entry written whole by an earlier version.
