@@ -2,6 +2,10 @@
 # The main job in one command: a broker, a server on the embedded SQLite store,
 # a client on this host with the shipped plugins, a broadcast, and the stored record.
 #   scripts/demo.sh [PLUGIN...]     (default: facter os_release)
+# The test suite runs it too (tests/programs.rs), with these set:
+#   VOGELER_DEMO_BIN   the programs' directory, already built (default: a release build)
+#   VOGELER_DEMO_AMQP  the broker (default amqp://guest:guest@127.0.0.1:5672/)
+#   VOGELER_DEMO_DIR   where the configuration, store and logs go (default .demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -9,11 +13,15 @@ plugins=("$@"); [ ${#plugins[@]} -gt 0 ] || plugins=(facter os_release)
 
 scripts/services.sh ensure-rabbitmq
 scripts/services.sh ensure-plugins
-echo "==> building (release)" >&2
-cargo build --release --bins --quiet ${VOGELER_CARGO_FLAGS:-}
-bin=$root/target/release
+if [ -n "${VOGELER_DEMO_BIN:-}" ]; then
+  bin=$VOGELER_DEMO_BIN
+else
+  echo "==> building (release)" >&2
+  cargo build --release --bins --quiet ${VOGELER_CARGO_FLAGS:-}
+  bin=$root/target/release
+fi
 
-work=$root/.demo
+work=${VOGELER_DEMO_DIR:-$root/.demo}
 mkdir -p "$work"
 rm -f "$work"/vogeler.db*
 node=$(cat /proc/sys/kernel/hostname 2>/dev/null || hostname)
@@ -30,7 +38,7 @@ backend = sqlite
 dsn = sqlite:vogeler.db
 
 [amqp]
-dsn = amqp://guest:guest@127.0.0.1:5672/
+dsn = ${VOGELER_DEMO_AMQP:-amqp://guest:guest@127.0.0.1:5672/}
 
 [runner]
 log_level = WARN
@@ -48,7 +56,7 @@ echo "==> vogeler-server (log: $work/server.log)" >&2
 pids+=($!)
 # The server declares its queue as it starts; a client started before that would have its
 # first heartbeat refused (no queue to keep it) and send it again after a reconnect.
-for _ in $(seq 1 50); do
+for _ in $(seq 1 150); do
   if "$bin/vogeler-admin" -c "$work/vogeler.conf" queue --exists master.in >/dev/null 2>&1; then break; fi
   sleep 0.2
 done
@@ -58,14 +66,14 @@ echo "==> vogeler-client on node $node (log: $work/client.log)" >&2
 pids+=($!)
 
 # The client's queue exists once it has started; until then a request is unroutable (exit 3).
-for _ in $(seq 1 50); do
+for _ in $(seq 1 150); do
   if "$bin/vogeler-admin" -c "$work/vogeler.conf" queue --exists "$node" >/dev/null 2>&1; then break; fi
   sleep 0.2
 done
 
 # The client's first heartbeat makes the node known to the server: a broadcast then knows
 # whom to wait for and ends once it answered, instead of waiting out --timeout.
-for _ in $(seq 1 50); do
+for _ in $(seq 1 150); do
   if "$bin/vogeler-admin" -c "$work/vogeler.conf" node "$node" >/dev/null 2>&1; then break; fi
   sleep 0.2
 done

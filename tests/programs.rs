@@ -306,3 +306,43 @@ fn quorum_queue_type_declares_replicated_queues() {
     let t = text(&out);
     assert!(t.contains("queue_type") && t.contains("raft"), "{t}");
 }
+
+/// The README's first command, `scripts/demo.sh`, as a user runs it, but with this suite's
+/// programs, vhost and a directory of its own: a server on SQLite, a client on this host, a
+/// broadcast of both default plugins, and the stored record printed and readable after.
+#[test]
+fn the_readmes_first_command_stores_and_shows_this_hosts_record() {
+    require_rabbitmq();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let programs = bin("server").parent().expect("programs' directory").to_path_buf();
+    let out = std::process::Command::new(repo().join("scripts/demo.sh"))
+        .env("VOGELER_DEMO_BIN", &programs)
+        .env("VOGELER_DEMO_AMQP", amqp())
+        .env("VOGELER_DEMO_DIR", dir.path())
+        .output()
+        .expect("run scripts/demo.sh");
+    assert!(out.status.success(), "{}", text(&out));
+    let node = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let node = node.trim();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("os_release") && shown.contains("facter"),
+        "the demo prints the record with both plugins: {}",
+        text(&out)
+    );
+    let conf = dir.path().join("vogeler.conf");
+    for key in ["facter.os.family", "os_release.ID"] {
+        let read = std::process::Command::new(bin("admin"))
+            .arg("-c")
+            .arg(&conf)
+            .args(["node", node, key])
+            .output()
+            .expect("vogeler-admin");
+        assert!(
+            read.status.success() && !read.stdout.is_empty(),
+            "{key} of {node} is stored: {}\n--- the demo\n{}",
+            text(&read),
+            text(&out)
+        );
+    }
+}
