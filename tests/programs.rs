@@ -314,7 +314,10 @@ fn quorum_queue_type_declares_replicated_queues() {
 fn the_readmes_first_command_stores_and_shows_this_hosts_record() {
     require_rabbitmq();
     let dir = tempfile::tempdir().expect("tempdir");
-    let programs = bin("server").parent().expect("programs' directory").to_path_buf();
+    let programs = bin("server")
+        .parent()
+        .expect("programs' directory")
+        .to_path_buf();
     let out = std::process::Command::new(repo().join("scripts/demo.sh"))
         .env("VOGELER_DEMO_BIN", &programs)
         .env("VOGELER_DEMO_AMQP", amqp())

@@ -31,6 +31,28 @@ async fn fresh() -> DynStore {
 
 vogeler_store::conformance_tests!(fresh());
 
+/// A JSON answer of the CouchDB API, read straight (not through the store).
+async fn get_json(url: &str) -> serde_json::Value {
+    reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+}
+
+/// Writes a document as raw text, as an operator's tool or an earlier version might.
+async fn put_text(url: &str, text: String) {
+    let put = reqwest::Client::new()
+        .put(url)
+        .header("content-type", "application/json")
+        .body(text)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PUT {url}: {e}"));
+    assert!(put.status().is_success(), "PUT {url}: {}", put.status());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_writing_the_same_nodes_lose_nothing() {
     let db = unique("vt_");
@@ -149,12 +171,7 @@ async fn design_docs_load_once_and_the_2010_views_answer() {
         .await
         .expect("apply");
     let url = format!("{}/{db}/_design/system_records/_view/by_name", pouchdb());
-    let body: serde_json::Value = reqwest::get(&url)
-        .await
-        .expect("view")
-        .json()
-        .await
-        .expect("json");
+    let body = get_json(&url).await;
     assert_eq!(body["rows"][0]["key"], "web01", "{body}");
 }
 
@@ -186,14 +203,7 @@ async fn a_document_that_does_not_read_back_is_skipped_refused_and_quarantined()
         "[".repeat(depth),
         "]".repeat(depth)
     );
-    let put = reqwest::Client::new()
-        .put(format!("{}/{db}/deep", pouchdb()))
-        .header("content-type", "application/json")
-        .body(deep)
-        .send()
-        .await
-        .expect("PUT the deep document");
-    assert!(put.status().is_success(), "{}", put.status());
+    put_text(&format!("{}/{db}/deep", pouchdb()), deep).await;
 
     let nodes = store.nodes().await.expect("the node list still answers");
     let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
@@ -256,12 +266,7 @@ async fn quarantining_a_node_document_keeps_its_history_entries_values() {
         .expect("stored");
     // The document rewritten by hand: `facter` as it was, `ohai` nested past the limit.
     let url = format!("{}/{db}/deep", pouchdb());
-    let doc: serde_json::Value = reqwest::get(&url)
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("json");
+    let doc = get_json(&url).await;
     let depth = 300;
     let text = doc.to_string().replacen(
         r#""ohai":{"m":0}"#,
@@ -269,14 +274,7 @@ async fn quarantining_a_node_document_keeps_its_history_entries_values() {
         1,
     );
     assert!(text.contains(&"[".repeat(depth)), "{doc}");
-    let put = reqwest::Client::new()
-        .put(&url)
-        .header("content-type", "application/json")
-        .body(text)
-        .send()
-        .await
-        .expect("PUT the deep document");
-    assert!(put.status().is_success(), "{}", put.status());
+    put_text(&url, text).await;
 
     let reads = |h: vogeler_store::Rows<vogeler_store::HistoryEntry>| -> Vec<(String, Option<serde_json::Value>)> {
         let mut r: Vec<_> = h.rows.into_iter().map(|e| (e.key, e.new)).collect();
@@ -351,15 +349,11 @@ async fn history_documents_leave_new_out_and_reads_fill_it_in() {
         .await
         .expect("later");
 
-    let all: serde_json::Value = reqwest::get(format!(
+    let all = get_json(&format!(
         "{}/{db}/_all_docs?include_docs=true&startkey=%22history:%22&endkey=%22history:%EF%BF%B0%22",
         pouchdb()
     ))
-    .await
-    .expect("_all_docs")
-    .json()
-    .await
-    .expect("json");
+    .await;
     let docs: Vec<&serde_json::Value> = all["rows"]
         .as_array()
         .expect("rows")
