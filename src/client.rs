@@ -303,6 +303,7 @@ pub async fn run(opts: ClientOptions, mut shutdown: Shutdown) -> anyhow::Result<
     ));
     let mut backoff = Backoff::default();
     let schedule = Arc::new(crate::schedule::ScheduleState::default());
+    let unsent = Arc::new(Unsent::default());
     let result = loop {
         let mut stop = Box::pin(shutdown.clone().wait_owned());
         let Some(session) = opts.broker.connect_retrying(&mut backoff, &mut stop).await else {
@@ -313,6 +314,7 @@ pub async fn run(opts: ClientOptions, mut shutdown: Shutdown) -> anyhow::Result<
             session.clone(),
             &registry,
             &schedule,
+            &unsent,
             &mut shutdown,
             &mut backoff,
         )
@@ -350,6 +352,7 @@ async fn serve(
     session: Arc<dyn Transport>,
     registry: &SharedRegistry,
     schedule: &Arc<crate::schedule::ScheduleState>,
+    unsent: &Arc<Unsent>,
     shutdown: &mut Shutdown,
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
@@ -384,9 +387,12 @@ async fn serve(
     tracing::info!(node = %opts.node, broker = %session.addr(), "waiting for requests");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Only a session that got this far counts as reconnected: a member that refuses the
-    // node queue (its home member is down) is retried with growing delays.
-    backoff.reset();
+    // Only a session that lasts counts as reconnected (the backoff starts again): a member
+    // that refuses the node queue (its home member is down), or a broker that refuses
+    // every answer (no server queue bound yet), is retried with growing delays, not five
+    // times a second by every node.
+    let started = tokio::time::Instant::now();
+    let mut proven = false;
     let slots = Arc::new(Semaphore::new(concurrency));
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
     // Scheduled runs and heartbeats live as long as this session (dropped on return).
@@ -405,6 +411,10 @@ async fn serve(
             _ = tick.tick() => {
                 // Where a restart resumes (NATS only; RabbitMQ keeps the node queue).
                 place.save(&mut saved, consumer.resume());
+                if !proven && started.elapsed() >= SESSION_PROVEN {
+                    backoff.reset();
+                    proven = true;
+                }
                 continue;
             }
             _ = shutdown.wait() => {
@@ -424,9 +434,10 @@ async fn serve(
             let opts = opts.clone();
             let session = session.clone();
             let registry = current(registry);
+            let unsent = unsent.clone();
             let failed = failed_tx.clone();
             async move {
-                if let Err(e) = handle(&opts, &session, &registry, delivery).await {
+                if let Err(e) = handle(&opts, &session, &registry, &unsent, delivery).await {
                     let _ = failed.try_send(e);
                 }
                 drop(permit);
@@ -442,14 +453,70 @@ async fn serve(
     }
 }
 
+/// How long a broker session must last before a reconnect starts from the shortest delay.
+const SESSION_PROVEN: Duration = Duration::from_secs(10);
+
+/// Answers not confirmed by the broker (refused while no server queue is bound, or the
+/// session lost first), by the request message they answer: when the broker delivers that
+/// request again, the same answer goes out instead of its plugin running again. Until a
+/// server declares its queue, every reconnect would otherwise run the plugin (ohai,
+/// facter) again, on every node a broadcast reached. Bounded: the oldest answer goes
+/// first past [`UNSENT_BYTES`] (its request then runs again), and a larger one is not kept.
+#[derive(Default)]
+struct Unsent(Mutex<std::collections::VecDeque<(Vec<u8>, Outgoing)>>);
+
+/// Most bytes of answers [`Unsent`] keeps.
+const UNSENT_BYTES: usize = 4 * 1024 * 1024;
+
+impl Unsent {
+    fn kept(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(Vec<u8>, Outgoing)>> {
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Keeps `answer` to `request` (the delivery's body) for its redelivery.
+    fn keep(&self, request: &[u8], answer: Outgoing) {
+        let size = |(r, a): &(Vec<u8>, Outgoing)| r.len() + a.body.len();
+        let entry = (request.to_vec(), answer);
+        if size(&entry) > UNSENT_BYTES {
+            return;
+        }
+        let mut kept = self.kept();
+        kept.retain(|(r, _)| r.as_slice() != request);
+        while kept.iter().map(size).sum::<usize>() + size(&entry) > UNSENT_BYTES {
+            kept.pop_front();
+        }
+        kept.push_back(entry);
+    }
+
+    /// The answer kept for `request`, taken out.
+    fn take(&self, request: &[u8]) -> Option<Outgoing> {
+        let mut kept = self.kept();
+        let i = kept.iter().position(|(r, _)| r.as_slice() == request)?;
+        kept.remove(i).map(|(_, answer)| answer)
+    }
+}
+
 /// Handles one delivery: answer it, publish the answer (confirmed), then ack.
 async fn handle(
     opts: &ClientOptions,
     session: &Arc<dyn Transport>,
     registry: &Registry,
+    unsent: &Unsent,
     delivery: Delivery,
 ) -> anyhow::Result<()> {
     tracing::info!(bytes = delivery.body.len(), "message received");
+    // The broker's retry of a request whose answer it did not confirm: that answer again.
+    if let Some(msg) = delivery
+        .redelivered
+        .then(|| unsent.take(&delivery.body))
+        .flatten()
+    {
+        tracing::info!("request delivered again: sending the answer the broker did not confirm, not running the plugin again");
+        return publish_answer(session, unsent, &delivery, msg).await;
+    }
     let mut rejected = false;
     let (request, answer) = match vogeler_protocol::decode(&delivery.body) {
         Ok(Decoded::Message(Message::Request(mut r))) => {
@@ -533,7 +600,21 @@ async fn handle(
         reply_to,
         ..Default::default()
     };
-    session.publish_result(msg).await?;
+    publish_answer(session, unsent, &delivery, msg).await
+}
+
+/// Publishes a request's answer (confirmed), then acks the request; an answer the broker
+/// did not confirm is kept for the request's redelivery ([`Unsent`]).
+async fn publish_answer(
+    session: &Arc<dyn Transport>,
+    unsent: &Unsent,
+    delivery: &Delivery,
+    msg: Outgoing,
+) -> anyhow::Result<()> {
+    if let Err(e) = session.publish_result(msg.clone()).await {
+        unsent.keep(&delivery.body, msg);
+        return Err(e.into());
+    }
     session.ack(&delivery.ack).await?;
     Ok(())
 }
@@ -1013,6 +1094,23 @@ fn dir_fingerprint(dir: &std::path::Path) -> Vec<(String, u64, Option<std::time:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unsent_answers_are_taken_once_and_bounded() {
+        let u = Unsent::default();
+        let answer = |n: usize| Outgoing::new(vec![b'x'; n]);
+        u.keep(b"r1", answer(10));
+        assert!(u.take(b"r2").is_none());
+        assert_eq!(u.take(b"r1").map(|a| a.body.len()), Some(10));
+        assert!(u.take(b"r1").is_none(), "taken once");
+        // Past the budget the oldest goes first; one larger than all of it is not kept.
+        u.keep(b"a", answer(UNSENT_BYTES / 2));
+        u.keep(b"b", answer(UNSENT_BYTES / 2));
+        assert!(u.take(b"a").is_none());
+        assert!(u.take(b"b").is_some());
+        u.keep(b"huge", answer(UNSENT_BYTES + 1));
+        assert!(u.take(b"huge").is_none());
+    }
 
     #[test]
     fn a_resume_file_too_large_or_corrupt_starts_from_new_requests() {

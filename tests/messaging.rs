@@ -218,21 +218,37 @@ fn results_wait_in_the_broker_while_the_server_is_down_on_nats() {
 /// not run): a client's answers are not lost. RabbitMQ would have dropped them (nothing
 /// bound) and confirmed them all the same: they are refused, and the client answers
 /// again, with growing pauses, until a server is there; NATS keeps them in its stream.
+/// A result sent before any server exists is kept until one does, and its plugin runs
+/// once: the client sends the answer the broker refused again, not a new run, each time
+/// the request comes back.
 fn results_sent_before_any_server_are_not_lost(bus: Bus) {
-    let p = facter_plugins();
+    let runs = tempfile::tempdir().expect("tempdir");
+    let runs = runs.path().join("runs");
+    let mut p = facter_plugins();
+    p.push(plugin(
+        "counted",
+        &format!("sh -c 'echo run >> {}; echo hello world'", runs.display()),
+        "output",
+    ));
     let d = Deployment::on(bus, &plugins_ref(&p));
     let n = d.node("early");
     let client = d.client(&n, &["--heartbeat-interval", "1"]);
-    let out = d.runner(&["-x", "hello", "-n", &n]);
+    let out = d.runner(&["-x", "counted", "-n", &n]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     std::thread::sleep(Duration::from_secs(2));
     let _server = d.server(&[]);
-    let doc = d.wait_document(&n, 40, |doc| doc.get("hello").is_some());
-    assert_eq!(doc["hello"][0], "hello world");
+    let doc = d.wait_document(&n, 40, |doc| doc.get("counted").is_some());
+    assert_eq!(doc["counted"][0], "hello world");
+    let log = client.log_text();
     if bus == Bus::Rabbit {
-        let log = client.log_text();
         assert!(log.contains("no server queue is bound"), "{log}");
     }
+    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    assert_eq!(
+        ran.lines().count(),
+        1,
+        "{bus:?}: the plugin ran once: {log}"
+    );
 }
 
 #[test]
