@@ -393,6 +393,7 @@ async fn serve(
     // times a second by every node.
     let started = tokio::time::Instant::now();
     let mut proven = false;
+    let session_no = unsent.next_session();
     let slots = Arc::new(Semaphore::new(concurrency));
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
     // Scheduled runs and heartbeats live as long as this session (dropped on return).
@@ -437,7 +438,8 @@ async fn serve(
             let unsent = unsent.clone();
             let failed = failed_tx.clone();
             async move {
-                if let Err(e) = handle(&opts, &session, &registry, &unsent, delivery).await {
+                let kept = (unsent.as_ref(), session_no);
+                if let Err(e) = handle(&opts, &session, &registry, kept, delivery).await {
                     let _ = failed.try_send(e);
                 }
                 drop(permit);
@@ -460,42 +462,70 @@ const SESSION_PROVEN: Duration = Duration::from_secs(10);
 /// session lost first), by the request message they answer: when the broker delivers that
 /// request again, the same answer goes out instead of its plugin running again. Until a
 /// server declares its queue, every reconnect would otherwise run the plugin (ohai,
-/// facter) again, on every node a broadcast reached. Bounded: the oldest answer goes
-/// first past [`UNSENT_BYTES`] (its request then runs again), and a larger one is not kept.
+/// facter) again, on every node a broadcast reached.
+///
+/// An answer is taken only by a redelivery in the session right after the one that
+/// delivered its request: a request delivered again before its first run ended (the
+/// connection lost meanwhile) has run again and been acked, and that run's late answer
+/// must never answer a later request with the same bytes (a 2010 request is a bare
+/// command, with no id). Several answers may wait for the same bytes (copies of one
+/// 2010 broadcast). Bounded: the oldest goes first past [`UNSENT_BYTES`] (its request
+/// then runs again), and a larger one is not kept.
 #[derive(Default)]
-struct Unsent(Mutex<std::collections::VecDeque<(Vec<u8>, Outgoing)>>);
+struct Unsent {
+    /// The session now serving (counted from 0 at start).
+    session: std::sync::atomic::AtomicU64,
+    kept: Mutex<std::collections::VecDeque<Kept>>,
+}
+
+/// An answer [`Unsent`] keeps: the session that delivered its request, the request's
+/// bytes, the answer.
+type Kept = (u64, Vec<u8>, Outgoing);
 
 /// Most bytes of answers [`Unsent`] keeps.
 const UNSENT_BYTES: usize = 4 * 1024 * 1024;
 
 impl Unsent {
-    fn kept(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(Vec<u8>, Outgoing)>> {
-        match self.0.lock() {
+    fn kept(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Kept>> {
+        match self.kept.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    /// Keeps `answer` to `request` (the delivery's body) for its redelivery.
-    fn keep(&self, request: &[u8], answer: Outgoing) {
-        let size = |(r, a): &(Vec<u8>, Outgoing)| r.len() + a.body.len();
-        let entry = (request.to_vec(), answer);
+    /// A new broker session starts: its number. Answers from before the session just
+    /// ended can no longer be taken, and go.
+    fn next_session(&self) -> u64 {
+        let now = self
+            .session
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        self.kept().retain(|(s, _, _)| s + 1 >= now);
+        now
+    }
+
+    /// Keeps `answer` to `request` (the delivery's body), delivered in session `session`.
+    fn keep(&self, session: u64, request: &[u8], answer: Outgoing) {
+        let size = |(_, r, a): &Kept| r.len() + a.body.len();
+        let entry = (session, request.to_vec(), answer);
         if size(&entry) > UNSENT_BYTES {
             return;
         }
         let mut kept = self.kept();
-        kept.retain(|(r, _)| r.as_slice() != request);
         while kept.iter().map(size).sum::<usize>() + size(&entry) > UNSENT_BYTES {
             kept.pop_front();
         }
         kept.push_back(entry);
     }
 
-    /// The answer kept for `request`, taken out.
-    fn take(&self, request: &[u8]) -> Option<Outgoing> {
+    /// An answer kept for `request` redelivered in session `session` (delivered in the
+    /// one before), taken out.
+    fn take(&self, session: u64, request: &[u8]) -> Option<Outgoing> {
         let mut kept = self.kept();
-        let i = kept.iter().position(|(r, _)| r.as_slice() == request)?;
-        kept.remove(i).map(|(_, answer)| answer)
+        let i = kept
+            .iter()
+            .position(|(s, r, _)| s + 1 == session && r.as_slice() == request)?;
+        kept.remove(i).map(|(_, _, answer)| answer)
     }
 }
 
@@ -504,14 +534,14 @@ async fn handle(
     opts: &ClientOptions,
     session: &Arc<dyn Transport>,
     registry: &Registry,
-    unsent: &Unsent,
+    unsent: (&Unsent, u64),
     delivery: Delivery,
 ) -> anyhow::Result<()> {
     tracing::info!(bytes = delivery.body.len(), "message received");
     // The broker's retry of a request whose answer it did not confirm: that answer again.
     if let Some(msg) = delivery
         .redelivered
-        .then(|| unsent.take(&delivery.body))
+        .then(|| unsent.0.take(unsent.1, &delivery.body))
         .flatten()
     {
         tracing::info!("request delivered again: sending the answer the broker did not confirm, not running the plugin again");
@@ -604,15 +634,16 @@ async fn handle(
 }
 
 /// Publishes a request's answer (confirmed), then acks the request; an answer the broker
-/// did not confirm is kept for the request's redelivery ([`Unsent`]).
+/// did not confirm is kept for the request's redelivery ([`Unsent`], with the number of
+/// the session that delivered it).
 async fn publish_answer(
     session: &Arc<dyn Transport>,
-    unsent: &Unsent,
+    unsent: (&Unsent, u64),
     delivery: &Delivery,
     msg: Outgoing,
 ) -> anyhow::Result<()> {
     if let Err(e) = session.publish_result(msg.clone()).await {
-        unsent.keep(&delivery.body, msg);
+        unsent.0.keep(unsent.1, &delivery.body, msg);
         return Err(e.into());
     }
     session.ack(&delivery.ack).await?;
@@ -1096,20 +1127,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unsent_answers_are_taken_once_and_bounded() {
+    fn unsent_answers_are_taken_once_by_the_next_session_and_bounded() {
         let u = Unsent::default();
         let answer = |n: usize| Outgoing::new(vec![b'x'; n]);
-        u.keep(b"r1", answer(10));
-        assert!(u.take(b"r2").is_none());
-        assert_eq!(u.take(b"r1").map(|a| a.body.len()), Some(10));
-        assert!(u.take(b"r1").is_none(), "taken once");
+        let first = u.next_session();
+        u.keep(first, b"r1", answer(10));
+        // Not in the session that delivered it (a late answer of a request run again).
+        assert!(u.take(first, b"r1").is_none());
+        let second = u.next_session();
+        assert!(u.take(second, b"r2").is_none());
+        assert_eq!(u.take(second, b"r1").map(|a| a.body.len()), Some(10));
+        assert!(u.take(second, b"r1").is_none(), "taken once");
+        // Two copies of one 2010 broadcast: an answer each.
+        u.keep(second, b"same", answer(1));
+        u.keep(second, b"same", answer(2));
+        let third = u.next_session();
+        assert!(u.take(third, b"same").is_some());
+        assert!(u.take(third, b"same").is_some());
+        // An answer not taken in the next session is gone after it.
+        u.keep(third, b"late", answer(3));
+        u.next_session();
+        let fifth = u.next_session();
+        assert!(u.take(fifth, b"late").is_none());
+        assert!(u.kept().is_empty());
         // Past the budget the oldest goes first; one larger than all of it is not kept.
-        u.keep(b"a", answer(UNSENT_BYTES / 2));
-        u.keep(b"b", answer(UNSENT_BYTES / 2));
-        assert!(u.take(b"a").is_none());
-        assert!(u.take(b"b").is_some());
-        u.keep(b"huge", answer(UNSENT_BYTES + 1));
-        assert!(u.take(b"huge").is_none());
+        u.keep(fifth, b"a", answer(UNSENT_BYTES / 2));
+        u.keep(fifth, b"b", answer(UNSENT_BYTES / 2));
+        u.keep(fifth, b"huge", answer(UNSENT_BYTES + 1));
+        let sixth = u.next_session();
+        assert!(u.take(sixth, b"a").is_none());
+        assert!(u.take(sixth, b"b").is_some());
+        assert!(u.take(sixth, b"huge").is_none());
     }
 
     #[test]

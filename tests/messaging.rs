@@ -251,6 +251,41 @@ fn results_sent_before_any_server_are_not_lost(bus: Bus) {
     );
 }
 
+/// Two copies of one 2010 broadcast (a bare command: the same bytes) before any server:
+/// each keeps its own refused answer, so the plugin runs once per copy, not once more at
+/// every reconnect until a server exists.
+#[test]
+fn identical_2010_broadcasts_before_any_server_run_once_each() {
+    let runs = tempfile::tempdir().expect("tempdir");
+    let runs = runs.path().join("runs");
+    let counted = plugin(
+        "counted",
+        &format!("sh -c 'echo run >> {}; echo hello world'", runs.display()),
+        "output",
+    );
+    let d = Deployment::on(Bus::Rabbit, &[(counted.0.as_str(), counted.1.clone())]);
+    let n = d.node("legacy-early");
+    let client = d.client(&n, &[]);
+    d.wait_for_queue(&n, &client);
+    let request = br#""counted""#.to_vec();
+    publish_raw(
+        &d.topology().broadcast_exchange,
+        "broadcasts.*",
+        &[request.clone(), request],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let _server = d.server(&[]);
+    d.wait_document(&n, 40, |doc| doc.get("counted").is_some());
+    std::thread::sleep(Duration::from_secs(2));
+    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    assert_eq!(
+        ran.lines().count(),
+        2,
+        "once per copy: {}",
+        client.log_text()
+    );
+}
+
 #[test]
 fn results_sent_before_any_server_are_not_lost_on_rabbitmq() {
     results_sent_before_any_server_are_not_lost(Bus::Rabbit);
