@@ -20,6 +20,33 @@ fn facter_plugins() -> Vec<(String, String)> {
     ]
 }
 
+/// A plugin `counted` (answers "hello world") that counts its runs in a file of its own.
+struct Counted {
+    dir: tempfile::TempDir,
+    plugin: (String, String),
+}
+
+impl Counted {
+    fn new() -> Counted {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("runs");
+        let plugin = plugin(
+            "counted",
+            &format!("sh -c 'echo run >> {}; echo hello world'", file.display()),
+            "output",
+        );
+        Counted { dir, plugin }
+    }
+
+    /// How many times it has run.
+    fn runs(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("runs"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+}
+
 fn plugins_ref(p: &[(String, String)]) -> Vec<(&str, String)> {
     p.iter().map(|(n, b)| (n.as_str(), b.clone())).collect()
 }
@@ -216,20 +243,13 @@ fn results_wait_in_the_broker_while_the_server_is_down_on_nats() {
 
 /// A broker no server has declared its queue on yet (clients started first, `setup`
 /// not run): a client's answers are not lost. RabbitMQ would have dropped them (nothing
-/// bound) and confirmed them all the same: they are refused, and the client answers
-/// again, with growing pauses, until a server is there; NATS keeps them in its stream.
-/// A result sent before any server exists is kept until one does, and its plugin runs
-/// once: the client sends the answer the broker refused again, not a new run, each time
-/// the request comes back.
+/// bound) and confirmed them all the same: they are refused, and the client sends the
+/// same answer again, with growing pauses, until a server is there (the plugin runs
+/// once); NATS keeps them in its stream.
 fn results_sent_before_any_server_are_not_lost(bus: Bus) {
-    let runs = tempfile::tempdir().expect("tempdir");
-    let runs = runs.path().join("runs");
+    let counted = Counted::new();
     let mut p = facter_plugins();
-    p.push(plugin(
-        "counted",
-        &format!("sh -c 'echo run >> {}; echo hello world'", runs.display()),
-        "output",
-    ));
+    p.push(counted.plugin.clone());
     let d = Deployment::on(bus, &plugins_ref(&p));
     let n = d.node("early");
     let client = d.client(&n, &["--heartbeat-interval", "1"]);
@@ -243,12 +263,7 @@ fn results_sent_before_any_server_are_not_lost(bus: Bus) {
     if bus == Bus::Rabbit {
         assert!(log.contains("no server queue is bound"), "{log}");
     }
-    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
-    assert_eq!(
-        ran.lines().count(),
-        1,
-        "{bus:?}: the plugin ran once: {log}"
-    );
+    assert_eq!(counted.runs(), 1, "{bus:?}: the plugin ran once: {log}");
 }
 
 /// Two copies of one 2010 broadcast (a bare command: the same bytes) before any server:
@@ -256,14 +271,9 @@ fn results_sent_before_any_server_are_not_lost(bus: Bus) {
 /// every reconnect until a server exists.
 #[test]
 fn identical_2010_broadcasts_before_any_server_run_once_each() {
-    let runs = tempfile::tempdir().expect("tempdir");
-    let runs = runs.path().join("runs");
-    let counted = plugin(
-        "counted",
-        &format!("sh -c 'echo run >> {}; echo hello world'", runs.display()),
-        "output",
-    );
-    let d = Deployment::on(Bus::Rabbit, &[(counted.0.as_str(), counted.1.clone())]);
+    let counted = Counted::new();
+    let (file, body) = &counted.plugin;
+    let d = Deployment::on(Bus::Rabbit, &[(file.as_str(), body.clone())]);
     let n = d.node("legacy-early");
     let client = d.client(&n, &[]);
     d.wait_for_queue(&n, &client);
@@ -277,13 +287,7 @@ fn identical_2010_broadcasts_before_any_server_run_once_each() {
     let _server = d.server(&[]);
     d.wait_document(&n, 40, |doc| doc.get("counted").is_some());
     std::thread::sleep(Duration::from_secs(2));
-    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
-    assert_eq!(
-        ran.lines().count(),
-        2,
-        "once per copy: {}",
-        client.log_text()
-    );
+    assert_eq!(counted.runs(), 2, "once per copy: {}", client.log_text());
 }
 
 #[test]
