@@ -438,8 +438,11 @@ async fn serve(
             let unsent = unsent.clone();
             let failed = failed_tx.clone();
             async move {
-                let kept = (unsent.as_ref(), session_no);
-                if let Err(e) = handle(&opts, &session, &registry, kept, delivery).await {
+                let unsent = SessionUnsent {
+                    unsent: &unsent,
+                    session: session_no,
+                };
+                if let Err(e) = handle(&opts, &session, &registry, unsent, delivery).await {
                     let _ = failed.try_send(e);
                 }
                 drop(permit);
@@ -529,19 +532,38 @@ impl Unsent {
     }
 }
 
+/// [`Unsent`] as the session that delivered a request sees it.
+#[derive(Clone, Copy)]
+struct SessionUnsent<'a> {
+    unsent: &'a Unsent,
+    session: u64,
+}
+
+impl SessionUnsent<'_> {
+    /// The answer kept for this redelivered `request`, if one is.
+    fn take(self, request: &[u8]) -> Option<Outgoing> {
+        self.unsent.take(self.session, request)
+    }
+
+    /// Keeps the answer to `request`, delivered in this session.
+    fn keep(self, request: &[u8], answer: Outgoing) {
+        self.unsent.keep(self.session, request, answer)
+    }
+}
+
 /// Handles one delivery: answer it, publish the answer (confirmed), then ack.
 async fn handle(
     opts: &ClientOptions,
     session: &Arc<dyn Transport>,
     registry: &Registry,
-    unsent: (&Unsent, u64),
+    unsent: SessionUnsent<'_>,
     delivery: Delivery,
 ) -> anyhow::Result<()> {
     tracing::info!(bytes = delivery.body.len(), "message received");
     // The broker's retry of a request whose answer it did not confirm: that answer again.
     if let Some(msg) = delivery
         .redelivered
-        .then(|| unsent.0.take(unsent.1, &delivery.body))
+        .then(|| unsent.take(&delivery.body))
         .flatten()
     {
         tracing::info!("request delivered again: sending the answer the broker did not confirm, not running the plugin again");
@@ -638,12 +660,12 @@ async fn handle(
 /// the session that delivered it).
 async fn publish_answer(
     session: &Arc<dyn Transport>,
-    unsent: (&Unsent, u64),
+    unsent: SessionUnsent<'_>,
     delivery: &Delivery,
     msg: Outgoing,
 ) -> anyhow::Result<()> {
     if let Err(e) = session.publish_result(msg.clone()).await {
-        unsent.0.keep(unsent.1, &delivery.body, msg);
+        unsent.keep(&delivery.body, msg);
         return Err(e.into());
     }
     session.ack(&delivery.ack).await?;

@@ -771,6 +771,11 @@ impl<'a> HistorySink<'a> {
 /// Marks a history document whose `new` is left out (see the module doc).
 const IMPLICIT_NEW: &str = "new_implicit";
 
+/// Whether history document `doc` leaves its `new` implicit ([`IMPLICIT_NEW`]).
+fn leaves_new_implicit(doc: &Map<String, Value>) -> bool {
+    doc.get(IMPLICIT_NEW) == Some(&Value::Bool(true))
+}
+
 /// Writes a history value: `null` in the field says "none" (the key did not exist), as
 /// documents always have; a plugin's own JSON `null` is `FIELD_null: true` beside it,
 /// so the two read back apart ([`get_value`]) and older documents read as before.
@@ -1148,9 +1153,7 @@ impl CouchStore {
     /// parses alone; else none, as the entry reads while the document does not parse.
     async fn pin_readers(&self, node: &str, text: &str) -> Result<(), StoreError> {
         use serde_json::value::RawValue;
-        let mut docs = self.history_docs(&format!("history:{node}:")).await?;
-        // Names may contain ':', so the id prefix can match other nodes.
-        docs.rows.retain(|(e, _, _)| e.node == node);
+        let docs = self.node_history_docs(node, None).await?;
         let next = next_of_same_key(
             docs.rows
                 .iter()
@@ -1163,9 +1166,7 @@ impl CouchStore {
             .rows
             .iter()
             .zip(next)
-            .filter(|((_, _, d), next)| {
-                next.is_none() && d.get(IMPLICIT_NEW) == Some(&Value::Bool(true))
-            })
+            .filter(|((_, _, d), next)| next.is_none() && leaves_new_implicit(d))
             .filter_map(|((e, _, d), _)| {
                 let id = d.get("_id")?.as_str()?.to_string();
                 let value = parts
@@ -1198,6 +1199,24 @@ impl CouchStore {
         ))
     }
 
+    /// The history documents of `node` (of its `key` alone when given), oldest first.
+    async fn node_history_docs(
+        &self,
+        node: &str,
+        key: Option<&str>,
+    ) -> Result<Rows<(HistoryEntry, u64, Map<String, Value>)>, StoreError> {
+        let prefix = match key {
+            Some(k) => format!("history:{node}:{k}:"),
+            None => format!("history:{node}:"),
+        };
+        let mut docs = self.history_docs(&prefix).await?;
+        // Names may contain ':', so the id prefix can match other nodes or keys.
+        docs.skipped.retain(|u| u.node == node);
+        docs.rows
+            .retain(|(e, _, _)| e.node == node && key.is_none_or(|k| e.key == k));
+        Ok(docs)
+    }
+
     /// Fills in the `new` of the first `upto` entries that leave it implicit (`rows`
     /// oldest first, as [`CouchStore::history_docs`] gives them, holding every later
     /// entry of each node and key they hold one of): the next entry's `old`, else the
@@ -1207,14 +1226,13 @@ impl CouchStore {
         rows: &mut [(HistoryEntry, u64, Map<String, Value>)],
         upto: usize,
     ) -> Result<(), StoreError> {
-        let implicit = |d: &Map<String, Value>| d.get(IMPLICIT_NEW) == Some(&Value::Bool(true));
         let upto = upto.min(rows.len());
         let next = next_of_same_key(
             rows.iter()
                 .map(|(e, _, _)| (e.node.as_str(), e.key.as_str())),
         );
         let mut nodes: Vec<String> = (0..upto)
-            .filter(|&i| next[i].is_none() && implicit(&rows[i].2))
+            .filter(|&i| next[i].is_none() && leaves_new_implicit(&rows[i].2))
             .map(|i| rows[i].0.node.clone())
             .collect();
         nodes.sort();
@@ -1227,7 +1245,7 @@ impl CouchStore {
             self.fetch_checked(&nodes).await?.0
         };
         for i in 0..upto {
-            if !implicit(&rows[i].2) {
+            if !leaves_new_implicit(&rows[i].2) {
                 continue;
             }
             let new = match next[i] {
@@ -1615,15 +1633,7 @@ impl Store for CouchStore {
         node: &str,
         key: Option<&str>,
     ) -> Result<Rows<HistoryEntry>, StoreError> {
-        let prefix = match key {
-            Some(k) => format!("history:{node}:{k}:"),
-            None => format!("history:{node}:"),
-        };
-        let mut docs = self.history_docs(&prefix).await?;
-        // Names may contain ':', so the id prefix can match other nodes or keys.
-        docs.skipped.retain(|u| u.node == node);
-        docs.rows
-            .retain(|(e, _, _)| e.node == node && key.is_none_or(|k| e.key == k));
+        let mut docs = self.node_history_docs(node, key).await?;
         let all = docs.rows.len();
         self.resolve_new(&mut docs.rows, all).await?;
         Ok(docs.map(|(e, _, _)| e))
